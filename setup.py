@@ -1,0 +1,40 @@
+"""dss_jax: Distilling Step-by-Step on JAX/Flax, in the shape of T5X."""
+from setuptools import find_packages, setup
+
+setup(
+    name="dss_jax",
+    version="0.1.0",
+    description="Distilling Step-by-Step (Hsieh et al., 2023) on JAX/Flax with T5X-style binaries",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dss_jax", "dss_jax.*", "tasks", "tasks.*"]),
+    package_data={"dss_jax": ["teacher/prompts/*.txt"]},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "seqio>=0.0.19",
+        # seqio needs TensorFlow; tensorflow-text must share its minor version.
+        "tensorflow>=2.18,<2.22",
+        "tensorflow-text>=2.18,<2.22",
+        "sentencepiece>=0.2",
+        "safetensors>=0.4",
+        "gin-config>=0.5",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Parity tests, HF export checks and the benchmarks against the PyTorch reference.
+        # Install torch first from a CPU build (`pip install torch==2.13.0`) or pip pulls CUDA.
+        "torch": ["torch>=2.4", "transformers>=4.46"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={},
+)

@@ -1,0 +1,42 @@
+"""Test set-up shared by the whole suite.
+
+JAX reads XLA_FLAGS once, when it is first imported, so the virtual CPU devices that
+mesh tests use are requested here, before any test module imports jax.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow (under seqio) must not grab the accelerator or all host threads.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(
+    os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm")
+)
+
+
+@pytest.fixture(scope="session")
+def dss_palm_dir():
+    """The paper's released files (read-only, never copied into the repo)."""
+    if not (SHARED_DATA / "svamp").is_dir():
+        pytest.skip(f"paper data not found at {SHARED_DATA} (set DSS_PALM_DIR)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cpu_devices():
+    """The 8 virtual CPU devices; tests that build a Mesh take what they need from here."""
+    import jax
+
+    devices = jax.devices("cpu")
+    if len(devices) < 8:
+        pytest.skip("needs 8 virtual CPU devices (XLA_FLAGS was set before this process imported jax)")
+    return devices
