@@ -12,6 +12,8 @@ to exercise a client's retry logic:
     "slow"           the reply comes only after `slow_seconds` (past a client's timeout)
     "malformed_json" a 200 reply whose body is not JSON
     "no_choices"     a 200 reply with JSON but no `choices`
+    "400"            400 Bad Request whose message echoes the request's Authorization
+                     header (as some proxies do; a client must not log it verbatim)
 
     with ScriptedOpenAIServer(lambda prompt, i: "... The answer is (1 + 2).") as server:
         server.base_url   # http://127.0.0.1:PORT/v1
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import socket
 import threading
 import time
 from typing import Callable, Optional
@@ -30,7 +33,7 @@ Teacher = Callable[[str, int], str]  # (prompt, choice index) -> completion text
 # (prompt, how many requests for this prompt came before this one) -> fault name or None
 FaultPlan = Callable[[str, int], Optional[str]]
 
-FAULTS = ("429", "500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices")
+FAULTS = ("429", "500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices", "400")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +134,8 @@ class ScriptedOpenAIServer:
             attempt = self._attempts.get(prompt, 0)
             self._attempts[prompt] = attempt + 1
         fault = self.faults(prompt, attempt)
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
         entry = LoggedRequest(time.monotonic(), path, prompt, attempt, fault, authorization, body)
         with self._lock:
             self.log.append(entry)
@@ -169,6 +174,12 @@ class ScriptedOpenAIServer:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
     owner: ScriptedOpenAIServer
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm
+        # holds the body until the client's delayed ACK (~40 ms on Linux), as real servers avoid.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
@@ -211,6 +222,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": owner.retry_after})
             elif fault in ("500", "503"):
                 self._send(int(fault), b'{"error": {"message": "server error"}}')
+            elif fault == "400":
+                message = f"bad request (authorization: {authorization})"
+                self._send(400, json.dumps({"error": {"message": message}}).encode())
             elif fault == "drop":
                 self.close_connection = True  # no reply at all
             elif fault == "slow":
