@@ -74,7 +74,7 @@ def test_faults_every_example_once_failures_not_written_then_retried(tmp_path):
         summary = run_in_process(server, cache, examples)
         assert set(summary.failed) == {"ex000"} and "HTTP 503" in summary.failed["ex000"]
         assert "gave up after 5 attempts" in summary.failed["ex000"]
-        assert summary.written == 29 and not summary.complete and summary.not_started == 0
+        assert summary.written == 29 and not summary.complete and summary.pending == 0
         assert set(by_id(cache)) == {e.id for e in examples} - {"ex000"}
         # Items 3, 13, 23 have no answer phrase: counted as unparsable, still recorded.
         assert summary.samples == 29 and summary.unparsed == 3
@@ -254,3 +254,24 @@ def test_sixteen_workers_reach_ten_times_the_throughput_of_one(tmp_path):
     ratio = rates[16] / rates[1]
     print(f"\nthroughput: 1 worker {rates[1]:.2f}/s, 16 workers {rates[16]:.2f}/s, ratio {ratio:.1f}x")
     assert ratio >= 10
+
+
+def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path):
+    inputs = tmp_path / "in.jsonl"
+    ts.write_inputs(inputs, 30)
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    cache = tmp_path / "c.jsonl"
+    with ScriptedOpenAIServer(ts.teacher, delay=0.05) as server:
+        cmd = annotate_cmd(server, inputs, cache, prompt, "--concurrency=2")
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (cache.exists() and cache.read_bytes().count(b"\n") >= 3):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 130
+        assert "INTERRUPTED: finished examples are cached" in stderr
+        written = len(by_id(cache))
+        assert f"{written} written now" in stderr and written < 30
+        assert run_cli(cmd).returncode == 0
+    assert len(by_id(cache)) == 30

@@ -58,7 +58,7 @@ class Summary:
     skipped: int = 0  # already in the cache when the run started
     written: int = 0  # records appended by this run
     failed: dict = dataclasses.field(default_factory=dict)  # id -> last error (not written)
-    not_started: int = 0  # left unattempted because of a fatal error or an interrupt
+    pending: int = 0  # neither written nor failed (a fatal error or an interrupt stopped the run)
     samples: int = 0
     parsed: int = 0
     kept: int = 0
@@ -111,7 +111,7 @@ class Summary:
     def format(self) -> str:
         lines = [
             f"examples: {self.examples} in the input, {self.skipped} already cached, "
-            f"{self.written} written now, {len(self.failed)} failed, {self.not_started} not started",
+            f"{self.written} written now, {len(self.failed)} failed, {self.pending} left for the next run",
             f"samples: {self.samples} received, {self.parsed} parsed, {self.unparsed} unparsable; "
             f"{self.kept} kept, dropped {self.dropped_unparsed} unparsable, "
             f"{self.dropped_minority} outvoted, {self.dropped_wrong} wrong",
@@ -294,7 +294,7 @@ def run_annotation(
         summary.interrupted = True
     finally:
         bar.close()
-        summary.not_started = len(todo) - summary.written - len(summary.failed)
+        summary.pending = len(todo) - summary.written - len(summary.failed)
         summary.usage = backend.usage
         summary.seconds = time.monotonic() - start
     if unexpected is not None:
