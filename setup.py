@@ -26,6 +26,7 @@ setup(
         "absl-py>=2.0",
         "numpy>=1.26",
         "tensorboardX>=2.6",
+        "tqdm>=4.60",  # the annotate progress bar
         "matplotlib>=3.8",
     ],
     extras_require={

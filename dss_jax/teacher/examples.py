@@ -1,0 +1,105 @@
+"""Reading the examples to annotate: a JSONL file, one object per line.
+
+Required: `id` (a string, unique in the file) and `input` (the text the student will
+see, and what `{{input}}` in a prompt becomes). Optional: `label` (the ground truth, a
+string or a number; used for the `correct` filter and teacher accuracy), `dataset`,
+`split`, `position`, `meta` (copied into the cache record), and any other string or
+number fields, which prompt templates can use as `{{name}}`.
+
+Every problem is reported as FILE:LINE with what to fix; all lines are checked before
+any request is sent, so a typo on line 90000 does not surface hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional
+
+from dss_jax.teacher.prompts import PromptTemplate
+
+
+class InputError(ValueError):
+    """A malformed input file; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    id: str
+    input: str
+    label: Optional[str]
+    fields: Mapping[str, Any]  # the whole input record, for prompt placeholders
+    dataset: Optional[str] = None
+    split: Optional[str] = None
+    position: Optional[int] = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    where: str = ""  # FILE:LINE, for messages
+
+
+def _example_from_json(obj: Any, where: str) -> Example:
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object with 'id' and 'input', got {type(obj).__name__}")
+    for key in ("id", "input"):
+        if key not in obj:
+            raise InputError(f"{where}: missing required field {key!r} (each line needs 'id' and 'input')")
+        if not isinstance(obj[key], str):
+            raise InputError(f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}")
+    if not obj["id"]:
+        raise InputError(f"{where}: field 'id' is empty")
+    label = obj.get("label")
+    if isinstance(label, bool) or not (label is None or isinstance(label, (str, int, float))):
+        raise InputError(f"{where}: field 'label' must be a string, a number or null")
+    for key in ("dataset", "split"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise InputError(f"{where}: field {key!r} must be a string")
+    position = obj.get("position")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
+        raise InputError(f"{where}: field 'position' must be an integer")
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise InputError(f"{where}: field 'meta' must be a JSON object")
+    return Example(
+        id=obj["id"],
+        input=obj["input"],
+        label=None if label is None else str(label),
+        fields=obj,
+        dataset=obj.get("dataset"),
+        split=obj.get("split"),
+        position=position,
+        meta=meta,
+        where=where,
+    )
+
+
+def read_examples(path: str | os.PathLike, template: Optional[PromptTemplate] = None) -> list[Example]:
+    """All examples of `path`; with a template, also checks every placeholder can be filled."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"input file not found: {path}")
+    examples: list[Example] = []
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e}); fix or delete this line") from None
+            example = _example_from_json(obj, where)
+            if example.id in first_line:
+                raise InputError(
+                    f"{where}: duplicate id {example.id!r} (first at line {first_line[example.id]}); ids must be unique"
+                )
+            first_line[example.id] = lineno
+            if template is not None:
+                missing = template.missing_fields(obj)
+                if missing:
+                    raise InputError(
+                        f"{where}: the prompt {template.source} uses {{{{{missing[0]}}}}} "
+                        f"but this record has no string field {missing[0]!r}"
+                    )
+            examples.append(example)
+    return examples

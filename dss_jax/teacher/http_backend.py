@@ -1,0 +1,332 @@
+"""A teacher behind any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp, hosted APIs).
+
+Speaks `POST {base_url}/chat/completions` or `POST {base_url}/completions` with the
+standard request and response bodies, using only the standard library (`http.client`,
+one keep-alive connection per worker thread).
+
+Robustness, because a long annotation run meets every kind of failure:
+  - 429 (honouring `Retry-After`, seconds or an HTTP date), 408, 5xx, dropped or
+    refused connections, timeouts, and 200 replies whose body is not the expected JSON
+    are retried with exponential backoff and full jitter, up to `max_retries` times;
+  - 401/403/404 are fatal (`FatalBackendError`): no other prompt would fare better;
+  - other 4xx (e.g. a prompt over the context length) fail only that prompt;
+  - a process-wide rate limit spaces attempts (retries included) evenly;
+  - token usage from each reply's `usage` object is summed.
+The API key is sent as `Authorization: Bearer ...` and is never logged: it is kept out
+of the config's repr and redacted from any error text that echoes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.client
+import json
+import logging
+import random
+import threading
+import time
+import urllib.parse
+from typing import Any, Optional, Sequence
+
+from dss_jax.teacher.backend import (
+    Completion,
+    FatalBackendError,
+    RequestFailed,
+    Usage,
+    UsageCounter,
+)
+
+APIS = ("chat", "completions")
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+_FATAL_STATUS = frozenset({401, 403, 404})
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpBackendConfig:
+    base_url: str  # up to and including the API version, e.g. http://localhost:8000/v1
+    model: str
+    api: str = "chat"  # "chat" (/chat/completions) or "completions" (/completions)
+    api_key: Optional[str] = dataclasses.field(default=None, repr=False)
+    timeout: float = 120.0  # seconds a connect or a read may wait without progress
+    max_retries: int = 6  # retries after the first attempt
+    initial_backoff: float = 1.0  # seconds; the cap of the jittered wait doubles per retry
+    max_backoff: float = 60.0
+    max_retry_after: float = 600.0  # a larger Retry-After is clipped to this
+    rate_limit: Optional[float] = None  # attempts per second over all threads; None: no limit
+    samples_per_request: Optional[int] = None  # max `n` per request; None: all at once
+    seed: Optional[int] = None  # passed to servers that support seeded sampling
+    top_p: Optional[float] = None
+
+    def __post_init__(self):
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"base_url must look like http://HOST:PORT/v1 or https://HOST/v1, got {self.base_url!r}"
+            )
+        for name in ("timeout", "initial_backoff", "max_backoff"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
+        if self.samples_per_request is not None and self.samples_per_request < 1:
+            raise ValueError(f"samples_per_request must be >= 1, got {self.samples_per_request}")
+
+
+class RateLimiter:
+    """Spaces calls to `acquire` at least 1/rate seconds apart, across threads."""
+
+    def __init__(self, rate: Optional[float]):
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def acquire(self) -> None:
+        if self._interval == 0.0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class _MalformedResponse(ValueError):
+    pass
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _choice_text(api: str, choice: Any) -> Completion:
+    if not isinstance(choice, dict):
+        raise _MalformedResponse("a choice is not a JSON object")
+    if api == "chat":
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _MalformedResponse("a chat choice has no 'message' object")
+        text = message.get("content")
+        # A null content (a refusal, a tool call) is an answer without an answer phrase.
+        text = "" if text is None else text
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str):
+        raise _MalformedResponse("a choice's text is not a string")
+    finish = choice.get("finish_reason")
+    return Completion(text=text, finish_reason=finish if isinstance(finish, str) else None)
+
+
+def parse_response(api: str, raw: bytes) -> tuple[list[Completion], Optional[dict]]:
+    """Completions (in `index` order) and the usage object of a 200 reply body."""
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _MalformedResponse(f"reply is not JSON ({e})") from None
+    if not isinstance(payload, dict):
+        raise _MalformedResponse("reply is not a JSON object")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _MalformedResponse("reply has no 'choices'")
+    if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+        choices = sorted(choices, key=lambda c: c["index"])
+    completions = [_choice_text(api, c) for c in choices]
+    usage = payload.get("usage")
+    return completions, usage if isinstance(usage, dict) else None
+
+
+class OpenAIHttpBackend:
+    """`TeacherBackend` over an OpenAI-compatible server. Thread-safe."""
+
+    def __init__(self, config: HttpBackendConfig, rng: Optional[random.Random] = None):
+        self.config = config
+        parts = urllib.parse.urlsplit(config.base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        prefix = parts.path.rstrip("/")
+        self._path = prefix + ("/chat/completions" if config.api == "chat" else "/completions")
+        self._url = f"{parts.scheme}://{parts.netloc}{self._path}"
+        self._local = threading.local()
+        self._limiter = RateLimiter(config.rate_limit)
+        self._counter = UsageCounter()
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+
+    # -- TeacherBackend -------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        return self._counter.snapshot()
+
+    def complete(
+        self,
+        prompt: str,
+        n: int,
+        temperature: float,
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        system: Optional[str] = None,
+    ) -> list[Completion]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        out: list[Completion] = []
+        # Servers that ignore `n` (some llama.cpp builds) return fewer choices: ask again
+        # for the rest. Each round yields >= 1 choice, so this ends within n rounds.
+        while len(out) < n:
+            want = n - len(out)
+            if self.config.samples_per_request is not None:
+                want = min(want, self.config.samples_per_request)
+            body = self._body(prompt, want, temperature, max_tokens, stop, system)
+            out.extend(self._request(body)[: n - len(out)])
+        return out
+
+    # -- internals ------------------------------------------------------------
+
+    def _body(self, prompt, n, temperature, max_tokens, stop, system) -> dict:
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if self.config.api == "chat":
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": prompt})
+            body["messages"] = messages
+        else:
+            body["prompt"] = f"{system}\n\n{prompt}" if system else prompt
+        if stop:
+            body["stop"] = list(stop)
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed
+        if self.config.top_p is not None:
+            body["top_p"] = self.config.top_p
+        return body
+
+    def _redact(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, "***") if key else text
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.config.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _post(self, body: dict) -> tuple[int, http.client.HTTPMessage, bytes]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=json.dumps(body).encode("utf-8"), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except BaseException:
+            # The connection is in an unknown state (half a reply may be pending): discard it.
+            self._drop_connection()
+            raise
+        if response.will_close:
+            self._drop_connection()
+        return response.status, response.headers, raw
+
+    def _attempt(self, body: dict) -> list[Completion]:
+        """One HTTP attempt; raises _RetryableError, RequestFailed or FatalBackendError."""
+        self._limiter.acquire()
+        self._counter.add(requests=1)
+        try:
+            status, headers, raw = self._post(body)
+        except (OSError, http.client.HTTPException) as e:  # timeouts are OSErrors too
+            raise _RetryableError(f"connection error ({type(e).__name__}: {e})") from None
+        if status == 200:
+            try:
+                completions, usage = parse_response(self.config.api, raw)
+            except _MalformedResponse as e:
+                raise _RetryableError(f"malformed reply: {e}") from None
+            self._count_usage(usage)
+            return completions
+        snippet = self._redact(raw[:300].decode("utf-8", "replace").strip())
+        message = f"HTTP {status} from {self._url}: {snippet}"
+        if status in _RETRYABLE_STATUS or status >= 500:
+            raise _RetryableError(message, parse_retry_after(headers.get("Retry-After")))
+        if status in _FATAL_STATUS:
+            hint = ""
+            if status == 404 and "/v1" not in self._path:
+                hint = " (base_url usually ends in /v1, e.g. http://localhost:8000/v1)"
+            raise FatalBackendError(
+                f"{message}{hint}; check --base_url, --model and the API key variable"
+            )
+        # Other 4xx: this request is wrong (e.g. too long); repeating it cannot help.
+        raise RequestFailed(message)
+
+    def _count_usage(self, usage: Optional[dict]) -> None:
+        if usage is None:
+            self._counter.add(responses_without_usage=1)
+            return
+        tokens = {}
+        for key in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(key)
+            tokens[key] = value if isinstance(value, int) and value >= 0 else 0
+        self._counter.add(**tokens)
+
+    def _backoff(self, retry: int, retry_after: Optional[float]) -> float:
+        cap = min(self.config.max_backoff, self.config.initial_backoff * (2**retry))
+        with self._rng_lock:
+            delay = self._rng.uniform(0.0, cap)  # full jitter: spreads out synchronized retries
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.max_retry_after))
+        return delay
+
+    def _request(self, body: dict) -> list[Completion]:
+        last_error = ""
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                self._counter.add(retries=1)
+            try:
+                return self._attempt(body)
+            except _RetryableError as e:
+                last_error = str(e)
+                if attempt == self.config.max_retries:
+                    break
+                delay = self._backoff(attempt, e.retry_after)
+                logging.debug("attempt %d failed (%s); retrying in %.2fs", attempt + 1, e, delay)
+                time.sleep(delay)
+        raise RequestFailed(
+            f"gave up after {self.config.max_retries + 1} attempts; last error: {last_error}"
+        )

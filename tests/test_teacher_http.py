@@ -1,0 +1,158 @@
+"""The OpenAI-compatible HTTP backend against a real HTTP server on loopback."""
+
+import email.utils
+import time
+
+import pytest
+
+from dss_jax.teacher.backend import FatalBackendError, RequestFailed, TeacherBackend
+from dss_jax.teacher.fake_server import ScriptedOpenAIServer
+from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend, parse_retry_after
+
+
+def echo_teacher(prompt, index):
+    return f"answer {index} to [{prompt[-12:]}]\n\nQ: more"
+
+
+def backend_for(server, **overrides):
+    config = dict(
+        base_url=server.base_url, model="m", timeout=0.5, max_retries=3, initial_backoff=0.01, max_backoff=0.05
+    )
+    config.update(overrides)
+    return OpenAIHttpBackend(HttpBackendConfig(**config))
+
+
+def only_first(fault):
+    return lambda prompt, attempt: fault if attempt == 0 else None
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_n_samples_stop_sequences_and_usage(api):
+    with ScriptedOpenAIServer(echo_teacher) as server:
+        backend = backend_for(server, api=api)
+        assert isinstance(backend, TeacherBackend)
+        out = backend.complete("the prompt", 3, 0.7, max_tokens=50, stop=["\n\nQ:"], system="sys")
+        assert len(out) == 3 and all(c.finish_reason == "stop" for c in out)
+        assert [c.text.split(" to ")[0] for c in out] == ["answer 0", "answer 1", "answer 2"]
+        (req,) = server.log
+        assert req.path == ("/v1/chat/completions" if api == "chat" else "/v1/completions")
+        assert req.body["n"] == 3 and req.body["temperature"] == 0.7 and req.body["max_tokens"] == 50
+        assert req.body["stop"] == ["\n\nQ:"] and req.body["model"] == "m"
+        if api == "chat":
+            assert req.body["messages"] == [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "the prompt"},
+            ]
+        else:
+            assert req.body["prompt"] == "sys\n\nthe prompt"
+        usage = backend.usage
+        assert usage.requests == 1 and usage.retries == 0
+        assert usage.prompt_tokens == len(req.prompt.split())
+        assert usage.completion_tokens == sum(len(c.text.split()) for c in out)
+
+
+def test_server_that_ignores_n_is_asked_again_until_n_samples():
+    with ScriptedOpenAIServer(echo_teacher, max_choices=1) as server:
+        out = backend_for(server).complete("p", 3, 1.0, max_tokens=8)
+        assert len(out) == 3 and len(server.log) == 3
+        assert [r.body["n"] for r in server.log] == [3, 2, 1]
+    with ScriptedOpenAIServer(echo_teacher) as server:
+        backend_for(server, samples_per_request=2).complete("p", 5, 1.0, max_tokens=8)
+        assert [r.body["n"] for r in server.log] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices"])
+def test_transient_faults_are_retried(fault):
+    with ScriptedOpenAIServer(echo_teacher, faults=only_first(fault), slow_seconds=1.5) as server:
+        backend = backend_for(server)
+        out = backend.complete("p", 2, 1.0, max_tokens=8)
+        assert len(out) == 2
+        assert [r.fault for r in server.log] == [fault, None]
+        assert backend.usage.requests == 2 and backend.usage.retries == 1
+
+
+def test_429_honours_retry_after():
+    with ScriptedOpenAIServer(echo_teacher, faults=only_first("429"), retry_after="0.4") as server:
+        backend_for(server).complete("p", 1, 0.0, max_tokens=8)
+        first, second = server.log
+        # The jittered backoff alone is at most 0.01 s here; the gap comes from Retry-After.
+        assert second.time - first.time >= 0.4
+
+
+def test_retries_are_bounded_and_reported():
+    with ScriptedOpenAIServer(echo_teacher, faults=lambda p, a: "500") as server:
+        backend = backend_for(server, max_retries=2)
+        with pytest.raises(RequestFailed, match="gave up after 3 attempts; last error: HTTP 500"):
+            backend.complete("p", 1, 0.0, max_tokens=8)
+        assert len(server.log) == 3 and backend.usage.retries == 2
+
+
+def test_backoff_grows_exponentially_with_jitter():
+    with ScriptedOpenAIServer(echo_teacher) as server:
+        backend = backend_for(server, initial_backoff=0.1, max_backoff=0.5)
+        for retry, cap in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.5), (9, 0.5)]:
+            delays = [backend._backoff(retry, None) for _ in range(200)]
+            assert 0 <= min(delays) and max(delays) <= cap and max(delays) > cap / 2
+        assert backend._backoff(0, 3.0) == 3.0  # Retry-After wins over the (smaller) backoff
+
+
+def test_fatal_and_per_request_client_errors():
+    with ScriptedOpenAIServer(echo_teacher, api_key="right") as server:
+        with pytest.raises(FatalBackendError, match="HTTP 401"):
+            backend_for(server, api_key="wrong").complete("p", 1, 0.0, max_tokens=8)
+        assert len(server.log) == 1  # not retried
+    with ScriptedOpenAIServer(echo_teacher) as server:
+        with pytest.raises(FatalBackendError, match=r"HTTP 404.*base_url usually ends in /v1"):
+            backend_for(server, base_url=server.base_url[: -len("/v1")]).complete("p", 1, 0.0, max_tokens=8)
+
+
+def test_400_fails_only_the_request_and_never_shows_the_key():
+    secret = "sk-test-0123456789abcdef"
+    with ScriptedOpenAIServer(echo_teacher, faults=lambda p, a: "400" if p == "bad" else None) as server:
+        backend = backend_for(server, api_key=secret)
+        with pytest.raises(RequestFailed, match="HTTP 400") as info:
+            backend.complete("bad", 1, 0.0, max_tokens=8)
+        assert secret not in str(info.value) and "***" in str(info.value)
+        assert server.log[0].authorization == f"Bearer {secret}"
+        assert len(backend.complete("good", 1, 0.0, max_tokens=8)) == 1
+        assert secret not in repr(backend.config)
+
+
+def test_rate_limit_spaces_requests_across_threads():
+    import concurrent.futures
+
+    with ScriptedOpenAIServer(echo_teacher) as server:
+        backend = backend_for(server, rate_limit=20.0)
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: backend.complete(f"p{i}", 1, 0.0, max_tokens=8), range(12)))
+        assert time.monotonic() - start >= 11 / 20 - 0.02
+        times = sorted(r.time for r in server.log)
+        assert min(b - a for a, b in zip(times, times[1:])) >= 0.03  # 0.05 s apart, minus scheduling noise
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-2") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    now = time.time()
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"api": "edits"}, "api must be one of"),
+        ({"base_url": "localhost:8000/v1"}, "base_url must look like"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"rate_limit": -1.0}, "rate_limit must be > 0"),
+        ({"max_retries": -1}, "max_retries must be >= 0"),
+    ],
+)
+def test_config_validation(overrides, message):
+    config = dict(base_url="http://127.0.0.1:1/v1", model="m")
+    config.update(overrides)
+    with pytest.raises(ValueError, match=message):
+        HttpBackendConfig(**config)
