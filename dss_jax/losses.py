@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +26,7 @@ LABEL_TASK = 1
 RATIONALE_TASK = 2
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     rationale_weight: float = 1.0  # λ; 0 turns DSS into standard finetuning / distillation

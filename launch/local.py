@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+r"""Runs a dss_jax binary as several local processes over loopback (JAX's distributed runtime).
+
+    python launch/local.py --num_processes=2 --devices_per_process=4 --log_dir=/tmp/logs -- \
+        -m dss_jax.train --gin_file=runs/train.gin ... --gin.MODEL_DIR="'/tmp/run'"
+
+Everything after `--` is passed to the Python interpreter of every process, followed by
+`--multiprocess_gpu --coordinator_address=127.0.0.1:PORT --process_count=N --process_index=I`.
+On CPU each process gets `devices_per_process` virtual devices; on a multi-GPU machine
+pass --gpus_per_process to give each process its own GPUs (CUDA_VISIBLE_DEVICES).
+Logs go to LOG_DIR/process_I.log. If any process fails, the others are stopped and the
+exit code is the first failure's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        print("usage: launch/local.py [options] -- -m dss_jax.train [binary flags]", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--devices_per_process", type=int, default=4, help="virtual CPU devices per process")
+    parser.add_argument("--gpus_per_process", type=int, default=0, help="GPUs per process (0: CPU run)")
+    parser.add_argument("--log_dir", default="launch_logs")
+    parser.add_argument("--port", type=int, default=0, help="coordinator port (0: pick a free one)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before all processes are stopped")
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
+
+    os.makedirs(args.log_dir, exist_ok=True)
+    address = f"127.0.0.1:{args.port or free_port()}"
+    procs, logs = [], []
+    for i in range(args.num_processes):
+        env = dict(os.environ)
+        if args.gpus_per_process:
+            first = i * args.gpus_per_process
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + g) for g in range(args.gpus_per_process))
+        else:
+            env["JAX_PLATFORMS"] = "cpu"
+            flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+            flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
+            env["XLA_FLAGS"] = " ".join(flags)
+        log = open(os.path.join(args.log_dir, f"process_{i}.log"), "w")
+        logs.append(log)
+        cmd = [sys.executable, *command, "--multiprocess_gpu", f"--coordinator_address={address}",
+               f"--process_count={args.num_processes}", f"--process_index={i}"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    code = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            if failed or (deadline and time.time() > deadline):
+                code = failed[0].returncode if failed else 124
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                break
+            time.sleep(0.2)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if code == 0:
+            code = next((p.returncode for p in procs if p.returncode), 0)
+    finally:
+        for log in logs:
+            log.close()
+    if code:
+        print(f"a process failed (exit {code}); logs in {args.log_dir}/process_*.log", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

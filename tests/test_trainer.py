@@ -1,0 +1,179 @@
+"""The partitioned train step: rule sets agree with one device, shard as they say,
+accumulate exactly, and λ = 0 is standard finetuning."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from dss_jax import losses, optimizers, partitioning
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import T5
+from dss_jax.trainer import Trainer
+
+VOCAB = 64
+
+
+def tiny_config(**kw):
+    return T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.0, **kw)
+
+
+def packed_batch(rng, batch=8, enc_len=16, dec_len=12, with_rationale=True):
+    """Rows of one label segment and (optionally) one rationale segment, then padding."""
+    feats = {k: np.zeros((batch, n), np.int32) for k, n in [
+        ("encoder_input_tokens", enc_len), ("encoder_segment_ids", enc_len), ("encoder_positions", enc_len),
+        ("decoder_target_tokens", dec_len), ("decoder_input_tokens", dec_len), ("decoder_loss_weights", dec_len),
+        ("decoder_segment_ids", dec_len), ("decoder_positions", dec_len), ("decoder_task_ids", dec_len)]}
+    for r in range(batch):
+        e0, d0 = 0, 0
+        segments = [(1, rng.integers(3, 7), rng.integers(2, 4))]
+        if with_rationale:
+            segments.append((2, rng.integers(3, 8), rng.integers(3, 7)))
+        for seg, (task, elen, dlen) in enumerate(segments, start=1):
+            feats["encoder_input_tokens"][r, e0:e0 + elen] = rng.integers(2, VOCAB, elen)
+            feats["encoder_input_tokens"][r, e0 + elen - 1] = 1
+            feats["encoder_segment_ids"][r, e0:e0 + elen] = seg
+            feats["encoder_positions"][r, e0:e0 + elen] = np.arange(elen)
+            tgt = rng.integers(2, VOCAB, dlen)
+            tgt[-1] = 1
+            feats["decoder_target_tokens"][r, d0:d0 + dlen] = tgt
+            feats["decoder_input_tokens"][r, d0:d0 + dlen] = np.concatenate([[0], tgt[:-1]])
+            feats["decoder_loss_weights"][r, d0:d0 + dlen] = 1
+            feats["decoder_segment_ids"][r, d0:d0 + dlen] = seg
+            feats["decoder_positions"][r, d0:d0 + dlen] = np.arange(dlen)
+            feats["decoder_task_ids"][r, d0:d0 + dlen] = task
+            e0, d0 = e0 + elen, d0 + dlen
+    return feats
+
+
+def make_trainer(devices, rules="dp", num_partitions=1, microbatches=1, lam=1.0, opt="adafactor", config=None):
+    mesh = partitioning.make_mesh(num_partitions, devices)
+    return Trainer(
+        T5(config or tiny_config()),
+        loss_config=losses.LossConfig(rationale_weight=lam),
+        optimizer_config=optimizers.OptimizerConfig(name=opt, learning_rate=1e-2 if opt == "adamw" else None),
+        total_steps=10,
+        partition_config=partitioning.PartitionConfig(rules=rules, num_partitions=num_partitions),
+        num_microbatches=microbatches,
+        seed=0,
+        mesh=mesh,
+    )
+
+
+def run_steps(trainer, batches):
+    state = trainer.init_state()
+    losses_out = []
+    for b in batches:
+        state, m = trainer.train_step(state, trainer.global_batch(b))
+        losses_out.append(float(m["loss"]))
+    return state, np.array(losses_out)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    # One batch seen five times: the loss must go down, so a step that silently does
+    # nothing cannot pass.
+    return [packed_batch(np.random.default_rng(0))] * 5
+
+
+@pytest.fixture(scope="module")
+def single_device_run(batches, cpu_devices):
+    state, trajectory = run_steps(make_trainer(cpu_devices[:1]), batches)
+    return jax.device_get(state.params), trajectory
+
+
+@pytest.mark.parametrize("rules,num_partitions", [("dp", 1), ("fsdp", 1), ("tp", 2), ("fsdp_tp", 2)])
+def test_rule_sets_match_one_device(rules, num_partitions, batches, single_device_run, cpu_devices):
+    trainer = make_trainer(cpu_devices, rules, num_partitions)
+    state, trajectory = run_steps(trainer, batches)
+    ref_params, ref_trajectory = single_device_run
+    assert np.all(np.diff(ref_trajectory) < 0)
+    np.testing.assert_allclose(trajectory, ref_trajectory, rtol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
+        jax.device_get(state.params), ref_params,
+    )
+    # The parameters really are laid out as the rules say.
+    mesh = trainer.mesh
+    specs = {jax.tree_util.keystr(p): tuple(x.sharding.spec) for p, x in
+             jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    flat = " ".join(str(s) for s in specs.values())
+    if rules == "dp":
+        assert "data" not in flat and "model" not in flat
+    if "fsdp" in rules:
+        leaves = jax.tree_util.tree_leaves(state.params)
+        sharded = [x for x in leaves if "data" in tuple(x.sharding.spec)]
+        # Everything with a d_model axis is split; only the small relative-position
+        # tables may stay whole.
+        assert sum(x.size for x in sharded) >= 0.97 * sum(x.size for x in leaves)
+        for x in sharded:
+            assert x.addressable_shards[0].data.size * _devices_spanned(x, mesh) == x.size
+        # optimiser state follows the parameters
+        opt_sharded = [x for x in jax.tree_util.tree_leaves(state.opt_state)
+                       if hasattr(x, "sharding") and "data" in tuple(x.sharding.spec)]
+        assert opt_sharded
+    if "tp" in rules:
+        assert "model" in flat
+        for x in jax.tree_util.tree_leaves(state.params):
+            if "model" in tuple(x.sharding.spec):
+                assert x.addressable_shards[0].data.size * _devices_spanned(x, mesh) == x.size
+
+
+def _devices_spanned(x, mesh):
+    axes = [a for entry in x.sharding.spec if entry for a in ((entry,) if isinstance(entry, str) else entry)]
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def test_microbatches_accumulate_to_the_full_batch(batches, cpu_devices):
+    whole_state, whole = run_steps(make_trainer(cpu_devices[:2], opt="adamw"), batches[:2])
+    micro_state, micro = run_steps(make_trainer(cpu_devices[:2], microbatches=4, opt="adamw"), batches[:2])
+    np.testing.assert_allclose(micro, whole, rtol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+        jax.device_get(micro_state.params), jax.device_get(whole_state.params),
+    )
+
+
+def test_lambda_zero_is_standard_finetuning(cpu_devices):
+    """With λ = 0 the rationale segments change nothing: the same update as training on
+    the label segments alone (packing keeps segments from seeing each other)."""
+    rng = np.random.default_rng(1)
+    with_r = packed_batch(rng, batch=4, with_rationale=True)
+    without = {k: v.copy() for k, v in with_r.items()}
+    drop = with_r["decoder_task_ids"] == 2
+    enc_drop = with_r["encoder_segment_ids"] == 2
+    for k in ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_segment_ids",
+              "decoder_positions", "decoder_task_ids"):
+        without[k][drop] = 0
+    for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"):
+        without[k][enc_drop] = 0
+    a_state, a_loss = run_steps(make_trainer(cpu_devices[:1], lam=0.0, opt="adamw"), [with_r])
+    b_state, b_loss = run_steps(make_trainer(cpu_devices[:1], lam=1.0, opt="adamw"), [without])
+    np.testing.assert_allclose(a_loss, b_loss, rtol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+        jax.device_get(a_state.params), jax.device_get(b_state.params),
+    )
+    # ...and with λ > 0 the rationale does change the update.
+    c_state, _ = run_steps(make_trainer(cpu_devices[:1], lam=1.0, opt="adamw"), [with_r])
+    diffs = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                                   jax.device_get(c_state.params), jax.device_get(a_state.params))
+    assert max(jax.tree_util.tree_leaves(diffs)) > 1e-5
+
+
+def test_non_finite_step_leaves_state_untouched(cpu_devices):
+    trainer = make_trainer(cpu_devices[:1])
+    state = trainer.init_state()
+    before = jax.device_get(state.params)
+    batch = packed_batch(np.random.default_rng(2), batch=2)
+    # Corrupt one parameter so the loss is NaN.
+    bad = jax.tree_util.tree_map(lambda x: x, state.params)
+    leaves, treedef = jax.tree_util.tree_flatten(bad)
+    leaves[0] = leaves[0] * jnp.nan
+    bad_state = state.replace(params=jax.tree_util.tree_unflatten(treedef, leaves))
+    bad_before = jax.device_get(bad_state.params)
+    new_state, metrics = trainer.train_step(bad_state, trainer.global_batch(batch))
+    assert bool(metrics["nonfinite"])
+    assert int(new_state.step) == 0
+    after = jax.device_get(new_state.params)
+    np.testing.assert_array_equal(jax.tree_util.tree_leaves(after)[1], jax.tree_util.tree_leaves(bad_before)[1])
+    del before
