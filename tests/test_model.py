@@ -167,17 +167,29 @@ def test_packed_row_equals_segments_run_alone(variant):
 
     enc, enc_seg, enc_pos = pack(enc_a, enc_b, 22)
     dec, dec_seg, dec_pos = pack(dec_a, dec_b, 26)
-    packed = _apply(config, params, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
-    packed_enc = _apply(config, params, enc, enc_seg, enc_pos, method="encode")
-    alone_a = _apply(config, params, enc_a[None], dec_a[None])
-    alone_b = _apply(config, params, enc_b[None], dec_b[None])
-    np.testing.assert_allclose(packed[0, :9], alone_a[0], atol=1e-5)
-    np.testing.assert_allclose(packed[0, 9:23], alone_b[0], atol=1e-5)
-    enc_alone_b = _apply(config, params, enc_b[None], method="encode")
-    np.testing.assert_allclose(packed_enc[0, 13:19], enc_alone_b[0], atol=1e-5)
-    # Without segment ids the segments do see each other: the test above is not vacuous.
-    unpacked = _apply(config, params, enc, dec)
-    assert np.abs(np.asarray(unpacked[0, 9:23]) - np.asarray(alone_b[0])).max() > 1e-3
+
+    @jax.jit
+    def run(*args):  # logits and encoder output in one compilation
+        model = T5(config)
+        return (model.apply({"params": params}, *args),
+                model.apply({"params": params}, args[0], *args[2:5:2], method=T5.encode))
+
+    packed, packed_enc = run(enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
+    # Alone: both examples as two ordinary padded rows, no segment ids or positions.
+    enc_alone = np.zeros((2, 13), np.int32)
+    enc_alone[0], enc_alone[1, :6] = enc_a, enc_b
+    dec_alone = np.zeros((2, 14), np.int32)
+    dec_alone[0, :9], dec_alone[1] = dec_a, dec_b
+    alone, alone_enc = run(enc_alone, dec_alone)
+    np.testing.assert_allclose(packed[0, :9], alone[0, :9], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 9:23], alone[1], atol=1e-5)
+    np.testing.assert_allclose(packed_enc[0, :13], alone_enc[0], atol=1e-5)
+    np.testing.assert_allclose(packed_enc[0, 13:19], alone_enc[1, :6], atol=1e-5)
+    # As one segment the two examples do see each other: the test above is not vacuous.
+    one = np.ones_like
+    arange = lambda x: np.arange(x.shape[1], dtype=np.int32)[None]  # noqa: E731
+    unpacked, _ = run(enc, dec, one(enc), one(dec), arange(enc), arange(dec))
+    assert np.abs(np.asarray(unpacked[0, 9:23]) - np.asarray(alone[1])).max() > 1e-3
 
 
 def test_encoder_padding_does_not_change_logits():
@@ -266,12 +278,22 @@ def test_dropout_only_with_enable_dropout():
     off = _apply(config, params, enc, dec)
     np.testing.assert_allclose(off, _apply(config.replace(dropout_rate=0.0), params, enc, dec),
                                atol=1e-6)
-    on1 = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
-    on1b = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
-    on2 = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
+    key = functools.partial(jax.random.key, impl="rbg")  # compiles much faster than threefry
+    on1 = _apply(config, params, enc, dec, enable_dropout=True, rng=key(1))
+    on1b = _apply(config, params, enc, dec, enable_dropout=True, rng=key(1))
+    on2 = _apply(config, params, enc, dec, enable_dropout=True, rng=key(2))
     np.testing.assert_array_equal(on1, on1b)
     assert np.abs(np.asarray(on1) - np.asarray(off)).max() > 1e-3
     assert np.abs(np.asarray(on1) - np.asarray(on2)).max() > 1e-3
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_grad(config, params, enc, dec, tgt):
+    def loss(p):
+        logits = T5(config).apply({"params": p}, enc, dec)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
+
+    return jax.value_and_grad(loss)(params)
 
 
 @pytest.mark.parametrize("policy", ["full", "minimal"])
@@ -281,12 +303,7 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     rng = np.random.default_rng(7)
     enc, dec, tgt = _tokens(rng, 2, 6), _tokens(rng, 2, 5), _tokens(rng, 2, 5)
 
-    def loss(config, p):
-        logits = T5(config).apply({"params": p}, enc, dec)
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
-
-    l0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, base)))(params)
-    l1, g1 = jax.jit(jax.value_and_grad(
-        functools.partial(loss, dataclasses.replace(base, remat_policy=policy))))(params)
+    l0, g0 = _loss_and_grad(base, params, enc, dec, tgt)
+    l1, g1 = _loss_and_grad(dataclasses.replace(base, remat_policy=policy), params, enc, dec, tgt)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)

@@ -1,0 +1,40 @@
+r"""Imports a Hugging Face T5 checkpoint directory as a dss_jax params checkpoint.
+
+    python -m dss_jax.convert --hf_dir DIR --output CKPT_DIR [--overwrite]
+
+DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
+pytorch_model.bin when torch is installed), and usually spiece.model. CKPT_DIR receives an
+orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the
+trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on disk.
+"""
+import sys
+
+from absl import app, flags, logging
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face T5 checkpoint directory.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    from dss_jax import checkpoints
+    from dss_jax.model import hf_convert
+
+    try:
+        params, config, vocab = hf_convert.import_hf_checkpoint(_HF_DIR.value)
+        out = checkpoints.save_params(_OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+        sys.exit(f"dss_jax.convert: error: {e}")
+    n = sum(p.size for p in jax.tree.leaves(params))
+    logging.info("wrote %s: %.1fM params, %s", out, n / 1e6, config)
+    if vocab is None:
+        logging.warning("%s has no spiece.model: the checkpoint carries no vocabulary", _HF_DIR.value)
+    print(f"converted {_HF_DIR.value} -> {out} ({n} params, vocabulary: {vocab or 'none'})")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,39 @@
+r"""Exports a dss_jax checkpoint as a Hugging Face T5 directory.
+
+    python -m dss_jax.export --checkpoint CKPT_DIR --output HF_DIR [--item NAME] [--vocab PATH]
+
+CKPT_DIR is a params checkpoint (dss_jax.convert / checkpoints.save_params) or a trainer
+checkpoint whose tree holds the params (see dss_jax.checkpoints.load_params). HF_DIR gets
+config.json, generation_config.json, model.safetensors and spiece.model, so that
+`transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student.
+"""
+import sys
+
+from absl import app, flags, logging
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dss_jax checkpoint directory.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Directory for the Hugging Face files.", required=True)
+_ITEM = flags.DEFINE_string("item", None, "Orbax item (subdirectory) holding the params, when "
+                            "the checkpoint has several and the search should not guess.")
+_VOCAB = flags.DEFINE_string("vocab", None, "spiece.model to ship; default: the checkpoint's own.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dss_jax import checkpoints
+    from dss_jax.model import hf_convert
+
+    try:
+        params, config, vocab = checkpoints.load_params(_CHECKPOINT.value, item=_ITEM.value)
+        vocab = _VOCAB.value or vocab
+        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"dss_jax.export: error: {e}")
+    if vocab is None:
+        logging.warning("no spiece.model found for %s: %s has no tokenizer", _CHECKPOINT.value, out)
+    print(f"exported {_CHECKPOINT.value} -> {out} (vocabulary: {vocab or 'none'})")
+
+
+if __name__ == "__main__":
+    app.run(main)
