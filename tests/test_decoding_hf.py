@@ -97,7 +97,7 @@ def test_greedy_matches_transformers(models):
 
 
 @pytest.mark.parametrize(
-    "length_penalty,early_stopping", [(1.0, False), (0.6, False), (2.0, False), (1.0, True)]
+    "length_penalty,early_stopping", [(1.0, False), (0.6, False), (2.0, True)]
 )
 def test_beam_search_matches_transformers(models, length_penalty, early_stopping):
     hf, model, params, enc = models

@@ -44,8 +44,9 @@ def _random_params(config, seed, std, eos_scale):
 
 
 VARIANTS = {
-    "t5.1.0": dict(std=1.0, eos_scale=3.0),
-    "t5.1.1": dict(std=2.0, eos_scale=2.0),
+    # Seeds picked so that some rows stop at EOS, others run to the length limit.
+    "t5.1.0": dict(seed=2, std=1.0, eos_scale=3.0),
+    "t5.1.1": dict(seed=1, std=2.0, eos_scale=2.0),
 }
 
 
@@ -54,7 +55,7 @@ def setup(request):
     variant = request.param
     config = T5Config.preset("tiny", variant, vocab_size=32, dropout_rate=0.0)
     model = t5.T5(config)
-    params = _random_params(config, seed=1, **VARIANTS[variant])
+    params = _random_params(config, **VARIANTS[variant])
     rng = np.random.RandomState(0)
     lengths = [7, 3, 5, 1, 6]
     enc = np.zeros((len(lengths), 7), np.int32)
@@ -91,21 +92,21 @@ def test_greedy_generate_matches_full_recompute(setup):
     oracle = _FullDecoderOracle(model, params, enc)
     out = decoding.generate(model, params, enc, max_decode_length=MAX_LEN)
     assert out.tokens.shape == (enc.shape[0], MAX_LEN)
-    saw_eos = False
+    stopped = []
     for row in range(enc.shape[0]):
         tokens = []
         for _ in range(MAX_LEN):
             tokens.append(int(np.argmax(oracle.log_probs(row, tokens))))
             if tokens[-1] == EOS:
-                saw_eos = True
                 break
+        stopped.append(tokens[-1] == EOS)
         assert out.tokens[row].tolist() == pad_to(tokens, MAX_LEN), row
-    assert saw_eos
+    assert any(stopped) and not all(stopped)
 
 
-@pytest.mark.parametrize("length_penalty", [1.0, 0.5])
-def test_beam_generate_matches_full_recompute(setup, length_penalty):
+def test_beam_generate_matches_full_recompute(setup):
     model, params, enc = setup
+    length_penalty = 0.6
     oracle = _FullDecoderOracle(model, params, enc)
     out = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="beam",
                             num_beams=4, length_penalty=length_penalty, return_all_beams=True)
@@ -118,10 +119,6 @@ def test_beam_generate_matches_full_recompute(setup, length_penalty):
 
 def test_sampling_generate(setup):
     model, params, enc = setup
-    greedy = decoding.generate(model, params, enc, max_decode_length=MAX_LEN)
-    cold = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample",
-                             temperature=0.0)
-    np.testing.assert_array_equal(cold.tokens, greedy.tokens)
     a = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample",
                           rng=jax.random.key(0), top_k=5)
     b = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample",
@@ -136,7 +133,17 @@ def test_sampling_generate(setup):
 
 def test_generate_accepts_a_variables_dict_and_a_config(setup):
     model, params, enc = setup
-    config = decoding.DecodeConfig(max_decode_length=MAX_LEN, method="beam", num_beams=2)
+    config = decoding.DecodeConfig(max_decode_length=MAX_LEN)  # the greedy tests' settings
     a = decoding.generate(model, {"params": params}, enc, config=config)
-    b = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="beam", num_beams=2)
+    b = decoding.generate(model, params, enc, max_decode_length=MAX_LEN)
     np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_generate_compiles_once_per_settings_and_shape(setup):
+    model, params, enc = setup
+    settings = dict(max_decode_length=MAX_LEN, method="beam", num_beams=4, length_penalty=0.6,
+                    return_all_beams=True)
+    decoding.generate(model, params, enc, **settings)
+    compiled = decoding._generate_jit._cache_size()
+    decoding.generate(model, params, (enc + 1) * (enc > 0), **settings)  # new values, same shape
+    assert decoding._generate_jit._cache_size() == compiled

@@ -140,6 +140,8 @@ def beam_search(
         raise ValueError(f"max_decode_length must be >= 1, got {max_decode_length}")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if early_stopping != "never":
+        early_stopping = bool(early_stopping)
     b, k, length = batch_size, num_beams, max_decode_length
     n_candidates = 2 * k  # one EOS id: HF keeps max(2, 1 + n_eos) * num_beams candidates
     penalties = jnp.asarray(_length_penalties(length, length_penalty))  # [length]

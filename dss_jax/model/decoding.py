@@ -78,6 +78,8 @@ class DecodeConfig:
                 "DecodeConfig.early_stopping must be True, False or 'never', "
                 f"got {self.early_stopping!r}"
             )
+        if self.early_stopping != "never":
+            object.__setattr__(self, "early_stopping", bool(self.early_stopping))
         if self.temperature < 0:
             raise ValueError(f"DecodeConfig.temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -219,6 +221,7 @@ def sample(
     key, the step and the logits, not on when other rows finished.
     """
     if temperature == 0.0:
+        # The limit of ever colder sampling; also spares callers a key they do not need.
         return greedy_search(
             tokens_to_logits,
             cache,
@@ -228,6 +231,9 @@ def sample(
             pad_id=pad_id,
             decoder_start_id=decoder_start_id,
         )
+
+    if rng is None:
+        raise ValueError("sample() needs a PRNG key: pass rng=jax.random.key(seed)")
 
     def choose(logits, step):
         filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -365,7 +371,7 @@ def generate(
     params: PyTree,
     encoder_input_tokens: jax.Array,
     *,
-    max_decode_length: int,
+    max_decode_length: Optional[int] = None,
     method: str = "greedy",
     num_beams: int = 4,
     length_penalty: float = 1.0,
@@ -387,8 +393,9 @@ def generate(
       max_decode_length ... return_all_beams: the `DecodeConfig` fields; ignored when
         `config` is given.
       rng: PRNG key, needed for method="sample".
-      encoder_segment_ids: [batch, enc_len] for packed encoder rows (default: one
-        segment per row; padding is masked by the model either way).
+      encoder_segment_ids: optional [batch, enc_len] segment ids of the encoder input
+        (1 real, 0 padding). Not needed for ordinary padded rows: the model masks
+        encoder tokens equal to 0 anyway. Each row decodes one target.
       config: a complete `DecodeConfig` instead of the keyword settings.
 
     Returns:
@@ -396,6 +403,8 @@ def generate(
       pad (0) after EOS, and scores [batch].
     """
     if config is None:
+        if max_decode_length is None:
+            raise ValueError("generate() needs max_decode_length (or a DecodeConfig as config=)")
         config = DecodeConfig(
             max_decode_length=max_decode_length,
             method=method,
