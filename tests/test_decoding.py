@@ -1,5 +1,7 @@
 """Greedy decoding and sampling against plain-Python references on a toy Markov decoder."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,12 +80,19 @@ def test_compiles_once_per_shape():
     assert first.tokens.shape == second.tokens.shape
 
 
-def _sample(toy, rng, max_len=MAX_LEN, **kw):
+@functools.lru_cache(maxsize=None)
+def _sampler(toy, max_len, settings):
+    """One compiled sampler per toy model and settings; keys vary without recompiling."""
     return jax.jit(
         lambda cache, key: decoding.sample(
-            toy.tokens_to_logits, cache, key, batch_size=toy.batch, max_decode_length=max_len, **kw
+            toy.tokens_to_logits, cache, key, batch_size=toy.batch, max_decode_length=max_len,
+            **dict(settings)
         )
-    )(toy.initial_cache(), rng)
+    )
+
+
+def _sample(toy, rng, max_len=MAX_LEN, **kw):
+    return _sampler(toy, max_len, tuple(sorted(kw.items())))(toy.initial_cache(), rng)
 
 
 @pytest.mark.parametrize(
