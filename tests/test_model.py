@@ -1,0 +1,292 @@
+"""The Flax T5 on its own (no torch): config, packing, incremental decoding, dtypes, axes."""
+import dataclasses
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import T5, init_variables, logical_param_specs
+
+TINY = dict(vocab_size=97, relative_attention_num_buckets=8, relative_attention_max_distance=12,
+            dropout_rate=0.0)
+VARIANTS = ["t5.1.0", "t5.1.1"]
+
+
+def _config(variant="t5.1.1", **kw):
+    return T5Config.preset("tiny", variant, **{**TINY, **kw})
+
+
+@functools.lru_cache(maxsize=None)
+def _params(config: T5Config, seed: int = 0):
+    """Random params drawn with numpy in the model's shapes (compiling init is slow on CPU)."""
+    shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:  # norms start at one; perturbed so a mis-wired norm cannot hide
+            return 1.0 + 0.3 * rng.standard_normal(leaf.shape, np.float32)
+        std = 1.0 if "embedding" in name else 0.3 if "rel_embedding" in name else leaf.shape[0] ** -0.5
+        if "query" in name:
+            std /= config.d_kv**0.5
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes["params"]))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "method", "enable_dropout"))
+def _apply(config, params, *args, method="__call__", enable_dropout=False, rng=None):
+    """Jitted T5(config).apply (eager op-by-op dispatch is slow on a small CPU)."""
+    model = T5(config)
+    rngs = {"dropout": rng} if rng is not None else None
+    kwargs = {"enable_dropout": enable_dropout} if method in ("__call__", "encode") else {}
+    return model.apply({"params": params}, *args, method=getattr(model, method), rngs=rngs, **kwargs)
+
+
+def _tokens(rng, batch, length, pad_from=None, low=2, high=96):
+    t = rng.integers(low, high, (batch, length)).astype(np.int32)
+    if pad_from is not None:
+        for row, start in enumerate(pad_from):
+            t[row, start:] = 0
+    return t
+
+
+# ----- config -------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,expected", [
+    ("small", (512, 1024, 6, 64, 8)), ("base", (768, 2048, 12, 64, 12)),
+    ("large", (1024, 2816, 16, 64, 24)), ("xl", (2048, 5120, 32, 64, 24)),
+    ("xxl", (4096, 10240, 64, 64, 24)),
+])
+def test_presets_have_published_v11_sizes(size, expected):
+    for variant in ("t5.1.1", "flan"):
+        c = T5Config.preset(size, variant)
+        assert (c.d_model, c.d_ff, c.num_heads, c.d_kv, c.num_encoder_layers) == expected
+        assert c.num_decoder_layers == expected[-1] and c.vocab_size == 32128
+        assert c.feed_forward == "gated-gelu" and c.activation == "gelu_new"
+        assert not c.tie_word_embeddings and not c.scales_decoder_output
+
+
+def test_v10_variant_is_relu_tied_and_scaled():
+    c = T5Config.preset("base", "t5.1.0")
+    assert (c.d_model, c.d_ff, c.num_heads) == (768, 3072, 12)
+    assert c.feed_forward == "relu" and c.tie_word_embeddings and c.scales_decoder_output
+
+
+def test_config_serialisation_round_trips():
+    c = _config("t5.1.0", dtype=jnp.bfloat16, remat_policy="minimal")
+    assert c.dtype == "bfloat16" and c.compute_dtype == jnp.bfloat16
+    assert T5Config.from_dict(json.loads(c.to_json())) == c
+    assert T5Config.from_hf_config(c.to_hf_config(), dtype="bfloat16",
+                                   remat_policy="minimal", dropout_rate=0.0) == c
+    with pytest.raises(ValueError, match="model_type"):
+        T5Config.from_dict({"model_type": "t5", "d_model": 8})
+
+
+def test_hf5_style_config_is_read_as_untied():
+    # transformers 5 writes tie_word_embeddings=true for v1.1 and keeps the truth elsewhere.
+    hf = _config("t5.1.1").to_hf_config()
+    hf.update(tie_word_embeddings=True, scale_decoder_outputs=False)
+    c = T5Config.from_hf_config(hf)
+    assert not c.tie_word_embeddings and not c.scales_decoder_output
+
+
+@pytest.mark.parametrize("bad", [dict(feed_forward="gated-tanh"), dict(remat_policy="some"),
+                                 dict(dtype="float99"), dict(d_model=0)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        _config(**bad)
+
+
+# ----- shapes, axes -------------------------------------------------------------------------
+ALLOWED_AXES = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_param_has_logical_axis_names(variant):
+    config = _config(variant)
+    specs = logical_param_specs(config)
+    shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
+    flat_specs = jax.tree_util.tree_leaves_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    flat_shapes = jax.tree_util.tree_leaves(nn.meta.unbox(shapes["params"]))
+    assert len(flat_specs) == len(flat_shapes) > 10
+    for (path, spec), shape in zip(flat_specs, flat_shapes):
+        assert isinstance(spec, jax.sharding.PartitionSpec), path
+        assert len(spec) == len(shape.shape), path
+        assert all(name in ALLOWED_AXES for name in spec), (path, spec)
+    names = {jax.tree_util.keystr(p) for p, _ in flat_specs}
+    assert any("logits_dense" in n for n in names) == (variant == "t5.1.1")
+    assert sum("rel_embedding" in n for n in names) == 2  # one table per stack
+
+
+def test_logits_are_float32_with_expected_shape():
+    config = _config()
+    rng = np.random.default_rng(0)
+    logits = _apply(config, _params(config), _tokens(rng, 2, 7), _tokens(rng, 2, 5))
+    assert logits.shape == (2, 5, config.vocab_size) and logits.dtype == jnp.float32
+
+
+def test_model_runs_sharded_under_logical_axis_rules(cpu_devices):
+    config = _config(vocab_size=96)  # divisible by the model axis
+    mesh = jax.sharding.Mesh(np.array(cpu_devices[:4]).reshape(2, 2), ("data", "model"))
+    rules = (("batch", "data"), ("heads", "model"), ("mlp", "model"), ("vocab", "model"),
+             ("embed", None), ("kv", None), ("length", None), ("relpos_buckets", None))
+    rng = np.random.default_rng(1)
+    enc, dec = _tokens(rng, 4, 6), _tokens(rng, 4, 5)
+    params = _params(config)
+    expected = _apply(config, params, enc, dec)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        sharded = jax.jit(lambda p, e, d: T5(config).apply({"params": p}, e, d))(params, enc, dec)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5)
+
+
+# ----- packing ------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_row_equals_segments_run_alone(variant):
+    config = _config(variant)
+    params = _params(config)
+    rng = np.random.default_rng(2)
+    # Two examples; their lengths exceed the bucket max distance so the log buckets matter.
+    enc_a, enc_b = _tokens(rng, 1, 13)[0], _tokens(rng, 1, 6)[0]
+    dec_a, dec_b = _tokens(rng, 1, 9)[0], _tokens(rng, 1, 14)[0]
+    dec_a[0] = dec_b[0] = 0  # decoder start token
+
+    def pack(a, b, total):
+        tokens = np.zeros((1, total), np.int32)
+        seg = np.zeros((1, total), np.int32)
+        pos = np.zeros((1, total), np.int32)
+        tokens[0, :len(a)], tokens[0, len(a):len(a) + len(b)] = a, b
+        seg[0, :len(a)], seg[0, len(a):len(a) + len(b)] = 1, 2
+        pos[0, :len(a)], pos[0, len(a):len(a) + len(b)] = np.arange(len(a)), np.arange(len(b))
+        return tokens, seg, pos
+
+    enc, enc_seg, enc_pos = pack(enc_a, enc_b, 22)
+    dec, dec_seg, dec_pos = pack(dec_a, dec_b, 26)
+    packed = _apply(config, params, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
+    packed_enc = _apply(config, params, enc, enc_seg, enc_pos, method="encode")
+    alone_a = _apply(config, params, enc_a[None], dec_a[None])
+    alone_b = _apply(config, params, enc_b[None], dec_b[None])
+    np.testing.assert_allclose(packed[0, :9], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 9:23], alone_b[0], atol=1e-5)
+    enc_alone_b = _apply(config, params, enc_b[None], method="encode")
+    np.testing.assert_allclose(packed_enc[0, 13:19], enc_alone_b[0], atol=1e-5)
+    # Without segment ids the segments do see each other: the test above is not vacuous.
+    unpacked = _apply(config, params, enc, dec)
+    assert np.abs(np.asarray(unpacked[0, 9:23]) - np.asarray(alone_b[0])).max() > 1e-3
+
+
+def test_encoder_padding_does_not_change_logits():
+    config = _config()
+    params = _params(config)
+    rng = np.random.default_rng(3)
+    enc, dec = _tokens(rng, 1, 8), _tokens(rng, 1, 6)
+    padded = np.concatenate([enc, np.zeros((1, 5), np.int32)], axis=1)
+    a = _apply(config, params, enc, dec)
+    b = _apply(config, params, padded, dec)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ----- incremental decoding -----------------------------------------------------------------
+def _step_by_step(config, params, enc, dec):
+    model = T5(config)
+    encoded = _apply(config, params, enc, method="encode")
+    init_cache = jax.jit(lambda: model.apply(
+        {"params": params}, encoded, enc, jnp.zeros_like(dec), decode=True, mutable=["cache"],
+        method=T5.decode)[1]["cache"])
+    cache = init_cache()
+
+    @jax.jit
+    def step(cache, token):
+        logits, state = model.apply({"params": params, "cache": cache}, encoded, enc, token,
+                                    decode=True, mutable=["cache"], method=T5.decode)
+        return logits, state["cache"]
+
+    initial = cache
+    outs = []
+    for t in range(dec.shape[1]):
+        logits, cache = step(cache, dec[:, t:t + 1])
+        outs.append(logits)
+    return initial, cache, jnp.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_incremental_decoding_matches_full_decoder_pass(variant):
+    config = _config(variant)
+    params = _params(config)
+    rng = np.random.default_rng(4)
+    enc = _tokens(rng, 3, 10, pad_from=[10, 6, 3])
+    dec = _tokens(rng, 3, 15)  # longer than the bucket max distance
+    dec[:, 0] = 0
+    full = _apply(config, params, enc, dec)
+    initial, final, stepped = _step_by_step(config, params, enc, dec)
+    np.testing.assert_allclose(stepped, full, atol=1e-5)
+
+    # The cache layout the decoding algorithms rely on.
+    layer = initial["decoder"]["layers_0"]["self_attention"]
+    assert layer["cached_key"].shape == (3, 15, config.num_heads, config.d_kv)
+    assert layer["cached_value"].shape == (3, 15, config.num_heads, config.d_kv)
+    assert layer["cache_index"].shape == () and layer["cache_index"].dtype == jnp.int32
+    indices = [x for p, x in jax.tree_util.tree_leaves_with_path(initial) if "cache_index" in str(p)]
+    assert indices and all(int(i) == 0 for i in indices)
+    indices = [x for p, x in jax.tree_util.tree_leaves_with_path(final) if "cache_index" in str(p)]
+    assert all(int(i) == 15 for i in indices)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(final):
+        assert leaf.ndim == 0 or leaf.shape[0] == 3, path  # leading batch dim everywhere else
+
+
+def test_decoding_with_bfloat16_runs_and_is_close():
+    config = _config()
+    params = _params(config)
+    rng = np.random.default_rng(5)
+    enc, dec = _tokens(rng, 2, 9, pad_from=[9, 4]), _tokens(rng, 2, 7)
+    full32 = np.asarray(_apply(config, params, enc, dec))
+    config16 = config.replace(dtype="bfloat16")
+    full16 = _apply(config16, params, enc, dec)
+    assert full16.dtype == jnp.float32
+    full16 = np.asarray(full16)
+    assert np.isfinite(full16).all()
+    scale = np.abs(full32).max()
+    assert np.abs(full16 - full32).max() < 0.05 * scale
+    assert np.abs(full16 - full32).max() > 0  # bf16 compute really happened
+    _, _, stepped16 = _step_by_step(config16, params, enc, dec)
+    assert np.abs(np.asarray(stepped16) - full32).max() < 0.05 * scale
+
+
+# ----- dropout and remat --------------------------------------------------------------------
+def test_dropout_only_with_enable_dropout():
+    config = _config(dropout_rate=0.3, num_encoder_layers=1, num_decoder_layers=1)
+    params = _params(config)
+    rng = np.random.default_rng(6)
+    enc, dec = _tokens(rng, 2, 6), _tokens(rng, 2, 5)
+    off = _apply(config, params, enc, dec)
+    np.testing.assert_allclose(off, _apply(config.replace(dropout_rate=0.0), params, enc, dec),
+                               atol=1e-6)
+    on1 = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
+    on1b = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
+    on2 = _apply(config, params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
+    np.testing.assert_array_equal(on1, on1b)
+    assert np.abs(np.asarray(on1) - np.asarray(off)).max() > 1e-3
+    assert np.abs(np.asarray(on1) - np.asarray(on2)).max() > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["full", "minimal"])
+def test_remat_gives_the_same_loss_and_gradients(policy):
+    base = _config(num_encoder_layers=1, num_decoder_layers=1)
+    params = _params(base)
+    rng = np.random.default_rng(7)
+    enc, dec, tgt = _tokens(rng, 2, 6), _tokens(rng, 2, 5), _tokens(rng, 2, 5)
+
+    def loss(config, p):
+        logits = T5(config).apply({"params": p}, enc, dec)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
+
+    l0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, base)))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(
+        functools.partial(loss, dataclasses.replace(base, remat_policy=policy))))(params)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
