@@ -7,15 +7,13 @@ padded batch of inputs of different lengths.
 import numpy as np
 import pytest
 
+from dss_jax.model import decoding, hf_convert, t5
 from _decoding_toy import EOS, PAD
 
 pytestmark = pytest.mark.torch
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-hf_convert = pytest.importorskip("dss_jax.model.hf_convert")
-t5 = pytest.importorskip("dss_jax.model.t5")
-from dss_jax.model import decoding  # noqa: E402
 
 MAX_NEW = 12
 VOCAB = 32

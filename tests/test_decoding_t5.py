@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dss_jax.model import decoding
+from dss_jax.model import decoding, t5
+from dss_jax.model.config import T5Config
 from _decoding_toy import EOS, PAD, pad_to, reference_beam
-
-t5 = pytest.importorskip("dss_jax.model.t5")
-from dss_jax.model.config import T5Config  # noqa: E402
 
 MAX_LEN = 10
 
