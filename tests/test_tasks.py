@@ -188,3 +188,19 @@ def test_missing_data_dir_is_named(tmp_path):
             dss_tasks.paper_cache_path("svamp", "train")
     finally:
         gin.clear_config()
+
+
+@pytest.mark.parametrize("dataset", list(sources.DATASETS))
+def test_task_gin_files(dataset):
+    import pathlib
+
+    gin.clear_config()
+    try:
+        path = pathlib.Path(__file__).resolve().parents[1] / "gin" / "tasks" / f"{dataset}.gin"
+        gin.parse_config_file(str(path))
+        name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+        lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+        assert name == f"dss_{dataset}" and name in seqio.TaskRegistry.names()
+        assert set(lengths) == set(DssFeatureConverter.TASK_FEATURES)
+    finally:
+        gin.clear_config()
