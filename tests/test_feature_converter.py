@@ -226,3 +226,18 @@ def test_seqio_converter_matches_numpy_path():
         assert conv.get_model_feature_lengths(LENGTHS)["encoder_input_tokens"] == 24
     with pytest.raises(ValueError, match="rationale_weight"):
         DssFeatureConverter(rationale_weight=-1.0)
+
+
+def test_packed_rows_with_their_own_lengths():
+    examples = random_examples(200, seed=5)
+    base_stats, wide_stats = packing.PackingStats(), packing.PackingStats()
+    base = convert_numpy(examples, LENGTHS, stats=base_stats)
+    wide = convert_numpy(examples, LENGTHS, stats=wide_stats, pack_encoder_length=96, pack_decoder_length=40)
+    assert wide["encoder_input_tokens"].shape[1] == 96 and wide["decoder_target_tokens"].shape[1] == 40
+    assert sorted(segments_of_rows(wide)) == sorted(expected_segments(examples))
+    assert wide["encoder_input_tokens"].shape[0] < base["encoder_input_tokens"].shape[0]
+    assert wide_stats.efficiency > base_stats.efficiency
+    unpacked = convert_numpy(examples, LENGTHS, pack=False, pack_encoder_length=96)  # ignored when not packing
+    assert unpacked["encoder_input_tokens"].shape[1] == 24
+    with pytest.raises(ValueError, match=r"must hold the longest segment"):
+        convert_numpy(examples, LENGTHS, pack_decoder_length=10)

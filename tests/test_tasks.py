@@ -202,5 +202,10 @@ def test_task_gin_files(dataset):
         lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
         assert name == f"dss_{dataset}" and name in seqio.TaskRegistry.names()
         assert set(lengths) == set(DssFeatureConverter.TASK_FEATURES)
+        conv = DssFeatureConverter(pack=True)  # takes the file's packed row lengths
+        rows = conv.get_model_feature_lengths(lengths)
+        assert rows["encoder_input_tokens"] >= max(lengths["label_inputs"], lengths["rationale_inputs"])
+        assert rows["decoder_target_tokens"] >= max(lengths["label_targets"], lengths["rationale_targets"])
+        assert rows["encoder_input_tokens"] == gin.query_parameter("DssFeatureConverter.pack_encoder_length")
     finally:
         gin.clear_config()
