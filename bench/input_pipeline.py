@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 _DATASETS = flags.DEFINE_list("datasets", ["svamp", "cqa"], "Datasets to measure (their train split).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default: $DSS_PALM_DIR or ../shared/data/dss_palm).")
@@ -56,7 +56,7 @@ def measure(dataset: str, cache_dir: str) -> dict:
 
     def one_pass():
         converter = DssFeatureConverter(pack=True, rationale_weight=_RATIONALE_WEIGHT.value)
-        ds = seqio.get_dataset(task, lengths, converter, dataset_split="train", shuffle=False)
+        ds = seqio.get_dataset(task, lengths, converter, dataset_split="train", shuffle=False, verbose=False)
         rows = sum(1 for _ in ds.as_numpy_iterator())
         return rows, converter.stats
 
@@ -88,11 +88,22 @@ def measure(dataset: str, cache_dir: str) -> dict:
         "encoder_efficiency": round(stats.encoder_efficiency, 4),
         "decoder_efficiency": round(stats.decoder_efficiency, 4),
         "efficiency": round(stats.efficiency, 4),
+        "row_lengths": converter_row_lengths(lengths),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def converter_row_lengths(lengths) -> list:
+    from dss_jax.data.feature_converter import DssFeatureConverter
+
+    rows = DssFeatureConverter(pack=True, rationale_weight=_RATIONALE_WEIGHT.value).get_model_feature_lengths(lengths)
+    return [rows["encoder_input_tokens"], rows["decoder_target_tokens"]]
 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)
     with tempfile.TemporaryDirectory() as cache_dir:
         for dataset in _DATASETS.value:
             print(json.dumps(measure(dataset, cache_dir)), flush=True)
