@@ -35,8 +35,6 @@ def measure(dataset: str, cache_dir: str) -> dict:
     import seqio
 
     import tasks.dss  # noqa: F401
-    from dss_jax.data import dss_paper, packing
-    from dss_jax.data import tasks as dss_tasks
     from dss_jax.data.feature_converter import DssFeatureConverter, convert_numpy
 
     gin.clear_config()
@@ -74,7 +72,6 @@ def measure(dataset: str, cache_dir: str) -> dict:
     t = time.perf_counter()
     convert_numpy(tokenized, lengths, pack=True, rationale_weight=_RATIONALE_WEIGHT.value)
     pack_s = time.perf_counter() - t
-    del dss_paper, packing, dss_tasks
     return {
         "dataset": dataset,
         "examples": examples,

@@ -39,6 +39,8 @@ def bind(env):
     apply()
     yield apply
     gin.clear_config()
+    for name in tasks.dss.TASK_NAMES:  # do not leave them on this module's temporary vocabulary
+        seqio.get_mixture_or_task(name).output_features["label_inputs"].vocabulary.reset()
 
 
 def _examples(name, split, lengths=LENGTHS):

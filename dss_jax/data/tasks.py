@@ -413,13 +413,15 @@ def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = N
     examples released as a sample).
     """
     spec = sources.get_spec(dataset)
-    provider = functools.partial
-    others = {"test": provider(paper_cache_path, dataset, "test")}
+    def provider(split: str) -> PathProvider:
+        return functools.partial(paper_cache_path, dataset, split)
+
+    others = {"test": provider("test")}
     if "sample" in spec.splits:
-        others["sample"] = provider(paper_cache_path, dataset, "sample")
+        others["sample"] = provider("sample")
     splits = CacheSplits(
-        train=provider(paper_cache_path, dataset, "train"),
-        validation=provider(paper_cache_path, dataset, "valid") if spec.has_validation else None,
+        train=provider("train"),
+        validation=provider("valid") if spec.has_validation else None,
         others=others,
     )
     return _register(PAPER_TASK_PREFIX + dataset, splits, spec.family, vocabulary, None,
