@@ -34,6 +34,8 @@ setup(
         # Parity tests, HF export checks and the benchmarks against the PyTorch reference.
         # Install torch first from a CPU build (`pip install torch==2.13.0`) or pip pulls CUDA.
         "torch": ["torch>=2.4", "transformers>=4.46"],
+        # Readers for the datasets from Hugging Face (dss_jax.data.hf_readers).
+        "hf": ["datasets>=2.14"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

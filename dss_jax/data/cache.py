@@ -244,6 +244,11 @@ class CacheWriter:
             n += 1
         return n
 
+    def sync(self) -> None:
+        """Forces written records to disk (for writers opened with fsync=False)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def close(self) -> None:
         if not self._file.closed:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,185 @@
+"""The DSS feature converter: paired examples -> the model's (packed) features.
+
+Task features (tokenized, each ending in EOS):
+
+    label_inputs        "predict: <input>"      label_targets       the label
+    rationale_inputs    "explain: <input>"      rationale_targets   the rationale
+
+Model features: T5X's EncDecFeatureConverter names plus `decoder_task_ids` (1 label
+token, 2 rationale token, 0 padding); see `dss_jax.data.packing`. Row lengths are the
+longest of the two kinds: encoder max(label_inputs, rationale_inputs), decoder
+max(label_targets, rationale_targets), unless packed rows are given their own lengths
+(`pack_encoder_length`, `pack_decoder_length`: inputs are several times longer than
+targets, so rows shaped like one segment leave the decoder mostly padding). With
+`rationale_weight=0` the rationale segments are left out and only the label lengths count.
+
+Packing runs in numpy (`packing.FirstFitPacker`) on the tokenized stream, because the
+rows must hold segments of two kinds with one task id per target token; `stats` counts
+the real and total tokens of the rows produced so far (padding efficiency).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dss_jax.data import packing
+
+_INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
+_BLOCK = 128  # examples / rows per crossing between tf.data and numpy
+
+
+@gin.configurable
+class DssFeatureConverter(seqio.FeatureConverter):
+    """Packs label and rationale segments into shared rows (or pads one per row)."""
+
+    TASK_FEATURES = {name: _INT for name in PAIRED_FEATURES}
+    MODEL_FEATURES = {name: _INT for name in packing.UNPACKED_FEATURES}
+    PACKING_FEATURE_DTYPES = {
+        "encoder_segment_ids": tf.int32,
+        "decoder_segment_ids": tf.int32,
+        "encoder_positions": tf.int32,
+        "decoder_positions": tf.int32,
+    }
+
+    def __init__(
+        self,
+        pack: bool = True,
+        rationale_weight: float = 1.0,
+        max_open_rows: int = 16,
+        pack_encoder_length: Optional[int] = None,
+        pack_decoder_length: Optional[int] = None,
+        apply_length_check: bool = True,
+        bos_id: int = 0,
+    ):
+        """
+        Args:
+          pack: pack segments into shared rows (training) or one segment per row (eval).
+          rationale_weight: λ of the DSS loss; 0 leaves the rationale segments out.
+          max_open_rows: the first-fit window (more rows: denser packing, more memory).
+          pack_encoder_length / pack_decoder_length: packed row lengths when they should
+            differ from the segment lengths (inputs are usually several times longer than
+            targets, so rows shaped like one segment waste decoder room); at least the
+            longest segment. Ignored when not packing.
+          apply_length_check: seqio's length assertions on the input and output.
+          bos_id: the decoder start token.
+        """
+        super().__init__(pack=pack, apply_length_check=apply_length_check, bos_id=bos_id)
+        if rationale_weight < 0:
+            raise ValueError(f"rationale_weight must be >= 0, got {rationale_weight}")
+        self.rationale_weight = rationale_weight
+        self.max_open_rows = max_open_rows
+        self.pack_encoder_length = pack_encoder_length
+        self.pack_decoder_length = pack_decoder_length
+        self.stats = packing.PackingStats()
+
+    @property
+    def include_rationale(self) -> bool:
+        return self.rationale_weight > 0
+
+    def _segment_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        if self.include_rationale:
+            return (
+                max(task_feature_lengths["label_inputs"], task_feature_lengths["rationale_inputs"]),
+                max(task_feature_lengths["label_targets"], task_feature_lengths["rationale_targets"]),
+            )
+        return task_feature_lengths["label_inputs"], task_feature_lengths["label_targets"]
+
+    def _row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        encoder_length, decoder_length = self._segment_lengths(task_feature_lengths)
+        if not self.pack:
+            return encoder_length, decoder_length
+        rows = (self.pack_encoder_length or encoder_length, self.pack_decoder_length or decoder_length)
+        if rows[0] < encoder_length or rows[1] < decoder_length:
+            raise ValueError(
+                f"packed rows ({rows[0]} encoder, {rows[1]} decoder tokens) must hold the longest segment "
+                f"({encoder_length}, {decoder_length} from the task feature lengths {dict(task_feature_lengths)})"
+            )
+        return rows
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+        lengths = {k: task_feature_lengths[k] for k in PAIRED_FEATURES}
+        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
+
+        # tf.data hands elements to Python one at a time at a high fixed cost, so examples
+        # cross into numpy in padded blocks (with their lengths) and rows come back in
+        # blocks that are unbatched on the TensorFlow side.
+        def trim(ex):
+            out = {k: ex[k][: lengths[k]] for k in PAIRED_FEATURES}
+            out.update({f"{k}_length": tf.size(out[k]) for k in PAIRED_FEATURES})
+            return out
+
+        blocks_in = ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).padded_batch(
+            _BLOCK, padded_shapes={**{k: [lengths[k]] for k in PAIRED_FEATURES}, **{f"{k}_length": [] for k in PAIRED_FEATURES}}
+        )
+
+        def examples():
+            for block in blocks_in.as_numpy_iterator():
+                for i in range(block["label_inputs"].shape[0]):
+                    yield {k: block[k][i, : block[f"{k}_length"][i]] for k in PAIRED_FEATURES}
+
+        def row_blocks():
+            if self.pack:
+                rows = packing.pack_examples(
+                    examples(), encoder_length, decoder_length, self.include_rationale,
+                    self.max_open_rows, self.bos_id, self.stats,
+                )
+            else:
+                rows = packing.pad_examples(
+                    examples(), encoder_length, decoder_length, self.include_rationale, self.bos_id, self.stats
+                )
+            block = []
+            for row in rows:
+                block.append(row)
+                if len(block) == _BLOCK:
+                    yield {k: np.stack([r[k] for r in block]) for k in features}
+                    block = []
+            if block:
+                yield {k: np.stack([r[k] for r in block]) for k in features}
+
+        signature = {
+            k: tf.TensorSpec([None, encoder_length if k.startswith("encoder") else decoder_length], tf.int32)
+            for k in features
+        }
+        return tf.data.Dataset.from_generator(row_blocks, output_signature=signature).unbatch()
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
+        return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
+
+
+def convert_numpy(
+    examples,
+    task_feature_lengths: Mapping[str, int],
+    pack: bool = True,
+    rationale_weight: float = 1.0,
+    max_open_rows: int = 16,
+    stats: packing.PackingStats | None = None,
+    pack_encoder_length: Optional[int] = None,
+    pack_decoder_length: Optional[int] = None,
+) -> dict[str, np.ndarray]:
+    """The converter's rows for in-memory examples, stacked: [rows, length] per feature.
+
+    Same rows as `DssFeatureConverter` gives through tf.data, without TensorFlow in the
+    loop (for tests, benchmarks and numpy-fed training loops).
+    """
+    conv = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight, max_open_rows=max_open_rows,
+                               pack_encoder_length=pack_encoder_length, pack_decoder_length=pack_decoder_length)
+    encoder_length, decoder_length = conv._row_lengths(task_feature_lengths)
+    trimmed = ({k: np.asarray(ex[k], np.int32)[: task_feature_lengths[k]] for k in PAIRED_FEATURES} for ex in examples)
+    if pack:
+        rows = list(packing.pack_examples(trimmed, encoder_length, decoder_length, conv.include_rationale,
+                                          max_open_rows, 0, stats))
+    else:
+        rows = list(packing.pad_examples(trimmed, encoder_length, decoder_length, conv.include_rationale, 0, stats))
+    features = packing.PACKED_FEATURES if pack else packing.UNPACKED_FEATURES
+    if not rows:
+        return {k: np.zeros((0, encoder_length if k.startswith("encoder") else decoder_length), np.int32) for k in features}
+    return {k: np.stack([r[k] for r in rows]) for k in features}

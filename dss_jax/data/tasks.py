@@ -1,0 +1,439 @@
+"""SeqIO tasks of paired examples, built from teacher caches.
+
+Every example carries both halves of Distilling Step-by-Step:
+
+    label_inputs      "predict: <input>"     label_targets      the label (gold or teacher)
+    rationale_inputs  "explain: <input>"     rationale_targets  the teacher's rationale
+
+tokenized, each ending in EOS (in NLI inputs the "</s>" between premise and hypothesis
+becomes the EOS id, as the reference's tokenizer does), plus `id` and the
+`*_pretokenized` strings. `DssFeatureConverter` turns them into model features.
+
+Options (`TaskOptions`) are read from gin when a dataset is built, under the task's
+name as gin scope, so both of these work:
+
+    task_options.label_source = "teacher"              # every DSS task
+    dss_svamp/task_options.train_fraction = 0.25       # one task
+
+Registering your own dataset from cache files takes one call:
+
+    from dss_jax.data.tasks import register_cache_task
+    register_cache_task("my_task", train_cache="train.jsonl", test_cache="test.jsonl",
+                        family="cqa")          # family picks the label scoring
+    # seqio.get_mixture_or_task("my_task").get_dataset(...)
+
+Without `validation_cache`, the validation split is carved out of train (10% by default,
+the reference's rule). Without `vocabulary`, the task uses `task_vocabulary()`: the
+`spm_path` bound in gin (e.g. a checkpoint's spiece.model), or a SentencePiece model
+trained on the train cache and cached beside it.
+
+Split roles: "train" uses the options (label source, teacher samples, fraction); every
+other split is for evaluation: one example per record, gold label, the teacher's
+rationale (or "" when it has none), nothing dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import pathlib
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dss_jax.data import dss_paper, parsers, sources, vocab
+from dss_jax.data.cache import CacheRecord, read_cache
+from dss_jax.data.lazy_vocab import LazyVocabulary
+
+PAIRED_TEXT_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
+TRAIN = "train"
+VALIDATION = "validation"
+
+# Where the built-in tasks find the paper's files and keep their imported caches.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "dss_palm"
+DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/dss_jax").expanduser()
+
+
+# --------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    label_source: str = "gt"  # "gt": dataset labels; "teacher": the teacher's labels
+    teacher_sample: Union[int, str] = 0  # which sample per record: an index, or "all" parsed
+    train_fraction: float = 1.0  # keep this fraction of train (the paper's data sweeps)
+    seed: int = 0  # seed of that subsample (the reference's --run)
+    validation_fraction: float = 0.1  # carved out of train when there is no validation cache
+    validation_seed: int = 0
+
+    def __post_init__(self):
+        if self.label_source not in ("gt", "teacher"):
+            raise ValueError(f"label_source must be 'gt' or 'teacher', got {self.label_source!r}")
+        if not (self.teacher_sample == "all" or (isinstance(self.teacher_sample, int) and self.teacher_sample >= 0)):
+            raise ValueError(f"teacher_sample must be a sample index >= 0 or 'all', got {self.teacher_sample!r}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+
+
+@gin.configurable
+def task_options(
+    label_source: str = "gt",
+    teacher_sample: Union[int, str] = 0,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    validation_seed: int = 0,
+) -> TaskOptions:
+    """The options of the DSS tasks; bind in gin (optionally scoped by task name)."""
+    return TaskOptions(label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed)
+
+
+@gin.configurable
+def data_locations(data_dir: Optional[str] = None, cache_dir: Optional[str] = None) -> tuple[pathlib.Path, pathlib.Path]:
+    """(the paper's files, where imported caches and trained vocabularies go).
+
+    Defaults: $DSS_PALM_DIR or ../shared/data/dss_palm next to the repository, and
+    $DSS_CACHE_DIR or ~/.cache/dss_jax.
+    """
+    data = data_dir or os.environ.get("DSS_PALM_DIR") or DEFAULT_DATA_DIR
+    cache = cache_dir or os.environ.get("DSS_CACHE_DIR") or DEFAULT_CACHE_DIR
+    return pathlib.Path(data), pathlib.Path(cache)
+
+
+@gin.configurable
+def task_vocabulary(
+    spm_path: Optional[str] = None,
+    vocab_size: int = 8000,
+    corpus_caches: Union[Sequence[str], Callable[[], Sequence[str]]] = (),
+    cache_dir: Optional[str] = None,
+) -> seqio.Vocabulary:
+    """The vocabulary of tasks registered without one.
+
+    `spm_path`: a SentencePiece model or a checkpoint dir holding spiece.model (a
+    finetuned student). Otherwise a model trained on the text of `corpus_caches` (the
+    task's train cache when resolved for a task; a callable is called only when needed),
+    cached in `cache_dir` (default: beside the first cache), for a student trained from
+    scratch.
+    """
+    if spm_path:
+        return vocab.from_checkpoint(spm_path)
+    if callable(corpus_caches):
+        corpus_caches = corpus_caches()
+    if not corpus_caches:
+        raise ValueError("task_vocabulary needs spm_path (bind task_vocabulary.spm_path in gin) or corpus_caches")
+    directory = cache_dir or os.path.dirname(os.path.abspath(corpus_caches[0]))
+    texts = vocab.cache_texts(corpus_caches) + [LABEL_PREFIX, RATIONALE_PREFIX]
+    return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
+
+
+# --------------------------------------------------------------------------------------
+# Records -> paired text examples
+# --------------------------------------------------------------------------------------
+
+
+def _chosen_samples(record: CacheRecord, teacher_sample: Union[int, str]):
+    if teacher_sample == "all":
+        return list(record.samples)
+    return list(record.samples[teacher_sample:teacher_sample + 1])
+
+
+def _example(record: CacheRecord, label: str, rationale: str, suffix: str = "") -> dict[str, str]:
+    return {
+        "id": record.id + suffix,
+        "label_inputs": LABEL_PREFIX + record.input,
+        "label_targets": label,
+        "rationale_inputs": RATIONALE_PREFIX + record.input,
+        "rationale_targets": rationale,
+    }
+
+
+def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> tuple[list[dict[str, str]], int]:
+    """(paired examples, records dropped) for training.
+
+    Teacher labels: one example per parsed chosen sample; a record without one is
+    dropped. Gold labels: one example per parsed chosen sample with the gold label, or,
+    when none parsed, one with an empty rationale (as the reference trains them); a
+    record without a gold label is dropped.
+    """
+    examples, dropped = [], 0
+    for record in records:
+        chosen = _chosen_samples(record, options.teacher_sample)
+        parsed = [(i, s) for i, s in enumerate(chosen) if s.parsed]
+        multi = options.teacher_sample == "all"
+        if options.label_source == "teacher":
+            if not parsed:
+                dropped += 1
+            examples += [_example(record, s.label, s.rationale, f"#{i}" if multi else "") for i, s in parsed]
+            continue
+        if record.label is None:
+            dropped += 1
+        elif parsed:
+            examples += [_example(record, record.label, s.rationale, f"#{i}" if multi else "") for i, s in parsed]
+        else:
+            examples.append(_example(record, record.label, ""))
+    return examples, dropped
+
+
+def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) -> tuple[list[dict[str, str]], int]:
+    """One example per record with a gold label; rationale of the first parsed chosen sample."""
+    examples, dropped = [], 0
+    for record in records:
+        if record.label is None:
+            dropped += 1
+            continue
+        parsed = [s for s in _chosen_samples(record, options.teacher_sample) if s.parsed]
+        examples.append(_example(record, record.label, parsed[0].rationale if parsed else ""))
+    return examples, dropped
+
+
+# --------------------------------------------------------------------------------------
+# Cache files -> split records
+# --------------------------------------------------------------------------------------
+
+PathProvider = Callable[[], pathlib.Path]
+REGISTERED: set[str] = set()  # names of the tasks registered through this module
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cache_cached(path: str, mtime_ns: int, size: int) -> tuple[CacheRecord, ...]:
+    del mtime_ns, size  # part of the key: a rewritten file is read again
+    return tuple(read_cache(path))
+
+
+def load_records(path: Union[str, os.PathLike]) -> tuple[CacheRecord, ...]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher cache not found: {path}")
+    stat = os.stat(path)
+    return _read_cache_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSplits:
+    """Where each split's records come from: cache files (or providers that make them)."""
+
+    train: PathProvider
+    validation: Optional[PathProvider] = None  # None: carved out of train
+    others: Mapping[str, PathProvider] = dataclasses.field(default_factory=dict)  # e.g. test
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (TRAIN, VALIDATION) + tuple(self.others)
+
+    def records(self, split: str, options: TaskOptions) -> list[CacheRecord]:
+        if split in self.others:
+            return list(load_records(self.others[split]()))
+        if split == VALIDATION and self.validation is not None:
+            return list(load_records(self.validation()))
+        if split not in (TRAIN, VALIDATION):
+            raise ValueError(f"unknown split {split!r}; this task has {', '.join(self.names)}")
+        train = load_records(self.train())
+        kept = sources.subsample(len(train), options.train_fraction, options.seed)
+        if self.validation is None:
+            # As the reference: subsample first, then carve validation out of what is kept.
+            rest, held = sources.split_off(len(kept), options.validation_fraction, options.validation_seed)
+            kept = kept[held] if split == VALIDATION else kept[rest]
+        return [train[i] for i in kept]
+
+
+# --------------------------------------------------------------------------------------
+# Tokenization and task registration
+# --------------------------------------------------------------------------------------
+
+
+def _encode_with_separator(vocabulary: seqio.Vocabulary, texts: tf.Tensor) -> tf.RaggedTensor:
+    """Token ids of a batch of texts where each literal "</s>" becomes the EOS id."""
+    parts = tf.strings.split(texts, sep=sources.EOS_SEPARATOR)  # ragged [batch, n_parts]
+    ids = vocabulary.encode_tf(parts.flat_values)  # ragged [all_parts, None]
+    eos = tf.fill([tf.shape(parts.flat_values)[0], 1], tf.constant(vocabulary.eos_id, ids.dtype))
+    joined = tf.concat([ids, eos], axis=1)  # every part followed by EOS ...
+    per_text = tf.RaggedTensor.from_row_splits(joined, parts.row_splits).merge_dims(1, 2)  # [batch, None]
+    return per_text[:, :-1]  # ... but the last
+
+
+_TOKENIZE_BATCH = 256  # texts per SentencePiece call: per-example calls cost more than the work
+
+
+def tokenize_paired(
+    dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature], separator_features: Sequence[str] = ()
+) -> tf.data.Dataset:
+    """Tokenizes the paired text features (keeping `*_pretokenized` copies), in batches."""
+
+    def fn(batch):
+        out = dict(batch)
+        for name in PAIRED_TEXT_FEATURES:
+            vocabulary = output_features[name].vocabulary
+            out[f"{name}_pretokenized"] = batch[name]
+            if name in separator_features:
+                out[name] = _encode_with_separator(vocabulary, batch[name])
+            else:
+                out[name] = vocabulary.encode_tf(batch[name])
+        return out
+
+    return dataset.batch(_TOKENIZE_BATCH).map(fn, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _dataset_fn(task_name: str, splits: CacheSplits, options: Optional[TaskOptions]):
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # one in-memory "file"; seqio shuffles the examples
+        opts = options
+        if opts is None:
+            with gin.config_scope(task_name):
+                opts = task_options()
+        records = splits.records(split, opts)
+        make = training_examples if split == TRAIN else evaluation_examples
+        examples, dropped = make(records, opts)
+        if dropped:
+            logging.info("%s/%s: %d of %d records have no usable label or sample", task_name, split, dropped, len(records))
+        if not examples:
+            raise ValueError(f"{task_name}/{split}: no examples (of {len(records)} records) with options {opts}")
+        columns = {k: np.array([ex[k] for ex in examples], dtype=object) for k in ("id",) + PAIRED_TEXT_FEATURES}
+        return tf.data.Dataset.from_tensor_slices(columns)
+
+    return dataset_fn
+
+
+def _register(
+    name: str,
+    splits: CacheSplits,
+    family: str,
+    vocabulary: Optional[seqio.Vocabulary],
+    options: Optional[TaskOptions],
+    separator_in_inputs: bool,
+) -> seqio.Task:
+    family = parsers.canonical_family(family)
+    if vocabulary is None:
+
+        def resolve() -> seqio.Vocabulary:
+            with gin.config_scope(name):
+                return task_vocabulary(corpus_caches=lambda: [str(splits.train())])
+
+        vocabulary = LazyVocabulary(resolve, name=f"{name} vocabulary")
+    output_features = {k: seqio.Feature(vocabulary, add_eos=True, required=True) for k in PAIRED_TEXT_FEATURES}
+    separator_features = ("label_inputs", "rationale_inputs") if separator_in_inputs else ()
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    REGISTERED.add(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(_dataset_fn(name, splits, options), splits=splits.names),
+        output_features=output_features,
+        preprocessors=[
+            functools.partial(tokenize_paired, separator_features=separator_features),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        metric_fns=[],
+    )
+
+
+def _fixed(path: Union[str, os.PathLike], what: str) -> PathProvider:
+    path = pathlib.Path(path)
+
+    def provide() -> pathlib.Path:
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} not found: {path} (a teacher cache JSONL, see dss_jax/data/cache.py)")
+        return path
+
+    return provide
+
+
+def register_cache_task(
+    name: str,
+    train_cache: Union[str, os.PathLike],
+    validation_cache: Optional[Union[str, os.PathLike]] = None,
+    test_cache: Optional[Union[str, os.PathLike]] = None,
+    vocabulary: Optional[seqio.Vocabulary] = None,
+    family: str = "cqa",
+    options: Optional[TaskOptions] = None,
+    extra_splits: Optional[Mapping[str, Union[str, os.PathLike]]] = None,
+) -> seqio.Task:
+    """Registers a paired DSS task (see the module docstring) from teacher cache files.
+
+    Args:
+      name: the SeqIO task name (re-registering a name replaces the task).
+      train_cache / validation_cache / test_cache: cache JSONL files; without a
+        validation cache, validation is carved out of train.
+      vocabulary: a seqio vocabulary; None: `task_vocabulary()` (gin), resolved lazily.
+      family: the label style: "svamp" (equations, judged by value), "cqa" (free text),
+        "anli1"/"esnli"/"nli" (NLI classes; "</s>" in inputs becomes EOS).
+      options: fixed options; None reads `task_options` from gin (scope: `name`).
+      extra_splits: more evaluation splits, name -> cache file.
+    """
+    family = parsers.canonical_family(family)
+    others = {"test": _fixed(test_cache, f"{name} test cache")} if test_cache is not None else {}
+    for split, path in (extra_splits or {}).items():
+        others[split] = _fixed(path, f"{name} {split} cache")
+    splits = CacheSplits(
+        train=_fixed(train_cache, f"{name} train cache"),
+        validation=_fixed(validation_cache, f"{name} validation cache") if validation_cache is not None else None,
+        others=others,
+    )
+    return _register(name, splits, family, vocabulary, options, separator_in_inputs=family in ("anli1", "esnli"))
+
+
+# --------------------------------------------------------------------------------------
+# The paper's datasets, imported on first use
+# --------------------------------------------------------------------------------------
+
+
+def paper_cache_path(dataset: str, split: str) -> pathlib.Path:
+    """The imported cache of one split of the paper's files, importing it if needed."""
+    data_dir, cache_dir = data_locations()
+    path = cache_dir / f"{dataset}_{split}.{dss_paper.TEACHER}.jsonl"
+    source = dss_paper.split_path(data_dir, dataset, split)
+    if path.is_file() and source.is_file() and path.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    records = dss_paper.import_split(data_dir, dataset, split)
+    dss_paper.write_cache(records, path, overwrite=True)
+    logging.info("imported %d %s/%s records into %s", len(records), dataset, split, path)
+    return path
+
+
+PAPER_TASK_PREFIX = "dss_"
+
+
+def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = None) -> seqio.Task:
+    """Registers `dss_<dataset>` over the paper's files (svamp, cqa, esnli, anli1).
+
+    Splits: train, validation (carved from train for svamp/cqa, the released `valid`
+    split for the NLI datasets), test, and for the NLI datasets `sample` (the 64
+    examples released as a sample).
+    """
+    spec = sources.get_spec(dataset)
+    def provider(split: str) -> PathProvider:
+        return functools.partial(paper_cache_path, dataset, split)
+
+    others = {"test": provider("test")}
+    if "sample" in spec.splits:
+        others["sample"] = provider("sample")
+    splits = CacheSplits(
+        train=provider("train"),
+        validation=provider("valid") if spec.has_validation else None,
+        others=others,
+    )
+    return _register(PAPER_TASK_PREFIX + dataset, splits, spec.family, vocabulary, None,
+                     separator_in_inputs=spec.family in ("anli1", "esnli"))
+
+
+def get_task(name: str) -> seqio.Task:
+    """A registered task; an unknown name lists the registered DSS tasks."""
+    if name not in seqio.TaskRegistry.names():
+        known = sorted(REGISTERED)
+        raise ValueError(
+            f"unknown task {name!r}; registered DSS tasks: {', '.join(known) or 'none'} "
+            "(import tasks.dss to register the paper's tasks, or call register_cache_task)"
+        )
+    return seqio.TaskRegistry.get(name)
