@@ -57,12 +57,14 @@ def unbound_macros() -> list[str]:
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = (),
               required_macros: Sequence[str] = ()) -> None:
     """Parses files and bindings; fails before any work on unknown names or unset macros."""
-    for path in list(search_paths) + [REPO_GIN_DIR]:
-        gin.add_config_file_search_path(os.path.abspath(path))
+    dirs = [os.path.abspath(p) for p in list(search_paths) + [REPO_GIN_DIR]]
+    for path in dirs:
+        gin.add_config_file_search_path(path)
     if not gin_files:
         raise SystemExit("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
+    files = [resolve_gin_file(f, dirs) for f in gin_files]
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
     except (ValueError, IOError, OSError) as e:
         raise SystemExit(f"gin configuration error: {e}") from None
     missing = [m for m in unbound_macros()]
@@ -70,6 +72,15 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
     if missing:
         hint = " ".join(f"--gin.{m}=..." for m in missing)
         raise SystemExit(f"gin macro(s) {', '.join(missing)} not set; pass e.g. {hint}")
+
+
+def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
+    """The first of NAME, DIR/NAME for DIR in the search path that exists."""
+    candidates = [name] if os.path.isabs(name) else [name] + [os.path.join(d, name) for d in dirs]
+    for path in candidates:
+        if os.path.isfile(path):
+            return os.path.abspath(path)
+    raise SystemExit(f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))})")
 
 
 def _macro_bound(name: str) -> bool:

@@ -76,6 +76,7 @@ def train(
         num_microbatches=num_microbatches,
         seed=seed,
     )
+    _check_vocab_size(model, task_name)
     local_batch_size = partitioning.host_local_batch_size(batch_size, trainer.mesh)
     ckpt = checkpoint_manager.RunCheckpointer(
         model_dir, keep=keep_checkpoints, save_period=checkpoint_period, asynchronous=async_checkpointing
@@ -85,9 +86,7 @@ def train(
     metadata = {"model_config": _model_config_json(model), "task_name": task_name,
                 "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight}
     if jax.process_index() == 0:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
+        _write_run_files(model_dir, model, task_name)
     writer = MetricsWriter(os.path.join(model_dir, "train"))
     eval_writer = MetricsWriter(os.path.join(model_dir, "validation"))
     progress = Progress(train_steps, step)
@@ -176,6 +175,43 @@ def _initial_state(trainer: Trainer, ckpt: checkpoint_manager.RunCheckpointer, i
         logging.info("initialised from %s", initial_checkpoint_path)
         return trainer.state_from_params(params), 0
     return trainer.init_state(), 0
+
+
+def task_vocabulary_file(task_name: str) -> Optional[str]:
+    """The SentencePiece model file behind a task's vocabulary, when it has one."""
+    from dss_jax.data import tasks as dss_tasks
+
+    vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
+    vocab = vocab.resolve() if hasattr(vocab, "resolve") else vocab
+    return getattr(vocab, "sentencepiece_model_file", None)
+
+
+def _check_vocab_size(model, task_name: str) -> None:
+    from dss_jax.data import tasks as dss_tasks
+
+    vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
+    cfg = getattr(model, "config", None)
+    if cfg is not None and cfg.vocab_size < vocab.vocab_size:
+        raise ValueError(
+            f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
+            f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
+        )
+
+
+def _write_run_files(model_dir: str, model, task_name: str) -> None:
+    """config.json (the model), spiece.model (the task's vocabulary) and config.gin in
+    MODEL_DIR, so eval, infer and export rebuild everything from the directory alone."""
+    import shutil
+
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
+    if getattr(model, "config", None) is not None:
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            f.write(model.config.to_json())
+    vocab_file = task_vocabulary_file(task_name)
+    if vocab_file and os.path.exists(vocab_file):
+        shutil.copyfile(vocab_file, os.path.join(model_dir, "spiece.model"))
 
 
 def _model_config_json(model) -> dict:
