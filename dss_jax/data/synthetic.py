@@ -30,15 +30,15 @@ import json
 import os
 import pathlib
 import random
+import uuid
 from typing import Mapping, Optional, Sequence
 
 import gin
 
 from dss_jax.data import parsers, safe_eval
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
-from dss_jax.data.synthetic_problems import NumberRange, Problem, operation_count
+from dss_jax.data.synthetic_problems import NumberRange, Problem, generate_problem, operation_count
 from dss_jax.data.synthetic_teacher import FAMILY, answer, assign_outcomes
-from dss_jax.data.synthetic_templates import generate_problem
 
 # Bump when the generator's output changes for the same settings (new templates,
 # phrasing): old files then stay where they are and new ones get a new name.
@@ -214,9 +214,7 @@ def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict
     settings = {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(config)}
     _atomic_write(directory / "settings.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
     for split, records in generate_records(config).items():
-        tmp = paths[split].with_name(f".{paths[split].name}.{os.getpid()}.tmp")
-        if tmp.exists():
-            tmp.unlink()
+        tmp = _tmp_path(paths[split])
         with CacheWriter(tmp, fsync=False) as writer:
             writer.write_all(records)
             writer.sync()
@@ -224,8 +222,13 @@ def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict
     return paths
 
 
+def _tmp_path(path: pathlib.Path) -> pathlib.Path:
+    # Unique per writer, also across hosts sharing a file system (their pids may clash).
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

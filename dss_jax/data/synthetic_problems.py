@@ -12,9 +12,9 @@ The teacher's restatement (`Problem.intro`) and those sentences refer to leaves 
 `Num.ref`, not by value, so a teacher that misreads a number (see synthetic_teacher)
 restates the misread number consistently, as a real model does.
 
-Every template keeps the gold arithmetic in positive integers (differences are
-positive, divisions exact), and `generate_problem` checks it, so a label's value is
-always the stated answer.
+The templates (synthetic_templates.py) keep the gold arithmetic in positive integers
+(differences are positive, divisions exact); `generate_problem` draws one, checks that,
+and may add a distractor sentence whose number the answer must not use.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import random
-from typing import Callable, Optional, Sequence, Union
+import re
+from typing import Optional, Sequence, Union
 
 CALC = "\x01"  # stands for "a + b = c" in a step sentence
 _REF = "\x00"  # "\x00<slot>\x00" stands for a leaf's value in the teacher's sentences
@@ -270,6 +271,11 @@ class Draw:
     def num(self, low: Optional[int] = None, high: Optional[int] = None) -> int:
         return self.rng.randint(self.numbers.low if low is None else low, self.numbers.high if high is None else high)
 
+    def num_except(self, *taken: int) -> int:
+        """A number unlike `taken` (a spare number in the story must not look like a used one)."""
+        options = [x for x in range(self.numbers.low, self.numbers.high + 1) if x not in taken]
+        return self.pick(options)
+
     def small(self) -> int:
         return self.rng.randint(2, self.numbers.small_high)
 
@@ -314,3 +320,70 @@ def mul(a: Expr, b: Expr, say: str) -> Op:
 
 def div(a: Expr, b: Expr, say: str) -> Op:
     return Op("/", a, b, say)
+
+
+# --------------------------------------------------------------------------------------
+# Distractors and drawing a problem
+# --------------------------------------------------------------------------------------
+
+_PRONOUN_START = re.compile(r"(Then )?(he|she|it|they)\b", re.IGNORECASE)
+_LANDMARKS = ("library", "school", "park", "museum", "zoo", "market", "station")
+_RELATIVES = ("sister", "brother", "cousin", "neighbor", "friend")
+
+
+def add_distractor(d: Draw, problem: Problem) -> Problem:
+    """The problem with one sentence more, whose number the answer must not use."""
+    used = {leaf.value for leaf in leaves(problem.expr)} | set(problem.distractors) | {problem.answer}
+    candidates = [x for x in range(d.numbers.low, d.numbers.high + 1) if x not in used]
+    if not candidates:
+        return problem
+    x = d.pick(candidates)
+    who = problem.names[0] if problem.names else d.person().name
+    kind = d.rng.randrange(5)
+    if kind == 0:
+        sentence = f"{d.person().name} has {x} {d.noun()}."
+    elif kind == 1:
+        sentence = f"{who} is {x} years old."
+    elif kind == 2:
+        sentence = f"The {d.pick(_LANDMARKS)} is {x} miles away."
+    elif kind == 3:
+        sentence = f"It was {x} degrees outside that day."
+    else:
+        sentence = f"{who}'s {d.pick(_RELATIVES)} has {x} {d.noun()}."
+    # After the first sentence (it sets the scene), and never just before a sentence that
+    # starts with a pronoun, which would then point at the distractor's subject.
+    spots = [i for i in range(1, len(problem.body) + 1) if i == len(problem.body) or not _PRONOUN_START.match(problem.body[i])]
+    at = d.pick(spots)
+    body = problem.body[:at] + (sentence,) + problem.body[at:]
+    return dataclasses.replace(problem, body=body, distractors=problem.distractors + (x,))
+
+
+def check(problem: Problem, operations: int) -> None:
+    """A template bug (not bad luck) if the gold arithmetic leaves positive integers."""
+    if len(steps(problem.expr)) != operations:
+        raise AssertionError(f"{problem.template}: {len(steps(problem.expr))} operations, asked for {operations}")
+    for node in steps(problem.expr) + leaves(problem.expr):
+        v = value(node)
+        if v.denominator != 1 or v <= 0:
+            raise AssertionError(f"{problem.template}: step value {v} in {problem.text!r}")
+
+
+def generate_problem(rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int,
+                     distractor_rate: float) -> Problem:
+    """One problem with min..max operations (uniform), from a template that supports it."""
+    from dss_jax.data.synthetic_templates import TEMPLATES  # the templates build on this module
+
+    for _ in range(100):
+        operations = rng.randint(min_operations, max_operations)
+        names = [name for name, (_, counts) in TEMPLATES.items() if operations in counts]
+        name = names[rng.randrange(len(names))]
+        d = Draw(rng, numbers)
+        problem = TEMPLATES[name][0](d, operations)
+        if problem is None:
+            continue
+        problem = dataclasses.replace(problem, template=name)
+        check(problem, operations)
+        if rng.random() < distractor_rate:
+            problem = add_distractor(d, problem)
+        return problem
+    raise RuntimeError(f"no problem drawn in 100 tries with numbers in [{numbers.low}, {numbers.high}]")

@@ -1,4 +1,4 @@
-"""The problem shapes of the synthetic dataset, distractor sentences, and drawing one problem.
+"""The problem shapes of the synthetic dataset (drawn by synthetic_problems.generate_problem).
 
 Each template draws people, things and numbers and returns a `Problem` with the given
 number of operations (or None when the numbers it drew do not fit; the caller draws
@@ -11,21 +11,17 @@ again). Shapes, by operation count:
     3: combine, change_sequence, compare_chain, groups_plus, shopping_change,
        shopping_total, bus, total_then_share, difference_of_products
 
-`transfer` and `selection` carry a number the question does not need; any problem may
-also get a distractor sentence ("Mia is 12 years old.") with a number that must be
-ignored.
+`transfer` and `selection` carry a number the question does not need (any problem may
+also get a distractor sentence, see synthetic_problems.add_distractor).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import random
-import re
 from typing import Callable, Optional
 
 from dss_jax.data.synthetic_problems import (
     CALC, COLLECT, CONTAINERS, DAYS, GAINS, ITEMS, LOSSES, MAKERS, OUTER, PLACES, RATES, VEHICLES,
-    Draw, Expr, NumberRange, Problem, add, div, join_and, leaves, mul, steps, sub, value,
+    Draw, Expr, Problem, add, div, join_and, mul, sub,
 )
 
 Template = Callable[[Draw, int], Optional[Problem]]
@@ -91,7 +87,7 @@ def change_loss(d: Draw, n: int) -> Problem:
 def transfer(d: Draw, n: int) -> Problem:
     giver, taker, obj = d.person(), d.person(), d.noun()
     big, small = d.pair()
-    other = d.num()
+    other = d.num_except(big, small)
     if d.coin():  # ask about the one who receives; the giver's count is not needed
         c, b = d.leaf(other), d.leaf(small)
         body = [f"{giver.name} had {big} {obj} and {taker.name} had {c} {obj}.",
@@ -174,7 +170,8 @@ def equal_groups(d: Draw, n: int) -> Problem:
 def selection(d: Draw, n: int) -> Problem:
     p, obj, other = d.person(), d.noun(), d.noun()
     box, boxes = d.pick(CONTAINERS)
-    g, k, unused = d.leaf(d.small()), d.leaf(d.num()), d.num()
+    g, k = d.leaf(d.small()), d.leaf(d.num())
+    unused = d.num_except(g.value, k.value)
     pair = [f"{k} {obj}", f"{unused} {other}"]
     if d.coin():
         pair.reverse()
@@ -480,68 +477,3 @@ def difference_of_products(d: Draw, n: int) -> Optional[Problem]:
             f"So {first.name} has {CALC} more {obj}."),
         f"{first.name} has {g1.ref} {boxes} of {k1.ref} and {second.name} has {g2.ref} {boxes} of {k2.ref}.",
     )
-
-
-# --------------------------------------------------------------------------------------
-# Distractors and drawing a problem
-# --------------------------------------------------------------------------------------
-
-_PRONOUN_START = re.compile(r"(Then )?(he|she|it|they)\b", re.IGNORECASE)
-_LANDMARKS = ("library", "school", "park", "museum", "zoo", "market", "station")
-_RELATIVES = ("sister", "brother", "cousin", "neighbor", "friend")
-
-
-def add_distractor(d: Draw, problem: Problem) -> Problem:
-    """The problem with one sentence more, whose number the answer must not use."""
-    used = {leaf.value for leaf in leaves(problem.expr)} | set(problem.distractors) | {problem.answer}
-    candidates = [x for x in range(d.numbers.low, d.numbers.high + 1) if x not in used]
-    if not candidates:
-        return problem
-    x = d.pick(candidates)
-    who = problem.names[0] if problem.names else d.person().name
-    kind = d.rng.randrange(5)
-    if kind == 0:
-        sentence = f"{d.person().name} has {x} {d.noun()}."
-    elif kind == 1:
-        sentence = f"{who} is {x} years old."
-    elif kind == 2:
-        sentence = f"The {d.pick(_LANDMARKS)} is {x} miles away."
-    elif kind == 3:
-        sentence = f"It was {x} degrees outside that day."
-    else:
-        sentence = f"{who}'s {d.pick(_RELATIVES)} has {x} {d.noun()}."
-    # After the first sentence (it sets the scene), and never just before a sentence that
-    # starts with a pronoun, which would then point at the distractor's subject.
-    spots = [i for i in range(1, len(problem.body) + 1) if i == len(problem.body) or not _PRONOUN_START.match(problem.body[i])]
-    at = d.pick(spots)
-    body = problem.body[:at] + (sentence,) + problem.body[at:]
-    return dataclasses.replace(problem, body=body, distractors=problem.distractors + (x,))
-
-
-def check(problem: Problem, operations: int) -> None:
-    """A template bug (not bad luck) if the gold arithmetic leaves positive integers."""
-    if len(steps(problem.expr)) != operations:
-        raise AssertionError(f"{problem.template}: {len(steps(problem.expr))} operations, asked for {operations}")
-    for node in steps(problem.expr) + leaves(problem.expr):
-        v = value(node)
-        if v.denominator != 1 or v <= 0:
-            raise AssertionError(f"{problem.template}: step value {v} in {problem.text!r}")
-
-
-def generate_problem(rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int,
-                     distractor_rate: float) -> Problem:
-    """One problem with min..max operations (uniform), from a template that supports it."""
-    for _ in range(100):
-        operations = rng.randint(min_operations, max_operations)
-        names = [name for name, (_, counts) in TEMPLATES.items() if operations in counts]
-        name = names[rng.randrange(len(names))]
-        d = Draw(rng, numbers)
-        problem = TEMPLATES[name][0](d, operations)
-        if problem is None:
-            continue
-        problem = dataclasses.replace(problem, template=name)
-        check(problem, operations)
-        if rng.random() < distractor_rate:
-            problem = add_distractor(d, problem)
-        return problem
-    raise RuntimeError(f"no problem drawn in 100 tries with numbers in [{numbers.low}, {numbers.high}]")
