@@ -338,33 +338,37 @@ def _register(
     )
 
 
-def _fixed(path: Union[str, os.PathLike], what: str) -> PathProvider:
-    path = pathlib.Path(path)
+CachePath = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]
 
+
+def _fixed(path: CachePath, what: str) -> PathProvider:
     def provide() -> pathlib.Path:
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} not found: {path} (a teacher cache JSONL, see dss_jax/data/cache.py)")
-        return path
+        # A callable is asked each time a split is read (e.g. it generates the file on demand).
+        resolved = pathlib.Path(path() if callable(path) else path)
+        if not resolved.is_file():
+            raise FileNotFoundError(f"{what} not found: {resolved} (a teacher cache JSONL, see dss_jax/data/cache.py)")
+        return resolved
 
     return provide
 
 
 def register_cache_task(
     name: str,
-    train_cache: Union[str, os.PathLike],
-    validation_cache: Optional[Union[str, os.PathLike]] = None,
-    test_cache: Optional[Union[str, os.PathLike]] = None,
+    train_cache: CachePath,
+    validation_cache: Optional[CachePath] = None,
+    test_cache: Optional[CachePath] = None,
     vocabulary: Optional[seqio.Vocabulary] = None,
     family: str = "cqa",
     options: Optional[TaskOptions] = None,
-    extra_splits: Optional[Mapping[str, Union[str, os.PathLike]]] = None,
+    extra_splits: Optional[Mapping[str, CachePath]] = None,
 ) -> seqio.Task:
     """Registers a paired DSS task (see the module docstring) from teacher cache files.
 
     Args:
       name: the SeqIO task name (re-registering a name replaces the task).
-      train_cache / validation_cache / test_cache: cache JSONL files; without a
-        validation cache, validation is carved out of train.
+      train_cache / validation_cache / test_cache: cache JSONL files, or callables
+        returning one (called whenever the split is read, e.g. to write the file on
+        demand); without a validation cache, validation is carved out of train.
       vocabulary: a seqio vocabulary; None: `task_vocabulary()` (gin), resolved lazily.
       family: the label style: "svamp" (equations, judged by value), "cqa" (free text),
         "anli1"/"esnli"/"nli" (NLI classes; "</s>" in inputs becomes EOS).

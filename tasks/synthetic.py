@@ -1,0 +1,37 @@
+"""The built-in synthetic task: importing this module registers
+
+    dss_synthetic   arithmetic word problems with a scripted chain-of-thought teacher
+
+(dss_jax/data/synthetic.py), judged like SVAMP (equations by value). Its cache files are
+generated on first use into `synthetic_cache_dir.directory` (default: the cache dir of
+`data_locations`, $DSS_CACHE_DIR or ~/.cache/dss_jax), under a name that hashes the
+settings, which gin binds as `synthetic_config.<setting>` (optionally scoped:
+`dss_synthetic/synthetic_config.max_operations = 2`). Splits: train, validation, test
+(each generated, none carved out). Options: `task_options`; vocabulary:
+`task_vocabulary` (by default trained on the train cache); feature lengths:
+gin/tasks/synthetic.gin.
+"""
+
+import functools
+
+import gin
+
+from dss_jax.data import synthetic
+from dss_jax.data.tasks import register_cache_task
+
+TASK_NAME = "dss_synthetic"
+
+
+def cache_path(split: str) -> str:
+    """The split's cache file under the gin-bound settings, generated when missing."""
+    with gin.config_scope(TASK_NAME):
+        return str(synthetic.ensure_dataset()[split])
+
+
+register_cache_task(
+    TASK_NAME,
+    train_cache=functools.partial(cache_path, "train"),
+    validation_cache=functools.partial(cache_path, "validation"),
+    test_cache=functools.partial(cache_path, "test"),
+    family="svamp",
+)
