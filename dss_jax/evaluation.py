@@ -351,101 +351,48 @@ def checkpoints_to_evaluate(path: str, steps: Union[str, int, Sequence[int]] = "
     return [(s, checkpoint_manager.step_dir(path, s)) for s in chosen]
 
 
+def _is_hf_checkpoint(path: str) -> bool:
+    """A Hugging Face T5 directory (config.json with a model_type, HF weight files)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            is_hf = "model_type" in json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
 def load_checkpoint(path: str, dtype: Optional[str] = None):
-    """(T5 model, params, vocab path or None) of one checkpoint (see checkpoints_to_evaluate)."""
+    """(T5 model, params, vocab path or None) of one checkpoint: ours (see
+    `checkpoints_to_evaluate`) or a Hugging Face T5 directory, imported on the fly."""
     from dss_jax import checkpoint_manager, checkpoints
     from dss_jax.model.config import T5Config
     from dss_jax.model.t5 import T5
 
-    config = None
-    metadata_model = checkpoint_manager.read_metadata(path).get("model_config") if os.path.isdir(
-        os.path.join(path, "metadata")) else None
-    try:
-        params, config, vocab_path = checkpoints.load_params(path)
-    except FileNotFoundError as e:
-        if not metadata_model or "config.json" not in str(e):
-            raise
-        # A run dir without config.json: the trainer keeps the model config in the metadata.
-        params, config, vocab_path = checkpoints.load_params(
-            path, config=T5Config.from_dict(metadata_model, source=f"{path}/metadata"))
+    if _is_hf_checkpoint(path):
+        from dss_jax.model import hf_convert
+
+        params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
+    else:
+        try:
+            params, config, vocab_path = checkpoints.load_params(path)
+        except FileNotFoundError as e:
+            metadata = os.path.isdir(os.path.join(path, "metadata"))
+            model_config = checkpoint_manager.read_metadata(path).get("model_config") if metadata else None
+            if not model_config or checkpoints.CONFIG_FILE not in str(e):
+                raise
+            # A run dir without config.json: the trainer keeps the model config in the metadata too.
+            params, config, vocab_path = checkpoints.load_params(
+                path, config=T5Config.from_dict(model_config, source=f"{path}/metadata"))
     if dtype:
         config = config.replace(dtype=dtype)
     return T5(config), params, vocab_path
-
-
-# --------------------------------------------------------------------------------------
-# The eval binary's run (configured with gin; see dss_jax/eval.py)
-# --------------------------------------------------------------------------------------
-
-
-def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str]) -> None:
-    """Makes the task decode with the checkpoint's spiece.model unless gin chose a vocabulary.
-
-    A student's vocabulary travels with its checkpoint; tasks registered without an
-    explicit vocabulary take `task_vocabulary.spm_path` from gin.
-    """
-    from dss_jax.data.lazy_vocab import LazyVocabulary
-
-    if vocab_path is None:
-        return
-    try:
-        if gin.query_parameter("task_vocabulary.spm_path"):
-            return
-    except ValueError:
-        pass  # not bound
-    vocabulary = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
-    if isinstance(vocabulary, LazyVocabulary):
-        with gin.unlock_config():
-            gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
-        vocabulary.reset()
-        logging.info("%s decodes with the checkpoint's vocabulary %s", task_name, vocab_path)
-
-
-@gin.configurable
-def evaluate_checkpoints(
-    *,
-    checkpoint_path: str = gin.REQUIRED,
-    output_dir: str = gin.REQUIRED,
-    task_name: str = gin.REQUIRED,
-    feature_lengths: Mapping[str, int] = gin.REQUIRED,
-    split: str = "test",
-    steps: Union[str, int, Sequence[int]] = "latest",
-    batch_size: int = 32,
-    decode: Optional[DecodeSettings] = None,
-    output_rationale: bool = False,
-    max_examples: Optional[int] = None,
-    dtype: Optional[str] = None,
-) -> dict[Optional[int], dict[str, float]]:
-    """Evaluates each chosen checkpoint; returns {step: metrics} (see the module docstring).
-
-    dtype: the compute dtype for decoding (None: the checkpoint's own).
-    """
-    from dss_jax import checkpoint_manager
-    from dss_jax.metrics_writer import MetricsWriter
-
-    chosen = checkpoints_to_evaluate(checkpoint_path, steps)
-    per_step_dirs = bool(checkpoint_manager.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
-    examples = None
-    writer = MetricsWriter(output_dir)
-    results: dict[Optional[int], dict[str, float]] = {}
-    try:
-        for step, path in chosen:
-            model, params, vocab_path = load_checkpoint(path, dtype)
-            if examples is None:
-                use_checkpoint_vocabulary(task_name, vocab_path)
-                examples = load_examples(task_name, split, feature_lengths, max_examples)
-                logging.info("%s/%s: %d examples", task_name, split, len(examples))
-            result = evaluate(model, params, examples, batch_size=batch_size, decode=decode,
-                              output_rationale=output_rationale)
-            target_dir = os.path.join(output_dir, f"step_{step}") if per_step_dirs else output_dir
-            write_outputs(result, target_dir, step=step,
-                          info={"task": task_name, "split": split, "checkpoint": path})
-            writer.write(step or 0, result.metrics, prefix=f"{split}/")
-            results[step] = result.metrics
-            logging.info("step %s: %s -> %s", step, result.metrics, target_dir)
-    finally:
-        writer.close()
-    return results
 
 
 # --------------------------------------------------------------------------------------
