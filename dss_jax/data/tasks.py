@@ -7,7 +7,10 @@ Every example carries both halves of Distilling Step-by-Step:
 
 tokenized, each ending in EOS (in NLI inputs the "</s>" between premise and hypothesis
 becomes the EOS id, as the reference's tokenizer does), plus `id` and the
-`*_pretokenized` strings. `DssFeatureConverter` turns them into model features.
+`*_pretokenized` strings, and `teacher_label`: the text of the teacher's label for the
+example ("" when the record has no parsed teacher sample), so that evaluation can report
+how often the student agrees with its teacher. `DssFeatureConverter` turns the tokenized
+features into model features. `task_family(name)` says how a task's labels are judged.
 
 Options (`TaskOptions`) are read from gin when a dataset is built, under the task's
 name as gin scope, so both of these work:
@@ -53,6 +56,7 @@ from dss_jax.data.lazy_vocab import LazyVocabulary
 PAIRED_TEXT_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
+TEACHER_LABEL = "teacher_label"  # untokenized string feature; "" when there is none
 TRAIN = "train"
 VALIDATION = "validation"
 
@@ -149,13 +153,14 @@ def _chosen_samples(record: CacheRecord, teacher_sample: Union[int, str]):
     return list(record.samples[teacher_sample:teacher_sample + 1])
 
 
-def _example(record: CacheRecord, label: str, rationale: str, suffix: str = "") -> dict[str, str]:
+def _example(record: CacheRecord, label: str, rationale: str, suffix: str = "", teacher_label: str = "") -> dict[str, str]:
     return {
         "id": record.id + suffix,
         "label_inputs": LABEL_PREFIX + record.input,
         "label_targets": label,
         "rationale_inputs": RATIONALE_PREFIX + record.input,
         "rationale_targets": rationale,
+        "teacher_label": teacher_label,
     }
 
 
@@ -175,26 +180,28 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
         if options.label_source == "teacher":
             if not parsed:
                 dropped += 1
-            examples += [_example(record, s.label, s.rationale, f"#{i}" if multi else "") for i, s in parsed]
+            examples += [_example(record, s.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed]
             continue
         if record.label is None:
             dropped += 1
         elif parsed:
-            examples += [_example(record, record.label, s.rationale, f"#{i}" if multi else "") for i, s in parsed]
+            examples += [_example(record, record.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed]
         else:
             examples.append(_example(record, record.label, ""))
     return examples, dropped
 
 
 def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) -> tuple[list[dict[str, str]], int]:
-    """One example per record with a gold label; rationale of the first parsed chosen sample."""
+    """One example per record with a gold label; rationale (and teacher label) of the first
+    parsed chosen sample."""
     examples, dropped = [], 0
     for record in records:
         if record.label is None:
             dropped += 1
             continue
         parsed = [s for s in _chosen_samples(record, options.teacher_sample) if s.parsed]
-        examples.append(_example(record, record.label, parsed[0].rationale if parsed else ""))
+        first = parsed[0] if parsed else None
+        examples.append(_example(record, record.label, first.rationale if first else "", "", first.label if first else ""))
     return examples, dropped
 
 
@@ -204,6 +211,7 @@ def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) ->
 
 PathProvider = Callable[[], pathlib.Path]
 REGISTERED: set[str] = set()  # names of the tasks registered through this module
+_FAMILIES: dict[str, str] = {}  # task name -> label family (how its labels are judged)
 
 
 @functools.lru_cache(maxsize=32)
@@ -299,7 +307,7 @@ def _dataset_fn(task_name: str, splits: CacheSplits, options: Optional[TaskOptio
             logging.info("%s/%s: %d of %d records have no usable label or sample", task_name, split, dropped, len(records))
         if not examples:
             raise ValueError(f"{task_name}/{split}: no examples (of {len(records)} records) with options {opts}")
-        columns = {k: np.array([ex[k] for ex in examples], dtype=object) for k in ("id",) + PAIRED_TEXT_FEATURES}
+        columns = {k: np.array([ex[k] for ex in examples], dtype=object) for k in ("id", TEACHER_LABEL) + PAIRED_TEXT_FEATURES}
         return tf.data.Dataset.from_tensor_slices(columns)
 
     return dataset_fn
@@ -326,6 +334,7 @@ def _register(
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     REGISTERED.add(name)
+    _FAMILIES[name] = family
     return seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(_dataset_fn(name, splits, options), splits=splits.names),
@@ -430,6 +439,16 @@ def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = N
     )
     return _register(PAPER_TASK_PREFIX + dataset, splits, spec.family, vocabulary, None,
                      separator_in_inputs=spec.family in ("anli1", "esnli"))
+
+
+def task_family(name: str) -> str:
+    """The label family of a task registered here ("svamp", "cqa", "anli1", "esnli"):
+    what `parsers.labels_match` needs to judge its labels."""
+    if name not in _FAMILIES:
+        get_task(name)  # an unknown name: the error lists the registered tasks
+        raise ValueError(f"task {name!r} was not registered through dss_jax.data.tasks, so its label family "
+                         "is unknown (register it with register_cache_task(..., family=...))")
+    return _FAMILIES[name]
 
 
 def get_task(name: str) -> seqio.Task:

@@ -1,0 +1,123 @@
+r"""Evaluates a student checkpoint by decoding a task split: the t5x eval binary's interface.
+
+    python -m dss_jax.eval \
+      --gin_file=runs/eval.gin --gin_file=tasks/svamp.gin \
+      --gin.CHECKPOINT_PATH="'/tmp/svamp_small'" --gin.EVAL_OUTPUT_DIR="'/tmp/svamp_eval'"
+
+CHECKPOINT_PATH is one checkpoint (a trainer's `MODEL_DIR/checkpoint_<step>`, a dir
+written by `python -m dss_jax.convert` / `checkpoints.save_params`, or a Hugging Face T5
+dir, imported on the fly) or a training run's
+MODEL_DIR, evaluated at `--gin.STEPS="'latest'"` (default), `"'all'"` or `[1000, 2000]`;
+each step's outputs then go to EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl
+(id, input, target, prediction, rationale when asked, teacher_label when known, correct),
+metrics.json, and TensorBoard scalars + metrics.jsonl in EVAL_OUTPUT_DIR; a short table
+is printed. Beam search: `--gin.DecodeSettings.method="'beam'"`; the student's
+rationales: `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence, Union
+
+import gin
+from absl import flags, logging
+
+from dss_jax import gin_utils
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.evaluation import (DecodeSettings, checkpoints_to_evaluate, evaluate, format_table, load_checkpoint,
+                                load_examples, write_outputs)
+
+FLAGS = flags.FLAGS
+if "gin_file" not in FLAGS:  # another binary's module may have defined them in this process
+    gin_utils.define_gin_flags()
+
+REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
+def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str]) -> None:
+    """Makes the task decode with the checkpoint's spiece.model unless gin chose a vocabulary.
+
+    A student's vocabulary travels with its checkpoint; tasks registered without an
+    explicit vocabulary take `task_vocabulary.spm_path` from gin.
+    """
+    from dss_jax.data.lazy_vocab import LazyVocabulary
+
+    if vocab_path is None:
+        return
+    try:
+        if gin.query_parameter("task_vocabulary.spm_path"):
+            return
+    except ValueError:
+        pass  # not bound
+    vocabulary = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
+    if isinstance(vocabulary, LazyVocabulary):
+        with gin.unlock_config():
+            gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
+        vocabulary.reset()
+        logging.info("%s decodes with the checkpoint's vocabulary %s", task_name, vocab_path)
+
+
+@gin.configurable
+def evaluate_checkpoints(
+    *,
+    checkpoint_path: str = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    task_name: str = gin.REQUIRED,
+    feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    split: str = "test",
+    steps: Union[str, int, Sequence[int]] = "latest",
+    batch_size: int = 32,
+    decode: Optional[DecodeSettings] = None,
+    output_rationale: bool = False,
+    max_examples: Optional[int] = None,
+    dtype: Optional[str] = None,
+) -> dict[Optional[int], dict[str, float]]:
+    """Evaluates each chosen checkpoint; returns {step: metrics} (see the module docstring).
+
+    dtype: the compute dtype for decoding (None: the checkpoint's own).
+    """
+    from dss_jax import checkpoint_manager
+    from dss_jax.metrics_writer import MetricsWriter
+
+    chosen = checkpoints_to_evaluate(checkpoint_path, steps)
+    per_step_dirs = bool(checkpoint_manager.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
+    examples = None
+    writer = MetricsWriter(output_dir)
+    results: dict[Optional[int], dict[str, float]] = {}
+    try:
+        for step, path in chosen:
+            model, params, vocab_path = load_checkpoint(path, dtype)
+            if examples is None:
+                use_checkpoint_vocabulary(task_name, vocab_path)
+                examples = load_examples(task_name, split, feature_lengths, max_examples)
+                logging.info("%s/%s: %d examples", task_name, split, len(examples))
+            result = evaluate(model, params, examples, batch_size=batch_size, decode=decode,
+                              output_rationale=output_rationale)
+            target_dir = os.path.join(output_dir, f"step_{step}") if per_step_dirs else output_dir
+            write_outputs(result, target_dir, step=step,
+                          info={"task": task_name, "split": split, "checkpoint": path})
+            writer.write(step or 0, result.metrics, prefix=f"{split}/")
+            results[step] = result.metrics
+            logging.info("step %s: %s -> %s", step, result.metrics, target_dir)
+    finally:
+        writer.close()
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    from dss_jax import configurables  # noqa: F401  (model_config bindings in shared gin files)
+
+    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    try:
+        results = evaluate_checkpoints()
+    except (FileNotFoundError, ValueError) as e:
+        logging.debug("evaluation failed", exc_info=True)
+        raise SystemExit(f"error: {e}") from None
+    print(format_table(results), flush=True)
+
+
+if __name__ == "__main__":
+    gin_utils.run(main)

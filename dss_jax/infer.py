@@ -1,0 +1,205 @@
+r"""Runs a distilled student on raw inputs: what a user runs after training.
+
+    python -m dss_jax.infer \
+      --gin_file=runs/infer.gin --gin_file=tasks/svamp.gin \
+      --gin.CHECKPOINT_PATH="'/tmp/svamp_small'" \
+      --gin.INFER_INPUT="'questions.jsonl'" --gin.INFER_OUTPUT="'answers.jsonl'"
+
+INFER_INPUT is JSONL, one object per line: {"id": "q1", "input": "<the question>"}
+("id" optional: the line number is used). Inputs are written as the task's cache
+records hold them (for NLI, "premise</s>hypothesis"). INFER_OUTPUT gets one line per
+input: {"id", "input", "label"} plus "rationale" with `--gin.OUTPUT_RATIONALE=True`,
+and "truncated": true when the input was longer than TASK_FEATURE_LENGTHS allows (it
+is cut, with a warning naming the line; never an error). A malformed line stops the
+run with FILE:LINE and what is wrong. CHECKPOINT_PATH: a checkpoint dir, or a training
+run's MODEL_DIR (its latest checkpoint). The vocabulary is the checkpoint's
+spiece.model, else the task's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+from absl import flags
+
+from dss_jax import gin_utils
+from dss_jax.data import parsers, sources
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.evaluation import (DecodeSettings, as_decode_config, checkpoints_to_evaluate, decode_batches,
+                                load_checkpoint, tokens_to_texts)
+
+FLAGS = flags.FLAGS
+if "gin_file" not in FLAGS:  # another binary's module may have defined them in this process
+    gin_utils.define_gin_flags()
+
+REQUIRED_MACROS = ("CHECKPOINT_PATH", "INFER_INPUT", "INFER_OUTPUT", "TASK_FEATURE_LENGTHS")
+
+
+class InputFormatError(ValueError):
+    """A malformed input line; the message names FILE:LINE."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    id: str
+    input: str
+    line: int
+
+
+def read_inputs(path: str) -> list[RawInput]:
+    """The records of an input JSONL file (blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path} does not exist (INFER_INPUT)")
+    out, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise InputFormatError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputFormatError(f'{where}: expected a JSON object like {{"id": "q1", "input": "..."}}, '
+                                       f"got {type(obj).__name__}")
+            if not isinstance(obj.get("input"), str):
+                raise InputFormatError(f"{where}: missing or non-string field 'input'")
+            example_id = obj.get("id", str(lineno))
+            if not isinstance(example_id, (str, int)):
+                raise InputFormatError(f"{where}: field 'id' must be a string or an integer")
+            example_id = str(example_id)
+            if example_id in seen:
+                raise InputFormatError(f"{where}: duplicate id {example_id!r} (first at line {seen[example_id]})")
+            seen[example_id] = lineno
+            out.append(RawInput(example_id, obj["input"], lineno))
+    if not out:
+        raise InputFormatError(f"{path}: no inputs")
+    return out
+
+
+def encode_input(vocabulary, text: str, length: int, separator: bool) -> tuple[np.ndarray, int]:
+    """(token ids [length] padded with 0 and ending in EOS, untrimmed length with EOS).
+
+    Tokenized as the DSS tasks tokenize (`dss_jax.data.tasks`): with `separator`, each
+    literal "</s>" becomes EOS; too long inputs are cut to length-1 tokens plus EOS.
+    """
+    eos = vocabulary.eos_id
+    parts = text.split(sources.EOS_SEPARATOR) if separator else [text]
+    ids: list[int] = []
+    for i, part in enumerate(parts):
+        ids += list(vocabulary.encode(part))
+        if i < len(parts) - 1:
+            ids.append(eos)
+    full = len(ids) + 1
+    ids = ids[: length - 1] + [eos]
+    row = np.zeros((length,), np.int32)
+    row[: len(ids)] = ids
+    return row, full
+
+
+def _vocabulary(vocab_path: Optional[str], task_name: Optional[str]):
+    if vocab_path is not None:
+        from dss_jax.data import vocab
+
+        return vocab.from_checkpoint(vocab_path)
+    if task_name:
+        return dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
+    raise ValueError("the checkpoint has no spiece.model beside it and no task names a vocabulary: "
+                     "set MIXTURE_OR_TASK_NAME (the task the student was trained on)")
+
+
+@gin.configurable
+def infer_file(
+    *,
+    checkpoint_path: str = gin.REQUIRED,
+    input_path: str = gin.REQUIRED,
+    output_path: str = gin.REQUIRED,
+    feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    task_name: Optional[str] = None,
+    family: Optional[str] = None,
+    batch_size: int = 32,
+    decode: Optional[DecodeSettings] = None,
+    output_rationale: bool = False,
+    dtype: Optional[str] = None,
+) -> list[dict[str, Any]]:
+    """Writes the student's labels (and rationales) for every input; returns the rows.
+
+    family: the task family when no task is named; only NLI families ("anli1", "esnli")
+    change the input tokenization ("</s>" -> EOS).
+    """
+    if family is None and task_name:
+        family = dss_tasks.task_family(task_name)
+    separator = family is not None and parsers.canonical_family(family) in ("anli1", "esnli")
+    inputs = read_inputs(input_path)
+    (_, path), = checkpoints_to_evaluate(checkpoint_path, "latest")
+    model, params, vocab_path = load_checkpoint(path, dtype)
+    vocabulary = _vocabulary(vocab_path, task_name)
+
+    too_long: dict[int, list[str]] = {}  # input index -> what was cut, for one warning per input
+
+    def encode_all(prefix: str, feature: str) -> np.ndarray:
+        length = feature_lengths[feature]
+        rows = []
+        for i, item in enumerate(inputs):
+            row, full = encode_input(vocabulary, prefix + item.input, length, separator)
+            rows.append(row)
+            if full > length:
+                too_long.setdefault(i, []).append(f"{full} tokens with {prefix.strip()!r} > {feature}={length}")
+        return np.stack(rows)
+
+    tokens = decode_batches(model, params, encode_all(dss_tasks.LABEL_PREFIX, "label_inputs"),
+                            as_decode_config(decode, feature_lengths["label_targets"]), batch_size,
+                            getattr(decode, "seed", 0))
+    labels = tokens_to_texts(vocabulary, tokens)
+    rationales = None
+    if output_rationale:
+        tokens = decode_batches(model, params, encode_all(dss_tasks.RATIONALE_PREFIX, "rationale_inputs"),
+                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size,
+                                getattr(decode, "seed", 0))
+        rationales = tokens_to_texts(vocabulary, tokens)
+    for i, what in sorted(too_long.items()):
+        logging.warning("%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id,
+                        "; ".join(what))
+    rows = []
+    for i, item in enumerate(inputs):
+        row: dict[str, Any] = {"id": item.id, "input": item.input, "label": labels[i]}
+        if rationales is not None:
+            row["rationale"] = rationales[i]
+        if i in too_long:
+            row["truncated"] = True
+        rows.append(row)
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+        tmp = f"{output_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, output_path)
+    logging.info("wrote %d predictions to %s (%d inputs truncated)", len(rows), output_path, len(too_long))
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    from dss_jax import configurables  # noqa: F401  (model_config bindings in shared gin files)
+
+    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    try:
+        rows = infer_file()
+    except (FileNotFoundError, ValueError) as e:
+        logging.debug("inference failed", exc_info=True)
+        raise SystemExit(f"error: {e}") from None
+    print(f"{len(rows)} predictions written", flush=True)
+
+
+if __name__ == "__main__":
+    gin_utils.run(main)

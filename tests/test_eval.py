@@ -1,0 +1,161 @@
+"""Decode-based evaluation: scores that can be recomputed from predictions.jsonl, batch-size
+independence, SVAMP judged by value, checkpoint selection, and the train-loop hook."""
+
+import json
+
+import gin
+import numpy as np
+import pytest
+
+import _eval_toy as toy
+from dss_jax import evaluation
+from dss_jax.evaluation import DecodeSettings, evaluate, load_examples, score, write_outputs
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, cpu_devices):
+    return toy.toy_env(tmp_path_factory, cpu_devices)
+
+
+@pytest.fixture(scope="module")
+def examples(env):
+    return load_examples(toy.TASK, "test", toy.LENGTHS)
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_examples_of_the_split_in_order(examples):
+    assert examples.ids == [f"test/{i}" for i in range(11)]
+    assert examples.family == "cqa"
+    assert examples.inputs[0] == "what about a red apple?"  # without the "predict: " prefix
+    assert examples.targets[3] == "maybe" and examples.targets[0] == "yes" and examples.targets[1] == "no"
+    # Teacher labels come from the cache; records without a parsed sample have none.
+    assert examples.teacher_labels[0] == "yes" and examples.teacher_labels[1] == "yes"  # wrong teacher
+    assert examples.teacher_labels[4] is None
+    assert examples.label_tokens.shape == (11, toy.LENGTHS["label_inputs"])
+
+
+def test_metrics_equal_a_recomputation_from_predictions(env, examples, tmp_path):
+    params = env.trained.params_by_step[60]
+    result = evaluate(env.trained.model, params, examples, batch_size=4, output_rationale=True)
+    write_outputs(result, str(tmp_path), step=60, info={"task": toy.TASK})
+    rows = _read_jsonl(tmp_path / "predictions.jsonl")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+
+    assert [r["id"] for r in rows] == examples.ids
+    assert all(set(r) >= {"id", "input", "target", "prediction", "rationale", "correct"} for r in rows)
+    # Independent recomputation: CQA labels are judged by exact text.
+    accuracy = np.mean([r["prediction"] == r["target"] for r in rows])
+    with_teacher = [r for r in rows if "teacher_label" in r]
+    agreement = np.mean([r["prediction"] == r["teacher_label"] for r in with_teacher])
+    assert [r["correct"] for r in rows] == [r["prediction"] == r["target"] for r in rows]
+    assert metrics["accuracy"] == pytest.approx(accuracy) and metrics["num_examples"] == 11
+    assert metrics["teacher_agreement"] == pytest.approx(agreement)
+    assert metrics["num_teacher_labels"] == len(with_teacher) == 9
+    assert metrics["step"] == 60 and metrics["task"] == toy.TASK
+    # The student learned something, and the unseen "maybe" labels keep it below 1.
+    assert 0.5 <= accuracy < 1.0
+    assert all(isinstance(r["rationale"], str) for r in rows) and any(r["rationale"] for r in rows)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_batch_size_does_not_change_predictions(env, examples, method):
+    params = env.trained.params_by_step[15]  # less sure of itself than the final step
+    decode = DecodeSettings(method=method, num_beams=3)
+    one = evaluate(env.trained.model, params, examples, batch_size=1, decode=decode)
+    seven = evaluate(env.trained.model, params, examples, batch_size=7, decode=decode)  # last batch: 4 of 7
+    assert one.records == seven.records
+    drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_second"}  # noqa: E731
+    assert drop(one.metrics) == drop(seven.metrics)
+
+
+def test_svamp_equations_are_judged_by_value_with_the_safe_evaluator():
+    predictions = ["(3 + 4)", "( 2 * 3 )", "__import__('os').system('echo pwned')", "7", "", "(3 + 4"]
+    targets = ["( 7.0 )"] * 6
+    correct, metrics = score("svamp", predictions, targets, ["(10 - 3)", None, None, "(1 + 1)", None, None])
+    assert correct == [True, False, False, True, False, False]
+    assert metrics["accuracy"] == pytest.approx(2 / 6)
+    # Teacher agreement over the two examples with a teacher label: (3+4)=(10-3), 7!=(1+1).
+    assert metrics["teacher_agreement"] == 0.5 and metrics["teacher_accuracy"] == 0.5
+    correct, metrics = score("cqa", ["bank", "Bank"], ["bank", "bank"])
+    assert correct == [True, False] and "teacher_agreement" not in metrics
+
+
+def test_checkpoints_to_evaluate(env):
+    run = str(env.trained.run_dir)
+    steps = lambda s: [step for step, _ in evaluation.checkpoints_to_evaluate(run, s)]  # noqa: E731
+    assert steps("latest") == [60] and steps("all") == [15, 60] and steps([15]) == [15] and steps(15) == [15]
+    with pytest.raises(ValueError, match=r"no checkpoint for step\(s\) \[16\]; it has steps \[15, 60\]"):
+        steps([16])
+    with pytest.raises(ValueError, match="steps must be"):
+        steps("best")
+    assert evaluation.checkpoints_to_evaluate(f"{run}/checkpoint_15") == [(15, f"{run}/checkpoint_15")]
+    assert evaluation.checkpoints_to_evaluate(str(env.params_dir)) == [(None, str(env.params_dir))]
+    with pytest.raises(ValueError, match="needs a model dir"):
+        evaluation.checkpoints_to_evaluate(str(env.params_dir), [1])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluation.checkpoints_to_evaluate(f"{run}/nope")
+
+
+def test_both_checkpoint_kinds_load_the_trained_params(env):
+    import jax
+
+    want = env.trained.params_by_step[15]
+    for path in (f"{env.trained.run_dir}/checkpoint_15",):
+        model, params, vocab_path = evaluation.load_checkpoint(path)
+        assert model.config == env.trained.config and vocab_path == str(env.trained.run_dir / "spiece.model")
+        jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+    model, params, vocab_path = evaluation.load_checkpoint(str(env.params_dir), dtype="bfloat16")
+    assert model.config.dtype == "bfloat16" and vocab_path == str(env.params_dir / "spiece.model")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, env.trained.params_by_step[60])
+
+
+def test_hugging_face_dirs_and_run_dirs_without_config_json_load(env, tmp_path):
+    import shutil
+
+    import jax
+
+    from dss_jax.model import hf_convert
+
+    want = env.trained.params_by_step[15]
+    hf_dir = hf_convert.export_hf_checkpoint(want, env.trained.config, tmp_path / "hf", vocab_path=env.spm)
+    model, params, vocab_path = evaluation.load_checkpoint(str(hf_dir))
+    assert model.config.vocab_size == toy.MODEL_VOCAB and vocab_path == str(hf_dir / "spiece.model")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+    # A run checkpoint whose model dir lost config.json: the metadata item has the config.
+    bare = tmp_path / "bare_run" / "checkpoint_15"
+    shutil.copytree(env.trained.run_dir / "checkpoint_15", bare)
+    model, params, vocab_path = evaluation.load_checkpoint(str(bare))
+    assert model.config == env.trained.config and vocab_path is None
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+
+
+def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):
+    gin.clear_config()
+    try:
+        gin.parse_config([
+            f"make_train_eval_hook.task_name = '{toy.TASK}'",
+            f"make_train_eval_hook.feature_lengths = {json.dumps(toy.LENGTHS)}",
+            "make_train_eval_hook.batch_size = 4",
+            "make_train_eval_hook.split = 'test'",
+            f"make_train_eval_hook.output_dir = '{tmp_path}'",
+        ])
+        hook = evaluation.make_train_eval_hook(env.trained.model)
+    finally:
+        gin.clear_config()
+    params = env.trained.params_by_step[60]
+    out = hook(params=params, step=60)
+    direct = evaluate(env.trained.model, params, examples, batch_size=4).metrics
+    assert {k: v for k, v in out.items() if k != "decode/examples_per_second"} == {
+        "decode/" + k: v for k, v in direct.items() if k != "examples_per_second"}
+    assert len(_read_jsonl(tmp_path / "step_60" / "predictions.jsonl")) == 11
+
+
+def test_vocabulary_larger_than_the_model_is_refused(env, examples):
+    from dss_jax.model.t5 import T5
+
+    small = T5(env.trained.config.replace(vocab_size=32))
+    with pytest.raises(ValueError, match="the model only 32 embeddings"):
+        evaluate(small, env.trained.params_by_step[60], examples)

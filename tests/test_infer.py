@@ -1,0 +1,106 @@
+"""`python -m dss_jax.infer`: the student on raw JSONL inputs; long inputs are cut with a
+warning per input, malformed lines are reported as FILE:LINE."""
+
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import _eval_toy as toy
+from dss_jax import infer
+from dss_jax.evaluation import evaluate, load_examples
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LONG = "what about a red apple? " + "and a very very long story about many other things " * 8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, cpu_devices):
+    return toy.toy_env(tmp_path_factory, cpu_devices)
+
+
+def write_jsonl(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_labels_are_those_of_the_eval_and_long_inputs_warn(env, tmp_path, caplog):
+    examples = load_examples(toy.TASK, "test", toy.LENGTHS)
+    records = [{"id": i, "input": x} for i, x in zip(examples.ids, examples.inputs)]
+    records.insert(2, {"id": "long", "input": LONG})
+    records.append({"input": "what about a blue hat?"})  # no id: the line number is used
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    with caplog.at_level(logging.WARNING):
+        rows = infer.infer_file(checkpoint_path=str(env.trained.run_dir), input_path=str(source),
+                                output_path=str(tmp_path / "out" / "labels.jsonl"), feature_lengths=toy.LENGTHS,
+                                batch_size=4, output_rationale=True)
+    written = [json.loads(line) for line in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
+    assert written == rows and len(rows) == 13
+    assert [r["id"] for r in rows] == [r["id"] for r in records[:-1]] + ["13"]
+    # The same tokenization as the task's: the latest checkpoint gives the eval's predictions.
+    direct = evaluate(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
+    by_id = {r["id"]: r for r in rows}
+    assert [by_id[i]["label"] for i in examples.ids] == [r["prediction"] for r in direct.records]
+    assert all(isinstance(r["rationale"], str) for r in rows)
+    # One warning, naming the file and line, for the one long input; it is cut, not fatal.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "too long" in r.getMessage()]
+    assert len(warnings) == 1 and f"{source}:3 (id 'long')" in warnings[0]
+    assert by_id["long"]["truncated"] is True and by_id["long"]["label"] == by_id["test/0"]["label"]
+    assert sum("truncated" in r for r in rows) == 1
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"id": "a", "input": "x"', "not valid JSON"),
+        ('["x"]', "expected a JSON object"),
+        ('{"id": "b"}', "missing or non-string field 'input'"),
+        ('{"id": "b", "input": 3}', "missing or non-string field 'input'"),
+        ('{"id": ["b"], "input": "x"}', "field 'id' must be"),
+        ('{"id": "ok", "input": "y"}', r"duplicate id 'ok' \(first at line 1\)"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "in.jsonl", ['{"id": "ok", "input": "x"}', "", line])
+    with pytest.raises(infer.InputFormatError, match=rf"{path}:3: {message}"):
+        infer.read_inputs(str(path))
+
+
+def test_nli_inputs_split_at_the_separator_like_the_tasks():
+    class Chars:  # one id per character, enough to see where EOS goes
+        eos_id = 1
+
+        def encode(self, s):
+            return [3 + ord(c) % 50 for c in s]
+
+    a, b, c = (3 + ord(ch) % 50 for ch in "abc")
+    row, full = infer.encode_input(Chars(), "ab</s>c", 8, separator=True)
+    assert row.tolist() == [a, b, 1, c, 1, 0, 0, 0] and full == 5
+    row, full = infer.encode_input(Chars(), "ab</s>c", 8, separator=False)
+    assert row.tolist()[:3] == [a, b, 3 + ord("<") % 50]
+    row, full = infer.encode_input(Chars(), "abcdefghij", 4, separator=False)
+    assert row.tolist() == [a, b, c, 1] and full == 11  # cut to length - 1 tokens, then EOS
+
+
+def test_infer_binary_end_to_end(env, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "input": "what about a red cup?"},
+                                                  {"id": "q2", "input": LONG}])
+    task_dir = env.root / "subprocess_task"
+    task_dir.mkdir(exist_ok=True)
+    toy.write_task_module(env.caches, task_dir)
+    task_gin = toy.write_task_gin(task_dir)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "dss_jax.infer", "--gin_file=runs/infer.gin", f"--gin_file={task_gin}",
+           f"--gin.CHECKPOINT_PATH='{env.params_dir}'", f"--gin.INFER_INPUT='{source}'",
+           f"--gin.INFER_OUTPUT='{out}'"]
+    proc_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_dir), str(REPO)]))
+    proc = subprocess.run(cmd, cwd=REPO, env=proc_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q1", "q2"] and rows[1]["truncated"] is True
+    assert f"{source}:2 (id 'q2')" in proc.stderr and "2 predictions written" in proc.stdout
+
