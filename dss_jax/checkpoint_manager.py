@@ -9,12 +9,11 @@ process calls save and orbax coordinates them.
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
 import os
 from typing import Any, Optional
 
-import jax
 import orbax.checkpoint as ocp
 
 STEP_PREFIX = "checkpoint"
@@ -79,29 +78,8 @@ def step_dir(model_dir: str, step: int) -> str:
     return os.path.join(model_dir, f"{STEP_PREFIX}_{step}")
 
 
-def restore_params(checkpoint_dir: str, abstract_params: Any) -> Any:
-    """Only the parameters of a run checkpoint (`MODEL_DIR/checkpoint_<step>`), e.g. for
-    evaluation or export; the optimiser state is not read."""
-    state_dir = os.path.join(checkpoint_dir, "state")
-    if not os.path.isdir(state_dir):
-        raise FileNotFoundError(f"{checkpoint_dir} is not a dss_jax run checkpoint (no 'state' item)")
-    restore_args = jax.tree_util.tree_map(
-        lambda a: ocp.ArrayRestoreArgs(sharding=getattr(a, "sharding", None)) if getattr(a, "sharding", None) else ocp.RestoreArgs(restore_type=None),
-        abstract_params,
-    )
-    with ocp.PyTreeCheckpointer() as ckptr:
-        out = ckptr.restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(
-                item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
-            ),
-        )
-    return out["params"]
-
-
 def read_metadata(checkpoint_dir: str) -> dict:
-    import json
-
+    """The JSON item a run checkpoint was saved with (input position, model config)."""
     path = os.path.join(checkpoint_dir, "metadata", "metadata")
     if not os.path.exists(path):
         logging.warning("%s has no metadata item", checkpoint_dir)

@@ -169,6 +169,7 @@ def load_examples(
     missing = [k for k in dss_tasks.PAIRED_TEXT_FEATURES if k not in feature_lengths]
     if missing:
         raise ValueError(f"TASK_FEATURE_LENGTHS lacks {missing}; it needs {list(dss_tasks.PAIRED_TEXT_FEATURES)}")
+    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
     dataset = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
     if max_examples is not None:
         dataset = dataset.take(max_examples)
@@ -251,7 +252,11 @@ def evaluate(
                                   as_decode_config(decode, lengths["label_targets"]), batch_size, _seed_of(decode))
     predictions = tokens_to_texts(examples.vocabulary, label_tokens)
     rationales = None
-    if output_rationale:
+    if dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label":
+        # The single-task ablation writes its rationale before the label: score the label.
+        rationales = [p.rpartition(dss_tasks.ANSWER_SEPARATOR.strip())[0].strip() for p in predictions]
+        predictions = [dss_tasks.label_from_single_task(p) for p in predictions]
+    elif output_rationale:
         rationale_tokens = decode_batches(model, params, examples.rationale_tokens,
                                           as_decode_config(decode, lengths["rationale_targets"]), batch_size,
                                           _seed_of(decode))

@@ -27,6 +27,7 @@ from dss_jax.data.feature_converter import DssFeatureConverter
 
 def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, shard_index, num_shards):
     task = dss_tasks.get_task(task_name)
+    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
     if split not in task.splits:
         raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {sorted(task.splits)}")
     missing = [k for k in dss_tasks.PAIRED_TEXT_FEATURES if k not in feature_lengths]
@@ -83,7 +84,7 @@ def train_batches(
         ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
                       shard_index=shard, num_shards=streams)
         converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
-        ds = converter(ds, feature_lengths).batch(batch_size // per_process, drop_remainder=True)
+        ds = converter(ds, dss_tasks.effective_feature_lengths(task_name, feature_lengths)).batch(batch_size // per_process, drop_remainder=True)
         if start_position:
             ds = ds.skip(start_position)
         iterators.append(ds.prefetch(2).as_numpy_iterator())
@@ -114,6 +115,7 @@ def eval_batches(
     (which carry no loss weight); every process yields the same number of batches."""
     ds = _dataset(task_name, feature_lengths, split, shuffle=False, seed=None, num_epochs=1,
                   shard_index=shard_index, num_shards=num_shards)
+    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
     ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]
     count = len(batches)

@@ -127,10 +127,9 @@ def _run_binary(module: str, gin_files: list[str], bindings: list[str], log_path
 def execute(run: Run, cfg: dict) -> dict:
     """Trains and evaluates one run unless its result is already there."""
     run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
-    result_path = os.path.join(run_dir, "eval", "metrics.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+    done = _eval_result(run_dir)
+    if done is not None:
+        return done
     os.makedirs(run_dir, exist_ok=True)
     model_dir = os.path.join(run_dir, "model")
     common = run_bindings(run, cfg)
@@ -145,12 +144,27 @@ def execute(run: Run, cfg: dict) -> dict:
         "dss_jax.eval",
         ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
         [f"CHECKPOINT_PATH = '{model_dir}'", f"EVAL_OUTPUT_DIR = '{os.path.join(run_dir, 'eval')}'",
-         f"EVAL_SPLIT = '{cfg['eval_split']}'", "evaluate.steps = 'latest'",
+         f"SPLIT = '{cfg['eval_split']}'", "STEPS = 'latest'",
          *[b for b in common if b.startswith("task_options.label_target")], *cfg["eval_bindings"]],
         os.path.join(run_dir, "eval.log"),
         cfg["timeout_per_run"],
     )
-    with open(result_path) as f:
+    result = _eval_result(run_dir)
+    if result is None:
+        raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_dir}/eval")
+    return result
+
+
+def _eval_result(run_dir: str) -> Optional[dict]:
+    """The metrics of the latest evaluated step of a run, if its evaluation finished."""
+    eval_dir = os.path.join(run_dir, "eval")
+    if not os.path.isdir(eval_dir):
+        return None
+    steps = sorted(int(d[5:]) for d in os.listdir(eval_dir) if d.startswith("step_") and d[5:].isdigit()
+                   and os.path.exists(os.path.join(eval_dir, d, "metrics.json")))
+    if not steps:
+        return None
+    with open(os.path.join(eval_dir, f"step_{steps[-1]}", "metrics.json")) as f:
         return json.load(f)
 
 

@@ -79,6 +79,9 @@ class TaskOptions:
     seed: int = 0  # seed of that subsample (the reference's --run)
     validation_fraction: float = 0.1  # carved out of train when there is no validation cache
     validation_seed: int = 0
+    # "label": predict: x -> label (DSS, finetuning, distillation). "rationale_then_label":
+    # the single-task ablation, predict: x -> "<rationale> So the answer is: <label>".
+    label_target: str = "label"
 
     def __post_init__(self):
         if self.label_source not in ("gt", "teacher"):
@@ -89,6 +92,8 @@ class TaskOptions:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.label_target not in LABEL_TARGETS:
+            raise ValueError(f"label_target must be one of {LABEL_TARGETS}, got {self.label_target!r}")
 
 
 @gin.configurable
@@ -99,9 +104,41 @@ def task_options(
     seed: int = 0,
     validation_fraction: float = 0.1,
     validation_seed: int = 0,
+    label_target: str = "label",
 ) -> TaskOptions:
     """The options of the DSS tasks; bind in gin (optionally scoped by task name)."""
-    return TaskOptions(label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed)
+    return TaskOptions(label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed,
+                       label_target)
+
+
+LABEL_TARGETS = ("label", "rationale_then_label")
+ANSWER_SEPARATOR = " So the answer is: "
+
+
+def single_task_target(rationale: str, label: str) -> str:
+    """The ablation's one target: the rationale, then the label after a fixed phrase."""
+    return (rationale.strip() + ANSWER_SEPARATOR + label).strip()
+
+
+def label_from_single_task(prediction: str) -> str:
+    """The label part of a single-task prediction ("" when the phrase is missing)."""
+    head, sep, tail = prediction.rpartition(ANSWER_SEPARATOR.strip())
+    return tail.strip() if sep else ""
+
+
+def current_options(task_name: str) -> TaskOptions:
+    """The task's options as gin binds them now (scoped by the task's name)."""
+    with gin.config_scope(task_name):
+        return task_options()
+
+
+def effective_feature_lengths(task_name: str, feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    """TASK_FEATURE_LENGTHS, with room for rationale + label in one target when the task
+    trains the single-task ablation."""
+    lengths = dict(feature_lengths)
+    if current_options(task_name).label_target == "rationale_then_label":
+        lengths["label_targets"] = lengths["label_targets"] + lengths["rationale_targets"]
+    return lengths
 
 
 @gin.configurable
@@ -170,9 +207,15 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
     Teacher labels: one example per parsed chosen sample; a record without one is
     dropped. Gold labels: one example per parsed chosen sample with the gold label, or,
     when none parsed, one with an empty rationale (as the reference trains them); a
-    record without a gold label is dropped.
+    record without a gold label is dropped. With `label_target="rationale_then_label"`
+    the label target becomes `single_task_target(rationale, label)`.
     """
     examples, dropped = [], 0
+    if options.label_target == "rationale_then_label":
+        examples, dropped = training_examples(records, dataclasses.replace(options, label_target="label"))
+        for ex in examples:
+            ex["label_targets"] = single_task_target(ex["rationale_targets"], ex["label_targets"])
+        return examples, dropped
     for record in records:
         chosen = _chosen_samples(record, options.teacher_sample)
         parsed = [(i, s) for i, s in enumerate(chosen) if s.parsed]

@@ -1,0 +1,95 @@
+"""The sweep: a two-point miniature end to end through the real binaries, the single-task
+ablation's targets, and the table/figure built from the runs' own metrics."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from dss_jax import sweep
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.data.cache import CacheRecord, TeacherSample
+
+
+def test_single_task_targets_and_label_extraction():
+    rec = CacheRecord(id="a", input="2 and 3?", label="(2 + 3)",
+                      samples=(TeacherSample(rationale="2 + 3 = 5.", label="(2 + 3)"),))
+    opts = dss_tasks.TaskOptions(label_target="rationale_then_label")
+    (ex,), dropped = dss_tasks.training_examples([rec], opts)
+    assert dropped == 0
+    assert ex["label_targets"] == "2 + 3 = 5. So the answer is: (2 + 3)"
+    assert dss_tasks.label_from_single_task(ex["label_targets"]) == "(2 + 3)"
+    assert dss_tasks.label_from_single_task("2 + 3 = 5.") == ""
+    # Evaluation keeps the gold label alone as the target.
+    (ev,), _ = dss_tasks.evaluation_examples([rec], opts)
+    assert ev["label_targets"] == "(2 + 3)"
+    with pytest.raises(ValueError, match="label_target"):
+        dss_tasks.TaskOptions(label_target="both")
+
+
+def test_plan_covers_the_grid_and_methods_bind_the_baselines():
+    cfg = dict(methods=["finetune", "distill", "dss", "single_task"], sizes=["tiny"], fractions=[0.5, 1.0],
+               seeds=[0, 1], rationale_weights=[0.5, 1.0], dss_label_source="gt", initial_checkpoints=None)
+    runs = sweep.plan(cfg)
+    assert len(runs) == (3 + 2) * 2 * 2  # dss has two λ
+    assert len({r.name for r in runs}) == len(runs)
+    finetune = sweep.run_bindings(next(r for r in runs if r.method == "finetune"), cfg)
+    assert "RATIONALE_WEIGHT = 0.0" in finetune and "LABEL_SOURCE = 'gt'" in finetune
+    distill = sweep.run_bindings(next(r for r in runs if r.method == "distill"), cfg)
+    assert "LABEL_SOURCE = 'teacher'" in distill and "RATIONALE_WEIGHT = 0.0" in distill
+    dss = sweep.run_bindings(next(r for r in runs if r.method == "dss" and r.rationale_weight == 0.5), cfg)
+    assert "RATIONALE_WEIGHT = 0.5" in dss
+
+
+RECIPE = """
+sweep_config.sweep_dir = %SWEEP_DIR
+sweep_config.task_gin = 'tasks/synthetic.gin'
+sweep_config.methods = ['dss']
+sweep_config.sizes = ['tiny']
+sweep_config.fractions = [0.5, 1.0]
+sweep_config.seeds = [0]
+sweep_config.extra_gin_files = [%MINI]
+sweep_config.train_bindings = ['TRAIN_STEPS = 3', 'BATCH_SIZE = 4', 'train.log_period = 1']
+sweep_config.eval_bindings = ['MAX_EXAMPLES = 12', 'BATCH_SIZE = 4']
+"""
+
+MINI = """
+synthetic_config.train_size = 200
+synthetic_config.validation_size = 20
+synthetic_config.test_size = 20
+model_config.overrides = {'vocab_size': 1024}
+TASK_FEATURE_LENGTHS = {'label_inputs': 96, 'label_targets': 24, 'rationale_inputs': 96, 'rationale_targets': 64}
+DssFeatureConverter.pack_encoder_length = 192
+DssFeatureConverter.pack_decoder_length = 96
+"""
+
+
+def test_two_point_sweep_end_to_end(tmp_path):
+    (tmp_path / "recipe.gin").write_text(RECIPE)
+    (tmp_path / "mini.gin").write_text(MINI)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+               DSS_CACHE_DIR=str(tmp_path / "cache"), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dss_jax.sweep", f"--gin_file={tmp_path / 'recipe.gin'}",
+           f"--gin.SWEEP_DIR='{out}'", f"--gin.MINI='{tmp_path / 'mini.gin'}'"]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["fraction"]) for r in rows] == [0.5, 1.0]
+    for row in rows:
+        run_dir = out / "runs" / row["run"]
+        (metrics_path,) = list((run_dir / "eval").glob("step_*/metrics.json"))
+        assert metrics_path.parent.name == "step_3"
+        assert float(row["accuracy"]) == json.loads(metrics_path.read_text())["accuracy"]
+        assert (run_dir / "model" / "checkpoint_3").is_dir()
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| dss | tiny | 0.5 |" in (out / "results.md").read_text()
+    # Resumable: a second call trains and evaluates nothing again.
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")}
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
