@@ -36,8 +36,7 @@ from dss_jax.evaluation import (DecodeSettings, as_decode_config, checkpoints_to
                                 load_checkpoint, tokens_to_texts)
 
 FLAGS = flags.FLAGS
-if "gin_file" not in FLAGS:  # another binary's module may have defined them in this process
-    gin_utils.define_gin_flags()
+gin_utils.define_gin_flags()
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "INFER_INPUT", "INFER_OUTPUT", "TASK_FEATURE_LENGTHS")
 
