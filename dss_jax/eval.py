@@ -29,8 +29,7 @@ from dss_jax.evaluation import (DecodeSettings, checkpoints_to_evaluate, evaluat
                                 load_examples, write_outputs)
 
 FLAGS = flags.FLAGS
-if "gin_file" not in FLAGS:  # another binary's module may have defined them in this process
-    gin_utils.define_gin_flags()
+gin_utils.define_gin_flags()
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 

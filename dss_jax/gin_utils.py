@@ -24,6 +24,8 @@ REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def define_gin_flags() -> None:
+    if "gin_file" in flags.FLAGS:  # already defined: several binaries' modules in one process (tests)
+        return
     flags.DEFINE_multi_string("gin_file", [], "Gin files, in order; later ones win.")
     flags.DEFINE_multi_string("gin_bindings", [], "Individual gin bindings, applied after the files.")
     flags.DEFINE_list("gin_search_paths", ["."], "Folders searched for --gin_file and gin `include`s.")

@@ -36,8 +36,7 @@ from dss_jax.evaluation import (DecodeSettings, as_decode_config, checkpoints_to
                                 load_checkpoint, tokens_to_texts)
 
 FLAGS = flags.FLAGS
-if "gin_file" not in FLAGS:  # another binary's module may have defined them in this process
-    gin_utils.define_gin_flags()
+gin_utils.define_gin_flags()
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "INFER_INPUT", "INFER_OUTPUT", "TASK_FEATURE_LENGTHS")
 
@@ -135,6 +134,10 @@ def infer_file(
     family: the task family when no task is named; only NLI families ("anli1", "esnli")
     change the input tokenization ("</s>" -> EOS).
     """
+    needed = ["label_inputs", "label_targets"] + (["rationale_inputs", "rationale_targets"] if output_rationale else [])
+    missing = [k for k in needed if k not in feature_lengths]
+    if missing:
+        raise ValueError(f"TASK_FEATURE_LENGTHS lacks {missing} (it has {sorted(feature_lengths)})")
     if family is None and task_name:
         family = dss_tasks.task_family(task_name)
     separator = family is not None and parsers.canonical_family(family) in ("anli1", "esnli")
@@ -155,19 +158,20 @@ def infer_file(
                 too_long.setdefault(i, []).append(f"{full} tokens with {prefix.strip()!r} > {feature}={length}")
         return np.stack(rows)
 
-    tokens = decode_batches(model, params, encode_all(dss_tasks.LABEL_PREFIX, "label_inputs"),
-                            as_decode_config(decode, feature_lengths["label_targets"]), batch_size,
-                            getattr(decode, "seed", 0))
-    labels = tokens_to_texts(vocabulary, tokens)
-    rationales = None
-    if output_rationale:
-        tokens = decode_batches(model, params, encode_all(dss_tasks.RATIONALE_PREFIX, "rationale_inputs"),
-                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size,
-                                getattr(decode, "seed", 0))
-        rationales = tokens_to_texts(vocabulary, tokens)
+    label_rows = encode_all(dss_tasks.LABEL_PREFIX, "label_inputs")
+    rationale_rows = encode_all(dss_tasks.RATIONALE_PREFIX, "rationale_inputs") if output_rationale else None
     for i, what in sorted(too_long.items()):
         logging.warning("%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id,
                         "; ".join(what))
+    seed = getattr(decode, "seed", 0)
+    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, feature_lengths["label_targets"]),
+                            batch_size, seed)
+    labels = tokens_to_texts(vocabulary, tokens)
+    rationales = None
+    if rationale_rows is not None:
+        tokens = decode_batches(model, params, rationale_rows,
+                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size, seed)
+        rationales = tokens_to_texts(vocabulary, tokens)
     rows = []
     for i, item in enumerate(inputs):
         row: dict[str, Any] = {"id": item.id, "input": item.input, "label": labels[i]}

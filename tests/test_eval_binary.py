@@ -78,6 +78,8 @@ def test_eval_binary_on_a_params_checkpoint_with_rationales(env, task_gin, tmp_p
 
 
 def test_missing_macros_are_named_before_any_work():
+    import dss_jax.eval  # noqa: F401  (the binary defines evaluate_checkpoints, as t5x's eval.py)
+
     gin.clear_config()
     try:
         with pytest.raises(SystemExit, match="CHECKPOINT_PATH, EVAL_OUTPUT_DIR not set"):
