@@ -254,8 +254,7 @@ def evaluate(
     rationales = None
     if dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label":
         # The single-task ablation writes its rationale before the label: score the label.
-        rationales = [p.rpartition(dss_tasks.ANSWER_SEPARATOR.strip())[0].strip() for p in predictions]
-        predictions = [dss_tasks.label_from_single_task(p) for p in predictions]
+        rationales, predictions = (list(x) for x in zip(*map(dss_tasks.split_single_task, predictions)))
     elif output_rationale:
         rationale_tokens = decode_batches(model, params, examples.rationale_tokens,
                                           as_decode_config(decode, lengths["rationale_targets"]), batch_size,

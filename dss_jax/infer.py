@@ -164,11 +164,15 @@ def infer_file(
         logging.warning("%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id,
                         "; ".join(what))
     seed = getattr(decode, "seed", 0)
-    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, feature_lengths["label_targets"]),
-                            batch_size, seed)
+    single_task = bool(task_name) and dss_tasks.current_options(task_name).label_target == "rationale_then_label"
+    label_length = (dss_tasks.effective_feature_lengths(task_name, feature_lengths) if single_task
+                    else feature_lengths)["label_targets"]
+    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed)
     labels = tokens_to_texts(vocabulary, tokens)
     rationales = None
-    if rationale_rows is not None:
+    if single_task:  # a student of the single-task ablation writes "rationale So the answer is: label"
+        rationales, labels = (list(x) for x in zip(*map(dss_tasks.split_single_task, labels)))
+    elif rationale_rows is not None:
         tokens = decode_batches(model, params, rationale_rows,
                                 as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size, seed)
         rationales = tokens_to_texts(vocabulary, tokens)

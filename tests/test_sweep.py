@@ -21,8 +21,8 @@ def test_single_task_targets_and_label_extraction():
     (ex,), dropped = dss_tasks.training_examples([rec], opts)
     assert dropped == 0
     assert ex["label_targets"] == "2 + 3 = 5. So the answer is: (2 + 3)"
-    assert dss_tasks.label_from_single_task(ex["label_targets"]) == "(2 + 3)"
-    assert dss_tasks.label_from_single_task("2 + 3 = 5.") == ""
+    assert dss_tasks.split_single_task(ex["label_targets"]) == ("2 + 3 = 5.", "(2 + 3)")
+    assert dss_tasks.split_single_task("2 + 3 = 5.") == ("2 + 3 = 5.", "")
     # Evaluation keeps the gold label alone as the target.
     (ev,), _ = dss_tasks.evaluation_examples([rec], opts)
     assert ev["label_targets"] == "(2 + 3)"

@@ -120,10 +120,11 @@ def single_task_target(rationale: str, label: str) -> str:
     return (rationale.strip() + ANSWER_SEPARATOR + label).strip()
 
 
-def label_from_single_task(prediction: str) -> str:
-    """The label part of a single-task prediction ("" when the phrase is missing)."""
+def split_single_task(prediction: str) -> tuple[str, str]:
+    """(rationale, label) of a single-task prediction; the label is "" (no answer) when
+    the answer phrase is missing."""
     head, sep, tail = prediction.rpartition(ANSWER_SEPARATOR.strip())
-    return tail.strip() if sep else ""
+    return (head.strip(), tail.strip()) if sep else (prediction.strip(), "")
 
 
 def current_options(task_name: str) -> TaskOptions:
