@@ -300,7 +300,8 @@ def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) ->
             return AotReport.from_json(f.read())
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> tuple[AotConfig, Optional[str]]:
+    """The command line -> (config, json_out); a bad combination exits with status 2."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,15 +312,19 @@ def main(argv=None) -> int:
     args = vars(parser.parse_args(argv))
     json_out = args.pop("json_out")
     try:
-        config = AotConfig(**args)
+        return AotConfig(**args), json_out
     except ValueError as e:
         parser.error(str(e))
 
+
+def main(argv=None) -> int:
+    config, json_out = parse_args(argv)
     if "jax" in sys.modules:  # imported by the caller: its device count is fixed already
         import jax
 
         if jax.device_count() != config.num_devices:
-            parser.error(f"jax is already initialised with {jax.device_count()} devices")
+            raise SystemExit(f"jax is already initialised with {jax.device_count()} devices, "
+                             f"not --num_devices={config.num_devices}")
     else:
         os.environ.update({k: v for k, v in subprocess_env(config.num_devices).items()
                            if k in ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")})
