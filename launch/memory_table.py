@@ -40,11 +40,7 @@ ROWS: dict[str, AotConfig] = {
     "xl-fsdp-64": AotConfig(size="xl", rules="fsdp", num_devices=64, batch_size=64),
     "xl-fsdp_tp4-64": AotConfig(size="xl", rules="fsdp_tp", num_partitions=4, num_devices=64, batch_size=64),
     "xxl-fsdp_tp4-256": AotConfig(size="xxl", rules="fsdp_tp", num_partitions=4, num_devices=256, batch_size=64),
-    "xxl-fsdp_tp4-256-adamw": AotConfig(
-        size="xxl", rules="fsdp_tp", num_partitions=4, num_devices=256, batch_size=64, optimizer="adamw"
-    ),
     "xxl-fsdp-256": AotConfig(size="xxl", rules="fsdp", num_devices=256, batch_size=256),
-    "xxl-fsdp_tp4-64": AotConfig(size="xxl", rules="fsdp_tp", num_partitions=4, num_devices=64, batch_size=64),
 }
 ROWS = {k: AotConfig(**{**v.__dict__, "encoder_length": ENC, "decoder_length": DEC}) for k, v in ROWS.items()}
 
