@@ -195,6 +195,8 @@ def initialize_distributed(
 
     On TPU pods `jax.distributed.initialize()` finds everything itself; on GPU clusters
     (and on CPU over loopback in tests) the coordinator and process ids are passed in.
+    A Cloud TPU VM pod sets none of the environment variables below, so the launchers
+    (launch/tpu_pod.sh) ask for JAX's own detection with DSS_JAX_DISTRIBUTED=auto.
     """
     if coordinator_address or multiprocess_gpu:
         if not coordinator_address or process_count is None or process_index is None:
@@ -207,5 +209,9 @@ def initialize_distributed(
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=process_count, process_id=process_index
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    elif (
+        os.environ.get("DSS_JAX_DISTRIBUTED") == "auto"
+        or os.environ.get("TPU_WORKER_HOSTNAMES")
+        or os.environ.get("CLOUD_TPU_TASK_ID")
+    ):
         jax.distributed.initialize()

@@ -176,7 +176,13 @@ class Trainer:
         metrics.update(_token_counts(batch))
         return new_state, metrics
 
-    def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+    def jitted_train_step(self):
+        """The jit-wrapped train step (state donated), not yet compiled.
+
+        Ahead-of-time use (dss_jax.aot): inside `self.context()`,
+        `.lower(self.abstract_state, abstract_batch).compile()` compiles it for the
+        mesh without allocating the state.
+        """
         if self._train_step is None:
             self._train_step = jax.jit(
                 self._train_step_impl,
@@ -184,8 +190,12 @@ class Trainer:
                 out_shardings=(self.state_sharding, self.replicated),
                 donate_argnums=(0,),
             )
+        return self._train_step
+
+    def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        step = self.jitted_train_step()
         with self.context():
-            return self._train_step(state, dict(batch))
+            return step(state, dict(batch))
 
     def _eval_step_impl(self, params, batch):
         logits = self.model.apply({"params": params}, **model_inputs(batch), enable_dropout=False)

@@ -7,7 +7,12 @@ r"""Runs a dss_jax binary as several local processes over loopback (JAX's distri
 Everything after `--` is passed to the Python interpreter of every process, followed by
 `--multiprocess_gpu --coordinator_address=127.0.0.1:PORT --process_count=N --process_index=I`.
 On CPU each process gets `devices_per_process` virtual devices; on a multi-GPU machine
-pass --gpus_per_process to give each process its own GPUs (CUDA_VISIBLE_DEVICES).
+pass --gpus_per_process to give each process its own GPUs (CUDA_VISIBLE_DEVICES; taken from
+the launcher's own CUDA_VISIBLE_DEVICES list when that is set), e.g. 8 GPUs as 8 processes:
+
+    python launch/local.py --num_processes=8 --gpus_per_process=1 -- -m dss_jax.train ...
+
+--dry_run prints each process's environment and command instead of starting them.
 Logs go to LOG_DIR/process_I.log. If any process fails, the others are stopped and the
 exit code is the first failure's.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -26,6 +32,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _visible_gpus(wanted: int) -> list[str]:
+    """The GPU ids processes may use: CUDA_VISIBLE_DEVICES's list when it is set (so a
+    launcher restricted to some GPUs stays within them), else 0..wanted-1."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    return [str(g) for g in range(wanted)]
 
 
 def main(argv=None) -> int:
@@ -41,27 +56,47 @@ def main(argv=None) -> int:
     parser.add_argument("--log_dir", default="launch_logs")
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: pick a free one)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before all processes are stopped")
+    parser.add_argument("--dry_run", action="store_true", help="print each process's environment and command")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
+    if not command:
+        parser.error("nothing to run after `--` (e.g. -- -m dss_jax.train --gin_file=...)")
+    if args.num_processes < 1:
+        parser.error(f"--num_processes must be at least 1, got {args.num_processes}")
+    if args.gpus_per_process < 0 or args.devices_per_process < 1:
+        parser.error("--gpus_per_process must be >= 0 and --devices_per_process >= 1")
+    gpus = _visible_gpus(args.num_processes * args.gpus_per_process)
+    if args.gpus_per_process and len(gpus) < args.num_processes * args.gpus_per_process:
+        parser.error(
+            f"{args.num_processes} processes x {args.gpus_per_process} GPUs need "
+            f"{args.num_processes * args.gpus_per_process} GPUs but CUDA_VISIBLE_DEVICES lists {len(gpus)}"
+        )
 
-    os.makedirs(args.log_dir, exist_ok=True)
     address = f"127.0.0.1:{args.port or free_port()}"
-    procs, logs = [], []
+    plan = []
     for i in range(args.num_processes):
-        env = dict(os.environ)
+        env = {}
         if args.gpus_per_process:
-            first = i * args.gpus_per_process
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + g) for g in range(args.gpus_per_process))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * args.gpus_per_process:(i + 1) * args.gpus_per_process])
         else:
             env["JAX_PLATFORMS"] = "cpu"
-            flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+            flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
             flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
             env["XLA_FLAGS"] = " ".join(flags)
-        log = open(os.path.join(args.log_dir, f"process_{i}.log"), "w")
-        logs.append(log)
         cmd = [sys.executable, *command, "--multiprocess_gpu", f"--coordinator_address={address}",
                f"--process_count={args.num_processes}", f"--process_index={i}"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        plan.append((env, cmd))
+    if args.dry_run:
+        for env, cmd in plan:
+            print(" ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.quote(c) for c in cmd]))
+        return 0
+
+    os.makedirs(args.log_dir, exist_ok=True)
+    procs, logs = [], []
+    for i, (env, cmd) in enumerate(plan):
+        log = open(os.path.join(args.log_dir, f"process_{i}.log"), "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
     deadline = None if args.timeout is None else time.time() + args.timeout
     code = 0
     try:

@@ -1,0 +1,340 @@
+r"""Ahead-of-time compilation of the real train step on a virtual mesh: per-device
+memory of a pod-sized run, measured on one CPU machine without allocating anything.
+
+    python -m dss_jax.aot --size=xxl --rules=fsdp_tp --num_partitions=4 --num_devices=256 \
+        --batch_size=64 --encoder_length=512 --decoder_length=384 --remat_policy=full
+
+The Trainer (dss_jax.trainer) is built over a (`data`, `model`) mesh of `num_devices`
+virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
+jax is imported), with abstract parameters and optimiser state (ShapeDtypeStructs that
+carry their shardings). Its jitted train step is lowered and compiled by XLA for that
+mesh, and the compiled executable reports what one device needs:
+
+    argument   the inputs of one device: its shards of the train state and of the batch
+    output     the outputs: the new state's shards and the (replicated) metrics
+    alias      outputs written into donated inputs (the state is donated, so the new
+               state reuses the old state's buffers); counted in both of the above
+    temp       everything else live at the peak: gathered FSDP weights, activations
+               kept for the backward pass, gradients, the optimiser's scratch
+    total      argument + output - alias + temp (+ generated code, 0 on CPU)
+
+The memory numbers come from the XLA:CPU compiler's buffer assignment with its
+memory-optimised scheduler (its default schedules for thread concurrency and keeps
+far more alive than a TPU/GPU compiler would). TPU and GPU compilers fuse and schedule
+differently and turn gradient all-reduce + slice into reduce-scatter, so read these
+as an estimate of the same program, not a TPU measurement.
+
+The shardings of the compiled executable's inputs and the per-device parameter shapes
+of its HLO are checked too: no large parameter or optimiser-state tensor may be whole
+(replicated) on a device.
+
+Python API: `AotConfig`, `compile_in_process(config)` (this process's devices must form
+the mesh) and `compile_in_subprocess(config)` (a fresh process with the virtual devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+# State tensors at least this large (elements) must never be whole on a device.
+LARGE_ELEMENTS = 1 << 20
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+GIB = float(1 << 30)
+
+
+@dataclasses.dataclass(frozen=True)
+class AotConfig:
+    """One compile: model shape, rule set, mesh and batch shape."""
+
+    size: str = "xl"  # a T5Config preset: tiny | small | base | large | xl | xxl
+    variant: str = "t5.1.1"
+    num_layers: Optional[int] = None  # encoder and decoder layers each; None: the preset's
+    rules: str = "fsdp"  # a name in partitioning.RULE_SETS
+    num_partitions: int = 1  # size of the `model` mesh axis
+    num_devices: int = 64
+    batch_size: int = 64  # global rows per step
+    encoder_length: int = 512
+    decoder_length: int = 384
+    remat_policy: str = "full"
+    dtype: str = "bfloat16"  # compute dtype; master weights stay float32
+    optimizer: str = "adafactor"  # adafactor | adamw
+    num_microbatches: int = 1
+    vocab_size: Optional[int] = None  # None: the preset's (32128)
+
+    def __post_init__(self):
+        if self.num_devices % self.num_partitions:
+            raise ValueError(f"num_partitions={self.num_partitions} must divide num_devices={self.num_devices}")
+        data = self.num_devices // self.num_partitions
+        if self.batch_size % data:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of the data-parallel size "
+                f"{data} (= num_devices / num_partitions): every data shard needs whole rows"
+            )
+
+    def model_config(self):
+        from dss_jax.model.config import T5Config
+
+        overrides: dict[str, Any] = dict(dtype=self.dtype, remat_policy=self.remat_policy, dropout_rate=0.1)
+        if self.num_layers is not None:
+            overrides.update(num_encoder_layers=self.num_layers, num_decoder_layers=self.num_layers)
+        if self.vocab_size is not None:
+            overrides["vocab_size"] = self.vocab_size
+        return T5Config.preset(self.size, self.variant, **overrides)
+
+    def flags(self) -> list[str]:
+        """The command line of `python -m dss_jax.aot` for this config."""
+        out = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out.append(f"--{f.name}={value}")
+        return out
+
+
+@dataclasses.dataclass
+class AotReport:
+    config: AotConfig
+    num_params: int
+    mesh_shape: dict
+    state_bytes_per_device: int  # from the shardings: this device's share of params + optimiser state
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    generated_code_bytes: int
+    lower_seconds: float
+    compile_seconds: float
+    largest_entry_parameter: list  # [elements, "f32[...]"] of the compiled module's per-device inputs
+    replicated_large: list  # [[path, shape], ...]: large state tensors whole on a device (should be empty)
+    scheduler: str = "memory-optimized"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.generated_code_bytes
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["total_bytes"] = self.total_bytes
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AotReport":
+        d = json.loads(text)
+        d.pop("total_bytes", None)
+        d["config"] = AotConfig(**d["config"])
+        return cls(**d)
+
+    def summary(self) -> str:
+        c = self.config
+        return (
+            f"{c.size} ({self.num_params / 1e9:.2f}B params, {c.num_layers or 'all'} layers) {c.rules} "
+            f"mesh {self.mesh_shape} batch {c.batch_size}x{c.encoder_length}/{c.decoder_length} "
+            f"remat={c.remat_policy} {c.optimizer}: state {self.state_bytes_per_device / GIB:.2f} GiB, "
+            f"args {self.argument_bytes / GIB:.2f}, temp {self.temp_bytes / GIB:.2f}, "
+            f"total {self.total_bytes / GIB:.2f} GiB per device; compile {self.compile_seconds:.0f}s; "
+            f"replicated large tensors: {len(self.replicated_large)}"
+        )
+
+
+def abstract_batch(config: AotConfig, sharding) -> dict:
+    """ShapeDtypeStructs of a packed DSS batch (CONTRACTS.md features), sharded over `data`."""
+    import jax
+    import jax.numpy as jnp
+
+    def feature(length):
+        return jax.ShapeDtypeStruct((config.batch_size, length), jnp.int32, sharding=sharding)
+
+    enc, dec = config.encoder_length, config.decoder_length
+    return {
+        "encoder_input_tokens": feature(enc),
+        "encoder_segment_ids": feature(enc),
+        "encoder_positions": feature(enc),
+        "decoder_input_tokens": feature(dec),
+        "decoder_target_tokens": feature(dec),
+        "decoder_loss_weights": feature(dec),
+        "decoder_segment_ids": feature(dec),
+        "decoder_positions": feature(dec),
+        "decoder_task_ids": feature(dec),
+    }
+
+
+def replicated_large_tensors(abstract_state, shardings, d_model: int, limit: int = LARGE_ELEMENTS) -> list:
+    """[path, shape] of every state leaf that a device holds whole although it is large:
+    at least `limit` elements, or a matrix with a `d_model` dimension (every weight matrix
+    of the model, and Adam's moments of them)."""
+    import jax
+
+    out = []
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    flat_shardings = jax.tree_util.tree_leaves(shardings)
+    if len(leaves) != len(flat_shardings):
+        raise ValueError(f"{len(leaves)} state leaves but {len(flat_shardings)} shardings")
+    for (path, leaf), sharding in zip(leaves, flat_shardings):
+        shape = tuple(leaf.shape)
+        large = math.prod(shape) >= limit or (len(shape) >= 2 and d_model in shape)
+        if large and tuple(sharding.shard_shape(shape)) == shape:
+            out.append([jax.tree_util.keystr(path), list(shape)])
+    return out
+
+
+_HLO_SHAPE = re.compile(r"\b([a-z]+\d*)\[([0-9,]*)\]")
+
+
+def largest_entry_parameter(hlo_text: str) -> list:
+    """[elements, "dtype[dims]"] of the largest parameter of the compiled (per-device)
+    module's entry computation: after SPMD partitioning these are the shard shapes."""
+    best = [0, ""]
+    for line in hlo_text.splitlines():
+        if not line.startswith("ENTRY "):
+            continue
+        signature = line.split("->")[0]
+        for dtype, dims in _HLO_SHAPE.findall(signature):
+            n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+            if n > best[0]:
+                best = [n, f"{dtype}[{dims}]"]
+        break
+    return best
+
+
+def compile_in_process(config: AotConfig, devices=None) -> AotReport:
+    """Compiles the train step for a mesh over `devices` (default: all of this process's)."""
+    import jax
+    import numpy as np
+
+    from dss_jax import losses, optimizers, partitioning
+    from dss_jax.model.t5 import T5
+    from dss_jax.trainer import Trainer
+
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) != config.num_devices:
+        raise ValueError(
+            f"AotConfig.num_devices={config.num_devices} but {len(devices)} devices are visible; "
+            "use compile_in_subprocess, which starts a process with that many virtual devices"
+        )
+    start = time.time()
+    mesh = partitioning.make_mesh(config.num_partitions, devices)
+    trainer = Trainer(
+        T5(config.model_config()),
+        loss_config=losses.LossConfig(),
+        optimizer_config=optimizers.OptimizerConfig(name=config.optimizer),
+        total_steps=1000,
+        partition_config=partitioning.PartitionConfig(rules=config.rules, num_partitions=config.num_partitions),
+        num_microbatches=config.num_microbatches,
+        mesh=mesh,
+    )
+    batch = abstract_batch(config, trainer.batch_sharding)
+    with trainer.context():
+        lowered = trainer.jitted_train_step().lower(trainer.abstract_state, batch)
+    lowered_at = time.time()
+    compiled = lowered.compile()
+    compiled_at = time.time()
+
+    memory = compiled.memory_analysis()
+    (state_shardings, _), _ = compiled.input_shardings
+    state = trainer.abstract_state
+    state_bytes = sum(
+        math.prod(s.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        for leaf, s in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(state_shardings))
+    )
+    num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(trainer.abstract_params))
+    return AotReport(
+        config=config,
+        num_params=int(num_params),
+        mesh_shape=dict(mesh.shape),
+        state_bytes_per_device=int(state_bytes),
+        argument_bytes=int(memory.argument_size_in_bytes),
+        output_bytes=int(memory.output_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes),
+        temp_bytes=int(memory.temp_size_in_bytes),
+        generated_code_bytes=int(memory.generated_code_size_in_bytes),
+        lower_seconds=round(lowered_at - start, 1),
+        compile_seconds=round(compiled_at - lowered_at, 1),
+        largest_entry_parameter=largest_entry_parameter(compiled.as_text()),
+        replicated_large=replicated_large_tensors(state, state_shardings, trainer.model.config.d_model),
+        scheduler="memory-optimized" if MEMORY_SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "") else "default",
+    )
+
+
+def subprocess_env(num_devices: int, memory_scheduler: bool = True) -> dict:
+    """The environment of a process with `num_devices` virtual CPU devices."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if "xla_force_host_platform_device_count" not in f and "xla_cpu_scheduler_type" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    if memory_scheduler:
+        flags.append(MEMORY_SCHEDULER_FLAG)
+    env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) -> AotReport:
+    """Runs `python -m dss_jax.aot` for `config` in a fresh process with the virtual devices.
+
+    Older XLA builds without the memory-optimised CPU scheduler flag reject it at start-up;
+    the compile is then repeated with the default scheduler (reported as such).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "report.json")
+        cmd = [sys.executable, "-m", "dss_jax.aot", *config.flags(), f"--json_out={out}"]
+        for memory_scheduler in (True, False):
+            proc = subprocess.run(cmd, env=subprocess_env(config.num_devices, memory_scheduler),
+                                  capture_output=True, text=True, timeout=timeout)
+            if proc.returncode == 0 or "xla_cpu_scheduler_type" not in proc.stderr:
+                break
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"AOT compile of {config} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+            )
+        with open(out) as f:
+            return AotReport.from_json(f.read())
+
+
+def parse_args(argv=None) -> tuple[AotConfig, Optional[str]]:
+    """The command line -> (config, json_out); a bad combination exits with status 2."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(AotConfig):
+        kind = {"Optional[int]": int, "int": int}.get(str(f.type), str)
+        parser.add_argument(f"--{f.name}", type=kind, default=f.default)
+    parser.add_argument("--json_out", default=None, help="write the report as JSON here")
+    args = vars(parser.parse_args(argv))
+    json_out = args.pop("json_out")
+    try:
+        return AotConfig(**args), json_out
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def main(argv=None) -> int:
+    config, json_out = parse_args(argv)
+    if "jax" in sys.modules:  # imported by the caller: its device count is fixed already
+        import jax
+
+        if jax.device_count() != config.num_devices:
+            raise SystemExit(f"jax is already initialised with {jax.device_count()} devices, "
+                             f"not --num_devices={config.num_devices}")
+    else:
+        os.environ.update({k: v for k, v in subprocess_env(config.num_devices).items()
+                           if k in ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")})
+    report = compile_in_process(config)
+    print(report.summary(), flush=True)
+    if json_out:
+        with open(json_out, "w") as f:
+            f.write(report.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Ahead-of-time compilation of the real train step on a large virtual mesh (dss_jax.aot):
+the per-device memory of the compiled executable and the sharding of the state.
+
+The full XL/XXL table is launch/memory_table.py (minutes per row); these tests compile
+small layer counts so that they fit the suite's budget."""
+import math
+
+import jax
+import pytest
+
+from dss_jax import aot, losses, optimizers, partitioning
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import T5
+from dss_jax.trainer import Trainer
+
+# T5 v1.1 base shapes (d_model 768, 12 heads), one layer per stack, a 2048-token vocab:
+# every rule-set constraint of the big models (heads and mlp divisible by the model axis,
+# d_model by the data axis) at a compile time of seconds.
+SMALL = dict(size="base", num_layers=1, vocab_size=2048, encoder_length=64, decoder_length=32)
+NUM_FEATURES = 9  # the packed batch's features (aot.abstract_batch)
+
+
+@pytest.fixture(scope="module")
+def fsdp_tp_64():
+    config = aot.AotConfig(**SMALL, rules="fsdp_tp", num_partitions=4, num_devices=64, batch_size=16)
+    return aot.compile_in_subprocess(config, timeout=600)
+
+
+def test_compiles_for_64_devices_with_the_state_sharded_and_donated(fsdp_tp_64):
+    r = fsdp_tp_64
+    assert r.mesh_shape == {"data": 16, "model": 4}
+    assert r.replicated_large == []
+    # The inputs of one device are exactly its state shards plus its rows of the batch:
+    # nothing was replicated behind the shardings' back.
+    rows = r.config.batch_size // r.mesh_shape["data"]
+    batch_bytes = 4 * rows * (3 * r.config.encoder_length + 6 * r.config.decoder_length)
+    assert r.argument_bytes == r.state_bytes_per_device + batch_bytes
+    # The whole state is donated: the new state is written into the old state's buffers.
+    assert r.alias_bytes == r.state_bytes_per_device
+    assert r.total_bytes == r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes
+    # float32 weights over 64 devices, plus the (smaller) factored Adafactor statistics.
+    weights_share = 4 * r.num_params / 64
+    assert weights_share <= r.state_bytes_per_device <= 2 * weights_share
+    assert 0 < r.temp_bytes < 1 << 30
+
+
+def test_the_compiled_module_takes_only_shards(fsdp_tp_64):
+    # The largest parameter is the token embedding [vocab, embed] = [2048, 768], split
+    # 4-way over `model` (vocab) and 16-way over `data` (embed): the HLO's largest
+    # per-device input must be exactly that shard.
+    elements, shape = fsdp_tp_64.largest_entry_parameter
+    assert elements == 2048 * 768 // 64, shape
+
+
+def _trainer(rules, num_partitions, devices):
+    config = aot.AotConfig(**SMALL, rules=rules, num_partitions=num_partitions, num_devices=len(devices),
+                           batch_size=len(devices))
+    return Trainer(
+        T5(config.model_config()),
+        loss_config=losses.LossConfig(),
+        optimizer_config=optimizers.OptimizerConfig(name="adamw"),
+        total_steps=10,
+        partition_config=partitioning.PartitionConfig(rules=rules, num_partitions=num_partitions),
+        mesh=partitioning.make_mesh(num_partitions, devices),
+    )
+
+
+def test_the_replication_check_catches_replicated_weights(cpu_devices):
+    dp = _trainer("dp", 1, cpu_devices[:8])
+    flagged = aot.replicated_large_tensors(dp.abstract_state, dp.state_sharding, d_model=768)
+    paths = [p for p, _ in flagged]
+    # every weight matrix and both of Adam's moments of it are whole on every device
+    assert any("token_embedder" in p and ".params" in p for p in paths)
+    assert any("mlp" in p and "mu" in p for p in paths)
+    assert len(flagged) >= 3 * 20
+    fsdp = _trainer("fsdp", 1, cpu_devices[:8])
+    assert aot.replicated_large_tensors(fsdp.abstract_state, fsdp.state_sharding, d_model=768) == []
+
+
+def test_largest_entry_parameter_reads_the_entry_signature():
+    hlo = (
+        "HloModule jit_step\n\n%fused (p: f32[4096,4096]) -> f32[4096,4096] {\n}\n\n"
+        "ENTRY %main.12 (param: f32[32,5120], param.1: bf16[2,3,4], param.2: s32[]) -> (f32[32,5120], s32[]) {\n"
+        "  %x = f32[99999] parameter(0)\n}\n"
+    )
+    assert aot.largest_entry_parameter(hlo) == [32 * 5120, "f32[32,5120]"]
+
+
+def test_config_rejects_a_batch_the_data_axis_cannot_split():
+    with pytest.raises(ValueError, match="multiple of the data-parallel size 64"):
+        aot.AotConfig(size="xxl", rules="fsdp_tp", num_partitions=4, num_devices=256, batch_size=32)
+    with pytest.raises(ValueError, match="must divide num_devices"):
+        aot.AotConfig(num_partitions=3, num_devices=64)
+    with pytest.raises(SystemExit) as e:
+        aot.parse_args(["--num_devices=256", "--batch_size=64", "--rules=fsdp"])
+    assert e.value.code == 2
+
+
+def test_flags_round_trip_through_the_command_line():
+    config = aot.AotConfig(**SMALL, rules="fsdp_tp", num_partitions=4, num_devices=8, batch_size=8, optimizer="adamw")
+    assert aot.parse_args(config.flags() + ["--json_out=r.json"]) == (config, "r.json")
+
+
+@pytest.mark.slow
+def test_xl_layers_on_64_devices_fit_with_the_state_sharded():
+    """T5 v1.1 XL shapes (d_model 2048, d_ff 5120, 32 heads, 32k vocab), 2 layers per
+    stack, FSDP+TP on 64 devices with the paper's batch 64 and SVAMP's packed lengths."""
+    config = aot.AotConfig(size="xl", num_layers=2, rules="fsdp_tp", num_partitions=4, num_devices=64,
+                           batch_size=64, encoder_length=512, decoder_length=384)
+    r = aot.compile_in_subprocess(config, timeout=900)
+    assert r.replicated_large == []
+    assert r.total_bytes < 16 * aot.GIB
+    cfg = config.model_config()
+    # embeddings + lm head dominate at 2 layers; their per-device share is 1/64 of them
+    assert r.largest_entry_parameter[0] == cfg.vocab_size * cfg.d_model // 64
+    assert math.isclose(r.alias_bytes, r.state_bytes_per_device)

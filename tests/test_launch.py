@@ -1,0 +1,283 @@
+"""The launchers: argument checks, the commands they would run, and the TPU pod script
+driven end to end against a fake `gcloud` that plays two workers on this machine."""
+import os
+import pathlib
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = ["tpu_pod.sh", "slurm_gpu.sbatch", "slurm_task.sh"]
+
+
+def run(cmd, env=None, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120, **kw)
+
+
+def write_exe(path: pathlib.Path, text: str) -> pathlib.Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+def test_scripts_are_shellcheck_clean():
+    result = run(["shellcheck", *[str(LAUNCH / s) for s in SCRIPTS]])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- launch/local.py --------------------------------------------------------------------
+
+
+def local(*args, env=None):
+    return run([sys.executable, str(LAUNCH / "local.py"), *args], env=env)
+
+
+def test_local_cpu_dry_run_gives_each_process_its_index_and_virtual_devices():
+    r = local("--num_processes=3", "--devices_per_process=2", "--port=4321", "--dry_run", "--",
+              "-m", "dss_jax.train", "--gin.MODEL_DIR='/tmp/a b'")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert "JAX_PLATFORMS=cpu" in line and "--xla_force_host_platform_device_count=2" in line
+        assert f"--process_index={i}" in line and "--process_count=3" in line
+        assert "--coordinator_address=127.0.0.1:4321" in line and "--multiprocess_gpu" in line
+        assert "'--gin.MODEL_DIR='\"'\"'/tmp/a b'\"'\"''" in line  # shell-quoted, pasteable
+
+
+def test_local_gpu_dry_run_splits_the_visible_gpus():
+    r = local("--num_processes=2", "--gpus_per_process=2", "--dry_run", "--", "-m", "dss_jax.train",
+              env={"CUDA_VISIBLE_DEVICES": "3,4,5,6"})
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.strip().splitlines()
+    assert first.startswith("CUDA_VISIBLE_DEVICES=3,4 ") and second.startswith("CUDA_VISIBLE_DEVICES=5,6 ")
+    assert "JAX_PLATFORMS" not in first
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num_processes=2", "--"], "nothing to run"),
+    (["--num_processes=0", "--", "-m", "x"], "--num_processes must be at least 1"),
+    (["--num_processes=4", "--gpus_per_process=1", "--", "-m", "x"], "need 4 GPUs but CUDA_VISIBLE_DEVICES lists 2"),
+    (["--num_processes=2"], "usage"),
+])
+def test_local_rejects_bad_arguments(args, message):
+    r = local(*args, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+# -- launch/slurm_gpu.sbatch + slurm_task.sh ---------------------------------------------
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # `scontrol show hostnames LIST` expands a node list, first node first.
+    write_exe(bin_dir / "scontrol", "#!/usr/bin/env bash\necho gpu-node-007\necho gpu-node-008\n")
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node-[007-008]",
+            "SLURM_NTASKS": "16", "SLURM_SUBMIT_DIR": str(REPO), "DSS_LOG_DIR": str(tmp_path / "logs"), "DRY_RUN": "1"}
+
+
+def test_sbatch_runs_one_task_script_per_process_with_the_first_node_as_coordinator(fake_slurm):
+    r = run(["bash", str(LAUNCH / "slurm_gpu.sbatch"), "--gin_file=runs/train.gin", "--gin.MODEL_DIR='/shared/x'"],
+            env=fake_slurm)
+    assert r.returncode == 0, r.stderr
+    assert "coordinator gpu-node-007:24242" in r.stdout  # 20000 + job id % 20000
+    srun = r.stdout.strip().splitlines()[-1]
+    assert srun.startswith("srun --kill-on-bad-exit=1 --output=")
+    assert "process_%t.log" in srun and "launch/slurm_task.sh" in srun
+    assert "--gin.MODEL_DIR=\\'/shared/x\\'" in srun
+
+
+def test_sbatch_outside_slurm_says_so(fake_slurm):
+    env = {**fake_slurm, "SLURM_JOB_ID": ""}
+    r = run(["bash", str(LAUNCH / "slurm_gpu.sbatch"), "--gin_file=x.gin"], env=env)
+    assert r.returncode == 2 and "run this through sbatch" in r.stderr
+    r = run(["bash", str(LAUNCH / "slurm_gpu.sbatch")], env=fake_slurm)
+    assert r.returncode == 2 and "pass the train binary's flags" in r.stderr
+
+
+@pytest.fixture()
+def echo_python(tmp_path):
+    """A stand-in interpreter that prints its arguments and the GPUs it was given."""
+    return write_exe(tmp_path / "python", '#!/usr/bin/env bash\necho "GPUS=${CUDA_VISIBLE_DEVICES:-all}"\n'
+                                          'printf "%s\\n" "$@"\n')
+
+
+@pytest.mark.parametrize("tasks_per_node,visible,expected", [
+    ("8", "", "GPUS=5"),  # one process per GPU, SLURM bound nothing: local id -> GPU
+    ("8", "0,1,2,3,4,5,6,7", "GPUS=5"),  # every GPU visible: pick ours
+    ("8", "2", "GPUS=2"),  # SLURM already bound one GPU to the task
+    ("1", "", "GPUS=all"),  # one process per node drives all GPUs
+])
+def test_slurm_task_picks_its_gpu_and_adds_the_t5x_flags(echo_python, tasks_per_node, visible, expected):
+    env = {"SLURM_PROCID": "13", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "SLURM_NTASKS_PER_NODE": tasks_per_node,
+           "DSS_COORDINATOR_ADDRESS": "gpu-node-007:24242", "DSS_JAX_PYTHON": str(echo_python),
+           "CUDA_VISIBLE_DEVICES": visible}
+    r = run(["bash", str(LAUNCH / "slurm_task.sh"), "--gin_file=a.gin", "--gin.X='1 2'"], env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == expected
+    assert lines[1:] == ["-m", "dss_jax.train", "--gin_file=a.gin", "--gin.X='1 2'", "--multiprocess_gpu",
+                         "--coordinator_address=gpu-node-007:24242", "--process_count=16", "--process_index=13"]
+
+
+def test_slurm_task_without_slurm_environment_fails_clearly(echo_python):
+    env = {"SLURM_PROCID": "", "DSS_JAX_PYTHON": str(echo_python)}
+    r = run(["bash", str(LAUNCH / "slurm_task.sh")], env=env)
+    assert r.returncode == 2 and "SLURM_PROCID is not set" in r.stderr
+
+
+# -- launch/tpu_pod.sh ------------------------------------------------------------------
+
+
+def tpu(*args, env=None, cwd=None):
+    return run(["bash", str(LAUNCH / "tpu_pod.sh"), *args], env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--zone=z", "train", "--", "--x"], "--tpu=NAME is required"),
+    (["--tpu=t", "train", "--", "--x"], "--zone=ZONE is required"),
+    (["--tpu=t", "--zone=z"], "no command given"),
+    (["--tpu=t", "--zone=z", "launch"], "unknown command 'launch'"),
+    (["--tpu=t", "--zone=z", "train"], "train needs the binary's flags"),
+    (["--tpu=t", "--zone=z", "--grace=soon", "stop"], "--grace must be a number"),
+    (["--tpu=t", "--zone=z", "--run_name=a/b", "stop"], "--run_name may only contain"),
+    (["--tpu=t", "--zone=z", "--frobnicate", "stop"], "unknown option --frobnicate"),
+])
+def test_tpu_pod_rejects_bad_arguments(args, message):
+    r = tpu(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_tpu_pod_dry_run_prints_every_step_for_all_workers():
+    r = tpu("--tpu=pod1", "--zone=us-central2-b", "--project=p", "--run_name=r1", "--dry_run", "up", "--",
+            "--gin_file=runs/train.gin", "--gin.MODEL_DIR='gs://b/r1'")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("tar ")
+    gcloud = lines[1:]
+    assert len(gcloud) == 4  # scp, unpack, install, train
+    for line in gcloud:
+        assert line.startswith("gcloud compute tpus tpu-vm ")
+        assert "--worker=all" in line and "--zone=us-central2-b" in line and "--project=p" in line
+    assert "pip\\ install" in gcloud[2] and ".\\[tpu\\]" in gcloud[2]
+    assert "dss_jax.train" in gcloud[3] and "DSS_JAX_DISTRIBUTED=auto" in gcloud[3]
+
+
+FAKE_GCLOUD = r'''#!/usr/bin/env python3
+"""Plays `gcloud compute tpus tpu-vm {ssh,scp,delete}` against WORKERS local worker homes."""
+import glob, os, shutil, subprocess, sys
+root = os.environ["FAKE_TPU_ROOT"]
+args = sys.argv[1:]
+with open(os.path.join(root, "calls.log"), "a") as f:
+    f.write(" ".join(args) + "\n")
+assert args[:3] == ["compute", "tpus", "tpu-vm"], args
+verb, rest = args[3], args[4:]
+assert "--worker=all" in rest or verb == "delete", "every step must reach all workers"
+homes = [os.path.join(root, f"worker{w}") for w in range(int(os.environ.get("WORKERS", "2")))]
+code = 0
+if verb == "ssh":
+    command = next(a.split("=", 1)[1] for a in rest if a.startswith("--command="))
+    for w, home in enumerate(homes):
+        os.makedirs(home, exist_ok=True)
+        env = {**os.environ, "HOME": home, "DSS_WORKER_ID": str(w)}
+        code |= subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode
+elif verb == "scp":
+    src, dst = [a for a in rest if not a.startswith("--")]
+    for home in homes:
+        os.makedirs(home, exist_ok=True)
+        if ":" in dst:  # upload
+            shutil.copy(src, dst.split(":", 1)[1].replace("~", home))
+        else:  # download
+            for path in glob.glob(src.split(":", 1)[1].replace("~", home)):
+                shutil.copy(path, dst)
+sys.exit(code)
+'''
+
+STUB_TRAINER = r'''#!/usr/bin/env bash
+# Stands in for the venv's python: prints what it was given, then "trains" until stopped.
+printf 'arg:%s\n' "$@"
+echo "DSS_JAX_DISTRIBUTED=$DSS_JAX_DISTRIBUTED"
+trap 'echo "stopped by SIGTERM"; exit 0' TERM
+sleep 600 &
+wait
+'''
+
+
+@pytest.fixture()
+def fake_pod(tmp_path):
+    root = tmp_path / "pod"
+    root.mkdir()
+    gcloud = write_exe(tmp_path / "gcloud", FAKE_GCLOUD)
+    env = {"GCLOUD": str(gcloud), "FAKE_TPU_ROOT": str(root), "WORKERS": "2"}
+    yield root, env
+    # Stop whatever stub trainers a failed test left behind (only ours, by pid file).
+    for pid_file in root.glob("worker*/dss_runs/*/worker_*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+
+
+def test_tpu_pod_copies_starts_reports_collects_and_stops_on_every_worker(fake_pod, tmp_path):
+    root, env = fake_pod
+    common = ["--tpu=pod1", "--zone=z", "--run_name=r1"]
+
+    r = tpu(*common, "copy", env=env)
+    assert r.returncode == 0, r.stderr
+    for w in (0, 1):
+        assert (root / f"worker{w}" / "dss_jax" / "dss_jax" / "trainer.py").is_file()
+        assert not (root / f"worker{w}" / "dss_jax" / ".git").exists()
+        # the venv that `install` would create; here a stub trainer
+        venv = root / f"worker{w}" / "dss_jax" / ".venv" / "bin"
+        venv.mkdir(parents=True)
+        write_exe(venv / "python", STUB_TRAINER)
+
+    flags = ["--gin_file=runs/train.gin", "--gin.MODEL_DIR='gs://bucket/my run'", "--gin.BATCH_SIZE=64"]
+    r = tpu(*common, "train", "--", *flags, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "worker 0: pid" in r.stdout and "worker 1: pid" in r.stdout
+
+    logs = [root / f"worker{w}" / "dss_runs" / "r1" / f"worker_{w}.log" for w in (0, 1)]
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(p.exists() and "DSS_JAX_DISTRIBUTED" in p.read_text() for p in logs):
+        time.sleep(0.2)
+    for log in logs:
+        text = log.read_text()
+        # the same flags, unmangled by two shells, on every worker
+        assert ["arg:-m", "arg:dss_jax.train"] + [f"arg:{f}" for f in flags] == text.splitlines()[:5]
+        assert "DSS_JAX_DISTRIBUTED=auto" in text
+
+    r = tpu(*common, "status", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "worker 0: running" in r.stdout and "worker 1: running" in r.stdout
+
+    r = tpu(*common, "logs", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "tpu_logs" / "r1").iterdir()) == ["worker_0.log", "worker_1.log"]
+
+    pids = [int((root / f"worker{w}" / "dss_runs" / "r1" / f"worker_{w}.pid").read_text()) for w in (0, 1)]
+    r = tpu(*common, "--grace=20", "stop", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "worker 0: stopped" in r.stdout and "worker 1: stopped" in r.stdout
+    for pid, log in zip(pids, logs):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert "stopped by SIGTERM" in log.read_text()  # a graceful stop: the trainer saves first
+
+    r = tpu(*common, "status", env=env)
+    assert "worker 0: not running" in r.stdout and "worker 1: not running" in r.stdout
+
+    r = tpu(*common, "--yes", "delete", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (root / "calls.log").read_text().splitlines()[-1].startswith("compute tpus tpu-vm delete pod1")
