@@ -12,6 +12,7 @@ bound; an unbound one is reported by name with the flag that sets it.
 
 from __future__ import annotations
 
+import importlib.util  # noqa: F401  (gin's resource reader uses it without importing it)
 import os
 import re
 import sys
