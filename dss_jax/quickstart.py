@@ -39,8 +39,7 @@ def _run(cmd: list[str], log_path: str, what: str) -> float:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
-            # The progress lines of the train binary, and the eval table.
-            if line.startswith(("step ", "|")) or "accuracy" in line and line.startswith(" "):
+            if line.startswith("step "):  # the train binary's progress lines
                 print("    " + line.rstrip(), flush=True)
         proc.wait()
     if proc.returncode:

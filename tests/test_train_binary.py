@@ -9,9 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHARED_DATA
 
-pytestmark = pytest.mark.shared_data
+# The binaries train on SVAMP from the paper's files.
+pytestmark = [pytest.mark.shared_data,
+              pytest.mark.skipif(not (SHARED_DATA / "svamp").is_dir(), reason=f"no paper data at {SHARED_DATA}")]
 
 STEPS = 10
 
@@ -34,6 +36,7 @@ def env(devices=8):
     e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     e["JAX_PLATFORMS"] = "cpu"
     e["PYTHONPATH"] = str(REPO_ROOT)
+    e["DSS_PALM_DIR"] = str(SHARED_DATA)
     e["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return e
 
