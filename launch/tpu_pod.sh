@@ -103,7 +103,11 @@ WORKER_ID='${DSS_WORKER_ID:-$(curl -sf --max-time 10 -H "Metadata-Flavor: Google
 
 cmd_copy() {
   local tarball
-  tarball="$(mktemp -d)/dss_jax.tar.gz"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    tarball="${TMPDIR:-/tmp}/dss_jax_upload/dss_jax.tar.gz"  # nothing is created
+  else
+    tarball="$(mktemp -d)/dss_jax.tar.gz"
+  fi
   run tar -C "$REPO" --exclude=.git --exclude=.venv --exclude='*.pyc' --exclude=__pycache__ \
     --exclude=launch_logs --exclude=tpu_logs -czf "$tarball" .
   run "$GCLOUD" compute tpus tpu-vm scp "$tarball" "$TPU:~/dss_jax.tar.gz" "${GCLOUD_FLAGS[@]}" --worker=all
