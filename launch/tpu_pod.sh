@@ -103,15 +103,21 @@ WORKER_ID='${DSS_WORKER_ID:-$(curl -sf --max-time 10 -H "Metadata-Flavor: Google
 
 cmd_copy() {
   local tarball
-  tarball="$(mktemp -d)/dss_jax.tar.gz"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    tarball="${TMPDIR:-/tmp}/dss_jax_upload/dss_jax.tar.gz"  # nothing is created
+  else
+    tarball="$(mktemp -d)/dss_jax.tar.gz"
+  fi
   run tar -C "$REPO" --exclude=.git --exclude=.venv --exclude='*.pyc' --exclude=__pycache__ \
     --exclude=launch_logs --exclude=tpu_logs -czf "$tarball" .
   run "$GCLOUD" compute tpus tpu-vm scp "$tarball" "$TPU:~/dss_jax.tar.gz" "${GCLOUD_FLAGS[@]}" --worker=all
   on_all_workers "mkdir -p $REMOTE_DIR && tar -xzf ~/dss_jax.tar.gz -C $REMOTE_DIR && rm ~/dss_jax.tar.gz"
+  run rm -r "$(dirname "$tarball")"
 }
 
 cmd_install() {
-  on_all_workers "cd $REMOTE_DIR && { test -x .venv/bin/python || python3 -m venv .venv; } && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[$EXTRA]'"
+  # TPU VM images may lack python3-venv; it is installed on first use.
+  on_all_workers "cd $REMOTE_DIR && { test -x .venv/bin/python || python3 -m venv .venv || { sudo apt-get install -y -q python3-venv && python3 -m venv .venv; }; } && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[$EXTRA]'"
 }
 
 cmd_train() {

@@ -80,8 +80,9 @@ def test_local_rejects_bad_arguments(args, message):
 def fake_slurm(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # `scontrol show hostnames LIST` expands a node list, first node first.
-    write_exe(bin_dir / "scontrol", "#!/usr/bin/env bash\necho gpu-node-007\necho gpu-node-008\n")
+    # `scontrol show hostnames LIST` expands a node list, first node first; a long list,
+    # so that a reader that stops after the first line would SIGPIPE it.
+    write_exe(bin_dir / "scontrol", "#!/usr/bin/env bash\necho gpu-node-007\nfor i in $(seq 5000); do echo gpu-node-$i; done\n")
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node-[007-008]",
             "SLURM_NTASKS": "16", "SLURM_SUBMIT_DIR": str(REPO), "DSS_LOG_DIR": str(tmp_path / "logs"), "DRY_RUN": "1"}
 
@@ -165,7 +166,8 @@ def test_tpu_pod_dry_run_prints_every_step_for_all_workers():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("tar ")
-    gcloud = lines[1:]
+    assert lines[3].startswith("rm -r /")  # the local tarball, once unpacked on the workers
+    gcloud = lines[1:3] + lines[4:]
     assert len(gcloud) == 4  # scp, unpack, install, train
     for line in gcloud:
         assert line.startswith("gcloud compute tpus tpu-vm ")
