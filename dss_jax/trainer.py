@@ -176,7 +176,7 @@ class Trainer:
         metrics.update(_token_counts(batch))
         return new_state, metrics
 
-    def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+    def _jitted_train_step(self):
         if self._train_step is None:
             self._train_step = jax.jit(
                 self._train_step_impl,
@@ -184,8 +184,19 @@ class Trainer:
                 out_shardings=(self.state_sharding, self.replicated),
                 donate_argnums=(0,),
             )
+        return self._train_step
+
+    def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        step = self._jitted_train_step()
         with self.context():
-            return self._train_step(state, dict(batch))
+            return step(state, dict(batch))
+
+    def compiled_train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> jax.stages.Compiled:
+        """The step compiled ahead of time for these shapes: its `cost_analysis()` and
+        `memory_analysis()` (benchmarks, capacity planning); nothing is run or donated."""
+        step = self._jitted_train_step()
+        with self.context():
+            return step.lower(state, dict(batch)).compile()
 
     def _eval_step_impl(self, params, batch):
         logits = self.model.apply({"params": params}, **model_inputs(batch), enable_dropout=False)
