@@ -86,6 +86,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default $D
 _SEED = flags.DEFINE_integer("seed", 0, "Example order and weights.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per chip for MFU; 0: from the GPU's name.")
 _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per dataset to this file.")
+_SAME_ROWS = flags.DEFINE_bool("same_row_count", False,
+                                "dss_jax: pad every step to the largest row count (one compilation) instead "
+                                "of compiling once per distinct row count.")
 _PROBE = flags.DEFINE_enum("memory_probe", None, ["jax", "ref"], "Internal: run one side alone, print its memory.")
 
 
@@ -117,20 +120,23 @@ def step_sets(examples, n: int, count: int):
     return [examples[i * n:(i + 1) * n] for i in range(count)]
 
 
-def pack_steps(sets, lengths, rows_shape):
-    """Packed rows per step, all padded to the largest row count (one compiled shape)."""
+def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False):
+    """Packed rows of each step's examples -> (rows per step, their row counts).
+
+    The row count follows the examples (a step whose segments need 5 rows gets 5); the
+    step is compiled once per distinct count, during warm-up. `same_row_count` pads every
+    step with empty rows to the largest count instead (one compilation, wasted rows).
+    """
     import numpy as np
 
     from dss_jax.data.feature_converter import convert_numpy
 
     packed = [convert_numpy(s, lengths, pack=True, pack_encoder_length=rows_shape[0],
                             pack_decoder_length=rows_shape[1]) for s in sets]
-    rows = max(p["encoder_input_tokens"].shape[0] for p in packed)
-    out = []
-    for p in packed:
-        extra = rows - p["encoder_input_tokens"].shape[0]
-        out.append({k: np.pad(v, ((0, extra), (0, 0))) for k, v in p.items()})
-    return out, rows
+    if same_row_count:
+        rows = max(p["encoder_input_tokens"].shape[0] for p in packed)
+        packed = [{k: np.pad(v, ((0, rows - v.shape[0]), (0, 0))) for k, v in p.items()} for p in packed]
+    return packed, [p["encoder_input_tokens"].shape[0] for p in packed]
 
 
 def packed_real_tokens(rows) -> int:
@@ -231,7 +237,7 @@ class JaxSide:
             seed=_SEED.value,
         )
         self.state = self.trainer.state_from_params(params)
-        rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape)
+        rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape, _SAME_ROWS.value)
         self.real = [packed_real_tokens(r) for r in rows]
         self.computed = [r["encoder_input_tokens"].size + r["decoder_target_tokens"].size for r in rows]
         self.batches = [self.trainer.global_batch(r) for r in rows]
@@ -239,6 +245,15 @@ class JaxSide:
     def run(self, i: int) -> float:
         self.state, metrics = self.trainer.train_step(self.state, self.batches[i])
         return float(self.jax.block_until_ready(metrics["loss"]))
+
+    def compile_all(self, first_timed: int) -> None:
+        """Compiles the step for every row count the timed steps use (a step on the first
+        set of each count; untimed, like the warm-up)."""
+        seen = set(self.rows[:first_timed])
+        for i in range(first_timed, len(self.rows)):
+            if self.rows[i] not in seen:
+                seen.add(self.rows[i])
+                self.run(i)
 
     def compiled(self):
         return self.trainer.compiled_train_step(self.state, self.batches[0])
@@ -293,6 +308,8 @@ def memory_probe(side: str, dataset: str) -> dict:
             out["xla_temp_bytes"] = int(analysis.temp_size_in_bytes)
     for i in range(_WARMUP.value):
         impl.run(i)
+    if side == "jax":
+        impl.compile_all(_WARMUP.value)
     _trim()
     try:
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -315,6 +332,7 @@ def run_memory_probe(side: str, dataset: str) -> dict:
             f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}", f"--threads={_THREADS.value}",
             f"--pack_encoder_length={_ENC.value}", f"--pack_decoder_length={_DEC.value}",
             f"--rationale_weight={_LAMBDA.value}", f"--vocab_size={_VOCAB.value}",
+            f"--same_row_count={_SAME_ROWS.value}",
             f"--dropout_rate={_DROPOUT.value}", f"--seed={_SEED.value}"]
     if _DATA_DIR.value:
         args.append(f"--data_dir={_DATA_DIR.value}")
@@ -357,6 +375,8 @@ def measure(dataset: str, threads: int) -> dict:
     for i in range(_WARMUP.value):  # compilation, allocation of the optimiser state
         for key, side in sides.items():
             losses[key].append(side.run(i))
+    if "jax" in sides:
+        sides["jax"].compile_all(_WARMUP.value)
     warmup_s = time.perf_counter() - t0
 
     times = {k: [] for k in sides}
@@ -396,7 +416,7 @@ def measure(dataset: str, threads: int) -> dict:
             "step_s": [round(t, 4) for t in times[key]],
             "median_step_s": round(median, 4),
             "real_tokens_per_s": round(tokens_per_s, 1),
-            "padding_efficiency": round(sum(side.real) / sum(side.computed), 4),
+            "padding_efficiency": round(sum(side.real[_WARMUP.value:]) / sum(side.computed[_WARMUP.value:]), 4),
             "cpu_utilisation": round(cpu[key] / sum(times[key]), 2),
             "model_tflops_per_s": round(statistics.median([f / t for f, t in zip(step_flops, times[key])]) / 1e12, 4),
             "losses": [round(x, 4) for x in losses[key]],
@@ -407,7 +427,7 @@ def measure(dataset: str, threads: int) -> dict:
         if jax.default_backend() != "cpu":
             entry["peak_device_bytes"] = side.peak_device_bytes()
         if key == "jax":
-            entry["rows_per_step"] = side.rows
+            entry["rows_per_step"] = side.rows[_WARMUP.value:]
             entry["row_lengths"] = list(setup.rows_shape)
         result[key] = entry
     if len(sides) == 2:

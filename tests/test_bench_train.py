@@ -117,7 +117,7 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
         optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
         total_steps=10, mesh=partitioning.make_mesh(1, jax.devices()[:1]))
     state = trainer.state_from_params(params)
-    rows, n_rows = train_throughput.pack_steps([examples], lengths, (48, 32))
+    rows, (n_rows,) = train_throughput.pack_steps([examples], lengths, (48, 32))
     assert n_rows < len(examples)  # several segments share a row
     # Both sides see the same real tokens.
     assert train_throughput.packed_real_tokens(rows[0]) == reference_t5.real_tokens(batch)
