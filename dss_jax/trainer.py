@@ -197,6 +197,13 @@ class Trainer:
         with self.context():
             return step(state, dict(batch))
 
+    def compiled_train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> jax.stages.Compiled:
+        """The step compiled ahead of time for these shapes: its `cost_analysis()` and
+        `memory_analysis()` (benchmarks, capacity planning); nothing is run or donated."""
+        step = self.jitted_train_step()
+        with self.context():
+            return step.lower(state, dict(batch)).compile()
+
     def _eval_step_impl(self, params, batch):
         logits = self.model.apply({"params": params}, **model_inputs(batch), enable_dropout=False)
         _, metrics = losses.dss_loss(logits, batch, self.loss_config)

@@ -1,0 +1,139 @@
+"""The benchmark's examples: the paper's SVAMP/CQA records with their PaLM rationales,
+tokenized once and shared by both implementations (or a synthetic set when the paper's
+files are absent).
+
+    examples, lengths, vocab_size, source = load_tokenized(dataset, count, seed)
+
+`examples` are paired token examples (label_inputs, label_targets, rationale_inputs,
+rationale_targets; int32, each ending in EOS, truncated to the task feature lengths of
+gin/tasks/<dataset>.gin), in a seeded random order. Both implementations consume exactly
+these token lists, so they train on the same real tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import re
+from typing import Optional
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAIRED = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
+# Feature lengths of the synthetic set (its problems are short).
+SYNTHETIC_LENGTHS = {"label_inputs": 64, "label_targets": 32, "rationale_inputs": 64, "rationale_targets": 64}
+SYNTHETIC_ROWS = (256, 192)
+VOCAB_PIECES = 8000
+
+
+def data_dir(explicit: Optional[str] = None) -> pathlib.Path:
+    """--data_dir, else $DSS_PALM_DIR, else ../shared/data/dss_palm next to the repo."""
+    return pathlib.Path(explicit or os.environ.get("DSS_PALM_DIR") or REPO_ROOT.parent / "shared" / "data" / "dss_palm")
+
+
+def feature_lengths(dataset: str) -> tuple[dict[str, int], tuple[int, int]]:
+    """(task feature lengths, packed (encoder, decoder) row lengths) from gin/tasks/<dataset>.gin.
+
+    Read as text (the gin file's imports would pull in the task registry, not needed here).
+    """
+    if dataset == "synthetic":
+        return dict(SYNTHETIC_LENGTHS), SYNTHETIC_ROWS
+    path = REPO_ROOT / "gin" / "tasks" / f"{dataset}.gin"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: no task feature lengths for dataset {dataset!r}")
+    text = path.read_text()
+    match = re.search(r"^TASK_FEATURE_LENGTHS\s*=\s*(\{[^}]*\})", text, re.M)
+    enc = re.search(r"^DssFeatureConverter\.pack_encoder_length\s*=\s*(\d+)", text, re.M)
+    dec = re.search(r"^DssFeatureConverter\.pack_decoder_length\s*=\s*(\d+)", text, re.M)
+    if not (match and enc and dec):
+        raise ValueError(f"{path}: expected TASK_FEATURE_LENGTHS and DssFeatureConverter.pack_*_length bindings")
+    lengths = {k: int(v) for k, v in re.findall(r'"(\w+)"\s*:\s*(\d+)', match.group(1))}
+    return lengths, (int(enc.group(1)), int(dec.group(1)))
+
+
+def paper_examples(dataset: str, directory: pathlib.Path) -> list[dict[str, str]]:
+    """Paired text examples of the train split, built by the project's own task code
+    (gold labels and the PaLM rationale, as the reference's default `--label_type gt`)."""
+    from dss_jax.data import dss_paper, tasks
+
+    records = dss_paper.import_split(directory, dataset, "train")
+    examples, _ = tasks.training_examples(records, tasks.TaskOptions())
+    return examples
+
+
+def synthetic_examples(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """SVAMP-like arithmetic word problems with step-by-step rationales."""
+    rng = random.Random(seed)
+    names = ["Tom", "Ann", "Luke", "Faye", "Julia", "Danny", "Maria", "Omar", "Priya", "Chen"]
+    things = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "shells", "coins"]
+    out = []
+    for i in range(count):
+        who, other, what = rng.choice(names), rng.choice(names), rng.choice(things)
+        a, b = rng.randint(2, 99), rng.randint(2, 40)
+        op = rng.choice("+-*")
+        if op == "-":
+            a = a + b
+        question = {
+            "+": f"{who} has {a} {what}. {other} gives {who} {b} more {what}.\nHow many {what} does {who} have now?",
+            "-": f"{who} had {a} {what} and gave {b} of them to {other}.\nHow many {what} does {who} have left?",
+            "*": f"{who} fills {a} boxes with {b} {what} in each box.\nHow many {what} are there in all?",
+        }[op]
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        rationale = {
+            "+": f"{who} starts with {a} {what} and receives {b} more from {other}. So {who} has {a} + {b} = {value} {what}.",
+            "-": f"{who} had {a} {what} and gave away {b}. So {who} has {a} - {b} = {value} {what} left.",
+            "*": f"There are {a} boxes and each box holds {b} {what}. So there are {a} * {b} = {value} {what}.",
+        }[op]
+        out.append({
+            "id": f"synthetic/{i}",
+            "label_inputs": "predict: " + question,
+            "label_targets": f"( {float(a)} {op} {float(b)} )",
+            "rationale_inputs": "explain: " + question,
+            "rationale_targets": rationale,
+        })
+    return out
+
+
+def vocabulary(examples: list[dict[str, str]], name: str):
+    """A SentencePiece vocabulary trained (once, cached) on the examples' text."""
+    from dss_jax.data import vocab
+
+    texts = [ex[k] for ex in examples for k in PAIRED if ex[k]]
+    cache = pathlib.Path(os.environ.get("DSS_CACHE_DIR") or pathlib.Path("~/.cache/dss_jax").expanduser()) / "bench"
+    return vocab.cached_vocabulary(texts, cache, vocab.VocabSettings(vocab_size=VOCAB_PIECES), name=f"bench_{name}")
+
+
+def tokenize(examples: list[dict[str, str]], vocab, lengths: dict[str, int]) -> list[dict[str, np.ndarray]]:
+    """Token ids + EOS, truncated to the feature lengths (EOS kept last, as seqio's
+    append_eos_after_trim does)."""
+    out = []
+    for ex in examples:
+        tok = {}
+        for k in PAIRED:
+            ids = list(vocab.encode(ex[k]))[: lengths[k] - 1] + [vocab.eos_id]
+            tok[k] = np.asarray(ids, np.int32)
+        out.append(tok)
+    return out
+
+
+def load_tokenized(dataset: str, count: int, seed: int = 0, explicit_dir: Optional[str] = None):
+    """(`count` tokenized examples in a seeded order, feature lengths, packed row lengths,
+    vocabulary size, where the text came from)."""
+    directory = data_dir(explicit_dir)
+    if dataset != "synthetic" and not (directory / dataset).is_dir():
+        print(f"[bench] {directory / dataset} not found: using the synthetic set instead", flush=True)
+        dataset = "synthetic"
+    if dataset == "synthetic":
+        texts, source = synthetic_examples(max(count, 2000), seed), "synthetic"
+    else:
+        texts, source = paper_examples(dataset, directory), f"{directory / dataset} (train split, PaLM rationales)"
+    vocab = vocabulary(texts, dataset)
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    if count > len(order):  # a small split: go round again
+        order = (order * (count // len(order) + 1))[:count]
+    lengths, rows = feature_lengths(dataset)
+    chosen = [texts[i] for i in order[:count]]
+    return tokenize(chosen, vocab, lengths), lengths, rows, vocab.vocab_size, dataset, source

@@ -1,0 +1,193 @@
+"""The training benchmark compares like with like: the same objective on the same
+examples (the reference's two padded passes vs dss_jax's packed rows), the FLOPs
+formula counts the model's matmuls, and the scripts run end to end on tiny sizes."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import flax.linen as nn
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import flops  # noqa: E402
+import train_data  # noqa: E402
+from dss_jax.model.config import T5Config  # noqa: E402
+from dss_jax.model.t5 import init_variables  # noqa: E402
+
+
+def _kernel_sizes(config):
+    """Parameter counts of the model's matmul kernels, read from its own parameter tree."""
+    abstract = jax.eval_shape(lambda k: init_variables(config, k), jax.random.key(0))["params"]
+    abstract = nn.meta.unbox(abstract)
+    sizes = {"encoder": 0, "decoder": 0, "lm_head": 0, "decoder_cross_kv": 0}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        keys = [getattr(k, "key", "") for k in path]
+        size = int(np.prod(leaf.shape))
+        if keys[-1] != "kernel":
+            continue
+        if keys[0] == "decoder" and keys[1] == "logits_dense":
+            sizes["lm_head"] += size
+        elif keys[0] == "decoder" and "encoder_decoder_attention" in keys and keys[-2] in ("key", "value"):
+            sizes["decoder_cross_kv"] += size
+        else:
+            sizes[keys[0]] += size
+    return sizes
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_flops_formula_counts_every_matmul_once(size):
+    config = T5Config.preset(size, "t5.1.1", vocab_size=512)
+    k = _kernel_sizes(config)
+    a = config.num_heads * config.d_kv
+    # One encoder token and one decoder token: every kernel is applied once (cross k/v on
+    # the encoder token), plus the attention products of length-1 sequences.
+    expected = (k["encoder"] + k["decoder"] + k["decoder_cross_kv"] + k["lm_head"]
+                + config.num_encoder_layers * 2 * a + config.num_decoder_layers * 4 * a)
+    assert flops.segment_macs(config, 1, 1) == expected
+    # The quadratic attention terms grow with the segment lengths as written down.
+    s_e, s_d = 30, 20
+    linear = s_e * k["encoder"] + s_d * k["decoder"] + s_e * k["decoder_cross_kv"] + s_d * k["lm_head"]
+    attention = (config.num_encoder_layers * 2 * s_e * s_e * a
+                 + config.num_decoder_layers * (2 * s_d * s_d * a + 2 * s_d * s_e * a))
+    assert flops.segment_macs(config, s_e, s_d) == linear + attention
+    assert flops.train_flops(config, [(s_e, s_d), (1, 1)]) == 6 * (linear + attention + expected)
+
+
+def test_peak_tflops_by_device_name():
+    assert flops.peak_tflops("NVIDIA H200") == 989.0
+    assert flops.peak_tflops("NVIDIA GH200 480GB") == 989.0
+    assert flops.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert flops.peak_tflops("cpu") is None
+    assert flops.mfu(989e12 * 0.5, 1.0, 989.0) == pytest.approx(0.5)
+
+
+def test_feature_lengths_follow_the_gin_task_files():
+    lengths, rows = train_data.feature_lengths("svamp")
+    text = (REPO / "gin" / "tasks" / "svamp.gin").read_text()
+    assert f'"rationale_targets": {lengths["rationale_targets"]}' in text
+    assert f"pack_encoder_length = {rows[0]}" in text and f"pack_decoder_length = {rows[1]}" in text
+    with pytest.raises(FileNotFoundError, match="nope.gin"):
+        train_data.feature_lengths("nope")
+
+
+def _random_examples(rng, n, vocab):
+    out = []
+    for _ in range(n):
+        ex = {}
+        for key, (lo, hi) in {"label_inputs": (5, 20), "label_targets": (2, 6),
+                              "rationale_inputs": (5, 20), "rationale_targets": (4, 16)}.items():
+            ids = rng.integers(2, vocab, rng.integers(lo, hi)).astype(np.int32)
+            ex[key] = np.append(ids, 1).astype(np.int32)  # EOS last
+        out.append(ex)
+    return out
+
+
+@pytest.mark.torch
+def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import reference_t5
+    import train_throughput
+
+    from dss_jax import losses, optimizers, partitioning
+    from dss_jax.model import hf_convert
+    from dss_jax.model.t5 import T5
+    from dss_jax.trainer import Trainer
+
+    torch.set_num_threads(1)
+    config = T5Config.preset("tiny", "t5.1.1", vocab_size=128, dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    examples = _random_examples(rng, 6, config.vocab_size)
+    lengths = {"label_inputs": 24, "label_targets": 8, "rationale_inputs": 24, "rationale_targets": 16}
+
+    params = train_throughput.initial_params(config, seed=0)
+    model = reference_t5.hf_model(config, params)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()  # v1.1: untied
+    ref = reference_t5.ReferenceStep(model, alpha=0.5, total_steps=10)
+    batch = reference_t5.collate(examples)
+
+    trainer = Trainer(
+        T5(config), loss_config=losses.LossConfig(rationale_weight=1.0),
+        optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
+        total_steps=10, mesh=partitioning.make_mesh(1, jax.devices()[:1]))
+    state = trainer.state_from_params(params)
+    rows, (n_rows,) = train_throughput.pack_steps([examples], lengths, (48, 32))
+    assert n_rows < len(examples)  # several segments share a row
+    # Both sides see the same real tokens.
+    assert train_throughput.packed_real_tokens(rows[0]) == reference_t5.real_tokens(batch)
+
+    jbatch = trainer.global_batch(rows[0])
+    summed = {k: float(v) for k, v in trainer.eval_step(state.params, jbatch).items()}
+    ours = losses.finalize_metrics(summed)
+    model.eval()
+    with torch.no_grad():
+        ref_loss = float(ref.loss(batch))
+    # alpha = 0.5: the reference's loss is half of label + 1.0 * rationale.
+    assert 2 * ref_loss == pytest.approx(ours["label/loss"] + ours["rationale/loss"], rel=1e-4)
+
+    before = params
+    state, metrics = trainer.train_step(state, jbatch)
+    ref.step(batch)
+    after_ref = hf_convert.hf_to_params(reference_t5.hf_weights(ref.model), config)
+    ours_delta = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - b, state.params, before)
+    ref_delta = jax.tree_util.tree_map(lambda a, b: a - b, after_ref, before)
+    diff = sum(float(np.abs(o - r).sum()) for o, r in zip(jax.tree_util.tree_leaves(ours_delta),
+                                                          jax.tree_util.tree_leaves(ref_delta)))
+    scale = sum(float(np.abs(r).sum()) for r in jax.tree_util.tree_leaves(ref_delta))
+    assert scale > 0 and diff < 1e-4 * scale  # the same AdamW step (lr 5e-5, clipping, schedule)
+
+
+def _run(args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.torch
+def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
+    out = _run([sys.executable, "bench/run_all.py", "--quick", "--only=train_throughput",
+                f"--out_dir={tmp_path}"])
+    (result,) = _json_lines(out)
+    assert result["size"] == "tiny" and result["examples_per_step"] == 4
+    for side in ("ref", "jax"):
+        assert len(result[side]["step_s"]) == 2 and result[side]["real_tokens_per_s"] > 0
+        assert np.isfinite(result[side]["losses"]).all()
+    assert result["speedup"] > 0
+    assert "dss_jax / reference real tokens/s" in out and "train_throughput       ok" in out
+
+
+def test_make_bench_rejects_unknown_benchmarks():
+    proc = subprocess.run([sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown benchmarks ['nope']" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    out_file = tmp_path / "gpu.jsonl"
+    env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic"}
+    env = dict(os.environ, **env_python)
+    proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert result["dtype"] == "bfloat16" and result["size"] == "tiny"
+    assert 0 < result["jax"]["mfu"] and result["jax"]["peak_tflops"] == 1.0
+    assert "MFU" in proc.stdout
+
+
+def test_gpu_script_refuses_without_a_gpu():
+    env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "JAX sees no GPU" in proc.stderr and "--dry-run" in proc.stderr
