@@ -127,3 +127,21 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
     multi = [x["loss"] for x in metrics(model_dir)]
     single = [x["loss"] for x in metrics(uninterrupted)][:steps]
     np.testing.assert_allclose(multi, single, rtol=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
+    """Preemption: SIGTERM ends the run at the end of the step, with that step saved."""
+    model_dir = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, "-m", "dss_jax.train", *gin_args(model_dir, steps=500,
+                             extra=["--gin.train.checkpoint_period=1000"])],
+                            cwd=REPO_ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = model_dir / "train" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143
+    steps = sorted(int(p.name.split("_")[1]) for p in model_dir.glob("checkpoint_*"))
+    assert len(steps) == 1 and 2 <= steps[0] < 500
+    assert steps[0] == metrics(model_dir)[-1]["step"]  # nothing trained is lost
