@@ -405,6 +405,8 @@ def measure(dataset: str, threads: int) -> dict:
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "vocab": {"trained_pieces": setup.trained_vocab, "model_vocab_size": setup.config.vocab_size},
     }
     peak = _PEAK.value or (flops.peak_tflops(jax.devices()[0].device_kind) if jax.default_backend() != "cpu" else None)

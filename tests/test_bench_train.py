@@ -173,7 +173,6 @@ def test_make_bench_rejects_unknown_benchmarks():
     assert proc.returncode != 0 and "unknown benchmarks ['nope']" in proc.stderr
 
 
-@pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out_file = tmp_path / "gpu.jsonl"
     env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic"}
