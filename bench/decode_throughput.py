@@ -55,9 +55,11 @@ def make_models(size: str, directory: pathlib.Path):
     from dss_jax.model import hf_convert, t5
 
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=VOCAB, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                   dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
-                                   **SHAPES[size])
+    config = transformers.T5Config(vocab_size=VOCAB, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                                   decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, **SHAPES[size])
+    # transformers 5's T5Config ignores tie_word_embeddings=False in its constructor (it
+    # always ties); set afterwards, the model gets its own lm head as T5 v1.1 has.
+    config.tie_word_embeddings = False
     hf = transformers.T5ForConditionalGeneration(config).eval()
     with torch.no_grad():
         # EOS logit 0 while the best of 32k random logits is positive: every row decodes

@@ -82,6 +82,8 @@ _LAMBDA = flags.DEFINE_float("rationale_weight", 1.0,
                              "λ of dss_jax; the reference gets alpha = 1/(1+λ) (0.5 for λ=1, its default).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "Model vocabulary; 0: 32128 (T5's) or, for tiny, the trained one.")
 _DROPOUT = flags.DEFINE_float("dropout_rate", 0.1, "Dropout of both models (T5 v1.1: 0.1).")
+_DROPOUT_RNG = flags.DEFINE_enum("dropout_rng", "threefry", ["threefry", "rbg", "unsafe_rbg"],
+                                  "dss_jax's dropout random bits (train.dropout_rng).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default $DSS_PALM_DIR or ../shared/data/dss_palm).")
 _SEED = flags.DEFINE_integer("seed", 0, "Example order and weights.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per chip for MFU; 0: from the GPU's name.")
@@ -235,6 +237,7 @@ class JaxSide:
             total_steps=total_steps,
             mesh=partitioning.make_mesh(1, [device]),
             seed=_SEED.value,
+            dropout_rng=_DROPOUT_RNG.value,
         )
         self.state = self.trainer.state_from_params(params)
         rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape, _SAME_ROWS.value)

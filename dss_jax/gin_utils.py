@@ -13,6 +13,7 @@ bound; an unbound one is reported by name with the flag that sets it.
 from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin's resource reader uses it without importing it)
+import logging
 import os
 import re
 import sys
@@ -22,6 +23,18 @@ import gin
 from absl import flags
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+class _QuietSearch(logging.Filter):
+    """Drops gin's own logs of probing the search path: it logs an ERROR "Path not found"
+    for every folder that does not hold an included file, even when a later one does;
+    a file that is really missing still fails `parse_gin` with its name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+
+
+logging.getLogger().addFilter(_QuietSearch())  # gin logs through the root logger
 
 
 def define_gin_flags() -> None:
@@ -50,8 +63,12 @@ def unbound_macros() -> list[str]:
     """Macros referenced in the parsed config (`%NAME`) that have no value."""
     config = gin.config._CONFIG  # gin keeps bindings here; there is no public walk over references
     missing = []
-    for ref in gin.config.iterate_references(config, to=gin.config.macro):
-        name = ref.scoped_selector.split("/")[0]
+    # (`iterate_references(..., to=gin.config.macro)` matches nothing: the registered
+    # configurable wraps that function, so macros are recognised by their key.)
+    for ref in gin.config.iterate_references(config):
+        if ref.config_key[1] != "gin.macro":
+            continue
+        name = ref.config_key[0]
         if ref.config_key not in config and name not in missing:
             missing.append(name)
     return missing

@@ -24,6 +24,10 @@ import time
 
 from absl import app, flags
 
+# TensorFlow (the data pipeline) prints CUDA probing and oneDNN notices at import; a first
+# run should show only the quickstart's own progress. Python errors still surface.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "quickstart_out", "Where the model, evaluation and logs go.")
 flags.DEFINE_integer("train_steps", None, "Override TRAIN_STEPS of gin/quickstart.gin.")

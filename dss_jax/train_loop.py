@@ -55,6 +55,7 @@ def train(
     log_period: int = 10,
     num_microbatches: int = 1,
     seed: int = 0,
+    dropout_rng: str = "threefry",
     loss_config: losses.LossConfig = losses.LossConfig(),
     optimizer_config: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
     partition_config: partitioning.PartitionConfig = partitioning.PartitionConfig(),
@@ -75,6 +76,7 @@ def train(
         partition_config=partition_config,
         num_microbatches=num_microbatches,
         seed=seed,
+        dropout_rng=dropout_rng,
     )
     _check_vocab_size(model, task_name)
     local_batch_size = partitioning.host_local_batch_size(batch_size, trainer.mesh)
