@@ -56,11 +56,17 @@ def make_models(size: str, directory: pathlib.Path):
 
     torch.manual_seed(0)
     config = transformers.T5Config(vocab_size=VOCAB, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                                   decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, **SHAPES[size])
-    # transformers 5's T5Config ignores tie_word_embeddings=False in its constructor (it
-    # always ties); set afterwards, the model gets its own lm head as T5 v1.1 has.
+                                   tie_word_embeddings=False, decoder_start_token_id=0, eos_token_id=1,
+                                   pad_token_id=0, **SHAPES[size])
+    # transformers 5's T5Config turns tie_word_embeddings=False into "no output rescaling"
+    # but still ties the lm head to the embedding; untied afterwards, the model has its
+    # own lm head, as T5 v1.1 checkpoints do (but then also separate encoder and decoder
+    # input embeddings, which T5 shares: share them again).
     config.tie_word_embeddings = False
     hf = transformers.T5ForConditionalGeneration(config).eval()
+    hf.encoder.set_input_embeddings(hf.shared)
+    hf.decoder.set_input_embeddings(hf.shared)
+    assert hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr()
     with torch.no_grad():
         # EOS logit 0 while the best of 32k random logits is positive: every row decodes
         # all max_new_tokens on both sides, so the work per call is fixed and equal.
