@@ -16,6 +16,7 @@ from dss_jax.data.synthetic import SyntheticConfig
 from dss_jax.data.synthetic_templates import TEMPLATES
 
 SMALL = SyntheticConfig(train_size=400, validation_size=60, test_size=80)
+DEFAULT_FINGERPRINT = "3e612b10be62"  # the default settings, before unlabeled_size existed
 GOLD_LABEL = re.compile(r"^(\( )+\d+\.0 [-+*/] .*\d+\.0( \))+$")
 
 

@@ -41,9 +41,11 @@ def student(tmp_path_factory):
     caches = toy.write_caches(root / "caches")
     spm = toy.train_vocab(caches, root)
     config = T5Config.preset("tiny", "t5.1.1", vocab_size=toy.MODEL_VOCAB, dropout_rate=0.0)
-    params = jax.device_get(init_variables(config, jax.random.key(3))["params"])
+    import flax.linen as nn
+
+    params = jax.tree_util.tree_map(np.array, nn.meta.unbox(init_variables(config, jax.random.key(3))["params"]))
     # Make EOS likely enough that some decodes stop and others run to their length.
-    params["decoder"]["logits_dense"]["kernel"][:, 1] += 0.35 * np.abs(params["decoder"]["logits_dense"]["kernel"]).max()
+    params["decoder"]["logits_dense"]["kernel"][:, 1] += 0.5 * np.abs(params["decoder"]["logits_dense"]["kernel"]).max()
     ckpt = save_params(root / "ckpt", params, config, vocab_path=spm)
     records = read_cache(caches["test"]) + read_cache(caches["train"])[:9]
     inputs = root / "inputs.jsonl"

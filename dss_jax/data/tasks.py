@@ -267,6 +267,7 @@ def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) ->
 PathProvider = Callable[[], pathlib.Path]
 REGISTERED: set[str] = set()  # names of the tasks registered through this module
 _FAMILIES: dict[str, str] = {}  # task name -> label family (how its labels are judged)
+_SPLITS: dict[str, "CacheSplits"] = {}  # task name -> where its splits' records come from
 
 
 @functools.lru_cache(maxsize=32)
@@ -338,9 +339,6 @@ class CacheSplits:
             rest, held = sources.split_off(len(kept), options.validation_fraction, options.validation_seed)
             kept = kept[held] if split == VALIDATION else kept[rest]
         return [train[i] for i in kept]
-
-
-_SPLITS: dict[str, CacheSplits] = {}  # task name -> its split sources (tasks registered here)
 
 
 def is_cache_task(task_name: str) -> bool:

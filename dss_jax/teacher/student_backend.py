@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -169,11 +170,11 @@ class StudentBackend:
         return cut
 
     def close(self) -> None:
-        """Stops the decode thread; requests still queued fail with RequestFailed."""
+        """Stops the decode thread after its current batch; waiting requests fail with RequestFailed."""
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=30)
 
     def __enter__(self) -> "StudentBackend":
         return self
@@ -197,17 +198,14 @@ class StudentBackend:
 
     def _decode_loop(self) -> None:
         backlog: list[_Request] = []  # oldest first; a request leaves when all its rows are done
-        stopping = False
         while True:
             if not backlog:
-                if stopping:
-                    break
                 item = self._queue.get()
                 if item is _STOP:
                     break
                 backlog.append(item)
-            if not stopping:
-                stopping = self._collect(backlog)
+            if self._collect(backlog):
+                break
             key = backlog[0].key
             units = []  # (request, sample index), oldest requests first
             for request in backlog:
@@ -233,13 +231,17 @@ class StudentBackend:
                     else:
                         request.future.set_result(completions)
             backlog[:] = [r for r in backlog if not r.future.done()]
-        while True:  # requests that raced with close()
+        # Closed: nobody waits for the rest (an interrupted run), so fail it at once.
+        while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             if item is not _STOP:
-                item.future.set_exception(RequestFailed("the student backend was closed"))
+                backlog.append(item)
+        for request in backlog:
+            if not request.future.done():
+                request.future.set_exception(RequestFailed("the student backend was closed"))
 
     def _collect(self, backlog: list[_Request]) -> bool:
         """Adds queued requests until the oldest's key fills a batch or its wait is over;
@@ -308,6 +310,9 @@ def _load(config: StudentConfig):
     from dss_jax.data import vocab
     from dss_jax.evaluation import checkpoints_to_evaluate, load_checkpoint
 
+    if not os.path.isdir(os.path.expanduser(config.checkpoint)):
+        raise StudentLoadError(f"student checkpoint {config.checkpoint} does not exist: give a checkpoint dir or a "
+                               "training run's MODEL_DIR")
     try:
         (_, path), = checkpoints_to_evaluate(config.checkpoint, "latest")
         model, params, vocab_path = load_checkpoint(path, config.dtype)
