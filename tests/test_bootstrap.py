@@ -22,7 +22,6 @@ def run(args, env):
     return proc
 
 
-@pytest.mark.slow
 def test_two_rounds_through_the_binaries(tmp_path):
     env = dict(os.environ, DSS_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # one device is plenty
@@ -37,7 +36,7 @@ def test_two_rounds_through_the_binaries(tmp_path):
                     "--student_batch_size=16", "--noprogress"], env)
     assert "done: every input example is in the cache" in annotate.stderr
     records = read_cache(student)
-    assert [r.id for r in records] == [f"synthetic/unlabeled/{i}" for i in range(10)]
+    assert sorted(r.id for r in records) == sorted(f"synthetic/unlabeled/{i}" for i in range(10))
     assert all(r.label is None and len(r.samples) == 1 for r in records)
     assert {s.teacher for r in records for s in r.samples} == {f"student:{round1 / 'checkpoint_2'}"}
 
