@@ -6,8 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 from dss_jax.data.cache import read_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

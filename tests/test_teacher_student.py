@@ -4,7 +4,6 @@ samples, and the binary resumes after a SIGKILL."""
 
 import functools
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -150,6 +149,16 @@ def test_single_task_student_output_is_split(student):
     assert completion.text == decoded
     rationale, label = split_single_task(decoded)
     assert (completion.rationale, completion.label) == (rationale, label or None)
+
+
+def test_nli_inputs_put_eos_between_premise_and_hypothesis(student):
+    with backend_for(student, family="anli1") as nli, backend_for(student, family="cqa") as plain:
+        text = "a red cup</s>a blue hat"
+        row, _ = nli.encode(LABEL_PREFIX + text)
+        assert row.tolist() == infer.encode_input(nli.vocabulary, LABEL_PREFIX + text, 24, separator=True)[0].tolist()
+        real = row[row != 0]
+        assert (real == 1).sum() == 2 and real[-1] == 1  # one EOS inside, one at the end
+        assert (plain.encode(LABEL_PREFIX + text)[0] == 1).sum() == 1
 
 
 def test_load_errors_name_the_path(student, tmp_path):
