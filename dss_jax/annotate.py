@@ -6,9 +6,18 @@ r"""Annotates examples with a teacher LLM's chain-of-thought and writes a teache
       --num_samples=5 --temperature=0.7 --vote --keep=parsed --concurrency=32
 
 Any OpenAI-compatible server works (vLLM, TGI, llama.cpp, hosted APIs); the API key is
-read from the variable named by --api_key_env and never logged or written. Rerunning
-the same command resumes: finished examples are skipped, failed ones retried. See
-docs/annotate.md.
+read from the variable named by --api_key_env and never logged or written. A trained
+dss_jax student can be the teacher too (`--backend=student --checkpoint=MODEL_DIR`: its
+`explain:` rationale and `predict:` label, no prompt), and a registered task's split can
+be the input instead of a file (`--task=dss_synthetic --split=unlabeled`, with the
+task's gin file), which is how bootstrapped self-training annotates (docs/bootstrap.md):
+
+    python -m dss_jax.annotate --backend=student --checkpoint=/runs/round1 \
+      --task=dss_synthetic --split=unlabeled --gin_file=recipes/bootstrap_data.gin \
+      --output=student_cache.jsonl
+
+Rerunning the same command resumes: finished examples are skipped, failed ones retried.
+See docs/annotate.md.
 
 Exit status: 0 when every input example is in the cache; 1 when some examples failed
 after all retries (rerun to retry them); 2 for a usage or input error; 3 when the
@@ -22,8 +31,9 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from dss_jax import gin_utils
 from dss_jax.data.cache import CacheWriter
 from dss_jax.teacher.examples import InputError, read_examples
 from dss_jax.teacher.http_backend import APIS, HttpBackendConfig, OpenAIHttpBackend
@@ -32,12 +42,29 @@ from dss_jax.teacher.prompts import PromptError, resolve_template
 from dss_jax.teacher.selection import KEEP_CHOICES
 
 FLAGS = flags.FLAGS
+gin_utils.define_gin_flags()
 
 flags.DEFINE_string("input", None, "JSONL of examples: {\"id\", \"input\", optional \"label\", ...} per line.")
+flags.DEFINE_string("task", None, "Instead of --input: a registered task (its module imported by a --gin_file).")
+flags.DEFINE_string("split", None, "With --task: the split to annotate (e.g. unlabeled, train).")
+flags.DEFINE_string("task_input_field", "inputs", "With --task, for a task not built from teacher caches: the input feature.")
+flags.DEFINE_string("task_label_field", None, "With --task, for a task not built from teacher caches: the gold label feature.")
 flags.DEFINE_string("output", None, "Teacher cache (JSONL) to append to; created if missing.")
-flags.DEFINE_string("dataset_family", None, "Output parser family: svamp, cqa, anli1 (alias nli), esnli.")
+flags.DEFINE_string("dataset_family", None,
+                    "Output parser family: svamp, cqa, anli1 (alias nli), esnli. Default with --task: the task's.")
+flags.DEFINE_enum("backend", "http", ["http", "student"],
+                  "http: an OpenAI-compatible server; student: a trained dss_jax checkpoint (--checkpoint).")
 flags.DEFINE_string("base_url", "http://localhost:8000/v1", "Server URL up to and including /v1.")
-flags.DEFINE_string("model", None, "Model name sent to the server; also recorded as each sample's teacher.")
+flags.DEFINE_string("model", None, "Model name sent to the server; also recorded as each sample's teacher "
+                    "(student: default 'student:<checkpoint>').")
+flags.DEFINE_string("checkpoint", None, "Student: a checkpoint dir, or a training run's MODEL_DIR (its latest checkpoint).")
+flags.DEFINE_enum("student_target", "two_task", ["two_task", "single_task"],
+                  "Student: two_task (explain: -> rationale, predict: -> label) or single_task (a student trained "
+                  "with task_options.label_target='rationale_then_label').")
+flags.DEFINE_integer("student_batch_size", 32, "Student: rows (prompts x samples) per decode batch.")
+flags.DEFINE_integer("student_input_length", 512, "Student: encoder tokens; longer inputs are cut with a warning.")
+flags.DEFINE_integer("student_label_length", 64, "Student: tokens of a decoded label (the rationale gets --max_tokens).")
+flags.DEFINE_float("student_batch_wait", 0.005, "Student: seconds to wait for more prompts to fill a batch.")
 flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (unset: no key sent).")
 flags.DEFINE_enum("api", "chat", list(APIS), "chat: /chat/completions (instruct models); completions: /completions.")
 flags.DEFINE_string(
@@ -47,11 +74,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_samples", 1, "Completions per example (self-consistency when > 1).")
 flags.DEFINE_float("temperature", 0.0, "Sampling temperature.")
-flags.DEFINE_integer("max_tokens", 256, "Maximum completion length in tokens.")
+flags.DEFINE_integer("max_tokens", 256, "Maximum completion length in tokens (student: of the rationale).")
 flags.DEFINE_multi_string("stop", None, "Stop sequence (repeatable; \\n and \\t are unescaped). Default: the prompt's.")
-flags.DEFINE_integer("seed", None, "Sampling seed, for servers that support one.")
+flags.DEFINE_integer("seed", None, "Sampling seed, for servers that support one (student: default 0).")
 flags.DEFINE_integer("samples_per_request", 0, "Max completions per request (n); 0: all at once.")
-flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
+flags.DEFINE_integer("concurrency", 8, "Requests in flight at once (student default: enough to fill a batch).")
 flags.DEFINE_float("rate_limit", 0.0, "Max requests per second over all workers, retries included; 0: no limit.")
 flags.DEFINE_float("timeout", 120.0, "Seconds a connect or read may wait without progress before a retry.")
 flags.DEFINE_integer("max_retries", 6, "Retries per request after the first attempt (429, 5xx, connection, bad JSON).")
@@ -74,32 +101,74 @@ def _usage_error(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def main(argv):
-    if len(argv) > 1:
-        _usage_error(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    for name in ("input", "output", "dataset_family", "model"):
-        if not getattr(FLAGS, name):
-            _usage_error(f"--{name} is required")
-
-    from dss_jax.data import parsers
-
-    family = FLAGS.dataset_family
-    try:
-        parsers.parse_completion(family, "")
-    except ValueError as e:
-        _usage_error(f"--dataset_family: {e}")
+def _parse_gin() -> None:
+    """--gin_file / --gin_bindings: imports task modules and binds their settings."""
+    if not FLAGS.gin_file and not FLAGS.gin_bindings:
+        return
+    import gin
 
     try:
-        template = resolve_template(FLAGS.prompt, family)
-        examples = read_examples(FLAGS.input, template)
-    except (PromptError, InputError) as e:
+        if FLAGS.gin_file:
+            gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+        else:
+            gin.parse_config(FLAGS.gin_bindings)
+    except SystemExit as e:  # gin_utils reports a bad file, name or unset macro this way
+        _usage_error(str(e.code))
+    except (ValueError, ImportError) as e:
+        _usage_error(f"gin configuration error: {e}")
+
+
+def _import_builtin_tasks() -> None:
+    """The repository's task modules, so that --task=dss_synthetic works without a gin file."""
+    import importlib
+
+    for module in ("tasks.dss", "tasks.synthetic", "tasks.bootstrap"):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:  # e.g. the package installed without tasks/
+            logging.info("built-in task module %s not imported: %s", module, e)
+
+
+def _read_examples(template):
+    if FLAGS.input:
+        return read_examples(FLAGS.input, template)
+    from dss_jax.teacher.task_input import read_task_examples
+
+    return read_task_examples(FLAGS.task, FLAGS.split, input_field=FLAGS.task_input_field,
+                              label_field=FLAGS.task_label_field, template=template)
+
+
+def _family() -> str:
+    if FLAGS.dataset_family:
+        return FLAGS.dataset_family
+    if FLAGS.task:
+        from dss_jax.data import tasks as dss_tasks
+
+        if FLAGS.task in dss_tasks.REGISTERED:
+            return dss_tasks.task_family(FLAGS.task)
+    _usage_error("--dataset_family is required" + (f" (task {FLAGS.task!r} does not say its family)" if FLAGS.task else ""))
+
+
+def _student_backend(family: str):
+    from dss_jax.teacher.student_backend import StudentBackend, StudentConfig, StudentLoadError
+
+    try:
+        config = StudentConfig(
+            checkpoint=FLAGS.checkpoint, family=family, target=FLAGS.student_target,
+            batch_size=FLAGS.student_batch_size, input_length=FLAGS.student_input_length,
+            label_length=FLAGS.student_label_length, seed=FLAGS.seed or 0, batch_wait=FLAGS.student_batch_wait,
+        )
+        return StudentBackend(config)
+    except (StudentLoadError, ValueError) as e:
         _usage_error(str(e))
 
+
+def _http_backend() -> OpenAIHttpBackend:
     api_key = os.environ.get(FLAGS.api_key_env) or None
     if api_key is None:
         logging.info("$%s is not set; sending no API key", FLAGS.api_key_env)
     try:
-        backend_config = HttpBackendConfig(
+        return OpenAIHttpBackend(HttpBackendConfig(
             base_url=FLAGS.base_url,
             model=FLAGS.model,
             api=FLAGS.api,
@@ -111,15 +180,73 @@ def main(argv):
             rate_limit=FLAGS.rate_limit or None,
             samples_per_request=FLAGS.samples_per_request or None,
             seed=FLAGS.seed,
-        )
+        ))
+    except ValueError as e:
+        _usage_error(str(e))
+
+
+def _concurrency(student: bool) -> int:
+    if student and not FLAGS["concurrency"].present:
+        # Prompts in flight x samples each should fill a decode batch.
+        return max(FLAGS.concurrency, -(-FLAGS.student_batch_size // max(FLAGS.num_samples, 1)))
+    return FLAGS.concurrency
+
+
+def main(argv):
+    if len(argv) > 1:
+        _usage_error(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    student = FLAGS.backend == "student"
+    if bool(FLAGS.input) == bool(FLAGS.task):
+        _usage_error("give exactly one of --input=FILE.jsonl and --task=NAME --split=SPLIT")
+    if FLAGS.task and not FLAGS.split:
+        _usage_error("--task needs --split (e.g. --split=unlabeled)")
+    if FLAGS.split and not FLAGS.task:
+        _usage_error("--split goes with --task")
+    if not FLAGS.output:
+        _usage_error("--output is required")
+    if student:
+        if not FLAGS.checkpoint:
+            _usage_error("--backend=student needs --checkpoint (a checkpoint dir or a training run's MODEL_DIR)")
+        if FLAGS.prompt or FLAGS.stop:
+            _usage_error("--backend=student takes no --prompt or --stop: the student reads the raw input")
+    elif not FLAGS.model:
+        _usage_error("--model is required")
+    if FLAGS.task:
+        _import_builtin_tasks()
+    _parse_gin()
+
+    from dss_jax.data import parsers
+
+    family = _family()
+    try:
+        parsers.parse_completion(family, "")
+    except ValueError as e:
+        _usage_error(f"--dataset_family: {e}")
+
+    try:
+        if student:
+            from dss_jax.teacher.student_backend import STUDENT_TEMPLATE as template
+        else:
+            template = resolve_template(FLAGS.prompt, family)
+        examples = _read_examples(template)
+    except (PromptError, InputError) as e:
+        _usage_error(str(e))
+    source = FLAGS.input or f"{FLAGS.task}/{FLAGS.split}"
+
+    if student:
+        backend = _student_backend(family)
+        backend.check_inputs(examples)  # warns per example that will be cut
+    else:
+        backend = _http_backend()
+    try:
         config = AnnotateConfig(
             template=template,
-            teacher=FLAGS.model,
+            teacher=(FLAGS.model or backend.name) if student else FLAGS.model,
             num_samples=FLAGS.num_samples,
             temperature=FLAGS.temperature,
             max_tokens=FLAGS.max_tokens,
             stop=tuple(_unescape(s) for s in FLAGS.stop) if FLAGS.stop else None,
-            concurrency=FLAGS.concurrency,
+            concurrency=_concurrency(student),
             keep=FLAGS.keep,
             vote=FLAGS.vote,
             progress=FLAGS.progress,
@@ -128,24 +255,32 @@ def main(argv):
         _usage_error(str(e))
     if config.num_samples > 1 and config.temperature == 0:
         logging.warning("--num_samples=%d at --temperature=0 asks for identical samples", config.num_samples)
-    logging.info(
-        "annotating %d examples from %s with %s at %s (%s API), prompt %s, %d sample(s) each",
-        len(examples), FLAGS.input, FLAGS.model, FLAGS.base_url, FLAGS.api, template.id, config.num_samples,
-    )
+    if student:
+        logging.info("annotating %d examples from %s with the student %s, %d sample(s) each",
+                     len(examples), source, backend.checkpoint_path, config.num_samples)
+    else:
+        logging.info(
+            "annotating %d examples from %s with %s at %s (%s API), prompt %s, %d sample(s) each",
+            len(examples), source, FLAGS.model, FLAGS.base_url, FLAGS.api, template.id, config.num_samples,
+        )
 
     try:
         writer = CacheWriter(FLAGS.output)
     except (RuntimeError, ValueError) as e:  # locked by another run, or a corrupt cache
         _usage_error(str(e))
-    with writer:
-        summary = run_annotation(
-            examples,
-            OpenAIHttpBackend(backend_config),
-            writer,
-            config,
-            parse=functools.partial(parsers.parse_completion, family),
-            labels_match=functools.partial(parsers.labels_match, family),
-        )
+    try:
+        with writer:
+            summary = run_annotation(
+                examples,
+                backend,
+                writer,
+                config,
+                parse=functools.partial(parsers.parse_completion, family),
+                labels_match=functools.partial(parsers.labels_match, family),
+            )
+    finally:
+        if student:
+            backend.close()
     print(summary.format(), file=sys.stderr)
     if FLAGS.summary_json:
         with open(FLAGS.summary_json, "w", encoding="utf-8") as f:
@@ -159,4 +294,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    gin_utils.run(main)

@@ -2,7 +2,7 @@ r"""Writes the built-in synthetic dataset's teacher caches and reports on them.
 
     python -m dss_jax.make_synthetic --cache_dir=/tmp/dss --max_operations=2 --train_size=500
 
-prints the files (train, validation, test under <cache_dir>/synthetic/seed<seed>-<hash>/),
+prints the files (train, validation, test, and unlabeled with --unlabeled_size, under <cache_dir>/synthetic/seed<seed>-<hash>/),
 per split the teacher report (`teacher_accuracy=` ..., as dss_jax.data.report computes it
 for any cache), and the accuracies of trivial baselines that a student must beat. Every
 setting of `SyntheticConfig` is a flag; files that exist for the same settings are kept
@@ -31,6 +31,7 @@ _HELP = {
     "unparsable_rate": "fraction without an answer phrase (the parser finds no label)",
     "continuation_rate": "fraction of parsable completions that ramble on into an invented question",
     "samples_per_record": "teacher samples per problem",
+    "unlabeled_size": "problems without label or teacher sample (split unlabeled), for self-training",
 }
 for _field in dataclasses.fields(synthetic.SyntheticConfig):
     _define = flags.DEFINE_integer if _field.type in (int, "int") else flags.DEFINE_float

@@ -7,9 +7,10 @@ generated on first use into `synthetic_cache_dir.directory` (default: the cache 
 `data_locations`, $DSS_CACHE_DIR or ~/.cache/dss_jax), under a name that hashes the
 settings, which gin binds as `synthetic_config.<setting>` (optionally scoped:
 `dss_synthetic/synthetic_config.max_operations = 2`). Splits: train, validation, test
-(each generated, none carved out). Options: `task_options`; vocabulary:
-`task_vocabulary` (by default trained on the train cache); feature lengths:
-gin/tasks/synthetic.gin.
+(each generated, none carved out), and `unlabeled` (problems with neither label nor
+teacher sample, for self-training; readable when `synthetic_config.unlabeled_size` > 0).
+Options: `task_options`; vocabulary: `task_vocabulary` (by default trained on the train
+cache); feature lengths: gin/tasks/synthetic.gin.
 """
 
 import functools
@@ -25,7 +26,11 @@ TASK_NAME = "dss_synthetic"
 def cache_path(split: str) -> str:
     """The split's cache file under the gin-bound settings, generated when missing."""
     with gin.config_scope(TASK_NAME):
-        return str(synthetic.ensure_dataset()[split])
+        config = synthetic.synthetic_config()
+        if split not in config.splits:
+            raise ValueError(f"{TASK_NAME} has no {split!r} pool with these settings: bind "
+                             f"synthetic_config.{split}_size = N (gin) to generate one")
+        return str(synthetic.ensure_dataset(config)[split])
 
 
 register_cache_task(
@@ -33,5 +38,6 @@ register_cache_task(
     train_cache=functools.partial(cache_path, "train"),
     validation_cache=functools.partial(cache_path, "validation"),
     test_cache=functools.partial(cache_path, "test"),
+    extra_splits={synthetic.UNLABELED: functools.partial(cache_path, synthetic.UNLABELED)},
     family="svamp",
 )

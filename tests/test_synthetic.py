@@ -16,6 +16,7 @@ from dss_jax.data.synthetic import SyntheticConfig
 from dss_jax.data.synthetic_templates import TEMPLATES
 
 SMALL = SyntheticConfig(train_size=400, validation_size=60, test_size=80)
+DEFAULT_FINGERPRINT = "3e612b10be62"  # the default settings, before unlabeled_size existed
 GOLD_LABEL = re.compile(r"^(\( )+\d+\.0 [-+*/] .*\d+\.0( \))+$")
 
 
@@ -226,3 +227,24 @@ def test_command_writes_and_reports(tmp_path):
     assert "[train] teacher_accuracy=0.780000" in out and "[test] baseline_majority_answer=" in out
     bad = subprocess.run(cmd + ["--max_operations=5"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "max_operations" in bad.stderr
+
+
+def test_an_unlabeled_pool_changes_nothing_else(tmp_path):
+    small = SyntheticConfig(train_size=60, validation_size=10, test_size=10)
+    pooled = dataclasses.replace(small, unlabeled_size=40)
+    plain_paths = synthetic.write_dataset(small, tmp_path)
+    pooled_paths = synthetic.write_dataset(pooled, tmp_path)
+    assert set(plain_paths) == set(synthetic.SPLITS) and set(pooled_paths) == set(synthetic.SPLITS) | {"unlabeled"}
+    for split in synthetic.SPLITS:
+        assert pooled_paths[split].read_bytes() == plain_paths[split].read_bytes()
+    unlabeled = read_cache(pooled_paths["unlabeled"])
+    assert [r.id for r in unlabeled] == [f"synthetic/unlabeled/{i}" for i in range(40)]
+    assert all(r.label is None and r.samples == () and r.split == "unlabeled" for r in unlabeled)
+    labeled_texts = {r.input for split in synthetic.SPLITS for r in read_cache(plain_paths[split])}
+    texts = [r.input for r in unlabeled]
+    assert len(set(texts)) == 40 and labeled_texts.isdisjoint(texts)
+    # Datasets written before the pool existed keep their names (the default's hash is pinned).
+    assert "unlabeled_size" not in small.settings() and pooled.fingerprint() != small.fingerprint()
+    assert SyntheticConfig().fingerprint() == DEFAULT_FINGERPRINT
+    with pytest.raises(ValueError, match="unlabeled_size must be at least 0"):
+        SyntheticConfig(unlabeled_size=-1)

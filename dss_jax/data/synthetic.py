@@ -15,7 +15,9 @@ exactly the code path of a real teacher's cache:
 
 Everything follows from `SyntheticConfig` and its seed: the same settings give
 byte-identical files. The files live in a directory named after a hash of the settings
-(`<cache_dir>/synthetic/seed<seed>-<hash>/{train,validation,test}.jsonl`), so changing a
+(`<cache_dir>/synthetic/seed<seed>-<hash>/{train,validation,test}.jsonl`, plus
+`unlabeled.jsonl` with `unlabeled_size` > 0: problems without label or teacher sample, for
+self-training, see docs/bootstrap.md), so changing a
 setting makes new files and never reuses stale ones; `ensure_dataset` writes them when
 missing. The SeqIO task `dss_synthetic` (tasks/synthetic.py) reads the settings from gin
 (`synthetic_config.*`); `python -m dss_jax.make_synthetic` writes them from the shell.
@@ -47,6 +49,7 @@ DATASET = "synthetic"
 TEACHER = "synthetic-teacher"
 PROMPT_ID = "synthetic-cot"
 SPLITS = ("train", "validation", "test")
+UNLABELED = "unlabeled"  # the optional pool of unlabeled problems (unlabeled_size > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,9 @@ class SyntheticConfig:
     unparsable_rate: float = 0.02  # no answer phrase: the parser finds no label
     continuation_rate: float = 0.3  # parsable completions that ramble on into an invented "Q:"
     samples_per_record: int = 1  # teacher samples per problem (for self-consistency)
+    # Problems with no label and no teacher sample (split "unlabeled"), for self-training:
+    # drawn after the other splits, so train/validation/test do not change with it.
+    unlabeled_size: int = 0
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -77,7 +83,8 @@ class SyntheticConfig:
 
         need(all(isinstance(getattr(self, f), int) for f in (
             "seed", "train_size", "validation_size", "test_size", "min_operations", "max_operations",
-            "min_number", "max_number", "samples_per_record")), "sizes, counts and numbers must be integers")
+            "min_number", "max_number", "samples_per_record", "unlabeled_size")),
+             "sizes, counts and numbers must be integers")
         need(self.train_size >= 1 and self.validation_size >= 1 and self.test_size >= 1,
              "train_size, validation_size and test_size must be at least 1")
         need(1 <= self.min_operations <= self.max_operations <= 3,
@@ -89,13 +96,28 @@ class SyntheticConfig:
         need(self.teacher_error_rate + self.teacher_slip_rate + self.unparsable_rate <= 1.0,
              "teacher_error_rate + teacher_slip_rate + unparsable_rate must be at most 1")
         need(self.samples_per_record >= 1, f"samples_per_record must be at least 1, got {self.samples_per_record}")
+        need(self.unlabeled_size >= 0, f"unlabeled_size must be at least 0, got {self.unlabeled_size}")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS + ((UNLABELED,) if self.unlabeled_size else ())
 
     def sizes(self) -> dict[str, int]:
-        return {"train": self.train_size, "validation": self.validation_size, "test": self.test_size}
+        sizes = {"train": self.train_size, "validation": self.validation_size, "test": self.test_size}
+        if self.unlabeled_size:
+            sizes[UNLABELED] = self.unlabeled_size
+        return sizes
+
+    def settings(self) -> dict:
+        """What the files depend on. unlabeled_size is left out when 0, so that the datasets
+        written before it existed keep their names."""
+        settings = {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(self)}
+        if not self.unlabeled_size:
+            del settings["unlabeled_size"]
+        return settings
 
     def fingerprint(self) -> str:
-        settings = {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(self)}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @gin.configurable
@@ -114,11 +136,12 @@ def synthetic_config(
     unparsable_rate: float = 0.02,
     continuation_rate: float = 0.3,
     samples_per_record: int = 1,
+    unlabeled_size: int = 0,
 ) -> SyntheticConfig:
     """The dataset's settings, bound in gin (`synthetic_config.max_operations = 2`)."""
     return SyntheticConfig(seed, train_size, validation_size, test_size, min_operations, max_operations,
                            min_number, max_number, distractor_rate, teacher_error_rate, teacher_slip_rate,
-                           unparsable_rate, continuation_rate, samples_per_record)
+                           unparsable_rate, continuation_rate, samples_per_record, unlabeled_size)
 
 
 @gin.configurable
@@ -147,7 +170,10 @@ def _problem(config: SyntheticConfig, rng: random.Random) -> Problem:
 
 
 def generate_problems(config: SyntheticConfig) -> dict[str, list[Problem]]:
-    """The problems of every split; no input text appears twice in the dataset."""
+    """The problems of every split; no input text appears twice in the dataset.
+
+    Splits are drawn in order (train, validation, test, then unlabeled), each from its own
+    seeded stream, so the unlabeled pool changes nothing before it."""
     seen: set[str] = set()
     out: dict[str, list[Problem]] = {}
     for split, size in config.sizes().items():
@@ -170,6 +196,9 @@ def generate_records(config: SyntheticConfig) -> dict[str, list[CacheRecord]]:
     """The cache records of every split: problems, gold labels and teacher samples."""
     records: dict[str, list[CacheRecord]] = {}
     for split, problems in generate_problems(config).items():
+        if split == UNLABELED:
+            records[split] = [_unlabeled_record(i, problem) for i, problem in enumerate(problems)]
+            continue
         outcomes = [assign_outcomes(len(problems), _rng(config, split, "outcomes", k), config.teacher_error_rate,
                                     config.teacher_slip_rate, config.unparsable_rate)
                     for k in range(config.samples_per_record)]
@@ -190,11 +219,22 @@ def generate_records(config: SyntheticConfig) -> dict[str, list[CacheRecord]]:
                 dataset=DATASET,
                 split=split,
                 position=i,
-                meta={"answer": problem.answer, "template": problem.template,
-                      "operations": operation_count(problem.expr), "distractors": list(problem.distractors)},
+                meta=_meta(problem),
             ))
         records[split] = split_records
     return records
+
+
+def _meta(problem: Problem) -> dict:
+    return {"answer": problem.answer, "template": problem.template,
+            "operations": operation_count(problem.expr), "distractors": list(problem.distractors)}
+
+
+def _unlabeled_record(i: int, problem: Problem) -> CacheRecord:
+    # No label and no teacher sample: what a student annotates in self-training. The
+    # answer stays in `meta` (training never reads meta), so annotations can be judged.
+    return CacheRecord(id=f"{DATASET}/{UNLABELED}/{i}", input=problem.text, label=None, samples=(),
+                       dataset=DATASET, split=UNLABELED, position=i, meta=_meta(problem))
 
 
 def dataset_dir(config: SyntheticConfig, cache_dir: os.PathLike | str) -> pathlib.Path:
@@ -203,7 +243,7 @@ def dataset_dir(config: SyntheticConfig, cache_dir: os.PathLike | str) -> pathli
 
 def split_paths(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
     directory = dataset_dir(config, cache_dir)
-    return {split: directory / f"{split}.jsonl" for split in SPLITS}
+    return {split: directory / f"{split}.jsonl" for split in config.splits}
 
 
 def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
@@ -211,8 +251,7 @@ def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict
     paths = split_paths(config, cache_dir)
     directory = dataset_dir(config, cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    settings = {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(config)}
-    _atomic_write(directory / "settings.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    _atomic_write(directory / "settings.json", json.dumps(config.settings(), indent=1, sort_keys=True) + "\n")
     for split, records in generate_records(config).items():
         tmp = _tmp_path(paths[split])
         with CacheWriter(tmp, fsync=False) as writer:

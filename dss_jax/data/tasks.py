@@ -26,7 +26,11 @@ Registering your own dataset from cache files takes one call:
     # seqio.get_mixture_or_task("my_task").get_dataset(...)
 
 Without `validation_cache`, the validation split is carved out of train (10% by default,
-the reference's rule). Without `vocabulary`, the task uses `task_vocabulary()`: the
+the reference's rule). `train_cache` may list several caches (e.g. labeled data plus a
+student's annotations of unlabeled inputs, see docs/bootstrap.md), concatenated; with
+`task_options.label_source = "gt_else_teacher"` a record's gold label is used when it
+has one and its teacher's label otherwise. `split_records(name, split)` reads a split's
+records as they are (what `python -m dss_jax.annotate --task=NAME --split=SPLIT` reads). Without `vocabulary`, the task uses `task_vocabulary()`: the
 `spm_path` bound in gin (e.g. a checkpoint's spiece.model), or a SentencePiece model
 trained on the train cache and cached beside it.
 
@@ -73,7 +77,9 @@ DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/dss_jax").expanduser()
 
 @dataclasses.dataclass(frozen=True)
 class TaskOptions:
-    label_source: str = "gt"  # "gt": dataset labels; "teacher": the teacher's labels
+    # "gt": dataset labels; "teacher": the teacher's labels; "gt_else_teacher": the dataset
+    # label when the record has one, else the teacher's (self-training on labeled + unlabeled).
+    label_source: str = "gt"
     teacher_sample: Union[int, str] = 0  # which sample per record: an index, or "all" parsed
     train_fraction: float = 1.0  # keep this fraction of train (the paper's data sweeps)
     seed: int = 0  # seed of that subsample (the reference's --run)
@@ -84,8 +90,8 @@ class TaskOptions:
     label_target: str = "label"
 
     def __post_init__(self):
-        if self.label_source not in ("gt", "teacher"):
-            raise ValueError(f"label_source must be 'gt' or 'teacher', got {self.label_source!r}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if not (self.teacher_sample == "all" or (isinstance(self.teacher_sample, int) and self.teacher_sample >= 0)):
             raise ValueError(f"teacher_sample must be a sample index >= 0 or 'all', got {self.teacher_sample!r}")
         if not 0.0 < self.train_fraction <= 1.0:
@@ -112,6 +118,7 @@ def task_options(
 
 
 LABEL_TARGETS = ("label", "rationale_then_label")
+LABEL_SOURCES = ("gt", "teacher", "gt_else_teacher")
 ANSWER_SEPARATOR = " So the answer is: "
 
 
@@ -208,8 +215,10 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
     Teacher labels: one example per parsed chosen sample; a record without one is
     dropped. Gold labels: one example per parsed chosen sample with the gold label, or,
     when none parsed, one with an empty rationale (as the reference trains them); a
-    record without a gold label is dropped. With `label_target="rationale_then_label"`
-    the label target becomes `single_task_target(rationale, label)`.
+    record without a gold label is dropped. "gt_else_teacher" treats a record with a
+    gold label as "gt" does and one without as "teacher" does (so a record with neither
+    is dropped). With `label_target="rationale_then_label"` the label target becomes
+    `single_task_target(rationale, label)`.
     """
     examples, dropped = [], 0
     if options.label_target == "rationale_then_label":
@@ -221,7 +230,9 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
         chosen = _chosen_samples(record, options.teacher_sample)
         parsed = [(i, s) for i, s in enumerate(chosen) if s.parsed]
         multi = options.teacher_sample == "all"
-        if options.label_source == "teacher":
+        use_teacher = options.label_source == "teacher" or (
+            options.label_source == "gt_else_teacher" and record.label is None)
+        if use_teacher:
             if not parsed:
                 dropped += 1
             examples += [_example(record, s.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed]
@@ -256,6 +267,7 @@ def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) ->
 PathProvider = Callable[[], pathlib.Path]
 REGISTERED: set[str] = set()  # names of the tasks registered through this module
 _FAMILIES: dict[str, str] = {}  # task name -> label family (how its labels are judged)
+_SPLITS: dict[str, "CacheSplits"] = {}  # task name -> where its splits' records come from
 
 
 @functools.lru_cache(maxsize=32)
@@ -274,15 +286,44 @@ def load_records(path: Union[str, os.PathLike]) -> tuple[CacheRecord, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class CacheSplits:
-    """Where each split's records come from: cache files (or providers that make them)."""
+    """Where each split's records come from: cache files (or providers that make them).
 
-    train: PathProvider
+    `train` is one provider or several, whose records are concatenated in order (e.g. a
+    labeled set plus a student's annotations of unlabeled inputs); an id found in two of
+    them is an error naming both files.
+    """
+
+    train: Union[PathProvider, Sequence[PathProvider]]
     validation: Optional[PathProvider] = None  # None: carved out of train
     others: Mapping[str, PathProvider] = dataclasses.field(default_factory=dict)  # e.g. test
+    name: str = ""  # the task's name, for messages
 
     @property
     def names(self) -> tuple[str, ...]:
         return (TRAIN, VALIDATION) + tuple(self.others)
+
+    @property
+    def train_providers(self) -> tuple[PathProvider, ...]:
+        return tuple(self.train) if isinstance(self.train, (list, tuple)) else (self.train,)
+
+    def train_paths(self) -> list[pathlib.Path]:
+        return [provide() for provide in self.train_providers]
+
+    def train_records(self) -> tuple[CacheRecord, ...]:
+        paths = self.train_paths()
+        if len(paths) == 1:
+            return load_records(paths[0])
+        records: list[CacheRecord] = []
+        source: dict[str, pathlib.Path] = {}
+        for path in paths:
+            for record in load_records(path):
+                if record.id in source:
+                    raise ValueError(
+                        f"{self.name or 'task'} train caches: id {record.id!r} is in both {source[record.id]} and "
+                        f"{path}; ids must be unique across a task's train caches (rename or drop one)")
+                source[record.id] = path
+                records.append(record)
+        return tuple(records)
 
     def records(self, split: str, options: TaskOptions) -> list[CacheRecord]:
         if split in self.others:
@@ -291,13 +332,35 @@ class CacheSplits:
             return list(load_records(self.validation()))
         if split not in (TRAIN, VALIDATION):
             raise ValueError(f"unknown split {split!r}; this task has {', '.join(self.names)}")
-        train = load_records(self.train())
+        train = self.train_records()
         kept = sources.subsample(len(train), options.train_fraction, options.seed)
         if self.validation is None:
             # As the reference: subsample first, then carve validation out of what is kept.
             rest, held = sources.split_off(len(kept), options.validation_fraction, options.validation_seed)
             kept = kept[held] if split == VALIDATION else kept[rest]
         return [train[i] for i in kept]
+
+
+def is_cache_task(task_name: str) -> bool:
+    """Whether `task_name` was registered here from teacher caches (its records can be read)."""
+    return task_name in _SPLITS
+
+
+def split_records(task_name: str, split: str, options: Optional[TaskOptions] = None) -> list[CacheRecord]:
+    """The cache records of one split of a task registered here, in order.
+
+    These are the records the split's examples are made from: train and a carved-out
+    validation follow `options` (default: gin's `task_options` for the task), so
+    `train_fraction` and the validation carve-out apply as in training.
+    """
+    if task_name not in _SPLITS:
+        get_task(task_name)  # an unknown name: the error lists the registered tasks
+        raise ValueError(f"task {task_name!r} was not registered from teacher caches through dss_jax.data.tasks, "
+                         "so it has no cache records to read")
+    splits = _SPLITS[task_name]
+    if split not in splits.names:
+        raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {', '.join(splits.names)}")
+    return splits.records(split, options if options is not None else current_options(task_name))
 
 
 # --------------------------------------------------------------------------------------
@@ -370,7 +433,7 @@ def _register(
 
         def resolve() -> seqio.Vocabulary:
             with gin.config_scope(name):
-                return task_vocabulary(corpus_caches=lambda: [str(splits.train())])
+                return task_vocabulary(corpus_caches=lambda: [str(p) for p in splits.train_paths()])
 
         vocabulary = LazyVocabulary(resolve, name=f"{name} vocabulary")
     output_features = {k: seqio.Feature(vocabulary, add_eos=True, required=True) for k in PAIRED_TEXT_FEATURES}
@@ -379,6 +442,7 @@ def _register(
         seqio.TaskRegistry.remove(name)
     REGISTERED.add(name)
     _FAMILIES[name] = family
+    _SPLITS[name] = splits
     return seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(_dataset_fn(name, splits, options), splits=splits.names),
@@ -407,7 +471,7 @@ def _fixed(path: CachePath, what: str) -> PathProvider:
 
 def register_cache_task(
     name: str,
-    train_cache: CachePath,
+    train_cache: Union[CachePath, Sequence[CachePath]],
     validation_cache: Optional[CachePath] = None,
     test_cache: Optional[CachePath] = None,
     vocabulary: Optional[seqio.Vocabulary] = None,
@@ -422,6 +486,8 @@ def register_cache_task(
       train_cache / validation_cache / test_cache: cache JSONL files, or callables
         returning one (called whenever the split is read, e.g. to write the file on
         demand); without a validation cache, validation is carved out of train.
+        `train_cache` may be a list of them: their records are concatenated in order
+        (an id in two of them is an error naming both files).
       vocabulary: a seqio vocabulary; None: `task_vocabulary()` (gin), resolved lazily.
       family: the label style: "svamp" (equations, judged by value), "cqa" (free text),
         "anli1"/"esnli"/"nli" (NLI classes; "</s>" in inputs becomes EOS).
@@ -432,10 +498,17 @@ def register_cache_task(
     others = {"test": _fixed(test_cache, f"{name} test cache")} if test_cache is not None else {}
     for split, path in (extra_splits or {}).items():
         others[split] = _fixed(path, f"{name} {split} cache")
+    if isinstance(train_cache, (list, tuple)):
+        if not train_cache:
+            raise ValueError(f"register_cache_task({name!r}): train_cache is an empty list")
+        train = tuple(_fixed(path, f"{name} train cache #{i}") for i, path in enumerate(train_cache))
+    else:
+        train = _fixed(train_cache, f"{name} train cache")
     splits = CacheSplits(
-        train=_fixed(train_cache, f"{name} train cache"),
+        train=train,
         validation=_fixed(validation_cache, f"{name} validation cache") if validation_cache is not None else None,
         others=others,
+        name=name,
     )
     return _register(name, splits, family, vocabulary, options, separator_in_inputs=family in ("anli1", "esnli"))
 
@@ -480,6 +553,7 @@ def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = N
         train=provider("train"),
         validation=provider("valid") if spec.has_validation else None,
         others=others,
+        name=PAPER_TASK_PREFIX + dataset,
     )
     return _register(PAPER_TASK_PREFIX + dataset, splits, spec.family, vocabulary, None,
                      separator_in_inputs=spec.family in ("anli1", "esnli"))

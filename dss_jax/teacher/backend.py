@@ -24,11 +24,24 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
-    """One sampled continuation of a prompt."""
+    """One sampled continuation of a prompt.
+
+    A text-only completion (an LLM's) is parsed by the dataset family's parser. A backend
+    that produces the two parts itself (the student: `explain:` -> rationale, `predict:`
+    -> label) sets `rationale` and/or `label`, and the pipeline takes them as they are;
+    `label=None` then means no answer (the sample counts as unparsable).
+    """
 
     text: str
     # Why generation stopped, as the server says ("stop", "length", ...); None if unknown.
     finish_reason: Optional[str] = None
+    rationale: Optional[str] = None
+    label: Optional[str] = None
+
+    @property
+    def structured(self) -> bool:
+        """Whether the backend gave the rationale/label itself (no parsing needed)."""
+        return self.rationale is not None or self.label is not None
 
 
 @dataclasses.dataclass(frozen=True)

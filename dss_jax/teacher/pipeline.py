@@ -175,11 +175,15 @@ def _annotate_one(example: Example, backend: TeacherBackend, config: AnnotateCon
     )
     samples = []
     for c in completions:
-        parsed = parse(c.text)
+        if c.structured:  # the student's: its parts are given, not parsed out of text
+            rationale, label = c.rationale, c.label
+        else:
+            parsed = parse(c.text)
+            rationale, label = parsed.rationale, parsed.label
         samples.append(
             TeacherSample(
-                rationale=parsed.rationale,
-                label=parsed.label,
+                rationale=rationale,
+                label=label,
                 completion=c.text,
                 teacher=config.teacher,
                 prompt_id=template.id,

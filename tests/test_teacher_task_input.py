@@ -1,0 +1,110 @@
+"""`annotate --task=NAME --split=SPLIT`: a registered task's split as the examples to annotate."""
+
+import pathlib
+
+import gin
+import pytest
+
+seqio = pytest.importorskip("seqio")
+import tensorflow as tf  # noqa: E402
+
+import tasks.synthetic  # noqa: E402,F401  (registers dss_synthetic)
+from dss_jax.data import synthetic  # noqa: E402
+from dss_jax.data import tasks as dss_tasks  # noqa: E402
+from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache  # noqa: E402
+from dss_jax.teacher.examples import InputError  # noqa: E402
+from dss_jax.teacher.prompts import parse_template  # noqa: E402
+from dss_jax.teacher.task_input import read_task_examples  # noqa: E402
+
+SMALL = ["synthetic_config.train_size = 30", "synthetic_config.validation_size = 5", "synthetic_config.test_size = 6",
+         "synthetic_config.unlabeled_size = 12"]
+
+
+def write(path: pathlib.Path, records):
+    with CacheWriter(path, fsync=False) as w:
+        w.write_all(records)
+    return path
+
+
+def record(i, split, label="yes"):
+    return CacheRecord(id=f"{split}/{i}", input=f"is {i} small?", label=label, dataset="toy", split=split, position=i,
+                       samples=(TeacherSample("because", "yes"),), meta={"n": i})
+
+
+@pytest.fixture
+def cache_task(tmp_path):
+    train = write(tmp_path / "train.jsonl", [record(i, "train") for i in range(20)])
+    test = write(tmp_path / "test.jsonl", [record(i, "test") for i in range(4)])
+    pool = write(tmp_path / "pool.jsonl", [record(i, "pool", label=None) for i in range(3)])
+    dss_tasks.register_cache_task("toy_annotate_input", train_cache=train, test_cache=test, extra_splits={"pool": pool},
+                                  family="cqa", options=dss_tasks.TaskOptions())
+    yield {"train": train, "test": test, "pool": pool}
+    seqio.TaskRegistry.remove("toy_annotate_input")
+    dss_tasks.REGISTERED.discard("toy_annotate_input")
+
+
+def test_cache_task_splits_are_read_record_for_record(cache_task):
+    test = read_task_examples("toy_annotate_input", "test")
+    expected = read_cache(cache_task["test"])
+    assert [(e.id, e.input, e.label, e.split, e.position, dict(e.meta)) for e in test] == [
+        (r.id, r.input, r.label, r.split, r.position, r.meta) for r in expected]
+    pool = read_task_examples("toy_annotate_input", "pool")
+    assert [e.id for e in pool] == ["pool/0", "pool/1", "pool/2"] and all(e.label is None for e in pool)
+    # train and validation are what training sees: validation carved out of train.
+    train = read_task_examples("toy_annotate_input", "train")
+    validation = read_task_examples("toy_annotate_input", "validation")
+    assert (len(train), len(validation)) == (18, 2)
+    assert sorted(e.id for e in train + validation) == sorted(f"train/{i}" for i in range(20))
+    with pytest.raises(InputError, match=r"no split 'dev'; its splits: train, validation, test, pool"):
+        read_task_examples("toy_annotate_input", "dev")
+    with pytest.raises(InputError, match=r"unknown task 'toy_nope'; registered tasks: .*toy_annotate_input"):
+        read_task_examples("toy_nope", "test")
+    with pytest.raises(InputError, match=r"toy_annotate_input/test\[0\]: the prompt .* uses \{\{premise\}\}"):
+        read_task_examples("toy_annotate_input", "test", template=parse_template("P: {{premise}}"))
+
+
+def test_synthetic_unlabeled_split(tmp_path):
+    gin.clear_config()
+    try:
+        gin.parse_config([f"synthetic_cache_dir.directory = '{tmp_path}'", *SMALL])
+        examples = read_task_examples("dss_synthetic", "unlabeled")
+        config = synthetic.SyntheticConfig(train_size=30, validation_size=5, test_size=6, unlabeled_size=12)
+        records = read_cache(synthetic.split_paths(config, tmp_path)["unlabeled"])
+        assert [(e.id, e.input) for e in examples] == [(r.id, r.input) for r in records]
+        assert [e.id for e in examples] == [f"synthetic/unlabeled/{i}" for i in range(12)]
+        assert all(e.label is None and e.split == "unlabeled" for e in examples)
+        assert dss_tasks.task_family("dss_synthetic") == "svamp"
+        # Without a pool the split says how to get one.
+        gin.parse_config(["synthetic_config.unlabeled_size = 0"])
+        with pytest.raises(InputError, match="bind synthetic_config.unlabeled_size"):
+            read_task_examples("dss_synthetic", "unlabeled")
+    finally:
+        gin.clear_config()
+
+
+@pytest.fixture
+def seqio_task():
+    rows = {"question": ["2 + 2?", "3 + 1?", "5 - 1?"], "answer": ["4", "4", "4"]}
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices(rows if split == "train" else {k: v[:1] for k, v in rows.items()})
+
+    vocabulary = seqio.PassThroughVocabulary(size=10)
+    seqio.TaskRegistry.add("toy_plain_seqio", source=seqio.FunctionDataSource(dataset_fn, splits=("train", "dev")),
+                           output_features={"question": seqio.Feature(vocabulary)})
+    yield
+    seqio.TaskRegistry.remove("toy_plain_seqio")
+
+
+def test_other_seqio_tasks_are_read_from_their_source(seqio_task):
+    examples = read_task_examples("toy_plain_seqio", "train", input_field="question", label_field="answer")
+    assert [(e.id, e.input, e.label) for e in examples] == [
+        ("toy_plain_seqio/train/0", "2 + 2?", "4"), ("toy_plain_seqio/train/1", "3 + 1?", "4"),
+        ("toy_plain_seqio/train/2", "5 - 1?", "4")]
+    assert examples[0].fields["input"] == "2 + 2?"  # what {{input}} becomes
+    assert len(read_task_examples("toy_plain_seqio", "dev", input_field="question")) == 1
+    with pytest.raises(InputError, match=r"no string feature 'inputs' \(features: answer, question\); .*--task_input_field"):
+        read_task_examples("toy_plain_seqio", "train")
+    with pytest.raises(InputError, match=r"no split 'test'; its splits: train, dev"):
+        read_task_examples("toy_plain_seqio", "test", input_field="question")
