@@ -179,10 +179,11 @@ def test_non_finite_step_leaves_state_untouched(cpu_devices):
     del before
 
 
-@pytest.mark.parametrize("dropout_rng", ["threefry", "unsafe_rbg"])
-def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices):
+def test_dropout_rng_is_deterministic_per_step(batches, cpu_devices):
     # Resuming relies on the masks being a function of (seed, step): two runs agree, and
-    # the masks are really applied (the loss differs from the dropout-free run).
+    # the masks are really applied (the loss differs from the dropout-free run). The
+    # default (threefry) is covered by the binary's SIGKILL-and-restart test.
+    dropout_rng = "unsafe_rbg"
     def run():
         trainer = Trainer(
             T5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
@@ -192,13 +193,13 @@ def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices
             mesh=partitioning.make_mesh(1, cpu_devices[:1]),
             dropout_rng=dropout_rng,
         )
-        return run_steps(trainer, batches[:2])
+        return run_steps(trainer, batches[:1])
 
     (state_a, loss_a), (state_b, loss_b) = run(), run()
     np.testing.assert_array_equal(loss_a, loss_b)
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state_a.params),
                            jax.device_get(state_b.params))
-    _, no_dropout = run_steps(make_trainer(cpu_devices[:1], opt="adamw"), batches[:2])
+    _, no_dropout = run_steps(make_trainer(cpu_devices[:1], opt="adamw"), batches[:1])
     assert abs(loss_a[0] - no_dropout[0]) > 1e-4
 
 
