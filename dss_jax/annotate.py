@@ -86,6 +86,11 @@ flags.DEFINE_float("initial_backoff", 1.0, "Seconds; the cap of the jittered ret
 flags.DEFINE_float("max_backoff", 60.0, "Seconds; the largest retry wait (a server's Retry-After may exceed it).")
 flags.DEFINE_enum("keep", "all", list(KEEP_CHOICES), "Samples to write: all, parsed, or correct (label matches the gold label when known).")
 flags.DEFINE_bool("vote", False, "Majority vote over parsed labels; keep only the winning label's samples.")
+flags.DEFINE_float(
+    "min_vote_share", 0.0,
+    "With --vote: keep no sample of an example whose winning label has less than this share of the parsed "
+    "samples (e.g. 1.0: unanimous only). The record is still written, with the vote in meta, so a rerun skips it.",
+)
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 flags.DEFINE_string("summary_json", None, "Also write the final summary as JSON to this file.")
 
@@ -249,6 +254,7 @@ def main(argv):
             concurrency=_concurrency(student),
             keep=FLAGS.keep,
             vote=FLAGS.vote,
+            min_vote_share=FLAGS.min_vote_share,
             progress=FLAGS.progress,
         )
     except ValueError as e:

@@ -83,3 +83,24 @@ def test_all_unparsed():
 def test_bad_keep_value():
     with pytest.raises(ValueError, match="keep must be one of"):
         select_samples([], None, cqa_match, keep="best")
+
+
+@pytest.mark.parametrize("share, expected", [(0.0, ["right-a", "right-b"]), (2 / 3, ["right-a", "right-b"]),
+                                             (0.7, []), (1.0, [])])
+def test_min_vote_share_keeps_only_confident_votes(share, expected):
+    # 2 of the 3 parsed samples agree (by value): a share of 0.67 passes, 0.7 does not.
+    sel = select_samples(SAMPLES, None, svamp_match, keep="parsed", vote=True, min_vote_share=share)
+    assert tags(sel) == expected
+    assert sel.vote.count == 2 and sel.vote.total == 3  # the vote is still reported
+    assert sel.dropped_uncertain == (2 if not expected else 0)
+    assert sel.dropped == sel.dropped_unparsed + sel.dropped_minority + sel.dropped_wrong + sel.dropped_uncertain
+
+
+def test_min_vote_share_needs_a_vote_and_a_fraction():
+    from dss_jax.teacher.pipeline import AnnotateConfig
+    from dss_jax.teacher.student_backend import STUDENT_TEMPLATE
+
+    with pytest.raises(ValueError, match="needs vote"):
+        AnnotateConfig(template=STUDENT_TEMPLATE, teacher="t", min_vote_share=0.5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        select_samples(SAMPLES, None, svamp_match, vote=True, min_vote_share=1.5)

@@ -39,6 +39,7 @@ class AnnotateConfig:
     concurrency: int = 8
     keep: str = "all"
     vote: bool = False
+    min_vote_share: float = 0.0  # with vote: keep nothing when the winner has less than this share
     progress: bool = True
 
     def __post_init__(self):
@@ -48,6 +49,10 @@ class AnnotateConfig:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {self.keep!r}")
+        if not 0.0 <= self.min_vote_share <= 1.0:
+            raise ValueError(f"min_vote_share must be in [0, 1], got {self.min_vote_share}")
+        if self.min_vote_share and not self.vote:
+            raise ValueError("min_vote_share needs vote (--vote): it filters on the majority vote's share")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
@@ -65,6 +70,7 @@ class Summary:
     dropped_unparsed: int = 0
     dropped_minority: int = 0
     dropped_wrong: int = 0
+    dropped_uncertain: int = 0  # samples of a winning label whose vote share was below min_vote_share
     records_without_samples: int = 0  # written with every sample filtered out
     samples_with_gold: int = 0
     samples_correct: int = 0
@@ -92,6 +98,7 @@ class Summary:
         self.dropped_unparsed += selection.dropped_unparsed
         self.dropped_minority += selection.dropped_minority
         self.dropped_wrong += selection.dropped_wrong
+        self.dropped_uncertain += selection.dropped_uncertain
         self.records_without_samples += not selection.kept
         if selection.num_correct is not None:
             self.samples_with_gold += selection.num_samples
@@ -114,7 +121,8 @@ class Summary:
             f"{self.written} written now, {len(self.failed)} failed, {self.pending} left for the next run",
             f"samples: {self.samples} received, {self.parsed} parsed, {self.unparsed} unparsable; "
             f"{self.kept} kept, dropped {self.dropped_unparsed} unparsable, "
-            f"{self.dropped_minority} outvoted, {self.dropped_wrong} wrong",
+            f"{self.dropped_minority} outvoted, {self.dropped_wrong} wrong"
+            + (f", {self.dropped_uncertain} of uncertain votes" if self.dropped_uncertain else ""),
         ]
         if self.records_without_samples:
             lines.append(f"records written with no sample left after filtering: {self.records_without_samples}")
@@ -286,7 +294,8 @@ def run_annotation(
                     stop.set()
             else:
                 selection = select_samples(
-                    item.samples, item.example.label, labels_match, keep=config.keep, vote=config.vote
+                    item.samples, item.example.label, labels_match, keep=config.keep, vote=config.vote,
+                    min_vote_share=config.min_vote_share
                 )
                 writer.write(_record(item.example, selection, config))
                 summary.add(selection)

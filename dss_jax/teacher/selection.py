@@ -5,6 +5,9 @@ Order of operations (each step optional, see `select_samples`):
   2. majority vote over the parsed labels; keep only the samples of the winning label
      (labels are equal when `labels_match` says so: by value for svamp, so "(3 + 4)" and
      "(4 + 3)" vote together); ties go to the label that appeared first   --vote
+     and, with `min_vote_share`, keep nothing when the winner has fewer than that share
+     of the parsed samples (an uncertain teacher: on a student annotating its own
+     unlabeled data, agreement predicts correctness)           --vote --min_vote_share
   3. keep only samples whose label matches the ground truth, when it is known  keep=correct
 `keep=all` without voting keeps every sample, unparsed ones included, as the raw record.
 """
@@ -40,6 +43,7 @@ class Selection:
     dropped_unparsed: int
     dropped_minority: int  # parsed samples that lost the vote
     dropped_wrong: int  # samples removed by keep=correct
+    dropped_uncertain: int = 0  # winning samples removed because the vote was below min_vote_share
 
     @property
     def dropped(self) -> int:
@@ -68,9 +72,12 @@ def select_samples(
     labels_match: LabelsMatch,
     keep: str = "all",
     vote: bool = False,
+    min_vote_share: float = 0.0,
 ) -> Selection:
     if keep not in KEEP_CHOICES:
         raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    if not 0.0 <= min_vote_share <= 1.0:
+        raise ValueError(f"min_vote_share must be in [0, 1], got {min_vote_share}")
     parsed = [s for s in samples if s.parsed]
     num_correct = None
     if gold is not None:
@@ -87,6 +94,10 @@ def select_samples(
             before = len(candidates)
             candidates = [s for s in candidates if labels_match(s.label, winner.label)]
             dropped_minority = before - len(candidates)
+
+    dropped_uncertain = 0
+    if vote and winner is not None and winner.count < min_vote_share * winner.total:
+        dropped_uncertain, candidates = len(candidates), []
 
     dropped_wrong = 0
     if keep == "correct" and gold is not None:
@@ -107,4 +118,5 @@ def select_samples(
         dropped_unparsed=dropped_unparsed,
         dropped_minority=dropped_minority,
         dropped_wrong=dropped_wrong,
+        dropped_uncertain=dropped_uncertain,
     )
