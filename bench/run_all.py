@@ -51,6 +51,11 @@ def benches(out_dir: str) -> list[Bench]:
             ("--sizes=tiny", "--repeats=1", "--batch_size=4", "--max_new_tokens=4", f"--out_dir={out_dir}"),
         ),
         Bench(
+            "gemm_ceiling",
+            (f"--json_out={os.path.join(out_dir, 'gemm_ceiling.jsonl')}",),
+            ("--tokens=128", "--repeats=1", "--dtypes=float32"),
+        ),
+        Bench(
             "annotate_concurrency",
             (f"--out_dir={out_dir}",),
             (f"--out_dir={out_dir}", "--workers=1,4", "--rounds=2", "--latency=0.05"),

@@ -190,3 +190,15 @@ def test_gpu_script_refuses_without_a_gpu():
     env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
     proc = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "JAX sees no GPU" in proc.stderr and "--dry-run" in proc.stderr
+
+
+def test_gemm_ceiling_measures_every_matmul_form(tmp_path):
+    out_file = tmp_path / "gemm.jsonl"
+    out = _run([sys.executable, "bench/gemm_ceiling.py", "--tokens=64", "--repeats=1", "--dtypes=float32",
+                f"--json_out={out_file}"])
+    (record,) = [json.loads(line) for line in out_file.read_text().splitlines()]
+    (result,) = record["results"]
+    forms = {(r["matmul"], r["form"]) for r in result["rows"]}
+    assert len(forms) == 15 and {f for _, f in forms} == {"forward", "input grad", "weight grad"}
+    assert all(r["jax_gflops"] > 0 and r["torch_gflops"] > 0 for r in result["rows"])
+    assert result["jax_gflops"] > 0 and "step's matmul mix" in out
