@@ -7,13 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install quickstart test bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: anything that asks for `torch` later is then satisfied
 	# and pip does not pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,torch]'
+	$(PY) -m pip install -q -e '.[test,torch,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)
