@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence, TextIO
 
-from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
+from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, iter_cache
 from dss_jax.teacher.backend import FatalBackendError, RequestFailed, TeacherBackend, Usage
 from dss_jax.teacher.examples import Example
 from dss_jax.teacher.prompts import PromptTemplate
@@ -307,6 +307,11 @@ def run_annotation(
         summary.interrupted = True
     finally:
         bar.close()
+        if summary.interrupted:
+            # Ctrl-C can land between a record's append and its count: the file is the truth.
+            writer.sync()
+            todo_ids = {e.id for e in todo}
+            summary.written = sum(1 for r in iter_cache(writer.path) if r.id in todo_ids)
         summary.pending = len(todo) - summary.written - len(summary.failed)
         summary.usage = backend.usage
         summary.seconds = time.monotonic() - start
