@@ -9,11 +9,21 @@
 #                            the script; its "MFU" is against a nominal 1 TFLOP/s)
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), SIZES (default "base
-# large"), EXAMPLES_PER_STEP (default 256), STEPS (10), WARMUP (2), DATASETS (svamp),
+# large"), EXAMPLES_PER_STEP (default 128), STEPS (10), WARMUP (2), DATASETS (svamp),
 # PEAK_TFLOPS (default: the GPU's dense bf16 peak from its name, bench/flops.py), IMPL
 # (default: "both" when torch sees CUDA, so the reference runs on the GPU too, else "jax").
-# Extra arguments go to bench/train_throughput.py. Results are appended as JSON lines to
-# bench/results/gpu_<date>.jsonl.
+# Extra arguments go to bench/train_throughput.py (e.g. --profile_dir=DIR). Results are
+# appended as JSON lines to bench/results/gpu_<date>.jsonl.
+#
+# Every dss_jax step is padded to the same number of packed rows (--same_row_count: one
+# compilation, as a training run with a fixed batch of rows); the padding rows count as
+# computed, not as real tokens. With IMPL=both, each side runs in its own process (dss_jax
+# first), each with the whole GPU, and the ratio of their real tokens/s is printed.
+# Compiled steps are cached in bench/results/jax_cache (JAX_COMPILATION_CACHE_DIR).
+#
+# A machine without the task code's TensorFlow/SeqIO (JAX, PyTorch and gin-config are
+# enough) runs this from a copy of the tokenized-data cache: run the benchmark once where
+# the data tools are, then carry $DSS_CACHE_DIR/bench and the data folder ($DSS_PALM_DIR).
 #
 # Precision: bfloat16 compute, float32 master weights and AdamW state (the reference's
 # --bf16: torch autocast over float32 parameters).
@@ -37,7 +47,7 @@ EXTRA=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) EXTRA+=("$arg") ;;
   esac
 done
@@ -63,7 +73,7 @@ if [[ $DRY_RUN == 1 ]]; then
   OUT="${DRY_RUN_OUT:-$(mktemp -t gpu_dry_run.XXXXXX.jsonl)}"
 else
   SIZES=${SIZES:-base large}
-  EXAMPLES_PER_STEP=${EXAMPLES_PER_STEP:-256}
+  EXAMPLES_PER_STEP=${EXAMPLES_PER_STEP:-128}
   STEPS=${STEPS:-10}
   WARMUP=${WARMUP:-2}
   PEAK_TFLOPS=${PEAK_TFLOPS:-0}
@@ -83,10 +93,47 @@ if [[ -z "${IMPL:-}" ]]; then
   fi
 fi
 
+if [[ $DRY_RUN == 0 ]]; then
+  # Compiled steps are kept between the runs (a re-run of the same shapes skips XLA).
+  export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/bench/results/jax_cache}
+fi
+
+case $IMPL in
+  both) SIDES="jax ref" ;;
+  jax|ref) SIDES=$IMPL ;;
+  *) echo "bench/gpu.sh: IMPL must be both, jax or ref, got '$IMPL'" >&2; exit 2 ;;
+esac
+
 echo "bench/gpu.sh: sizes [$SIZES], $EXAMPLES_PER_STEP examples/step, $STEPS timed steps, impl $IMPL, $(date -u +%Y-%m-%dT%H:%MZ) -> $OUT"
 for size in $SIZES; do
-  "$PYTHON" bench/train_throughput.py \
-    --size="$size" --dtype=bfloat16 --impl="$IMPL" --datasets="$DATASETS" \
-    --examples_per_step="$EXAMPLES_PER_STEP" --steps="$STEPS" --warmup="$WARMUP" \
-    --peak_tflops="$PEAK_TFLOPS" --nomemory --json_out="$OUT" ${EXTRA[@]+"${EXTRA[@]}"}
+  # Each side in its own process, one after the other: the GPU is not shared with
+  # other work, so alternating (as on CPU) buys nothing, and each side gets the whole
+  # device memory. The reference's process keeps JAX from reserving GPU memory.
+  for side in $SIDES; do
+    prealloc=true
+    [[ $side == ref ]] && prealloc=false
+    XLA_PYTHON_CLIENT_PREALLOCATE=$prealloc "$PYTHON" bench/train_throughput.py \
+      --size="$size" --dtype=bfloat16 --impl="$side" --datasets="$DATASETS" \
+      --examples_per_step="$EXAMPLES_PER_STEP" --steps="$STEPS" --warmup="$WARMUP" \
+      --peak_tflops="$PEAK_TFLOPS" --same_row_count --nomemory --json_out="$OUT" ${EXTRA[@]+"${EXTRA[@]}"}
+  done
+  if [[ $SIDES == "jax ref" ]]; then
+    "$PYTHON" - "$OUT" "$size" <<'PY'
+import json, sys
+path, size = sys.argv[1], sys.argv[2]
+last = {}
+for line in open(path):
+    r = json.loads(line)
+    if r["size"] == size:
+        for side in ("jax", "ref"):
+            if side in r:
+                last[(r["dataset"], side)] = r[side]
+for dataset in sorted({d for d, _ in last}):
+    jax_side, ref_side = last.get((dataset, "jax")), last.get((dataset, "ref"))
+    if jax_side and ref_side:
+        print(f"== {dataset} {size}: dss_jax / reference real tokens/s "
+              f"{jax_side['real_tokens_per_s'] / ref_side['real_tokens_per_s']:.2f}x "
+              f"(MFU {jax_side.get('mfu', 0):.1%} vs {ref_side.get('mfu', 0):.1%})")
+PY
+  fi
 done

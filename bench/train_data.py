@@ -2,7 +2,7 @@
 tokenized once and shared by both implementations (or a synthetic set when the paper's
 files are absent).
 
-    examples, lengths, vocab_size, source = load_tokenized(dataset, count, seed)
+    examples, lengths, rows, vocab_size, dataset, source = load_tokenized(dataset, count, seed)
 
 `examples` are paired token examples (label_inputs, label_targets, rationale_inputs,
 rationale_targets; int32, each ending in EOS, truncated to the task feature lengths of
@@ -12,6 +12,7 @@ these token lists, so they train on the same real tokens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import random
@@ -26,6 +27,12 @@ PAIRED = ("label_inputs", "label_targets", "rationale_inputs", "rationale_target
 SYNTHETIC_LENGTHS = {"label_inputs": 64, "label_targets": 32, "rationale_inputs": 64, "rationale_targets": 64}
 SYNTHETIC_ROWS = (256, 192)
 VOCAB_PIECES = 8000
+TOKENIZED_FORMAT = 1  # bump when the tokenized cache's layout or content rules change
+
+
+def bench_cache_dir() -> pathlib.Path:
+    """$DSS_CACHE_DIR/bench (default ~/.cache/dss_jax/bench): the vocabulary and tokenized splits."""
+    return pathlib.Path(os.environ.get("DSS_CACHE_DIR") or pathlib.Path("~/.cache/dss_jax").expanduser()) / "bench"
 
 
 def data_dir(explicit: Optional[str] = None) -> pathlib.Path:
@@ -101,8 +108,7 @@ def vocabulary(examples: list[dict[str, str]], name: str):
     from dss_jax.data import vocab
 
     texts = [ex[k] for ex in examples for k in PAIRED if ex[k]]
-    cache = pathlib.Path(os.environ.get("DSS_CACHE_DIR") or pathlib.Path("~/.cache/dss_jax").expanduser()) / "bench"
-    return vocab.cached_vocabulary(texts, cache, vocab.VocabSettings(vocab_size=VOCAB_PIECES), name=f"bench_{name}")
+    return vocab.cached_vocabulary(texts, bench_cache_dir(), vocab.VocabSettings(vocab_size=VOCAB_PIECES), name=f"bench_{name}")
 
 
 def tokenize(examples: list[dict[str, str]], vocab, lengths: dict[str, int]) -> list[dict[str, np.ndarray]]:
@@ -118,22 +124,68 @@ def tokenize(examples: list[dict[str, str]], vocab, lengths: dict[str, int]) -> 
     return out
 
 
+def _tokenized_cache_path(dataset: str, directory: pathlib.Path, seed: int, lengths: dict[str, int],
+                          synthetic_count: int) -> pathlib.Path:
+    """Where the tokenized split is cached: keyed by the source files' bytes (or the
+    synthetic set's size), the seed, the feature lengths and the vocabulary size."""
+    key = hashlib.sha256(repr((TOKENIZED_FORMAT, dataset, seed, sorted(lengths.items()), VOCAB_PIECES)).encode())
+    if dataset == "synthetic":
+        key.update(str(synthetic_count).encode())
+    else:
+        for path in sorted(p for p in (directory / dataset).rglob("*") if p.is_file()):
+            key.update(str(path.relative_to(directory)).encode())
+            key.update(path.read_bytes())
+    return bench_cache_dir() / f"tokenized_{dataset}_{key.hexdigest()[:16]}.npz"
+
+
+def _save_tokenized(path: pathlib.Path, examples: list[dict[str, np.ndarray]], vocab_size: int) -> None:
+    arrays = {"vocab_size": np.asarray(vocab_size)}
+    for k in PAIRED:
+        arrays[k] = np.concatenate([ex[k] for ex in examples]) if examples else np.zeros(0, np.int32)
+        arrays[k + "_lengths"] = np.asarray([len(ex[k]) for ex in examples], np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_tokenized_cache(path: pathlib.Path) -> tuple[list[dict[str, np.ndarray]], int]:
+    with np.load(path) as z:
+        split = {k: np.split(z[k].astype(np.int32), np.cumsum(z[k + "_lengths"])[:-1]) for k in PAIRED}
+        count = len(z[PAIRED[0] + "_lengths"])
+        return [{k: split[k][i] for k in PAIRED} for i in range(count)], int(z["vocab_size"])
+
+
 def load_tokenized(dataset: str, count: int, seed: int = 0, explicit_dir: Optional[str] = None):
     """(`count` tokenized examples in a seeded order, feature lengths, packed row lengths,
-    vocabulary size, where the text came from)."""
+    vocabulary size, the dataset used, where the text came from).
+
+    The whole split is tokenized once and cached (DSS_CACHE_DIR/bench/tokenized_*.npz, next
+    to the vocabulary), so later runs need neither the vocabulary trainer nor the task
+    code's TensorFlow/SeqIO imports: a machine without them (a GPU box with only JAX and
+    PyTorch) runs the benchmark from a copied cache folder plus the data folder.
+    """
     directory = data_dir(explicit_dir)
     if dataset != "synthetic" and not (directory / dataset).is_dir():
         print(f"[bench] {directory / dataset} not found: using the synthetic set instead", flush=True)
         dataset = "synthetic"
-    if dataset == "synthetic":
-        texts, source = synthetic_examples(max(count, 2000), seed), "synthetic"
-    else:
-        texts, source = paper_examples(dataset, directory), f"{directory / dataset} (train split, PaLM rationales)"
-    vocab = vocabulary(texts, dataset)
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    if count > len(order):  # a small split: go round again
-        order = (order * (count // len(order) + 1))[:count]
     lengths, rows = feature_lengths(dataset)
-    chosen = [texts[i] for i in order[:count]]
-    return tokenize(chosen, vocab, lengths), lengths, rows, vocab.vocab_size, dataset, source
+    synthetic_count = max(count, 2000)
+    source = "synthetic" if dataset == "synthetic" else f"{directory / dataset} (train split, PaLM rationales)"
+    cache = _tokenized_cache_path(dataset, directory, seed, lengths, synthetic_count)
+    if cache.is_file():
+        tokenized, vocab_size = _load_tokenized_cache(cache)
+        print(f"[bench] tokenized {dataset} from {cache}", flush=True)
+    else:
+        if dataset == "synthetic":
+            texts = synthetic_examples(synthetic_count, seed)
+        else:
+            texts = paper_examples(dataset, directory)
+        vocab = vocabulary(texts, dataset)
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        tokenized, vocab_size = tokenize([texts[i] for i in order], vocab, lengths), vocab.vocab_size
+        _save_tokenized(cache, tokenized, vocab_size)
+    if count > len(tokenized):  # a small split: go round again
+        tokenized = tokenized * (count // len(tokenized) + 1)
+    return tokenized[:count], lengths, rows, vocab_size, dataset, source

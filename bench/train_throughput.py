@@ -91,6 +91,9 @@ _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per dataset 
 _SAME_ROWS = flags.DEFINE_bool("same_row_count", False,
                                 "dss_jax: pad every step to the largest row count (one compilation) instead "
                                 "of compiling once per distinct row count.")
+_PROFILE = flags.DEFINE_string("profile_dir", None,
+                                "dss_jax: after the timed steps, trace one more step with the JAX profiler "
+                                "into this folder (with a Perfetto trace, perfetto_trace.json.gz).")
 _PROBE = flags.DEFINE_enum("memory_probe", None, ["jax", "ref"], "Internal: run one side alone, print its memory.")
 
 
@@ -131,7 +134,7 @@ def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False):
     """
     import numpy as np
 
-    from dss_jax.data.feature_converter import convert_numpy
+    from dss_jax.data.packing import convert_numpy
 
     packed = [convert_numpy(s, lengths, pack=True, pack_encoder_length=rows_shape[0],
                             pack_decoder_length=rows_shape[1]) for s in sets]
@@ -156,15 +159,21 @@ def segments_of(examples):
 
 def initial_params(config, seed: int):
     """The initial weights of both sides (numpy): dss_jax's T5 initialisation, seeded.
-    The reference loads them through an HF export (reference_t5.hf_model)."""
+    The reference loads them through an HF export (reference_t5.hf_model).
+
+    Computed on the host CPU, op by op: one jitted initialisation compiles a separate
+    random-number kernel for each of the model's ~560 (large) parameters, which took
+    186 s for T5-large on an H200 machine (one reading); op by op, each distinct shape
+    compiles once."""
     import jax
     import numpy as np
     from flax import linen as nn
 
     from dss_jax.model.t5 import init_variables
 
-    init = jax.jit(lambda key: nn.meta.unbox(init_variables(config, key)["params"]))
-    return jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(seed)))
+    with jax.default_device(jax.devices("cpu")[0]):
+        params = nn.meta.unbox(init_variables(config, jax.random.PRNGKey(seed))["params"])
+        return jax.tree_util.tree_map(np.asarray, params)
 
 
 class Setup:
@@ -361,14 +370,26 @@ def measure(dataset: str, threads: int) -> dict:
     import flops
 
     count = (_WARMUP.value + _STEPS.value) * _N.value
+    clock = time.perf_counter()
+
+    def phase(what: str) -> None:  # where the set-up time goes (a big model on a fresh machine)
+        nonlocal clock
+        now = time.perf_counter()
+        print(f"[bench] {what}: {now - clock:.1f} s", flush=True)
+        clock = now
+
     setup = Setup(dataset, count)
+    phase("data")
     params = setup.initial_params()
+    phase("initial weights")
     total = len(setup.sets)
     sides = {}
     if _IMPL.value in ("both", "ref"):
         sides["ref"] = RefSide(setup, params, total)
+        phase("reference model and batches")
     if _IMPL.value in ("both", "jax"):
         sides["jax"] = JaxSide(setup, params, total)
+        phase("dss_jax state and batches")
     if len(sides) == 2 and sides["ref"].real != sides["jax"].real:
         raise AssertionError(f"real token counts differ: reference {sides['ref'].real}, dss_jax {sides['jax'].real}")
     real = next(iter(sides.values())).real
@@ -378,6 +399,7 @@ def measure(dataset: str, threads: int) -> dict:
     for i in range(_WARMUP.value):  # compilation, allocation of the optimiser state
         for key, side in sides.items():
             losses[key].append(side.run(i))
+            phase(f"warm-up step {i} of {key}")
     if "jax" in sides:
         sides["jax"].compile_all(_WARMUP.value)
     warmup_s = time.perf_counter() - t0
@@ -390,6 +412,13 @@ def measure(dataset: str, threads: int) -> dict:
             losses[key].append(side.run(i))
             times[key].append(time.perf_counter() - t)
             cpu[key] += _cpu_seconds() - c
+
+    if _PROFILE.value and "jax" in sides:  # untimed: the profiler's own cost stays out of the figures
+        try:
+            with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
+                sides["jax"].run(total - 1)
+        except Exception as e:  # noqa: BLE001  (a profiler that cannot start must not cost the figures)
+            print(f"[bench] profiling failed, figures kept: {type(e).__name__}: {e}", flush=True)
 
     timed_real = real[_WARMUP.value:]
     step_flops = [flops.train_flops(setup.config, segments_of(s)) for s in setup.sets[_WARMUP.value:]]

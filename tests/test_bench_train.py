@@ -173,17 +173,57 @@ def test_make_bench_rejects_unknown_benchmarks():
     assert proc.returncode != 0 and "unknown benchmarks ['nope']" in proc.stderr
 
 
+@pytest.mark.torch
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out_file = tmp_path / "gpu.jsonl"
-    env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic"}
+    env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic", "IMPL": "both"}
     env = dict(os.environ, **env_python)
     proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (result,) = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert result["dtype"] == "bfloat16" and result["size"] == "tiny"
-    assert 0 < result["jax"]["mfu"] and result["jax"]["peak_tflops"] == 1.0
-    assert "MFU" in proc.stdout
+    # One process per side, dss_jax first; then the ratio of the two.
+    jax_run, ref_run = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert "ref" not in jax_run and "jax" not in ref_run
+    for run in (jax_run, ref_run):
+        assert run["dtype"] == "bfloat16" and run["size"] == "tiny"
+    assert 0 < jax_run["jax"]["mfu"] and jax_run["jax"]["peak_tflops"] == 1.0
+    assert jax_run["real_tokens_per_step"] == ref_run["real_tokens_per_step"]
+    ratio = jax_run["jax"]["real_tokens_per_s"] / ref_run["ref"]["real_tokens_per_s"]
+    assert f"== synthetic tiny: dss_jax / reference real tokens/s {ratio:.2f}x" in proc.stdout
+
+
+def test_tokenized_split_is_cached_and_loads_without_tensorflow_or_seqio(tmp_path):
+    """A GPU box with only JAX and PyTorch runs the benchmark from a copied cache folder."""
+    env = dict(os.environ, DSS_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+    code = """
+import sys, json
+if sys.argv[1] == "blocked":
+    for name in ("tensorflow", "seqio", "tensorflow_text"):
+        sys.modules[name] = None  # any import of them raises ImportError
+sys.path[:0] = [%r, %r]
+import numpy as np
+import train_data
+from dss_jax.data.packing import convert_numpy
+examples, lengths, rows, vocab_size, dataset, source = train_data.load_tokenized("synthetic", 30, seed=3)
+packed = convert_numpy(examples, lengths, pack=True, pack_encoder_length=rows[0], pack_decoder_length=rows[1])
+print(json.dumps({"examples": [{k: v.tolist() for k, v in ex.items()} for ex in examples],
+                  "vocab_size": vocab_size, "rows": packed["encoder_input_tokens"].tolist()}))
+""" % (str(REPO / "bench"), str(REPO))
+
+    def run(mode):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env,
+                              timeout=600)
+        return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
+
+    blocked, _ = run("blocked")  # nothing cached yet: the vocabulary trainer needs seqio
+    assert blocked.returncode != 0 and "seqio" in blocked.stderr
+    fresh_proc, fresh = run("full")
+    assert fresh_proc.returncode == 0, fresh_proc.stderr[-3000:]
+    assert list((tmp_path / "cache" / "bench").glob("tokenized_synthetic_*.npz"))
+    cached_proc, cached = run("blocked")
+    assert cached_proc.returncode == 0, cached_proc.stderr[-3000:]
+    assert "tokenized synthetic from" in cached_proc.stdout
+    assert cached == fresh and len(cached["examples"]) == 30 and cached["rows"]
 
 
 def test_gpu_script_refuses_without_a_gpu():

@@ -28,9 +28,9 @@ import seqio
 import tensorflow as tf
 
 from dss_jax.data import packing
+from dss_jax.data.packing import PAIRED_FEATURES, convert_numpy  # noqa: F401  (re-exported: the numpy path)
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
-PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
 _BLOCK = 128  # examples / rows per crossing between tf.data and numpy
 
 
@@ -82,25 +82,9 @@ class DssFeatureConverter(seqio.FeatureConverter):
     def include_rationale(self) -> bool:
         return self.rationale_weight > 0
 
-    def _segment_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
-        if self.include_rationale:
-            return (
-                max(task_feature_lengths["label_inputs"], task_feature_lengths["rationale_inputs"]),
-                max(task_feature_lengths["label_targets"], task_feature_lengths["rationale_targets"]),
-            )
-        return task_feature_lengths["label_inputs"], task_feature_lengths["label_targets"]
-
     def _row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
-        encoder_length, decoder_length = self._segment_lengths(task_feature_lengths)
-        if not self.pack:
-            return encoder_length, decoder_length
-        rows = (self.pack_encoder_length or encoder_length, self.pack_decoder_length or decoder_length)
-        if rows[0] < encoder_length or rows[1] < decoder_length:
-            raise ValueError(
-                f"packed rows ({rows[0]} encoder, {rows[1]} decoder tokens) must hold the longest segment "
-                f"({encoder_length}, {decoder_length} from the task feature lengths {dict(task_feature_lengths)})"
-            )
-        return rows
+        return packing.row_lengths(task_feature_lengths, self.pack, self.include_rationale,
+                                   self.pack_encoder_length, self.pack_decoder_length)
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
@@ -153,33 +137,3 @@ class DssFeatureConverter(seqio.FeatureConverter):
         encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
         features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
         return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
-
-
-def convert_numpy(
-    examples,
-    task_feature_lengths: Mapping[str, int],
-    pack: bool = True,
-    rationale_weight: float = 1.0,
-    max_open_rows: int = 16,
-    stats: packing.PackingStats | None = None,
-    pack_encoder_length: Optional[int] = None,
-    pack_decoder_length: Optional[int] = None,
-) -> dict[str, np.ndarray]:
-    """The converter's rows for in-memory examples, stacked: [rows, length] per feature.
-
-    Same rows as `DssFeatureConverter` gives through tf.data, without TensorFlow in the
-    loop (for tests, benchmarks and numpy-fed training loops).
-    """
-    conv = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight, max_open_rows=max_open_rows,
-                               pack_encoder_length=pack_encoder_length, pack_decoder_length=pack_decoder_length)
-    encoder_length, decoder_length = conv._row_lengths(task_feature_lengths)
-    trimmed = ({k: np.asarray(ex[k], np.int32)[: task_feature_lengths[k]] for k in PAIRED_FEATURES} for ex in examples)
-    if pack:
-        rows = list(packing.pack_examples(trimmed, encoder_length, decoder_length, conv.include_rationale,
-                                          max_open_rows, 0, stats))
-    else:
-        rows = list(packing.pad_examples(trimmed, encoder_length, decoder_length, conv.include_rationale, 0, stats))
-    features = packing.PACKED_FEATURES if pack else packing.UNPACKED_FEATURES
-    if not rows:
-        return {k: np.zeros((0, encoder_length if k.startswith("encoder") else decoder_length), np.int32) for k in features}
-    return {k: np.stack([r[k] for r in rows]) for k in features}

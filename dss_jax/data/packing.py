@@ -25,7 +25,7 @@ segment starting with `bos_id` (0). Padding is 0 everywhere.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -41,6 +41,7 @@ DECODER_FEATURES = (
     "decoder_positions",
     "decoder_task_ids",
 )
+PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
 PACKED_FEATURES = ENCODER_FEATURES + DECODER_FEATURES
 UNPACKED_FEATURES = (
     "encoder_input_tokens",
@@ -253,3 +254,63 @@ def pad_examples(
                 stats.segments += 1
                 stats.record(row)
             yield row
+
+
+def segment_lengths(task_feature_lengths: Mapping[str, int], include_rationale: bool = True) -> tuple[int, int]:
+    """(encoder, decoder) length of the longest segment the task feature lengths allow."""
+    if include_rationale:
+        return (
+            max(task_feature_lengths["label_inputs"], task_feature_lengths["rationale_inputs"]),
+            max(task_feature_lengths["label_targets"], task_feature_lengths["rationale_targets"]),
+        )
+    return task_feature_lengths["label_inputs"], task_feature_lengths["label_targets"]
+
+
+def row_lengths(
+    task_feature_lengths: Mapping[str, int],
+    pack: bool = True,
+    include_rationale: bool = True,
+    pack_encoder_length: Optional[int] = None,
+    pack_decoder_length: Optional[int] = None,
+) -> tuple[int, int]:
+    """(encoder, decoder) row lengths: the longest segment's, or the packed rows' own
+    lengths when given (which must hold the longest segment; ignored when not packing)."""
+    encoder_length, decoder_length = segment_lengths(task_feature_lengths, include_rationale)
+    if not pack:
+        return encoder_length, decoder_length
+    rows = (pack_encoder_length or encoder_length, pack_decoder_length or decoder_length)
+    if rows[0] < encoder_length or rows[1] < decoder_length:
+        raise ValueError(
+            f"packed rows ({rows[0]} encoder, {rows[1]} decoder tokens) must hold the longest segment "
+            f"({encoder_length}, {decoder_length} from the task feature lengths {dict(task_feature_lengths)})"
+        )
+    return rows
+
+
+def convert_numpy(
+    examples: Iterable[dict],
+    task_feature_lengths: Mapping[str, int],
+    pack: bool = True,
+    rationale_weight: float = 1.0,
+    max_open_rows: int = 16,
+    stats: PackingStats | None = None,
+    pack_encoder_length: Optional[int] = None,
+    pack_decoder_length: Optional[int] = None,
+) -> dict[str, np.ndarray]:
+    """`DssFeatureConverter`'s rows for in-memory tokenized examples, stacked: [rows, length]
+    per feature. The same rows as the converter gives through tf.data, without TensorFlow
+    (for tests, benchmarks and numpy-fed training loops)."""
+    if rationale_weight < 0:
+        raise ValueError(f"rationale_weight must be >= 0, got {rationale_weight}")
+    include_rationale = rationale_weight > 0
+    encoder_length, decoder_length = row_lengths(task_feature_lengths, pack, include_rationale,
+                                                 pack_encoder_length, pack_decoder_length)
+    trimmed = ({k: np.asarray(ex[k], np.int32)[: task_feature_lengths[k]] for k in PAIRED_FEATURES} for ex in examples)
+    if pack:
+        rows = list(pack_examples(trimmed, encoder_length, decoder_length, include_rationale, max_open_rows, 0, stats))
+    else:
+        rows = list(pad_examples(trimmed, encoder_length, decoder_length, include_rationale, 0, stats))
+    features = PACKED_FEATURES if pack else UNPACKED_FEATURES
+    if not rows:
+        return {k: np.zeros((0, encoder_length if k.startswith("encoder") else decoder_length), np.int32) for k in features}
+    return {k: np.stack([r[k] for r in rows]) for k in features}
