@@ -204,18 +204,22 @@ def test_encoder_padding_does_not_change_logits():
 
 
 # ----- incremental decoding -----------------------------------------------------------------
-def _step_by_step(config, params, enc, dec):
+def _step_by_step(config, params, enc, dec, static_kv=False):
+    """Decodes `dec` token by token; with `static_kv` the cross-attention keys/values of
+    the encoder output are made once ("encoded_kv") instead of at every step."""
     model = T5(config)
     encoded = _apply(config, params, enc, method="encode")
-    init_cache = jax.jit(lambda: model.apply(
-        {"params": params}, encoded, enc, jnp.zeros_like(dec), decode=True, mutable=["cache"],
-        method=T5.decode)[1]["cache"])
-    cache = init_cache()
+    mutable = ["cache", "encoded_kv"] if static_kv else ["cache"]
+    init_state = jax.jit(lambda: model.apply(
+        {"params": params}, encoded, enc, jnp.zeros_like(dec), decode=True, mutable=mutable,
+        method=T5.decode)[1])
+    state = init_state()
+    cache, static = state["cache"], state.get("encoded_kv", {})
 
     @jax.jit
     def step(cache, token):
-        logits, state = model.apply({"params": params, "cache": cache}, encoded, enc, token,
-                                    decode=True, mutable=["cache"], method=T5.decode)
+        logits, state = model.apply({"params": params, "cache": cache, **({"encoded_kv": static} if static else {})},
+                                    encoded, enc, token, decode=True, mutable=["cache"], method=T5.decode)
         return logits, state["cache"]
 
     initial = cache
@@ -223,7 +227,26 @@ def _step_by_step(config, params, enc, dec):
     for t in range(dec.shape[1]):
         logits, cache = step(cache, dec[:, t:t + 1])
         outs.append(logits)
+    if static_kv:
+        return initial, cache, jnp.concatenate(outs, axis=1), static
     return initial, cache, jnp.concatenate(outs, axis=1)
+
+
+def test_stored_cross_attention_keys_values_give_the_same_steps():
+    config = _config()
+    params = _params(config)
+    rng = np.random.default_rng(7)
+    enc = _tokens(rng, 3, 10, pad_from=[10, 6, 3])
+    dec = _tokens(rng, 3, 6)
+    dec[:, 0] = 0
+    _, _, plain = _step_by_step(config, params, enc, dec)
+    _, _, stored, static = _step_by_step(config, params, enc, dec, static_kv=True)
+    np.testing.assert_allclose(stored, plain, atol=1e-5)
+    np.testing.assert_allclose(stored, _apply(config, params, enc, dec), atol=1e-5)
+    layer = static["decoder"]["layers_0"]["encoder_decoder_attention"]
+    assert layer["static_key"].shape == (3, config.num_heads, 10, config.d_kv)
+    assert layer["static_value"].shape == (3, config.num_heads, 10, config.d_kv)
+    assert len(static["decoder"]) == config.num_decoder_layers
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -240,8 +263,8 @@ def test_incremental_decoding_matches_full_decoder_pass(variant):
 
     # The cache layout the decoding algorithms rely on.
     layer = initial["decoder"]["layers_0"]["self_attention"]
-    assert layer["cached_key"].shape == (3, 15, config.num_heads, config.d_kv)
-    assert layer["cached_value"].shape == (3, 15, config.num_heads, config.d_kv)
+    assert layer["cached_key"].shape == (3, config.num_heads, 15, config.d_kv)
+    assert layer["cached_value"].shape == (3, config.num_heads, 15, config.d_kv)
     assert layer["cache_index"].shape == () and layer["cache_index"].dtype == jnp.int32
     indices = [x for p, x in jax.tree_util.tree_leaves_with_path(initial) if "cache_index" in str(p)]
     assert indices and all(int(i) == 0 for i in indices)

@@ -336,10 +336,12 @@ def _generate_jit(model, config: DecodeConfig, params, encoder_input_tokens, enc
         enable_dropout=False,
         decode=True,
         max_decode_length=length,
-        mutable=["cache"],
+        mutable=["cache", "encoded_kv"],
         method="decode",
     )
-    cache = initial["cache"]
+    # The cross-attention keys/values of the encoder output, made once: loop constants,
+    # not decoding state (beam search does not reorder them; an example's beams share them).
+    cache, encoded_kv = initial["cache"], initial["encoded_kv"]
 
     if config.method == "beam":
         # The decoder runs on batch * num_beams rows; encoder side is repeated like HF.
@@ -347,10 +349,11 @@ def _generate_jit(model, config: DecodeConfig, params, encoder_input_tokens, enc
         encoded, encoder_input_tokens, encoder_segment_ids = map(
             expand, (encoded, encoder_input_tokens, encoder_segment_ids)
         )
+        encoded_kv = jax.tree_util.tree_map(expand, encoded_kv)
 
     def tokens_to_logits(tokens, cache):
         logits, mutated = model.apply(
-            {"params": params, "cache": cache},
+            {"params": params, "cache": cache, "encoded_kv": encoded_kv},
             encoded,
             encoder_input_tokens,
             tokens,

@@ -162,7 +162,7 @@ class MlpBlock(nn.Module):
 class MultiHeadAttention(nn.Module):
     """T5 attention (no logit scaling). With decode=True it keeps a key/value cache.
 
-    Cache (collection "cache"): cached_key, cached_value [batch, max_length, heads, kv],
+    Cache (collection "cache"): cached_key, cached_value [batch, heads, max_length, kv],
     cache_index () int32. The first decode=True call (cache absent) only creates the cache
     from the shape of `inputs_q` and attends normally; later calls take one token, write it at
     cache_index and attend over all max_length slots (the caller's bias masks future slots).
@@ -178,9 +178,16 @@ class MultiHeadAttention(nn.Module):
         bias: Optional[jax.Array],  # float32 [batch|1, heads|1, q_len, kv_len]
         deterministic: bool,
         decode: bool = False,
+        static_kv: bool = False,
     ) -> jax.Array:
+        """`static_kv` (cross-attention while decoding): the keys and values of `inputs_kv`
+        (the encoder output, the same at every step) are kept heads-major in the
+        "encoded_kv" collection. The call that creates the decoding cache stores them when
+        that collection is mutable; later steps read them instead of projecting and
+        transposing the encoder output again (XLA hoists the projections out of a decoding
+        loop but not the transposes that the attention products need). Without a stored
+        or mutable "encoded_kv" they are computed at each call."""
         cfg = self.config
-        dtype = cfg.compute_dtype
         heads, d_kv, d_model = cfg.num_heads, cfg.d_kv, cfg.d_model
 
         def proj(name, stddev, x):
@@ -188,13 +195,23 @@ class MultiHeadAttention(nn.Module):
             return constrain(y, ("batch", "length", "heads", "kv"))  # [batch, len, heads, kv]
 
         query = proj("query", (d_model * d_kv) ** -0.5, inputs_q)
+        if static_kv and self.has_variable("encoded_kv", "static_key"):
+            keys, values = self.get_variable("encoded_kv", "static_key"), self.get_variable("encoded_kv", "static_value")
+            return self._project_out(self._attend(query, keys, values, bias, deterministic, "bhkd"))
         key = proj("key", d_model**-0.5, inputs_kv)
         value = proj("value", d_model**-0.5, inputs_kv)
+        if static_kv and self.is_mutable_collection("encoded_kv"):
+            keys = self.variable("encoded_kv", "static_key", lambda: jnp.swapaxes(key, 1, 2)).value
+            values = self.variable("encoded_kv", "static_value", lambda: jnp.swapaxes(value, 1, 2)).value
+            return self._project_out(self._attend(query, keys, values, bias, deterministic, "bhkd"))
 
         if decode:
+            # The cache is kept heads-major, [batch, heads, max_length, kv]: the layout the
+            # per-step attention products read, so no step transposes the whole cache.
             initialized = self.has_variable("cache", "cached_key")
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            cache_shape = (key.shape[0], heads, key.shape[1], d_kv)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, value.dtype)
             cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
             if initialized:
                 if inputs_q.shape[1] != 1:
@@ -202,21 +219,33 @@ class MultiHeadAttention(nn.Module):
                         f"decode=True steps take one token per row, got length {inputs_q.shape[1]}"
                     )
                 index = cache_index.value
-                key = jax.lax.dynamic_update_slice(
-                    cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
-                value = jax.lax.dynamic_update_slice(
-                    cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0))
-                cached_key.value = key
-                cached_value.value = value
+                keys = jax.lax.dynamic_update_slice(
+                    cached_key.value, jnp.swapaxes(key, 1, 2).astype(cached_key.value.dtype), (0, 0, index, 0))
+                values = jax.lax.dynamic_update_slice(
+                    cached_value.value, jnp.swapaxes(value, 1, 2).astype(cached_value.value.dtype), (0, 0, index, 0))
+                cached_key.value = keys
+                cached_value.value = values
                 cache_index.value = index + 1
+                out = self._attend(query, keys, values, bias, deterministic, "bhkd")
+                return self._project_out(out)
 
+        return self._project_out(self._attend(query, key, value, bias, deterministic, "bkhd"))
+
+    def _attend(self, query, key, value, bias, deterministic: bool, kv_layout: str) -> jax.Array:
+        """Softmax attention of query [batch, q, heads, kv] over key/value laid out as
+        `kv_layout` ("bkhd": [batch, len, heads, kv]; "bhkd": the decode cache's)."""
+        cfg = self.config
         # [batch, heads, q_len, kv_len]; T5 folds 1/sqrt(d_kv) into the query init.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(f"bqhd,{kv_layout}->bhqk", query, key, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)  # [batch, q, heads, kv]
+        return jnp.einsum(f"bhqk,{kv_layout}->bqhd", weights.astype(cfg.compute_dtype), value)  # [batch, q, heads, kv]
+
+    def _project_out(self, out: jax.Array) -> jax.Array:
+        cfg = self.config
+        heads, d_kv, d_model = cfg.num_heads, cfg.d_kv, cfg.d_model
         out = constrain(out, ("batch", "length", "heads", "kv"))
         out = Projection(cfg, (d_model,), ("heads", "kv", "embed"), (heads * d_kv) ** -0.5,
                          name="out")(out)

@@ -20,14 +20,17 @@ see alone. Encoder tokens equal to 0 (padding) are never attended to.
 Incremental decoding (used by dss_jax.model.decoding):
     _, state = model.apply({"params": params}, encoded, enc_tokens,
                            jnp.zeros([batch, max_len], jnp.int32), decode=True,
-                           mutable=["cache"], method=T5.decode)    # creates the cache
-    cache = state["cache"]
-    logits, state = model.apply({"params": params, "cache": cache}, encoded, enc_tokens,
-                                tokens[:, None], decode=True, mutable=["cache"],
-                                method=T5.decode)                   # logits [b, 1, vocab]
+                           mutable=["cache", "encoded_kv"], method=T5.decode)  # creates the cache
+    cache, encoded_kv = state["cache"], state["encoded_kv"]
+    logits, state = model.apply({"params": params, "cache": cache, "encoded_kv": encoded_kv},
+                                encoded, enc_tokens, tokens[:, None], decode=True,
+                                mutable=["cache"], method=T5.decode)  # logits [b, 1, vocab]
 The cache holds, per decoder self-attention layer, cached_key / cached_value
-[batch, max_len, heads, kv] and cache_index (); the decoder stack keeps its own cache_index
-(the query position of the next step, used for the relative position bias and causal mask).
+[batch, heads, max_len, kv] (heads-major: the layout each step's attention reads) and
+cache_index (); the decoder stack keeps its own cache_index (the query position of the next
+step, used for the relative position bias and causal mask). "encoded_kv" holds each
+layer's cross-attention keys and values of the encoder output [batch, heads, enc_len, kv]:
+made once, read by every step (optional: without it each step projects the encoder output).
 
 Parameter tree (`variables["params"]`):
     token_embedder/embedding [vocab, embed]
@@ -100,7 +103,7 @@ class DecoderLayer(nn.Module):
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="encoder_decoder_attention")(
-            h, encoded, cross_bias, deterministic)
+            h, encoded, cross_bias, deterministic, static_kv=decode)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
         h = MlpBlock(cfg, name="mlp")(h, deterministic)
@@ -234,7 +237,7 @@ class Decoder(nn.Module):
     def _cache_length(self) -> int:
         cache = self.variables["cache"]
         try:
-            return cache["layers_0"]["self_attention"]["cached_key"].shape[1]
+            return cache["layers_0"]["self_attention"]["cached_key"].shape[2]  # [batch, heads, len, kv]
         except KeyError:
             raise ValueError(
                 "the decoder cache lacks layers_0/self_attention/cached_key; create it with a "
