@@ -263,7 +263,10 @@ def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path):
     cache = tmp_path / "c.jsonl"
     with ScriptedOpenAIServer(ts.teacher, delay=0.05) as server:
         cmd = annotate_cmd(server, inputs, cache, prompt, "--concurrency=2")
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # A suite started in the background (nohup, `cmd &`) inherits SIGINT ignored, and
+        # Python keeps it ignored: give the child Ctrl-C's default disposition, as a terminal would.
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (cache.exists() and cache.read_bytes().count(b"\n") >= 3):
             time.sleep(0.01)
