@@ -178,9 +178,12 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     out_file = tmp_path / "gpu.jsonl"
     env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic", "IMPL": "both"}
     env = dict(os.environ, **env_python)
-    proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=600)
+    profile = tmp_path / "profile"
+    proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run", f"--profile_dir={profile}"], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # One dss_jax step traced after the timed ones (the reference's process traces nothing).
+    assert len(list(profile.rglob("perfetto_trace.json.gz"))) == 1
     # One process per side, dss_jax first; then the ratio of the two.
     jax_run, ref_run = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert "ref" not in jax_run and "jax" not in ref_run

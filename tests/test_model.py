@@ -216,10 +216,13 @@ def _step_by_step(config, params, enc, dec, static_kv=False):
     state = init_state()
     cache, static = state["cache"], state.get("encoded_kv", {})
 
+    # With stored keys/values the steps must not read the encoder output again: give them zeros.
+    step_encoded = jnp.zeros_like(encoded) if static_kv else encoded
+
     @jax.jit
     def step(cache, token):
         logits, state = model.apply({"params": params, "cache": cache, **({"encoded_kv": static} if static else {})},
-                                    encoded, enc, token, decode=True, mutable=["cache"], method=T5.decode)
+                                    step_encoded, enc, token, decode=True, mutable=["cache"], method=T5.decode)
         return logits, state["cache"]
 
     initial = cache
