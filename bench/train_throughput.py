@@ -82,7 +82,7 @@ _LAMBDA = flags.DEFINE_float("rationale_weight", 1.0,
                              "λ of dss_jax; the reference gets alpha = 1/(1+λ) (0.5 for λ=1, its default).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "Model vocabulary; 0: 32128 (T5's) or, for tiny, the trained one.")
 _DROPOUT = flags.DEFINE_float("dropout_rate", 0.1, "Dropout of both models (T5 v1.1: 0.1).")
-_DROPOUT_RNG = flags.DEFINE_enum("dropout_rng", "threefry", ["threefry", "rbg", "unsafe_rbg"],
+_DROPOUT_RNG = flags.DEFINE_enum("dropout_rng", "threefry", ["threefry", "rbg", "unsafe_rbg", "xla_threefry"],
                                   "dss_jax's dropout random bits (train.dropout_rng).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default $DSS_PALM_DIR or ../shared/data/dss_palm).")
 _SEED = flags.DEFINE_integer("seed", 0, "Example order and weights.")
@@ -91,6 +91,11 @@ _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per dataset 
 _SAME_ROWS = flags.DEFINE_bool("same_row_count", False,
                                 "dss_jax: pad every step to the largest row count (one compilation) instead "
                                 "of compiling once per distinct row count.")
+_ROWS_PER_MICRO = flags.DEFINE_integer(
+    "rows_per_microbatch", 0,
+    "dss_jax: accumulate each step's gradient over microbatches of this many packed rows "
+    "(train.num_microbatches = rows / this; a step's row count is padded up to a multiple); "
+    "0: the whole step in one pass.")
 _PROFILE = flags.DEFINE_string("profile_dir", None,
                                 "dss_jax: after the timed steps, trace one more step with the JAX profiler "
                                 "into this folder (with a Perfetto trace, perfetto_trace.json.gz).")
@@ -125,12 +130,13 @@ def step_sets(examples, n: int, count: int):
     return [examples[i * n:(i + 1) * n] for i in range(count)]
 
 
-def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False):
+def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False, multiple_of: int = 1):
     """Packed rows of each step's examples -> (rows per step, their row counts).
 
     The row count follows the examples (a step whose segments need 5 rows gets 5); the
     step is compiled once per distinct count, during warm-up. `same_row_count` pads every
-    step with empty rows to the largest count instead (one compilation, wasted rows).
+    step with empty rows to the largest count instead (one compilation, wasted rows);
+    `multiple_of` pads each count up to a multiple of it.
     """
     import numpy as np
 
@@ -141,6 +147,8 @@ def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False):
     if same_row_count:
         rows = max(p["encoder_input_tokens"].shape[0] for p in packed)
         packed = [{k: np.pad(v, ((0, rows - v.shape[0]), (0, 0))) for k, v in p.items()} for p in packed]
+    if multiple_of > 1:  # equal microbatches
+        packed = [{k: np.pad(v, ((0, -v.shape[0] % multiple_of), (0, 0))) for k, v in p.items()} for p in packed]
     return packed, [p["encoder_input_tokens"].shape[0] for p in packed]
 
 
@@ -239,23 +247,35 @@ class JaxSide:
 
         self.jax = jax
         device = jax.devices()[0]
-        self.trainer = Trainer(
-            T5(setup.config),
-            loss_config=losses.LossConfig(rationale_weight=_LAMBDA.value),
-            optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
-            total_steps=total_steps,
-            mesh=partitioning.make_mesh(1, [device]),
-            seed=_SEED.value,
-            dropout_rng=_DROPOUT_RNG.value,
-        )
+
+        def make_trainer(microbatches: int):
+            return Trainer(
+                T5(setup.config),
+                loss_config=losses.LossConfig(rationale_weight=_LAMBDA.value),
+                optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
+                total_steps=total_steps,
+                num_microbatches=microbatches,
+                mesh=partitioning.make_mesh(1, [device]),
+                seed=_SEED.value,
+                dropout_rng=_DROPOUT_RNG.value,
+            )
+
+        per_micro = _ROWS_PER_MICRO.value
+        rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape, _SAME_ROWS.value, per_micro)
+        # One trainer per microbatch count (they share the state): a step of R rows runs
+        # R / rows_per_microbatch microbatches.
+        counts = sorted({r // per_micro if per_micro else 1 for r in self.rows})
+        self.trainers = {m: make_trainer(m) for m in counts}
+        self.trainer = self.trainers[counts[0]]
+        self.microbatches = [r // per_micro if per_micro else 1 for r in self.rows]
         self.state = self.trainer.state_from_params(params)
-        rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape, _SAME_ROWS.value)
         self.real = [packed_real_tokens(r) for r in rows]
         self.computed = [r["encoder_input_tokens"].size + r["decoder_target_tokens"].size for r in rows]
         self.batches = [self.trainer.global_batch(r) for r in rows]
 
     def run(self, i: int) -> float:
-        self.state, metrics = self.trainer.train_step(self.state, self.batches[i])
+        trainer = self.trainers[self.microbatches[i]]
+        self.state, metrics = trainer.train_step(self.state, self.batches[i])
         return float(self.jax.block_until_ready(metrics["loss"]))
 
     def compile_all(self, first_timed: int) -> None:
@@ -268,7 +288,7 @@ class JaxSide:
                 self.run(i)
 
     def compiled(self):
-        return self.trainer.compiled_train_step(self.state, self.batches[0])
+        return self.trainers[self.microbatches[0]].compiled_train_step(self.state, self.batches[0])
 
     def peak_device_bytes(self):
         stats = self.jax.devices()[0].memory_stats() or {}
@@ -430,6 +450,7 @@ def measure(dataset: str, threads: int) -> dict:
         "examples_per_step": _N.value,
         "timed_steps": _STEPS.value,
         "warmup_steps": _WARMUP.value,
+        "rows_per_microbatch": _ROWS_PER_MICRO.value,
         "warmup_s": round(warmup_s, 2),
         "real_tokens_per_step": round(statistics.mean(timed_real), 1),
         "model_tflops_per_step": round(statistics.mean(step_flops) / 1e12, 4),
@@ -462,6 +483,7 @@ def measure(dataset: str, threads: int) -> dict:
             entry["peak_device_bytes"] = side.peak_device_bytes()
         if key == "jax":
             entry["rows_per_step"] = side.rows[_WARMUP.value:]
+            entry["microbatches_per_step"] = side.microbatches[_WARMUP.value:]
             entry["row_lengths"] = list(setup.rows_shape)
         result[key] = entry
     if len(sides) == 2:

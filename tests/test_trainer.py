@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dss_jax import losses, optimizers, partitioning
+from dss_jax import trainer as trainer_lib
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
 from dss_jax.trainer import Trainer
@@ -179,11 +180,11 @@ def test_non_finite_step_leaves_state_untouched(cpu_devices):
     del before
 
 
-def test_dropout_rng_is_deterministic_per_step(batches, cpu_devices):
+@pytest.mark.parametrize("dropout_rng", ["unsafe_rbg", "xla_threefry"])
+def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices):
     # Resuming relies on the masks being a function of (seed, step): two runs agree, and
     # the masks are really applied (the loss differs from the dropout-free run). The
     # default (threefry) is covered by the binary's SIGKILL-and-restart test.
-    dropout_rng = "unsafe_rbg"
     def run():
         trainer = Trainer(
             T5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
@@ -201,6 +202,17 @@ def test_dropout_rng_is_deterministic_per_step(batches, cpu_devices):
                            jax.device_get(state_b.params))
     _, no_dropout = run_steps(make_trainer(cpu_devices[:1], opt="adamw"), batches[:1])
     assert abs(loss_a[0] - no_dropout[0]) > 1e-4
+
+
+def test_xla_threefry_masks_drop_at_the_rate_and_differ_by_key():
+    key = trainer_lib.dropout_key(3, "xla_threefry")
+    keep = np.asarray(jax.random.bernoulli(key, 0.9, (1_000_000,)))
+    assert abs(keep.mean() - 0.9) < 2e-3  # 5 standard deviations
+    again = np.asarray(jax.random.bernoulli(key, 0.9, (1_000_000,)))
+    other = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), 0.9, (1_000_000,)))
+    np.testing.assert_array_equal(keep, again)
+    # Independent masks disagree on 2 * 0.9 * 0.1 = 18% of the positions.
+    assert abs((keep != other).mean() - 0.18) < 3e-3
 
 
 def test_unknown_dropout_rng_is_rejected(cpu_devices):
