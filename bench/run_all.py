@@ -41,9 +41,12 @@ def benches(out_dir: str) -> list[Bench]:
         Bench("input_pipeline", ("--datasets=svamp,cqa",), ("--datasets=svamp", "--repeats=1")),
         Bench(
             "train_throughput",
-            ("--size=small", "--datasets=svamp,cqa", "--examples_per_step=16", "--steps=5", "--warmup=1",
-             f"--json_out={train_json}"),
-            ("--size=tiny", "--datasets=svamp", "--examples_per_step=4", "--steps=2", "--warmup=1", "--nomemory"),
+            # dss_jax with its CPU settings (BENCHMARKS.md): microbatches of 2 packed rows,
+            # dropout bits from XLA's ThreeFry generator.
+            ("--size=small", "--datasets=svamp,cqa", "--examples_per_step=32", "--steps=5", "--warmup=1",
+             "--rows_per_microbatch=2", "--dropout_rng=xla_threefry", f"--json_out={train_json}"),
+            ("--size=tiny", "--datasets=svamp", "--examples_per_step=4", "--steps=2", "--warmup=1", "--nomemory",
+             "--rows_per_microbatch=1", "--dropout_rng=xla_threefry"),
         ),
         Bench(
             "decode_throughput",

@@ -365,7 +365,8 @@ def run_memory_probe(side: str, dataset: str) -> dict:
             f"--pack_encoder_length={_ENC.value}", f"--pack_decoder_length={_DEC.value}",
             f"--rationale_weight={_LAMBDA.value}", f"--vocab_size={_VOCAB.value}",
             f"--same_row_count={_SAME_ROWS.value}",
-            f"--dropout_rate={_DROPOUT.value}", f"--seed={_SEED.value}"]
+            f"--dropout_rate={_DROPOUT.value}", f"--seed={_SEED.value}",
+            f"--dropout_rng={_DROPOUT_RNG.value}", f"--rows_per_microbatch={_ROWS_PER_MICRO.value}"]
     if _DATA_DIR.value:
         args.append(f"--data_dir={_DATA_DIR.value}")
     proc = subprocess.run(args, capture_output=True, text=True)

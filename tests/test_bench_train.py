@@ -160,6 +160,8 @@ def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
                 f"--out_dir={tmp_path}"])
     (result,) = _json_lines(out)
     assert result["size"] == "tiny" and result["examples_per_step"] == 4
+    # --rows_per_microbatch=1: one microbatch per packed row
+    assert result["jax"]["microbatches_per_step"] == result["jax"]["rows_per_step"]
     for side in ("ref", "jax"):
         assert len(result[side]["step_s"]) == 2 and result[side]["real_tokens_per_s"] > 0
         assert np.isfinite(result[side]["losses"]).all()
@@ -245,3 +247,28 @@ def test_gemm_ceiling_measures_every_matmul_form(tmp_path):
     assert len(forms) == 15 and {f for _, f in forms} == {"forward", "input grad", "weight grad"}
     assert all(r["jax_gflops"] > 0 and r["torch_gflops"] > 0 for r in result["rows"])
     assert result["jax_gflops"] > 0 and "step's matmul mix" in out
+
+
+def test_decode_floor_times_the_decoder_kernels_of_one_step():
+    # The products bench/decode_floor.py times per generated token are exactly the
+    # decoder's kernels, less the cross-attention keys/values (made once per call).
+    import decode_floor
+
+    config = T5Config.preset("small", "t5.1.1", vocab_size=32128)
+    sizes = _kernel_sizes(config)
+    per_layer = sum(k * n for k, n in decode_floor.step_matmul_shapes("small"))
+    assert per_layer * config.num_decoder_layers == sizes["decoder"]  # _kernel_sizes counts cross k/v apart
+
+
+@pytest.mark.torch
+def test_decode_floor_runs_end_to_end():
+    out = _run([sys.executable, "bench/decode_floor.py", "--sizes=tiny", "--batch_size=2", "--max_new_tokens=3",
+                "--repeats=1"])
+    rows = _json_lines(out)
+    assert [r["method"] for r in rows] == ["greedy", "beam4"]
+    assert [r["rows_per_step"] for r in rows] == [2, 8]  # beams multiply the rows of a step
+    for r in rows:
+        assert r["xla_ms"] > r["xla_lm_head_ms"] > 0 and r["torch_ms"] > r["torch_lm_head_ms"] > 0
+        assert r["dss_jax_call_s"] > 0 and r["transformers_call_s"] > 0
+        assert np.isfinite([r["dss_jax_step_ms"], r["transformers_step_ms"]]).all()
+    assert "one decoder step" in out
