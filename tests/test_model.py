@@ -333,3 +333,37 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     l1, g1 = _loss_and_grad(dataclasses.replace(base, remat_policy=policy), params, enc, dec, tgt)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,n_in,dtype,out_dtype", [
+    ((2, 5, 8), (8, 3, 4), 1, jnp.float32, None),          # q/k/v: embed -> heads x kv
+    ((2, 5, 3, 4), (3, 4, 8), 2, jnp.float32, None),       # attention output: heads x kv -> embed
+    ((2, 5, 8), (8, 16), 1, jnp.bfloat16, jnp.float32),    # lm head: float32 logits of bf16 inputs
+])
+def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape, n_in, dtype, out_dtype):
+    # layers.project carries its own weight gradient on CPU (an explicit transpose of the
+    # input); it must give what differentiating the plain dot_general gives.
+    from dss_jax.model import layers
+
+    kx, kk, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape).astype(dtype)
+    kernel = jax.random.normal(kk, kernel_shape).astype(dtype)
+    out_shape = x_shape[: len(x_shape) - n_in] + kernel_shape[n_in:]
+    cotangent = jax.random.normal(kc, out_shape)
+    contract = (tuple(range(len(x_shape) - n_in, len(x_shape))), tuple(range(n_in)))
+
+    def plain(x, kernel):
+        y = jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+        return jnp.sum(y.astype(jnp.float32) * cotangent)
+
+    def ours(x, kernel):
+        assert layers._weight_grad_with_explicit_transpose()  # the custom path, on this CPU
+        return jnp.sum(layers.project(x, kernel, n_in, out_dtype).astype(jnp.float32) * cotangent)
+
+    (value, grads), (expected_value, expected) = (
+        jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel) for f in (ours, plain))
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(value, expected_value, rtol=tol)
+    for g, e in zip(grads, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=tol, atol=tol)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Optional
 
 import flax.linen as nn
@@ -93,6 +94,53 @@ class Embed(nn.Module):
         )
 
 
+def _weight_grad_with_explicit_transpose() -> bool:
+    """Whether `project` uses its own weight gradient (below): on XLA:CPU, unless the
+    environment sets DSS_JAX_PLAIN_WEIGHT_GRAD=1 (for comparisons); accelerators' matmul
+    libraries take transposed operands as they are. Read when a function is traced."""
+    return jax.default_backend() == "cpu" and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _project(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype) -> jax.Array:
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+
+
+def _project_fwd(x, kernel, n_in, out_dtype):
+    return _project(x, kernel, n_in, out_dtype), (x, kernel)
+
+
+def _project_bwd(n_in, out_dtype, residuals, dy):
+    x, kernel = residuals
+    n_out = kernel.ndim - n_in
+    dy = dy.astype(x.dtype)
+    # dx = dy . kernel^T over the output dims.
+    dx = jax.lax.dot_general(
+        dy, kernel, ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(n_in, kernel.ndim))), ((), ())))
+    # dW = x^T . dy over all token positions. XLA:CPU's dot wants the contracted dim
+    # minor in its left operand; left to itself it transposes whichever operand it likes,
+    # often dy (the lm head's [tokens, 32128] logits gradient, the gated-GELU gradient) by
+    # fusing a strided transposed write into the elementwise producer of dy, ~20 ns per
+    # element. Transposing x ourselves (the barrier keeps XLA from folding it back into
+    # the dot) costs one tiled transpose of the smaller operand.
+    k_in = math.prod(kernel.shape[:n_in])
+    xt = jax.lax.optimization_barrier(x.reshape(-1, k_in).T)
+    dw = jnp.dot(xt, dy.reshape(-1, math.prod(kernel.shape[n_in:])), preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_project.defvjp(_project_fwd, _project_bwd)
+
+
+def project(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype=None) -> jax.Array:
+    """x [..., *in] . kernel [*in, *out] -> [..., *out] (in the inputs' dtype, or `out_dtype`)."""
+    if _weight_grad_with_explicit_transpose():
+        return _project(x, kernel, n_in, out_dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+
+
 class LmHead(nn.Module):
     """Untied output projection (T5 v1.1 / Flan); logits in float32."""
 
@@ -106,10 +154,7 @@ class LmHead(nn.Module):
             (cfg.d_model, cfg.vocab_size), cfg.params_dtype,
         )
         dtype = cfg.compute_dtype
-        return jnp.einsum(
-            "...d,dv->...v", x.astype(dtype), kernel.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+        return project(x.astype(dtype), kernel.astype(dtype), 1, jnp.float32)
 
 
 class Projection(nn.Module):
@@ -132,8 +177,7 @@ class Projection(nn.Module):
             "kernel", _init(self.stddev, self.axes),
             (*x.shape[x.ndim - n_in:], *self.features), cfg.params_dtype)
         dtype = cfg.compute_dtype
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        return project(x.astype(dtype), kernel.astype(dtype), n_in)
 
 
 class MlpBlock(nn.Module):
