@@ -367,3 +367,16 @@ def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape,
     for g, e in zip(grads, expected):
         assert g.dtype == e.dtype and g.shape == e.shape
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=tol, atol=tol)
+
+
+def test_plain_contractions_compile_the_accelerator_weight_gradient():
+    # dss_jax.aot compiles on CPU as a stand-in for an accelerator's program: inside
+    # plain_contractions() the CPU-only explicit transpose (and its barrier) is left out.
+    from dss_jax.model import layers
+
+    x, kernel = jnp.ones((4, 8)), jnp.ones((8, 16))
+    grad_hlo = lambda: jax.jit(jax.grad(lambda k: jnp.sum(layers.project(x, k, 1)))).lower(kernel).as_text()
+    assert "optimization_barrier" in grad_hlo()
+    with layers.plain_contractions():
+        assert "optimization_barrier" not in grad_hlo()
+    assert "optimization_barrier" in grad_hlo()

@@ -16,6 +16,7 @@ that already contains the relative position bias; `NEG_INF` marks forbidden pair
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -94,11 +95,28 @@ class Embed(nn.Module):
         )
 
 
+_PLAIN_CONTRACTIONS = False
+
+
+@contextlib.contextmanager
+def plain_contractions():
+    """Traces inside use the plain contraction whatever the backend: for programs compiled
+    on a CPU host as a stand-in for an accelerator's (dss_jax.aot)."""
+    global _PLAIN_CONTRACTIONS
+    before, _PLAIN_CONTRACTIONS = _PLAIN_CONTRACTIONS, True
+    try:
+        yield
+    finally:
+        _PLAIN_CONTRACTIONS = before
+
+
 def _weight_grad_with_explicit_transpose() -> bool:
     """Whether `project` uses its own weight gradient (below): on XLA:CPU, unless the
-    environment sets DSS_JAX_PLAIN_WEIGHT_GRAD=1 (for comparisons); accelerators' matmul
-    libraries take transposed operands as they are. Read when a function is traced."""
-    return jax.default_backend() == "cpu" and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1"
+    environment sets DSS_JAX_PLAIN_WEIGHT_GRAD=1 (for comparisons) or inside
+    `plain_contractions()`; accelerators' matmul libraries take transposed operands as
+    they are. Read when a function is traced."""
+    return (jax.default_backend() == "cpu" and not _PLAIN_CONTRACTIONS
+            and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
