@@ -21,7 +21,6 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -29,19 +28,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
 
+import timing  # noqa: E402
 import decode_throughput  # noqa: E402  (its flags: sizes, batch_size, input_length, max_new_tokens, repeats, num_beams)
 
 FLAGS = flags.FLAGS
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step_matmul_shapes(size: str) -> list[tuple[int, int]]:
@@ -69,14 +59,14 @@ def matmul_floor(size: str, rows: int, repeats: int) -> dict:
     out = {}
     products = jax.jit(lambda xs, ws: [x @ w for x, w in zip(xs, ws)])
     jx, jw = jax.device_put(xs), jax.device_put(ws)
-    layer = _median_s(lambda: jax.block_until_ready(products(jx[:-1], jw[:-1])), repeats)
-    head = _median_s(lambda: jax.block_until_ready(products(jx[-1:], jw[-1:])), repeats)
+    layer = timing.median_seconds(lambda: jax.block_until_ready(products(jx[:-1], jw[:-1])), repeats)
+    head = timing.median_seconds(lambda: jax.block_until_ready(products(jx[-1:], jw[-1:])), repeats)
     out["xla_ms"] = 1e3 * (layers * layer + head)
     out["xla_lm_head_ms"] = 1e3 * head
     tx, tw = [torch.from_numpy(x) for x in xs], [torch.from_numpy(w) for w in ws]
     with torch.inference_mode():
-        layer = _median_s(lambda: [x @ w for x, w in zip(tx[:-1], tw[:-1])], repeats)
-        head = _median_s(lambda: tx[-1] @ tw[-1], repeats)
+        layer = timing.median_seconds(lambda: [x @ w for x, w in zip(tx[:-1], tw[:-1])], repeats)
+        head = timing.median_seconds(lambda: tx[-1] @ tw[-1], repeats)
     out["torch_ms"] = 1e3 * (layers * layer + head)
     out["torch_lm_head_ms"] = 1e3 * head
     return out
@@ -107,12 +97,7 @@ def split(hf, model, params, tokens, method: str) -> dict:
                 hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
 
         ours(), theirs()  # compilation, warm-up
-        times = {"dss_jax": [], "transformers": []}
-        for _ in range(FLAGS.repeats):
-            for name, fn in (("dss_jax", ours), ("transformers", theirs)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        times = timing.alternate({"dss_jax": ours, "transformers": theirs}, FLAGS.repeats)
         seconds[length] = {k: statistics.median(v) for k, v in times.items()}
     row = {"method": method if beams == 1 else f"beam{beams}", "rows_per_step": tokens.shape[0] * beams}
     for name in ("dss_jax", "transformers"):

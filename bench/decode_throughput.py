@@ -25,12 +25,14 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from absl import app, flags  # noqa: E402
+
+import timing  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"], "Model shapes: tiny, small.")
 _METHODS = flags.DEFINE_list("methods", ["greedy", "beam"], "Decoding methods: greedy, beam (4 beams).")
@@ -119,12 +121,7 @@ def run_pair(hf, model, params, tokens, method: str) -> dict:
     is_eos = a == 1
     steps = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, a.shape[1])
     generated = float(np.mean(steps))
-    times = {"dss_jax": [], "transformers": []}
-    for _ in range(_REPEATS.value):
-        for name, fn in (("dss_jax", ours), ("transformers", theirs)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = timing.alternate({"dss_jax": ours, "transformers": theirs}, _REPEATS.value)
     batch = tokens.shape[0]
     result = {name: batch / statistics.median(t) for name, t in times.items()}
     return {

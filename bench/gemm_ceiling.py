@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402
 
 _TOKENS = flags.DEFINE_integer("tokens", 2048, "Rows of the activations (tokens per step).")
 _THREADS = flags.DEFINE_integer("threads", 0, "Threads for both libraries; 0: all schedulable cores.")
@@ -46,16 +47,6 @@ MATMULS = [
     ("mlp out", F, D, 8 + 8),
     ("lm head", D, V, 1),
 ]
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation, allocation
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _forms(tokens: int, n_in: int, n_out: int):
@@ -86,8 +77,8 @@ def measure(dtype_name: str, tokens: int, repeats: int) -> dict:
             tl, tr = torch.from_numpy(lhs).to(tdtype), torch.from_numpy(rhs).to(tdtype)
             dims = (((contract,), (0,)), ((), ()))
             f = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32))
-            jax_s = _median_seconds(lambda: f(jl, jr).block_until_ready(), repeats)
-            torch_s = _median_seconds(lambda: (tl.T if contract == 0 else tl) @ tr, repeats)
+            jax_s = timing.median_seconds(lambda: f(jl, jr).block_until_ready(), repeats)
+            torch_s = timing.median_seconds(lambda: (tl.T if contract == 0 else tl) @ tr, repeats)
             flops = 2.0 * lhs_shape[0] * lhs_shape[1] * rhs_shape[1]
             rows.append({"matmul": name, "form": form, "shape": [list(lhs_shape), list(rhs_shape)],
                          "count": count, "jax_gflops": flops / jax_s / 1e9, "torch_gflops": flops / torch_s / 1e9})

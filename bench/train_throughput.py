@@ -264,10 +264,9 @@ class JaxSide:
         rows, self.rows = pack_steps(setup.sets, setup.lengths, setup.rows_shape, _SAME_ROWS.value, per_micro)
         # One trainer per microbatch count (they share the state): a step of R rows runs
         # R / rows_per_microbatch microbatches.
-        counts = sorted({r // per_micro if per_micro else 1 for r in self.rows})
-        self.trainers = {m: make_trainer(m) for m in counts}
-        self.trainer = self.trainers[counts[0]]
         self.microbatches = [r // per_micro if per_micro else 1 for r in self.rows]
+        self.trainers = {m: make_trainer(m) for m in sorted(set(self.microbatches))}
+        self.trainer = self.trainers[self.microbatches[0]]  # the first step's
         self.state = self.trainer.state_from_params(params)
         self.real = [packed_real_tokens(r) for r in rows]
         self.computed = [r["encoder_input_tokens"].size + r["decoder_target_tokens"].size for r in rows]
@@ -288,7 +287,7 @@ class JaxSide:
                 self.run(i)
 
     def compiled(self):
-        return self.trainers[self.microbatches[0]].compiled_train_step(self.state, self.batches[0])
+        return self.trainer.compiled_train_step(self.state, self.batches[0])
 
     def peak_device_bytes(self):
         stats = self.jax.devices()[0].memory_stats() or {}

@@ -206,6 +206,9 @@ def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices
 
 def test_xla_threefry_masks_drop_at_the_rate_and_differ_by_key():
     key = trainer_lib.dropout_key(3, "xla_threefry")
+    # The point of the choice: the masks come from XLA's generator with its ThreeFry algorithm.
+    hlo = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, (8,))).lower(key).as_text()
+    assert "rng_bit_generator" in hlo and "THREE_FRY" in hlo
     keep = np.asarray(jax.random.bernoulli(key, 0.9, (1_000_000,)))
     assert abs(keep.mean() - 0.9) < 2e-3  # 5 standard deviations
     again = np.asarray(jax.random.bernoulli(key, 0.9, (1_000_000,)))

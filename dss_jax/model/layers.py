@@ -119,10 +119,12 @@ def _weight_grad_with_explicit_transpose() -> bool:
             and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _project(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype) -> jax.Array:
+def _contract(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype) -> jax.Array:
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+
+
+_project = jax.custom_vjp(_contract, nondiff_argnums=(2, 3))
 
 
 def _project_fwd(x, kernel, n_in, out_dtype):
@@ -153,10 +155,8 @@ _project.defvjp(_project_fwd, _project_bwd)
 
 def project(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype=None) -> jax.Array:
     """x [..., *in] . kernel [*in, *out] -> [..., *out] (in the inputs' dtype, or `out_dtype`)."""
-    if _weight_grad_with_explicit_transpose():
-        return _project(x, kernel, n_in, out_dtype)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+    fn = _project if _weight_grad_with_explicit_transpose() else _contract
+    return fn(x, kernel, n_in, out_dtype)
 
 
 class LmHead(nn.Module):
