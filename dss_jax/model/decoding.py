@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -314,8 +316,17 @@ def _unwrap_params(params: PyTree) -> PyTree:
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "config"))
-def _generate_jit(model, config: DecodeConfig, params, encoder_input_tokens, encoder_segment_ids, rng):
+# XLA:CPU (jaxlib 0.10) hands whole fusions to YNNPACK by default: the dots and also the
+# elementwise and reduction ops around them. In a beam search step it fuses the lm head's
+# [rows, 32128] product with log-softmax's max and subtraction, and that fusion takes 2.5x
+# as long as the product alone (60 vs 24 ms per step on the T5 v1.1-small bench shape;
+# bench/decode_floor.py). Decoding programs on a CPU therefore hand YNNPACK single dots
+# only. Training keeps XLA's default, which measured as fast or faster there.
+CPU_DECODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def _generate_impl(model, config: DecodeConfig, params, encoder_input_tokens, encoder_segment_ids, rng):
     batch_size = encoder_input_tokens.shape[0]
     length = config.max_decode_length
     variables = {"params": params}
@@ -367,6 +378,36 @@ def _generate_jit(model, config: DecodeConfig, params, encoder_input_tokens, enc
         return logits[:, -1, :].astype(jnp.float32), mutated["cache"]
 
     return decode(tokens_to_logits, cache, config, batch_size=batch_size, rng=rng)
+
+
+_STATIC = ("model", "config")
+_generate_jit = jax.jit(_generate_impl, static_argnames=_STATIC)
+
+
+@functools.cache
+def _generate_jit_for_cpu():
+    """`_generate_impl` jitted with `CPU_DECODE_COMPILER_OPTIONS`, or the plain jit when
+    XLA_FLAGS already chooses YNNPACK's fusions (the user's setting wins) or this jaxlib
+    does not know the option."""
+    if _YNN_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return _generate_jit
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception as e:  # noqa: BLE001  (an XLA without the option decodes as before)
+        logging.info("decoding with XLA:CPU's default fusions (%s not accepted: %s)", _YNN_FLAG, e)
+        return _generate_jit
+    return jax.jit(_generate_impl, static_argnames=_STATIC, compiler_options=CPU_DECODE_COMPILER_OPTIONS)
+
+
+def _jit_for(params: PyTree):
+    """The jitted `_generate_impl` for the platform the parameters live on (the default
+    backend for host arrays)."""
+    platform = jax.default_backend()
+    for leaf in jax.tree_util.tree_leaves(params):
+        if isinstance(leaf, jax.Array):
+            platform = next(iter(leaf.devices())).platform
+            break
+    return _generate_jit_for_cpu() if platform == "cpu" else _generate_jit
 
 
 def generate(
@@ -428,6 +469,5 @@ def generate(
         )
     if encoder_segment_ids is not None:
         encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
-    return _generate_jit(
-        model, config, _unwrap_params(params), encoder_input_tokens, encoder_segment_ids, rng
-    )
+    params = _unwrap_params(params)
+    return _jit_for(params)(model, config, params, encoder_input_tokens, encoder_segment_ids, rng)
