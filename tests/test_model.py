@@ -252,6 +252,31 @@ def test_stored_cross_attention_keys_values_give_the_same_steps():
     assert len(static["decoder"]) == config.num_decoder_layers
 
 
+def test_groups_of_rows_share_one_row_of_stored_cross_attention_keys_values():
+    # Beam search: an example's beams (consecutive rows) read its one stored copy.
+    config = _config()
+    params = _params(config)
+    rng = np.random.default_rng(8)
+    enc = _tokens(rng, 3, 10, pad_from=[10, 6, 3])
+    repeated = np.repeat(enc, 2, axis=0)
+    dec = _tokens(rng, 6, 5)  # a different continuation in every row
+    dec[:, 0] = 0
+    model = T5(config)
+    static = model.apply({"params": params}, _apply(config, params, enc, method="encode"), enc,
+                         jnp.zeros((3, 5), jnp.int32), decode=True, mutable=["cache", "encoded_kv"],
+                         method=T5.decode)[1]["encoded_kv"]
+    cache = model.apply({"params": params}, jnp.zeros((6, 10, config.d_model)), repeated, jnp.zeros_like(dec),
+                        decode=True, mutable=["cache"], method=T5.decode)[1]["cache"]
+    outs = []
+    for t in range(dec.shape[1]):
+        logits, state = model.apply({"params": params, "cache": cache, "encoded_kv": static},
+                                    jnp.zeros((6, 10, config.d_model)), repeated, dec[:, t:t + 1],
+                                    decode=True, mutable=["cache"], method=T5.decode)
+        cache = state["cache"]
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), _apply(config, params, repeated, dec), atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_incremental_decoding_matches_full_decoder_pass(variant):
     config = _config(variant)

@@ -355,12 +355,14 @@ def _generate_impl(model, config: DecodeConfig, params, encoder_input_tokens, en
     cache, encoded_kv = initial["cache"], initial["encoded_kv"]
 
     if config.method == "beam":
-        # The decoder runs on batch * num_beams rows; encoder side is repeated like HF.
+        # The decoder runs on batch * num_beams rows; the encoder mask is repeated like HF's.
+        # The cross-attention keys/values are not: each example's beams read its one copy
+        # (MultiHeadAttention groups the query rows). v1.1-small, 64 examples of 512 input
+        # tokens, 4 beams: 2.50 instead of 3.75 GiB of temporaries; speed on a CPU unchanged.
         expand = lambda x: None if x is None else jnp.repeat(x, config.num_beams, axis=0)
         encoded, encoder_input_tokens, encoder_segment_ids = map(
             expand, (encoded, encoder_input_tokens, encoder_segment_ids)
         )
-        encoded_kv = jax.tree_util.tree_map(expand, encoded_kv)
 
     def tokens_to_logits(tokens, cache):
         logits, mutated = model.apply(

@@ -294,16 +294,27 @@ class MultiHeadAttention(nn.Module):
         return self._project_out(self._attend(query, key, value, bias, deterministic, "bkhd"))
 
     def _attend(self, query, key, value, bias, deterministic: bool, kv_layout: str) -> jax.Array:
-        """Softmax attention of query [batch, q, heads, kv] over key/value laid out as
-        `kv_layout` ("bkhd": [batch, len, heads, kv]; "bhkd": the decode cache's)."""
+        """Softmax attention of query [rows, q, heads, kv] over key/value laid out as
+        `kv_layout` ("bkhd": [batch, len, heads, kv]; "bhkd": the decode cache's).
+
+        `rows` may be a multiple of `batch`: consecutive groups of query rows then share one
+        row of keys/values (beam search's beams of one example and that example's encoder
+        output), which each step then reads once per example instead of once per beam."""
         cfg = self.config
-        # [batch, heads, q_len, kv_len]; T5 folds 1/sqrt(d_kv) into the query init.
-        logits = jnp.einsum(f"bqhd,{kv_layout}->bhqk", query, key, preferred_element_type=jnp.float32)
+        rows, batch = query.shape[0], key.shape[0]
+        if rows % batch:
+            raise ValueError(f"{rows} query rows cannot share {batch} rows of keys/values")
+        query = query.reshape(batch, rows // batch, *query.shape[1:])  # [batch, group, q, heads, kv]
+        # [batch, group, heads, q_len, kv_len]; T5 folds 1/sqrt(d_kv) into the query init.
+        logits = jnp.einsum(f"bgqhd,{kv_layout}->bghqk", query, key, preferred_element_type=jnp.float32)
+        logits = logits.reshape(rows, *logits.shape[2:])
         if bias is not None:
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        return jnp.einsum(f"bhqk,{kv_layout}->bqhd", weights.astype(cfg.compute_dtype), value)  # [batch, q, heads, kv]
+        weights = weights.astype(cfg.compute_dtype).reshape(batch, rows // batch, *weights.shape[1:])
+        out = jnp.einsum(f"bghqk,{kv_layout}->bgqhd", weights, value)
+        return out.reshape(rows, *out.shape[2:])  # [rows, q, heads, kv]
 
     def _project_out(self, out: jax.Array) -> jax.Array:
         cfg = self.config
