@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import gin
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dss_jax.data import parsers
 from dss_jax.data import tasks as dss_tasks
@@ -108,6 +109,10 @@ def decode_batches(
             rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - real, axis=0)])
         rng = jax.random.fold_in(jax.random.key(seed), index) if config.method == "sample" else None
         tokens = generate(model, params, rows, config=config, rng=rng).tokens  # [batch, max_len]
+        if not tokens.is_fully_addressable:
+            # Multi-process training: every process decodes the same rows with the global
+            # (sharded) params, and the tokens come back as a global array.
+            tokens = multihost_utils.process_allgather(tokens, tiled=True)
         out[start:start + real] = np.asarray(jax.device_get(tokens))[:real]
     return out
 
@@ -410,7 +415,9 @@ class TrainEvalHook:
     The examples are read once, on the first call. `model` may be set after construction
     (the loop's own model); when it is None at the first call, it is built from gin's
     `model_config` like the train binary builds it. With `output_dir`, each call also
-    writes predictions.jsonl and metrics.json into `output_dir/step_<step>/`.
+    writes predictions.jsonl and metrics.json into `output_dir/step_<step>/`. In a
+    multi-process run every process decodes all the examples with the global (sharded)
+    params, in step; process 0 writes.
     """
 
     PREFIX = "decode/"

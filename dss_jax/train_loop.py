@@ -80,10 +80,6 @@ def train(
     )
     _check_vocab_size(model, task_name)
     local_batch_size = partitioning.host_local_batch_size(batch_size, trainer.mesh)
-    if eval_hook is not None and jax.process_count() > 1:
-        logging.warning("decode-based evaluation during training runs on one process only; "
-                        "it is skipped in this %d-process run (use the eval binary)", jax.process_count())
-        eval_hook = None
     if eval_hook is not None and getattr(eval_hook, "model", False) is None:
         eval_hook.model = model  # the hook decodes with the loop's own model
     ckpt = checkpoint_manager.RunCheckpointer(

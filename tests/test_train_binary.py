@@ -69,10 +69,17 @@ def test_missing_macro_and_typo_fail_before_any_work(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def decode_eval_args(model_dir):
+    """Decode-based evaluation of 8 validation examples every 5 steps (and at the end),
+    predictions written under model_dir/decode/step_<N>/."""
+    return ["--gin.EVAL_PERIOD=5", "--gin.train.eval_batches_limit=1", "--gin.make_train_eval_hook.max_examples=8",
+            "--gin.make_train_eval_hook.batch_size=4", f"--gin.make_train_eval_hook.output_dir='{model_dir}/decode'"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    r = run_train(gin_args(model_dir))
+    r = run_train(gin_args(model_dir, extra=decode_eval_args(model_dir)))
     assert r.returncode == 0, r.stderr[-3000:]
     return model_dir
 
@@ -113,13 +120,14 @@ def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path)
 
 def test_two_processes_match_one(uninterrupted, tmp_path):
     """2 processes x 4 CPU devices over loopback vs 1 process x 8: the same global batches
-    (num_input_shards=2), the same mesh shape, so the same losses."""
+    (num_input_shards=2), the same mesh shape, so the same losses; and the decode-based
+    evaluation, run by both processes on the global params, decodes what one process does."""
     model_dir = tmp_path / "multi"
-    steps = 4
+    steps = 5
     r = subprocess.run(
         [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
          f"--log_dir={tmp_path / 'logs'}", "--timeout=500", "--", "-m", "dss_jax.train",
-         *gin_args(model_dir, steps=steps)],
+         *gin_args(model_dir, steps=steps, extra=decode_eval_args(model_dir))],
         cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=600,
     )
     logs = "".join((tmp_path / "logs" / f).read_text()[-2000:] for f in sorted(os.listdir(tmp_path / "logs")))
@@ -127,6 +135,11 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
     multi = [x["loss"] for x in metrics(model_dir)]
     single = [x["loss"] for x in metrics(uninterrupted)][:steps]
     np.testing.assert_allclose(multi, single, rtol=1e-5)
+    with open(model_dir / "validation" / "metrics.jsonl") as f:
+        assert json.loads(f.readline())["decode/num_examples"] == 8
+    predictions = [(d / "decode" / "step_5" / "predictions.jsonl").read_text() for d in (model_dir, uninterrupted)]
+    assert len(predictions[0].splitlines()) == 8
+    assert predictions[0] == predictions[1]
 
 
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
