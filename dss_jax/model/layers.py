@@ -304,17 +304,23 @@ class MultiHeadAttention(nn.Module):
         rows, batch = query.shape[0], key.shape[0]
         if rows % batch:
             raise ValueError(f"{rows} query rows cannot share {batch} rows of keys/values")
-        query = query.reshape(batch, rows // batch, *query.shape[1:])  # [batch, group, q, heads, kv]
-        # [batch, group, heads, q_len, kv_len]; T5 folds 1/sqrt(d_kv) into the query init.
-        logits = jnp.einsum(f"bgqhd,{kv_layout}->bghqk", query, key, preferred_element_type=jnp.float32)
-        logits = logits.reshape(rows, *logits.shape[2:])
+        group = rows // batch
+        # [rows, heads, q_len, kv_len]; T5 folds 1/sqrt(d_kv) into the query init.
+        if group == 1:
+            logits = jnp.einsum(f"bqhd,{kv_layout}->bhqk", query, key, preferred_element_type=jnp.float32)
+        else:
+            grouped = query.reshape(batch, group, *query.shape[1:])  # [batch, group, q, heads, kv]
+            logits = jnp.einsum(f"bgqhd,{kv_layout}->bghqk", grouped, key, preferred_element_type=jnp.float32)
+            logits = logits.reshape(rows, *logits.shape[2:])
         if bias is not None:
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        weights = weights.astype(cfg.compute_dtype).reshape(batch, rows // batch, *weights.shape[1:])
-        out = jnp.einsum(f"bghqk,{kv_layout}->bgqhd", weights, value)
-        return out.reshape(rows, *out.shape[2:])  # [rows, q, heads, kv]
+        weights = weights.astype(cfg.compute_dtype)
+        if group == 1:
+            return jnp.einsum(f"bhqk,{kv_layout}->bqhd", weights, value)  # [rows, q, heads, kv]
+        out = jnp.einsum(f"bghqk,{kv_layout}->bgqhd", weights.reshape(batch, group, *weights.shape[1:]), value)
+        return out.reshape(rows, *out.shape[2:])
 
     def _project_out(self, out: jax.Array) -> jax.Array:
         cfg = self.config
