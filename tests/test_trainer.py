@@ -187,18 +187,22 @@ def no_dropout_loss(batches, cpu_devices):
 
 @pytest.mark.parametrize("dropout_rng", ["unsafe_rbg", "xla_threefry"])
 def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices, no_dropout_loss):
-    # Resuming relies on the masks being a function of (seed, step): two runs from a fresh
-    # state agree, and the masks are really applied (the loss differs from the dropout-free
-    # run). The default (threefry) is covered by the binary's SIGKILL-and-restart test.
-    trainer = Trainer(
-        T5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
-        loss_config=losses.LossConfig(),
-        optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=1e-2),
-        total_steps=10,
-        mesh=partitioning.make_mesh(1, cpu_devices[:1]),
-        dropout_rng=dropout_rng,
-    )
-    (state_a, loss_a), (state_b, loss_b) = run_steps(trainer, batches[:2]), run_steps(trainer, batches[:2])
+    # Resuming relies on the masks being a function of (seed, step): two runs, each with
+    # its own Trainer as a restarted process would build, agree, and the masks are really
+    # applied (the loss differs from the dropout-free run). The default (threefry) is
+    # covered by the binary's SIGKILL-and-restart test.
+    def run():
+        trainer = Trainer(
+            T5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
+            loss_config=losses.LossConfig(),
+            optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=1e-2),
+            total_steps=10,
+            mesh=partitioning.make_mesh(1, cpu_devices[:1]),
+            dropout_rng=dropout_rng,
+        )
+        return run_steps(trainer, batches[:2])
+
+    (state_a, loss_a), (state_b, loss_b) = run(), run()
     np.testing.assert_array_equal(loss_a, loss_b)
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state_a.params),
                            jax.device_get(state_b.params))

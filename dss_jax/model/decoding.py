@@ -319,11 +319,11 @@ def _unwrap_params(params: PyTree) -> PyTree:
 # XLA:CPU (jaxlib 0.10) hands whole fusions to YNNPACK by default: the dots and also the
 # elementwise and reduction ops around them. In a beam search step it fuses the lm head's
 # [rows, 32128] product with log-softmax's max and subtraction, and that fusion takes 2.5x
-# as long as the product alone (60 vs 24 ms per step on the T5 v1.1-small bench shape;
-# bench/decode_floor.py). Decoding programs on a CPU therefore hand YNNPACK single dots
-# only. Training keeps XLA's default, which measured as fast or faster there.
-CPU_DECODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# as long as the product alone (60 vs 24 ms per step on the T5 v1.1-small shape of
+# bench/decode_floor.py, per-thunk profile). Decoding programs on a CPU therefore hand
+# YNNPACK single dots only. Training keeps XLA's default, which measured as fast or faster.
 _YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+CPU_DECODE_COMPILER_OPTIONS = {_YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def _generate_impl(model, config: DecodeConfig, params, encoder_input_tokens, encoder_segment_ids, rng):
