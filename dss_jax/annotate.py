@@ -33,6 +33,7 @@ import sys
 
 from absl import flags, logging
 
+from dss_jax import cli
 from dss_jax import gin_utils
 from dss_jax.data.cache import CacheWriter
 from dss_jax.teacher.examples import InputError, read_examples
@@ -300,4 +301,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    gin_utils.run(main)
+    cli.run(main, "annotate")

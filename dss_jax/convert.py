@@ -11,6 +11,8 @@ import sys
 
 from absl import app, flags, logging
 
+from dss_jax import cli
+
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face T5 checkpoint directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")
@@ -37,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "convert")

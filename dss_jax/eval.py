@@ -23,6 +23,7 @@ from typing import Mapping, Optional, Sequence, Union
 import gin
 from absl import flags, logging
 
+from dss_jax import cli
 from dss_jax import gin_utils
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.evaluation import (DecodeSettings, checkpoints_to_evaluate, evaluate, format_table, load_checkpoint,
@@ -119,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    gin_utils.run(main)
+    cli.run(main, "eval")

@@ -11,6 +11,8 @@ import sys
 
 from absl import app, flags, logging
 
+from dss_jax import cli
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dss_jax checkpoint directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the Hugging Face files.", required=True)
 _ITEM = flags.DEFINE_string("item", None, "Orbax item (subdirectory) holding the params, when "
@@ -36,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "export")

@@ -16,7 +16,6 @@ import importlib.util  # noqa: F401  (gin's resource reader uses it without impo
 import logging
 import os
 import re
-import sys
 from typing import Sequence
 
 import gin
@@ -110,9 +109,3 @@ def _macro_bound(name: str) -> bool:
     except ValueError:
         return False
 
-
-def run(main, argv=None) -> None:
-    """absl.app.run with the `--gin.NAME=VALUE` shorthand rewritten first."""
-    from absl import app
-
-    app.run(main, argv=rewrite_gin_args(sys.argv if argv is None else argv))

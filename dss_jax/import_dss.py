@@ -10,6 +10,7 @@ as the reference scores them (equation value for svamp, exact text otherwise).
 
 from absl import app, flags
 
+from dss_jax import cli
 from dss_jax.data import dss_paper, sources
 
 _DSS_DIR = flags.DEFINE_string("dss_dir", None, "The paper's datasets folder (holds svamp/, cqa/, ...).")
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "import_dss")

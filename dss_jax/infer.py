@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from dss_jax import cli
 from dss_jax import gin_utils
 from dss_jax.data import parsers, sources
 from dss_jax.data import tasks as dss_tasks
@@ -210,4 +211,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    gin_utils.run(main)
+    cli.run(main, "infer")

@@ -13,6 +13,7 @@ import dataclasses
 
 from absl import app, flags
 
+from dss_jax import cli
 from dss_jax.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "make_synthetic")

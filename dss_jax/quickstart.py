@@ -24,6 +24,8 @@ import time
 
 from absl import app, flags
 
+from dss_jax import cli
+
 # TensorFlow (the data pipeline) prints CUDA probing and oneDNN notices at import; a first
 # run should show only the quickstart's own progress. Python errors still surface.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -126,4 +128,4 @@ def _read_config(gin_bindings: list[str]) -> tuple[int, dict]:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "quickstart")

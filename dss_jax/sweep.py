@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import gin
 from absl import flags, logging
 
+from dss_jax import cli
 from dss_jax import gin_utils
 
 FLAGS = flags.FLAGS
@@ -261,4 +262,4 @@ def main(argv):
 
 if __name__ == "__main__":
     gin_utils.define_gin_flags()
-    gin_utils.run(main)
+    cli.run(main, "sweep")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+from dss_jax import cli
 from dss_jax import gin_utils
 
 FLAGS = flags.FLAGS
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    gin_utils.run(main)
+    cli.run(main, "train")

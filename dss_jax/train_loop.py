@@ -20,12 +20,13 @@ import gin
 import jax
 import numpy as np
 
+from dss_jax.cli import UserError
 from dss_jax import checkpoint_manager, input_pipeline, losses, optimizers, partitioning
 from dss_jax.metrics_writer import MetricsWriter, Progress
 from dss_jax.trainer import Trainer
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     pass
 
 

@@ -28,10 +28,12 @@ import logging
 import os
 from typing import Any, Iterable, Iterator, Optional
 
+from dss_jax.cli import UserError
+
 FORMAT_VERSION = 1
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(UserError, ValueError):
     """A cache file that does not follow the format; the message names file and line."""
 
 

@@ -22,6 +22,7 @@ import os
 import pathlib
 from typing import Any, Iterator, Optional
 
+from dss_jax.cli import UserError
 from dss_jax.data import parsers, report, sources
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
 
@@ -29,11 +30,11 @@ TEACHER = "palm-540b"
 PROMPT_ID = "dss-paper-cot"
 
 
-class MissingFileError(FileNotFoundError):
+class MissingFileError(UserError, FileNotFoundError):
     """A file or folder of the paper's layout is missing; the message names it."""
 
 
-class MalformedFileError(ValueError):
+class MalformedFileError(UserError, ValueError):
     """A file of the paper's layout does not hold what it should; the message names it."""
 
 

@@ -17,10 +17,11 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from dss_jax.cli import UserError
 from dss_jax.teacher.prompts import PromptTemplate
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A malformed input file; the message names the file and line."""
 
 

@@ -29,6 +29,8 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
+from dss_jax.cli import UserError
+
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _DIRECTIVE = re.compile(r"^##\s*(id|stop|system)\s*:\s*(.*)$")
 
@@ -37,7 +39,7 @@ _PROMPT_FAMILY = {"svamp": "svamp", "cqa": "cqa", "anli1": "anli1", "nli": "anli
 KINDS = ("cot", "zeroshot")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A template that cannot be read or filled; the message names the file/record."""
 
 

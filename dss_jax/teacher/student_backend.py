@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from dss_jax.cli import UserError
 from dss_jax.teacher.backend import Completion, RequestFailed, Usage, UsageCounter
 from dss_jax.teacher.prompts import parse_template
 
@@ -48,7 +49,7 @@ STUDENT_TEMPLATE = parse_template("{{input}}", source="<student: the raw input>"
 _STOP = object()
 
 
-class StudentLoadError(ValueError):
+class StudentLoadError(UserError, ValueError):
     """The checkpoint or its vocabulary cannot be loaded; the message names the path."""
 
 
