@@ -19,11 +19,19 @@ files, prompts, ...) derive from `UserError`, so a binary needs no list of them.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import sys
 import traceback
 from typing import Callable, Sequence
 
 EXIT_USAGE = 2
+
+# An OSError with one of these on a path the user named (a MODEL_DIR that is a file, a
+# read-only output folder, a full disk) is the user's to fix, not a bug in dss_jax.
+_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                       errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
 
 
 class UserError(Exception):
@@ -68,6 +76,12 @@ def guard(main: Callable, name: str) -> Callable:
             if _verbose():
                 traceback.print_exc()
             fail(name, e)
+        except OSError as e:
+            if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+                raise
+            if _verbose():
+                traceback.print_exc()
+            fail(name, describe_os_error(e))
         except SystemExit as e:
             if isinstance(e.code, str):  # sys.exit("message"): a user error in older code
                 if _verbose():
@@ -90,3 +104,25 @@ def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:
         if isinstance(e.code, str):
             fail(name, e.code)
         raise
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: No space left on device' (both paths of a failed rename or copy)."""
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or os.strerror(e.errno)}"
+
+
+def child_error(what: str, returncode: int, log_path: str) -> UserError:
+    """A child binary that failed, as one line: the child's own `NAME: error:` line when it
+    printed one (a user error the caller can fix the same way), else its exit code; both
+    with where its whole log is."""
+    last = None
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if re.match(r"^[\w.]+: error: ", line):
+                    last = line.strip()
+    except OSError:
+        pass
+    cause = last or f"exit {returncode}"
+    return UserError(f"{what} failed: {cause} (whole log: {log_path})")

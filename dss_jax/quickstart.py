@@ -49,8 +49,9 @@ def _run(cmd: list[str], log_path: str, what: str) -> float:
                 print("    " + line.rstrip(), flush=True)
         proc.wait()
     if proc.returncode:
-        tail = open(log_path).read()[-3000:]
-        raise SystemExit(f"{what} failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}")
+        with open(log_path, errors="replace") as f:
+            print(f.read()[-3000:], file=sys.stderr, flush=True)  # the log's end, then the one line
+        raise cli.child_error(what, proc.returncode, log_path)
     return time.time() - t0
 
 

@@ -120,9 +120,13 @@ def _run_binary(module: str, gin_files: list[str], bindings: list[str], log_path
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        try:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise cli.UserError(f"{module} ran past sweep_config.timeout_per_run={timeout} s and was stopped; "
+                                f"raise it or shorten the run (log: {log_path})") from None
     if proc.returncode:
-        raise RuntimeError(f"{module} failed (exit {proc.returncode}); see {log_path}")
+        raise cli.child_error(module, proc.returncode, log_path)
 
 
 def execute(run: Run, cfg: dict) -> dict:

@@ -1,5 +1,6 @@
 """A user's mistake ends every binary with one line `NAME: error: ...` and exit code 2."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -60,3 +61,38 @@ def test_binaries_print_one_line(args):
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr
     assert lines[-1].startswith(f"{name}: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_os_error_on_a_users_path_is_one_line(capsys):
+    def main():
+        raise PermissionError(errno.EACCES, "Permission denied", "/runs/x/config.gin")
+
+    with pytest.raises(SystemExit) as e:
+        cli.guard(main, "train")()
+    assert e.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == "train: error: /runs/x/config.gin: Permission denied\n"
+
+
+def test_child_error_quotes_the_childs_own_error_line(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("I1202 loading\ntrain: error: BATCH_SIZE=-8: must be a positive integer\n")
+    msg = str(cli.child_error("dss_jax.train", 2, str(log)))
+    assert msg == f"dss_jax.train failed: train: error: BATCH_SIZE=-8: must be a positive integer (whole log: {log})"
+    log.write_text("Traceback (most recent call last):\nKeyError: 'x'\n")
+    assert str(cli.child_error("dss_jax.train", 1, str(log))).startswith("dss_jax.train failed: exit 1 (whole log:")
+
+
+def test_quickstart_make_synthetic_and_import_dss_print_one_line(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for args in (
+        ["dss_jax.quickstart", f"--output_dir={a_file}"],
+        ["dss_jax.make_synthetic", f"--cache_dir={tmp_path}", "--max_operations=7"],
+        ["dss_jax.import_dss", f"--dss_dir={tmp_path}/none", "--dataset=svamp", "--split=train",
+         f"--output={tmp_path}/out.jsonl"],
+    ):
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        name = args[0].split(".")[-1]
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == cli.EXIT_USAGE, (args, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"{name}: error: "), (args, proc.stderr)
