@@ -11,7 +11,8 @@ A `UserError` (or a `SystemExit` carrying a message, which older code and absl r
 a mistake the user can fix: a bad setting, a missing or malformed file, a directory that
 would be overwritten. It prints as a single line naming the file, line or key and what
 to do, never a traceback. Anything else is a bug in dss_jax and keeps its traceback.
-`--verbosity=1` (absl's flag, `-v 1`) shows the traceback of a user error too.
+`--verbosity=1` (absl's flag, `-v 1`) shows the traceback of a user error too, and the
+libraries' INFO logs that a binary hides by default (`quiet_libraries`).
 
 Error classes of the library that describe such mistakes (cache format, missing paper
 files, prompts, ...) derive from `UserError`, so a binary needs no list of them.
@@ -20,9 +21,12 @@ files, prompts, ...) derive from `UserError`, so a binary needs no list of them.
 from __future__ import annotations
 
 import errno
+import importlib.util
+import logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 from typing import Callable, Sequence
 
@@ -55,6 +59,87 @@ def fail(name: str, message: object, code: int = EXIT_USAGE) -> None:
     raise SystemExit(code)
 
 
+# Library messages that say nothing a dss_jax user can act on, shown only with --verbosity=1:
+# seqio warns about shuffling uncached data on every run (dss_jax's input position makes
+# restarts exact); orbax logs a missing metadata file for every checkpoint it reads.
+_IRRELEVANT = ("Using an uncached FunctionDataset for training", "Metadata file does not exist")
+_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+                  for d in ("dss_jax", "tasks"))
+
+
+class _LibraryChatter(logging.Filter):
+    """Keeps dss_jax's own INFO lines (progress, evaluations, checkpoints, outputs) and
+    every library's warnings and errors; drops the libraries' INFO (orbax alone logs
+    about 40 lines per checkpoint) and the few warnings in _IRRELEVANT."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.pathname.startswith(_OWN_DIRS):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        return not any(text in str(record.msg) for text in _IRRELEVANT)
+
+
+class _QuietFirstImport:
+    """A meta-path finder that runs the first import of one module with the process's
+    stderr (file descriptor 2) sent to a temporary file: TensorFlow's native libraries
+    print CUDA probing notices there before any log level applies. What the import printed
+    is shown after all if the import fails."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _SilentLoader(spec.loader)
+        return spec
+
+
+class _SilentLoader:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            except BaseException:
+                os.dup2(saved, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def quiet_libraries() -> None:
+    """Default logging of a binary: its own INFO, the libraries' WARNING and above, and no
+    TensorFlow C++ start-up notices (CUDA probing on a CPU machine); `--verbosity=1` keeps
+    everything. Call after flags are parsed and before TensorFlow is imported."""
+    if _verbose():
+        return
+    from absl import logging as absl_logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietFirstImport("tensorflow"))
+    absl_logging.set_verbosity(absl_logging.INFO)
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _LibraryChatter) for f in handler.filters):
+        handler.addFilter(_LibraryChatter())
+
+
 def _verbose() -> bool:
     try:
         from absl import flags
@@ -71,6 +156,7 @@ def guard(main: Callable, name: str) -> Callable:
 
     def guarded(*args, **kwargs):
         try:
+            quiet_libraries()
             return main(*args, **kwargs)
         except (UserError, app.UsageError) as e:
             if _verbose():

@@ -96,3 +96,27 @@ def test_quickstart_make_synthetic_and_import_dss_print_one_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == cli.EXIT_USAGE, (args, proc.stderr)
         assert len(lines) == 1 and lines[0].startswith(f"{name}: error: "), (args, proc.stderr)
+
+
+def test_library_info_is_hidden_but_own_info_and_warnings_are_not():
+    import logging
+
+    chatter = cli._LibraryChatter()
+
+    def record(path, level, msg="x"):
+        return logging.LogRecord("absl", level, path, 1, msg, None, None)
+
+    own = os.path.join(REPO, "dss_jax", "train_loop.py")
+    orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/checkpoint_manager.py"
+    assert chatter.filter(record(own, logging.INFO))
+    assert not chatter.filter(record(orbax, logging.INFO))
+    assert chatter.filter(record(orbax, logging.WARNING))
+    assert not chatter.filter(record(orbax, logging.WARNING, "Metadata file does not exist: %s"))
+
+
+def test_tensorflow_import_prints_nothing_natively():
+    code = ("import sys; from dss_jax import cli; sys.meta_path.insert(0, cli._QuietFirstImport('tensorflow'));"
+            "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflow as tf; tf.constant(1)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
