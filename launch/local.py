@@ -13,8 +13,9 @@ the launcher's own CUDA_VISIBLE_DEVICES list when that is set), e.g. 8 GPUs as 8
     python launch/local.py --num_processes=8 --gpus_per_process=1 -- -m dss_jax.train ...
 
 --dry_run prints each process's environment and command instead of starting them.
-Logs go to LOG_DIR/process_I.log. If any process fails, the others are stopped and the
-exit code is the first failure's.
+Logs go to LOG_DIR/process_I.log; process 0's output is also shown on the terminal as
+it comes (progress, evaluations, errors). If any process fails, the others are stopped,
+the failed process's last lines are shown and the exit code is the first failure's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -92,11 +94,15 @@ def main(argv=None) -> int:
         return 0
 
     os.makedirs(args.log_dir, exist_ok=True)
-    procs, logs = [], []
+    procs, logs, tees = [], [], []
     for i, (env, cmd) in enumerate(plan):
         log = open(os.path.join(args.log_dir, f"process_{i}.log"), "w")
         logs.append(log)
-        procs.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
+        out = subprocess.PIPE if i == 0 else log
+        procs.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT))
+        if i == 0:
+            tees.append(threading.Thread(target=_tee, args=(procs[0].stdout, log), daemon=True))
+            tees[-1].start()
     deadline = None if args.timeout is None else time.time() + args.timeout
     code = 0
     try:
@@ -118,11 +124,29 @@ def main(argv=None) -> int:
         if code == 0:
             code = next((p.returncode for p in procs if p.returncode), 0)
     finally:
+        for tee in tees:
+            tee.join(timeout=10)
         for log in logs:
             log.close()
     if code:
+        failed = next((i for i, p in enumerate(procs) if p.returncode == code), 0)
+        if failed != 0:  # process 0's lines were already shown
+            path = os.path.join(args.log_dir, f"process_{failed}.log")
+            with open(path, errors="replace") as f:
+                tail = f.readlines()[-15:]
+            print(f"--- last lines of {path}:\n" + "".join(tail), file=sys.stderr, end="")
         print(f"a process failed (exit {code}); logs in {args.log_dir}/process_*.log", file=sys.stderr)
     return code
+
+
+def _tee(stream, log) -> None:
+    """Copies process 0's output to its log file and to the terminal, line by line."""
+    for line in iter(stream.readline, b""):
+        log.write(line.decode(errors="replace"))
+        log.flush()
+        sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
+    stream.close()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,19 @@ def local(*args, env=None):
     return run([sys.executable, str(LAUNCH / "local.py"), *args], env=env)
 
 
+def test_local_streams_process_0_and_shows_a_failed_process(tmp_path):
+    code = ("import sys; i = sys.argv[-1].split('=')[1]; print('hello from process', i, flush=True);"
+            "sys.exit('boom in process 1' if i == '1' and 'fail' in sys.argv[1] else 0)")
+    r = local("--num_processes=2", f"--log_dir={tmp_path}", "--", "-c", code, "ok")
+    assert r.returncode == 0, r.stderr
+    assert "hello from process 0" in r.stdout and "hello from process 1" not in r.stdout
+    assert "hello from process 1" in (tmp_path / "process_1.log").read_text()
+    assert "hello from process 0" in (tmp_path / "process_0.log").read_text()
+    r = local("--num_processes=2", f"--log_dir={tmp_path}", "--", "-c", code, "fail")
+    assert r.returncode == 1
+    assert "boom in process 1" in r.stderr and "process_1.log" in r.stderr
+
+
 def test_local_cpu_dry_run_gives_each_process_its_index_and_virtual_devices():
     r = local("--num_processes=3", "--devices_per_process=2", "--port=4321", "--dry_run", "--",
               "-m", "dss_jax.train", "--gin.MODEL_DIR='/tmp/a b'")
