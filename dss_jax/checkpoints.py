@@ -17,20 +17,37 @@ API
     contains params is found, or named with `item=`.
 config.json and spiece.model are looked up in `path` and up to three parent directories
 (a trainer writes them once in its model dir), unless `config` is given.
+
+Every loader of a dss_jax checkpoint goes through `load_params` (eval, infer, the student
+teacher backend, export, INITIAL_CHECKPOINT_PATH in training), and it checks the stored
+shapes against config.json before reading any weights: a config.json of another size or
+depth is a `CheckpointError` naming the file and the first parameter that disagrees, not a
+flax ScopeParamShapeError later. A damaged or non-checkpoint directory is one too.
+
+Writing: `save_params` and `hf_convert.export_hf_checkpoint` write through
+`staged_output_dir`: a new directory beside the target, renamed into place when complete,
+so a crash leaves no half-written output. A non-empty target is refused unless
+`overwrite`, and one that holds a training run or a checkpoint is refused always. Both
+are meant to be called from one process (the convert and export binaries).
 """
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
 import pathlib
+import re
+import secrets
 import shutil
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
 PARAMS_ITEM = "params"
@@ -39,6 +56,23 @@ VOCAB_FILE = "spiece.model"
 _PYTREE_MARKER = "_METADATA"  # written by orbax's PyTreeCheckpointHandler
 _T5_TOP_KEYS = {"encoder", "decoder", "token_embedder"}
 _SEARCH_PARENTS = 3
+_RUN_STEP_DIR = re.compile(r"^checkpoint_\d+$")  # checkpoint_manager.STEP_PREFIX + "_<step>"
+_ORBAX_MARKERS = (_PYTREE_MARKER, "_CHECKPOINT_METADATA")
+# What save_params writes: `overwrite=True` replaces a directory of only these.
+SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE)
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used as it is (config.json disagrees with the weights,
+    damaged, not a T5 checkpoint); the message names the file and what to do."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """The checkpoint directory, its orbax item or its config.json is missing."""
+
+
+class OutputDirError(UserError, FileExistsError):
+    """An output directory that would lose what it holds; the message says what to do."""
 
 
 def save_params(
@@ -53,22 +87,15 @@ def save_params(
     if not _T5_TOP_KEYS <= set(params):
         raise ValueError(f"save_params wants the T5 param tree (keys {sorted(_T5_TOP_KEYS)}), "
                          f"got keys {sorted(params)}")
-    target = ckpt_dir / PARAMS_ITEM
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-        if jax.process_index() == 0:
-            shutil.rmtree(target)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ocp.PyTreeCheckpointer().save(target, dict(params))
-    if jax.process_index() == 0:
-        (ckpt_dir / CONFIG_FILE).write_text(config.to_json())
+    check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
+    if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
+        raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
+    with staged_output_dir(ckpt_dir, overwrite=overwrite, replaceable=SAVE_PARAMS_FILES,
+                           what="a params checkpoint") as staging:
+        ocp.PyTreeCheckpointer().save(staging / PARAMS_ITEM, dict(params))
+        (staging / CONFIG_FILE).write_text(config.to_json())
         if vocab_path is not None:
-            vocab_path = pathlib.Path(vocab_path)
-            if not vocab_path.is_file():
-                raise FileNotFoundError(f"vocabulary {vocab_path} does not exist")
-            if vocab_path.absolute() != (ckpt_dir / VOCAB_FILE):
-                shutil.copyfile(vocab_path, ckpt_dir / VOCAB_FILE)
+            shutil.copyfile(vocab_path, staging / VOCAB_FILE)
     return ckpt_dir
 
 
@@ -76,17 +103,137 @@ def load_params(
     path: str | os.PathLike,
     config: Optional[T5Config] = None,
     item: Optional[str] = None,
+    config_source: Optional[str] = None,
 ):
-    """-> (params as numpy arrays, T5Config, path of spiece.model or None)."""
+    """-> (params as numpy arrays, T5Config, path of spiece.model or None).
+
+    The stored shapes are checked against the config (config.json, or `config`, described
+    in messages as `config_source`) before the weights are read."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
+        raise CheckpointNotFoundError(f"checkpoint directory {path} {what}")
     orbax_dir, params_path = _locate_params(path if item is None else path / item)
-    params = _restore_subtree(orbax_dir, params_path)
     if config is None:
-        config = _find_config(path)
+        config, config_source = _find_config(path)
+    tree = _metadata_tree(orbax_dir)
+    for k in params_path:
+        tree = tree[k]
+    check_params(_shapes_of(tree), config, config_source or "the given config", str(orbax_dir))
+    params = _restore_subtree(orbax_dir, params_path)
     vocab = _find_upwards(path, VOCAB_FILE)
     return params, config, (str(vocab) if vocab else None)
+
+
+def check_params(shapes: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]], config: T5Config,
+                 config_source: str, params_source: str) -> None:
+    """CheckpointError naming `config_source` and the first parameter of `params_source`
+    whose presence, shape or dtype does not fit `config`. `shapes`: {path: (shape, dtype)}."""
+    from dss_jax.model import hf_convert
+
+    expected = hf_convert.param_shapes(config)
+    depth = (f"num_encoder_layers={config.num_encoder_layers}, "
+             f"num_decoder_layers={config.num_decoder_layers}")
+    advice = "the config and the weights are from different models: use the config saved with them"
+    missing = [p for p in expected if p not in shapes]
+    if missing:
+        raise CheckpointError(f"{config_source} ({depth}) calls for the parameter {'/'.join(missing[0])}, "
+                              f"which {params_source} lacks ({len(missing)} missing): {advice}")
+    unexpected = sorted(p for p in shapes if p not in expected)
+    if unexpected:
+        raise CheckpointError(f"{params_source} holds the parameter {'/'.join(unexpected[0])}, which "
+                              f"{config_source} ({depth}) has no place for ({len(unexpected)} such): {advice}")
+    bad = []
+    for p, (shape, dims) in expected.items():
+        got_shape, got_dtype = shapes[p]
+        if tuple(got_shape) != shape:
+            bad.append(f"{'/'.join(p)} is {list(got_shape)} in {params_source}, but {config_source} implies "
+                       f"{list(shape)} ({', '.join(dict.fromkeys(dims))})")
+        elif got_dtype is not None and not jax.numpy.issubdtype(got_dtype, jax.numpy.floating):
+            bad.append(f"{'/'.join(p)} has dtype {got_dtype} in {params_source}; T5 params are floating point")
+    if bad:
+        more = f" ({len(bad) - 1} more parameters disagree too)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{bad[0]}{more}: {advice}")
+
+
+def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], Any]]:
+    """{path: (shape, dtype)} of a param tree's leaves: arrays, or orbax's metadata of them."""
+    out = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        path = tuple(str(getattr(k, "key", k)) for k in keys)
+        out[path] = (tuple(getattr(leaf, "shape", np.shape(leaf))), getattr(leaf, "dtype", None))
+    return out
+
+
+# ----- writing a directory safely -----------------------------------------------------------
+def holds_run_or_checkpoint(d: pathlib.Path, ignore: Sequence[str] = ()) -> Optional[str]:
+    """What in `d` is a training run or a checkpoint (`checkpoint_<step>/`, an orbax item),
+    e.g. "a training run's checkpoint_5/", or None. Entries matching `ignore` are skipped."""
+    if any((d / m).exists() for m in _ORBAX_MARKERS):
+        return "an orbax checkpoint"
+    for entry in sorted(d.iterdir()):
+        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in ignore):
+            continue
+        if entry.is_dir() and _RUN_STEP_DIR.match(entry.name):
+            return f"a training run's {entry.name}/"
+        if entry.is_dir() and any((entry / m).exists() for m in _ORBAX_MARKERS):
+            return f"the orbax checkpoint {entry.name}/"
+    return None
+
+
+def check_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str],
+                     what: str) -> bool:
+    """OutputDirError unless `target` may receive `what`: it is new or empty, or (with
+    `overwrite`) holds only entries matching `replaceable`. A run or a checkpoint (other
+    than a `replaceable` one) is never written over. -> whether `target` has entries."""
+    target = pathlib.Path(target)
+    if not target.exists():
+        return False
+    if not target.is_dir():
+        raise OutputDirError(f"{target} is a file; the output must be a directory")
+    entries = sorted(e.name for e in target.iterdir())
+    if not entries:
+        return False
+    held = holds_run_or_checkpoint(target, ignore=replaceable)
+    if held:
+        raise OutputDirError(f"{target} holds {held}: writing {what} there would replace its files "
+                             "(config.json, spiece.model); pick a new or empty output directory")
+    listing = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+    if not overwrite:
+        raise OutputDirError(f"{target} is not empty ({listing}); pass --overwrite (overwrite=True) to "
+                             f"replace it with {what}, or pick a new directory")
+    foreign = [e for e in entries if not any(fnmatch.fnmatch(e, p) for p in replaceable)]
+    if foreign:
+        raise OutputDirError(f"{target} holds {', '.join(foreign[:5])}, which {what} does not consist of; "
+                             "--overwrite replaces only such an output whole: move them or pick another directory")
+    return True
+
+
+@contextlib.contextmanager
+def staged_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str],
+                      what: str) -> Iterator[pathlib.Path]:
+    """Yields an empty directory beside `target` to write `what` into; when the block ends
+    without an error it becomes `target` (by rename, so readers never see half of it), and
+    a replaced old `target` is deleted only after that. On an error the staging directory
+    is removed and `target` is untouched. Refusals: see `check_output_dir`."""
+    target = pathlib.Path(target).absolute()
+    replace = check_output_dir(target, overwrite=overwrite, replaceable=replaceable, what=what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging = target.parent / f".{target.name}.partial-{token}"
+    staging.mkdir()
+    try:
+        yield staging
+        if replace:
+            old = target.parent / f".{target.name}.replaced-{token}"
+            os.rename(target, old)
+            os.rename(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)  # onto a missing or empty directory
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 # ----- helpers ------------------------------------------------------------------------------
@@ -95,9 +242,21 @@ def _is_pytree_checkpoint(d: pathlib.Path) -> bool:
 
 
 def _metadata_tree(orbax_dir: pathlib.Path) -> Mapping:
-    md = ocp.PyTreeCheckpointer().metadata(orbax_dir)
+    try:
+        md = ocp.PyTreeCheckpointer().metadata(orbax_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _unreadable(orbax_dir, e) from None
     md = getattr(md, "item_metadata", md)  # orbax >= 0.11 wraps the tree in StepMetadata
-    return getattr(md, "tree", md)
+    md = getattr(md, "tree", md)
+    if md is None:  # orbax logs and returns None when the item's metadata cannot be read
+        raise _unreadable(orbax_dir, "its metadata cannot be read")
+    return md
+
+
+def _unreadable(orbax_dir: pathlib.Path, why: object) -> CheckpointError:
+    why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
+    return CheckpointError(f"{orbax_dir}: cannot read the orbax checkpoint ({why}); it is incomplete "
+                           "or damaged: use another step, or copy it again")
 
 
 def find_params_path(tree: Any, max_depth: int = 4) -> Optional[tuple[str, ...]]:
@@ -127,9 +286,9 @@ def _locate_params(path: pathlib.Path) -> tuple[pathlib.Path, tuple[str, ...]]:
         if keys is not None:
             return d, keys
     if seen:
-        raise ValueError(f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
+        raise CheckpointError(f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
                          f"(a tree with keys {sorted(_T5_TOP_KEYS)})")
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f"{path} holds no orbax checkpoint (looked for {_PYTREE_MARKER} in {path / PARAMS_ITEM}, "
         f"{path} and its subdirectories); write one with dss_jax.checkpoints.save_params or "
         "`python -m dss_jax.convert`")
@@ -145,10 +304,13 @@ def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
     for k in reversed(keys):
         item = {k: item}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = ocp.PyTreeCheckpointer().restore(
-        orbax_dir,
-        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=bool(keys)),
-    )
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            orbax_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=bool(keys)),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _unreadable(orbax_dir, e) from None
     for k in keys:
         restored = restored[k]
     return jax.tree.map(np.asarray, restored)
@@ -165,13 +327,21 @@ def _find_upwards(path: pathlib.Path, name: str) -> Optional[pathlib.Path]:
     return None
 
 
-def _find_config(path: pathlib.Path) -> T5Config:
+def _find_config(path: pathlib.Path) -> tuple[T5Config, str]:
     config_path = _find_upwards(path, CONFIG_FILE)
     if config_path is None:
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent "
-                                "directories; pass config= explicitly")
+        raise CheckpointNotFoundError(f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent "
+                                      "directories; pass config= explicitly")
     try:
         data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-    return T5Config.from_dict(data, source=str(config_path))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config_path} holds a JSON {type(data).__name__}, not a T5Config object")
+    try:
+        return T5Config.from_dict(data, source=str(config_path)), str(config_path)
+    except TypeError as e:  # a field of the wrong type; from_dict's ValueErrors name the file already
+        raise CheckpointError(f"{config_path}: not a valid T5Config: {e}") from None
+    except ValueError as e:
+        message = str(e)
+        raise CheckpointError(message if str(config_path) in message else f"{config_path}: {message}") from None

@@ -6,8 +6,12 @@ DIR holds config.json and model.safetensors (or sharded safetensors with their i
 pytorch_model.bin when torch is installed), and usually spiece.model. CKPT_DIR receives an
 orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the
 trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on disk.
+
+Every tensor is checked against DIR/config.json (names, shapes, dtypes) and every file
+against its format before anything is written; CKPT_DIR is written beside itself and
+renamed into place. A non-empty CKPT_DIR is refused unless --overwrite (which replaces an
+earlier convert output whole), and one holding a training run or checkpoint always.
 """
-import sys
 
 from absl import app, flags, logging
 
@@ -26,11 +30,14 @@ def main(argv):
     from dss_jax import checkpoints
     from dss_jax.model import hf_convert
 
+    # The output is checked first, so a refusal costs no read of a large checkpoint.
+    checkpoints.check_output_dir(_OUTPUT.value, overwrite=_OVERWRITE.value,
+                                 replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint")
     try:
         params, config, vocab = hf_convert.import_hf_checkpoint(_HF_DIR.value)
         out = checkpoints.save_params(_OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-        sys.exit(f"dss_jax.convert: error: {e}")
+        raise cli.UserError(str(e)) from e
     n = sum(p.size for p in jax.tree.leaves(params))
     logging.info("wrote %s: %.1fM params, %s", out, n / 1e6, config)
     if vocab is None:

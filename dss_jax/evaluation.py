@@ -398,7 +398,8 @@ def load_checkpoint(path: str, dtype: Optional[str] = None):
                 raise
             # A run dir without config.json: the trainer keeps the model config in the metadata too.
             params, config, vocab_path = checkpoints.load_params(
-                path, config=T5Config.from_dict(model_config, source=f"{path}/metadata"))
+                path, config=T5Config.from_dict(model_config, source=f"{path}/metadata"),
+                config_source=f"the model config in {path}/metadata")
     if dtype:
         config = config.replace(dtype=dtype)
     return T5(config), params, vocab_path

@@ -1,13 +1,17 @@
 r"""Exports a dss_jax checkpoint as a Hugging Face T5 directory.
 
-    python -m dss_jax.export --checkpoint CKPT_DIR --output HF_DIR [--item NAME] [--vocab PATH]
+    python -m dss_jax.export --checkpoint CKPT_DIR --output HF_DIR [--item NAME] [--vocab PATH] [--overwrite]
 
 CKPT_DIR is a params checkpoint (dss_jax.convert / checkpoints.save_params) or a trainer
 checkpoint whose tree holds the params (see dss_jax.checkpoints.load_params). HF_DIR gets
 config.json, generation_config.json, model.safetensors and spiece.model, so that
 `transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student.
+
+HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
+(an earlier export) whole. A directory holding a training run or a checkpoint is refused
+even then, since config.json and spiece.model would replace the run's. HF_DIR is written
+beside itself and renamed into place, so a crash leaves no half-exported model.
 """
-import sys
 
 from absl import app, flags, logging
 
@@ -18,6 +22,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Directory for the Hugging Face fi
 _ITEM = flags.DEFINE_string("item", None, "Orbax item (subdirectory) holding the params, when "
                             "the checkpoint has several and the search should not guess.")
 _VOCAB = flags.DEFINE_string("vocab", None, "spiece.model to ship; default: the checkpoint's own.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --output.")
 
 
 def main(argv):
@@ -26,12 +31,16 @@ def main(argv):
     from dss_jax import checkpoints
     from dss_jax.model import hf_convert
 
+    # The output is checked first, so a refusal costs no read of a large checkpoint.
+    checkpoints.check_output_dir(_OUTPUT.value, overwrite=_OVERWRITE.value,
+                                 replaceable=hf_convert.HF_DIR_FILES, what="a Hugging Face model")
     try:
         params, config, vocab = checkpoints.load_params(_CHECKPOINT.value, item=_ITEM.value)
         vocab = _VOCAB.value or vocab
-        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab)
+        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab,
+                                              overwrite=_OVERWRITE.value)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"dss_jax.export: error: {e}")
+        raise cli.UserError(str(e)) from e
     if vocab is None:
         logging.warning("no spiece.model found for %s: %s has no tokenizer", _CHECKPOINT.value, out)
     print(f"exported {_CHECKPOINT.value} -> {out} (vocabulary: {vocab or 'none'})")

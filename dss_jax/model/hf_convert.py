@@ -8,9 +8,16 @@ API
     hf_to_params(weights, config) -> params                  # nested dict of np.float32 arrays
     params_to_hf(params, config) -> dict[str, np.ndarray]    # HF names, float32
     import_hf_checkpoint(hf_dir) -> (params, T5Config, vocab_path_or_None)
-    export_hf_checkpoint(params, config, out_dir, vocab_path=None) -> out_dir
+    export_hf_checkpoint(params, config, out_dir, vocab_path=None, overwrite=False) -> out_dir
         writes config.json, generation_config.json, model.safetensors, spiece.model
         (when given); `transformers.T5ForConditionalGeneration.from_pretrained(out_dir)` loads it.
+    param_shapes(config) -> {our param path: (shape, dims)}  # what `config` implies, no tracing
+
+Nothing is trusted: a weight file that is truncated or corrupt, an index naming a missing
+shard, a config.json that is not a T5 config, or a tensor whose name, shape or dtype does
+not fit config.json raises `HFCheckpointError` (a `cli.UserError`) naming the file and the
+tensor, before anything is converted. The export is staged beside `out_dir` and renamed
+into place, so a crash leaves no half-written model (see `checkpoints.staged_output_dir`).
 
 HF stores linear weights as [out, in]; we store kernels as [in, ...out] with heads split
 out: q/k/v [embed, heads, kv], o [heads, kv, embed], wi [embed, mlp], wo [mlp, embed],
@@ -28,6 +35,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
 VOCAB_FILE = "spiece.model"
@@ -44,7 +52,15 @@ _IGNORED_KEYS = re.compile(
 )
 
 
+class HFCheckpointError(UserError, ValueError):
+    """A Hugging Face checkpoint directory that cannot be imported as it is; the message
+    names the file (and tensor) and what to do."""
+
+
 # ----- reading weight files -----------------------------------------------------------------
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
 def _safetensors_dtype(name: str) -> np.dtype:
     import ml_dtypes
 
@@ -54,29 +70,67 @@ def _safetensors_dtype(name: str) -> np.dtype:
         "BOOL": np.bool_,
     }
     if name not in table:
-        raise ValueError(f"unsupported safetensors dtype {name!r}")
+        raise ValueError(f"unsupported safetensors dtype {name!r} (dss_jax reads {sorted(table)})")
     return np.dtype(table[name])
+
+
+def _corrupt(path: pathlib.Path, what: str) -> HFCheckpointError:
+    return HFCheckpointError(f"{path}: {what}: the file is truncated or not a safetensors file "
+                             "(copy or download it again)")
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a .safetensors file into numpy (memory-mapped; bfloat16 via ml_dtypes).
 
     The format: u64 little-endian header size, a JSON header mapping each name to dtype,
-    shape and [begin, end) byte offsets into the data block that follows.
+    shape and [begin, end) byte offsets into the data block that follows. Every size and
+    offset is checked against the file's length before anything is read, so a damaged file
+    is an `HFCheckpointError` naming it, not a reshape error or a 10**15-byte read.
     """
     path = pathlib.Path(path)
-    with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        dtype = _safetensors_dtype(info["dtype"])
-        out[name] = data[begin:end].view(dtype).reshape(info["shape"])
-    return out
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise _corrupt(path, f"{size} bytes, fewer than the 8-byte header size")
+            header_size = int.from_bytes(head, "little")
+            if header_size > size - 8:
+                raise _corrupt(path, f"the header size {header_size} exceeds the file's {size} bytes")
+            raw = f.read(header_size)
+    except OSError as e:
+        raise HFCheckpointError(f"{path}: cannot read it: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise _corrupt(path, "the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, f"the header is a JSON {type(header).__name__}, not an object")
+    data_size = size - 8 - header_size
+    # np.memmap cannot map zero bytes; a file of only empty tensors has no data block.
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size
+            else np.zeros(0, np.uint8))
+    return {name: _tensor(path, name, info, data) for name, info in header.items()
+            if name != "__metadata__"}
+
+
+def _tensor(path: pathlib.Path, name: str, info: Any, data: np.ndarray) -> np.ndarray:
+    """One tensor of a safetensors file, its header entry checked against the data block."""
+    try:
+        shape = tuple(int(n) for n in info["shape"])
+        begin, end = (int(n) for n in info["data_offsets"])
+        dtype_name = info["dtype"]
+    except (KeyError, TypeError, ValueError):
+        raise _corrupt(path, f"the header entry of {name!r} is malformed") from None
+    try:
+        dtype = _safetensors_dtype(dtype_name)
+    except ValueError as e:
+        raise HFCheckpointError(f"{path}: tensor {name}: {e}") from None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if min(shape, default=0) < 0 or not 0 <= begin <= end <= data.size or end - begin != nbytes:
+        raise _corrupt(path, f"tensor {name} ({dtype_name} {list(shape)}, {nbytes} bytes) is said to lie "
+                             f"at bytes [{begin}, {end}) of a {data.size}-byte data block")
+    return data[begin:end].view(dtype).reshape(shape)
 
 
 def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -86,8 +140,49 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
         raise ImportError(
             f"{path} is a PyTorch checkpoint: install torch (the `torch` extra) to read it, or "
             "convert it to model.safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch reports a damaged pickle in many types)
+        raise HFCheckpointError(f"{path}: torch cannot load it ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}): the file is truncated or "
+                                "not a state dict saved with torch.save") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HFCheckpointError(f"{path}: not a state dict of tensors (a whole pickled model?); save "
+                                "model.state_dict() or model.save_pretrained()")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+    """A JSON object from `path`, or HFCheckpointError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise HFCheckpointError(f"{path} is not valid JSON ({e}): {what}") from None
+    if not isinstance(data, dict):
+        raise HFCheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object: {what}")
+    return data
+
+
+def _read_sharded(index_path: pathlib.Path, reader) -> dict[str, np.ndarray]:
+    index = _read_json(index_path, "an index of sharded weights maps each tensor to its shard file")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise HFCheckpointError(f"{index_path}: 'weight_map' must map each tensor name to a shard file name")
+    hf_dir = index_path.parent
+    weights, found_in = {}, {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = hf_dir / shard
+        if not shard_path.is_file():
+            raise HFCheckpointError(f"{index_path} names the shard {shard_path}, which is missing: copy "
+                                    "every shard of the checkpoint")
+        for name, value in reader(shard_path).items():
+            weights[name], found_in[name] = value, shard
+    for name, shard in weight_map.items():
+        if found_in.get(name) != shard:
+            where = f"is in {found_in[name]}" if name in found_in else "is in no shard"
+            raise HFCheckpointError(f"{index_path} puts {name} in {shard}, but it {where}: the index and "
+                                    "the shards are from different saves")
+    return weights
 
 
 def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -96,19 +191,12 @@ def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
                                (_TORCH_BIN_INDEX, _read_torch_bin)):
         index_path = hf_dir / index_name
         if index_path.is_file():
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            weights = {}
-            for shard in sorted(set(weight_map.values())):
-                shard_path = hf_dir / shard
-                if not shard_path.is_file():
-                    raise FileNotFoundError(f"{index_path} names the shard {shard_path}, which is missing")
-                weights.update(reader(shard_path))
-            return weights
+            return _read_sharded(index_path, reader)
     if (hf_dir / _SAFETENSORS).is_file():
         return read_safetensors(hf_dir / _SAFETENSORS)
     if (hf_dir / _TORCH_BIN).is_file():
         return _read_torch_bin(hf_dir / _TORCH_BIN)
-    raise FileNotFoundError(
+    raise MissingHFFileError(
         f"no weights in {hf_dir}: expected {_SAFETENSORS}, {_SAFETENSORS_INDEX} (sharded), "
         f"{_TORCH_BIN} or {_TORCH_BIN_INDEX}")
 
@@ -153,6 +241,90 @@ def _mapping(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
     if not config.tie_word_embeddings:
         m.append(("lm_head.weight", ("decoder", "logits_dense", "kernel"), "linear"))
     return m
+
+
+def _hf_dims(name: str, kind: str) -> tuple[str, ...]:
+    """The config fields behind each dimension of the HF tensor `name` (`a*b`: a product)."""
+    if name in ("shared.weight", "lm_head.weight"):
+        return ("vocab_size", "d_model")
+    if name.endswith("relative_attention_bias.weight"):
+        return ("relative_attention_num_buckets", "num_heads")
+    if kind == "copy":  # layer norms
+        return ("d_model",)
+    if kind == "qkv":
+        return ("num_heads*d_kv", "d_model")
+    if kind == "out":
+        return ("d_model", "num_heads*d_kv")
+    return ("d_model", "d_ff") if name.endswith(".wo.weight") else ("d_ff", "d_model")
+
+
+def _our_dims(kind: str, hf_dims: tuple[str, ...]) -> tuple[str, ...]:
+    """The dimensions of our param for an HF tensor with `hf_dims` (see `_to_ours`)."""
+    if kind == "copy":
+        return hf_dims
+    if kind == "linear":
+        return hf_dims[::-1]
+    if kind == "qkv":
+        return (hf_dims[1], "num_heads", "d_kv")
+    if kind == "out":
+        return ("num_heads", "d_kv", hf_dims[0])
+    raise AssertionError(kind)
+
+
+def _shape(config: T5Config, dims: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(int(np.prod([getattr(config, f) for f in d.split("*")])) for d in dims)
+
+
+def param_shapes(config: T5Config) -> dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str, ...]]]:
+    """{our param path: (shape, the config fields behind each dimension)} for `config`,
+    without tracing the model (tests pin it to the flax model's own shapes)."""
+    out = {}
+    for name, path, kind in _mapping(config):
+        dims = _our_dims(kind, _hf_dims(name, kind))
+        out[path] = (_shape(config, dims), dims)
+    return out
+
+
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dims_text(config: T5Config, dims: tuple[str, ...]) -> str:
+    return ", ".join(f"{d}={_shape(config, (d,))[0]}" for d in dict.fromkeys(dims))
+
+
+def check_hf_weights(weights: Mapping[str, np.ndarray], config: T5Config, source: str = "checkpoint",
+                     config_source: str = "the config") -> None:
+    """HFCheckpointError naming the first tensor that is missing, unexpected, or whose
+    shape or dtype does not fit `config` (read from `config_source`); run before converting."""
+    mapping = _mapping(config)
+    depth = (f"num_layers={config.num_encoder_layers}, "
+             f"num_decoder_layers={config.num_decoder_layers}")
+    missing = [name for name, _, _ in mapping if name not in weights]
+    if missing:
+        raise HFCheckpointError(
+            f"{source}: missing weights {missing[:4]}{' ...' if len(missing) > 4 else ''} "
+            f"({len(missing)} of {len(mapping)}) that {config_source} ({depth}) calls for: the "
+            "download is incomplete, or config.json belongs to another model")
+    used = {name for name, _, _ in mapping}
+    unexpected = sorted(k for k in weights if k not in used and not _IGNORED_KEYS.match(k))
+    if unexpected:
+        raise HFCheckpointError(
+            f"{source}: unexpected weights {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''} "
+            f"that {config_source} ({depth}) has no place for: config.json belongs to another model, "
+            "or this is not a T5ForConditionalGeneration checkpoint")
+    bad = []
+    for name, _, kind in mapping:
+        w, dims = weights[name], _hf_dims(name, kind)
+        want = _shape(config, dims)
+        if tuple(w.shape) != want:
+            bad.append(f"{name} has shape {list(w.shape)}, but {config_source} implies {list(want)} "
+                       f"({_dims_text(config, dims)}): use the config.json saved with these weights")
+        elif np.dtype(w.dtype).name not in _FLOAT_NAMES:
+            bad.append(f"{name} has dtype {np.dtype(w.dtype).name}, but T5 weights are floating point "
+                       f"({', '.join(_FLOAT_NAMES)}): not a T5 checkpoint, or a damaged one")
+    if bad:
+        more = f" ({len(bad) - 1} more tensors disagree too)" if len(bad) > 1 else ""
+        raise HFCheckpointError(f"{source}: {bad[0]}{more}")
 
 
 def _to_ours(w: np.ndarray, kind: str, config: T5Config) -> np.ndarray:
@@ -212,23 +384,14 @@ def resolve_tied(weights: Mapping[str, np.ndarray], config: T5Config) -> T5Confi
 
 
 def hf_to_params(weights: Mapping[str, np.ndarray], config: T5Config,
-                 source: str = "checkpoint") -> dict:
+                 source: str = "checkpoint", config_source: str = "the config") -> dict:
     weights = dict(weights)
     if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
         weights["shared.weight"] = weights["encoder.embed_tokens.weight"]
-    mapping = _mapping(config)
-    missing = [name for name, _, _ in mapping if name not in weights]
-    if missing:
-        raise ValueError(f"{source}: missing weights {missing[:8]}{' ...' if len(missing) > 8 else ''} "
-                         f"for the config {config}")
-    used = {name for name, _, _ in mapping}
-    unexpected = sorted(k for k in weights if k not in used and not _IGNORED_KEYS.match(k))
-    if unexpected:
-        raise ValueError(f"{source}: unexpected weights {unexpected[:8]} (not a T5ForConditionalGeneration "
-                         "checkpoint of this config?)")
+    check_hf_weights(weights, config, source, config_source)
     params: dict = {}
     dtype = config.params_dtype
-    for name, path, kind in mapping:
+    for name, path, kind in _mapping(config):
         w = np.asarray(weights[name]).astype(np.float32)
         _set(params, path, np.ascontiguousarray(_to_ours(w, kind, config).astype(dtype)))
     return params
@@ -246,41 +409,65 @@ def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:
 
 
 # ----- directories --------------------------------------------------------------------------
+# What a Hugging Face T5 directory holds: `export_hf_checkpoint(overwrite=True)` replaces a
+# directory of only these (an earlier export, a hub download) and refuses anything else.
+HF_DIR_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                _SAFETENSORS_INDEX, _TORCH_BIN, "pytorch_model-*-of-*.bin", _TORCH_BIN_INDEX, VOCAB_FILE,
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+class MissingHFFileError(UserError, FileNotFoundError):
+    """The HF directory, its config.json or its weights are missing; the message names the path."""
+
+
+def _read_config(config_path: pathlib.Path) -> T5Config:
+    hf_config = _read_json(config_path, "a Hugging Face T5 config.json is a JSON object")
+    try:
+        return T5Config.from_hf_config(hf_config)
+    except (ValueError, TypeError) as e:
+        raise HFCheckpointError(f"{config_path}: not a usable T5 config: {e}") from None
+
+
 def import_hf_checkpoint(hf_dir: str | os.PathLike):
     """-> (params, T5Config, path of spiece.model or None)."""
     hf_dir = pathlib.Path(hf_dir)
     if not hf_dir.is_dir():
-        raise FileNotFoundError(f"HF checkpoint directory {hf_dir} does not exist")
+        raise MissingHFFileError(f"HF checkpoint directory {hf_dir} does not exist")
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: a Hugging Face T5 checkpoint directory "
-                                "holds config.json and the weights")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-    config = T5Config.from_hf_config(hf_config)
+        raise MissingHFFileError(f"{config_path} is missing: a Hugging Face T5 checkpoint directory "
+                                 "holds config.json and the weights")
+    config = _read_config(config_path)
     weights = read_hf_weights(hf_dir)
     config = resolve_tied(weights, config)
-    params = hf_to_params(weights, config, source=str(hf_dir))
+    params = hf_to_params(weights, config, source=str(hf_dir), config_source=str(config_path))
     vocab = hf_dir / VOCAB_FILE
     return params, config, (str(vocab) if vocab.is_file() else None)
 
 
 def export_hf_checkpoint(params: Mapping, config: T5Config, out_dir: str | os.PathLike,
-                         vocab_path: Optional[str | os.PathLike] = None) -> pathlib.Path:
+                         vocab_path: Optional[str | os.PathLike] = None,
+                         overwrite: bool = False) -> pathlib.Path:
+    """Writes the HF directory `out_dir`: a new or empty one, or with `overwrite` one that
+    holds only Hugging Face model files (`HF_DIR_FILES`), replaced as a whole. A directory
+    holding a run or a checkpoint is refused either way (see `checkpoints.staged_output_dir`)."""
     from safetensors.numpy import save_file
 
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(params_to_hf(params, config), str(out_dir / _SAFETENSORS), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2, sort_keys=True))
-    generation = {
-        "decoder_start_token_id": config.decoder_start_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
-    }
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    if vocab_path is not None:
-        shutil.copyfile(vocab_path, out_dir / VOCAB_FILE)
-    return out_dir
+    from dss_jax import checkpoints
+
+    hf_weights = params_to_hf(params, config)  # a params tree that does not fit fails before any write
+    if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
+        raise MissingHFFileError(f"vocabulary {vocab_path} does not exist")
+    with checkpoints.staged_output_dir(out_dir, overwrite=overwrite, replaceable=HF_DIR_FILES,
+                                       what="a Hugging Face model") as staging:
+        save_file(hf_weights, str(staging / _SAFETENSORS), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2, sort_keys=True))
+        generation = {
+            "decoder_start_token_id": config.decoder_start_token_id,
+            "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id,
+        }
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        if vocab_path is not None:
+            shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+    return pathlib.Path(out_dir)

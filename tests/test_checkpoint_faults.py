@@ -1,0 +1,423 @@
+"""Nothing lost, nothing silently wrong: checkpoints and HF directories that do not fit.
+
+Each test damages one thing (a weight file, config.json, the output directory) and pins
+what the user sees: one error naming the file and what disagrees, and nothing written or
+overwritten. HF directories are written with our own exporter (numpy only, no torch).
+"""
+import functools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import save_file
+
+from dss_jax import checkpoints, cli
+from dss_jax.model import hf_convert
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import init_variables
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = T5Config.preset("tiny", "t5.1.1", vocab_size=64)
+
+
+def _random_params(config=CONFIG, seed=0):
+    shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
+                        nn.meta.unbox(shapes["params"]))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return _random_params()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, params):
+    """A valid HF T5 directory of CONFIG (read-only for the tests: they copy it)."""
+    return hf_convert.export_hf_checkpoint(params, CONFIG, tmp_path_factory.mktemp("hf") / "model")
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _snapshot(d: pathlib.Path) -> dict:
+    """{relative path: bytes} of every file under d: to show nothing was touched."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _weights(d):
+    return {k: np.array(v) for k, v in hf_convert.read_safetensors(d / "model.safetensors").items()}
+
+
+def _run(module, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(result, name):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{name}: error: "), result.stderr
+    return last
+
+
+def _fake_run(root: pathlib.Path, params, config=CONFIG) -> pathlib.Path:
+    """A training run's MODEL_DIR as the trainer leaves it (config.json, spiece.model,
+    config.gin, checkpoint_<step>/state with the params)."""
+    model_dir = root / "run"
+    ocp.PyTreeCheckpointer().save(model_dir / "checkpoint_5" / "state",
+                                  {"step": np.int32(5), "params": params})
+    (model_dir / "config.json").write_text(config.to_json())
+    (model_dir / "spiece.model").write_bytes(b"the run's vocabulary")
+    (model_dir / "config.gin").write_text("# the run's gin config\n")
+    return model_dir
+
+
+# ----- what a config implies ----------------------------------------------------------------
+@pytest.mark.parametrize("config", [
+    CONFIG,
+    T5Config.preset("tiny", "t5.1.0", vocab_size=50, num_encoder_layers=3, num_decoder_layers=1),
+    T5Config.preset("tiny", "t5.1.1", d_kv=6, d_ff=40, relative_attention_num_buckets=8),
+])
+def test_param_shapes_are_the_models_own(config):
+    model = nn.meta.unbox(jax.eval_shape(functools.partial(init_variables, config),
+                                         jax.random.key(0))["params"])
+    ours = {path: shape for path, (shape, _) in hf_convert.param_shapes(config).items()}
+    flat = {tuple(str(k.key) for k in keys): leaf.shape
+            for keys, leaf in jax.tree_util.tree_flatten_with_path(model)[0]}
+    assert ours == flat
+
+
+# ----- item 4: convert checks every tensor against config.json -------------------------------
+def _mutate_weight(name, shape=None, dtype=None):
+    def mutate(w):
+        w[name] = np.zeros(shape or w[name].shape, dtype or np.float32)
+    return mutate
+
+
+def _add_layer(w):  # a third encoder block under num_layers=2
+    for name in [k for k in w if k.startswith("encoder.block.1.")]:
+        w[name.replace("block.1.", "block.2.")] = w[name]
+
+
+def _drop_layer(w):
+    for name in [k for k in w if k.startswith("decoder.block.1.")]:
+        del w[name]
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (_mutate_weight("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", (80, 32)),
+     r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight has shape \[80, 32\], but .*config\.json "
+     r"implies \[64, 32\] \(d_ff=64, d_model=32\)"),
+    (_mutate_weight("shared.weight", (128, 32)),
+     r"shared\.weight has shape \[128, 32\], but .*config\.json implies \[64, 32\] \(vocab_size=64"),
+    (_mutate_weight("decoder.block.1.layer.1.EncDecAttention.k.weight", (40, 32)),
+     r"EncDecAttention\.k\.weight has shape \[40, 32\].*num_heads\*d_kv=32"),
+    (_mutate_weight("lm_head.weight", dtype=np.int32), r"lm_head\.weight has dtype int32"),
+    (_add_layer, r"unexpected weights \['encoder\.block\.2\..*config\.json \(num_layers=2"),
+    (_drop_layer, r"missing weights \['decoder\.block\.1\..*config\.json \(num_layers=2"),
+], ids=["d_ff", "vocab", "heads", "dtype", "deeper", "shallower"])
+def test_import_checks_every_tensor_against_config_json(hf_dir, tmp_path, mutate, expect):
+    d = _copy(hf_dir, tmp_path / "hf")
+    weights = _weights(d)
+    mutate(weights)
+    save_file(weights, str(d / "model.safetensors"))
+    with pytest.raises(hf_convert.HFCheckpointError, match=expect) as e:
+        hf_convert.import_hf_checkpoint(d)
+    assert isinstance(e.value, cli.UserError) and "\n" not in str(e.value)
+
+
+def test_convert_binary_rejects_a_mismatched_tensor_and_writes_nothing(hf_dir, tmp_path):
+    d = _copy(hf_dir, tmp_path / "hf")
+    weights = _weights(d)
+    weights["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"] = np.zeros((80, 32), np.float32)
+    save_file(weights, str(d / "model.safetensors"))
+    result = _run("dss_jax.convert", f"--hf_dir={d}", f"--output={tmp_path / 'out'}")
+    last = _assert_one_line_error(result, "convert")
+    assert "wi_0.weight has shape [80, 32]" in last and str(d / "config.json") in last
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no output, no staging directory left
+
+
+# ----- item 4: damaged weight files, index and config.json -----------------------------------
+def _safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _garbage_header(path):
+    b = path.read_bytes()
+    n = int.from_bytes(b[:8], "little")
+    path.write_bytes(b[:8] + b"\xff" * n + b[8 + n:])
+
+
+def _huge_header_size(path):
+    path.write_bytes((10**15).to_bytes(8, "little") + path.read_bytes()[8:])
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (lambda p: _truncate(p, len(p.read_bytes()) - 100),
+     r"model\.safetensors: tensor \S+ \(F32 \[\d+, \d+\], \d+ bytes\) is said to lie at bytes .*truncated"),
+    (lambda p: _truncate(p, 5), r"model\.safetensors: 5 bytes, fewer than the 8-byte header size"),
+    (_garbage_header, r"model\.safetensors: the header is not JSON"),
+    (_huge_header_size, r"model\.safetensors: the header size 1000000000000000 exceeds the file's \d+ bytes"),
+    (lambda p: p.write_bytes(_safetensors_bytes([1, 2])), r"model\.safetensors: the header is a JSON list"),
+    (lambda p: p.write_bytes(_safetensors_bytes({"shared.weight": {"dtype": "F32"}})),
+     r"model\.safetensors: the header entry of 'shared\.weight' is malformed"),
+    (lambda p: p.write_bytes(_safetensors_bytes(
+        {"shared.weight": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"ab")),
+     r"model\.safetensors: tensor shared\.weight: unsupported safetensors dtype 'F8_E4M3'"),
+], ids=["truncated", "shorter-than-8-bytes", "garbage-header", "header-size-1e15", "header-list",
+        "entry-without-shape", "unknown-dtype"])
+def test_a_damaged_safetensors_file_is_named(hf_dir, tmp_path, damage, expect):
+    d = _copy(hf_dir, tmp_path / "hf")
+    damage(d / "model.safetensors")
+    with pytest.raises(hf_convert.HFCheckpointError, match=expect) as e:
+        hf_convert.import_hf_checkpoint(d)
+    assert str(d / "model.safetensors") in str(e.value) and "\n" not in str(e.value)
+
+
+def _shard(d, weight_map=None, index_text=None):
+    """Splits d's weights into two shards with an index; `weight_map`/`index_text` replace it."""
+    weights = _weights(d)
+    (d / "model.safetensors").unlink()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, members in shards.items():
+        save_file({k: weights[k] for k in members}, str(d / shard))
+    wm = {k: s for s, members in shards.items() for k in members}
+    index = {"metadata": {}, "weight_map": weight_map(wm) if weight_map else wm}
+    (d / "model.safetensors.index.json").write_text(index_text if index_text is not None else json.dumps(index))
+
+
+def _missing_shard(d):
+    _shard(d)
+    (d / "model-00002-of-00002.safetensors").unlink()
+
+
+def _misplaced(wm):
+    name = sorted(wm)[0]
+    return dict(wm, **{name: "model-00002-of-00002.safetensors"})
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (_missing_shard, r"model\.safetensors\.index\.json names the shard \S+model-00002-of-00002\.safetensors, "
+                     r"which is missing"),
+    (lambda d: _shard(d, index_text="{not json"), r"model\.safetensors\.index\.json is not valid JSON"),
+    (lambda d: _shard(d, index_text='{"metadata": {}}'),
+     r"model\.safetensors\.index\.json: 'weight_map' must map"),
+    (lambda d: _shard(d, weight_map=_misplaced),
+     r"model\.safetensors\.index\.json puts \S+ in model-00002-of-00002\.safetensors, but it is in "
+     r"model-00001-of-00002\.safetensors"),
+    (lambda d: (d / "config.json").write_text("{not json"), r"config\.json is not valid JSON"),
+    (lambda d: (d / "config.json").write_text("[]"), r"config\.json holds a JSON list, not an object"),
+    (lambda d: (d / "config.json").write_text('{"model_type": "t5"}'),
+     r"config\.json: not a usable T5 config: HF T5 config lacks the key"),
+    (lambda d: (d / "config.json").write_text(
+        json.dumps(dict(json.loads((d / "config.json").read_text()), d_model="32"))),
+     r"config\.json: not a usable T5 config"),
+], ids=["missing-shard", "index-not-json", "index-without-weight-map", "index-misplaces-a-tensor",
+        "config-not-json", "config-a-list", "config-without-sizes", "config-d_model-a-string"])
+def test_a_damaged_index_or_config_json_is_named(hf_dir, tmp_path, damage, expect):
+    d = _copy(hf_dir, tmp_path / "hf")
+    damage(d)
+    with pytest.raises(cli.UserError, match=expect) as e:
+        hf_convert.import_hf_checkpoint(d)
+    assert "\n" not in str(e.value)
+
+
+def test_sharded_weights_still_import(hf_dir, tmp_path, params):
+    d = _copy(hf_dir, tmp_path / "hf")
+    _shard(d)
+    jax.tree.map(np.testing.assert_array_equal, hf_convert.import_hf_checkpoint(d)[0], params)
+
+
+# ----- item 2: export never writes over a run, a checkpoint, or anything without --overwrite ---
+def test_export_binary_refuses_a_run_dir_even_with_overwrite(tmp_path, params):
+    model_dir = _fake_run(tmp_path, params)
+    before = _snapshot(model_dir)
+    result = _run("dss_jax.export", f"--checkpoint={model_dir / 'checkpoint_5'}", f"--output={model_dir}",
+                  "--overwrite")
+    last = _assert_one_line_error(result, "export")
+    assert str(model_dir) in last and "checkpoint_5/" in last
+    assert _snapshot(model_dir) == before
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    # ...and the run still loads, so it can still be exported and evaluated.
+    jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(model_dir / "checkpoint_5")[0], params)
+
+
+def test_export_output_directory_rules(tmp_path, params):
+    out = tmp_path / "hf"
+    export = functools.partial(hf_convert.export_hf_checkpoint, params, CONFIG, out)
+    # An existing empty directory is fine.
+    out.mkdir()
+    export()
+    first = _snapshot(out)
+    # A non-empty one needs overwrite; until then nothing changes.
+    with pytest.raises(checkpoints.OutputDirError, match=r"is not empty .*--overwrite"):
+        export()
+    assert _snapshot(out) == first
+    # With overwrite an earlier export is replaced whole: stale shards and tokenizer files go too.
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    (out / "tokenizer.json").write_text("{}")
+    export(overwrite=True)
+    assert _snapshot(out) == first
+    # A file export would not write is the user's: refused, even with overwrite.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(checkpoints.OutputDirError, match=r"holds notes\.txt"):
+        export(overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    # A dss_jax checkpoint (convert's output) is never written over.
+    ckpt = checkpoints.save_params(tmp_path / "ckpt", params, CONFIG)
+    before = _snapshot(ckpt)
+    with pytest.raises(checkpoints.OutputDirError, match=r"holds the orbax checkpoint params/"):
+        hf_convert.export_hf_checkpoint(params, CONFIG, ckpt, overwrite=True)
+    with pytest.raises(checkpoints.OutputDirError, match=r"holds an orbax checkpoint"):
+        hf_convert.export_hf_checkpoint(params, CONFIG, ckpt / "params", overwrite=True)
+    assert _snapshot(ckpt) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_export_is_atomic_when_it_fails_half_way(tmp_path, params, monkeypatch):
+    import safetensors.numpy
+
+    out = tmp_path / "hf"
+    hf_convert.export_hf_checkpoint(params, CONFIG, out)
+    before = _snapshot(out)
+
+    def crash(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    with pytest.raises(OSError, match="No space"):
+        hf_convert.export_hf_checkpoint(params, CONFIG, out, overwrite=True)
+    assert _snapshot(out) == before  # the earlier export is intact
+    with pytest.raises(OSError, match="No space"):
+        hf_convert.export_hf_checkpoint(params, CONFIG, tmp_path / "new")
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no half-exported model, no staging
+
+
+def test_save_params_never_writes_into_a_run_and_stages_its_writes(tmp_path, params, monkeypatch):
+    model_dir = _fake_run(tmp_path, params)
+    before = _snapshot(model_dir)
+    with pytest.raises(checkpoints.OutputDirError, match=r"holds a training run's checkpoint_5/"):
+        checkpoints.save_params(model_dir, params, CONFIG, overwrite=True)
+    assert _snapshot(model_dir) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("my own config")
+    with pytest.raises(checkpoints.OutputDirError, match="--overwrite"):
+        checkpoints.save_params(tmp_path / "mine", params, CONFIG)
+    assert (tmp_path / "mine" / "config.json").read_text() == "my own config"
+
+    def crash(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", crash)
+    with pytest.raises(OSError, match="No space"):
+        checkpoints.save_params(tmp_path / "ckpt", params, CONFIG)
+    assert sorted(os.listdir(tmp_path)) == ["mine", "run"]
+
+
+# ----- item 11: a checkpoint whose config.json disagrees with its weights --------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, params):
+    return checkpoints.save_params(tmp_path_factory.mktemp("saved") / "ckpt", params, CONFIG)
+
+
+def _with_config(src, dst, **changes):
+    d = _copy(src, dst)
+    (d / "config.json").write_text(CONFIG.replace(**changes).to_json())
+    return d
+
+
+@pytest.mark.parametrize("changes, expect", [
+    (dict(d_ff=80), r"encoder/layers_0/mlp/wi_0/kernel is \[32, 64\] in \S+, but \S+config\.json implies "
+                    r"\[32, 80\] \(d_model, d_ff\)"),
+    (dict(vocab_size=128), r"token_embedder/embedding is \[64, 32\] in \S+, but \S+config\.json implies "
+                           r"\[128, 32\] \(vocab_size, d_model\)"),
+    (dict(num_decoder_layers=3), r"\S+config\.json \(num_encoder_layers=2, num_decoder_layers=3\) calls for "
+                                 r"the parameter decoder/layers_2/"),
+    (dict(num_encoder_layers=1), r"holds the parameter encoder/layers_1/\S+, which \S+config\.json "
+                                 r"\(num_encoder_layers=1"),
+    (dict(feed_forward="relu"), r"calls for the parameter \S+/mlp/wi/kernel"),
+], ids=["d_ff", "vocab", "deeper", "shallower", "not-gated"])
+def test_load_params_names_config_json_and_the_first_disagreeing_param(saved, tmp_path, changes, expect):
+    d = _with_config(saved, tmp_path / "ckpt", **changes)
+    with pytest.raises(checkpoints.CheckpointError, match=expect) as e:
+        checkpoints.load_params(d)
+    assert str(d / "config.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeypatch):
+    from dss_jax import evaluation, train_loop
+    from dss_jax.teacher import student_backend
+
+    d = _with_config(saved, tmp_path / "ckpt", d_ff=80)
+    expect = rf"{d / 'config.json'}".replace(".", r"\.") + r" implies \[32, 80\]"
+    with pytest.raises(cli.UserError, match=expect):  # eval and infer
+        evaluation.load_checkpoint(str(d))
+    with pytest.raises(cli.UserError, match=expect):  # the student as a teacher backend
+        student_backend.StudentBackend(student_backend.StudentConfig(checkpoint=str(d), family="svamp"))
+
+    class NoRunYet:  # INITIAL_CHECKPOINT_PATH is read when the run has no checkpoint of its own
+        def latest_step(self):
+            return None
+
+    with pytest.raises(cli.UserError, match=expect):
+        train_loop._initial_state(None, NoRunYet(), str(d))
+
+
+def test_a_run_checkpoint_without_config_json_is_checked_against_its_metadata(saved, tmp_path):
+    from dss_jax import evaluation
+
+    step = tmp_path / "run" / "checkpoint_5"
+    _copy(saved / "params", step / "state")
+    (step / "metadata").mkdir()
+    (step / "metadata" / "metadata").write_text(json.dumps({"model_config": CONFIG.replace(d_ff=80).to_dict()}))
+    with pytest.raises(cli.UserError, match=r"checkpoint_5/metadata implies \[32, 80\] \(d_model, d_ff\)"):
+        evaluation.load_checkpoint(str(step))
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda t: t / "nowhere", r"checkpoint directory \S+nowhere does not exist"),
+    (lambda t: (t / "file.txt").write_text("x") and t / "file.txt", r"is a file, not a checkpoint directory"),
+    (lambda t: (t / "empty").mkdir() or t / "empty", r"holds no orbax checkpoint"),
+], ids=["missing", "a-file", "not-a-checkpoint"])
+def test_load_params_names_a_path_that_is_no_checkpoint(tmp_path, make, expect):
+    with pytest.raises(cli.UserError, match=expect):
+        checkpoints.load_params(make(tmp_path))
+
+
+def test_a_damaged_orbax_checkpoint_is_named(saved, tmp_path):
+    d = _copy(saved, tmp_path / "ckpt")
+    (d / "params" / "_METADATA").write_text("not json")
+    with pytest.raises(checkpoints.CheckpointError, match=rf"{d / 'params'}: cannot read the orbax checkpoint"):
+        checkpoints.load_params(d)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-checkpoint", "config-disagrees"])
+def test_export_binary_names_a_bad_checkpoint(saved, tmp_path, case):
+    ckpt = {"missing": lambda: tmp_path / "nowhere",
+            "not-a-checkpoint": lambda: tmp_path,
+            "config-disagrees": lambda: _with_config(saved, tmp_path / "ckpt", num_encoder_layers=3)}[case]()
+    result = _run("dss_jax.export", f"--checkpoint={ckpt}", f"--output={tmp_path / 'out'}")
+    last = _assert_one_line_error(result, "export")
+    assert str(ckpt) in last
+    assert not (tmp_path / "out").exists()
