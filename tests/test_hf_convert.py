@@ -224,3 +224,14 @@ def test_import_errors_name_the_problem(v11_dir, tmp_path):
     weights["encoder.block.9.layer.0.SelfAttention.q.weight"] = weights["shared.weight"]
     with pytest.raises(ValueError, match="unexpected weights"):
         hf_convert.hf_to_params(weights, config)
+
+
+def test_a_damaged_pytorch_bin_is_named(v11_dir, tmp_path):
+    path, model = v11_dir
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    shutil.copyfile(path / "config.json", tmp_path / "config.json")
+    data = (tmp_path / "pytorch_model.bin").read_bytes()
+    (tmp_path / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(hf_convert.HFCheckpointError, match=r"pytorch_model\.bin: torch cannot load it") as e:
+        hf_convert.import_hf_checkpoint(tmp_path)
+    assert "\n" not in str(e.value)
