@@ -58,9 +58,6 @@ class HFCheckpointError(UserError, ValueError):
 
 
 # ----- reading weight files -----------------------------------------------------------------
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-
 def _safetensors_dtype(name: str) -> np.dtype:
     import ml_dtypes
 
