@@ -1,5 +1,7 @@
 """SeqIO tasks of paired examples: registration, options from gin, splits, tokenization."""
 
+import pathlib
+
 import gin
 import numpy as np
 import pytest
@@ -211,3 +213,18 @@ def test_task_gin_files(dataset):
         assert rows["encoder_input_tokens"] == gin.query_parameter("DssFeatureConverter.pack_encoder_length")
     finally:
         gin.clear_config()
+
+
+def test_a_trained_vocabulary_goes_to_the_cache_dir_not_beside_the_users_data(tmp_path, monkeypatch):
+    data = tmp_path / "my_data"
+    data.mkdir()
+    train = data / "train.jsonl"
+    with CacheWriter(train) as w:
+        for i in range(60):
+            w.write(CacheRecord(id=f"t{i}", input=f"Is {i} even or odd today?", label=["yes", "no"][i % 2],
+                                samples=(TeacherSample(f"{i} mod 2 is {i % 2}, so it is.", ["yes", "no"][i % 2]),)))
+    monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path / "cache"))
+    gin.clear_config()
+    v = dss_tasks.task_vocabulary(corpus_caches=[str(train)], vocab_size=400)
+    assert sorted(p.name for p in data.iterdir()) == ["train.jsonl"]
+    assert pathlib.Path(v.sentencepiece_model_file).parent == tmp_path / "cache" / "vocabularies"

@@ -173,8 +173,9 @@ def task_vocabulary(
     `spm_path`: a SentencePiece model or a checkpoint dir holding spiece.model (a
     finetuned student). Otherwise a model trained on the text of `corpus_caches` (the
     task's train cache when resolved for a task; a callable is called only when needed),
-    cached in `cache_dir` (default: beside the first cache), for a student trained from
-    scratch.
+    cached in `cache_dir` (default: `vocabularies/` under the project's cache directory,
+    `data_locations`, so nothing is written beside a user's data), for a student trained
+    from scratch.
     """
     if spm_path:
         return vocab.from_checkpoint(spm_path)
@@ -182,7 +183,7 @@ def task_vocabulary(
         corpus_caches = corpus_caches()
     if not corpus_caches:
         raise ValueError("task_vocabulary needs spm_path (bind task_vocabulary.spm_path in gin) or corpus_caches")
-    directory = cache_dir or os.path.dirname(os.path.abspath(corpus_caches[0]))
+    directory = cache_dir or data_locations()[1] / "vocabularies"
     texts = vocab.cache_texts(corpus_caches) + [LABEL_PREFIX, RATIONALE_PREFIX]
     return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
 
