@@ -92,7 +92,7 @@ def evaluate_checkpoints(
                 use_checkpoint_vocabulary(task_name, vocab_path)
                 examples = load_examples(task_name, split, feature_lengths, max_examples)
                 logging.info("%s/%s: %d examples", task_name, split, len(examples))
-            result = evaluate(model, params, examples, batch_size=batch_size, decode=decode,
+            result = evaluate(model, params, examples, batch_size=batch_size, decode=decode, progress=True,
                               output_rationale=output_rationale)
             target_dir = os.path.join(output_dir, f"step_{step}") if per_step_dirs else output_dir
             write_outputs(result, target_dir, step=step,

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -91,17 +92,20 @@ def _seed_of(decode) -> int:
 
 
 def decode_batches(
-    model, params, encoder_tokens: np.ndarray, config: DecodeConfig, batch_size: int, seed: int = 0
+    model, params, encoder_tokens: np.ndarray, config: DecodeConfig, batch_size: int, seed: int = 0,
+    progress: Optional[str] = None,
 ) -> np.ndarray:
     """Decodes every row of `encoder_tokens` [n, enc_len] in batches of `batch_size`.
 
     Returns the generated tokens [n, max_decode_length] (pad after EOS). The last batch is
     padded to `batch_size` with copies of its last row, so one shape is compiled.
+    `progress`: a description to show a progress bar under (examples/s, ETA) on process 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = encoder_tokens.shape[0]
     out = np.zeros((n, config.max_decode_length), np.int32)
+    bar = progress_bar(n, progress) if progress else None
     for index, start in enumerate(range(0, n, batch_size)):
         rows = encoder_tokens[start:start + batch_size]  # [<=batch, enc_len]
         real = rows.shape[0]
@@ -114,7 +118,21 @@ def decode_batches(
             # (sharded) params, and the tokens come back as a global array.
             tokens = multihost_utils.process_allgather(tokens, tiled=True)
         out[start:start + real] = np.asarray(jax.device_get(tokens))[:real]
+        if bar is not None:
+            bar.update(real)
+    if bar is not None:
+        bar.close()
     return out
+
+
+def progress_bar(total: int, description: str):
+    """A tqdm bar on stderr counting examples (rate and ETA), shown by process 0 only. In a
+    log file rather than a terminal it writes a line every 30 s instead of redrawing."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=description, unit="ex", file=sys.stderr, disable=jax.process_index() != 0,
+                mininterval=0.5 if interactive else 30, dynamic_ncols=interactive, ascii=not interactive)
 
 
 def tokens_to_texts(vocabulary, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
@@ -243,8 +261,10 @@ def evaluate(
     batch_size: int = 32,
     decode: Union[DecodeSettings, DecodeConfig, None] = None,
     output_rationale: bool = False,
+    progress: bool = False,
 ) -> EvalResult:
-    """Decodes the labels (and optionally the rationales) of `examples` and scores them."""
+    """Decodes the labels (and optionally the rationales) of `examples` and scores them
+    (with a progress bar per pass when `progress`)."""
     vocab_size = examples.vocabulary.vocab_size
     if vocab_size > model.config.vocab_size:
         raise ValueError(
@@ -254,7 +274,8 @@ def evaluate(
     lengths = examples.feature_lengths
     start = time.perf_counter()
     label_tokens = decode_batches(model, params, examples.label_tokens,
-                                  as_decode_config(decode, lengths["label_targets"]), batch_size, _seed_of(decode))
+                                  as_decode_config(decode, lengths["label_targets"]), batch_size, _seed_of(decode),
+                                  progress=progress and f"{examples.task_name} labels")
     predictions = tokens_to_texts(examples.vocabulary, label_tokens)
     rationales = None
     if dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label":
@@ -263,7 +284,7 @@ def evaluate(
     elif output_rationale:
         rationale_tokens = decode_batches(model, params, examples.rationale_tokens,
                                           as_decode_config(decode, lengths["rationale_targets"]), batch_size,
-                                          _seed_of(decode))
+                                          _seed_of(decode), progress=progress and f"{examples.task_name} rationales")
         rationales = tokens_to_texts(examples.vocabulary, rationale_tokens)
     seconds = time.perf_counter() - start
     correct, metrics = score(examples.family, predictions, examples.targets, examples.teacher_labels)

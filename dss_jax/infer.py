@@ -168,14 +168,16 @@ def infer_file(
     single_task = bool(task_name) and dss_tasks.current_options(task_name).label_target == "rationale_then_label"
     label_length = (dss_tasks.effective_feature_lengths(task_name, feature_lengths) if single_task
                     else feature_lengths)["label_targets"]
-    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed)
+    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed,
+                            progress="labels")
     labels = tokens_to_texts(vocabulary, tokens)
     rationales = None
     if single_task:  # a student of the single-task ablation writes "rationale So the answer is: label"
         rationales, labels = (list(x) for x in zip(*map(dss_tasks.split_single_task, labels)))
     elif rationale_rows is not None:
         tokens = decode_batches(model, params, rationale_rows,
-                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size, seed)
+                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size, seed,
+                                progress="rationales")
         rationales = tokens_to_texts(vocabulary, tokens)
     rows = []
     for i, item in enumerate(inputs):

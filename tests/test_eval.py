@@ -159,3 +159,13 @@ def test_vocabulary_larger_than_the_model_is_refused(env, examples):
     small = T5(env.trained.config.replace(vocab_size=32))
     with pytest.raises(ValueError, match="the model only 32 embeddings"):
         evaluate(small, env.trained.params_by_step[60], examples)
+
+
+def test_evaluate_shows_a_progress_bar_of_examples_only_when_asked(env, examples, capsys):
+    params = env.trained.params_by_step[max(env.trained.params_by_step)]
+    evaluate(env.trained.model, params, examples, batch_size=4)
+    assert capsys.readouterr().err == ""
+    evaluate(env.trained.model, params, examples, batch_size=4, output_rationale=True, progress=True)
+    err = capsys.readouterr().err
+    for part in ("labels", "rationales"):
+        assert f"{toy.TASK} {part}: 100%" in err and "11/11" in err and "ex/s" in err, err
