@@ -1,4 +1,5 @@
-"""The t5x command-line interface for gin, shared by the train, eval and infer binaries.
+"""The t5x command-line interface for gin, shared by the train, eval, infer, sweep and
+annotate binaries.
 
     --gin_file=FILE            repeatable; later files override earlier ones
     --gin_bindings='A.b = 1'   repeatable; applied after the files
@@ -6,22 +7,43 @@
     --gin_search_paths=DIRS    comma-separated folders to look for gin files in
 
 The repository's `gin/` folder is always searched last, so `--gin_file=models/tiny.gin`
-works from anywhere. Before any work, every `%MACRO` referenced by the config must be
-bound; an unbound one is reported by name with the flag that sets it.
+works from anywhere. `parse_gin` checks the config before any work and stops on the
+first mistake with one line (`GinConfigError`) that names the file:line or binding:
+
+- a syntax error, with the fix ("strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\"");
+- an unknown configurable or parameter, with the nearest known names;
+- a `%MACRO` the config reads that nothing sets, with the flag that sets it;
+- a macro set on the command line that no binding reads, directly or through other
+  macros ("did you mean TRAIN_STEPS?"). A macro set in a file and read by nothing is
+  allowed, since one file can serve binaries that read different macros (a task file
+  read by train and annotate); it is logged, as a warning when its name is close to one
+  that is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import importlib.util  # noqa: F401  (gin's resource reader uses it without importing it)
+import inspect
 import logging
 import os
 import re
-from typing import Sequence
+import tokenize
+from typing import Iterable, Iterator, Optional, Sequence
 
 import gin
 from absl import flags
+from gin import config_parser
+
+from dss_jax import cli
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+MACRO = "gin.macro"  # the selector gin files a macro's value under: _CONFIG[(NAME, MACRO)]
+
+
+class GinConfigError(cli.UserError):
+    """A gin file or binding the user can fix; the message is one line naming it."""
 
 
 class _QuietSearch(logging.Filter):
@@ -58,39 +80,28 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def unbound_macros() -> list[str]:
-    """Macros referenced in the parsed config (`%NAME`) that have no value."""
-    config = gin.config._CONFIG  # gin keeps bindings here; there is no public walk over references
-    missing = []
-    # (`iterate_references(..., to=gin.config.macro)` matches nothing: the registered
-    # configurable wraps that function, so macros are recognised by their key.)
-    for ref in gin.config.iterate_references(config):
-        if ref.config_key[1] != "gin.macro":
-            continue
-        name = ref.config_key[0]
-        if ref.config_key not in config and name not in missing:
-            missing.append(name)
-    return missing
-
-
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = (),
-              required_macros: Sequence[str] = ()) -> None:
-    """Parses files and bindings; fails before any work on unknown names or unset macros."""
+              required_macros: Sequence[str] = (), require_files: bool = True) -> None:
+    """Parses files, then bindings; fails before any work on a syntax error, an unknown
+    name, an unset macro or a command-line macro that nothing reads.
+
+    required_macros: macros the binary's code needs even if no file reads them.
+    """
     dirs = [os.path.abspath(p) for p in list(search_paths) + [REPO_GIN_DIR]]
     for path in dirs:
-        gin.add_config_file_search_path(path)
-    if not gin_files:
-        raise SystemExit("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
+        if path not in gin.config._LOCATION_PREFIXES:  # a sweep parses once per run
+            gin.add_config_file_search_path(path)
+    if require_files and not gin_files:
+        raise GinConfigError("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
     files = [resolve_gin_file(f, dirs) for f in gin_files]
-    try:
-        gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
-    except (ValueError, IOError, OSError) as e:
-        raise SystemExit(f"gin configuration error: {e}") from None
-    missing = [m for m in unbound_macros()]
-    missing += [m for m in required_macros if m not in missing and not _macro_bound(m)]
-    if missing:
-        hint = " ".join(f"--gin.{m}=..." for m in missing)
-        raise SystemExit(f"gin macro(s) {', '.join(missing)} not set; pass e.g. {hint}")
+    for path in files:
+        with _one_line_errors(path=path):
+            gin.parse_config_file(path)
+    # One binding at a time (gin joins them into one string) so that an error names its binding.
+    for binding in gin_bindings:
+        with _one_line_errors(binding=binding):
+            gin.parse_config(binding)
+    check_macros(files, gin_bindings, required_macros)
 
 
 def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
@@ -99,13 +110,230 @@ def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
     for path in candidates:
         if os.path.isfile(path):
             return os.path.abspath(path)
-    raise SystemExit(f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))})")
+    raise GinConfigError(f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))}); "
+                         "check the name, or add its folder with --gin_search_paths")
 
 
-def _macro_bound(name: str) -> bool:
+# --- errors gin raises while parsing, as one line -------------------------------------
+
+# gin appends where an error happened to its message: '\n  In file "F", line N\n    TEXT'
+# (innermost first for includes) or '\n  In bindings string line N'.
+_GIN_LOCATION = re.compile(r'\n\s*In file "(?P<file>[^"]*)", line (?P<line>\d+)')
+
+
+@contextlib.contextmanager
+def _one_line_errors(path: Optional[str] = None, binding: Optional[str] = None) -> Iterator[None]:
+    """Turns what gin raises on a bad file (PATH) or BINDING into a `GinConfigError`."""
     try:
-        gin.query_parameter(f"{name}/macro.value")
-        return True
-    except ValueError:
-        return False
+        yield
+    except SyntaxError as e:
+        raise GinConfigError(_syntax_message(e, binding)) from e
+    except tokenize.TokenError as e:  # the text ended inside brackets or a triple-quoted string
+        what = "a bracket or quote that opens is never closed"
+        if binding is not None:
+            raise GinConfigError(f"gin binding {_one_line(binding)!r}: {what}") from e
+        raise GinConfigError(f"{_display(path or '?')} (or a file it includes): {what}") from e
+    except (ValueError, OSError, ModuleNotFoundError) as e:  # unknown names, missing includes, bad imports
+        text = str(e)
+        what = text.split("\n")[0].strip().rstrip(".") + _gin_hint(text)
+        m = _GIN_LOCATION.search(text)
+        if binding is not None:
+            raise GinConfigError(f"gin binding {_one_line(binding)!r}: {what}") from e
+        if m:
+            raise GinConfigError(f"{_display(m.group('file'))}:{m.group('line')}: {what}") from e
+        raise GinConfigError(f"gin configuration error: {what}") from e
 
+
+def _syntax_message(e: SyntaxError, binding: Optional[str]) -> str:
+    text = _one_line(binding if binding is not None else (e.text or ""))
+    fix = _value_fix(text, on_command_line=binding is not None)
+    what = fix or f"cannot parse it ({(e.msg or 'syntax error').splitlines()[0]}); a binding reads NAME = VALUE"
+    if binding is not None:
+        return f"gin binding {text!r}: {what}"
+    return f"{_display(e.filename or '?')}:{e.lineno}: {text!r}: {what}"
+
+
+def _value_fix(text: str, on_command_line: bool) -> str:
+    """What is wrong with `NAME = VALUE` whose VALUE gin cannot parse, and the fix; or ''."""
+    m = re.fullmatch(r"([\w./]+)\s*=\s*(.+)", text)
+    if not m:
+        return ""
+    name, value = m.groups()
+    if value[0] in "[{(":
+        return f"cannot parse the value {value}; check its brackets, commas and quotes"
+    bare = value.strip("'\"")
+    fixed = repr(bare)
+    fix = f"--gin.{name}=\"{fixed}\"" if on_command_line else f"{name} = {fixed}"
+    also = f" (or %{bare} for a macro)" if bare.isidentifier() else ""
+    return f"cannot parse the value {value}; strings need quotes: {fix}{also}"
+
+
+def _gin_hint(message: str) -> str:
+    """'; did you mean ...?' for gin's unknown-name errors, or advice for a missing file."""
+    m = re.match(r"No configurable matching (?:reference )?'@?([^'(]+)", message)
+    if m:
+        name = m.group(1).rsplit("/", 1)[-1]  # without its scope
+        return (did_you_mean(name, _configurable_names(qualified="." in name))
+                or "; check the name, and that a gin file imports the module that defines it")
+    m = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+    if m:
+        return did_you_mean(m.group(2), _parameter_names(m.group(1)))
+    if message.startswith("Unable to open file"):
+        return "; check the name, or add its folder with --gin_search_paths"
+    return ""
+
+
+def _configurable_names(qualified: bool) -> list[str]:
+    configurables = [c for _, c in gin.config._REGISTRY.items() if not c.module.startswith("gin")]
+    return [c.selector if qualified else c.name for c in configurables]
+
+
+def _parameter_names(configurable: str) -> list[str]:
+    try:
+        c = gin.config._REGISTRY.get_match(configurable)
+        params = inspect.signature(c.wrapped).parameters
+    except (KeyError, TypeError, ValueError):
+        return []
+    names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"]
+    return [n for n in names if (c.allowlist is None or n in c.allowlist) and n not in (c.denylist or ())]
+
+
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """'; did you mean A or B?' for the candidates closest to NAME (any case), or ''."""
+    by_lower: dict[str, str] = {}
+    for c in sorted(set(candidates)):
+        if c != name:
+            by_lower.setdefault(c.lower(), c)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=cutoff)
+    return f"; did you mean {' or '.join(by_lower[c] for c in close)}?" if close else ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _display(path: str) -> str:
+    """PATH as a user would type it: gin/... inside the repository, else relative to here."""
+    path = os.path.abspath(path)
+    repo = os.path.dirname(REPO_GIN_DIR)
+    for root in (os.getcwd(), repo):
+        if path.startswith(root + os.sep):
+            return os.path.relpath(path, root)
+    return path
+
+
+# --- macros: every one the config reads is set, every one the command line sets is read ---
+
+def unbound_macros() -> list[str]:
+    """Macros referenced in the parsed config (`%NAME`) that have no value."""
+    config = gin.config._CONFIG  # gin keeps bindings here; there is no public walk over references
+    missing = []
+    for name in _macro_references(config):
+        if (name, MACRO) not in config and name not in missing:
+            missing.append(name)
+    return missing
+
+
+def macros_read(required: Sequence[str] = ()) -> set[str]:
+    """Macros some binding reads, directly or through other macros, plus `required`.
+
+    A macro that only an unread macro refers to is not read either: the walk starts at
+    the bindings of configurables and follows macro values from there.
+    """
+    config = gin.config._CONFIG
+    todo = list(required)
+    for key, params in config.items():
+        if key[1] != MACRO:
+            todo.extend(_macro_references(params))
+    read: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in read:
+            read.add(name)
+            todo.extend(_macro_references(config.get((name, MACRO), {})))
+    return read
+
+
+def _macro_references(params) -> list[str]:
+    # (`iterate_references(..., to=gin.config.macro)` matches nothing: the registered
+    # configurable wraps that function, so macros are recognised by their key.)
+    return [ref.config_key[0] for ref in gin.config.iterate_references(params) if ref.config_key[1] == MACRO]
+
+
+def check_macros(files: Sequence[str], bindings: Sequence[str], required: Sequence[str] = ()) -> None:
+    """Fails on a macro that is read but unset, or set on the command line but unread;
+    logs macros that a file sets and nothing reads."""
+    read = macros_read(required)
+    sites = macro_sites(files, bindings)
+    missing = unbound_macros() + [m for m in required if (m, MACRO) not in gin.config._CONFIG]
+    missing = list(dict.fromkeys(missing))
+    if missing:
+        hint = " ".join(f"--gin.{m}=..." for m in missing)
+        unread_near = [f"{site} sets {name}" for name, (site, _) in sites.items()
+                       if name not in read and did_you_mean(name, missing, cutoff=0.8)]
+        also = f" ({'; '.join(unread_near)}: misspelt?)" if unread_near else ""
+        raise GinConfigError(f"gin macro(s) {', '.join(missing)} not set; pass e.g. {hint}{also}")
+    unread_cli = [(name, site) for name, (site, on_cli) in sites.items() if on_cli and name not in read]
+    if unread_cli:
+        raise GinConfigError("; ".join(_unread_message(name, site, read) for name, site in unread_cli))
+    for name, (site, _) in sites.items():
+        if name not in read:
+            near = did_you_mean(name, read, cutoff=0.8)
+            # Allowed: a shared file may set macros only another binary reads.
+            (logging.warning if near else logging.info)(
+                "%s: macro %s is set but nothing in this config reads it%s", site, name, near)
+
+
+def _unread_message(name: str, site: str, read: set[str]) -> str:
+    hint = did_you_mean(name, read) or (f"; this config reads {', '.join(sorted(read))}" if read else
+                                        "; this config reads no macros")
+    return f"macro {name} is set on {site} but nothing in this config reads it{hint}"
+
+
+def macro_sites(files: Sequence[str], bindings: Sequence[str]) -> dict[str, tuple[str, bool]]:
+    """{macro: (where it was last set, set on the command line?)}, in parse order.
+
+    Where: 'FILE:LINE' (the included file where it is), or
+    "the command line ('NAME = VALUE')".
+    """
+    sites: dict[str, tuple[str, bool]] = {}
+    for path in files:
+        with open(path) as f:
+            _file_macro_sites(f, sites)
+    for binding in bindings:
+        for statement in config_parser.ConfigParser(binding, _NamesOnly()):
+            if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+                sites[_macro_name(statement)] = (f"the command line ({_one_line(binding)!r})", True)
+    return sites
+
+
+def _file_macro_sites(f, sites: dict[str, tuple[str, bool]]) -> None:
+    for statement in config_parser.ConfigParser(f, _NamesOnly()):
+        if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+            sites[_macro_name(statement)] = (f"{_display(f.name)}:{statement.location.line_num}", False)
+        elif isinstance(statement, config_parser.IncludeStatement):
+            with open(_included_path(statement.filename)) as included:
+                _file_macro_sites(included, sites)
+
+
+def _macro_name(statement: config_parser.BindingStatement) -> str:
+    return f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
+
+
+def _included_path(name: str) -> str:
+    """Where gin found an `include` (it already parsed it): the first search path that has it."""
+    prefixes = [""] if os.path.isabs(name) else gin.config._LOCATION_PREFIXES
+    for prefix in prefixes:
+        if os.path.isfile(os.path.join(prefix, name)):
+            return os.path.join(prefix, name)
+    raise GinConfigError(f"include {name!r}: not found")  # gin read it a moment ago; only a race gets here
+
+
+class _NamesOnly(config_parser.ParserDelegate):
+    """Reads statements for their names and places; references are not looked up."""
+
+    def configurable_reference(self, scoped_name, evaluate):
+        return None
+
+    def macro(self, name):
+        return None

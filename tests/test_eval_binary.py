@@ -82,7 +82,7 @@ def test_missing_macros_are_named_before_any_work():
 
     gin.clear_config()
     try:
-        with pytest.raises(SystemExit, match="CHECKPOINT_PATH, EVAL_OUTPUT_DIR not set"):
+        with pytest.raises(gin_utils.GinConfigError, match="CHECKPOINT_PATH, EVAL_OUTPUT_DIR not set"):
             gin_utils.parse_gin(["runs/eval.gin"], ["MIXTURE_OR_TASK_NAME = 'toy'", "TASK_FEATURE_LENGTHS = {}"], [],
                                 ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"))
     finally:

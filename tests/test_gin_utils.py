@@ -1,11 +1,18 @@
-"""The gin command line shared by the binaries: shorthand, search path, clear errors."""
+"""The gin command line shared by the binaries: shorthand, search path, and one-line errors
+for every mistake a user can make in a gin file or binding, before any work."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import gin
 import pytest
 
-from dss_jax import gin_utils
+from dss_jax import cli, gin_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_FILES = ["runs/train.gin", "models/tiny.gin", "tasks/synthetic.gin"]
 
 
 @pytest.fixture(autouse=True)
@@ -13,6 +20,12 @@ def _clear_gin():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+def parse_train(bindings, files=TRAIN_FILES):
+    from dss_jax import train
+
+    gin_utils.parse_gin(files, ["MODEL_DIR = '/tmp/unused'", *bindings], [], train.REQUIRED_MACROS)
 
 
 def test_shorthand_becomes_a_binding():
@@ -36,12 +49,148 @@ def test_includes_found_on_the_search_path_log_no_errors(caplog):
 def test_missing_include_names_the_file(tmp_path):
     bad = tmp_path / "bad.gin"
     bad.write_text("include 'nope/missing.gin'\n")
-    with pytest.raises(SystemExit, match="nope/missing.gin"):
+    with pytest.raises(gin_utils.GinConfigError, match=r"bad.gin:1: .*nope/missing.gin.*--gin_search_paths"):
         gin_utils.parse_gin([str(bad)], [], [str(tmp_path)])
 
 
 def test_unset_macro_is_named_with_its_flag(tmp_path):
     cfg = tmp_path / "run.gin"
     cfg.write_text("import dss_jax.losses\nLossConfig.rationale_weight = %WEIGHT\n")
-    with pytest.raises(SystemExit, match=r"WEIGHT.*--gin\.WEIGHT="):
+    with pytest.raises(gin_utils.GinConfigError, match=r"WEIGHT.*--gin\.WEIGHT="):
         gin_utils.parse_gin([str(cfg)], [], [])
+
+
+# --- misspelt names -----------------------------------------------------------------
+
+@pytest.mark.parametrize("binding,meant", [
+    ("TRAIN_STEP = 5", "TRAIN_STEPS"),   # issue #17: this ran 10,000 steps at batch 64
+    ("train_steps = 5", "TRAIN_STEPS"),  # any case: a parameter's name given as a macro
+    ("BATCHSIZE = 8", "BATCH_SIZE"),
+])
+def test_command_line_macro_nothing_reads_is_an_error_naming_the_nearest(binding, meant):
+    name = binding.split()[0]
+    with pytest.raises(gin_utils.GinConfigError, match=rf"macro {name} is set on the command line "
+                                                       rf".*nothing in this config reads it; did you mean {meant}\?"):
+        parse_train([binding])
+
+
+def test_command_line_macro_without_a_near_name_lists_the_macros_read():
+    with pytest.raises(gin_utils.GinConfigError, match=r"macro ZZZ .*; this config reads .*TRAIN_STEPS"):
+        parse_train(["ZZZ = 1"])
+
+
+def test_a_macro_read_through_another_macro_is_read(tmp_path):
+    cfg = tmp_path / "run.gin"
+    cfg.write_text("import dss_jax.losses\nLossConfig.rationale_weight = %WEIGHT\n")
+    gin_utils.parse_gin([str(cfg)], ["WEIGHT = %BASE", "BASE = 0.5"], [])
+    assert gin.query_parameter("WEIGHT/macro.value") is not None
+    # ... but one that only an unread macro refers to is not read.
+    gin.clear_config()
+    with pytest.raises(gin_utils.GinConfigError, match=r"macro UNUSED .*; macro BASE "):
+        gin_utils.parse_gin([str(cfg)], ["WEIGHT = 1.0", "UNUSED = %BASE", "BASE = 0.5"], [])
+
+
+def test_command_line_override_of_a_file_macro_nothing_reads_is_an_error():
+    # partitioning/tp.gin sets NUM_PARTITIONS; without that file nothing reads it, so
+    # --gin.NUM_PARTITIONS=8 alone would silently train data-parallel.
+    with pytest.raises(gin_utils.GinConfigError, match="macro NUM_PARTITIONS is set on the command line"):
+        parse_train(["NUM_PARTITIONS = 8"])
+    gin.clear_config()
+    parse_train(["NUM_PARTITIONS = 8"], TRAIN_FILES + ["partitioning/tp.gin"])
+
+
+def test_file_macro_nothing_reads_is_allowed_and_logged(tmp_path, caplog):
+    # A task file serves train and annotate; annotate reads none of its macros.
+    gin_utils.parse_gin(["tasks/synthetic.gin"], [], [])
+    # A user's file with a near-miss is allowed (it may be shared) but warned about.
+    mine = tmp_path / "mine.gin"
+    mine.write_text("# my run\nTRAIN_STEP = 5\n")
+    gin.clear_config()
+    with caplog.at_level(logging.INFO):
+        parse_train([], TRAIN_FILES + [str(mine)])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("mine.gin:2: macro TRAIN_STEP is set but nothing in this config reads it; did you mean TRAIN_STEPS?"
+               in w for w in warnings), caplog.text
+
+
+def test_unset_macro_points_at_a_misspelt_one_set_in_a_file(tmp_path):
+    cfg = tmp_path / "run.gin"
+    cfg.write_text("import dss_jax.losses\nLossConfig.rationale_weight = %WEIGHT\nWIEGHT = 1.0\n")
+    with pytest.raises(gin_utils.GinConfigError, match=r"WEIGHT not set; .*run.gin:3 sets WIEGHT: misspelt\?"):
+        gin_utils.parse_gin([str(cfg)], [], [])
+
+
+def test_unknown_configurable_or_parameter_names_the_nearest(tmp_path):
+    with pytest.raises(gin_utils.GinConfigError,
+                       match=r"gin binding 'OptimizerConfig.learnin_rate = 1': .*did you mean learning_rate"):
+        parse_train(["OptimizerConfig.learnin_rate = 1"])
+    gin.clear_config()
+    with pytest.raises(gin_utils.GinConfigError, match=r"'LosConfig.z_loss = 0.1': .*did you mean LossConfig"):
+        parse_train(["LosConfig.z_loss = 0.1"])
+    inner = tmp_path / "inner.gin"
+    inner.write_text("import dss_jax.losses\nLossConfig.rationale_wieght = 1.0\n")
+    outer = tmp_path / "outer.gin"
+    outer.write_text(f"include '{inner}'\n")
+    gin.clear_config()
+    with pytest.raises(gin_utils.GinConfigError, match=r"inner.gin:2: .*'rationale_wieght'; did you mean "
+                                                       r"rationale_weight\?$"):
+        gin_utils.parse_gin([str(outer)], [], [])
+
+
+# --- syntax errors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("binding,fix", [
+    ("MODEL_DIR = /tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),
+    ("MODEL_DIR = '/tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),  # a quote the shell ate
+    ("LABEL_SOURCE = teacher", "--gin.LABEL_SOURCE=\"'teacher'\" (or %teacher for a macro)"),
+    ("TASK_FEATURE_LENGTHS = {'a': 1", "a bracket or quote that opens is never closed"),
+    ("TASK_FEATURE_LENGTHS = {'a': 1]", "check its brackets"),
+])
+def test_binding_syntax_error_is_one_line_with_the_fix(binding, fix, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.guard(lambda: parse_train([binding]), "train")()
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"train: error: gin binding {binding!r}: "), err
+    assert fix in err
+
+
+def test_file_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("import dss_jax.losses\n\nLossConfig.z_loss = 0.0\nMODEL_DIR = /tmp/x\n")
+    top = tmp_path / "top.gin"
+    top.write_text(f"include '{bad}'\n")
+    with pytest.raises(gin_utils.GinConfigError,
+                       match=r"bad.gin:4: 'MODEL_DIR = /tmp/x': .*strings need quotes: MODEL_DIR = '/tmp/x'$"):
+        gin_utils.parse_gin([str(top)], [], [])
+
+
+def test_bindings_without_a_file_are_checked_too():
+    # annotate takes bindings alone (require_files=False).
+    with pytest.raises(gin_utils.GinConfigError, match="macro FOO is set on the command line"):
+        gin_utils.parse_gin([], ["FOO = 1"], [], require_files=False)
+    with pytest.raises(gin_utils.GinConfigError, match="no --gin_file given"):
+        gin_utils.parse_gin([], [], [])
+
+
+# --- the binaries ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("binary,args,typo,meant", [
+    ("train", ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin",
+               "--gin.MODEL_DIR='{out}'"], "--gin.TRAIN_STEP=5", "TRAIN_STEPS"),
+    ("eval", ["--gin_file=runs/eval.gin", "--gin_file=tasks/synthetic.gin", "--gin.CHECKPOINT_PATH='/nonexistent'",
+              "--gin.EVAL_OUTPUT_DIR='{out}'"], "--gin.SPLT='test'", "SPLIT"),
+    ("infer", ["--gin_file=runs/infer.gin", "--gin_file=tasks/synthetic.gin", "--gin.CHECKPOINT_PATH='/nonexistent'",
+               "--gin.INFER_INPUT='/nonexistent.jsonl'", "--gin.INFER_OUTPUT='{out}'"], "--gin.BATCHSIZE=4",
+     "BATCH_SIZE"),
+])
+def test_binaries_stop_on_a_misspelt_macro_before_any_work(binary, args, typo, meant, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", f"dss_jax.{binary}", *[a.format(out=out) for a in args], typo]
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == cli.EXIT_USAGE, proc.stderr
+    assert lines[-1].startswith(f"{binary}: error: ") and f"did you mean {meant}?" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
