@@ -84,9 +84,6 @@ def sweep_config(
     initial_checkpoints: {size: converted checkpoint dir}; sizes without one train from
     scratch. train_bindings / eval_bindings: extra gin bindings for every run.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"sweep_config.methods: unknown {unknown}; known: {sorted(METHODS)}")
     return dict(locals())
 
 
@@ -105,18 +102,62 @@ def run_bindings(run: Run, cfg: dict) -> list[str]:
         "task_options.seed": run.seed,
         "train.seed": run.seed,
         "RATIONALE_WEIGHT": run.rationale_weight,
-        "LABEL_SOURCE": f"'{cfg['dss_label_source']}'",
+        "LABEL_SOURCE": repr(cfg["dss_label_source"]),
     }
     b.update(METHODS[run.method])
     ckpt = (cfg["initial_checkpoints"] or {}).get(run.size)
     if ckpt:
-        b["INITIAL_CHECKPOINT_PATH"] = f"'{ckpt}'"
+        b["INITIAL_CHECKPOINT_PATH"] = repr(ckpt)  # repr: a path may hold a quote
     return [f"{k} = {v}" for k, v in b.items()]
 
 
-def _run_binary(module: str, gin_files: list[str], bindings: list[str], log_path: str, timeout) -> None:
+# The binaries a run goes through; their modules define REQUIRED_MACROS and the
+# configurables their gin files bind (e.g. eval's evaluate_checkpoints).
+TRAIN, EVAL = "dss_jax.train", "dss_jax.eval"
+
+
+def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
+    """(binary module, gin files, gin bindings) of the train and eval commands of a run."""
+    run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
+    model_dir = os.path.join(run_dir, "model")
+    common = run_bindings(run, cfg)
+    train = (TRAIN, ["runs/train.gin", f"models/{run.size}.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
+             [f"MODEL_DIR = {model_dir!r}", *common, *cfg["train_bindings"]])
+    evaluate = (EVAL, ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
+                [f"CHECKPOINT_PATH = {model_dir!r}", f"EVAL_OUTPUT_DIR = {os.path.join(run_dir, 'eval')!r}",
+                 f"SPLIT = {cfg['eval_split']!r}", "STEPS = 'latest'",
+                 *[b for b in common if b.startswith("task_options.label_target")], *cfg["eval_bindings"]])
+    return [train, evaluate]
+
+
+def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",)) -> None:
+    """Parses every run's train and eval config here, as those binaries will, before the
+    first starts: a misspelt name in train_bindings would otherwise stop the sweep only
+    when its run comes up, possibly hours in. Leaves gin's config cleared."""
+    import importlib
+
+    for run in runs:
+        for module, gin_files, bindings in run_commands(run, cfg):
+            binary = importlib.import_module(module)  # registers its configurables
+            gin.clear_config()
+            try:
+                gin_utils.parse_gin(gin_files, bindings, search_paths, binary.REQUIRED_MACROS)
+            except gin_utils.GinConfigError as e:
+                raise gin_utils.GinConfigError(f"run {run.name}, {module.split('.')[-1]}: {e}") from e
+    gin.clear_config()
+
+
+def check_methods(cfg: dict) -> None:
+    for method in cfg["methods"]:
+        if method not in METHODS:
+            raise gin_utils.GinConfigError(f"sweep_config.methods: unknown method {method!r}"
+                                           f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}")
+
+
+def _run_binary(module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str],
+                log_path: str, timeout) -> None:
     cmd = [sys.executable, "-m", module, *[f"--gin_file={f}" for f in gin_files],
-           *[f"--gin_bindings={b}" for b in bindings]]
+           *[f"--gin_bindings={b}" for b in bindings], f"--gin_search_paths={','.join(search_paths)}"]
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -129,31 +170,16 @@ def _run_binary(module: str, gin_files: list[str], bindings: list[str], log_path
         raise cli.child_error(module, proc.returncode, log_path)
 
 
-def execute(run: Run, cfg: dict) -> dict:
+def execute(run: Run, cfg: dict, search_paths: Sequence[str] = (".",)) -> dict:
     """Trains and evaluates one run unless its result is already there."""
     run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
     done = _eval_result(run_dir)
     if done is not None:
         return done
     os.makedirs(run_dir, exist_ok=True)
-    model_dir = os.path.join(run_dir, "model")
-    common = run_bindings(run, cfg)
-    _run_binary(
-        "dss_jax.train",
-        ["runs/train.gin", f"models/{run.size}.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
-        [f"MODEL_DIR = '{model_dir}'", *common, *cfg["train_bindings"]],
-        os.path.join(run_dir, "train.log"),
-        cfg["timeout_per_run"],
-    )
-    _run_binary(
-        "dss_jax.eval",
-        ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
-        [f"CHECKPOINT_PATH = '{model_dir}'", f"EVAL_OUTPUT_DIR = '{os.path.join(run_dir, 'eval')}'",
-         f"SPLIT = '{cfg['eval_split']}'", "STEPS = 'latest'",
-         *[b for b in common if b.startswith("task_options.label_target")], *cfg["eval_bindings"]],
-        os.path.join(run_dir, "eval.log"),
-        cfg["timeout_per_run"],
-    )
+    for module, gin_files, bindings in run_commands(run, cfg):
+        log = os.path.join(run_dir, f"{module.split('.')[-1]}.log")
+        _run_binary(module, gin_files, bindings, search_paths, log, cfg["timeout_per_run"])
     result = _eval_result(run_dir)
     if result is None:
         raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_dir}/eval")
@@ -248,14 +274,16 @@ def main(argv):
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     cfg = sweep_config()
-    os.makedirs(cfg["sweep_dir"], exist_ok=True)
+    check_methods(cfg)
     runs = plan(cfg)
+    check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
+    os.makedirs(cfg["sweep_dir"], exist_ok=True)
     results = {}
     for i, run in enumerate(runs, start=1):
         t0 = time.time()
         logging.info("[%d/%d] %s", i, len(runs), run.name)
         print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
-        results[run.name] = execute(run, cfg)
+        results[run.name] = execute(run, cfg, FLAGS.gin_search_paths)
         print(f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
               f"({time.time() - t0:.0f}s)", flush=True)
     rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"])

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from conftest import REPO_ROOT
-from dss_jax import sweep
+from dss_jax import gin_utils, sweep
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, TeacherSample
 
@@ -93,3 +94,52 @@ def test_two_point_sweep_end_to_end(tmp_path):
     r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
+
+
+def _cfg(tmp_path, **kw):
+    cfg = dict(sweep_dir=str(tmp_path / "sweep"), task_gin="tasks/synthetic.gin", methods=["dss"], sizes=["tiny"],
+               fractions=[1.0], seeds=[0], rationale_weights=[1.0], dss_label_source="gt", initial_checkpoints=None,
+               train_bindings=[], eval_bindings=[], extra_gin_files=[], eval_split="test", timeout_per_run=None)
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("change,error", [
+    (dict(eval_bindings=["SPLT = 'validation'"]), r"run dss_lam1_tiny_frac1_seed0, eval: macro SPLT .*did you mean SPLIT\?"),
+    (dict(train_bindings=["train.log_perod = 1"]), r"run dss_lam1_tiny_frac1_seed0, train: .*did you mean log_period"),
+    (dict(sizes=["tiny", "bse"]), r"run dss_lam1_bse_frac1_seed0, train: --gin_file=models/bse.gin: not found"),
+])
+def test_every_run_is_checked_before_the_first_starts(change, error, tmp_path):
+    # A mistake in what the sweep hands its runs would otherwise stop it when that run
+    # comes up, possibly hours in; the sweep binary calls check_runs before writing anything.
+    cfg = _cfg(tmp_path, **change)
+    with pytest.raises(gin_utils.GinConfigError, match=error):
+        sweep.check_runs(sweep.plan(cfg), cfg)
+    sweep.check_runs(sweep.plan(_cfg(tmp_path)), _cfg(tmp_path))  # the unchanged grid is fine
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_paths_with_quotes_reach_the_runs_intact(tmp_path):
+    cfg = _cfg(tmp_path / "it's", initial_checkpoints={"tiny": "/ckpt/o'brien"})
+    sweep.check_runs(sweep.plan(cfg), cfg)
+    train_bindings = sweep.run_commands(sweep.plan(cfg)[0], cfg)[0][2]
+    gin.parse_config(train_bindings[:1] + [b for b in train_bindings if b.startswith("INITIAL")])
+    assert gin.query_parameter("INITIAL_CHECKPOINT_PATH/macro.value") == "/ckpt/o'brien"
+    assert "it's" in gin.query_parameter("MODEL_DIR/macro.value")
+    gin.clear_config()
+
+
+def test_unknown_method_is_named_with_the_nearest():
+    with pytest.raises(gin_utils.GinConfigError, match=r"sweep_config.methods: unknown method 'finetun'; "
+                                                       r"did you mean finetune\?"):
+        sweep.check_methods({"methods": ["dss", "finetun"]})
+
+
+def test_runs_search_the_sweeps_gin_search_paths(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    cfg = _cfg(tmp_path, task_gin="my_task.gin")
+    with pytest.raises(RuntimeError, match="wrote no metrics.json"):  # nothing ran
+        sweep.execute(sweep.plan(cfg)[0], cfg, [str(tmp_path / "my_gin"), "."])
+    assert [c[2] for c in commands] == ["dss_jax.train", "dss_jax.eval"]
+    assert all(f"--gin_search_paths={tmp_path / 'my_gin'},." in c for c in commands)
