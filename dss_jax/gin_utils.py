@@ -184,7 +184,7 @@ def _gin_hint(message: str) -> str:
 
 
 def _configurable_names(qualified: bool) -> list[str]:
-    configurables = [c for _, c in gin.config._REGISTRY.items() if not c.module.startswith("gin")]
+    configurables = [c for _, c in gin.config._REGISTRY.items() if not (c.module or "").startswith("gin")]
     return [c.selector if qualified else c.name for c in configurables]
 
 
