@@ -45,7 +45,9 @@ class UserError(Exception):
 def error_line(name: str, message: object) -> str:
     """`NAME: error: MESSAGE`, on one line (a multi-line message keeps its first line
     in front and the rest indented, so the line that names the problem comes first)."""
-    text = str(message).strip() or "unknown error"
+    # gin appends "In call to configurable 'NAME' (<function ...>)" to errors raised inside
+    # a configurable: the message already says what is wrong.
+    text = re.sub(r"\n\s*In call to configurable .*", "", str(message)).strip() or "unknown error"
     for prefix in (f"{name}: error: ", f"dss_jax.{name}: error: ", "error: "):
         if text.startswith(prefix):
             text = text[len(prefix):]

@@ -30,6 +30,8 @@ def test_string_exit_is_reported_the_same_way_and_bugs_keep_their_traceback(caps
         cli.guard(old_style, "convert")()
     assert e.value.code == cli.EXIT_USAGE
     assert capsys.readouterr().err == "convert: error: no config.json in /x\n"
+    assert cli.error_line("eval", "no checkpoint in /r\n  In call to configurable 'evaluate_checkpoints' (<function>)") \
+        == "eval: error: no checkpoint in /r"
 
     def bug():
         raise KeyError("a bug")
