@@ -209,3 +209,78 @@ def test_svamp_scoring_agrees_with_reference(dss_palm_dir, split):
     expected = {d for d in REFERENCE_ONLY_RIGHT if d[0] == split}
     assert differences == expected
     assert ours_right == REFERENCE_TEACHER_RIGHT[split] - len(expected)
+
+
+# --------------------------------------------------------------------------------------
+# Adversarial completions: every family's parser is linear in the completion's length
+# --------------------------------------------------------------------------------------
+
+MB = 1 << 20
+
+
+def _mb(piece: str, prefix: str = "", suffix: str = "") -> str:
+    return prefix + piece * (MB // len(piece)) + suffix
+
+
+ADVERSARIAL = {
+    "unclosed_parens": _mb("(", "R. The answer is "),
+    "unclosed_parens_per_line": _mb("(\n", "R. The answer is "),
+    "parens_and_spaces": _mb("( ", "R. The answer is "),
+    "close_before_open": _mb(")(", "R. The answer is "),
+    "spaces": _mb(" "),
+    "digits": _mb("7", "R. The answer is ("),
+    "svamp_marker_repeated": _mb("The answer is "),
+    "cqa_marker_repeated": _mb("So the answer is "),
+    "cut_marker_repeated": _mb("Q:"),
+    "choice_markers": _mb("(a)", "R. So the answer is "),
+    "unclosed_choice_markers": _mb("(a", "R. So the answer is "),
+    "esnli_marker_repeated": _mb("Answer: "),
+    "esnli_premise_repeated": _mb("Premise", "R.\nAnswer: "),
+    "huge_equation": _mb("1 + ", "R. The answer is (", "1)."),
+}
+
+
+@pytest.mark.parametrize("family", parsers.FAMILIES)
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_megabyte_completion_parses_in_well_under_a_second(family, name):
+    import time
+
+    completion = ADVERSARIAL[name]
+    start = time.perf_counter()
+    parsed = parse_completion(family, completion)
+    labels_match(family, parsed.label, "( 1.0 + 1.0 )")  # the label is judged too, also bounded
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{family} on {name}: {elapsed:.2f}s"
+
+
+def _reference_svamp_label(completion):
+    """The regex the svamp label is specified by (quadratic, so only for short texts)."""
+    head = completion.split("Q:", 1)[0]
+    parts = head.split("The answer is")
+    if len(parts) != 2:
+        return None
+    match = re.search(r"\([^\n]*\)", parts[1])
+    return match.group(0) if match else None
+
+
+def _reference_cqa_label(completion):
+    parts = completion.split("Q:", 1)[0].split("So the answer is")
+    if len(parts) != 2:
+        return None
+    pieces = re.split(r"\([^\n]\)", parts[1])
+    if len(pieces) < 2:
+        return None
+    label = pieces[1].strip()
+    return (label[:-1] if label.endswith(".") else label).strip() or None
+
+
+def test_linear_parsers_find_what_the_regexes_find():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        tail = "".join(rng.choice("()\nxa. ") for _ in range(rng.randint(0, 14)))
+        svamp = "R. The answer is " + tail
+        assert parse_completion("svamp", svamp).label == _reference_svamp_label(svamp), repr(svamp)
+        cqa = "R. So the answer is " + tail
+        assert parse_completion("cqa", cqa).label == _reference_cqa_label(cqa), repr(cqa)

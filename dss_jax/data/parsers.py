@@ -61,15 +61,38 @@ def _nonempty(text: Optional[str]) -> Optional[str]:
 
 def _split_once(head: str, phrase: str) -> Optional[tuple[str, str]]:
     """(before, after) around the single occurrence of `phrase`; None if 0 or 2+."""
-    parts = head.split(phrase)
-    if len(parts) != 2:
+    # Two finds, not str.split: a completion that repeats the phrase 70,000 times
+    # would otherwise build a list of all the pieces only to count them.
+    first = head.find(phrase)
+    if first < 0 or head.find(phrase, first + len(phrase)) >= 0:
         return None
-    return parts[0], parts[1]
+    return head[:first], head[first + len(phrase):]
 
 
-# The equation: from the first "(" to the last ")" on that line (greedy, one line).
-_EQUATION = re.compile(r"\([^\n]*\)")
-# A CQA choice marker: one character in parentheses, "(a)" ... "(e)".
+def _equation(text: str) -> Optional[str]:
+    """From the first "(" to the last ")" of its line, on the first line that has such a pair.
+
+    What the regex `\\([^\\n]*\\)` finds with `search`, in linear time: the regex retries
+    from every "(" and rescans the rest of the line each time, which is quadratic in a
+    line of unclosed "(" (200,000 of them took 16 s, holding the GIL). Each round below
+    either answers or moves `start` past a newline, scanning no character twice.
+    """
+    start = 0
+    while True:
+        open_at = text.find("(", start)
+        close_at = text.find(")", open_at) if open_at >= 0 else -1
+        if close_at < 0:
+            return None
+        newline = text.rfind("\n", open_at, close_at)
+        if newline >= 0:  # this "(" has no ")" on its line; retry from the line of the ")"
+            start = newline + 1
+            continue
+        line_end = text.find("\n", close_at)
+        return text[open_at : text.rfind(")", open_at, line_end if line_end >= 0 else len(text)) + 1]
+
+
+# A CQA choice marker: one character (not a newline) in parentheses, "(a)" ... "(e)".
+# Fixed width, so each search is linear; only the first two are looked for.
 _CHOICE_MARKER = re.compile(r"\([^\n]\)")
 
 
@@ -79,8 +102,7 @@ def _parse_svamp(completion: str) -> Parsed:
     if split is None:
         return Parsed(None, None)
     before, after = split
-    match = _EQUATION.search(after)
-    return Parsed(_nonempty(before), match.group(0) if match else None)
+    return Parsed(_nonempty(before), _equation(after))
 
 
 def _parse_cqa(completion: str) -> Parsed:
@@ -90,10 +112,11 @@ def _parse_cqa(completion: str) -> Parsed:
         return Parsed(None, None)
     before, after = split
     # The choice text runs from the first marker to the next marker (if any).
-    pieces = _CHOICE_MARKER.split(after)
+    first = _CHOICE_MARKER.search(after)
     label = None
-    if len(pieces) >= 2:
-        label = pieces[1].strip()
+    if first is not None:
+        second = _CHOICE_MARKER.search(after, first.end())
+        label = after[first.end() : second.start() if second else len(after)].strip()
         if label.endswith("."):
             label = label[:-1]
     return Parsed(_nonempty(before), _nonempty(label))
