@@ -14,9 +14,11 @@ One JSON object per line, one line per example:
      "meta": {}}                            # free-form, kept as is
 
 Writing is append-only and crash-safe: each record is one `write` of a whole line,
-flushed and fsynced; a half-written last line (a crash mid-write) is detected when the
-file is next opened for appending, reported, and cut off, so the file never holds a
-silently corrupt record. Reading reports a malformed line by file and line number.
+flushed and fsynced. A half-written last line (a crash mid-write: no newline, does not
+parse) is skipped by readers, and the next writer moves it to CACHE.torn-TIMESTAMP
+and says so, so the file never holds a silently corrupt record and nothing is deleted.
+A complete last line without its newline (another tool's "\n".join) is a record like
+any other. Reading reports a malformed line by file and line number.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import fcntl
 import json
 import logging
 import os
+import time
 from typing import Any, Iterable, Iterator, Optional
 
 from dss_jax.cli import UserError
+from dss_jax.data import jsonl
 
 FORMAT_VERSION = 1
 
@@ -91,25 +95,49 @@ class CacheRecord:
 def _optional_str(obj: dict, key: str, where: str) -> Optional[str]:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        raise CacheFormatError(f"{where}: field {key!r} must be a string or null, got {type(value).__name__}")
+        raise CacheFormatError(f"{where}: field {key!r} must be a string or null, got {_kind(value)}")
     return value
 
 
+def _optional_object(obj: dict, key: str, where: str) -> dict:
+    # `meta` is free-form inside, but an object: code reads it with .get and copies it.
+    value = obj.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise CacheFormatError(f"{where}: field {key!r} must be a JSON object or null, got {_kind(value)}")
+    return value or {}
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type in JSON's words (so a message says 'boolean', not 'bool')."""
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
-    """Validates one decoded line; `where` ("file:line") prefixes every error."""
+    """Validates one decoded line; `where` ("file:line") prefixes every error.
+
+    Types are checked exactly, as JSON has them: a boolean is not an integer, a list or a
+    string is not an object, a number is not an id.
+    """
     if not isinstance(obj, dict):
-        raise CacheFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise CacheFormatError(f"{where}: expected a JSON object, got {_kind(obj)}")
     for key in ("id", "input"):
-        if not isinstance(obj.get(key), str):
-            raise CacheFormatError(f"{where}: missing or non-string required field {key!r}")
+        if key not in obj:
+            raise CacheFormatError(f"{where}: missing required field {key!r}")
+        if not isinstance(obj[key], str):
+            raise CacheFormatError(f"{where}: required field {key!r} must be a string, got {_kind(obj[key])}")
+    if not obj["id"]:
+        raise CacheFormatError(f"{where}: field 'id' is empty")
     raw_samples = obj.get("samples", [])
     if not isinstance(raw_samples, list):
-        raise CacheFormatError(f"{where}: field 'samples' must be a list")
+        raise CacheFormatError(f"{where}: field 'samples' must be a list, got {_kind(raw_samples)}")
     samples = []
     for i, s in enumerate(raw_samples):
         swhere = f"{where}: samples[{i}]"
         if not isinstance(s, dict):
-            raise CacheFormatError(f"{swhere}: expected a JSON object")
+            raise CacheFormatError(f"{swhere}: expected a JSON object, got {_kind(s)}")
         samples.append(
             TeacherSample(
                 rationale=_optional_str(s, "rationale", swhere),
@@ -117,12 +145,13 @@ def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
                 completion=_optional_str(s, "completion", swhere) or "",
                 teacher=_optional_str(s, "teacher", swhere) or "",
                 prompt_id=_optional_str(s, "prompt_id", swhere) or "",
-                meta=s.get("meta") or {},
+                meta=_optional_object(s, "meta", swhere),
             )
         )
     position = obj.get("position")
-    if position is not None and not isinstance(position, int):
-        raise CacheFormatError(f"{where}: field 'position' must be an integer")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 0):
+        raise CacheFormatError(f"{where}: field 'position' must be an integer >= 0 or null, "
+                               f"got {position if type(position) is int else _kind(position)}")
     return CacheRecord(
         id=obj["id"],
         input=obj["input"],
@@ -131,42 +160,29 @@ def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
         dataset=_optional_str(obj, "dataset", where),
         split=_optional_str(obj, "split", where),
         position=position,
-        meta=obj.get("meta") or {},
+        meta=_optional_object(obj, "meta", where),
     )
 
 
 def iter_cache(path: str | os.PathLike) -> Iterator[CacheRecord]:
     """Yields the records of a cache file in order.
 
-    A malformed line raises CacheFormatError naming the file and line. An unterminated
+    A malformed line (not UTF-8, not JSON, too deep, an unpaired surrogate, a field of
+    the wrong type) raises CacheFormatError naming the file and line. An unterminated
     last line that does not parse is a write cut short by a crash: it is skipped with a
-    warning (the next `CacheWriter` on the file removes it). Duplicate ids are an error.
+    warning (the next `CacheWriter` on the file moves it aside). Duplicate ids are an error.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"teacher cache not found: {path}")
     seen: dict[str, int] = {}
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    for lineno, raw in enumerate(lines, start=1):
-        is_unterminated_tail = lineno == len(lines)
-        if not raw.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if is_unterminated_tail:
-                logging.warning("%s: half-written last line (%d bytes) ignored", where, len(raw))
-                return
-            raise CacheFormatError(f"{where}: not valid JSON ({e}); fix or delete this line") from None
-        record = record_from_json(obj, where)
+    for line in jsonl.read_lines(path, CacheFormatError, what="teacher cache", torn_tail=True):
+        record = record_from_json(line.value, line.where)
         if record.id in seen:
             raise CacheFormatError(
-                f"{where}: duplicate id {record.id!r} (first at line {seen[record.id]})"
+                f"{line.where}: duplicate id {record.id!r} (first at line {seen[record.id]})"
             )
-        seen[record.id] = lineno
+        seen[record.id] = line.number
         yield record
 
 
@@ -174,66 +190,112 @@ def read_cache(path: str | os.PathLike) -> list[CacheRecord]:
     return list(iter_cache(path))
 
 
-def _repair_tail(f) -> int:
-    """Cuts a half-written last line off an open (r+b) file; returns bytes removed."""
+def _tail(f) -> tuple[int, bytes]:
+    """(offset, bytes) of what follows the last newline of an open (r+b) file."""
     f.seek(0, os.SEEK_END)
-    size = f.tell()
-    if size == 0:
-        return 0
-    f.seek(size - 1)
-    if f.read(1) == b"\n":
-        return 0
-    # Walk back to the previous newline in blocks.
-    pos = size
+    pos = size = f.tell()
     block = 1 << 16
-    cut = 0
     while pos > 0:
         start = max(0, pos - block)
         f.seek(start)
-        chunk = f.read(pos - start)
-        idx = chunk.rfind(b"\n")
+        idx = f.read(pos - start).rfind(b"\n")
         if idx >= 0:
-            cut = start + idx + 1
+            pos = start + idx + 1
             break
         pos = start
-    f.truncate(cut)
+    f.seek(pos)
+    return pos, f.read(size - pos)
+
+
+def _free_name(base: str) -> str:
+    name, n = base, 1
+    while os.path.lexists(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _settle_tail(f, path: str) -> Optional[str]:
+    """Ends the file with a newline before appending; returns where a torn tail was kept.
+
+    A last line without a newline is kept (given its newline) when it is JSON: another
+    tool's "\n".join(...) writes every record that way. Only a tail that does not
+    parse, the leftover of a crash mid-write, leaves the cache, and it is not deleted
+    but moved to PATH.torn-TIMESTAMP, which the warning names.
+    """
+    offset, tail = _tail(f)
+    if not tail:
+        return None
+    kept = None
+    if tail.strip() and not jsonl.is_json(tail):
+        kept = _free_name(f"{path}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        with open(kept, "xb") as torn:
+            torn.write(tail)
+            torn.flush()
+            os.fsync(torn.fileno())
+        f.truncate(offset)
+        logging.warning("%s: its last line (%d bytes) was cut short, as by a crash mid-write; moved it to %s",
+                        path, len(tail), kept)
+    else:
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
     f.flush()
     os.fsync(f.fileno())
-    return size - cut
+    return kept
+
+
+class CacheLockedError(UserError, RuntimeError):
+    """The cache is being written by another process, or cannot be opened for writing."""
 
 
 class CacheWriter:
     """Appends records to a cache file, one whole line each.
 
-    Holds an exclusive lock on the file so two writers cannot interleave; repairs a
-    half-written tail on open. `ids` holds every id already in the file, so a resumed
-    run can skip finished examples; writing an id twice is refused.
+    Holds an exclusive lock on the file so two writers cannot interleave. Opening
+    checks the whole file first (any malformed line is an error, and nothing is
+    written); then a last line without its newline gets one, or, when it does not
+    parse (a crash mid-write), is moved to `torn_path`. `ids` holds every id already in
+    the file, so a resumed run can skip finished examples; writing an id twice is refused.
     """
 
     def __init__(self, path: str | os.PathLike, fsync: bool = True):
         self.path = os.fspath(path)
         self._fsync = fsync
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        self._file = open(self.path, "a+b")
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            raise CacheLockedError(f"{self.path} is not a regular file (a directory?); give the path of the "
+                                   "cache file (JSONL) to append to")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._file = open(self.path, "a+b")
+        except OSError as e:
+            raise CacheLockedError(f"cannot open the teacher cache {self.path} for appending: {e.strerror}") from None
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise RuntimeError(f"{self.path} is being written by another process") from None
-        removed = _repair_tail(self._file)
-        if removed:
-            logging.warning("%s: removed a half-written last line (%d bytes)", self.path, removed)
-        self.ids: set[str] = {r.id for r in iter_cache(self.path)}
+            raise CacheLockedError(f"{self.path} is being written by another process") from None
+        try:
+            self.ids: set[str] = {r.id for r in iter_cache(self.path)}
+            self.torn_path: Optional[str] = _settle_tail(self._file, self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def write(self, record: CacheRecord | dict) -> None:
+        where = f"{self.path}: new record"
         if isinstance(record, dict):
-            record = record_from_json(record, f"{self.path}: new record")
+            record = record_from_json(record, where)
+        obj = record.to_json()
+        record_from_json(obj, where)  # never write what the reader would refuse
         if record.id in self.ids:
             raise ValueError(f"{self.path}: id {record.id!r} is already in the cache")
-        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
+        try:
+            line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            raise CacheFormatError(f"{where} {record.id!r}: {jsonl.find_lone_surrogate(obj)} holds an unpaired "
+                                   "UTF-16 surrogate, which cannot be written as UTF-8; nothing written") from None
         self._file.seek(0, os.SEEK_END)
-        self._file.write(line.encode("utf-8"))
+        self._file.write(line)
         self._file.flush()
         if self._fsync:
             os.fsync(self._file.fileno())
