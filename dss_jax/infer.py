@@ -31,7 +31,7 @@ from absl import flags
 
 from dss_jax import cli
 from dss_jax import gin_utils
-from dss_jax.data import parsers, sources
+from dss_jax.data import jsonl, parsers, sources
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.evaluation import (DecodeSettings, as_decode_config, checkpoints_to_evaluate, decode_batches,
                                 load_checkpoint, tokens_to_texts)
@@ -42,7 +42,7 @@ gin_utils.define_gin_flags()
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "INFER_INPUT", "INFER_OUTPUT", "TASK_FEATURE_LENGTHS")
 
 
-class InputFormatError(ValueError):
+class InputFormatError(cli.UserError, ValueError):
     """A malformed input line; the message names FILE:LINE."""
 
 
@@ -54,32 +54,27 @@ class RawInput:
 
 
 def read_inputs(path: str) -> list[RawInput]:
-    """The records of an input JSONL file (blank lines skipped)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input file {path} does not exist (INFER_INPUT)")
+    """The records of an input JSONL file (blank lines skipped).
+
+    Read by `data.jsonl`, so a line that is not UTF-8 or JSON, too deep, or holds an
+    unpaired surrogate (which the tokenizer would fail on far from here) is FILE:LINE.
+    """
     out, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputFormatError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise InputFormatError(f'{where}: expected a JSON object like {{"id": "q1", "input": "..."}}, '
-                                       f"got {type(obj).__name__}")
-            if not isinstance(obj.get("input"), str):
-                raise InputFormatError(f"{where}: missing or non-string field 'input'")
-            example_id = obj.get("id", str(lineno))
-            if not isinstance(example_id, (str, int)):
-                raise InputFormatError(f"{where}: field 'id' must be a string or an integer")
-            example_id = str(example_id)
-            if example_id in seen:
-                raise InputFormatError(f"{where}: duplicate id {example_id!r} (first at line {seen[example_id]})")
-            seen[example_id] = lineno
-            out.append(RawInput(example_id, obj["input"], lineno))
+    for line in jsonl.read_lines(path, InputFormatError, what="input file (INFER_INPUT)"):
+        obj, where, lineno = line.value, line.where, line.number
+        if not isinstance(obj, dict):
+            raise InputFormatError(f'{where}: expected a JSON object like {{"id": "q1", "input": "..."}}, '
+                                   f"got {type(obj).__name__}")
+        if not isinstance(obj.get("input"), str):
+            raise InputFormatError(f"{where}: missing or non-string field 'input'")
+        example_id = obj.get("id", str(lineno))
+        if isinstance(example_id, bool) or not isinstance(example_id, (str, int)):
+            raise InputFormatError(f"{where}: field 'id' must be a string or an integer")
+        example_id = str(example_id)
+        if example_id in seen:
+            raise InputFormatError(f"{where}: duplicate id {example_id!r} (first at line {seen[example_id]})")
+        seen[example_id] = lineno
+        out.append(RawInput(example_id, obj["input"], lineno))
     if not out:
         raise InputFormatError(f"{path}: no inputs")
     return out
@@ -198,6 +193,19 @@ def infer_file(
     return rows
 
 
+def _without_gin_note(error: BaseException) -> BaseException:
+    """The error raised inside `infer_file`, without the line gin adds.
+
+    gin re-raises an error from a configurable as a proxy subclass of its class whose
+    message gains "In call to configurable ..." on a second line; the original (the
+    proxy's context) is the one-line FILE:LINE report.
+    """
+    original = error.__context__
+    if original is not None and type(error) is not type(original) and type(error).__bases__ == (type(original),):
+        return original
+    return error
+
+
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
@@ -208,7 +216,7 @@ def main(argv):
         rows = infer_file()
     except (FileNotFoundError, ValueError) as e:
         logging.debug("inference failed", exc_info=True)
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {_without_gin_note(e)}") from None
     print(f"{len(rows)} predictions written", flush=True)
 
 

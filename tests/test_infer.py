@@ -62,12 +62,41 @@ def test_labels_are_those_of_the_eval_and_long_inputs_warn(env, tmp_path, caplog
         ('{"id": "b", "input": 3}', "missing or non-string field 'input'"),
         ('{"id": ["b"], "input": "x"}', "field 'id' must be"),
         ('{"id": "ok", "input": "y"}', r"duplicate id 'ok' \(first at line 1\)"),
+        ('{"id": true, "input": "x"}', "field 'id' must be"),
+        ('{"id": "s", "input": "x \\udc80 y"}', r'\["input"\] \(code point U\+DC80.*unpaired UTF-16 surrogate'),
+        ("[" * 50_000 + "]" * 50_000, "JSON nested too deeply"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "in.jsonl", ['{"id": "ok", "input": "x"}', "", line])
     with pytest.raises(infer.InputFormatError, match=rf"{path}:3: {message}"):
         infer.read_inputs(str(path))
+
+
+def test_non_utf8_line_and_directory_are_named(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "ok", "input": "x"}\n{"id": "b", "input": "caf\xe9"}\n')
+    with pytest.raises(infer.InputFormatError, match=rf"{path}:2: not valid UTF-8 \(byte 0xe9"):
+        infer.read_inputs(str(path))
+    with pytest.raises(infer.InputFormatError, match="is not a regular file"):
+        infer.read_inputs(str(tmp_path))
+
+
+def test_infer_binary_reports_an_unpaired_surrogate_as_file_and_line(tmp_path):
+    # Before: the input passed the reader and sentencepiece failed on it (a pybind RuntimeError).
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "q1", "input": "fine"}\n{"id": "q2", "input": "bad \\ud800 text"}\n')
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "dss_jax.infer", "--gin_file=runs/infer.gin", "--gin.MIXTURE_OR_TASK_NAME=None",
+           f"--gin.CHECKPOINT_PATH='{tmp_path / 'no_checkpoint'}'", f"--gin.INFER_INPUT='{source}'",
+           f"--gin.INFER_OUTPUT='{out}'",
+           "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 8, 'label_targets': 8}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"infer: error: {source}:2: ") and "unpaired UTF-16 surrogate" in last, last
+    assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_nli_inputs_split_at_the_separator_like_the_tasks():
