@@ -149,6 +149,7 @@ def test_parse_retry_after():
         ({"timeout": 0}, "timeout must be > 0"),
         ({"rate_limit": -1.0}, "rate_limit must be > 0"),
         ({"max_retries": -1}, "max_retries must be >= 0"),
+        ({"max_reply_bytes": 0}, "max_reply_bytes must be >= 1"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -156,3 +157,50 @@ def test_config_validation(overrides, message):
     config.update(overrides)
     with pytest.raises(ValueError, match=message):
         HttpBackendConfig(**config)
+
+
+def always(fault):
+    return lambda prompt, attempt: fault
+
+
+def test_a_trickling_server_is_cut_at_a_deadline_for_the_whole_request():
+    # One byte every 50 ms: each read makes progress, so a per-read timeout never fires
+    # (the reply would take ~20 s); the deadline ends each attempt after 1 s.
+    with ScriptedOpenAIServer(echo_teacher, faults=always("trickle"), trickle_seconds=0.05) as server:
+        backend = backend_for(server, timeout=1.0, max_retries=1)
+        start = time.monotonic()
+        with pytest.raises(RequestFailed, match=r"gave up after 2 attempts.*within --timeout=1s"):
+            backend.complete("p", 1, 0.0, max_tokens=5)
+        assert time.monotonic() - start < 3.0
+        assert len(server.log) == 2
+
+
+def test_after_a_trickled_attempt_the_retry_succeeds():
+    with ScriptedOpenAIServer(echo_teacher, faults=only_first("trickle"), trickle_seconds=0.05) as server:
+        backend = backend_for(server, timeout=1.0, max_retries=1)
+        start = time.monotonic()
+        (out,) = backend.complete("the prompt", 1, 0.0, max_tokens=5)
+        assert out.text.startswith("answer 0") and time.monotonic() - start < 2.5
+        assert backend.usage.retries == 1
+
+
+@pytest.mark.parametrize("fault", ["huge", "huge_unannounced"])
+def test_a_reply_over_the_size_cap_fails_its_request_without_retries(fault):
+    with ScriptedOpenAIServer(echo_teacher, faults=always(fault), huge_bytes=3 << 20) as server:
+        backend = backend_for(server, max_reply_bytes=1 << 20, timeout=5.0)
+        with pytest.raises(RequestFailed, match=r"larger than --max_reply_bytes=1048576.*raise the cap"):
+            backend.complete("p", 1, 0.0, max_tokens=5)
+        assert len(server.log) == 1  # the same request would get the same flood: not repeated
+
+
+def test_a_large_reply_under_the_cap_is_read_whole():
+    with ScriptedOpenAIServer(echo_teacher, faults=always("huge_unannounced"), huge_bytes=200_000) as server:
+        (out,) = backend_for(server, max_reply_bytes=1 << 20).complete("p", 1, 0.0, max_tokens=5)
+        assert out.text == "x" * 200_000
+
+
+def test_a_reply_nested_too_deeply_is_malformed_and_retried():
+    with ScriptedOpenAIServer(echo_teacher, faults=only_first("deep_json")) as server:
+        (out,) = backend_for(server).complete("the prompt", 1, 0.0, max_tokens=5)
+        assert out.text.startswith("answer 0")
+        assert [r.fault for r in server.log] == ["deep_json", None]

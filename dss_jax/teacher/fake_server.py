@@ -10,6 +10,13 @@ to exercise a client's retry logic:
     "drop"           the connection is closed without any reply
     "drop_mid_body"  the headers and half the body are sent, then the connection closes
     "slow"           the reply comes only after `slow_seconds` (past a client's timeout)
+    "trickle"        a normal reply, status line to last byte, sent one byte every
+                     `trickle_seconds` (each read makes progress; the whole never ends)
+    "huge"           a 200 reply whose one completion is `huge_bytes` long
+    "huge_unannounced"  the same without Content-Length (the body ends when the
+                     connection closes), so only counting the bytes can catch it
+    "deep_json"      a 200 reply nested 100,000 arrays deep
+    "surrogate"      each completion starts with an unpaired surrogate ("\\ud800" in the JSON)
     "malformed_json" a 200 reply whose body is not JSON
     "no_choices"     a 200 reply with JSON but no `choices`
     "400"            400 Bad Request whose message echoes the request's Authorization
@@ -33,7 +40,8 @@ Teacher = Callable[[str, int], str]  # (prompt, choice index) -> completion text
 # (prompt, how many requests for this prompt came before this one) -> fault name or None
 FaultPlan = Callable[[str, int], Optional[str]]
 
-FAULTS = ("429", "500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices", "400")
+FAULTS = ("429", "500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices", "400",
+          "trickle", "huge", "huge_unannounced", "deep_json", "surrogate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,8 @@ class ScriptedOpenAIServer:
         slow_seconds: float = 2.0,
         api_key: Optional[str] = None,
         max_choices: Optional[int] = None,
+        trickle_seconds: float = 0.1,
+        huge_bytes: int = 1 << 20,
     ):
         """`delay`: seconds every reply takes; `max_choices`: ignore larger `n` (like some servers)."""
         self.teacher = teacher
@@ -83,6 +93,8 @@ class ScriptedOpenAIServer:
         self.slow_seconds = slow_seconds
         self.api_key = api_key
         self.max_choices = max_choices
+        self.trickle_seconds = trickle_seconds
+        self.huge_bytes = huge_bytes
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
@@ -141,7 +153,8 @@ class ScriptedOpenAIServer:
             self.log.append(entry)
         return entry
 
-    def reply_body(self, path: str, body: dict, prompt: str) -> dict:
+    def reply_body(self, path: str, body: dict, prompt: str, text: Optional[str] = None) -> dict:
+        """The reply's JSON; `text`, when given, is every choice's completion instead of the teacher's."""
         n = body.get("n", 1)
         n = n if isinstance(n, int) and n >= 1 else 1
         if self.max_choices is not None:
@@ -149,13 +162,13 @@ class ScriptedOpenAIServer:
         chat = path.endswith("/chat/completions")
         choices, completion_tokens = [], 0
         for i in range(n):
-            text, finish = _cut_at_stop(self.teacher(prompt, i), body.get("stop"))
-            completion_tokens += len(text.split())
+            answer, finish = _cut_at_stop(self.teacher(prompt, i) if text is None else text, body.get("stop"))
+            completion_tokens += len(answer.split())
             choice = {"index": i, "finish_reason": finish}
             if chat:
-                choice["message"] = {"role": "assistant", "content": text}
+                choice["message"] = {"role": "assistant", "content": answer}
             else:
-                choice["text"] = text
+                choice["text"] = answer
             choices.append(choice)
         prompt_tokens = len(prompt.split())
         return {
@@ -198,6 +211,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.wfile.write(payload)
 
+    def _trickle(self, payload: bytes) -> None:
+        """The whole response, one byte at a time: every read gets a byte, the reply never ends."""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode()
+        for i in range(len(head) + len(payload)):
+            self.wfile.write((head + payload)[i : i + 1])
+            self.wfile.flush()
+            time.sleep(self.owner.trickle_seconds)
+        self.close_connection = True
+
     def do_POST(self):  # noqa: N802 - http.server naming
         owner = self.owner
         length = int(self.headers.get("Content-Length") or 0)
@@ -234,6 +257,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, b'{"choices": [{"index": 0, "text": "unterminated')
             elif fault == "no_choices":
                 self._send(200, b'{"object": "text_completion", "usage": {}}')
+            elif fault == "trickle":
+                self._trickle(json.dumps(owner.reply_body(self.path, body, entry.prompt)).encode())
+            elif fault in ("huge", "huge_unannounced"):
+                payload = json.dumps(owner.reply_body(self.path, body, entry.prompt, "x" * owner.huge_bytes)).encode()
+                if fault == "huge":
+                    self._send(200, payload)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    self.close_connection = True
+            elif fault == "deep_json":
+                self._send(200, b"[" * 100_000 + b"]" * 100_000)
+            elif fault == "surrogate":
+                # A broken detokenizer's half of a surrogate pair; json.dumps escapes it as "\\ud800".
+                text = "\ud800" + owner.teacher(entry.prompt, 0)
+                self._send(200, json.dumps(owner.reply_body(self.path, body, entry.prompt, text)).encode())
             else:
                 payload = json.dumps(owner.reply_body(self.path, body, entry.prompt)).encode()
                 self._send(200, payload, truncate=fault == "drop_mid_body")

@@ -8,6 +8,10 @@ Robustness, because a long annotation run meets every kind of failure:
   - 429 (honouring `Retry-After`, seconds or an HTTP date), 408, 5xx, dropped or
     refused connections, timeouts, and 200 replies whose body is not the expected JSON
     are retried with exponential backoff and full jitter, up to `max_retries` times;
+  - `timeout` is a deadline for a whole attempt (connect, send, every byte of the
+    reply): a server that trickles bytes cannot hold a worker longer than that;
+  - a reply larger than `max_reply_bytes` fails its prompt (RequestFailed) without
+    being read further, so a runaway server cannot fill memory or the cache;
   - 401/403/404 are fatal (`FatalBackendError`): no other prompt would fare better;
   - other 4xx (e.g. a prompt over the context length) fail only that prompt;
   - a process-wide rate limit spaces attempts (retries included) evenly;
@@ -24,6 +28,7 @@ import http.client
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -48,7 +53,8 @@ class HttpBackendConfig:
     model: str
     api: str = "chat"  # "chat" (/chat/completions) or "completions" (/completions)
     api_key: Optional[str] = dataclasses.field(default=None, repr=False)
-    timeout: float = 120.0  # seconds a connect or a read may wait without progress
+    timeout: float = 120.0  # seconds one attempt may take in all: connect, send, the whole reply
+    max_reply_bytes: int = 8 << 20  # a larger reply body fails the request
     max_retries: int = 6  # retries after the first attempt
     initial_backoff: float = 1.0  # seconds; the cap of the jittered wait doubles per retry
     max_backoff: float = 60.0
@@ -69,6 +75,8 @@ class HttpBackendConfig:
         for name in ("timeout", "initial_backoff", "max_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes must be >= 1, got {self.max_reply_bytes}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.rate_limit is not None and self.rate_limit <= 0:
@@ -100,10 +108,27 @@ class _MalformedResponse(ValueError):
     pass
 
 
+class _ReplyTooLarge(Exception):
+    pass
+
+
 class _RetryableError(Exception):
     def __init__(self, message: str, retry_after: Optional[float] = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+def _shut(sock: socket.socket, expired: threading.Event) -> None:
+    """The request's deadline: ends the socket, so the read in progress returns at once."""
+    expired.set()
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed: the request ended as the timer fired
+        pass
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -149,6 +174,8 @@ def parse_response(api: str, raw: bytes) -> tuple[list[Completion], Optional[dic
         payload = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _MalformedResponse(f"reply is not JSON ({e})") from None
+    except RecursionError:  # a worker thread must not die of a hostile reply
+        raise _MalformedResponse("reply is JSON nested too deeply to read") from None
     if not isinstance(payload, dict):
         raise _MalformedResponse("reply is not a JSON object")
     choices = payload.get("choices")
@@ -235,12 +262,17 @@ class OpenAIHttpBackend:
         key = self.config.api_key
         return text.replace(key, "***") if key else text
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.config.timeout)
+            conn = cls(self._host, self._port)
             self._local.conn = conn
+        conn.timeout = timeout  # bounds connect; the deadline below bounds the rest
+        if conn.sock is None:
+            conn.connect()
+        else:
+            conn.sock.settimeout(timeout)
         return conn
 
     def _drop_connection(self) -> None:
@@ -249,20 +281,58 @@ class OpenAIHttpBackend:
             conn.close()
             self._local.conn = None
 
+    def _read_body(self, response: http.client.HTTPResponse) -> bytes:
+        """The reply body, refused (`_ReplyTooLarge`) as soon as it passes the cap."""
+        cap = self.config.max_reply_bytes
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            raise _ReplyTooLarge(f"the reply declares {int(declared)} bytes")
+        chunks, size = [], 0
+        while True:
+            chunk = response.read(min(1 << 16, cap + 1 - size))
+            if not chunk:
+                if response.length:  # read(amt) ends quietly where the server hung up early
+                    raise http.client.IncompleteRead(b"".join(chunks), response.length)
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise _ReplyTooLarge("the reply went on past that")
+
     def _post(self, body: dict) -> tuple[int, http.client.HTTPMessage, bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
-        conn = self._connection()
+        timeout = self.config.timeout
+        start = time.monotonic()
+        expired = threading.Event()
+        timer = None
         try:
+            conn = self._connection(timeout)
+            # A socket timeout bounds each read, not the reply: a server sending a byte
+            # a second never trips it. At the deadline the socket is shut down, which
+            # ends any read in progress at once.
+            sock = conn.sock
+            timer = threading.Timer(max(0.0, timeout - (time.monotonic() - start)), _shut, (sock, expired))
+            timer.daemon = True
+            timer.start()
             conn.request("POST", self._path, body=json.dumps(body).encode("utf-8"), headers=headers)
             response = conn.getresponse()
-            raw = response.read()
-        except BaseException:
+            raw = self._read_body(response)
+            if expired.is_set():  # the shut socket ended the body early, as if complete
+                raise OSError("deadline")
+        except BaseException as e:
             # The connection is in an unknown state (half a reply may be pending): discard it.
             self._drop_connection()
+            if expired.is_set() and not isinstance(e, _ReplyTooLarge):
+                raise _DeadlineExceeded(
+                    f"no complete reply within --timeout={timeout:g}s (a deadline for the whole request)"
+                ) from None
             raise
-        if response.will_close:
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if response.will_close or expired.is_set():  # the deadline fired just as the reply ended
             self._drop_connection()
         return response.status, response.headers, raw
 
@@ -272,6 +342,14 @@ class OpenAIHttpBackend:
         self._counter.add(requests=1)
         try:
             status, headers, raw = self._post(body)
+        except _DeadlineExceeded as e:
+            raise _RetryableError(str(e)) from None
+        except _ReplyTooLarge as e:
+            # Not retried: a server that sends this much would send it again, each time.
+            raise RequestFailed(
+                f"reply from {self._url} larger than --max_reply_bytes={self.config.max_reply_bytes} ({e}); "
+                "raise the cap if replies this large are expected"
+            ) from None
         except (OSError, http.client.HTTPException) as e:  # timeouts are OSErrors too
             raise _RetryableError(f"connection error ({type(e).__name__}: {e})") from None
         if status == 200:
