@@ -81,7 +81,10 @@ flags.DEFINE_integer("seed", None, "Sampling seed, for servers that support one 
 flags.DEFINE_integer("samples_per_request", 0, "Max completions per request (n); 0: all at once.")
 flags.DEFINE_integer("concurrency", 8, "Requests in flight at once (student default: enough to fill a batch).")
 flags.DEFINE_float("rate_limit", 0.0, "Max requests per second over all workers, retries included; 0: no limit.")
-flags.DEFINE_float("timeout", 120.0, "Seconds a connect or read may wait without progress before a retry.")
+flags.DEFINE_float("timeout", 120.0, "Seconds one request may take in all (connect, send, the whole reply) "
+                   "before it is cut off and retried; a server that trickles bytes cannot hold a worker longer.")
+flags.DEFINE_integer("max_reply_bytes", 8 << 20, "A reply body larger than this fails its example (not retried; "
+                     "a rerun tries again), so a runaway server cannot fill memory or the cache.")
 flags.DEFINE_integer("max_retries", 6, "Retries per request after the first attempt (429, 5xx, connection, bad JSON).")
 flags.DEFINE_float("initial_backoff", 1.0, "Seconds; the cap of the jittered retry wait, doubled per retry.")
 flags.DEFINE_float("max_backoff", 60.0, "Seconds; the largest retry wait (a server's Retry-After may exceed it).")
@@ -175,6 +178,7 @@ def _http_backend() -> OpenAIHttpBackend:
             api=FLAGS.api,
             api_key=api_key,
             timeout=FLAGS.timeout,
+            max_reply_bytes=FLAGS.max_reply_bytes,
             max_retries=FLAGS.max_retries,
             initial_backoff=FLAGS.initial_backoff,
             max_backoff=FLAGS.max_backoff,
@@ -205,6 +209,9 @@ def main(argv):
         _usage_error("--split goes with --task")
     if not FLAGS.output:
         _usage_error("--output is required")
+    for name in ("output", "summary_json"):  # before any request, not when the results are in
+        if FLAGS[name].value and os.path.isdir(FLAGS[name].value):
+            _usage_error(f"--{name}={FLAGS[name].value} is a directory; give a file path")
     if student:
         if not FLAGS.checkpoint:
             _usage_error("--backend=student needs --checkpoint (a checkpoint dir or a training run's MODEL_DIR)")

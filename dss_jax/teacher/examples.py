@@ -7,17 +7,18 @@ string or a number; used for the `correct` filter and teacher accuracy), `datase
 number fields, which prompt templates can use as `{{name}}`.
 
 Every problem is reported as FILE:LINE with what to fix; all lines are checked before
-any request is sent, so a typo on line 90000 does not surface hours into a run.
+any request is sent, so a typo on line 90000 does not surface hours into a run (nor a
+byte that is not UTF-8, or an unpaired surrogate escape the cache could not store).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, Optional
 
 from dss_jax.cli import UserError
+from dss_jax.data import jsonl
 from dss_jax.teacher.prompts import PromptTemplate
 
 
@@ -74,33 +75,28 @@ def _example_from_json(obj: Any, where: str) -> Example:
 
 
 def read_examples(path: str | os.PathLike, template: Optional[PromptTemplate] = None) -> list[Example]:
-    """All examples of `path`; with a template, also checks every placeholder can be filled."""
+    """All examples of `path`; with a template, also checks every placeholder can be filled.
+
+    Lines that are not UTF-8 or JSON, nested too deeply, or hold an unpaired surrogate
+    (text that could be neither sent nor cached) are refused by `data.jsonl`.
+    """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"input file not found: {path}")
     examples: list[Example] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e}); fix or delete this line") from None
-            example = _example_from_json(obj, where)
-            if example.id in first_line:
+    for line in jsonl.read_lines(path, InputError, what="input file"):
+        obj, where = line.value, line.where
+        example = _example_from_json(obj, where)
+        if example.id in first_line:
+            raise InputError(
+                f"{where}: duplicate id {example.id!r} (first at line {first_line[example.id]}); ids must be unique"
+            )
+        first_line[example.id] = line.number
+        if template is not None:
+            missing = template.missing_fields(obj)
+            if missing:
                 raise InputError(
-                    f"{where}: duplicate id {example.id!r} (first at line {first_line[example.id]}); ids must be unique"
+                    f"{where}: the prompt {template.source} uses {{{{{missing[0]}}}}} "
+                    f"but this record has no string field {missing[0]!r}"
                 )
-            first_line[example.id] = lineno
-            if template is not None:
-                missing = template.missing_fields(obj)
-                if missing:
-                    raise InputError(
-                        f"{where}: the prompt {template.source} uses {{{{{missing[0]}}}}} "
-                        f"but this record has no string field {missing[0]!r}"
-                    )
-            examples.append(example)
+        examples.append(example)
     return examples

@@ -6,6 +6,11 @@ writer of the cache, so each record is one crash-safe append. That gives the res
 guarantee: an example is finished exactly when its line is in the cache, so a run that
 is killed at any moment and started again skips `writer.ids` and loses nothing; an
 example whose request failed for good is not written, and the next run retries it.
+
+A reply is stored even when it is not quite text: unpaired UTF-16 surrogates (a
+server's detokenizer splitting a pair) cannot be written as UTF-8, so each is replaced
+by U+FFFD before parsing and counted in the summary, instead of failing the write on
+every rerun after the request was paid for.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -72,6 +78,7 @@ class Summary:
     dropped_wrong: int = 0
     dropped_uncertain: int = 0  # samples of a winning label whose vote share was below min_vote_share
     records_without_samples: int = 0  # written with every sample filtered out
+    replaced_code_points: int = 0  # unpaired surrogates in replies, stored as U+FFFD
     samples_with_gold: int = 0
     samples_correct: int = 0
     votes_with_gold: int = 0
@@ -124,6 +131,9 @@ class Summary:
             f"{self.dropped_minority} outvoted, {self.dropped_wrong} wrong"
             + (f", {self.dropped_uncertain} of uncertain votes" if self.dropped_uncertain else ""),
         ]
+        if self.replaced_code_points:
+            lines.append(f"replies held {self.replaced_code_points} unpaired surrogate code points (not UTF-8); "
+                         "stored as U+FFFD")
         if self.records_without_samples:
             lines.append(f"records written with no sample left after filtering: {self.records_without_samples}")
         if self.samples_with_gold:
@@ -165,12 +175,29 @@ class _Result:
     example: Example
     samples: Optional[tuple[TeacherSample, ...]] = None
     error: Optional[BaseException] = None
+    replaced: int = 0  # code points of the replies replaced to make them storable
 
 
 _DONE = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _annotate_one(example: Example, backend: TeacherBackend, config: AnnotateConfig, parse: Parse) -> tuple[TeacherSample, ...]:
+class _Storable:
+    """Makes reply text storable as UTF-8, counting the code points it replaces."""
+
+    def __init__(self) -> None:
+        self.replaced = 0
+
+    def __call__(self, text: Optional[str]) -> Optional[str]:
+        if text is None or text.isascii():
+            return text
+        text, n = _SURROGATE.subn("\ufffd", text)
+        self.replaced += n
+        return text
+
+
+def _annotate_one(example: Example, backend: TeacherBackend, config: AnnotateConfig, parse: Parse,
+                  storable: Optional[_Storable] = None) -> tuple[TeacherSample, ...]:
     template = config.template
     prompt = template.render(example.fields)
     completions = backend.complete(
@@ -181,21 +208,23 @@ def _annotate_one(example: Example, backend: TeacherBackend, config: AnnotateCon
         stop=template.stop if config.stop is None else config.stop,
         system=template.system,
     )
+    storable = storable or _Storable()
     samples = []
     for c in completions:
+        text, finish_reason = storable(c.text), storable(c.finish_reason)
         if c.structured:  # the student's: its parts are given, not parsed out of text
-            rationale, label = c.rationale, c.label
+            rationale, label = storable(c.rationale), storable(c.label)
         else:
-            parsed = parse(c.text)
+            parsed = parse(text)
             rationale, label = parsed.rationale, parsed.label
         samples.append(
             TeacherSample(
                 rationale=rationale,
                 label=label,
-                completion=c.text,
+                completion=text,
                 teacher=config.teacher,
                 prompt_id=template.id,
-                meta={"finish_reason": c.finish_reason} if c.finish_reason else {},
+                meta={"finish_reason": finish_reason} if finish_reason else {},
             )
         )
     return tuple(samples)
@@ -209,7 +238,9 @@ def _worker(jobs: queue.Queue, results: queue.Queue, stop: threading.Event, back
             except queue.Empty:
                 return
             try:
-                results.put(_Result(example, samples=_annotate_one(example, backend, config, parse)))
+                storable = _Storable()
+                samples = _annotate_one(example, backend, config, parse, storable)
+                results.put(_Result(example, samples=samples, replaced=storable.replaced))
             except BaseException as e:  # reported by the main thread, which decides what is fatal
                 results.put(_Result(example, error=e))
     finally:
@@ -299,6 +330,7 @@ def run_annotation(
                 )
                 writer.write(_record(item.example, selection, config))
                 summary.add(selection)
+                summary.replaced_code_points += item.replaced
             bar.update(1)
             bar.set_postfix(failed=len(summary.failed), unparsed=summary.unparsed, retries=backend.usage.retries, refresh=False)
     except KeyboardInterrupt:

@@ -1,0 +1,121 @@
+"""`annotate` under faults that used to lose work or hang: bad bytes in the input or the
+cache are refused before any request, a trickling or flooding server is cut off per
+request, and a reply that is not quite text is stored, not fatal."""
+
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+import teacher_script as ts
+from dss_jax.data import parsers
+from dss_jax.data.cache import CacheWriter, read_cache
+from dss_jax.teacher.examples import read_examples
+from dss_jax.teacher.fake_server import ScriptedOpenAIServer
+from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend
+from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
+from dss_jax.teacher.prompts import parse_template
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = ["--max_retries=1", "--initial_backoff=0.01", "--max_backoff=0.05", "--noprogress"]
+
+
+def annotate(server_url, inputs, output, prompt, *extra):
+    cmd = [sys.executable, "-m", "dss_jax.annotate", f"--input={inputs}", f"--output={output}",
+           f"--prompt={prompt}", "--dataset_family=svamp", "--model=scripted", f"--base_url={server_url}",
+           *FLAGS, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("annotate: error: "), last
+    assert all(f in last for f in fragments), last
+    assert "Traceback" not in proc.stderr
+
+
+GOOD = json.dumps(ts.example(0)).encode()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["input_not_utf8", "input_surrogate", "input_too_deep", "output_is_directory", "cache_too_deep",
+     "cache_meta_list"],
+)
+def test_bad_bytes_are_refused_with_file_and_line_before_any_request_or_write(tmp_path, case):
+    inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    inputs.write_bytes(GOOD + b"\n" + json.dumps(ts.example(1)).encode() + b"\n")
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    where = f"{inputs}:2: "
+    if case == "input_not_utf8":
+        inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "Item 1: caf\xe9"}\n')
+        expected = (where, "not valid UTF-8")
+    elif case == "input_surrogate":  # passes json.loads; used to crash the cache writer
+        inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "Item 1: \\udc80"}\n')
+        expected = (where, '["input"]', "unpaired UTF-16 surrogate")
+    elif case == "input_too_deep":
+        inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "x", "meta": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n")
+        expected = (where, "nested too deeply")
+    elif case == "output_is_directory":
+        output.mkdir()
+        expected = (f"--output={output} is a directory",)
+    else:
+        bad = b"[" * 50_000 + b"]" * 50_000 if case == "cache_too_deep" else b'{"id": "z", "input": "z", "meta": []}'
+        output.write_bytes(GOOD + b"\n" + bad + b"\n")
+        expected = (f"{output}:2: ", "nested too deeply" if case == "cache_too_deep" else "'meta' must be a JSON object")
+    before = output.read_bytes() if output.is_file() else None
+    with ScriptedOpenAIServer(ts.teacher) as server:
+        proc = annotate(server.base_url, inputs, output, prompt)
+        assert not server.log  # nothing was paid for
+    assert_one_line_error(proc, *expected)
+    assert (output.read_bytes() if output.is_file() else None) == before
+    assert not list(tmp_path.glob("*.torn-*"))
+
+
+def by_item(plan):
+    return lambda prompt, attempt: plan.get(ts.item_of(prompt))
+
+
+def test_trickling_and_flooding_servers_fail_only_their_examples_within_the_deadline(tmp_path):
+    inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    ts.write_inputs(inputs, 3)
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    plan = by_item({0: "trickle", 1: "huge"})
+    with ScriptedOpenAIServer(ts.teacher, faults=plan, trickle_seconds=0.05, huge_bytes=2 << 20) as server:
+        start = time.monotonic()
+        proc = annotate(server.base_url, inputs, output, prompt, "--timeout=1", "--max_reply_bytes=1000000",
+                        "--concurrency=3")
+        elapsed_in_requests = max(r.time for r in server.log) - min(r.time for r in server.log)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # some examples failed: rerun to retry them
+    assert "ex000: gave up after 2 attempts; last error: no complete reply within --timeout=1s" in proc.stderr
+    assert "ex001: reply from" in proc.stderr and "larger than --max_reply_bytes=1000000" in proc.stderr
+    assert [r.id for r in read_cache(output)] == ["ex002"]
+    # Two trickled attempts of 1 s each (plus a short backoff), not the ~20 s a reply takes.
+    assert elapsed_in_requests < 3.0 and time.monotonic() - start < 60
+    assert sum(r.fault == "huge" for r in server.log) == 1  # a flood is not asked for again
+
+
+def test_a_reply_with_an_unpaired_surrogate_is_stored_replaced_and_counted(tmp_path):
+    inputs, cache = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    ts.write_inputs(inputs, 3)
+    examples = read_examples(inputs)
+    config = AnnotateConfig(template=parse_template(ts.PROMPT), teacher="scripted", num_samples=2,
+                            concurrency=2, progress=False)
+    with ScriptedOpenAIServer(ts.teacher, faults=by_item({1: "surrogate"})) as server:
+        backend = OpenAIHttpBackend(HttpBackendConfig(base_url=server.base_url, model="scripted", timeout=5))
+        with CacheWriter(cache) as writer:
+            summary = run_annotation(examples, backend, writer, config,
+                                     parse=functools.partial(parsers.parse_completion, "svamp"),
+                                     labels_match=functools.partial(parsers.labels_match, "svamp"))
+    assert summary.complete and summary.written == 3 and summary.replaced_code_points == 2
+    assert "replies held 2 unpaired surrogate code points" in summary.format()
+    records = {r.id: r for r in read_cache(cache)}  # the whole file reads back
+    samples = records["ex001"].samples
+    assert [s.completion[0] for s in samples] == ["\ufffd", "\ufffd"]
+    assert all(s.label == "(4 + 12)" for s in samples)  # parsed after the replacement
+    assert summary.to_json()["replaced_code_points"] == 2
