@@ -98,6 +98,9 @@ def test_default_id_is_the_file_stem_and_stop_may_be_a_string(tmp_path):
         ("Q: what?\nA:", "no {{input}}"),
         ('## stop: ["unterminated\nQ: {{input}}', "not valid JSON"),
         ("## stop: [1, 2]\nQ: {{input}}", "stop:' must be"),
+        # The id is written into every cached sample: a lone surrogate would fail each write.
+        ('## id: "p\\ud800"\nQ: {{input}}', "bad.txt:1: '## id:' value holds an unpaired UTF-16 surrogate"),
+        ('## stop: ["\\udfff"]\nQ: {{input}}', "bad.txt:1: '## stop:' value holds an unpaired"),
     ],
 )
 def test_bad_templates_name_the_file(tmp_path, text, message):
@@ -106,6 +109,15 @@ def test_bad_templates_name_the_file(tmp_path, text, message):
     with pytest.raises(PromptError, match=re.escape(message)) as info:
         prompts.load_template(path)
     assert str(path) in str(info.value)
+
+
+def test_unreadable_prompt_files_are_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"## id: x\nQ: {{input}} caf\xe9\n")
+    with pytest.raises(PromptError, match=re.escape(f"{path}:2: not valid UTF-8 (byte 0xe9)")):
+        prompts.load_template(path)
+    with pytest.raises(PromptError, match="is not a regular file"):
+        prompts.load_template(tmp_path)
 
 
 def test_resolve_template(tmp_path):

@@ -30,6 +30,7 @@ import re
 from typing import Any, Mapping, Optional
 
 from dss_jax.cli import UserError
+from dss_jax.data import jsonl
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _DIRECTIVE = re.compile(r"^##\s*(id|stop|system)\s*:\s*(.*)$")
@@ -76,9 +77,13 @@ def _directive_value(raw: str, key: str, where: str) -> Any:
     raw = raw.strip()
     if raw.startswith(("\"", "[")):
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError as e:
             raise PromptError(f"{where}: '## {key}:' value is not valid JSON ({e})") from None
+        if jsonl.find_lone_surrogate(value) is not None:  # the id is written to every cached sample
+            raise PromptError(f"{where}: '## {key}:' value holds an unpaired UTF-16 surrogate escape, "
+                              "which is not text; fix the escape")
+        return value
     return raw
 
 
@@ -115,13 +120,19 @@ def parse_template(text: str, source: str = "<string>", default_id: str = "custo
 
 def load_template(path: str | os.PathLike) -> PromptTemplate:
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         raise PromptError(
             f"prompt file not found: {path} (give a file, or a built-in name: {', '.join(builtin_names())})"
-        ) from None
+        )
+    if not os.path.isfile(path):
+        raise PromptError(f"prompt {path} is not a regular file (a directory?); give a template file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PromptError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the prompt as UTF-8") from None
     stem = os.path.splitext(os.path.basename(path))[0]
     return parse_template(text, source=path, default_id=stem)
 
