@@ -193,19 +193,6 @@ def infer_file(
     return rows
 
 
-def _without_gin_note(error: BaseException) -> BaseException:
-    """The error raised inside `infer_file`, without the line gin adds.
-
-    gin re-raises an error from a configurable as a proxy subclass of its class whose
-    message gains "In call to configurable ..." on a second line; the original (the
-    proxy's context) is the one-line FILE:LINE report.
-    """
-    original = error.__context__
-    if original is not None and type(error) is not type(original) and type(error).__bases__ == (type(original),):
-        return original
-    return error
-
-
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
@@ -216,7 +203,7 @@ def main(argv):
         rows = infer_file()
     except (FileNotFoundError, ValueError) as e:
         logging.debug("inference failed", exc_info=True)
-        raise SystemExit(f"error: {_without_gin_note(e)}") from None
+        raise SystemExit(f"error: {e}") from None  # cli drops the note gin appends
     print(f"{len(rows)} predictions written", flush=True)
 
 
