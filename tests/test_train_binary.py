@@ -158,3 +158,32 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
     steps = sorted(int(p.name.split("_")[1]) for p in model_dir.glob("checkpoint_*"))
     assert len(steps) == 1 and 2 <= steps[0] < 500
     assert steps[0] == metrics(model_dir)[-1]["step"]  # nothing trained is lost
+
+
+def test_tensorboard_serves_the_runs_label_and_rationale_scalars(uninterrupted):
+    """`make install` brings tensorboard (the quickstart tells users to run it); it starts on
+    loopback and serves the scalars the run wrote."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", f"--logdir={uninterrupted}", "--host=127.0.0.1",
+                              f"--port={port}", "--load_fast=false"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    try:
+        deadline, tags = time.time() + 120, {}
+        while time.time() < deadline and not any("label/loss" in t for t in tags.values()):
+            assert board.poll() is None, board.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as r:
+                    tags = json.load(r)
+            except OSError:
+                pass
+            time.sleep(1)
+        train_tags = tags.get("train", {})
+        assert {"label/loss", "rationale/loss", "label/accuracy"} <= set(train_tags), tags
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
