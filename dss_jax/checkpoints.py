@@ -16,7 +16,13 @@ API
   * a step directory holding several orbax items (e.g. `state/`, `dataset/`): the item that
     contains params is found, or named with `item=`.
 config.json and spiece.model are looked up in `path` and up to three parent directories
-(a trainer writes them once in its model dir), unless `config` is given.
+(a trainer writes them once in its model dir), unless `config` is given; a trainer's step
+dir without one is read with the model config its metadata item holds.
+
+    select_checkpoints(path, steps="latest") -> [(step or None, checkpoint dir)]
+        A training run's MODEL_DIR at "latest", "all", a step or a list of steps; any
+        other path is one checkpoint. Every binary that takes a checkpoint (eval, infer,
+        annotate, export) resolves it here, so a MODEL_DIR works the same everywhere.
 
 Every loader of a dss_jax checkpoint goes through `load_params` (eval, infer, the student
 teacher backend, export, INITIAL_CHECKPOINT_PATH in training), and it checks the stored
@@ -40,7 +46,7 @@ import pathlib
 import re
 import secrets
 import shutil
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -163,6 +169,71 @@ def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], An
         path = tuple(str(getattr(k, "key", k)) for k in keys)
         out[path] = (tuple(getattr(leaf, "shape", np.shape(leaf))), getattr(leaf, "dtype", None))
     return out
+
+
+# ----- a training run's checkpoints --------------------------------------------------------
+def select_checkpoints(path: str | os.PathLike, steps: Union[str, int, Sequence[int]] = "latest", *,
+                       path_setting: str = "CHECKPOINT_PATH",
+                       steps_setting: str = "steps") -> list[tuple[Optional[int], str]]:
+    """[(step or None, checkpoint dir)] for a checkpoint or a training run's MODEL_DIR.
+
+    A MODEL_DIR (holding finished `checkpoint_<step>/` dirs) gives the checkpoints at
+    `steps`: "latest", "all", a step or a list of steps. Any other path is one checkpoint
+    (a trainer's step dir, or a `save_params` / `python -m dss_jax.convert` dir); its step
+    is read from a `checkpoint_<step>` name, else None. Errors name `path_setting` and
+    `steps_setting`, the caller's names for the two (a gin macro, a flag).
+    """
+    from dss_jax import checkpoint_manager
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+        raise CheckpointNotFoundError(f"checkpoint path {path} {what} ({path_setting})")
+    available = checkpoint_manager.checkpoint_steps(path)
+    if not available:
+        if steps not in ("latest", "all"):
+            raise CheckpointError(f"{steps_setting}={steps!r} needs a model dir with checkpoint_<step>/ dirs "
+                                  f"(a training run's MODEL_DIR); {path} has none")
+        name = os.path.basename(path)
+        return [(int(name.split("_")[1]) if _RUN_STEP_DIR.match(name) else None, path)]
+    if steps == "latest":
+        chosen = [available[-1]]
+    elif steps == "all":
+        chosen = available
+    else:
+        try:
+            chosen = [int(steps)] if isinstance(steps, (int, str)) else [int(s) for s in steps]
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{steps_setting} must be 'latest', 'all', a step or a list of steps; "
+                                  f"got {steps!r}") from None
+        unknown = [s for s in chosen if s not in available]
+        if unknown:
+            raise CheckpointError(f"{path} has no checkpoint for step(s) {unknown}; it has steps {available} "
+                                  f"(set {steps_setting} to one of them)")
+    return [(s, checkpoint_manager.step_dir(path, s)) for s in chosen]
+
+
+def _no_checkpoint(path: pathlib.Path) -> CheckpointNotFoundError:
+    """The error for a directory without a checkpoint, with the fix for what it is instead."""
+    from dss_jax import checkpoint_manager
+
+    steps = checkpoint_manager.checkpoint_steps(str(path))
+    if steps:  # callers that resolve a MODEL_DIR (select_checkpoints) never get here with one
+        return CheckpointNotFoundError(
+            f"{path} is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
+            f"(steps {steps}), e.g. {checkpoint_manager.step_dir(str(path), steps[-1])}")
+    if _RUN_STEP_DIR.match(path.name):
+        return CheckpointNotFoundError(
+            f"{path} holds no orbax checkpoint: the save of this step did not finish; use another step of the "
+            f"run {path.parent}")
+    if path.is_dir() and ((path / "config.gin").is_file()
+                          or any(e.name.startswith("checkpoint_") for e in path.iterdir())):
+        return CheckpointNotFoundError(
+            f"{path} holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a finished "
+            "checkpoint_<step>/; let the run reach its first checkpoint save, or pick another checkpoint")
+    return CheckpointNotFoundError(
+        f"{path} holds no orbax checkpoint: give a training run's MODEL_DIR (with checkpoint_<step>/ dirs), one "
+        "checkpoint_<step>/ dir, or a directory written by `python -m dss_jax.convert` (params/, config.json)")
 
 
 # ----- writing a directory safely -----------------------------------------------------------
@@ -288,10 +359,7 @@ def _locate_params(path: pathlib.Path) -> tuple[pathlib.Path, tuple[str, ...]]:
     if seen:
         raise CheckpointError(f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
                          f"(a tree with keys {sorted(_T5_TOP_KEYS)})")
-    raise CheckpointNotFoundError(
-        f"{path} holds no orbax checkpoint (looked for {_PYTREE_MARKER} in {path / PARAMS_ITEM}, "
-        f"{path} and its subdirectories); write one with dss_jax.checkpoints.save_params or "
-        "`python -m dss_jax.convert`")
+    raise _no_checkpoint(path)
 
 
 def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
@@ -330,18 +398,43 @@ def _find_upwards(path: pathlib.Path, name: str) -> Optional[pathlib.Path]:
 def _find_config(path: pathlib.Path) -> tuple[T5Config, str]:
     config_path = _find_upwards(path, CONFIG_FILE)
     if config_path is None:
-        raise CheckpointNotFoundError(f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent "
-                                      "directories; pass config= explicitly")
+        found = _config_from_run_metadata(path)
+        if found is not None:
+            return found
+        raise CheckpointNotFoundError(
+            f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent directories: put the config.json "
+            "the model was trained or converted with next to the checkpoint (or pass config= to load_params)")
     try:
         data = json.loads(config_path.read_text())
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path} holds a JSON {type(data).__name__}, not a T5Config object")
+    return _config_from_dict(data, str(config_path)), str(config_path)
+
+
+def _config_from_run_metadata(step_dir: pathlib.Path) -> Optional[tuple[T5Config, str]]:
+    """(config, its description) from a trainer's step dir, whose metadata item keeps the
+    model config too (see checkpoint_manager): a run whose config.json is gone still loads."""
+    from dss_jax import checkpoint_manager
+
+    if not (step_dir / "metadata").is_dir():
+        return None
     try:
-        return T5Config.from_dict(data, source=str(config_path)), str(config_path)
+        model_config = checkpoint_manager.read_metadata(str(step_dir)).get("model_config")
+    except (OSError, ValueError, AttributeError):  # unreadable: report the missing config.json instead
+        return None
+    if not isinstance(model_config, dict):
+        return None
+    source = f"{step_dir}/metadata"
+    return _config_from_dict(model_config, source), f"the model config in {source}"
+
+
+def _config_from_dict(data: dict, source: str) -> T5Config:
+    try:
+        return T5Config.from_dict(data, source=source)
     except TypeError as e:  # a field of the wrong type; from_dict's ValueErrors name the file already
-        raise CheckpointError(f"{config_path}: not a valid T5Config: {e}") from None
+        raise CheckpointError(f"{source}: not a valid T5Config: {e}") from None
     except ValueError as e:
         message = str(e)
-        raise CheckpointError(message if str(config_path) in message else f"{config_path}: {message}") from None
+        raise CheckpointError(message if source in message else f"{source}: {message}") from None

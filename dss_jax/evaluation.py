@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -344,41 +343,12 @@ def format_table(rows: Mapping[Optional[int], Mapping[str, float]]) -> str:
 # Checkpoints to evaluate
 # --------------------------------------------------------------------------------------
 
-_STEP_DIR = re.compile(r"checkpoint_(\d+)$")
-
-
 def checkpoints_to_evaluate(path: str, steps: Union[str, int, Sequence[int]] = "latest") -> list[tuple[Optional[int], str]]:
-    """[(step or None, checkpoint dir)] for a checkpoint or a training run's model dir.
+    """[(step or None, checkpoint dir)] for a checkpoint or a training run's model dir: see
+    `checkpoints.select_checkpoints`, where every binary resolves its checkpoint."""
+    from dss_jax import checkpoints
 
-    A model dir (holding `checkpoint_<step>/` dirs) is evaluated at `steps`: "latest",
-    "all", a step or a list of steps. Any other path is one checkpoint (a trainer's step
-    dir, or a `save_params` / `python -m dss_jax.convert` dir); its step is read from a
-    `checkpoint_<step>` name, else None.
-    """
-    from dss_jax import checkpoint_manager
-
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint path {path} does not exist (CHECKPOINT_PATH)")
-    available = checkpoint_manager.checkpoint_steps(path)
-    if not available:
-        if steps not in ("latest", "all"):
-            raise ValueError(f"steps={steps!r} needs a model dir with checkpoint_<step>/ dirs; {path} has none")
-        match = _STEP_DIR.search(path)
-        return [(int(match.group(1)) if match else None, path)]
-    if steps == "latest":
-        chosen = [available[-1]]
-    elif steps == "all":
-        chosen = available
-    else:
-        try:
-            chosen = [int(steps)] if isinstance(steps, (int, str)) else [int(s) for s in steps]
-        except (TypeError, ValueError):
-            raise ValueError(f"steps must be 'latest', 'all', a step or a list of steps; got {steps!r}") from None
-        unknown = [s for s in chosen if s not in available]
-        if unknown:
-            raise ValueError(f"{path} has no checkpoint for step(s) {unknown}; it has steps {available}")
-    return [(s, checkpoint_manager.step_dir(path, s)) for s in chosen]
+    return checkpoints.select_checkpoints(path, steps)
 
 
 def _is_hf_checkpoint(path: str) -> bool:

@@ -1,10 +1,13 @@
 r"""Exports a dss_jax checkpoint as a Hugging Face T5 directory.
 
-    python -m dss_jax.export --checkpoint CKPT_DIR --output HF_DIR [--item NAME] [--vocab PATH] [--overwrite]
+    python -m dss_jax.export --checkpoint=MODEL_DIR --output=HF_DIR [--step=N]
+    python -m dss_jax.export --checkpoint=CKPT_DIR --output=HF_DIR [--item=NAME] [--vocab=PATH] [--overwrite]
 
-CKPT_DIR is a params checkpoint (dss_jax.convert / checkpoints.save_params) or a trainer
-checkpoint whose tree holds the params (see dss_jax.checkpoints.load_params). HF_DIR gets
-config.json, generation_config.json, model.safetensors and spiece.model, so that
+--checkpoint takes what eval, infer and annotate take: a training run's MODEL_DIR (its
+latest checkpoint, or --step), one of its checkpoint_<step>/ dirs, or a params checkpoint
+(dss_jax.convert / checkpoints.save_params); see `checkpoints.select_checkpoints` and
+`checkpoints.load_params`. HF_DIR gets config.json, generation_config.json,
+model.safetensors and spiece.model, so that
 `transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student.
 
 HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
@@ -17,7 +20,9 @@ from absl import app, flags, logging
 
 from dss_jax import cli
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dss_jax checkpoint directory.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training run's MODEL_DIR (its latest checkpoint, "
+                                  "or --step), or one checkpoint directory.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "With a MODEL_DIR: the step to export (default: the latest).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the Hugging Face files.", required=True)
 _ITEM = flags.DEFINE_string("item", None, "Orbax item (subdirectory) holding the params, when "
                             "the checkpoint has several and the search should not guess.")
@@ -34,16 +39,20 @@ def main(argv):
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     checkpoints.check_output_dir(_OUTPUT.value, overwrite=_OVERWRITE.value,
                                  replaceable=hf_convert.HF_DIR_FILES, what="a Hugging Face model")
+    # A MODEL_DIR resolves to one of its checkpoint_<step>/ dirs, as in eval, infer and annotate.
+    steps = "latest" if _STEP.value is None else _STEP.value
+    (step, path), = checkpoints.select_checkpoints(_CHECKPOINT.value, steps, path_setting="--checkpoint",
+                                                   steps_setting="--step")
     try:
-        params, config, vocab = checkpoints.load_params(_CHECKPOINT.value, item=_ITEM.value)
+        params, config, vocab = checkpoints.load_params(path, item=_ITEM.value)
         vocab = _VOCAB.value or vocab
         out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab,
                                               overwrite=_OVERWRITE.value)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:
-        logging.warning("no spiece.model found for %s: %s has no tokenizer", _CHECKPOINT.value, out)
-    print(f"exported {_CHECKPOINT.value} -> {out} (vocabulary: {vocab or 'none'})")
+        logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
+    print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
 
 
 if __name__ == "__main__":

@@ -421,3 +421,98 @@ def test_export_binary_names_a_bad_checkpoint(saved, tmp_path, case):
     last = _assert_one_line_error(result, "export")
     assert str(ckpt) in last
     assert not (tmp_path / "out").exists()
+
+
+# ----- #17 item 5: export takes what eval takes: a run's MODEL_DIR, its latest step or --step ----
+def _two_step_run(root: pathlib.Path, params) -> tuple[pathlib.Path, dict]:
+    model_dir = _fake_run(root, params)
+    later = _random_params(seed=1)
+    ocp.PyTreeCheckpointer().save(model_dir / "checkpoint_10" / "state", {"step": np.int32(10), "params": later})
+    return model_dir, {5: params, 10: later}
+
+
+@pytest.mark.parametrize("step_flag, step", [((), 10), (("--step=5",), 5)], ids=["latest", "step"])
+def test_export_binary_takes_a_run_model_dir(tmp_path, params, step_flag, step):
+    model_dir, by_step = _two_step_run(tmp_path, params)
+    out = tmp_path / "hf"
+    result = _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={out}", *step_flag)
+    assert result.returncode == 0, result.stderr
+    assert f"checkpoint_{step} (step {step}) -> {out}" in result.stdout
+    exported, config, vocab = hf_convert.import_hf_checkpoint(out)
+    jax.tree.map(np.testing.assert_array_equal, exported, by_step[step])
+    assert config == CONFIG and pathlib.Path(vocab).read_bytes() == b"the run's vocabulary"
+
+
+def test_a_run_without_a_finished_checkpoint_is_named_as_one(tmp_path):
+    """The fix for a MODEL_DIR with no checkpoint yet is to train on, not to convert one."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(CONFIG.to_json())
+    (model_dir / "config.gin").write_text("# the run's gin config\n")
+    (model_dir / "checkpoint_10.orbax-checkpoint-tmp-123").mkdir()  # a save still being written
+    result = _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={tmp_path / 'hf'}")
+    last = _assert_one_line_error(result, "export")
+    assert f"{model_dir} holds no orbax checkpoint yet: it is a training run's MODEL_DIR" in last
+    assert "first checkpoint save" in last and "convert" not in last and "save_params" not in last
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def _unfinished_step(root):  # state/ without orbax's files: a save cut short
+    (root / "run" / "checkpoint_5" / "state").mkdir(parents=True)
+    (root / "run" / "checkpoint_5" / "state" / "half_written").write_bytes(b"")
+    return root / "run" / "checkpoint_5"
+
+
+def _run_without_checkpoints(root):
+    (root / "run").mkdir()
+    (root / "run" / "config.gin").write_text("# the run's gin config\n")
+    return root / "run"
+
+
+@pytest.mark.parametrize("make, expect", [
+    (_unfinished_step, r"checkpoint_5 holds no orbax checkpoint: the save of this step did not finish; use another "
+                       r"step of the run \S+/run$"),
+    (_run_without_checkpoints, r"run holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a "
+                               r"finished checkpoint_<step>/; let the run reach its first checkpoint save"),
+    (lambda t: t, r"holds no orbax checkpoint: give a training run's MODEL_DIR \(with checkpoint_<step>/ dirs\), "
+                  r"one checkpoint_<step>/ dir, or a directory written by `python -m dss_jax\.convert`"),
+    (lambda t: _fake_run(t, _random_params()),  # INITIAL_CHECKPOINT_PATH takes one checkpoint, not a run
+     r"run is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
+     r"\(steps \[5\]\), e\.g\. \S+/run/checkpoint_5$"),
+], ids=["unfinished-step", "run-without-checkpoints", "any-other-dir", "run-given-for-one-checkpoint"])
+def test_a_directory_without_a_checkpoint_gets_the_fix_for_what_it_is(tmp_path, make, expect):
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect) as e:
+        checkpoints.load_params(make(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
+    model_dir, _ = _two_step_run(tmp_path, params)
+    select = functools.partial(checkpoints.select_checkpoints, path_setting="--checkpoint", steps_setting="--step")
+    assert select(model_dir) == [(10, str(model_dir / "checkpoint_10"))]
+    assert select(model_dir, 5) == [(5, str(model_dir / "checkpoint_5"))]
+    assert select(model_dir / "checkpoint_5") == [(5, str(model_dir / "checkpoint_5"))]
+    with pytest.raises(checkpoints.CheckpointError, match=r"run has no checkpoint for step\(s\) \[7\]; it has steps "
+                                                          r"\[5, 10\] \(set --step to one of them\)"):
+        select(model_dir, 7)
+    with pytest.raises(checkpoints.CheckpointError, match=r"^--step=5 needs a model dir .*checkpoint_5 has none$"):
+        select(model_dir / "checkpoint_5", 5)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"nowhere does not exist \(--checkpoint\)$"):
+        select(tmp_path / "nowhere")
+    # eval's name for it still works, with eval's settings.
+    from dss_jax import evaluation
+
+    assert evaluation.checkpoints_to_evaluate(str(model_dir), "all") == [
+        (5, str(model_dir / "checkpoint_5")), (10, str(model_dir / "checkpoint_10"))]
+
+
+def test_a_run_step_without_config_json_loads_with_its_metadata_config(saved, tmp_path, params):
+    """The trainer keeps the model config in each step's metadata item too: every loader
+    (load_params, so export as well as eval) falls back on it when config.json is gone."""
+    step = tmp_path / "run" / "checkpoint_5"
+    _copy(saved / "params", step / "state")
+    (step / "metadata").mkdir()
+    (step / "metadata" / "metadata").write_text(json.dumps({"model_config": CONFIG.to_dict()}))
+    loaded, config, _ = checkpoints.load_params(step)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    assert config == CONFIG
