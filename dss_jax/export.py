@@ -8,7 +8,9 @@ latest checkpoint, or --step), one of its checkpoint_<step>/ dirs, or a params c
 (dss_jax.convert / checkpoints.save_params); see `checkpoints.select_checkpoints` and
 `checkpoints.load_params`. HF_DIR gets config.json, generation_config.json,
 model.safetensors and spiece.model, so that
-`transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student.
+`transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student (an
+untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
+`tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`).
 
 HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
 (an earlier export) whole. A directory holding a training run or a checkpoint is refused
@@ -53,6 +55,7 @@ def main(argv):
     if vocab is None:
         logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
     print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
+    print(f"load it with: {hf_convert.from_pretrained_call(config, out)}")
 
 
 if __name__ == "__main__":

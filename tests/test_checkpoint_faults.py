@@ -129,7 +129,10 @@ def _drop_layer(w):
     (_mutate_weight("lm_head.weight", dtype=np.int32), r"lm_head\.weight has dtype int32"),
     (_add_layer, r"unexpected weights \['encoder\.block\.2\..*config\.json \(num_layers=2"),
     (_drop_layer, r"missing weights \['decoder\.block\.1\..*config\.json \(num_layers=2"),
-], ids=["d_ff", "vocab", "heads", "dtype", "deeper", "shallower"])
+    # A separately trained input embedding would be dropped: T5 (and dss_jax) has one.
+    (_mutate_weight("decoder.embed_tokens.weight"),
+     r"decoder\.embed_tokens\.weight differs from shared\.weight, but T5 has one input embedding"),
+], ids=["d_ff", "vocab", "heads", "dtype", "deeper", "shallower", "own-input-embedding"])
 def test_import_checks_every_tensor_against_config_json(hf_dir, tmp_path, mutate, expect):
     d = _copy(hf_dir, tmp_path / "hf")
     weights = _weights(d)
@@ -438,6 +441,7 @@ def test_export_binary_takes_a_run_model_dir(tmp_path, params, step_flag, step):
     result = _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={out}", *step_flag)
     assert result.returncode == 0, result.stderr
     assert f"checkpoint_{step} (step {step}) -> {out}" in result.stdout
+    assert f"from_pretrained({str(out)!r}, tie_word_embeddings=False)" in result.stdout  # how to load it
     exported, config, vocab = hf_convert.import_hf_checkpoint(out)
     jax.tree.map(np.testing.assert_array_equal, exported, by_step[step])
     assert config == CONFIG and pathlib.Path(vocab).read_bytes() == b"the run's vocabulary"

@@ -135,10 +135,11 @@ def test_round_trip_import_export_gives_identical_logits(hf_checkpoint, tmp_path
                                   _hf_forward(hf_model, enc, dec).logits.numpy())
     exported = hf_convert.read_safetensors(out_dir / "model.safetensors")
     original = hf_convert.read_safetensors(path / "model.safetensors")
-    assert set(exported) == set(original) - {"encoder.embed_tokens.weight",
-                                              "decoder.embed_tokens.weight"}
+    copies = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    # An untied export carries the input embedding's copies (see test_exported_models_load_...).
+    assert set(exported) == (set(original) - copies) | (copies if not config.tie_word_embeddings else set())
     for name, value in exported.items():
-        np.testing.assert_array_equal(value, original[name], err_msg=name)
+        np.testing.assert_array_equal(value, original["shared.weight" if name in copies else name], err_msg=name)
     # And our config survives the trip through transformers' config.json.
     again, config_again, _ = hf_convert.import_hf_checkpoint(out_dir)
     assert config_again == config
@@ -235,3 +236,98 @@ def test_a_damaged_pytorch_bin_is_named(v11_dir, tmp_path):
     with pytest.raises(hf_convert.HFCheckpointError, match=r"pytorch_model\.bin: torch cannot load it") as e:
         hf_convert.import_hf_checkpoint(tmp_path)
     assert "\n" not in str(e.value)
+
+
+# ----- #17 item 7: an export loads into transformers without a warning, decoding the same -----
+GEN_VOCAB, EOS, MAX_NEW = 32, 1, 12
+
+
+def _generating_params(config, seed=0):
+    """Random params whose greedy decodes vary (wide spread), some rows stopping at EOS."""
+    import functools
+
+    import flax.linen as nn
+
+    from dss_jax.model.t5 import init_variables
+
+    shapes = nn.meta.unbox(jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))["params"])
+    rng = np.random.default_rng(seed)
+
+    def init(path, s):
+        is_norm = "scale" in str(path[-1])
+        return (1.0 + 0.3 * rng.standard_normal(s.shape) if is_norm else 2.0 * rng.standard_normal(s.shape)
+                ).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(init, shapes)
+    if config.tie_word_embeddings:
+        params["token_embedder"]["embedding"][EOS] *= 3.0
+    else:
+        params["decoder"]["logits_dense"]["kernel"][:, EOS] *= 2.0
+    return params
+
+
+def _greedy_rows(sequences):
+    """HF greedy rows -> ours: no start token, pad after the first EOS, MAX_NEW long."""
+    rows = []
+    for row in sequences[:, 1:].tolist():
+        row = row[: row.index(EOS) + 1] if EOS in row else row
+        rows.append(row + [0] * (MAX_NEW - len(row)))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("variant", ["t5.1.1", "t5.1.0"])
+def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp_path):
+    """transformers 5 ties T5's lm head whatever config.json says and warns when an
+    untied one differs; the documented load (`from_pretrained_call`) is silent, keeps
+    the head untied, and generates dss_jax's greedy tokens. A plain load still decodes
+    the same (it only warns)."""
+    import logging
+    import warnings
+
+    from dss_jax.model import decoding
+
+    config = T5Config.preset("tiny", variant, vocab_size=GEN_VOCAB, relative_attention_num_buckets=8,
+                             relative_attention_max_distance=16, dropout_rate=0.0)
+    params = _generating_params(config)
+    out = hf_convert.export_hf_checkpoint(params, config, tmp_path / "hf")
+    untied = not config.tie_word_embeddings
+    kwargs = {"tie_word_embeddings": False} if untied else {}
+    assert hf_convert.from_pretrained_call(config, out) == (
+        f"transformers.T5ForConditionalGeneration.from_pretrained({str(out)!r}"
+        f"{', tie_word_embeddings=False' if untied else ''})")
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # another test may have silenced it
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = transformers.T5ForConditionalGeneration.from_pretrained(out, **kwargs).eval()
+    finally:
+        hf_logger.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    assert [r.getMessage() for r in records] == [] and [str(w.message) for w in caught] == []
+    assert (model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()) == (not untied)
+
+    rng = np.random.default_rng(0)
+    lengths = [7, 3, 5, 1, 6, 4, 2, 7]
+    enc = np.zeros((len(lengths), 7), np.int32)
+    for i, n in enumerate(lengths):
+        enc[i, :n] = rng.integers(2, GEN_VOCAB, n)
+    ours = np.asarray(decoding.generate(T5(config), params, enc, max_decode_length=MAX_NEW).tokens)
+    stops = [EOS in row for row in ours.tolist()]
+    assert any(stops) and not all(stops) and len({tuple(r) for r in ours.tolist()}) > 4  # a telling check
+
+    def hf_greedy(hf_model):
+        ids = torch.tensor(enc, dtype=torch.long)
+        with torch.no_grad():
+            return _greedy_rows(hf_model.generate(input_ids=ids, attention_mask=(ids > 0).long(),
+                                                  max_new_tokens=MAX_NEW, do_sample=False, num_beams=1).numpy())
+
+    np.testing.assert_array_equal(hf_greedy(model), ours)
+    np.testing.assert_array_equal(hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(out).eval()),
+                                  ours)

@@ -10,7 +10,7 @@ API
     import_hf_checkpoint(hf_dir) -> (params, T5Config, vocab_path_or_None)
     export_hf_checkpoint(params, config, out_dir, vocab_path=None, overwrite=False) -> out_dir
         writes config.json, generation_config.json, model.safetensors, spiece.model
-        (when given); `transformers.T5ForConditionalGeneration.from_pretrained(out_dir)` loads it.
+        (when given); `from_pretrained_call(config, out_dir)` is how to load it.
     param_shapes(config) -> {our param path: (shape, dims)}  # what `config` implies, no tracing
 
 Nothing is trusted: a weight file that is truncated or corrupt, an index naming a missing
@@ -18,6 +18,15 @@ shard, a config.json that is not a T5 config, or a tensor whose name, shape or d
 not fit config.json raises `HFCheckpointError` (a `cli.UserError`) naming the file and the
 tensor, before anything is converted. The export is staged beside `out_dir` and renamed
 into place, so a crash leaves no half-written model (see `checkpoints.staged_output_dir`).
+
+Untied models (T5 v1.1, Flan-T5) and transformers 5: its T5Config always ties
+the lm head to the embedding, whatever config.json says (`tie_word_embeddings: false` only
+turns off the output rescale), so `from_pretrained(out_dir)` warns that the two differ and
+leaves them untied. `from_pretrained(out_dir, tie_word_embeddings=False)` sets the switch
+after the config is built and loads without a warning, but then ties nothing: the export
+therefore also writes the encoder's and decoder's copies of the input embedding, which a
+plain load ties to `shared` as before. (transformers 4 reads either way.) On import those
+copies must equal `shared.weight`: T5 has one input embedding.
 
 HF stores linear weights as [out, in]; we store kernels as [in, ...out] with heads split
 out: q/k/v [embed, heads, kv], o [heads, kv, embed], wi [embed, mlp], wo [mlp, embed],
@@ -44,6 +53,7 @@ _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _TORCH_BIN = "pytorch_model.bin"
 _TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 
+_EMBEDDING_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # HF keys that carry nothing of their own: tied copies of the embedding, and the cross-
 # attention relative bias that some old checkpoints hold but no T5 ever uses.
 _IGNORED_KEYS = re.compile(
@@ -324,6 +334,18 @@ def check_hf_weights(weights: Mapping[str, np.ndarray], config: T5Config, source
         raise HFCheckpointError(f"{source}: {bad[0]}{more}")
 
 
+def _check_embedding_copies(weights: Mapping[str, np.ndarray], source: str) -> None:
+    """HFCheckpointError if the encoder's or decoder's input embedding is not `shared`'s copy:
+    dss_jax's T5 has one, and ignoring a separately trained one would change the model."""
+    shared = np.asarray(weights["shared.weight"])
+    for name in _EMBEDDING_COPIES:
+        if name in weights and not np.array_equal(np.asarray(weights[name]), shared):
+            raise HFCheckpointError(
+                f"{source}: {name} differs from shared.weight, but T5 has one input embedding (a model loaded "
+                "with tie_word_embeddings=False and fine-tuned?): set model.encoder and model.decoder's input "
+                "embeddings to model.shared before save_pretrained, or copy the one to keep into shared.weight")
+
+
 def _to_ours(w: np.ndarray, kind: str, config: T5Config) -> np.ndarray:
     h, k = config.num_heads, config.d_kv
     if kind == "copy":
@@ -386,6 +408,7 @@ def hf_to_params(weights: Mapping[str, np.ndarray], config: T5Config,
     if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
         weights["shared.weight"] = weights["encoder.embed_tokens.weight"]
     check_hf_weights(weights, config, source, config_source)
+    _check_embedding_copies(weights, source)
     params: dict = {}
     dtype = config.params_dtype
     for name, path, kind in _mapping(config):
@@ -453,6 +476,10 @@ def export_hf_checkpoint(params: Mapping, config: T5Config, out_dir: str | os.Pa
     from dss_jax import checkpoints
 
     hf_weights = params_to_hf(params, config)  # a params tree that does not fit fails before any write
+    if not config.tie_word_embeddings:
+        # For `from_pretrained(out_dir, tie_word_embeddings=False)` (see the module docstring),
+        # which would otherwise initialise these two at random.
+        hf_weights.update({name: hf_weights["shared.weight"] for name in _EMBEDDING_COPIES})
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
         raise MissingHFFileError(f"vocabulary {vocab_path} does not exist")
     with checkpoints.staged_output_dir(out_dir, overwrite=overwrite, replaceable=HF_DIR_FILES,
@@ -468,3 +495,10 @@ def export_hf_checkpoint(params: Mapping, config: T5Config, out_dir: str | os.Pa
         if vocab_path is not None:
             shutil.copyfile(vocab_path, staging / VOCAB_FILE)
     return pathlib.Path(out_dir)
+
+
+def from_pretrained_call(config: T5Config, hf_dir: str | os.PathLike) -> str:
+    """The line that loads an export of `config` into transformers (4.x and 5.x) without a
+    warning: an untied model needs `tie_word_embeddings=False` under transformers 5."""
+    untie = "" if config.tie_word_embeddings else ", tie_word_embeddings=False"
+    return f"transformers.T5ForConditionalGeneration.from_pretrained({str(hf_dir)!r}{untie})"
