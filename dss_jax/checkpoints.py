@@ -384,6 +384,12 @@ def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
     return jax.tree.map(np.asarray, restored)
 
 
+def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
+    """The spiece.model that travels with a checkpoint (in it or up to three parents), or None."""
+    found = _find_upwards(pathlib.Path(path), VOCAB_FILE)
+    return None if found is None else str(found)
+
+
 def _find_upwards(path: pathlib.Path, name: str) -> Optional[pathlib.Path]:
     d = path
     for _ in range(_SEARCH_PARENTS + 1):

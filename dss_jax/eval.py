@@ -35,29 +35,6 @@ gin_utils.define_gin_flags()
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 
 
-def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str]) -> None:
-    """Makes the task decode with the checkpoint's spiece.model unless gin chose a vocabulary.
-
-    A student's vocabulary travels with its checkpoint; tasks registered without an
-    explicit vocabulary take `task_vocabulary.spm_path` from gin.
-    """
-    from dss_jax.data.lazy_vocab import LazyVocabulary
-
-    if vocab_path is None:
-        return
-    try:
-        if gin.query_parameter("task_vocabulary.spm_path"):
-            return
-    except ValueError:
-        pass  # not bound
-    vocabulary = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
-    if isinstance(vocabulary, LazyVocabulary):
-        with gin.unlock_config():
-            gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
-        vocabulary.reset()
-        logging.info("%s decodes with the checkpoint's vocabulary %s", task_name, vocab_path)
-
-
 @gin.configurable
 def evaluate_checkpoints(
     *,
@@ -89,7 +66,7 @@ def evaluate_checkpoints(
         for step, path in chosen:
             model, params, vocab_path = load_checkpoint(path, dtype)
             if examples is None:
-                use_checkpoint_vocabulary(task_name, vocab_path)
+                dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
                 examples = load_examples(task_name, split, feature_lengths, max_examples)
                 logging.info("%s/%s: %d examples", task_name, split, len(examples))
             result = evaluate(model, params, examples, batch_size=batch_size, decode=decode, progress=True,

@@ -53,6 +53,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
 from dss_jax.data.cache import CacheRecord, read_cache
 from dss_jax.data.lazy_vocab import LazyVocabulary
@@ -186,6 +187,44 @@ def task_vocabulary(
     directory = cache_dir or data_locations()[1] / "vocabularies"
     texts = vocab.cache_texts(corpus_caches) + [LABEL_PREFIX, RATIONALE_PREFIX]
     return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
+
+
+def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str], setting: str) -> None:
+    """Makes the task tokenize with a checkpoint's spiece.model unless gin chose a vocabulary.
+
+    A student's or a converted T5's vocabulary travels with its checkpoint (`setting`
+    names where it came from, e.g. INITIAL_CHECKPOINT_PATH): finetuning or decoding it with
+    another vocabulary feeds the embeddings other token ids, so a different one is used
+    only when `task_vocabulary.spm_path` is bound explicitly. Tasks registered with their
+    own vocabulary are left alone.
+    """
+    if vocab_path is None or explicit_vocabulary():
+        return
+    vocabulary = get_task(task_name).output_features["label_targets"].vocabulary
+    if isinstance(vocabulary, LazyVocabulary):
+        with gin.unlock_config():
+            gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
+        vocabulary.reset()
+        logging.info("%s uses the vocabulary of %s: %s", task_name, setting, vocab_path)
+
+
+def explicit_vocabulary() -> Optional[str]:
+    """`task_vocabulary.spm_path` when gin binds it, else None."""
+    try:
+        return gin.query_parameter("task_vocabulary.spm_path") or None
+    except ValueError:  # not bound
+        return None
+
+
+def check_vocabulary_fits(task_name: str, model_vocab_size: int, setting: str) -> None:
+    """A vocabulary with more pieces than the model has embeddings would index past them."""
+    vocabulary = get_task(task_name).output_features["label_targets"].vocabulary
+    if vocabulary.vocab_size > model_vocab_size:
+        source = explicit_vocabulary() or "the vocabulary trained for the task"
+        raise UserError(
+            f"{task_name}'s vocabulary ({source}) has {vocabulary.vocab_size} pieces but the model of {setting} has "
+            f"{model_vocab_size} embeddings: use the vocabulary the checkpoint was trained with "
+            "(its spiece.model; unbind task_vocabulary.spm_path)")
 
 
 # --------------------------------------------------------------------------------------
