@@ -4,17 +4,17 @@ import pathlib
 
 import gin
 import pytest
+import seqio  # a dependency (setup.py): its absence fails these tests, it does not skip them
+import tensorflow as tf
 
-seqio = pytest.importorskip("seqio")
-import tensorflow as tf  # noqa: E402
-
-import tasks.synthetic  # noqa: E402,F401  (registers dss_synthetic)
-from dss_jax.data import synthetic  # noqa: E402
-from dss_jax.data import tasks as dss_tasks  # noqa: E402
-from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache  # noqa: E402
-from dss_jax.teacher.examples import InputError  # noqa: E402
-from dss_jax.teacher.prompts import parse_template  # noqa: E402
-from dss_jax.teacher.task_input import read_task_examples  # noqa: E402
+import tasks.synthetic  # noqa: F401  (registers dss_synthetic)
+from dss_jax import cli
+from dss_jax.data import synthetic
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache
+from dss_jax.teacher.examples import InputError
+from dss_jax.teacher.prompts import parse_template
+from dss_jax.teacher.task_input import read_task_examples
 
 SMALL = ["synthetic_config.train_size = 30", "synthetic_config.validation_size = 5", "synthetic_config.test_size = 6",
          "synthetic_config.unlabeled_size = 12"]
@@ -108,3 +108,42 @@ def test_other_seqio_tasks_are_read_from_their_source(seqio_task):
         read_task_examples("toy_plain_seqio", "train")
     with pytest.raises(InputError, match=r"no split 'test'; its splits: train, dev"):
         read_task_examples("toy_plain_seqio", "test", input_field="question")
+
+
+
+@pytest.fixture
+def bytes_task():
+    """A code-registered task whose source gives raw bytes, some of them not UTF-8."""
+    rows = {"text": [b"2 + 2?", b"3 + 1?", b"5 - 1?"], "question": [b"ok", b"caf\xe9?", b"ok"],
+            "answer": [b"4", b"4", b"\xff"], "blob": [b"\x89PNG", b"\x00\xfe", b"ok"]}  # fmt: skip
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del split, shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices(rows)
+
+    seqio.TaskRegistry.add("toy_bytes_seqio", source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+                           output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(size=10))})
+    yield
+    seqio.TaskRegistry.remove("toy_bytes_seqio")
+
+
+def test_a_feature_that_is_not_utf8_names_task_split_index_and_feature(bytes_task):
+    with pytest.raises(cli.UserError) as info:  # what the binary reports as one line, exit 2
+        read_task_examples("toy_bytes_seqio", "train", input_field="question")
+    message = str(info.value)
+    assert message == ("toy_bytes_seqio/train[1]: feature 'question' is not UTF-8 text (byte 0xe9 at offset 3: "
+                       "invalid continuation byte); make the task's source give UTF-8 text for it")
+    assert isinstance(info.value, InputError) and "\n" not in message
+    # The label and a prompt placeholder are needed as much as the input.
+    with pytest.raises(InputError, match=r"^toy_bytes_seqio/train\[2\]: feature 'answer' is not UTF-8 text"):
+        read_task_examples("toy_bytes_seqio", "train", input_field="text", label_field="answer")
+    with pytest.raises(InputError, match=r"^toy_bytes_seqio/train\[0\]: feature 'blob' is not UTF-8 text"):
+        read_task_examples("toy_bytes_seqio", "train", input_field="text", template=parse_template("{{blob}}"))
+
+
+def test_binary_features_an_example_does_not_use_are_left_out(bytes_task):
+    # 'blob' and 'question' are not UTF-8 in some examples and nothing uses them: no reason to refuse.
+    examples = read_task_examples("toy_bytes_seqio", "train", input_field="text", template=parse_template("{{input}}"))
+    assert [e.input for e in examples] == ["2 + 2?", "3 + 1?", "5 - 1?"]
+    assert ["blob" in e.fields for e in examples] == [False, False, True]
+    assert examples[0].fields["question"] == "ok" and "question" not in examples[1].fields

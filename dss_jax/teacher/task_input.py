@@ -7,6 +7,9 @@ split, position and meta are carried over, the teacher samples are not. Any othe
 task is read from its source (`task.source.get_dataset(split, shuffle=False)`, before
 preprocessing): the input is the string feature `input_field`, the label the optional
 `label_field`, the id the "id" feature when there is one, else "<task>/<split>/<index>".
+A feature that is not UTF-8 text is an InputError naming the task, split, example index
+and feature when the example needs it (input, label, id or a prompt placeholder); other
+binary features (an image, a serialized proto) are left out of the example's fields.
 
 The task's module must be imported first; the annotate binary imports the built-in ones
 and whatever `--gin_file` imports (e.g. gin/tasks/synthetic.gin imports tasks.synthetic).
@@ -21,11 +24,27 @@ from dss_jax.teacher.prompts import PromptTemplate
 
 
 def _text(value: Any) -> Any:
+    """A numpy scalar as a Python value, bytes as str; UnicodeDecodeError if not UTF-8."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
         return _text(value.item())
     return value
+
+
+def _fields(raw: dict, where: str, needed: set[str]) -> dict[str, Any]:
+    """The features of one source example as text; a feature that is not UTF-8 is refused
+    if `needed`, else left out (the prompt cannot use it, the cache never sees it)."""
+    fields = {}
+    for name, value in raw.items():
+        try:
+            fields[name] = _text(value)
+        except UnicodeDecodeError as e:
+            if name in needed:
+                bad = e.object[e.start : e.start + 1].hex()
+                raise InputError(f"{where}: feature {name!r} is not UTF-8 text (byte 0x{bad} at offset {e.start}: "
+                                 f"{e.reason}); make the task's source give UTF-8 text for it") from None
+    return fields
 
 
 def _from_cache_records(task_name: str, split: str) -> list[Example]:
@@ -43,15 +62,19 @@ def _from_cache_records(task_name: str, split: str) -> list[Example]:
     return examples
 
 
-def _from_source(task, split: str, input_field: str, label_field: Optional[str]) -> list[Example]:
+def _from_source(task, split: str, input_field: str, label_field: Optional[str],
+                 template: Optional[PromptTemplate]) -> list[Example]:
     splits = list(task.source.splits)
     if split not in splits:
         raise InputError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(splits)}")
     dataset = task.source.get_dataset(split=split, shuffle=False)
+    # What an example is made of; {{input}} is input_field's text, whatever feature "input" holds.
+    placeholders = set(template.fields if template else ()) - {"input"}
+    needed = {"id", input_field, *([label_field] if label_field else []), *placeholders}
     examples = []
     for i, raw in enumerate(dataset.as_numpy_iterator()):
         where = f"{task.name}/{split}[{i}]"
-        fields = {k: _text(v) for k, v in raw.items()}
+        fields = _fields(raw, where, needed)
         for flag, name in (("--task_input_field", input_field), ("--task_label_field", label_field)):
             if name is not None and not isinstance(fields.get(name), (str, int, float)):
                 raise InputError(f"{where}: no string feature {name!r} (features: {', '.join(sorted(fields))}); "
@@ -85,7 +108,7 @@ def read_task_examples(
     if dss_tasks.is_cache_task(task_name):
         examples = _from_cache_records(task_name, split)
     else:
-        examples = _from_source(seqio.TaskRegistry.get(task_name), split, input_field, label_field)
+        examples = _from_source(seqio.TaskRegistry.get(task_name), split, input_field, label_field, template)
     first: dict[str, str] = {}
     for example in examples:
         if example.id in first:
