@@ -24,17 +24,37 @@ to exercise a client's retry logic:
 
     with ScriptedOpenAIServer(lambda prompt, i: "... The answer is (1 + 2).") as server:
         server.base_url   # http://127.0.0.1:PORT/v1
+
+As a binary it is the dry-run teacher for `python -m dss_jax.annotate` (docs/annotate.md):
+it answers every prompt with a canned reply that the dataset family's parser reads, and
+can serve one of the faults above on a share of the requests:
+
+    python -m dss_jax.teacher.fake_server --dataset_family=svamp [--fault=429 --fault_rate=0.3]
+
+It prints one line with the URL to pass as `--base_url` and runs until Ctrl-C or SIGTERM
+(exit status 0). `--port=0` (the default) picks a free port, so a dry run left running is
+never mistaken for a real teacher on a well-known port.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import errno
+import hashlib
 import http.server
+import ipaddress
 import json
+import os
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Callable, Optional
+
+from dss_jax.cli import UserError
+from dss_jax.data import parsers
 
 Teacher = Callable[[str, int], str]  # (prompt, choice index) -> completion text
 # (prompt, how many requests for this prompt came before this one) -> fault name or None
@@ -84,8 +104,12 @@ class ScriptedOpenAIServer:
         max_choices: Optional[int] = None,
         trickle_seconds: float = 0.1,
         huge_bytes: int = 1 << 20,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keep_log: bool = True,
     ):
-        """`delay`: seconds every reply takes; `max_choices`: ignore larger `n` (like some servers)."""
+        """`delay`: seconds every reply takes; `max_choices`: ignore larger `n` (like some servers);
+        `port` 0 picks a free one; `keep_log=False` keeps only the counts (a server left running)."""
         self.teacher = teacher
         self.faults = faults or (lambda prompt, attempt: None)
         self.delay = delay
@@ -95,9 +119,14 @@ class ScriptedOpenAIServer:
         self.max_choices = max_choices
         self.trickle_seconds = trickle_seconds
         self.huge_bytes = huge_bytes
+        self.host = host
+        self.requested_port = port
+        self.keep_log = keep_log
         self.log: list[LoggedRequest] = []
+        self.requests = 0
+        self.fault_counts: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[bytes, int] = {}  # by digest: a few-shot prompt is kilobytes
         self._httpd: Optional[http.server.ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -109,7 +138,8 @@ class ScriptedOpenAIServer:
         class Handler(_Handler):
             owner = server
 
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = _IPv6Server if ":" in self.host else http.server.ThreadingHTTPServer
+        httpd = server_class((self.host, self.requested_port), Handler)
         httpd.daemon_threads = True
         httpd.handle_error = lambda request, client_address: None  # clients hanging up is expected
         self._httpd = httpd
@@ -136,21 +166,27 @@ class ScriptedOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        host = _reachable_host(self.host)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/v1"
 
     # -- answering ------------------------------------------------------------
 
     def _register(self, path: str, body: dict, authorization: Optional[str]) -> LoggedRequest:
         prompt = _prompt_of(path, body)
+        key = _digest(prompt)
         with self._lock:
-            attempt = self._attempts.get(prompt, 0)
-            self._attempts[prompt] = attempt + 1
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
         fault = self.faults(prompt, attempt)
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
         entry = LoggedRequest(time.monotonic(), path, prompt, attempt, fault, authorization, body)
         with self._lock:
-            self.log.append(entry)
+            self.requests += 1
+            if fault is not None:
+                self.fault_counts[fault] += 1
+            if self.keep_log:
+                self.log.append(entry)
         return entry
 
     def reply_body(self, path: str, body: dict, prompt: str, text: Optional[str] = None) -> dict:
@@ -182,6 +218,37 @@ class ScriptedOpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+class _IPv6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _reachable_host(host: str) -> str:
+    """The address a client on this machine connects to: loopback for a wildcard bind."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _digest(text: str) -> bytes:
+    # surrogatepass: a request's JSON may carry an unpaired surrogate escape.
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def fault_plan(fault: Optional[str], rate: float = 1.0, attempts: int = 0) -> FaultPlan:
+    """`fault` on a share `rate` of the requests; with `attempts` K > 0 only on each prompt's
+    first K attempts, so that retries then succeed. Which requests get it depends only on the
+    prompt and the attempt number (counted from the server's start), so the same inputs
+    against a fresh server see the same faults."""
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
+
+    def plan(prompt: str, attempt: int) -> Optional[str]:
+        if fault is None or (attempts and attempt >= attempts):
+            return None
+        draw = int.from_bytes(_digest(f"{attempt}\0{prompt}")[:8], "big") / 2.0**64  # uniform in [0, 1)
+        return fault if draw < rate else None
+
+    return plan
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -281,3 +348,155 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, payload, truncate=fault == "drop_mid_body")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. timed out)
+
+
+# -- the binary -----------------------------------------------------------------
+
+# A completion per family that the family's parser reads (rationale and label), marked as
+# a dry run in the rationale so that a cache written against this server is recognisable.
+# Like a few-shot prompted model it goes on to invent the next exemplar, which the
+# built-in prompts' stop sequence cuts off (finish_reason "stop").
+DRY_RUN_ENDINGS = {
+    "svamp": " The answer is (1 + 1).\n\nQ: an invented next question",
+    "cqa": " So the answer is (a) dry run.\n\nQ: an invented next question",
+    "anli1": " So the answer is neutral.\n\nPremise: an invented next premise",
+    "esnli": "\nAnswer: neutral\n\nPremise: an invented next premise",
+}
+
+
+def dry_run_teacher(family: str) -> Teacher:
+    ending = DRY_RUN_ENDINGS[parsers.canonical_family(family)]
+
+    def teacher(prompt: str, index: int) -> str:
+        return (f" Dry run: scripted sample {index} for a prompt of {len(prompt.split())} words, "
+                f"not a model's reasoning.{ending}")
+
+    return teacher
+
+
+class _Stop(Exception):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; the default is reachable from this machine only.")
+    flags.DEFINE_integer("port", 0, "Port to listen on; 0 (default) picks a free one (printed with the URL).")
+    flags.DEFINE_enum("dataset_family", "svamp", list(parsers.FAMILIES + tuple(parsers.ALIASES)),
+                      "Whose answer phrase the canned reply ends with (as annotate's --dataset_family).")
+    flags.DEFINE_string("reply", None, "Every completion's text instead of the canned one (\\n and \\t unescaped).")
+    flags.DEFINE_enum("fault", None, list(FAULTS), "A fault to serve instead of a normal reply (see the module doc).")
+    flags.DEFINE_float("fault_rate", 1.0, "With --fault: the share of requests that get it (the same ones every run).")
+    flags.DEFINE_integer("fault_attempts", 0, "With --fault: only each prompt's first K attempts can get it, so "
+                         "retries succeed; 0: any attempt.")
+    flags.DEFINE_float("delay", 0.0, "Seconds every reply waits (a teacher's latency).")
+    flags.DEFINE_string("retry_after", "1", "The Retry-After header of the 429 fault (seconds or an HTTP date).")
+    flags.DEFINE_float("slow_seconds", 2.0, "How long the slow fault waits before its reply.")
+    flags.DEFINE_float("trickle_seconds", 0.1, "The trickle fault's wait between bytes.")
+    flags.DEFINE_integer("huge_bytes", 1 << 20, "The length of the huge faults' completion.")
+    flags.DEFINE_integer("max_choices", None, "Answer at most this many choices per request, whatever its n.")
+    flags.DEFINE_string("api_key_env", None, "Environment variable holding the key to require (401 otherwise); "
+                        "unset: any key or none is accepted.")
+
+
+def _check_flags(FLAGS) -> None:
+    """Every setting is checked before the port is opened; UserError names the flag."""
+    if not 0 <= FLAGS.port <= 65535:
+        raise UserError(f"--port={FLAGS.port}: a port is 0 to 65535 (0 picks a free one)")
+    if not 0.0 <= FLAGS.fault_rate <= 1.0:
+        raise UserError(f"--fault_rate={FLAGS.fault_rate}: a share of the requests, 0 to 1")
+    if FLAGS.fault_attempts < 0:
+        raise UserError(f"--fault_attempts={FLAGS.fault_attempts}: 0 (any attempt) or a number of attempts")
+    if FLAGS.fault is None:
+        for name in ("fault_rate", "fault_attempts"):
+            if FLAGS[name].present:
+                raise UserError(f"--{name} has no effect without --fault=NAME (one of: {', '.join(FAULTS)})")
+    for name in ("delay", "slow_seconds", "trickle_seconds"):
+        if not FLAGS[name].value >= 0:
+            raise UserError(f"--{name}={FLAGS[name].value}: seconds, 0 or more")
+    if FLAGS.huge_bytes < 0 or (FLAGS.max_choices is not None and FLAGS.max_choices < 1):
+        raise UserError("--huge_bytes must be 0 or more and --max_choices 1 or more")
+    if FLAGS.api_key_env is not None and not os.environ.get(FLAGS.api_key_env):
+        raise UserError(f"--api_key_env={FLAGS.api_key_env}: ${FLAGS.api_key_env} is not set; set it to the key "
+                        "annotate will send, or leave --api_key_env out to accept any key")
+
+
+def _describe(FLAGS) -> str:
+    if FLAGS.fault is None:
+        return "no faults"
+    k, rate = FLAGS.fault_attempts, FLAGS.fault_rate
+    if not k:
+        where = "every request" if rate >= 1 else f"{rate:.0%} of requests"
+    else:
+        attempts = "the first attempt" if k == 1 else f"the first {k} attempts"
+        where = f"{attempts} of every prompt" if rate >= 1 else f"{rate:.0%} of {attempts} of each prompt"
+    return f"fault {FLAGS.fault} on {where}"
+
+
+def _open(FLAGS) -> ScriptedOpenAIServer:
+    teacher = dry_run_teacher(FLAGS.dataset_family)
+    if FLAGS.reply is not None:
+        reply = FLAGS.reply.replace("\\n", "\n").replace("\\t", "\t")
+        teacher = lambda prompt, index: reply  # noqa: E731
+    server = ScriptedOpenAIServer(
+        teacher, faults=fault_plan(FLAGS.fault, FLAGS.fault_rate, FLAGS.fault_attempts), delay=FLAGS.delay,
+        retry_after=FLAGS.retry_after, slow_seconds=FLAGS.slow_seconds, trickle_seconds=FLAGS.trickle_seconds,
+        huge_bytes=FLAGS.huge_bytes, max_choices=FLAGS.max_choices, host=FLAGS.host, port=FLAGS.port,
+        api_key=os.environ[FLAGS.api_key_env] if FLAGS.api_key_env else None, keep_log=False,
+    )  # fmt: skip
+    try:
+        return server.start()
+    except socket.gaierror as e:
+        raise UserError(f"--host={FLAGS.host}: {e.strerror}; use an address of this machine, e.g. 127.0.0.1") from None
+    except OSError as e:
+        fix = {errno.EADDRINUSE: "pick another port, or --port=0 for a free one",
+               errno.EACCES: "ports below 1024 need privileges: pick a higher one, or --port=0 for a free one"}
+        raise UserError(f"--host={FLAGS.host} --port={FLAGS.port}: {e.strerror or e}; "
+                        f"{fix.get(e.errno, 'use an address of this machine, e.g. 127.0.0.1')}") from None
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}; every setting is a --flag")
+    FLAGS = flags.FLAGS
+    _check_flags(FLAGS)
+    # Before the port opens: whoever read the URL line may send SIGTERM at once.
+    signal.signal(signal.SIGTERM, _raise_stop)
+    server = None
+    try:
+        server = _open(FLAGS)
+        bound = server._httpd.server_address[0]
+        if not ipaddress.ip_address(bound.split("%")[0]).is_loopback:
+            print(f"fake_server: warning: listening on {bound}, reachable from other machines", file=sys.stderr)
+        teacher = "fixed reply" if FLAGS.reply is not None else f"scripted {FLAGS.dataset_family} teacher"
+        # One line on stdout, flushed (a pipe would hold it), for people and scripts alike.
+        print(f"fake_server: a {teacher} ({_describe(FLAGS)}); pass --base_url={server.base_url} to annotate; "
+              "Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)  # a signal's handler raises out of the sleep
+    except (KeyboardInterrupt, _Stop):
+        # A second Ctrl-C while the server shuts down would only print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finally:
+        if server is not None:
+            server.stop()
+    if server is None:
+        return
+    faults = ", ".join(f"{n} {name}" for name, n in sorted(server.fault_counts.items()))
+    print(f"fake_server: stopped after {server.requests} requests" + (f" ({faults})" if faults else ""),
+          file=sys.stderr, flush=True)
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop()
+
+
+if __name__ == "__main__":
+    from dss_jax import cli
+
+    _define_flags()  # here, not at import: tests import this module next to annotate's flags
+    cli.run(main, "fake_server")
