@@ -186,8 +186,17 @@ def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:
 
     from dss_jax import gin_utils
 
+    def parse_flags(args):
+        from absl import flags
+
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as e:  # an unknown flag, a bad value: absl would say FATAL and exit 1
+            fail(name, f"{e} (--helpshort lists the flags)")
+
     try:
-        app.run(guard(main, name), argv=gin_utils.rewrite_gin_args(sys.argv if argv is None else argv))
+        app.run(guard(main, name), argv=gin_utils.rewrite_gin_args(sys.argv if argv is None else argv),
+                flags_parser=parse_flags)
     except SystemExit as e:  # raised before main: flag parsing, the gin shorthand
         if isinstance(e.code, str):
             fail(name, e.code)

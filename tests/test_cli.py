@@ -54,6 +54,8 @@ def test_library_errors_are_user_errors():
         ["dss_jax.convert", "--hf_dir=/nonexistent/hf", "--output=/nonexistent/out"],
         ["dss_jax.train", "--gin.MODEL_DIR"],  # a shorthand without a value, caught before absl runs
         ["dss_jax.eval"],  # no gin file
+        ["dss_jax.annotate", "--concurrency=many"],  # a flag's value absl cannot parse
+        ["dss_jax.export", "--no_such_flag=1"],
     ],
 )
 def test_binaries_print_one_line(args):
