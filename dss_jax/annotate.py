@@ -59,9 +59,10 @@ flags.DEFINE_string("base_url", "http://localhost:8000/v1", "Server URL up to an
 flags.DEFINE_string("model", None, "Model name sent to the server; also recorded as each sample's teacher "
                     "(student: default 'student:<checkpoint>').")
 flags.DEFINE_string("checkpoint", None, "Student: a checkpoint dir, or a training run's MODEL_DIR (its latest checkpoint).")
-flags.DEFINE_enum("student_target", "two_task", ["two_task", "single_task"],
+flags.DEFINE_enum("student_target", None, ["two_task", "single_task"],
                   "Student: two_task (explain: -> rationale, predict: -> label) or single_task (a student trained "
-                  "with task_options.label_target='rationale_then_label').")
+                  "with task_options.label_target='rationale_then_label'). Default: what the checkpoint's run was "
+                  "trained with (its task.json), else two_task; a contradicting value is an error.")
 flags.DEFINE_integer("student_batch_size", 32, "Student: rows (prompts x samples) per decode batch.")
 flags.DEFINE_integer("student_input_length", 512, "Student: encoder tokens; longer inputs are cut with a warning.")
 flags.DEFINE_integer("student_label_length", 64, "Student: tokens of a decoded label (the rationale gets --max_tokens).")
@@ -158,13 +159,26 @@ def _student_backend(family: str):
 
     try:
         config = StudentConfig(
-            checkpoint=FLAGS.checkpoint, family=family, target=FLAGS.student_target,
+            checkpoint=FLAGS.checkpoint, family=family, target=_student_target(),
             batch_size=FLAGS.student_batch_size, input_length=FLAGS.student_input_length,
             label_length=FLAGS.student_label_length, seed=FLAGS.seed or 0, batch_wait=FLAGS.student_batch_wait,
         )
         return StudentBackend(config)
     except (StudentLoadError, ValueError) as e:
         _usage_error(str(e))
+
+
+def _student_target() -> str:
+    """--student_target, or what the checkpoint's run was trained with; a contradiction is an error."""
+    from dss_jax import checkpoints
+
+    run = checkpoints.run_task(FLAGS.checkpoint) if FLAGS.checkpoint else None
+    label_target = run[2].get("label_target") if run else None
+    trained = None if label_target is None else ("single_task" if label_target == "rationale_then_label" else "two_task")
+    if FLAGS.student_target and trained and FLAGS.student_target != trained:
+        _usage_error(f"--student_target={FLAGS.student_target} but {FLAGS.checkpoint} was trained as {trained} "
+                     f"(task_options.label_target={label_target!r} in {run[0]}): drop the flag")
+    return FLAGS.student_target or trained or "two_task"
 
 
 def _http_backend() -> OpenAIHttpBackend:

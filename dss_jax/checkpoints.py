@@ -59,6 +59,7 @@ from dss_jax.model.config import T5Config
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "spiece.model"
+RUN_TASK_FILE = "task.json"
 _PYTREE_MARKER = "_METADATA"  # written by orbax's PyTreeCheckpointHandler
 _T5_TOP_KEYS = {"encoder", "decoder", "token_embedder"}
 _SEARCH_PARENTS = 3
@@ -382,6 +383,33 @@ def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
     for k in keys:
         restored = restored[k]
     return jax.tree.map(np.asarray, restored)
+
+
+def write_run_task(model_dir: str | os.PathLike, task_name: str, options: Mapping[str, Any]) -> None:
+    """MODEL_DIR/task.json: the task and task options a run trains with, so eval, infer and
+    annotate's student backend decode and score its checkpoints the way it was trained."""
+    path = pathlib.Path(model_dir) / RUN_TASK_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"task": task_name, "options": dict(options)}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict]]:
+    """(the file, the task, the task options) a checkpoint's run was trained with, or None
+    for a checkpoint that is no run's (a converted T5). Runs from before task.json existed
+    are read from config.gin, for the one option that changes how a student answers."""
+    found = _find_upwards(pathlib.Path(path), RUN_TASK_FILE)
+    if found is not None:
+        try:
+            data = json.loads(found.read_text())
+            return str(found), data["task"], dict(data["options"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{found}: not a task record written by the train binary ({e})") from None
+    gin_file = _find_upwards(pathlib.Path(path), "config.gin")
+    if gin_file is None:
+        return None
+    targets = re.findall(r"(?m)^(?:[\w.]+/)?task_options\.label_target\s*=\s*['\"](\w+)['\"]", gin_file.read_text())
+    return str(gin_file), None, ({"label_target": targets[-1]} if targets else {})
 
 
 def find_vocabulary(path: str | os.PathLike) -> Optional[str]:

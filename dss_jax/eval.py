@@ -58,6 +58,7 @@ def evaluate_checkpoints(
     from dss_jax.metrics_writer import MetricsWriter
 
     chosen = checkpoints_to_evaluate(checkpoint_path, steps)
+    dss_tasks.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     per_step_dirs = bool(checkpoint_manager.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     examples = None
     writer = MetricsWriter(output_dir)

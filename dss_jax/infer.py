@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from dss_jax import cli
+from dss_jax import checkpoints, cli
 from dss_jax import gin_utils
 from dss_jax.data import jsonl, parsers, sources
 from dss_jax.data import tasks as dss_tasks
@@ -139,6 +139,14 @@ def infer_file(
     separator = family is not None and parsers.canonical_family(family) in ("anli1", "esnli")
     inputs = read_inputs(input_path)
     (_, path), = checkpoints_to_evaluate(checkpoint_path, "latest")
+    # A student of the single-task ablation answers "rationale So the answer is: label":
+    # its run says so, with or without a task named here.
+    setting = f"CHECKPOINT_PATH={checkpoint_path}"
+    if task_name:
+        dss_tasks.use_run_options(task_name, path, setting)
+        label_target = dss_tasks.current_options(task_name).label_target
+    else:
+        label_target = (checkpoints.run_task(path) or (None, None, {}))[2].get("label_target", "label")
     model, params, vocab_path = load_checkpoint(path, dtype)
     vocabulary = _vocabulary(vocab_path, task_name)
 
@@ -160,9 +168,13 @@ def infer_file(
         logging.warning("%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id,
                         "; ".join(what))
     seed = getattr(decode, "seed", 0)
-    single_task = bool(task_name) and dss_tasks.current_options(task_name).label_target == "rationale_then_label"
-    label_length = (dss_tasks.effective_feature_lengths(task_name, feature_lengths) if single_task
-                    else feature_lengths)["label_targets"]
+    single_task = label_target == "rationale_then_label"
+    label_length = feature_lengths["label_targets"]
+    if single_task:  # rationale and label in one target, sized as effective_feature_lengths sizes it in training
+        if "rationale_targets" not in feature_lengths:
+            raise cli.UserError(f"{setting} is a single-task student (rationale then label): TASK_FEATURE_LENGTHS "
+                                "needs 'rationale_targets' to size its answers")
+        label_length += feature_lengths["rationale_targets"]
     tokens = decode_batches(model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed,
                             progress="labels")
     labels = tokens_to_texts(vocabulary, tokens)

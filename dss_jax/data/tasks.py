@@ -189,6 +189,50 @@ def task_vocabulary(
     return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
 
 
+# Options that change how a trained student answers (label_target) or which examples a
+# task's validation split holds; the other options only pick training examples.
+RUN_OPTIONS = ("label_target", "validation_fraction", "validation_seed")
+
+
+def bound_option(task_name: str, name: str):
+    """The value gin binds for `task_options.NAME` in the task's scope or unscoped, or None."""
+    for key in (f"{task_name}/task_options.{name}", f"task_options.{name}"):
+        try:
+            return gin.query_parameter(key)
+        except ValueError:
+            continue
+    return None
+
+
+def use_run_options(task_name: str, checkpoint_path: str, setting: str) -> Optional[str]:
+    """Makes `task_name` decode and score the way the checkpoint's run was trained.
+
+    Each of RUN_OPTIONS the run recorded (its task.json; label_target from config.gin for
+    older runs) is bound for `task_name` unless gin binds it too; a contradicting binding
+    is an error naming both values. validation_* apply only to the run's own task.
+    Returns the run's label_target (None for a checkpoint that is no run's).
+    """
+    from dss_jax import checkpoints
+
+    found = checkpoints.run_task(checkpoint_path)
+    if found is None:
+        return None
+    source, run_task_name, options = found
+    for name in RUN_OPTIONS:
+        if name not in options or (name != "label_target" and run_task_name != task_name):
+            continue
+        value, bound = options[name], bound_option(task_name, name)
+        if bound is not None and bound != value:
+            raise UserError(
+                f"{setting} was trained with task_options.{name}={value!r} ({source}) but this command binds "
+                f"{bound!r}: drop the binding to use the run's, or evaluate a checkpoint trained with {bound!r}")
+        if bound is None and value != getattr(TaskOptions(), name):
+            with gin.unlock_config():
+                gin.bind_parameter(f"{task_name}/task_options.{name}", value)
+            logging.info("%s: task_options.%s=%r, as its run was trained (%s)", task_name, name, value, source)
+    return options.get("label_target")
+
+
 def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str], setting: str) -> None:
     """Makes the task tokenize with a checkpoint's spiece.model unless gin chose a vocabulary.
 
