@@ -5,18 +5,40 @@ state) and a small JSON item with the input position (global batches consumed) a
 the model config, so a resumed run continues exactly where it stopped and the eval
 binary can rebuild the model from the directory alone. Saves are asynchronous; every
 process calls save and orbax coordinates them.
+
+A save that cannot be written (a full disk, a lost mount) ends as one
+`CheckpointWriteError` naming the checkpoint, the cause and the intact checkpoints to
+resume from; orbax's own tracebacks of the failed background writes are dropped
+(`--verbosity=1` keeps them). A step that is already saved is not saved again.
+
+`RunLock` keeps a second trainer out of a run directory (see its docstring).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import re
+import socket
+import time
 from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 
+from dss_jax.cli import UserError
+
 STEP_PREFIX = "checkpoint"
+LOCK_NAME = "train.lock"
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written; the earlier ones are intact."""
+
+
+class RunLockedError(UserError):
+    """Another trainer holds the run directory."""
 
 
 class RunCheckpointer:
@@ -30,6 +52,9 @@ class RunCheckpointer:
             enable_async_checkpointing=asynchronous,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: Optional[int] = None  # the step whose asynchronous save may still fail
+        self._failed = False
+        _install_orbax_log_filter()
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -38,11 +63,19 @@ class RunCheckpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, metadata: dict) -> None:
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
-            force=True,
-        )
+        """Saves `state` as step `step`, unless that step is saved already: the train state
+        only moves with the step, so the saved one is the same (a non-finite loss right
+        after a checkpoint, a preemption right after one, a run resumed at its end)."""
+        if step in self._manager.all_steps():
+            logging.info("step %d is already saved in %s", step, step_dir(self.directory, step))
+            return
+        with self._reporting_write_errors(step):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
+                force=True,
+            )
+        self._pending = step
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the full state into the shardings of `abstract_state`."""
@@ -55,11 +88,104 @@ class RunCheckpointer:
         return out["state"], dict(out["metadata"] or {})
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._reporting_write_errors(self._pending):
+            self._manager.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for the last save and releases orbax's threads; after a failed save (already
+        reported) it only releases them, so that failure stays the one reported."""
+        if self._failed:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001  (the same failed write, reported once already)
+                logging.debug("closing after a failed save", exc_info=True)
+            return
+        self.wait()
         self._manager.close()
+
+    def _reporting_write_errors(self, step: Optional[int]):
+        return _WriteErrors(self, step)
+
+
+class _WriteErrors:
+    """Turns a failed checkpoint write into one CheckpointWriteError."""
+
+    def __init__(self, ckpt: RunCheckpointer, step: Optional[int]):
+        self.ckpt, self.step = ckpt, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, UserError) or not is_write_error(error):
+            return False
+        self.ckpt._failed = True
+        try:  # an earlier save still in flight either lands or fails; then list what is intact
+            self.ckpt._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001  (that one is not saved then; the listing shows it)
+            logging.debug("an earlier save failed too", exc_info=True)
+        where = step_dir(self.ckpt.directory, self.step) if self.step is not None else self.ckpt.directory
+        intact = checkpoint_steps(self.ckpt.directory)
+        if intact:
+            after = (f"the earlier checkpoints ({', '.join(f'{STEP_PREFIX}_{s}' for s in intact)}) are intact: "
+                     f"free space and rerun the same command to resume from step {intact[-1]}")
+        else:
+            after = "there is no earlier checkpoint: free space and rerun the same command to start again"
+        raise CheckpointWriteError(f"could not write the checkpoint {where} ({write_error_cause(error)}); {after}") \
+            from error
+
+
+# Failures of writing, as orbax reports them: an OSError, or tensorstore's error text with
+# the OS error inside ("Failed writing: ...: No space left on device [os_error_code=28]").
+_WRITE_ERROR_TEXT = re.compile(r"os_error_code|Errno \d+|No space left|Disk quota|Read-only file system|"
+                               r"Permission denied|Failed writing|File too large")
+
+
+def _causes(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_write_error(error: BaseException) -> bool:
+    return any(isinstance(e, OSError) or _WRITE_ERROR_TEXT.search(str(e)) for e in _causes(error))
+
+
+def write_error_cause(error: BaseException) -> str:
+    """The OS's words for a failed write, on one line (e.g. 'No space left on device')."""
+    for e in _causes(error):
+        if isinstance(e, OSError) and e.strerror:
+            return f"{e.strerror} [Errno {e.errno}]" if e.errno else e.strerror
+        m = re.search(r":\s*([^:\[\]\n]+?)\s*\[os_error_code='?(\d+)'?\]", str(e))  # tensorstore's form
+        if m:
+            return f"{m.group(1)} [Errno {m.group(2)}]"
+    text = " ".join(str(error).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+class _DropOrbaxTracebacks(logging.Filter):
+    """Drops orbax's log records that carry a traceback: a failed background write logs one
+    per thread and per array (hundreds), and the same failure is raised to the caller,
+    which reports it once. `--verbosity=1` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        from dss_jax import cli
+
+        return cli._verbose()
+
+
+_FILTER = _DropOrbaxTracebacks()
+
+
+def _install_orbax_log_filter() -> None:
+    logger = logging.getLogger("absl")  # orbax logs through absl's logger
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
 
 
 def checkpoint_steps(model_dir: str) -> list[int]:
@@ -86,3 +212,137 @@ def read_metadata(checkpoint_dir: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+class RunLock:
+    """One trainer per run directory: `MODEL_DIR/train.lock` names the holder.
+
+    The file is created exclusively and holds the holder's pid, host and start time. A
+    second trainer is refused with those named. A lock left by a dead process on this host
+    (a SIGKILL, an out-of-memory kill) is taken over with a warning; one from another host
+    cannot be checked from here, so the message says which file to delete if that
+    process is gone. Multi-host runs take it on process 0 only (see train_loop).
+    """
+
+    def __init__(self, model_dir: str):
+        self.directory = os.path.abspath(model_dir)
+        self.path = os.path.join(self.directory, LOCK_NAME)
+        self.held = False
+        self._created_directory = False
+
+    def acquire(self) -> "RunLock":
+        if self.held:
+            return self
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory)
+            self._created_directory = True
+        me = _holder_record()
+        for _ in range(3):  # a takeover raced by another trainer: look again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_holder(self.path)
+                if holder is None:  # maybe being written this instant: look once more
+                    time.sleep(0.5)
+                    holder = _read_holder(self.path)
+                if holder is not None and not _is_dead_here(holder):
+                    raise RunLockedError(_locked_message(self.path, holder)) from None
+                self._take_over_stale(holder)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        self.release()
+        raise RunLockedError(f"{self.path}: another trainer keeps taking this run directory; "
+                             "make sure only one trainer uses this MODEL_DIR")
+
+    def _take_over_stale(self, holder: Optional[dict]) -> bool:
+        """Moves a dead process's lock aside (renamed, not deleted: a rename is atomic, so of
+        two trainers taking over at once only one succeeds)."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        logging.warning("took over %s from a process that is gone (%s)", self.path,
+                        _describe(holder) if holder else "unreadable lock file")
+        try:
+            os.remove(aside)
+        except OSError:
+            pass
+        return True
+
+    def release(self) -> None:
+        """Removes the lock if it is still this process's (idempotent)."""
+        if not self.held:
+            return
+        self.held = False
+        holder = _read_holder(self.path)
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+        if self._created_directory:
+            try:  # a run that stopped before writing anything leaves no trace (rmdir: only if empty)
+                os.rmdir(self.directory)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _process_start_ticks(pid: int) -> Optional[int]:
+    """A process's start time in clock ticks since boot (Linux), so that a reused pid is
+    not mistaken for the lock's holder; None where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _holder_record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _process_start_ticks(os.getpid()),
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _read_holder(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except (OSError, ValueError):
+        return None  # half-written by a trainer that died while creating it, or vanished
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def _is_dead_here(holder: dict) -> bool:
+    """True when the holder ran on this host and is gone (or its pid now names another process)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    recorded, now = holder.get("start_ticks"), _process_start_ticks(pid)
+    return recorded is not None and now is not None and recorded != now
+
+
+def _describe(holder: dict) -> str:
+    return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
+
+
+def _locked_message(path: str, holder: dict) -> str:
+    text = (f"{os.path.dirname(path)} is in use by another trainer ({_describe(holder)}); "
+            "wait for it to finish or choose another MODEL_DIR")
+    if holder.get("host") != socket.gethostname():
+        text += f"; if that process is gone, delete {path}"
+    return text

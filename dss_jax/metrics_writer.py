@@ -1,14 +1,23 @@
 """Where training and evaluation numbers go: TensorBoard, `metrics.jsonl`, a progress line.
 
 Only process 0 writes; every process computes the same (replicated) scalars.
+
+A resumed run recomputes the steps after its checkpoint, so their old numbers are
+superseded: `MetricsWriter(..., resume_step=S)` first rewrites `metrics.jsonl` without
+the records of steps after S (a new file renamed over the old one, so a crash leaves one
+or the other whole), and opens a new TensorBoard events file that starts with a purge
+at step S+1 (TensorBoard's file_version 2 / SessionLog.START semantics: the reader drops
+the earlier files' events at and after that step). Every step then has one value.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Mapping, Optional
 
@@ -16,17 +25,32 @@ import jax
 
 
 class MetricsWriter:
-    def __init__(self, log_dir: str, *, jsonl_name: str = "metrics.jsonl", tensorboard: bool = True):
+    """Appends records to LOG_DIR/metrics.jsonl and TensorBoard events.
+
+    resume_step: the step the run continues from (its restored checkpoint, 0 for a fresh
+    start); records of later steps left by an earlier attempt are superseded. None: keep
+    everything (a writer that never re-runs steps).
+    """
+
+    def __init__(self, log_dir: str, *, jsonl_name: str = "metrics.jsonl", tensorboard: bool = True,
+                 resume_step: Optional[int] = None):
         self.log_dir = log_dir
         self.enabled = jax.process_index() == 0
         self._tb = None
         if self.enabled:
             os.makedirs(log_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(log_dir, jsonl_name), "a", encoding="utf-8")
+            path = os.path.join(log_dir, jsonl_name)
+            if resume_step is not None and os.path.exists(path):
+                drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir)
+                # Each writer opens a new events file; after an earlier attempt's files, it
+                # starts with a purge of the steps this run recomputes.
+                earlier = any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
+                purge_step = resume_step + 1 if resume_step is not None and earlier else None
+                self._tb = SummaryWriter(log_dir, purge_step=purge_step)
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:
@@ -46,6 +70,43 @@ class MetricsWriter:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def drop_records_after(path: str, step: int) -> int:
+    """Rewrites a metrics.jsonl without the records of steps after `step` (and without a
+    torn last line); returns how many lines were dropped. Write-new-then-rename: a crash
+    at any point leaves either the old file or the new one, never a mix."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _record_step(line) is not None and _record_step(line) <= step]
+    dropped = len(lines) - len(kept)
+    if not dropped:
+        return 0
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    logging.info("%s: dropped %d record(s) after step %d, superseded by the resumed run", path, dropped, step)
+    return dropped
+
+
+def _record_step(line: str) -> Optional[int]:
+    """The step of one metrics line; None for a line that is not a whole record."""
+    if not line.endswith("\n"):
+        return None  # torn: the writer died mid-line, after the last checkpoint
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 class Progress:
