@@ -17,9 +17,14 @@ from typing import Any, Mapping, Optional
 
 import gin
 
+from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
 RUNTIME_FIELDS = ("dtype", "dropout_rate", "remat_policy")
+
+
+class ModelConfigError(UserError, ValueError):
+    """A model_config setting (or an INITIAL_CHECKPOINT_PATH config.json) the model cannot take."""
 
 
 @gin.configurable
@@ -29,18 +34,32 @@ def model_config(
     overrides: Optional[Mapping[str, Any]] = None,
     checkpoint_path: Optional[str] = None,
 ) -> T5Config:
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ModelConfigError(f"model_config.overrides = {overrides!r} must be a dict of T5Config fields")
     overrides = dict(overrides or {})
-    if checkpoint_path:
-        path = os.path.join(checkpoint_path, "config.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} not found: INITIAL_CHECKPOINT_PATH must be a directory written by "
-                "`python -m dss_jax.convert` or a training run"
-            )
-        with open(path) as f:
-            base = T5Config.from_dict(json.load(f), source=path)
-        return base.replace(**{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
-    return T5Config.preset(size, variant, **overrides)
+    # T5Config validates every field (ValueError/TypeError naming it); here that is a setting
+    # the user wrote, so it is reported as one.
+    try:
+        if checkpoint_path:
+            path = os.path.join(checkpoint_path, "config.json")
+            if not os.path.exists(path):
+                raise ModelConfigError(
+                    f"{path} not found: INITIAL_CHECKPOINT_PATH must be a directory written by "
+                    "`python -m dss_jax.convert` or a training run"
+                )
+            try:
+                with open(path) as f:
+                    raw = json.load(f)
+            except ValueError as e:
+                raise ModelConfigError(f"{path} is not valid JSON ({e}); re-create the checkpoint") from None
+            base = T5Config.from_dict(raw, source=path)
+            return base.replace(**{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
+        return T5Config.preset(size, variant, **overrides)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise ModelConfigError(f"model_config (size={size!r}, variant={variant!r}, overrides={overrides}): "
+                               f"{' '.join(str(e).split())}") from None
 
 
 @gin.configurable

@@ -18,7 +18,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dss_jax import settings
+
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
+
+
+# The rule for every OptimizerConfig field (a message fragment when broken, else None).
+SETTINGS: dict[str, settings.Rule] = {
+    "name": settings.one_of(("adafactor", "adamw")),
+    "learning_rate": settings.optional(settings.number(0, open_low=True)),  # None: the preset's
+    "schedule": settings.optional(settings.one_of(SCHEDULES)),
+    "warmup_steps": settings.nonnegative_int,
+    "decay_steps": settings.optional(settings.positive_int),
+    "end_learning_rate_fraction": settings.number(0, 1),
+    "weight_decay": settings.number(0),
+    "b1": settings.number(0, 1, open_high=True),
+    "b2": settings.number(0, 1, open_high=True),
+    "eps": settings.number(0, open_low=True),
+    "adafactor_decay_rate": settings.number(0, 1),
+    "adafactor_clipping_threshold": settings.optional(settings.number(0, open_low=True)),
+    "clip_grad_norm": settings.optional(settings.number(0, open_low=True)),
+}
 
 
 @gin.configurable
@@ -39,10 +59,8 @@ class OptimizerConfig:
     clip_grad_norm: Optional[float] = None  # global-norm gradient clipping before the update
 
     def __post_init__(self):
-        if self.name not in ("adafactor", "adamw"):
-            raise ValueError(f"OptimizerConfig.name must be 'adafactor' or 'adamw', got {self.name!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise ValueError(f"OptimizerConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        settings.check({f"OptimizerConfig.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)},
+                       {f"OptimizerConfig.{k}": rule for k, rule in SETTINGS.items()})
 
     @property
     def peak_learning_rate(self) -> float:
