@@ -34,6 +34,7 @@ def main(argv):
     from dss_jax import configurables  # noqa: F401  (gin-visible model settings)
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    train_loop.check_gin_settings()  # every setting's value, before anything is built or written
     partitioning.initialize_distributed(
         multiprocess_gpu=FLAGS.multiprocess_gpu,
         coordinator_address=FLAGS.coordinator_address,

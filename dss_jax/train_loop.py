@@ -5,6 +5,12 @@ position, so a restarted run continues exactly where it stopped), else starts fr
 INITIAL_CHECKPOINT_PATH or from scratch; checkpoints every `checkpoint_period` steps
 and at the end; saves on SIGTERM (preemption) before exiting; stops on a non-finite
 loss with the step named and the last good state saved.
+
+Before anything is written, every setting is checked (`check_settings`; the binary also
+checks gin's bindings, `check_gin_settings`, before any configurable is built) and the
+run directory is locked against a second trainer (`checkpoint_manager.RunLock`). On a
+resume, the metrics of the steps after the restored checkpoint are superseded
+(metrics_writer), so every step has one value.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import jax
 import numpy as np
 
 from dss_jax.cli import UserError
-from dss_jax import checkpoint_manager, input_pipeline, losses, optimizers, partitioning
+from dss_jax import checkpoint_manager, input_pipeline, losses, optimizers, partitioning, settings
 from dss_jax.metrics_writer import MetricsWriter, Progress
-from dss_jax.trainer import Trainer
+from dss_jax.trainer import DROPOUT_RNGS, Trainer
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -65,105 +71,258 @@ def train(
     eval_hook: Optional[Callable[..., Mapping[str, float]]] = None,
 ) -> dict[str, float]:
     """Trains until `train_steps` optimizer steps; returns the last logged metrics."""
-    if model is None:
-        from dss_jax.configurables import build_model, model_config
+    check_settings(_settings_of(locals()))
+    _check_paths(model_dir, initial_checkpoint_path)
+    _check_task(task_name)
+    with _lock_run_dir(model_dir):  # released on every way out, an exception included
+        if model is None:
+            from dss_jax.configurables import build_model, model_config
 
-        model = build_model(model_config(checkpoint_path=initial_checkpoint_path))
-    trainer = Trainer(
-        model,
-        loss_config=loss_config,
-        optimizer_config=optimizer_config,
-        total_steps=train_steps,
-        partition_config=partition_config,
-        num_microbatches=num_microbatches,
-        seed=seed,
-        dropout_rng=dropout_rng,
-    )
-    _check_vocab_size(model, task_name)
-    local_batch_size = partitioning.host_local_batch_size(batch_size, trainer.mesh)
-    if eval_hook is not None and getattr(eval_hook, "model", False) is None:
-        eval_hook.model = model  # the hook decodes with the loop's own model
-    ckpt = checkpoint_manager.RunCheckpointer(
-        model_dir, keep=keep_checkpoints, save_period=checkpoint_period, asynchronous=async_checkpointing
-    )
-    state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
-    step = int(state.step)
-    metadata = {"model_config": _model_config_json(model), "task_name": task_name,
-                "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight}
-    if jax.process_index() == 0:
-        _write_run_files(model_dir, model, task_name)
-    writer = MetricsWriter(os.path.join(model_dir, "train"))
-    eval_writer = MetricsWriter(os.path.join(model_dir, "validation"))
-    progress = Progress(train_steps, step)
+            model = build_model(model_config(checkpoint_path=initial_checkpoint_path))
+        trainer = Trainer(
+            model,
+            loss_config=loss_config,
+            optimizer_config=optimizer_config,
+            total_steps=train_steps,
+            partition_config=partition_config,
+            num_microbatches=num_microbatches,
+            seed=seed,
+            dropout_rng=dropout_rng,
+        )
+        _check_vocab_size(model, task_name)
+        local_batch_size = _local_batch_size(batch_size, num_microbatches, trainer.mesh)
+        if eval_hook is not None and getattr(eval_hook, "model", False) is None:
+            eval_hook.model = model  # the hook decodes with the loop's own model
+        ckpt = checkpoint_manager.RunCheckpointer(
+            model_dir, keep=keep_checkpoints, save_period=checkpoint_period, asynchronous=async_checkpointing
+        )
+        state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
+        step = int(state.step)
+        metadata = {"model_config": _model_config_json(model), "task_name": task_name,
+                    "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight}
+        if jax.process_index() == 0:
+            _write_run_files(model_dir, model, task_name)
+        # Steps after the restored one are recomputed: their old records are superseded.
+        writer = MetricsWriter(os.path.join(model_dir, "train"), resume_step=step)
+        eval_writer = MetricsWriter(os.path.join(model_dir, "validation"), resume_step=step)
+        progress = Progress(train_steps, step)
 
-    batches = batches_fn(
-        task_name=task_name,
-        feature_lengths=task_feature_lengths,
-        batch_size=local_batch_size,
-        seed=seed,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
-        start_position=position,
-        rationale_weight=loss_config.rationale_weight,
-    )
+        batches = batches_fn(
+            task_name=task_name,
+            feature_lengths=task_feature_lengths,
+            batch_size=local_batch_size,
+            seed=seed,
+            shard_index=jax.process_index(),
+            num_shards=jax.process_count(),
+            start_position=position,
+            rationale_weight=loss_config.rationale_weight,
+        )
 
-    terminated = {"flag": False}
-    previous_handler = signal.getsignal(signal.SIGTERM)
+        terminated = {"flag": False}
+        previous_handler = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
-        terminated["flag"] = True
+        def on_sigterm(signum, frame):
+            logging.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
+            terminated["flag"] = True
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
-    def save(at_step: int):
-        ckpt.save(at_step, state, {**metadata, "step": at_step, "input_position": position})
+        def save(at_step: int):
+            ckpt.save(at_step, state, {**metadata, "step": at_step, "input_position": position})
 
-    last_logged: dict[str, float] = {}
-    window: list[dict] = []
-    window_start = time.time()
-    try:
-        while step < train_steps:
-            try:
-                local = next(batches)
-            except StopIteration:
-                raise RuntimeError(
-                    f"the training data of {task_name!r} ran out at step {step}; "
-                    "the input pipeline should repeat (check the task's split and num_epochs)"
-                ) from None
-            state, metrics = trainer.train_step(state, trainer.global_batch(local))
-            position += 1
-            if bool(metrics["nonfinite"]):
-                save(step)
-                ckpt.wait()
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradients at step {step + 1} (loss={float(metrics['loss'])}); "
-                    f"the last good state (step {step}) is saved in {checkpoint_manager.step_dir(model_dir, step)}"
-                )
-            step += 1
-            window.append(metrics)
-            if step % log_period == 0 or step == train_steps:
-                last_logged = _summarise(window, time.time() - window_start)
-                writer.write(step, last_logged)
-                progress.report(step, last_logged)
-                window, window_start = [], time.time()
-            if step % checkpoint_period == 0 or step == train_steps or terminated["flag"]:
-                save(step)
-            if terminated["flag"]:
-                ckpt.close()
-                raise Preempted()
-            if eval_period and step % eval_period == 0 and step < train_steps:
+        last_logged: dict[str, float] = {}
+        window: list[dict] = []
+        window_start = time.time()
+        try:
+            while step < train_steps:
+                try:
+                    local = next(batches)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"the training data of {task_name!r} ran out at step {step}; "
+                        "the input pipeline should repeat (check the task's split and num_epochs)"
+                    ) from None
+                state, metrics = trainer.train_step(state, trainer.global_batch(local))
+                position += 1
+                if bool(metrics["nonfinite"]):
+                    save(step)
+                    ckpt.wait()
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradients at step {step + 1} (loss={float(metrics['loss'])}); "
+                        f"the last good state (step {step}) is saved in {checkpoint_manager.step_dir(model_dir, step)}"
+                    )
+                step += 1
+                window.append(metrics)
+                if step % log_period == 0 or step == train_steps:
+                    last_logged = _summarise(window, time.time() - window_start)
+                    writer.write(step, last_logged)
+                    progress.report(step, last_logged)
+                    window, window_start = [], time.time()
+                if step % checkpoint_period == 0 or step == train_steps or terminated["flag"]:
+                    save(step)
+                if terminated["flag"]:
+                    ckpt.close()
+                    raise Preempted()
+                if eval_period and step % eval_period == 0 and step < train_steps:
+                    evaluate(trainer, state.params, eval_batches_fn, task_name, task_feature_lengths, local_batch_size,
+                             eval_split, eval_batches_limit, eval_writer, step, eval_hook)
+            if eval_period:
                 evaluate(trainer, state.params, eval_batches_fn, task_name, task_feature_lengths, local_batch_size,
                          eval_split, eval_batches_limit, eval_writer, step, eval_hook)
-        if eval_period:
-            evaluate(trainer, state.params, eval_batches_fn, task_name, task_feature_lengths, local_batch_size,
-                     eval_split, eval_batches_limit, eval_writer, step, eval_hook)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        ckpt.close()
-        writer.close()
-        eval_writer.close()
-    return last_logged
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            ckpt.close()
+            writer.close()
+            eval_writer.close()
+        return last_logged
+
+
+# -- settings, checked before anything is written ---------------------------------
+
+def _feature_lengths(v):
+    if not isinstance(v, Mapping) or not v:
+        return "must be a dict of feature name -> length, e.g. {'label_inputs': 128, ...}"
+    for k, n in v.items():
+        if not isinstance(k, str) or settings.positive_int(n):
+            return f"must map feature names to positive integers ({k!r}: {n!r} does not)"
+    return None
+
+
+def _partition_rules(v):
+    if isinstance(v, str):
+        return settings.one_of(sorted(partitioning.RULE_SETS))(v)
+    ok = isinstance(v, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in v)
+    return None if ok else "must be a rule set name or a tuple of (logical_axis, mesh_axis) pairs"
+
+
+# Every setting of a train run, as `Configurable.parameter` (what a gin binding names).
+SETTINGS: dict[str, settings.Rule] = {
+    "train.model_dir": settings.text,
+    "train.task_name": settings.text,
+    "train.task_feature_lengths": _feature_lengths,
+    "train.train_steps": settings.positive_int,
+    "train.batch_size": settings.positive_int,
+    "train.initial_checkpoint_path": settings.optional(settings.text),
+    "train.eval_period": settings.nonnegative_int,  # 0: no evaluation
+    "train.eval_split": settings.text,
+    "train.eval_batches_limit": settings.optional(settings.positive_int),
+    "train.checkpoint_period": settings.positive_int,
+    "train.keep_checkpoints": settings.optional(settings.positive_int),
+    "train.async_checkpointing": settings.boolean,
+    "train.log_period": settings.positive_int,
+    "train.num_microbatches": settings.positive_int,
+    "train.seed": settings.integer,
+    "train.dropout_rng": settings.one_of(DROPOUT_RNGS),
+    "LossConfig.rationale_weight": settings.number(0),
+    "LossConfig.z_loss": settings.number(0),
+    "LossConfig.label_smoothing": settings.number(0, 1, open_high=True),
+    "LossConfig.normalization": settings.one_of(("token", "sequence")),
+    "PartitionConfig.num_partitions": settings.positive_int,
+    "PartitionConfig.rules": _partition_rules,
+    **{f"OptimizerConfig.{k}": rule for k, rule in optimizers.SETTINGS.items()},
+    # Read by the input pipeline, which the binary configures through gin only.
+    "DssFeatureConverter.pack_encoder_length": settings.optional(settings.positive_int),
+    "DssFeatureConverter.pack_decoder_length": settings.optional(settings.positive_int),
+    "DssFeatureConverter.max_open_rows": settings.positive_int,
+    "train_batches.num_input_shards": settings.optional(settings.positive_int),
+}
+
+# The t5x macros the shipped gin files bind these settings to: what a user types.
+MACROS = {"train.model_dir": "MODEL_DIR", "train.task_name": "MIXTURE_OR_TASK_NAME",
+          "train.task_feature_lengths": "TASK_FEATURE_LENGTHS", "train.train_steps": "TRAIN_STEPS",
+          "train.batch_size": "BATCH_SIZE", "train.initial_checkpoint_path": "INITIAL_CHECKPOINT_PATH",
+          "train.eval_period": "EVAL_PERIOD", "LossConfig.rationale_weight": "RATIONALE_WEIGHT"}
+
+
+def check_settings(values: Mapping[str, Any], macros: Mapping[str, str] = MACROS) -> None:
+    """SettingError naming the first of `values` (`Configurable.param` -> value) that breaks its rule."""
+    settings.check(values, SETTINGS, macros)
+
+
+def check_gin_settings() -> None:
+    """check_settings over what the parsed gin config binds, before any configurable is
+    built: a bad value is reported as the setting, not from inside what it would build."""
+    values, macros = settings.gin_values(SETTINGS)
+    check_settings(values, macros)
+
+
+def _settings_of(args: Mapping[str, Any]) -> dict[str, Any]:
+    """train()'s own arguments and its config objects' fields, as SETTINGS names them."""
+    import dataclasses
+
+    values = {f"train.{k}": v for k, v in args.items() if f"train.{k}" in SETTINGS}
+    for arg, prefix in (("loss_config", "LossConfig"), ("optimizer_config", "OptimizerConfig"),
+                        ("partition_config", "PartitionConfig")):
+        cfg = args.get(arg)
+        if dataclasses.is_dataclass(cfg):
+            values.update({f"{prefix}.{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    return values
+
+
+def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> None:
+    """MODEL_DIR must be (or become) a writable directory; INITIAL_CHECKPOINT_PATH must be a
+    checkpoint directory. Checked before the first write."""
+    path = os.path.abspath(model_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
+    existing = path
+    while not os.path.exists(existing):  # the nearest folder that exists is where it gets created
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise settings.SettingError(f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
+                           "choose a directory you can write to, or fix its permissions")
+    if initial_checkpoint_path:
+        config = os.path.join(initial_checkpoint_path, "config.json")
+        if not os.path.isdir(initial_checkpoint_path):
+            raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
+                               "directory; give a checkpoint written by `python -m dss_jax.convert` or a training run")
+        if not os.path.isfile(config):
+            raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json; give a "
+                               "checkpoint written by `python -m dss_jax.convert` or a training run")
+
+
+def _check_task(task_name: str) -> None:
+    import seqio
+
+    if task_name not in seqio.TaskRegistry.names():
+        from dss_jax.data import tasks as dss_tasks
+
+        known = ", ".join(sorted(dss_tasks.REGISTERED)) or "none"
+        raise settings.SettingError(f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task (DSS tasks: {known}); "
+                           "include the task's gin file, e.g. --gin_file=tasks/svamp.gin")
+
+
+def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
+    try:
+        local = partitioning.host_local_batch_size(batch_size, mesh)
+    except ValueError as e:
+        raise settings.SettingError(f"{e}; set --gin.BATCH_SIZE to a multiple of it") from None
+    if local % num_microbatches:
+        raise settings.SettingError(f"BATCH_SIZE={batch_size} ({local} rows per process) is not divisible by "
+                           f"train.num_microbatches={num_microbatches}; change one of them")
+    return local
+
+
+def _lock_run_dir(model_dir: str):
+    """Process 0 locks MODEL_DIR (checkpoint_manager.RunLock); on a multi-host run every
+    process learns whether it could, so that all stop together when it could not."""
+    lock = checkpoint_manager.RunLock(model_dir)
+    error = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except checkpoint_manager.RunLockedError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if int(refused) and error is None:
+            raise checkpoint_manager.RunLockedError(
+                f"{model_dir} is in use by another trainer (process 0 could not lock it; see its log)")
+    if error is not None:
+        raise error
+    return lock
 
 
 def _initial_state(trainer: Trainer, ckpt: checkpoint_manager.RunCheckpointer, initial_checkpoint_path):
@@ -197,7 +356,7 @@ def _check_vocab_size(model, task_name: str) -> None:
     vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
     cfg = getattr(model, "config", None)
     if cfg is not None and cfg.vocab_size < vocab.vocab_size:
-        raise ValueError(
+        raise settings.SettingError(
             f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
             f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
         )

@@ -1,0 +1,88 @@
+"""The train binary's one-line errors: a bad setting or a held run directory stops it
+with `train: error: ...` (exit 2) before anything is written. Uses the built-in synthetic
+task's gin file, which registers the task without generating any data."""
+import os
+import socket
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from conftest import REPO_ROOT
+from dss_jax import checkpoint_manager, cli, gin_utils, settings, train_loop
+
+TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
+
+
+def run_train(model_dir, *bindings):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3",
+               DSS_CACHE_DIR=str(model_dir) + ".no_cache")  # nothing may be generated before the checks
+    return subprocess.run([sys.executable, "-m", "dss_jax.train", *TASK_GIN, f"--gin.MODEL_DIR='{model_dir}'",
+                           "--gin.TRAIN_STEPS=2", *bindings], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: error:") and "Traceback" not in r.stderr, r.stderr[-3000:]
+    for word in words:
+        assert word in last, last
+    return last
+
+
+def test_a_bad_setting_stops_the_binary_before_anything_is_written(tmp_path):
+    model_dir = tmp_path / "run"
+    r = run_train(model_dir, "--gin.BATCH_SIZE=-8")
+    assert_one_line_error(r, "BATCH_SIZE", "-8", "--gin.BATCH_SIZE=")
+    assert not model_dir.exists() and not (tmp_path / "run.no_cache").exists()
+
+
+def test_a_second_trainer_is_refused_in_one_line(tmp_path):
+    model_dir = tmp_path / "run"
+    holder = checkpoint_manager.RunLock(str(model_dir)).acquire()  # the first trainer
+    try:
+        r = run_train(model_dir, "--gin.BATCH_SIZE=8")
+        assert_one_line_error(r, "in use by another trainer", f"pid {os.getpid()}", socket.gethostname(), "since")
+        assert os.listdir(model_dir) == [checkpoint_manager.LOCK_NAME]
+    finally:
+        holder.release()
+
+
+@pytest.fixture
+def parsed():
+    """Parses the train binary's gin files with extra bindings, as the binary does."""
+    from dss_jax import configurables, partitioning  # noqa: F401  (register configurables)
+
+    def parse(*bindings):
+        gin.clear_config()
+        gin_utils.parse_gin([f.split("=", 1)[1] for f in TASK_GIN], ["MODEL_DIR = '/tmp/unused'", *bindings],
+                            required_macros=("MODEL_DIR",))
+
+    yield parse
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("binding, named", [
+    ("TRAIN_STEPS = 'ten'", "TRAIN_STEPS (train.train_steps) must be a positive integer, got 'ten'"),
+    ("BATCH_SIZE = 8.5", "BATCH_SIZE (train.batch_size)"),
+    ("OptimizerConfig.learning_rate = '1e-3'", "OptimizerConfig.learning_rate must be a finite number (or None), got '1e-3'"),
+    ("RATIONALE_WEIGHT = -1", "RATIONALE_WEIGHT (LossConfig.rationale_weight) must be >= 0, got -1"),
+    ("LossConfig.label_smoothing = 1.0", "LossConfig.label_smoothing"),
+    ("EVAL_PERIOD = None", "EVAL_PERIOD (train.eval_period)"),
+    ("train.checkpoint_period = 0", "train.checkpoint_period must be a positive integer, got 0"),
+    ("DssFeatureConverter.pack_encoder_length = -128", "DssFeatureConverter.pack_encoder_length"),
+    ("TASK_FEATURE_LENGTHS = {'label_inputs': 'long'}", "TASK_FEATURE_LENGTHS"),
+    ("PartitionConfig.rules = 'dpp'", "PartitionConfig.rules"),
+])
+def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, named):
+    parsed(binding)
+    with pytest.raises(settings.SettingError) as e:
+        train_loop.check_gin_settings()
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_shipped_defaults_pass_the_checks(parsed):
+    parsed()
+    train_loop.check_gin_settings()

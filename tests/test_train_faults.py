@@ -1,0 +1,273 @@
+"""The training loop under faults, in-process on a tiny model: nothing lost, nothing
+silently wrong. A non-finite loss right after a checkpoint, a second trainer on the same
+MODEL_DIR, a checkpoint that cannot be written, a resumed run's metrics, bad settings."""
+import errno
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import jax.numpy as jnp
+from flax import linen as nn
+
+from dss_jax import checkpoint_manager, cli, metrics_writer, optimizers, settings, train_loop
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import T5
+
+from test_trainer import VOCAB, packed_batch
+
+TASK = "train_faults_toy"
+LENGTHS = {"label_inputs": 16, "label_targets": 12, "rationale_inputs": 16, "rationale_targets": 12}
+POISON = VOCAB - 1  # an encoder token in the (always padding) last column: the model's loss turns NaN
+
+
+class PoisonableT5(nn.Module):
+    """T5 tiny whose logits are NaN for a batch carrying the POISON token."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, **kwargs):
+        logits = T5(self.config, name="t5")(encoder_input_tokens, decoder_input_tokens, **kwargs)
+        return jnp.where(jnp.any(encoder_input_tokens[:, -1] == POISON), jnp.nan, logits)
+
+
+def model():
+    return PoisonableT5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.0))
+
+
+def batches(poisoned=()):
+    """Deterministic batches by input position, like the real pipeline (resumes match)."""
+
+    def batches_fn(*, start_position, batch_size, **_):
+        position = start_position
+        while True:
+            b = packed_batch(np.random.default_rng(position), batch=batch_size)
+            if position in poisoned:
+                b["encoder_input_tokens"][0, -1] = POISON
+            yield b
+            position += 1
+
+    return batches_fn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Every run builds its own Trainer; the step it compiles is the same program each time."""
+    import jax
+
+    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                    "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_task(tmp_path_factory):
+    import seqio
+    from dss_jax.data import tasks as dss_tasks
+
+    dss_tasks.register_cache_task(TASK, train_cache=tmp_path_factory.mktemp("cache") / "unused.jsonl",
+                                  vocabulary=seqio.PassThroughVocabulary(size=VOCAB), family="cqa")
+
+
+def train(model_dir, steps, poisoned=(), **kw):
+    args = dict(model_dir=str(model_dir), task_name=TASK, task_feature_lengths=LENGTHS, train_steps=steps,
+                batch_size=8, checkpoint_period=2, log_period=1, eval_period=0, batches_fn=batches(poisoned))
+    return train_loop.train(model(), **{**args, **kw})
+
+
+def metric_steps(model_dir):
+    with open(os.path.join(model_dir, "train", "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def one_line_report(capsys, fn):
+    """What the binary prints for what `fn` raises: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        cli.guard(fn, "train")()
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+# -- item 7: a non-finite loss right after a checkpoint ------------------------------
+
+def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys):
+    # Step 3 (input position 2) is non-finite; step 2 was just checkpointed.
+    code, err = one_line_report(capsys, lambda: train(tmp_path / "run", 4, poisoned={2}))
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: error: non-finite loss or gradients at step 3"), err[-2000:]
+    assert "checkpoint_2" in last
+    assert checkpoint_manager.checkpoint_steps(str(tmp_path / "run")) == [2]
+    assert not (tmp_path / "run" / checkpoint_manager.LOCK_NAME).exists()  # released on the error path
+
+
+# -- item 8: one trainer per run directory -------------------------------------------
+
+def test_a_second_trainer_is_refused_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    holder = checkpoint_manager.RunLock(str(run)).acquire()
+    try:
+        with pytest.raises(checkpoint_manager.RunLockedError) as e:
+            train(run, 2)
+        message = cli.error_line("train", e.value)
+        assert f"pid {os.getpid()} on host {socket.gethostname()} since " in message and "\n" not in message
+        assert os.listdir(run) == [checkpoint_manager.LOCK_NAME]  # nothing of the second trainer
+    finally:
+        holder.release()
+    assert not run.exists()  # the lock made the folder; released, nothing is left
+    checkpoint_manager.RunLock(str(run)).acquire().release()  # free again
+
+
+def test_a_dead_trainers_lock_on_this_host_is_taken_over_with_a_warning(tmp_path, caplog):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock_file = tmp_path / checkpoint_manager.LOCK_NAME
+    for pid, host, taken in ((gone.pid, socket.gethostname(), True), (os.getpid(), "another-host", False)):
+        lock_file.write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
+        if taken:
+            lock = checkpoint_manager.RunLock(str(tmp_path)).acquire()
+            assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+            assert any("took over" in r.getMessage() and str(pid) in r.getMessage() for r in caplog.records)
+            lock.release()
+        else:  # another host's process cannot be checked from here: refused, with the file to delete
+            with pytest.raises(checkpoint_manager.RunLockedError, match=f"another-host.*delete {lock_file}"):
+                checkpoint_manager.RunLock(str(tmp_path)).acquire()
+    assert lock_file.exists()  # the other host's lock is left alone
+
+
+# -- item 9: a checkpoint that cannot be written ---------------------------------------
+
+def test_full_disk_during_a_save_ends_in_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real_save = checkpoint_manager.ocp.CheckpointManager.save
+
+    def save_until_the_disk_is_full(self, step, *args, **kwargs):
+        if step == 4:  # the last save of the run below
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "checkpoint_4"))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_manager.ocp.CheckpointManager, "save", save_until_the_disk_is_full)
+    code, err = one_line_report(capsys, lambda: train(run, 4))
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: error: could not write the checkpoint"), err[-2000:]
+    assert str(run / "checkpoint_4") in last and "No space left on device" in last
+    assert "checkpoint_2" in last and "resume from step 2" in last
+    monkeypatch.undo()  # space freed
+    train(run, 4)
+    assert checkpoint_manager.checkpoint_steps(str(run)) == [2, 4]
+    assert metric_steps(run) == [1, 2, 3, 4]
+
+
+def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_path, capfd):
+    """A real failed write (the file size limit stands in for a full disk) in orbax's
+    asynchronous save: one CheckpointWriteError at wait(), the earlier checkpoint intact."""
+    ckpt = checkpoint_manager.RunCheckpointer(str(tmp_path), asynchronous=True)
+    ckpt.save(1, {"w": np.ones(4, np.float32)}, {"step": 1})
+    ckpt.wait()
+    big = {"w": np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)}  # 4 MB, incompressible
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, limits[1]))
+    try:
+        with pytest.raises(checkpoint_manager.CheckpointWriteError) as e:
+            ckpt.save(2, big, {"step": 2})
+            ckpt.wait()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    ckpt.close()
+    message = str(e.value)
+    assert "checkpoint_2" in message and "File too large" in message and "checkpoint_1" in message
+    assert "\n" not in message
+    assert "Traceback" not in capfd.readouterr().err
+    restored, meta = checkpoint_manager.RunCheckpointer(str(tmp_path)).restore(1, None)
+    assert meta["step"] == 1
+
+
+# -- item 10: one value per step after a resume ----------------------------------------
+
+def test_a_resumed_run_has_one_metrics_record_and_one_tensorboard_value_per_step(tmp_path):
+    import shutil
+    from tensorboard.backend.event_processing import event_accumulator
+
+    run = tmp_path / "run"
+    train(run, 3)  # checkpoints 2 and 3, metrics of steps 1-3
+    shutil.rmtree(run / "checkpoint_3")  # as if killed after logging step 3, before saving it
+    with open(run / "train" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 1.')  # and a torn line from the kill
+    train(run, 4)
+    assert metric_steps(run) == [1, 2, 3, 4]
+    tb = event_accumulator.EventAccumulator(str(run / "train"), purge_orphaned_data=True)
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("loss")] == [1, 2, 3, 4]
+    with open(run / "train" / "metrics.jsonl") as f:
+        logged = {r["step"]: r["loss"] for r in map(json.loads, f)}
+    assert [e.value for e in tb.Scalars("loss")] == pytest.approx([logged[s] for s in (1, 2, 3, 4)])
+
+
+def test_superseded_metrics_are_dropped_by_replacing_the_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    original = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+    path.write_text(original)
+
+    def crash(*_):
+        raise OSError(errno.EIO, "crash while renaming")
+
+    monkeypatch.setattr(metrics_writer.os, "replace", crash)
+    with pytest.raises(OSError):
+        metrics_writer.drop_records_after(str(path), 3)
+    assert path.read_text() == original and os.listdir(tmp_path) == ["metrics.jsonl"]
+    monkeypatch.undo()
+    assert metrics_writer.drop_records_after(str(path), 3) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+# -- item 12: every setting checked before anything is written ----------------------------
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("batch_size", -8, "train.batch_size"),
+    ("train_steps", "ten", "train.train_steps"),
+    ("train_steps", True, "train.train_steps"),
+    ("checkpoint_period", 0, "train.checkpoint_period"),
+    ("log_period", 2.5, "train.log_period"),
+    ("eval_period", -1, "train.eval_period"),
+    ("keep_checkpoints", 0, "train.keep_checkpoints"),
+    ("num_microbatches", 3, "num_microbatches"),
+    ("task_feature_lengths", {"label_inputs": -1}, "train.task_feature_lengths"),
+    ("dropout_rng", "philox", "train.dropout_rng"),
+    ("task_name", "no_such_task", "MIXTURE_OR_TASK_NAME"),
+])
+def test_a_bad_setting_is_named_before_anything_is_written(tmp_path, setting, value, named):
+    with pytest.raises(cli.UserError) as e:
+        train(tmp_path / "run", 2, **{setting: value})
+    line = cli.error_line("train", e.value)
+    assert named in line and "\n" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_paths_are_named_before_anything_is_written(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    for model_dir in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(cli.UserError, match="MODEL_DIR"):
+            train(model_dir, 2)
+    with pytest.raises(cli.UserError, match="INITIAL_CHECKPOINT_PATH .*nope"):
+        train(tmp_path / "run", 2, initial_checkpoint_path=str(tmp_path / "nope"))
+    assert sorted(os.listdir(tmp_path)) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("field, value", [("learning_rate", "1e-3"), ("learning_rate", -1.0), ("warmup_steps", -5),
+                                          ("b2", 1.0), ("name", "sgd"), ("decay_steps", 0.5)])
+def test_optimizer_settings_are_checked(field, value):
+    with pytest.raises(settings.SettingError, match=f"OptimizerConfig.{field}"):
+        optimizers.OptimizerConfig(**{field: value})
