@@ -15,6 +15,7 @@ resume, the metrics of the steps after the restored checkpoint are superseded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -303,9 +304,11 @@ def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
     return local
 
 
+@contextlib.contextmanager
 def _lock_run_dir(model_dir: str):
-    """Process 0 locks MODEL_DIR (checkpoint_manager.RunLock); on a multi-host run every
-    process learns whether it could, so that all stop together when it could not."""
+    """Process 0 holds MODEL_DIR's lock (checkpoint_manager.RunLock) while the body runs;
+    on a multi-host run every process learns whether it could, so that all stop together
+    when it could not."""
     lock = checkpoint_manager.RunLock(model_dir)
     error = None
     if jax.process_index() == 0:
@@ -322,7 +325,10 @@ def _lock_run_dir(model_dir: str):
                 f"{model_dir} is in use by another trainer (process 0 could not lock it; see its log)")
     if error is not None:
         raise error
-    return lock
+    try:
+        yield
+    finally:
+        lock.release()  # a no-op where this process does not hold it
 
 
 def _initial_state(trainer: Trainer, ckpt: checkpoint_manager.RunCheckpointer, initial_checkpoint_path):
