@@ -110,14 +110,21 @@ def _record_step(line: str) -> Optional[int]:
 
 
 class Progress:
-    """One line per report: step, loss, tokens/s, ETA (stderr, process 0 only)."""
+    """One line per report: step, loss, tokens/s, ETA (stderr, process 0 only); the loop
+    reports every log_period steps and, between those, whenever `due()`."""
 
-    def __init__(self, total_steps: int, start_step: int, stream=None):
+    def __init__(self, total_steps: int, start_step: int, stream=None, period_seconds: float = 30.0):
         self.total = total_steps
         self.start_step = start_step
-        self.t0 = time.time()
+        self.t0 = self.last = time.time()
         self.stream = stream or sys.stderr
         self.enabled = jax.process_index() == 0
+        self.period = period_seconds
+
+    def due(self) -> bool:
+        """Whether `period_seconds` passed since the last line (so a run whose log_period
+        is long, or whose first steps compile, still shows progress)."""
+        return self.enabled and time.time() - self.last >= self.period
 
     def eta_seconds(self, step: int) -> Optional[float]:
         done = step - self.start_step
@@ -128,6 +135,7 @@ class Progress:
     def report(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
+        self.last = time.time()
         eta = self.eta_seconds(step)
         parts = [f"step {step}/{self.total}"]
         for key, fmt in (("loss", "loss {:.4f}"), ("label/loss", "label {:.4f}"), ("rationale/loss", "rationale {:.4f}"),

@@ -61,6 +61,7 @@ def train(
     keep_checkpoints: Optional[int] = None,
     async_checkpointing: bool = True,
     log_period: int = 10,
+    progress_seconds: float = 30.0,
     num_microbatches: int = 1,
     seed: int = 0,
     dropout_rng: str = "threefry",
@@ -75,6 +76,8 @@ def train(
     check_settings(_settings_of(locals()))
     _check_paths(model_dir, initial_checkpoint_path)
     _check_task(task_name)
+    if initial_checkpoint_path:
+        _use_initial_vocabulary(task_name, initial_checkpoint_path)
     with _lock_run_dir(model_dir):  # released on every way out, an exception included
         if model is None:
             from dss_jax.configurables import build_model, model_config
@@ -90,7 +93,7 @@ def train(
             seed=seed,
             dropout_rng=dropout_rng,
         )
-        _check_vocab_size(model, task_name)
+        _check_vocab_size(model, task_name, initial_checkpoint_path)
         local_batch_size = _local_batch_size(batch_size, num_microbatches, trainer.mesh)
         if eval_hook is not None and getattr(eval_hook, "model", False) is None:
             eval_hook.model = model  # the hook decodes with the loop's own model
@@ -106,7 +109,11 @@ def train(
         # Steps after the restored one are recomputed: their old records are superseded.
         writer = MetricsWriter(os.path.join(model_dir, "train"), resume_step=step)
         eval_writer = MetricsWriter(os.path.join(model_dir, "validation"), resume_step=step)
-        progress = Progress(train_steps, step)
+        progress = Progress(train_steps, step, period_seconds=progress_seconds)
+        start = (f"resuming at step {step}" if step else
+                 f"from {initial_checkpoint_path}" if initial_checkpoint_path else "from scratch")
+        logging.info("training %s for %d steps (%s) in %s: checkpoints, config, train/ and validation/ metrics "
+                     "(metrics.jsonl, TensorBoard)", task_name, train_steps, start, model_dir)
 
         batches = batches_fn(
             task_name=task_name,
@@ -130,6 +137,7 @@ def train(
 
         def save(at_step: int):
             ckpt.save(at_step, state, {**metadata, "step": at_step, "input_position": position})
+            logging.info("step %d: checkpoint -> %s", at_step, checkpoint_manager.step_dir(model_dir, at_step))
 
         last_logged: dict[str, float] = {}
         window: list[dict] = []
@@ -159,6 +167,8 @@ def train(
                     writer.write(step, last_logged)
                     progress.report(step, last_logged)
                     window, window_start = [], time.time()
+                elif progress.due():  # a long log_period still shows the run moving
+                    progress.report(step, _summarise(window, time.time() - window_start))
                 if step % checkpoint_period == 0 or step == train_steps or terminated["flag"]:
                     save(step)
                 if terminated["flag"]:
@@ -211,6 +221,7 @@ SETTINGS: dict[str, settings.Rule] = {
     "train.keep_checkpoints": settings.optional(settings.positive_int),
     "train.async_checkpointing": settings.boolean,
     "train.log_period": settings.positive_int,
+    "train.progress_seconds": settings.number(0),  # a progress line at least this often (0: every step)
     "train.num_microbatches": settings.positive_int,
     "train.seed": settings.integer,
     "train.dropout_rng": settings.one_of(DROPOUT_RNGS),
@@ -356,24 +367,62 @@ def task_vocabulary_file(task_name: str) -> Optional[str]:
     return getattr(vocab, "sentencepiece_model_file", None)
 
 
-def _check_vocab_size(model, task_name: str) -> None:
+def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> None:
+    """Finetuning a pretrained checkpoint tokenizes with the checkpoint's own spiece.model
+    (convert stores it): a vocabulary trained anew would feed its embeddings other token
+    ids. Another vocabulary only when `task_vocabulary.spm_path` says so explicitly."""
+    from dss_jax import checkpoints
+    from dss_jax.data import tasks as dss_tasks
+
+    vocab_path = checkpoints.find_vocabulary(initial_checkpoint_path)
+    if vocab_path is None and dss_tasks.explicit_vocabulary() is None:
+        raise settings.SettingError(
+            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no spiece.model, so the vocabulary its embeddings "
+            "were trained with is unknown: bind --gin.task_vocabulary.spm_path=\"'PATH'\" to it (convert stores "
+            "a Hugging Face checkpoint's spiece.model beside its config.json)")
+    dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "INITIAL_CHECKPOINT_PATH")
+
+
+def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[str] = None) -> None:
     from dss_jax.data import tasks as dss_tasks
 
     vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
     cfg = getattr(model, "config", None)
-    if cfg is not None and cfg.vocab_size < vocab.vocab_size:
+    if cfg is None or cfg.vocab_size >= vocab.vocab_size:
+        return
+    if initial_checkpoint_path:
         raise settings.SettingError(
-            f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
-            f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
-        )
+            f"the vocabulary of task {task_name!r} ({dss_tasks.explicit_vocabulary() or 'trained for the task'}: "
+            f"{vocab.vocab_size} ids) is larger than the {cfg.vocab_size} embeddings of INITIAL_CHECKPOINT_PATH "
+            f"{initial_checkpoint_path}: use the checkpoint's own spiece.model (unbind task_vocabulary.spm_path)")
+    raise settings.SettingError(
+        f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
+        f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
+    )
 
 
 def _write_run_files(model_dir: str, model, task_name: str) -> None:
-    """config.json (the model), spiece.model (the task's vocabulary) and config.gin in
-    MODEL_DIR, so eval, infer and export rebuild everything from the directory alone."""
+    """config.json (the model), spiece.model (the task's vocabulary), task.json (the task
+    options it trains with) and config.gin in MODEL_DIR, so eval, infer and export rebuild
+    everything from the directory alone. A run resumed with other task options is refused."""
     import shutil
 
+    import dataclasses
+
+    from dss_jax import checkpoints
+    from dss_jax.data import tasks as dss_tasks
+
+    options = dataclasses.asdict(dss_tasks.current_options(task_name))
+    recorded = checkpoints.run_task(model_dir)
+    if recorded is not None and recorded[1] is not None and (recorded[1], recorded[2]) != (task_name, options):
+        changed = sorted(k for k in set(options) | set(recorded[2]) if options.get(k) != recorded[2].get(k))
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} was trained on {recorded[1]!r} with other task options ({recorded[0]}: "
+            f"{', '.join(f'{k}={recorded[2].get(k)!r}' for k in changed) or 'the task'}; now "
+            f"{task_name!r}, {', '.join(f'{k}={options.get(k)!r}' for k in changed)}): resume with the run's "
+            "settings, or train in a new MODEL_DIR")
     os.makedirs(model_dir, exist_ok=True)
+    checkpoints.write_run_task(model_dir, task_name, options)
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
     if getattr(model, "config", None) is not None:

@@ -271,3 +271,64 @@ def test_bad_paths_are_named_before_anything_is_written(tmp_path):
 def test_optimizer_settings_are_checked(field, value):
     with pytest.raises(settings.SettingError, match=f"OptimizerConfig.{field}"):
         optimizers.OptimizerConfig(**{field: value})
+
+
+# -- #17: progress on time, the run's task options, the initial checkpoint's vocabulary -
+
+def test_progress_is_shown_on_time_between_log_periods(tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    train(tmp_path / "quiet", 3, log_period=100)
+    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] \
+        == ["step 3/3"]  # the end only: log_period 100, and these steps take less than 30 s
+    train(tmp_path / "timed", 3, log_period=100, progress_seconds=0)
+    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] \
+        == ["step 1/3", "step 2/3", "step 3/3"]
+    assert f"step 2: checkpoint -> {tmp_path / 'timed' / 'checkpoint_2'}" in caplog.text
+    assert f"in {tmp_path / 'timed'}" in caplog.text  # where the run's outputs go
+
+
+def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_path):
+    import gin
+
+    run = tmp_path / "run"
+    train(run, 2)
+    recorded = json.loads((run / "task.json").read_text())
+    assert recorded["task"] == TASK and recorded["options"]["label_target"] == "label"
+    gin.parse_config(f"{TASK}/task_options.label_target = 'rationale_then_label'")
+    try:
+        with pytest.raises(settings.SettingError, match=r"label_target='label'.*now .*label_target='rationale_then_label'"):
+            train(run, 3)
+    finally:
+        gin.clear_config()
+    assert checkpoint_manager.checkpoint_steps(str(run)) == [2]
+    assert json.loads((run / "task.json").read_text()) == recorded
+
+
+def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
+    import gin
+    import shutil
+
+    import _eval_toy as toy
+    import tasks.dss  # noqa: F401  (registers dss_svamp, whose vocabulary gin chooses)
+
+    ckpt = tmp_path / "ckpts" / "converted"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    (tmp_path / "vocab").mkdir()
+    spm = toy.train_vocab(toy.write_caches(tmp_path / "caches"), tmp_path / "vocab")
+    gin.clear_config()
+    try:
+        with pytest.raises(settings.SettingError, match=r"has no spiece.model.*task_vocabulary.spm_path"):
+            train_loop.train(model(), model_dir=str(tmp_path / "run"), task_name="dss_svamp",
+                             task_feature_lengths=LENGTHS, train_steps=1, batch_size=8, initial_checkpoint_path=str(ckpt))
+        assert not (tmp_path / "run").exists()
+        shutil.copy(spm, ckpt / "spiece.model")
+        train_loop._use_initial_vocabulary("dss_svamp", str(ckpt))
+        assert train_loop.task_vocabulary_file("dss_svamp") == str(ckpt / "spiece.model")
+    finally:
+        gin.clear_config()
+        from dss_jax.data import tasks as dss_tasks
+
+        dss_tasks.get_task("dss_svamp").output_features["label_targets"].vocabulary.reset()

@@ -260,17 +260,6 @@ def explicit_vocabulary() -> Optional[str]:
         return None
 
 
-def check_vocabulary_fits(task_name: str, model_vocab_size: int, setting: str) -> None:
-    """A vocabulary with more pieces than the model has embeddings would index past them."""
-    vocabulary = get_task(task_name).output_features["label_targets"].vocabulary
-    if vocabulary.vocab_size > model_vocab_size:
-        source = explicit_vocabulary() or "the vocabulary trained for the task"
-        raise UserError(
-            f"{task_name}'s vocabulary ({source}) has {vocabulary.vocab_size} pieces but the model of {setting} has "
-            f"{model_vocab_size} embeddings: use the vocabulary the checkpoint was trained with "
-            "(its spiece.model; unbind task_vocabulary.spm_path)")
-
-
 # --------------------------------------------------------------------------------------
 # Records -> paired text examples
 # --------------------------------------------------------------------------------------
