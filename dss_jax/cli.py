@@ -125,17 +125,24 @@ class _SilentLoader:
                 os.close(saved)
 
 
+def quiet_native_startup() -> None:
+    """No TensorFlow C++ start-up notices (CUDA probing on a CPU machine): its log level,
+    and its first import with stderr captured (shown if the import fails)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietFirstImport("tensorflow"))
+
+
 def quiet_libraries() -> None:
     """Default logging of a binary: its own INFO, the libraries' WARNING and above, and no
-    TensorFlow C++ start-up notices (CUDA probing on a CPU machine); `--verbosity=1` keeps
-    everything. Call after flags are parsed and before TensorFlow is imported."""
+    TensorFlow C++ start-up notices; `--verbosity=1` keeps everything. Call after flags
+    are parsed (a binary that imports TensorFlow with its modules is covered by
+    `_quiet_if_a_binary`, when this module is imported)."""
     if _verbose():
         return
     from absl import logging as absl_logging
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietFirstImport("tensorflow"))
+    quiet_native_startup()
     absl_logging.set_verbosity(absl_logging.INFO)
     handler = absl_logging.get_absl_handler()
     if not any(isinstance(f, _LibraryChatter) for f in handler.filters):
@@ -223,3 +230,27 @@ def child_error(what: str, returncode: int, log_path: str) -> UserError:
         pass
     cause = last or f"exit {returncode}"
     return UserError(f"{what} failed: {cause} (whole log: {log_path})")
+
+
+def _argv_verbosity(argv: Sequence[str]) -> int:
+    """absl's -v/--verbosity as written on the command line (flags are not parsed yet)."""
+    level = 0
+    for i, arg in enumerate(argv):
+        m = re.match(r"^--?(?:v|verbosity)(?:=(-?\d+))?$", arg)
+        if m:
+            value = m.group(1) if m.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else "0")
+            level = int(value) if re.fullmatch(r"-?\d+", value) else level
+    return level
+
+
+def _quiet_if_a_binary() -> None:
+    """A binary (`python -m dss_jax.NAME`) that imports TensorFlow with its own modules does
+    so before its flags are parsed: silence TensorFlow's start-up from here, the first
+    dss_jax module it imports. Library users importing dss_jax are left alone."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    package = os.path.dirname(os.path.abspath(__file__))
+    if os.path.dirname(os.path.abspath(main_file)) == package and _argv_verbosity(sys.argv) < 1:
+        quiet_native_startup()
+
+
+_quiet_if_a_binary()
