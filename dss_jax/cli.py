@@ -43,15 +43,14 @@ class UserError(Exception):
 
 
 def error_line(name: str, message: object) -> str:
-    """`NAME: error: MESSAGE`, on one line (a multi-line message keeps its first line
-    in front and the rest indented, so the line that names the problem comes first)."""
+    """`NAME: error: MESSAGE` on one line (the lines of a multi-line message are joined)."""
     # gin appends "In call to configurable 'NAME' (<function ...>)" to errors raised inside
     # a configurable: the message already says what is wrong.
     text = re.sub(r"\n\s*In call to configurable .*", "", str(message)).strip() or "unknown error"
     for prefix in (f"{name}: error: ", f"dss_jax.{name}: error: ", "error: "):
         if text.startswith(prefix):
             text = text[len(prefix):]
-    return f"{name}: error: {text}"
+    return f"{name}: error: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def fail(name: str, message: object, code: int = EXIT_USAGE) -> None:

@@ -32,6 +32,7 @@ def test_string_exit_is_reported_the_same_way_and_bugs_keep_their_traceback(caps
     assert capsys.readouterr().err == "convert: error: no config.json in /x\n"
     assert cli.error_line("eval", "no checkpoint in /r\n  In call to configurable 'evaluate_checkpoints' (<function>)") \
         == "eval: error: no checkpoint in /r"
+    assert cli.error_line("eval", "two things:\n  one\n  two") == "eval: error: two things: one two"
 
     def bug():
         raise KeyError("a bug")
