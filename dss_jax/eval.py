@@ -18,16 +18,16 @@ rationales: `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the spli
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import gin
 from absl import flags, logging
 
 from dss_jax import cli
 from dss_jax import gin_utils
-from dss_jax.data import tasks as dss_tasks
-from dss_jax.evaluation import (DecodeSettings, checkpoints_to_evaluate, evaluate, format_table, load_checkpoint,
-                                load_examples, write_outputs)
+
+if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
+    from dss_jax.evaluation import DecodeSettings
 
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
@@ -55,6 +55,8 @@ def evaluate_checkpoints(
     dtype: the compute dtype for decoding (None: the checkpoint's own).
     """
     from dss_jax import checkpoint_manager
+    from dss_jax.data import tasks as dss_tasks
+    from dss_jax.evaluation import checkpoints_to_evaluate, evaluate, load_checkpoint, load_examples, write_outputs
     from dss_jax.metrics_writer import MetricsWriter
 
     chosen = checkpoints_to_evaluate(checkpoint_path, steps)
@@ -86,7 +88,10 @@ def evaluate_checkpoints(
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    # Imported here, not with the module, so that `--help` and flag errors need no
+    # TensorFlow; importing them registers the configurables the gin files bind.
     from dss_jax import configurables  # noqa: F401  (model_config bindings in shared gin files)
+    from dss_jax.evaluation import format_table
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
     try:

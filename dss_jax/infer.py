@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import gin
 import jax
@@ -32,9 +32,9 @@ from absl import flags
 from dss_jax import checkpoints, cli
 from dss_jax import gin_utils
 from dss_jax.data import jsonl, parsers, sources
-from dss_jax.data import tasks as dss_tasks
-from dss_jax.evaluation import (DecodeSettings, as_decode_config, checkpoints_to_evaluate, decode_batches,
-                                load_checkpoint, tokens_to_texts)
+
+if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
+    from dss_jax.evaluation import DecodeSettings
 
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
@@ -106,6 +106,8 @@ def _vocabulary(vocab_path: Optional[str], task_name: Optional[str]):
 
         return vocab.from_checkpoint(vocab_path)
     if task_name:
+        from dss_jax.data import tasks as dss_tasks
+
         return dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
     raise ValueError("the checkpoint has no spiece.model beside it and no task names a vocabulary: "
                      "set MIXTURE_OR_TASK_NAME (the task the student was trained on)")
@@ -130,6 +132,10 @@ def infer_file(
     family: the task family when no task is named; only NLI families ("anli1", "esnli")
     change the input tokenization ("</s>" -> EOS).
     """
+    from dss_jax.data import tasks as dss_tasks
+    from dss_jax.evaluation import (as_decode_config, checkpoints_to_evaluate, decode_batches, load_checkpoint,
+                                    tokens_to_texts)
+
     needed = ["label_inputs", "label_targets"] + (["rationale_inputs", "rationale_targets"] if output_rationale else [])
     missing = [k for k in needed if k not in feature_lengths]
     if missing:
@@ -208,7 +214,9 @@ def infer_file(
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    from dss_jax import configurables  # noqa: F401  (model_config bindings in shared gin files)
+    # Imported here, not with the module, so that `--help` and flag errors need no
+    # TensorFlow; importing them registers the configurables the gin files bind.
+    from dss_jax import configurables, evaluation  # noqa: F401
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
     try:

@@ -127,3 +127,10 @@ def test_tensorflow_import_prints_nothing_natively():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_eval_and_infer_import_no_tensorflow_until_they_run():
+    """`--help` and flag errors answer at once: TensorFlow (through seqio) takes seconds to import."""
+    code = "import sys, dss_jax.eval, dss_jax.infer; print('tensorflow' in sys.modules, 'seqio' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
