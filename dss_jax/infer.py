@@ -211,13 +211,16 @@ def infer_file(
     return rows
 
 
+def register_configurables() -> None:
+    """Imports what the gin files bind (model_config, DecodeSettings, the tasks' options):
+    here, not with the module, so that `--help` and flag errors need no TensorFlow."""
+    from dss_jax import configurables, evaluation  # noqa: F401
+
+
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    # Imported here, not with the module, so that `--help` and flag errors need no
-    # TensorFlow; importing them registers the configurables the gin files bind.
-    from dss_jax import configurables, evaluation  # noqa: F401
-
+    register_configurables()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
     try:
         rows = infer_file()

@@ -26,10 +26,26 @@ def _clear_gin():
     gin.clear_config()
 
 
+def _import_binary(name):
+    """A binary's module, with the configurables its main registers before parsing. absl's
+    flags are global: a flag a bench script imported earlier in this process defined
+    (test_bench_train: train_throughput's --seed) is dropped for the binary's own."""
+    from absl import flags
+
+    for _ in range(100):
+        try:
+            module = importlib.import_module(f"dss_jax.{name}")
+            break
+        except flags.DuplicateFlagError as e:
+            delattr(flags.FLAGS, re.search(r"The flag '([^']+)'", str(e)).group(1))
+    getattr(module, "register_configurables", lambda: None)()
+    return module
+
+
 @pytest.fixture(scope="module")
 def binaries():
     """The binaries' modules: they register the configurables their gin files bind."""
-    return {name: importlib.import_module(f"dss_jax.{name}") for name in ("train", "eval", "infer", "sweep", "annotate")}
+    return {name: _import_binary(name) for name in ("train", "eval", "infer", "sweep", "annotate")}
 
 
 def parse_train(bindings, files=TRAIN_FILES):
