@@ -67,3 +67,10 @@ def build_model(config: Optional[T5Config] = None):
     from dss_jax.model.t5 import T5
 
     return T5(config if config is not None else model_config())
+
+
+def register_for_decoding() -> None:
+    """Registers what the eval and infer gin files bind besides model_config
+    (DecodeSettings, the tasks' options): called by those binaries before they parse,
+    not at import, since `evaluation` brings in seqio and TensorFlow."""
+    from dss_jax import evaluation  # noqa: F401

@@ -24,7 +24,7 @@ import gin
 from absl import flags, logging
 
 from dss_jax import cli
-from dss_jax import gin_utils
+from dss_jax import configurables, gin_utils
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
     from dss_jax.evaluation import DecodeSettings
@@ -85,16 +85,10 @@ def evaluate_checkpoints(
     return results
 
 
-def register_configurables() -> None:
-    """Imports what the gin files bind (model_config, DecodeSettings, the tasks' options):
-    here, not with the module, so that `--help` and flag errors need no TensorFlow."""
-    from dss_jax import configurables, evaluation  # noqa: F401
-
-
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    register_configurables()
+    configurables.register_for_decoding()
     from dss_jax.evaluation import format_table
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)

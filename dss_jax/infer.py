@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 
 from dss_jax import checkpoints, cli
-from dss_jax import gin_utils
+from dss_jax import configurables, gin_utils
 from dss_jax.data import jsonl, parsers, sources
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -211,16 +211,10 @@ def infer_file(
     return rows
 
 
-def register_configurables() -> None:
-    """Imports what the gin files bind (model_config, DecodeSettings, the tasks' options):
-    here, not with the module, so that `--help` and flag errors need no TensorFlow."""
-    from dss_jax import configurables, evaluation  # noqa: F401
-
-
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    register_configurables()
+    configurables.register_for_decoding()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
     try:
         rows = infer_file()

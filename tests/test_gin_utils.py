@@ -38,7 +38,10 @@ def _import_binary(name):
             break
         except flags.DuplicateFlagError as e:
             delattr(flags.FLAGS, re.search(r"The flag '([^']+)'", str(e)).group(1))
-    getattr(module, "register_configurables", lambda: None)()
+    if name in ("eval", "infer"):  # what their main registers before it parses
+        from dss_jax import configurables
+
+        configurables.register_for_decoding()
     return module
 
 
