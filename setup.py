@@ -25,8 +25,7 @@ setup(
         "gin-config>=0.5",
         "absl-py>=2.0",
         "numpy>=1.26",
-        "tensorboardX>=2.6",
-        "tensorboard>=2.18",  # `tensorboard --logdir MODEL_DIR`, as the quickstart says
+        "tensorboard>=2.18",  # the events writer, and `tensorboard --logdir MODEL_DIR` as the quickstart says
         "tqdm>=4.60",  # the annotate progress bar
         "matplotlib>=3.8",
     ],

@@ -256,6 +256,7 @@ def main(argv):
     source = FLAGS.input or f"{FLAGS.task}/{FLAGS.split}"
 
     if student:
+        cli.use_compilation_cache()
         backend = _student_backend(family)
         backend.check_inputs(examples)  # warns per example that will be cut
     else:

@@ -92,6 +92,7 @@ def main(argv):
     from dss_jax.evaluation import format_table
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     try:
         results = evaluate_checkpoints()
     except (FileNotFoundError, ValueError) as e:

@@ -216,6 +216,7 @@ def main(argv):
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     configurables.register_for_decoding()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     try:
         rows = infer_file()
     except (FileNotFoundError, ValueError) as e:

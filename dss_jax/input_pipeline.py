@@ -14,6 +14,7 @@ paper's datasets).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Iterator, Mapping, Optional
 
@@ -23,6 +24,19 @@ import seqio
 
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.feature_converter import DssFeatureConverter
+
+
+@contextlib.contextmanager
+def _without_autograph():
+    """tf.data runs every mapped function through AutoGraph (a Python-to-graph source
+    transpiler) unless told otherwise: about 4.5 s of a run's start-up on this CPU, for
+    SeqIO's and our map functions, none of which branches on tensor values (a function
+    that did would fail loudly when traced, not compute something else). Pipelines are
+    built inside this context; their batches are unchanged (tests/test_input_pipeline.py)."""
+    from tensorflow.python.autograph.core import ag_ctx
+
+    with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+        yield
 
 
 def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, shard_index, num_shards):
@@ -81,10 +95,12 @@ def train_batches(
         raise ValueError(f"the per-process batch ({batch_size} rows) must divide over {per_process} input shards")
     iterators = []
     for shard in range(shard_index * per_process, (shard_index + 1) * per_process):
-        ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
-                      shard_index=shard, num_shards=streams)
-        converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
-        ds = converter(ds, dss_tasks.effective_feature_lengths(task_name, feature_lengths)).batch(batch_size // per_process, drop_remainder=True)
+        with _without_autograph():
+            ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
+                          shard_index=shard, num_shards=streams)
+            converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
+            ds = converter(ds, dss_tasks.effective_feature_lengths(task_name, feature_lengths))
+            ds = ds.batch(batch_size // per_process, drop_remainder=True)
         if start_position:
             ds = ds.skip(start_position)
         iterators.append(ds.prefetch(2).as_numpy_iterator())
@@ -113,10 +129,11 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over a split, one example per row, the last batch padded with empty rows
     (which carry no loss weight); every process yields the same number of batches."""
-    ds = _dataset(task_name, feature_lengths, split, shuffle=False, seed=None, num_epochs=1,
-                  shard_index=shard_index, num_shards=num_shards)
-    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
-    ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
+    with _without_autograph():
+        ds = _dataset(task_name, feature_lengths, split, shuffle=False, seed=None, num_epochs=1,
+                      shard_index=shard_index, num_shards=num_shards)
+        feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+        ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]
     count = len(batches)
     if num_shards > 1:

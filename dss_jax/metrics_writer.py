@@ -12,10 +12,12 @@ the earlier files' events at and after that step). Every step then has one value
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -44,13 +46,11 @@ class MetricsWriter:
                 drop_records_after(path, resume_step)
             self._jsonl = open(path, "a", encoding="utf-8")
             if tensorboard:
-                from tensorboardX import SummaryWriter
-
                 # Each writer opens a new events file; after an earlier attempt's files, it
                 # starts with a purge of the steps this run recomputes.
                 earlier = any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
                 purge_step = resume_step + 1 if resume_step is not None and earlier else None
-                self._tb = SummaryWriter(log_dir, purge_step=purge_step)
+                self._tb = EventsFile(log_dir, purge_step=purge_step)
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:
@@ -60,9 +60,7 @@ class MetricsWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            for k, v in clean.items():
-                self._tb.add_scalar(k, v, int(step))
-            self._tb.flush()
+            self._tb.write_scalars(int(step), clean)
 
     def close(self) -> None:
         if not self.enabled:
@@ -70,6 +68,46 @@ class MetricsWriter:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class EventsFile:
+    """One TensorBoard events file of scalars, written with tensorboard's own record
+    framing and protos (no TensorFlow, no torch: tensorboardX imports torch when it is
+    installed, 3 s of every run's start-up). Each write is flushed."""
+
+    def __init__(self, log_dir: str, purge_step: Optional[int] = None):
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event_pb2 = event_pb2
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_IDS)}"
+        self.path = os.path.join(log_dir, name)
+        self._records = RecordWriter(open(self.path, "wb"))
+        self._add(event_pb2.Event(file_version="brain.Event:2"), step=purge_step)
+        if purge_step is not None:
+            # TensorBoard drops the earlier files' events at and after a START session log.
+            self._add(event_pb2.Event(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)),
+                      step=purge_step)
+        self._records.flush()
+
+    def _add(self, event, step: Optional[int] = None) -> None:
+        event.wall_time = time.time()
+        if step is not None:
+            event.step = step
+        self._records.write(event.SerializeToString())
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self._add(self._event_pb2.Event(summary=summary_pb2.Summary(value=values)), step=step)
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
+_FILE_IDS = itertools.count()
 
 
 def drop_records_after(path: str, step: int) -> int:

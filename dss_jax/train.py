@@ -35,6 +35,7 @@ def main(argv):
 
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
     train_loop.check_gin_settings()  # every setting's value, before anything is built or written
+    cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     partitioning.initialize_distributed(
         multiprocess_gpu=FLAGS.multiprocess_gpu,
         coordinator_address=FLAGS.coordinator_address,

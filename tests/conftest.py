@@ -5,6 +5,7 @@ mesh tests use are requested here, before any test module imports jax.
 """
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -14,6 +15,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (under seqio) must not grab the accelerator or all host threads.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One compilation cache for the session, this process and the binaries the tests start:
+# the same tiny programs are compiled once, not once per subprocess (and never into the
+# user's ~/.cache/dss_jax/xla).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dss_test_xla_"))
 
 import pytest  # noqa: E402
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -188,6 +189,22 @@ def iter_cache(path: str | os.PathLike) -> Iterator[CacheRecord]:
 
 def read_cache(path: str | os.PathLike) -> list[CacheRecord]:
     return list(iter_cache(path))
+
+
+def load_records(path: str | os.PathLike) -> tuple[CacheRecord, ...]:
+    """The records of a cache file, read once per process while the file is unchanged
+    (a task's splits and its vocabulary corpus read the same file)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher cache not found: {path}")
+    stat = os.stat(path)
+    return _load_records(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_records(path: str, mtime_ns: int, size: int) -> tuple[CacheRecord, ...]:
+    del mtime_ns, size  # part of the key: a rewritten file is read again
+    return tuple(iter_cache(path))
 
 
 def _tail(f) -> tuple[int, bytes]:

@@ -53,9 +53,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from dss_jax import cli
 from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
-from dss_jax.data.cache import CacheRecord, read_cache
+from dss_jax.data.cache import CacheRecord, load_records
 from dss_jax.data.lazy_vocab import LazyVocabulary
 
 PAIRED_TEXT_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
@@ -68,7 +69,6 @@ VALIDATION = "validation"
 # Where the built-in tasks find the paper's files and keep their imported caches.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "dss_palm"
-DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/dss_jax").expanduser()
 
 
 # --------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def data_locations(data_dir: Optional[str] = None, cache_dir: Optional[str] = No
     $DSS_CACHE_DIR or ~/.cache/dss_jax.
     """
     data = data_dir or os.environ.get("DSS_PALM_DIR") or DEFAULT_DATA_DIR
-    cache = cache_dir or os.environ.get("DSS_CACHE_DIR") or DEFAULT_CACHE_DIR
+    cache = cache_dir or cli.project_cache_dir()
     return pathlib.Path(data), pathlib.Path(cache)
 
 
@@ -341,20 +341,6 @@ PathProvider = Callable[[], pathlib.Path]
 REGISTERED: set[str] = set()  # names of the tasks registered through this module
 _FAMILIES: dict[str, str] = {}  # task name -> label family (how its labels are judged)
 _SPLITS: dict[str, "CacheSplits"] = {}  # task name -> where its splits' records come from
-
-
-@functools.lru_cache(maxsize=32)
-def _read_cache_cached(path: str, mtime_ns: int, size: int) -> tuple[CacheRecord, ...]:
-    del mtime_ns, size  # part of the key: a rewritten file is read again
-    return tuple(read_cache(path))
-
-
-def load_records(path: Union[str, os.PathLike]) -> tuple[CacheRecord, ...]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher cache not found: {path}")
-    stat = os.stat(path)
-    return _read_cache_cached(path, stat.st_mtime_ns, stat.st_size)
 
 
 @dataclasses.dataclass(frozen=True)

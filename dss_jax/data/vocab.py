@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 import seqio
 import sentencepiece as spm
 
-from dss_jax.data.cache import read_cache
+from dss_jax.data.cache import load_records
 
 SPIECE_NAME = "spiece.model"
 
@@ -114,7 +114,7 @@ def cache_texts(cache_paths: Iterable[str | os.PathLike], sample_index: Optional
     parsed teacher rationale and label (only sample `sample_index` when given)."""
     texts: list[str] = []
     for path in cache_paths:
-        for record in read_cache(path):
+        for record in load_records(path):
             texts.append(record.input)
             if record.label:
                 texts.append(record.label)
