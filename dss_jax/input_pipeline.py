@@ -15,6 +15,7 @@ paper's datasets).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Iterator, Mapping, Optional
 
@@ -22,6 +23,8 @@ import gin
 import numpy as np
 import seqio
 
+from dss_jax.cli import UserError
+from dss_jax.data import packing
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.feature_converter import DssFeatureConverter
 
@@ -76,15 +79,31 @@ def train_batches(
     split: str = "train",
     pack: bool = True,
     num_input_shards: Optional[int] = None,
+    batch_unit: str = "rows",
+    row_multiple: int = 1,
+    max_rows: Optional[int] = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """An endless, deterministic stream of this process's packed training rows,
     starting `start_position` batches into the stream.
+
+    batch_unit "rows" (T5X's): `batch_size` packed rows per step, however many examples
+    they hold. "examples" (the paper's): `batch_size` examples per step, all their
+    segments packed together into a fixed number of rows (a multiple of `row_multiple`),
+    the rest of the rows empty; see `_example_batches`. `max_rows` (this process's rows
+    per step) fixes that number; by default it is estimated from the stream.
 
     The data is read as `num_input_shards` streams (default: one per process); process
     i takes an equal run of them and concatenates their rows. With a fixed
     `num_input_shards`, the global batch is the same whatever the number of processes,
     so a run can move between host counts (and be checked against a single process).
     """
+    if batch_unit not in BATCH_UNITS:
+        raise ValueError(f"train.batch_unit must be one of {BATCH_UNITS}, got {batch_unit!r}")
+    if batch_unit == "examples":
+        if not pack:
+            raise ValueError("train.batch_unit='examples' packs each step's examples; it needs train_batches.pack=True")
+        return _example_batches(task_name, feature_lengths, split, batch_size, seed, shard_index, num_shards,
+                                start_position, rationale_weight, row_multiple, max_rows)
     streams = num_input_shards or num_shards
     if streams % num_shards:
         raise ValueError(
@@ -109,6 +128,75 @@ def train_batches(
     if len(iterators) == 1:
         return iterators[0]
     return _concat_rows(iterators)
+
+
+BATCH_UNITS = ("rows", "examples")
+ESTIMATE_STEPS = 64  # steps packed to estimate the rows per step of a batch in examples
+ESTIMATE_HEADROOM = 1.25
+
+
+def _example_batches(task_name, feature_lengths, split, examples, seed, shard_index, num_shards, start_position,
+                     rationale_weight, row_multiple, max_rows) -> Iterator[dict[str, np.ndarray]]:
+    """Steps of exactly `examples` examples each (this process's share), packed.
+
+    Each step's examples (label and, when λ > 0, rationale segments) are packed first fit
+    into as many rows as they need; the batch has a fixed number of rows R, the unused
+    ones empty (zero loss weight: the loss is normalised over the real tokens of the
+    whole batch, so they change nothing). R is `max_rows`, or the most rows any of the
+    first 64 steps needs plus 25%, rounded up to `row_multiple` (the same on every
+    process, and on a resume: it is computed from the start of the stream). A later step
+    that needs more rows stops the run with a message naming the setting; nothing is
+    dropped or moved to another step.
+    """
+    lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+    with _without_autograph():
+        ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
+                      shard_index=shard_index, num_shards=num_shards)
+        converter = DssFeatureConverter(pack=True, rationale_weight=rationale_weight)
+        encoder_length, decoder_length = converter.row_lengths(lengths)
+        stream = converter.numpy_examples(ds, lengths)
+
+    def groups():
+        while True:
+            group = [next(stream) for _ in range(examples)]
+            yield packing.pack_group(group, encoder_length, decoder_length, converter.include_rationale,
+                                     converter.bos_id)
+
+    steps = groups()
+    first = [next(steps) for _ in range(ESTIMATE_STEPS)]
+    needed = max(len(rows) for rows in first)
+    if max_rows is None:
+        rows = -(-int(np.ceil(needed * ESTIMATE_HEADROOM)) // row_multiple) * row_multiple
+        if num_shards > 1:
+            from jax.experimental import multihost_utils
+
+            rows = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
+        source = f"estimated: the first {ESTIMATE_STEPS} steps needed at most {needed}, plus 25%"
+    else:
+        if max_rows % row_multiple:
+            raise ValueError(f"train_batches.max_rows={max_rows} must be a multiple of {row_multiple} "
+                             "(data-parallel devices x microbatches per process)")
+        rows, source = max_rows, "train_batches.max_rows"
+    logging.info("batch in examples: %d examples per step (this process) packed into %d rows of %d+%d tokens (%s)",
+                 examples, rows, encoder_length, decoder_length, source)
+
+    def batches():
+        for step, packed in enumerate(itertools.chain(first, steps)):
+            if len(packed) > rows:
+                raise RowBoundError(
+                    f"step {step + 1}: its {examples} examples need {len(packed)} packed rows, more than the {rows} "
+                    f"rows per step; set --gin.train_batches.max_rows to at least "
+                    f"{-(-len(packed) // row_multiple) * row_multiple} (per process) and resume")
+            if step >= start_position:
+                yield packing.pad_rows(packed, rows, encoder_length, decoder_length)
+
+    if start_position:
+        logging.info("skipping %d batches already consumed", start_position)
+    return batches()
+
+
+class RowBoundError(UserError, ValueError):
+    """A step of a batch in examples needs more rows than the batch has."""
 
 
 def _concat_rows(iterators):

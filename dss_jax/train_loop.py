@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -53,6 +54,7 @@ def train(
     task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
     train_steps: int = gin.REQUIRED,
     batch_size: int = gin.REQUIRED,
+    batch_unit: str = "rows",
     initial_checkpoint_path: Optional[str] = None,
     eval_period: int = 0,
     eval_split: str = "validation",
@@ -94,7 +96,13 @@ def train(
             dropout_rng=dropout_rng,
         )
         _check_vocab_size(model, task_name, initial_checkpoint_path)
-        local_batch_size = _local_batch_size(batch_size, num_microbatches, trainer.mesh)
+        if batch_unit == "examples":  # BATCH_SIZE examples per step, packed into a fixed number of rows
+            local_examples, row_multiple = _local_examples(batch_size, num_microbatches, trainer.mesh)
+            batch_args = {"batch_size": local_examples, "batch_unit": "examples", "row_multiple": row_multiple}
+            local_batch_size = row_multiple * max(1, -(-local_examples // row_multiple))  # eval rows: ~examples
+        else:
+            local_batch_size = _local_batch_size(batch_size, num_microbatches, trainer.mesh)
+            batch_args = {"batch_size": local_batch_size}
         if eval_hook is not None and getattr(eval_hook, "model", False) is None:
             eval_hook.model = model  # the hook decodes with the loop's own model
         ckpt = checkpoint_manager.RunCheckpointer(
@@ -103,7 +111,8 @@ def train(
         state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
         step = int(state.step)
         metadata = {"model_config": _model_config_json(model), "task_name": task_name,
-                    "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight}
+                    "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight,
+                    "batch_size": batch_size, "batch_unit": batch_unit}
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name)
         # Steps after the restored one are recomputed: their old records are superseded.
@@ -118,7 +127,7 @@ def train(
         batches = batches_fn(
             task_name=task_name,
             feature_lengths=task_feature_lengths,
-            batch_size=local_batch_size,
+            **batch_args,
             seed=seed,
             shard_index=jax.process_index(),
             num_shards=jax.process_count(),
@@ -223,6 +232,8 @@ SETTINGS: dict[str, settings.Rule] = {
     "train.log_period": settings.positive_int,
     "train.progress_seconds": settings.number(0),  # a progress line at least this often (0: every step)
     "train.num_microbatches": settings.positive_int,
+    "train.batch_unit": settings.one_of(input_pipeline.BATCH_UNITS),
+    "train_batches.max_rows": settings.optional(settings.positive_int),
     "train.seed": settings.integer,
     "train.dropout_rng": settings.one_of(DROPOUT_RNGS),
     "LossConfig.rationale_weight": settings.number(0),
@@ -313,6 +324,18 @@ def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
         raise settings.SettingError(f"BATCH_SIZE={batch_size} ({local} rows per process) is not divisible by "
                            f"train.num_microbatches={num_microbatches}; change one of them")
     return local
+
+
+def _local_examples(batch_size: int, num_microbatches: int, mesh) -> tuple[int, int]:
+    """A batch in examples: (this process's examples per step, the multiple its rows per
+    step must be: every data-parallel device and microbatch gets whole rows)."""
+    processes = jax.process_count()
+    if batch_size % processes:
+        raise settings.SettingError(f"BATCH_SIZE={batch_size} examples must be divisible by the number of processes "
+                                    f"({processes}); set --gin.BATCH_SIZE to a multiple of it")
+    data = mesh.shape["data"]
+    rows_multiple = math.lcm(num_microbatches, data // math.gcd(data, processes))
+    return batch_size // processes, rows_multiple
 
 
 @contextlib.contextmanager
@@ -452,6 +475,10 @@ def _summarise(window: list[dict], seconds: float) -> dict[str, float]:
     out["learning_rate"] = float(np.asarray(window[-1]["learning_rate"]))
     real = summed["tokens/encoder_real"] + summed["tokens/decoder_real"]
     out["padding_efficiency"] = real / max(summed["tokens/total"], 1.0)
+    # What each step cost and covered, comparable across batch units and methods.
+    out["examples_per_step"] = summed["batch/examples"] / n
+    out["rows_per_step"] = summed["batch/rows"] / n
+    out["real_tokens_per_step"] = real / n
     out["real_tokens_per_second"] = real / max(seconds, 1e-9)
     out["steps_per_second"] = n / max(seconds, 1e-9)
     return out

@@ -268,11 +268,21 @@ def _split_microbatches(x: jax.Array, m: int) -> jax.Array:
 
 
 def _token_counts(batch) -> dict[str, jax.Array]:
+    """What a step computed on: real and total tokens, rows holding any target, and
+    examples (label segments: every example has exactly one)."""
     enc = batch["encoder_input_tokens"]
+    real = batch["decoder_loss_weights"] > 0
+    label = real & (batch["decoder_task_ids"] == losses.LABEL_TASK) if "decoder_task_ids" in batch else real
+    if "decoder_positions" in batch:  # packed: a label segment starts at position 0
+        examples = jnp.sum(label & (batch["decoder_positions"] == 0))
+    else:  # one segment per row
+        examples = jnp.sum(jnp.any(label, axis=-1))
     return {
         "tokens/encoder_real": jnp.sum(enc != 0),
-        "tokens/decoder_real": jnp.sum(batch["decoder_loss_weights"] > 0),
+        "tokens/decoder_real": jnp.sum(real),
         "tokens/total": jnp.asarray(enc.size + batch["decoder_target_tokens"].size),
+        "batch/rows": jnp.sum(jnp.any(real, axis=-1)),
+        "batch/examples": examples,
     }
 
 

@@ -20,7 +20,7 @@ the real and total tokens of the rows produced so far (padding efficiency).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import gin
 import numpy as np
@@ -86,14 +86,20 @@ class DssFeatureConverter(seqio.FeatureConverter):
         return packing.row_lengths(task_feature_lengths, self.pack, self.include_rationale,
                                    self.pack_encoder_length, self.pack_decoder_length)
 
-    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+    def row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        """(encoder, decoder) length of the rows this converter produces."""
+        return self._row_lengths(task_feature_lengths)
+
+    def numpy_examples(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> Iterator[dict]:
+        """The task's examples as dicts of numpy token arrays, each part cut to its length:
+        what the packer takes (a batch in examples packs them per step itself)."""
+        return _unblock(self._example_blocks(ds, task_feature_lengths))
+
+    def _example_blocks(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         lengths = {k: task_feature_lengths[k] for k in PAIRED_FEATURES}
-        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
 
         # tf.data hands elements to Python one at a time at a high fixed cost, so examples
-        # cross into numpy in padded blocks (with their lengths) and rows come back in
-        # blocks that are unbatched on the TensorFlow side.
+        # cross into numpy in padded blocks (with their lengths).
         def trim(ex):
             out = {k: ex[k][: lengths[k]] for k in PAIRED_FEATURES}
             out.update({f"{k}_length": tf.size(out[k]) for k in PAIRED_FEATURES})
@@ -102,11 +108,17 @@ class DssFeatureConverter(seqio.FeatureConverter):
         blocks_in = ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).padded_batch(
             _BLOCK, padded_shapes={**{k: [lengths[k]] for k in PAIRED_FEATURES}, **{f"{k}_length": [] for k in PAIRED_FEATURES}}
         )
+        return blocks_in
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
+
+        # Rows come back from numpy in blocks that are unbatched on the TensorFlow side.
+        blocks_in = self._example_blocks(ds, task_feature_lengths)
 
         def examples():
-            for block in blocks_in.as_numpy_iterator():
-                for i in range(block["label_inputs"].shape[0]):
-                    yield {k: block[k][i, : block[f"{k}_length"][i]] for k in PAIRED_FEATURES}
+            return _unblock(blocks_in)
 
         def row_blocks():
             if self.pack:
@@ -137,3 +149,9 @@ class DssFeatureConverter(seqio.FeatureConverter):
         encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
         features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
         return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
+
+
+def _unblock(blocks: tf.data.Dataset) -> Iterator[dict]:
+    for block in blocks.as_numpy_iterator():
+        for i in range(block["label_inputs"].shape[0]):
+            yield {k: block[k][i, : block[f"{k}_length"][i]] for k in PAIRED_FEATURES}

@@ -238,6 +238,34 @@ def pack_examples(
         yield row
 
 
+def pack_group(
+    examples: list[dict],
+    encoder_length: int,
+    decoder_length: int,
+    include_rationale: bool = True,
+    bos_id: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """All segments of `examples` packed first fit over as many rows as they need (every
+    row stays open, so a group packs as densely as first fit can)."""
+    segments = sum(len(paired_segments(e, include_rationale)) for e in examples)
+    return list(pack_examples(examples, encoder_length, decoder_length, include_rationale,
+                              max_open_rows=max(segments, 1), bos_id=bos_id))
+
+
+def pad_rows(rows: list[dict[str, np.ndarray]], count: int, encoder_length: int,
+             decoder_length: int) -> dict[str, np.ndarray]:
+    """Packed rows stacked into a [count, length] batch, the rows after them empty (no
+    tokens, no loss weight, segment id 0)."""
+    if len(rows) > count:
+        raise ValueError(f"{len(rows)} rows do not fit a batch of {count}")
+    out = {k: np.zeros((count, encoder_length if k.startswith("encoder") else decoder_length), np.int32)
+           for k in PACKED_FEATURES}
+    for i, row in enumerate(rows):
+        for k in PACKED_FEATURES:
+            out[k][i] = row[k]
+    return out
+
+
 def pad_examples(
     examples: Iterable[dict],
     encoder_length: int,
