@@ -412,6 +412,13 @@ def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict
     return str(gin_file), None, ({"label_target": targets[-1]} if targets else {})
 
 
+def find_config(path: str | os.PathLike) -> Optional[str]:
+    """The config.json that describes a checkpoint (in it, or in the training run's
+    MODEL_DIR above a `checkpoint_<step>` dir: up to three parents), or None."""
+    found = _find_upwards(pathlib.Path(path), CONFIG_FILE)
+    return None if found is None else str(found)
+
+
 def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
     """The spiece.model that travels with a checkpoint (in it or up to three parents), or None."""
     found = _find_upwards(pathlib.Path(path), VOCAB_FILE)

@@ -41,7 +41,9 @@ def model_config(
     # the user wrote, so it is reported as one.
     try:
         if checkpoint_path:
-            path = os.path.join(checkpoint_path, "config.json")
+            from dss_jax.checkpoints import find_config
+
+            path = find_config(checkpoint_path) or os.path.join(checkpoint_path, "config.json")
             if not os.path.exists(path):
                 raise ModelConfigError(
                     f"{path} not found: INITIAL_CHECKPOINT_PATH must be a directory written by "

@@ -76,7 +76,7 @@ def train(
 ) -> dict[str, float]:
     """Trains until `train_steps` optimizer steps; returns the last logged metrics."""
     check_settings(_settings_of(locals()))
-    _check_paths(model_dir, initial_checkpoint_path)
+    initial_checkpoint_path = _check_paths(model_dir, initial_checkpoint_path)
     _check_task(task_name)
     if initial_checkpoint_path:
         _use_initial_vocabulary(task_name, initial_checkpoint_path)
@@ -282,9 +282,10 @@ def _settings_of(args: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> None:
+def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optional[str]:
     """MODEL_DIR must be (or become) a writable directory; INITIAL_CHECKPOINT_PATH must be a
-    checkpoint directory. Checked before the first write."""
+    checkpoint directory, or a training run's MODEL_DIR (its latest checkpoint). Checked
+    before the first write; returns the checkpoint dir to start from."""
     path = os.path.abspath(model_dir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
@@ -294,14 +295,25 @@ def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> None
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise settings.SettingError(f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
                            "choose a directory you can write to, or fix its permissions")
-    if initial_checkpoint_path:
-        config = os.path.join(initial_checkpoint_path, "config.json")
-        if not os.path.isdir(initial_checkpoint_path):
-            raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
-                               "directory; give a checkpoint written by `python -m dss_jax.convert` or a training run")
-        if not os.path.isfile(config):
-            raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json; give a "
-                               "checkpoint written by `python -m dss_jax.convert` or a training run")
+    if not initial_checkpoint_path:
+        return None
+    # A converted checkpoint, a run's checkpoint_<step> dir, or a run's MODEL_DIR (its latest).
+    from dss_jax import checkpoints
+
+    if not os.path.isdir(initial_checkpoint_path):
+        raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
+                                    "directory; give a checkpoint written by `python -m dss_jax.convert` or a "
+                                    "training run (its MODEL_DIR or one of its checkpoint_<step> dirs)")
+    try:
+        (_, resolved), = checkpoints.select_checkpoints(initial_checkpoint_path, "latest",
+                                                        path_setting="INITIAL_CHECKPOINT_PATH")
+    except checkpoints.CheckpointError as e:
+        raise settings.SettingError(str(e)) from None
+    if checkpoints.find_config(resolved) is None:
+        raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json (in it or "
+                                    "its training run's MODEL_DIR); give a checkpoint written by "
+                                    "`python -m dss_jax.convert` or a training run")
+    return resolved
 
 
 def _check_task(task_name: str) -> None:

@@ -14,10 +14,12 @@ cache); feature lengths: gin/tasks/synthetic.gin.
 """
 
 import functools
+import pathlib
 
 import gin
 
-from dss_jax.data import synthetic
+from dss_jax.data import pretrain, synthetic
+from dss_jax.data.lazy_vocab import LazyVocabulary
 from dss_jax.data.tasks import register_cache_task
 
 TASK_NAME = "dss_synthetic"
@@ -40,4 +42,24 @@ register_cache_task(
     test_cache=functools.partial(cache_path, "test"),
     extra_splits={synthetic.UNLABELED: functools.partial(cache_path, synthetic.UNLABELED)},
     family="svamp",
+)
+
+
+# Span-corruption pretraining on the domain's generated corpus (dss_jax/data/pretrain.py),
+# for a student that has read the domain before it sees the task (gin/runs/pretrain.gin).
+PRETRAIN_TASK_NAME = "dss_synthetic_pretrain"
+
+
+def _corpus() -> list[str]:
+    with gin.config_scope(TASK_NAME):  # leave out the problems dss_synthetic evaluates on
+        return [str(pretrain.write_synthetic_corpus(exclude_config=synthetic.synthetic_config())[0])]
+
+
+pretrain.register_span_corruption_task(
+    PRETRAIN_TASK_NAME,
+    text_files=_corpus,
+    vocabulary=LazyVocabulary(lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])),
+                              name=f"{PRETRAIN_TASK_NAME} vocabulary"),
+    inputs_length=128,
+    targets_length=32,
 )
