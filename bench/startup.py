@@ -13,7 +13,8 @@ figures are start-up, not data generation. This checkout's train is timed twice:
 its compilation cache warm (what a rerun, a resume or the next sweep point sees) and
 cold (an empty cache per run: the first run of a configuration). Rounds alternate the
 commands so that every side sees the same machine load; the report gives medians and
-ratios.
+ratios. The earlier commit runs with this checkout's installed packages: commits before
+2026-12-02 write TensorBoard events with tensorboardX (`pip install tensorboardX`).
 """
 
 from __future__ import annotations

@@ -319,8 +319,7 @@ def write_synthetic_corpus(cache_dir: Optional[Union[str, os.PathLike]] = None,
         exclude = [p.text for split in ("validation", "test") for p in evaluated[split]]
         docs = corpus_documents(settings["problems"], settings["seed"], exclude)
         text = "".join(d + "\n" for d in docs)
-        description = {"documents": len(docs), "words": len(text.split()), "bytes": len(text.encode()),
-                       "excluded_dataset": config.fingerprint(), **settings}
+        description = {"documents": len(docs), "words": len(text.split()), "bytes": len(text.encode()), **settings}
         directory.mkdir(parents=True, exist_ok=True)
         for target, content in ((path, text), (meta_path, json.dumps(description, indent=1) + "\n")):
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
