@@ -15,7 +15,18 @@ Methods (the paper's baselines and its ablation):
     finetune     λ = 0, dataset labels              (standard finetuning)
     distill      λ = 0, teacher labels              (standard distillation)
     dss          λ = RATIONALE_WEIGHT, labels from `dss_label_source`
-    single_task  one target "rationale ... The answer is label", λ = 0 (the ablation)
+    dss_gt       λ = RATIONALE_WEIGHT, dataset labels
+    dss_teacher  λ = RATIONALE_WEIGHT, teacher labels
+    single_task  one target "rationale ... The answer is label", λ = 0 (the ablation;
+                 labels from `dss_label_source`)
+
+Initialisations: by default each size starts from `initial_checkpoints[size]` or from
+scratch. `initializations = {'pretrained': '/ckpt', 'scratch': None}` runs the grid from
+each instead (a name per starting point, a checkpoint or None), and
+`init_methods = {'scratch': ['finetune', 'dss_gt']}` restricts the methods run from
+one of them (e.g. a from-scratch control). results.csv has one row per run with its
+starting point, steps, examples per step and the real tokens it trained on (the
+compute each method paid), next to the metric.
 """
 
 from __future__ import annotations
@@ -43,8 +54,11 @@ METHODS = {
     "finetune": {"RATIONALE_WEIGHT": 0.0, "LABEL_SOURCE": "'gt'"},
     "distill": {"RATIONALE_WEIGHT": 0.0, "LABEL_SOURCE": "'teacher'"},
     "dss": {},
+    "dss_gt": {"LABEL_SOURCE": "'gt'"},
+    "dss_teacher": {"LABEL_SOURCE": "'teacher'"},
     "single_task": {"RATIONALE_WEIGHT": 0.0, "task_options.label_target": "'rationale_then_label'"},
 }
+DSS_METHODS = ("dss", "dss_gt", "dss_teacher")  # the ones trained with λ = RATIONALE_WEIGHT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +68,13 @@ class Run:
     fraction: float
     seed: int
     rationale_weight: float
+    init: str = ""  # a name of sweep_config.initializations; "" when the sweep has none
 
     @property
     def name(self) -> str:
-        lam = f"_lam{self.rationale_weight:g}" if self.method == "dss" else ""
-        return f"{self.method}{lam}_{self.size}_frac{self.fraction:g}_seed{self.seed}"
+        lam = f"_lam{self.rationale_weight:g}" if self.method in DSS_METHODS else ""
+        init = f"_{self.init}" if self.init else ""
+        return f"{self.method}{lam}_{self.size}{init}_frac{self.fraction:g}_seed{self.seed}"
 
 
 @gin.configurable
@@ -72,6 +88,8 @@ def sweep_config(
     rationale_weights: Sequence[float] = (1.0,),
     dss_label_source: str = "gt",
     initial_checkpoints: Optional[dict] = None,
+    initializations: Optional[dict] = None,
+    init_methods: Optional[dict] = None,
     train_bindings: Sequence[str] = (),
     eval_bindings: Sequence[str] = (),
     extra_gin_files: Sequence[str] = (),
@@ -82,18 +100,31 @@ def sweep_config(
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
     initial_checkpoints: {size: converted checkpoint dir}; sizes without one train from
-    scratch. train_bindings / eval_bindings: extra gin bindings for every run.
+    scratch. initializations: {name: checkpoint dir or None (scratch)}, every run starts
+    from each of them instead (see the module docstring); init_methods: {name: methods}
+    restricts the methods run from one. train_bindings / eval_bindings: extra gin
+    bindings for every run.
     """
     return dict(locals())
 
 
 def plan(cfg: dict) -> list[Run]:
+    inits = list(cfg.get("initializations") or {}) or [""]
     runs = []
-    for method, size, fraction, seed in itertools.product(cfg["methods"], cfg["sizes"], cfg["fractions"], cfg["seeds"]):
-        weights = cfg["rationale_weights"] if method == "dss" else (0.0,)
+    for init, method, size, fraction, seed in itertools.product(inits, cfg["methods"], cfg["sizes"],
+                                                                cfg["fractions"], cfg["seeds"]):
+        if init and method not in (cfg.get("init_methods") or {}).get(init, cfg["methods"]):
+            continue
+        weights = cfg["rationale_weights"] if method in DSS_METHODS else (0.0,)
         for lam in weights:
-            runs.append(Run(method, size, float(fraction), int(seed), float(lam)))
+            runs.append(Run(method, size, float(fraction), int(seed), float(lam), init))
     return runs
+
+
+def initial_checkpoint(run: Run, cfg: dict) -> Optional[str]:
+    if run.init:
+        return cfg["initializations"][run.init]
+    return (cfg["initial_checkpoints"] or {}).get(run.size)
 
 
 def run_bindings(run: Run, cfg: dict) -> list[str]:
@@ -105,7 +136,7 @@ def run_bindings(run: Run, cfg: dict) -> list[str]:
         "LABEL_SOURCE": repr(cfg["dss_label_source"]),
     }
     b.update(METHODS[run.method])
-    ckpt = (cfg["initial_checkpoints"] or {}).get(run.size)
+    ckpt = initial_checkpoint(run, cfg)
     if ckpt:
         b["INITIAL_CHECKPOINT_PATH"] = repr(ckpt)  # repr: a path may hold a quote
     return [f"{k} = {v}" for k, v in b.items()]
@@ -152,6 +183,15 @@ def check_methods(cfg: dict) -> None:
         if method not in METHODS:
             raise gin_utils.GinConfigError(f"sweep_config.methods: unknown method {method!r}"
                                            f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}")
+    inits = cfg.get("initializations") or {}
+    for init, methods in (cfg.get("init_methods") or {}).items():
+        if init not in inits:
+            raise gin_utils.GinConfigError(f"sweep_config.init_methods: {init!r} is not one of "
+                                           f"sweep_config.initializations ({', '.join(inits) or 'none'})")
+        unknown = [m for m in methods if m not in cfg["methods"]]
+        if unknown:
+            raise gin_utils.GinConfigError(f"sweep_config.init_methods[{init!r}]: {unknown} not in "
+                                           f"sweep_config.methods {list(cfg['methods'])}")
 
 
 def _run_binary(module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str],
@@ -199,8 +239,34 @@ def _eval_result(run_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
-def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str) -> list[dict]:
+COMPUTE_COLUMNS = ("steps", "examples_per_step", "rows_per_step", "real_tokens")
+
+
+def train_compute(run_dir: str) -> dict:
+    """What a run trained on, from its train/metrics.jsonl: steps, the mean examples and
+    rows per step, and the real (non-padding) tokens of every step summed."""
+    path = os.path.join(run_dir, "model", "train", "metrics.jsonl")
+    out = {k: "" for k in COMPUTE_COLUMNS}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    previous, tokens, examples, rows = 0, 0.0, 0.0, 0.0
+    for r in records:  # each record averages the steps since the previous one
+        n = r["step"] - previous
+        tokens += r.get("real_tokens_per_step", float("nan")) * n
+        examples += r.get("examples_per_step", float("nan")) * n
+        rows += r.get("rows_per_step", float("nan")) * n
+        previous = r["step"]
+    if previous:
+        out.update(steps=previous, examples_per_step=round(examples / previous, 2),
+                   rows_per_step=round(rows / previous, 2), real_tokens=int(tokens) if math.isfinite(tokens) else "")
+    return out
+
+
+def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str, cfg: Optional[dict] = None) -> list[dict]:
     """Writes results.csv / results.md and returns the per-run rows."""
+    cfg = cfg or {}
     rows = []
     for run in runs:
         res = results.get(run.name)
@@ -208,16 +274,19 @@ def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str
             continue
         if metric not in res:
             raise KeyError(f"{run.name}: metric {metric!r} not in its metrics.json (has {sorted(res)})")
-        rows.append({**dataclasses.asdict(run), "run": run.name, metric: float(res[metric])})
+        run_dir = os.path.join(out_dir, "runs", run.name)
+        rows.append({**dataclasses.asdict(run), "run": run.name, metric: float(res[metric]),
+                     "initial_checkpoint": initial_checkpoint(run, cfg) or "", **train_compute(run_dir)})
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "method", "size", "fraction", "seed", "rationale_weight", metric])
+        writer = csv.DictWriter(f, fieldnames=["run", "method", "init", "size", "fraction", "seed", "rationale_weight",
+                                               metric, "initial_checkpoint", *COMPUTE_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
     groups = aggregate(rows, metric)
-    lines = [f"| method | size | fraction | λ | runs | {metric} (mean ± std) |", "|---|---|---|---|---|---|"]
+    lines = [f"| method | init | size | fraction | λ | runs | {metric} (mean ± std) |", "|---|---|---|---|---|---|---|"]
     for g in groups:
-        lines.append(f"| {g['method']} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} | {g['n']} | "
-                     f"{g['mean']:.4f} ± {g['std']:.4f} |")
+        lines.append(f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
+                     f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return rows
@@ -226,44 +295,50 @@ def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str
 def aggregate(rows: list[dict], metric: str) -> list[dict]:
     keyed: dict[tuple, list[float]] = {}
     for r in rows:
-        keyed.setdefault((r["method"], r["size"], r["fraction"], r["rationale_weight"]), []).append(r[metric])
+        keyed.setdefault((r.get("init", ""), r["method"], r["size"], r["fraction"], r["rationale_weight"]),
+                         []).append(r[metric])
     out = []
-    for (method, size, fraction, lam), values in sorted(keyed.items()):
+    for (init, method, size, fraction, lam), values in sorted(keyed.items()):
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        out.append(dict(method=method, size=size, fraction=fraction, rationale_weight=lam, n=len(values),
+        out.append(dict(init=init, method=method, size=size, fraction=fraction, rationale_weight=lam, n=len(values),
                         mean=mean, std=std))
     return out
 
 
 def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
-    """Accuracy vs. fraction of training data, one line per method (and size, and λ)."""
+    """Accuracy vs. fraction of training data, one line per method (and size, and λ);
+    one panel per initialisation (e.g. pretrained and scratch side by side), on one scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = aggregate(rows, metric)
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    series: dict[str, list[dict]] = {}
+    inits = sorted({g["init"] for g in groups}) or [""]
+    fig, axes = plt.subplots(1, len(inits), figsize=(6 * len(inits), 4.2), dpi=120, sharey=True, squeeze=False)
     sizes = {g["size"] for g in groups}
-    lams = {g["rationale_weight"] for g in groups if g["method"] == "dss"}
-    for g in groups:
-        label = g["method"]
-        if g["method"] == "dss" and len(lams) > 1:
-            label += f" (λ={g['rationale_weight']:g})"
-        if len(sizes) > 1:
-            label += f" [{g['size']}]"
-        series.setdefault(label, []).append(g)
-    for label, points in sorted(series.items()):
-        points.sort(key=lambda g: g["fraction"])
-        ax.errorbar([100 * g["fraction"] for g in points], [100 * g["mean"] for g in points],
-                    yerr=[100 * g["std"] for g in points], marker="o", capsize=3, label=label)
-    ax.set_xlabel("% of training data")
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    lams = {g["rationale_weight"] for g in groups if g["method"] in DSS_METHODS}
+    for ax, init in zip(axes[0], inits):
+        series: dict[str, list[dict]] = {}
+        for g in groups:
+            if g["init"] != init:
+                continue
+            label = g["method"]
+            if g["method"] in DSS_METHODS and len(lams) > 1:
+                label += f" (λ={g['rationale_weight']:g})"
+            if len(sizes) > 1:
+                label += f" [{g['size']}]"
+            series.setdefault(label, []).append(g)
+        for label, points in sorted(series.items()):
+            points.sort(key=lambda g: g["fraction"])
+            ax.errorbar([100 * g["fraction"] for g in points], [100 * g["mean"] for g in points],
+                        yerr=[100 * g["std"] for g in points], marker="o", capsize=3, label=label)
+        ax.set_xlabel("% of training data")
+        ax.set_title(f"{title} ({init})" if init else title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel(f"test {metric} (%), mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -286,7 +361,7 @@ def main(argv):
         results[run.name] = execute(run, cfg, FLAGS.gin_search_paths)
         print(f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
               f"({time.time() - t0:.0f}s)", flush=True)
-    rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"])
+    rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"], cfg)
     plot(rows, cfg["metric"], os.path.join(cfg["sweep_dir"], "figure.png"), title=os.path.basename(cfg["task_gin"]))
     print(open(os.path.join(cfg["sweep_dir"], "results.md")).read())
     print(f"results: {cfg['sweep_dir']}/results.csv, results.md, figure.png")

@@ -88,7 +88,7 @@ def test_two_point_sweep_end_to_end(tmp_path):
         assert float(row["accuracy"]) == json.loads(metrics_path.read_text())["accuracy"]
         assert (run_dir / "model" / "checkpoint_3").is_dir()
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| dss | tiny | 0.5 |" in (out / "results.md").read_text()
+    assert "| dss | - | tiny | 0.5 |" in (out / "results.md").read_text()
     # Resumable: a second call trains and evaluates nothing again.
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")}
     r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -143,3 +143,50 @@ def test_runs_search_the_sweeps_gin_search_paths(tmp_path, monkeypatch):
         sweep.execute(sweep.plan(cfg)[0], cfg, [str(tmp_path / "my_gin"), "."])
     assert [c[2] for c in commands] == ["dss_jax.train", "dss_jax.eval"]
     assert all(f"--gin_search_paths={tmp_path / 'my_gin'},." in c for c in commands)
+
+
+def test_initializations_give_a_pretrained_grid_and_a_restricted_scratch_control(tmp_path):
+    cfg = _cfg(tmp_path, methods=["finetune", "distill", "dss_gt", "dss_teacher", "single_task"], fractions=[0.1, 1.0],
+               seeds=[0, 1, 2], initializations={"pretrained": "/ckpt/pre", "scratch": None},
+               init_methods={"scratch": ["finetune", "dss_gt"]})
+    sweep.check_methods(cfg)
+    runs = sweep.plan(cfg)
+    assert len(runs) == 5 * 2 * 3 + 2 * 2 * 3 and len({r.name for r in runs}) == len(runs)
+    assert {r.method for r in runs if r.init == "scratch"} == {"finetune", "dss_gt"}
+    pre = sweep.run_bindings(next(r for r in runs if r.init == "pretrained" and r.method == "dss_teacher"), cfg)
+    assert "INITIAL_CHECKPOINT_PATH = '/ckpt/pre'" in pre and "LABEL_SOURCE = 'teacher'" in pre
+    assert "RATIONALE_WEIGHT = 1.0" in pre
+    scratch = sweep.run_bindings(next(r for r in runs if r.init == "scratch" and r.method == "dss_gt"), cfg)
+    assert not any(b.startswith("INITIAL_CHECKPOINT_PATH") for b in scratch) and "LABEL_SOURCE = 'gt'" in scratch
+    with pytest.raises(gin_utils.GinConfigError, match="init_methods: 'scrach' is not one of"):
+        sweep.check_methods({**cfg, "init_methods": {"scrach": ["finetune"]}})
+    with pytest.raises(gin_utils.GinConfigError, match=r"\['distil'\] not in sweep_config.methods"):
+        sweep.check_methods({**cfg, "init_methods": {"scratch": ["distil"]}})
+
+
+def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(tmp_path):
+    cfg = _cfg(tmp_path, methods=["finetune", "dss_gt"], fractions=[0.5, 1.0], seeds=[0, 1],
+               initializations={"pretrained": "/ckpt/pre", "scratch": None})
+    runs = sweep.plan(cfg)
+    out = tmp_path / "sweep"
+    results = {}
+    for i, run in enumerate(runs):
+        train_dir = out / "runs" / run.name / "model" / "train"
+        train_dir.mkdir(parents=True)
+        # Two logged windows: steps 1-2 and 3-4.
+        train_dir.joinpath("metrics.jsonl").write_text(
+            json.dumps({"step": 2, "real_tokens_per_step": 100.0, "examples_per_step": 8, "rows_per_step": 3}) + "\n"
+            + json.dumps({"step": 4, "real_tokens_per_step": 50.0, "examples_per_step": 8, "rows_per_step": 2}) + "\n")
+        results[run.name] = {"accuracy": 0.1 * (i % 7)}
+    rows = sweep.collect(runs, results, "accuracy", str(out), cfg)
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(runs)
+    first = table[0]
+    assert (first["steps"], first["examples_per_step"], first["rows_per_step"], first["real_tokens"]) == \
+        ("4", "8.0", "2.5", "300")
+    assert {r["initial_checkpoint"] for r in table if r["init"] == "pretrained"} == {"/ckpt/pre"}
+    assert {r["initial_checkpoint"] for r in table if r["init"] == "scratch"} == {""}
+    sweep.plot(rows, "accuracy", str(out / "figure.png"), title="toy")
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| dss_gt | scratch | tiny | 0.5 |" in (out / "results.md").read_text()
