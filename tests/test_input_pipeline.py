@@ -130,7 +130,8 @@ def test_training_with_a_batch_in_examples_reports_examples_rows_and_tokens_per_
     from dss_jax.model.config import T5Config
     from dss_jax.model.t5 import T5
 
-    model = T5(T5Config.preset("tiny", "t5.1.1", vocab_size=400, dropout_rate=0.0))
+    model = T5(T5Config.preset("tiny", "t5.1.1", vocab_size=400, dropout_rate=0.0, d_model=32, d_ff=64, num_heads=2,
+                               d_kv=16, num_encoder_layers=1, num_decoder_layers=1))
     train_loop.train(model, model_dir=str(tmp_path / "run"), task_name=task_name, task_feature_lengths=LENGTHS,
                      train_steps=2, batch_size=6, batch_unit="examples", log_period=1, checkpoint_period=2)
     with open(tmp_path / "run" / "train" / "metrics.jsonl") as f:

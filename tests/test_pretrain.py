@@ -182,7 +182,7 @@ def test_pretrain_then_distill_step_by_step_from_its_checkpoint(tmp_path):
 
     pre = tmp_path / "pretrained"
     train("--gin_file=runs/pretrain.gin", "--gin_file=tasks/synthetic_pretrain.gin", "--gin_file=models/tiny.gin",
-          f"--gin.MODEL_DIR='{pre}'", "--gin.TRAIN_STEPS=2", "--gin.synthetic_corpus_config.problems=400",
+          f"--gin.MODEL_DIR='{pre}'", "--gin.TRAIN_STEPS=1", "--gin.synthetic_corpus_config.problems=400",
           "--gin.pretrain_vocabulary.vocab_size=600", "--gin.pretrain_vocabulary.extra_ids=40")
     record = json.loads((pre / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["label/tokens"] > 0 and record.get("rationale/tokens", 0) == 0
