@@ -12,8 +12,10 @@ tokens, in spans of `mean_noise_span_length` (3) on average, are noise. The inpu
 the other tokens and replaces each noise span with a sentinel; the target lists each
 sentinel followed by the span it replaced. Sentinels are the vocabulary's extra ids,
 from the top down (the first span of a chunk gets the highest id), as in T5. Spans are
-drawn with stateless random ops from the pipeline's seed and the chunk's position, so a
-run's stream is deterministic (exact resumes) and differs by seed.
+drawn with stateless random ops from the chunk's position in the corpus, so a chunk is
+corrupted the same way in every epoch and run (as a SeqIO task that corrupts before it
+repeats does); the order of the chunks follows the run's seed, and a resumed run sees
+exactly the stream it left.
 
 The task's features are the DSS pipeline's: the corrupted chunk is `label_inputs` and
 its sentinel target `label_targets`; the rationale features are empty, and
@@ -154,18 +156,17 @@ def _chunks(dataset: tf.data.Dataset, vocabulary: seqio.Vocabulary, chunk_length
 
 
 def _span_corruption_fn(corruption: SpanCorruption, vocabulary: seqio.Vocabulary):
-    def preprocess(dataset: tf.data.Dataset, sequence_length=None, output_features=None, seed=None) -> tf.data.Dataset:
+    def preprocess(dataset: tf.data.Dataset, sequence_length=None, output_features=None) -> tf.data.Dataset:
         del sequence_length, output_features
         top_id = vocabulary.vocab_size - 1  # seqio counts the extra ids in vocab_size
         if corruption.spans > vocabulary.extra_ids:
             raise ValueError(f"span corruption: {corruption.spans} spans per chunk need as many sentinels, but the "
                              f"vocabulary has {vocabulary.extra_ids} extra ids; give it more (extra_ids) or use "
                              "shorter TASK_FEATURE_LENGTHS")
-        base = tf.constant([0, 0] if seed is None else [int(seed) % (2**31), 1], tf.int64)
         chunks = _chunks(dataset, vocabulary, corruption.chunk_length).enumerate()
 
         def example(index, tokens):
-            inputs, targets = corrupt(tokens, corruption, top_id, tf.stack([base[0], base[1] * 1_000_003 + index]))
+            inputs, targets = corrupt(tokens, corruption, top_id, tf.stack([tf.constant(0, tf.int64), index]))
             empty = tf.zeros([0], tf.int32)
             return {"label_inputs": inputs, "label_targets": targets, "rationale_inputs": empty,
                     "rationale_targets": empty}
