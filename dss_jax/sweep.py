@@ -124,7 +124,7 @@ def plan(cfg: dict) -> list[Run]:
 def initial_checkpoint(run: Run, cfg: dict) -> Optional[str]:
     if run.init:
         return cfg["initializations"][run.init]
-    return (cfg["initial_checkpoints"] or {}).get(run.size)
+    return (cfg.get("initial_checkpoints") or {}).get(run.size)
 
 
 def run_bindings(run: Run, cfg: dict) -> list[str]:
