@@ -88,17 +88,23 @@ def evaluate_checkpoints(
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    configurables.register_for_decoding()
     from dss_jax.evaluation import format_table
 
-    gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    results = run_configured(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    print(format_table(results), flush=True)
+
+
+def run_configured(gin_files, gin_bindings, gin_search_paths) -> dict:
+    """The binary's work after its flags: parse gin, evaluate. The sweep calls this for
+    each run when it runs them in one process."""
+    configurables.register_for_decoding()
+    gin_utils.parse_gin(gin_files, gin_bindings, gin_search_paths, REQUIRED_MACROS)
     cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     try:
-        results = evaluate_checkpoints()
+        return evaluate_checkpoints()
     except (FileNotFoundError, ValueError) as e:
         logging.debug("evaluation failed", exc_info=True)
         raise SystemExit(f"error: {e}") from None
-    print(format_table(results), flush=True)
 
 
 if __name__ == "__main__":

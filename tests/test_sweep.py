@@ -94,6 +94,21 @@ def test_two_point_sweep_end_to_end(tmp_path):
     r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
+    # In one process (no start-up per run): the same losses, predictions and metrics.
+    inproc = tmp_path / "sweep_in_process"
+    r = subprocess.run([*cmd[:-2], f"--gin.SWEEP_DIR='{inproc}'", cmd[-1], "--gin.sweep_config.in_process=True"],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for row in rows:
+        a, b = out / "runs" / row["run"], inproc / "runs" / row["run"]
+        losses = lambda d: [(m["step"], m["loss"]) for m in map(json.loads, (d / "model/train/metrics.jsonl")
+                                                                   .read_text().splitlines())]  # noqa: E731
+        assert losses(a) == losses(b)
+        assert (a / "eval/step_3/predictions.jsonl").read_text() == (b / "eval/step_3/predictions.jsonl").read_text()
+        scores = lambda d: {k: v for k, v in json.loads((d / "eval/step_3/metrics.json").read_text()).items()
+                            if "per_second" not in k and k != "checkpoint"}  # noqa: E731  (not timings, paths)
+        assert scores(a) == scores(b) and "accuracy" in scores(a)
+        assert "(in process) dss_jax.train" in (b / "train.log").read_text()
 
 
 def _cfg(tmp_path, **kw):
