@@ -3,8 +3,10 @@
 JAX reads XLA_FLAGS once, when it is first imported, so the virtual CPU devices that
 mesh tests use are requested here, before any test module imports jax.
 """
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,7 +20,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # One compilation cache for the session, this process and the binaries the tests start:
 # the same tiny programs are compiled once, not once per subprocess (and never into the
 # user's ~/.cache/dss_jax/xla).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dss_test_xla_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dss_test_xla_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -134,3 +134,23 @@ def test_eval_and_infer_import_no_tensorflow_until_they_run():
     code = "import sys, dss_jax.eval, dss_jax.infer; print('tensorflow' in sys.modules, 'seqio' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.stdout.split() == ["False", "False"], proc.stderr
+
+
+def test_compiled_programs_go_to_the_project_cache_unless_jax_is_told_otherwise(tmp_path, monkeypatch):
+    import jax
+
+    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_compilation_cache_max_size")}
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path))
+        jax.config.update("jax_compilation_cache_max_size", -1)
+        assert cli.use_compilation_cache() == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_max_size == cli.COMPILATION_CACHE_BYTES  # bounded, not jax's -1
+        jax.config.update("jax_compilation_cache_dir", before["jax_compilation_cache_dir"])
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's off switch
+        assert cli.use_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir == before["jax_compilation_cache_dir"]
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)

@@ -82,13 +82,10 @@ class DssFeatureConverter(seqio.FeatureConverter):
     def include_rationale(self) -> bool:
         return self.rationale_weight > 0
 
-    def _row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
-        return packing.row_lengths(task_feature_lengths, self.pack, self.include_rationale,
-                                   self.pack_encoder_length, self.pack_decoder_length)
-
     def row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
         """(encoder, decoder) length of the rows this converter produces."""
-        return self._row_lengths(task_feature_lengths)
+        return packing.row_lengths(task_feature_lengths, self.pack, self.include_rationale,
+                                   self.pack_encoder_length, self.pack_decoder_length)
 
     def numpy_examples(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> Iterator[dict]:
         """The task's examples as dicts of numpy token arrays, each part cut to its length:
@@ -111,7 +108,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
         return blocks_in
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+        encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
         features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
 
         # Rows come back from numpy in blocks that are unbatched on the TensorFlow side.
@@ -146,7 +143,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
         return tf.data.Dataset.from_generator(row_blocks, output_signature=signature).unbatch()
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-        encoder_length, decoder_length = self._row_lengths(task_feature_lengths)
+        encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
         features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
         return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
 

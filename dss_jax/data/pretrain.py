@@ -322,10 +322,8 @@ def write_synthetic_corpus(cache_dir: Optional[Union[str, os.PathLike]] = None,
         text = "".join(d + "\n" for d in docs)
         description = {"documents": len(docs), "words": len(text.split()), "bytes": len(text.encode()), **settings}
         directory.mkdir(parents=True, exist_ok=True)
-        for target, content in ((path, text), (meta_path, json.dumps(description, indent=1) + "\n")):
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            tmp.write_text(content, encoding="utf-8")
-            os.replace(tmp, target)
+        synthetic._atomic_write(path, text)
+        synthetic._atomic_write(meta_path, json.dumps(description, indent=1) + "\n")
         logging.info("pretraining corpus: %d documents, %d words -> %s", len(docs), description["words"], path)
     return path, json.loads(meta_path.read_text())
 
