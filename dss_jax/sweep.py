@@ -25,9 +25,13 @@ Initialisations: by default each size starts from `initial_checkpoints[size]` or
 scratch. `initializations = {'pretrained': '/ckpt', 'scratch': None}` runs the grid from
 each instead (a name per starting point, a checkpoint or None), and
 `init_methods = {'scratch': ['finetune', 'dss_gt']}` restricts the methods run from
-one of them (e.g. a from-scratch control). results.csv has one row per run with its
-starting point, steps, examples per step and the real tokens it trained on (the
-compute each method paid), next to the metric.
+one of them (e.g. a from-scratch control). The value `'pretrain'` starts from the
+sweep's own pretraining run: before the grid, each size is trained with
+`pretrain_gin_files` + `models/<size>.gin` and `pretrain_bindings` into
+SWEEP_DIR/pretrain/<size>/ (resumed like any run), and its runs start from that
+run's last checkpoint. results.csv has one row per run with its starting point, steps,
+examples per step and the real tokens it trained on (the compute each method paid),
+next to the metric.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ METHODS = {
     "single_task": {"RATIONALE_WEIGHT": 0.0, "task_options.label_target": "'rationale_then_label'"},
 }
 DSS_METHODS = ("dss", "dss_gt", "dss_teacher")  # the ones trained with λ = RATIONALE_WEIGHT
+PRETRAIN = "pretrain"  # an initialization that is the sweep's own pretraining run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,8 @@ def sweep_config(
     initial_checkpoints: Optional[dict] = None,
     initializations: Optional[dict] = None,
     init_methods: Optional[dict] = None,
+    pretrain_gin_files: Sequence[str] = (),
+    pretrain_bindings: Sequence[str] = (),
     train_bindings: Sequence[str] = (),
     eval_bindings: Sequence[str] = (),
     extra_gin_files: Sequence[str] = (),
@@ -104,7 +111,9 @@ def sweep_config(
     initial_checkpoints: {size: converted checkpoint dir}; sizes without one train from
     scratch. initializations: {name: checkpoint dir or None (scratch)}, every run starts
     from each of them instead (see the module docstring); init_methods: {name: methods}
-    restricts the methods run from one. train_bindings / eval_bindings: extra gin
+    restricts the methods run from one; an initialization 'pretrain' is the run that
+    pretrain_gin_files (with models/<size>.gin) and pretrain_bindings train first (e.g.
+    runs/pretrain.gin and a span-corruption task). train_bindings / eval_bindings: extra gin
     bindings for every run. in_process: run each train and eval in this process (the
     same functions the binaries call, each with its own gin config, logs to the same
     files) instead of as subprocesses: no interpreter and import start-up per run, and
@@ -126,9 +135,14 @@ def plan(cfg: dict) -> list[Run]:
     return runs
 
 
+def pretrain_dir(size: str, cfg: dict) -> str:
+    return os.path.join(cfg["sweep_dir"], "pretrain", size)
+
+
 def initial_checkpoint(run: Run, cfg: dict) -> Optional[str]:
     if run.init:
-        return cfg["initializations"][run.init]
+        start = cfg["initializations"][run.init]
+        return os.path.join(pretrain_dir(run.size, cfg), "model") if start == PRETRAIN else start
     return (cfg.get("initial_checkpoints") or {}).get(run.size)
 
 
@@ -166,20 +180,29 @@ def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
     return [train, evaluate]
 
 
+def pretrain_commands(runs: list[Run], cfg: dict) -> list[tuple[str, tuple[str, list[str], list[str]]]]:
+    """(size, train command) of the pretraining run of each size that a run starts from."""
+    sizes = sorted({r.size for r in runs if r.init and cfg["initializations"][r.init] == PRETRAIN})
+    return [(size, (TRAIN, [*cfg["pretrain_gin_files"], f"models/{size}.gin"],
+                    [f"MODEL_DIR = {os.path.join(pretrain_dir(size, cfg), 'model')!r}", *cfg["pretrain_bindings"]]))
+            for size in sizes]
+
+
 def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",)) -> None:
     """Parses every run's train and eval config here, as those binaries will, before the
     first starts: a misspelt name in train_bindings would otherwise stop the sweep only
     when its run comes up, possibly hours in. Leaves gin's config cleared."""
     import importlib
 
-    for run in runs:
-        for module, gin_files, bindings in run_commands(run, cfg):
-            binary = importlib.import_module(module)  # registers its configurables
-            gin.clear_config()
-            try:
-                gin_utils.parse_gin(gin_files, bindings, search_paths, binary.REQUIRED_MACROS)
-            except gin_utils.GinConfigError as e:
-                raise gin_utils.GinConfigError(f"run {run.name}, {module.split('.')[-1]}: {e}") from e
+    commands = [(f"pretraining {size}", c) for size, c in pretrain_commands(runs, cfg)]
+    commands += [(f"run {run.name}", c) for run in runs for c in run_commands(run, cfg)]
+    for name, (module, gin_files, bindings) in commands:
+        binary = importlib.import_module(module)  # registers its configurables
+        gin.clear_config()
+        try:
+            gin_utils.parse_gin(gin_files, bindings, search_paths, binary.REQUIRED_MACROS)
+        except gin_utils.GinConfigError as e:
+            raise gin_utils.GinConfigError(f"{name}, {module.split('.')[-1]}: {e}") from e
     gin.clear_config()
 
 
@@ -189,6 +212,10 @@ def check_methods(cfg: dict) -> None:
             raise gin_utils.GinConfigError(f"sweep_config.methods: unknown method {method!r}"
                                            f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}")
     inits = cfg.get("initializations") or {}
+    if PRETRAIN in inits.values() and not cfg.get("pretrain_gin_files"):
+        raise gin_utils.GinConfigError("sweep_config.initializations starts from 'pretrain', but "
+                                       "sweep_config.pretrain_gin_files is empty: name the pretraining run's gin files "
+                                       "(e.g. ['runs/pretrain.gin', 'tasks/synthetic_pretrain.gin'])")
     for init, methods in (cfg.get("init_methods") or {}).items():
         if init not in inits:
             raise gin_utils.GinConfigError(f"sweep_config.init_methods: {init!r} is not one of "
@@ -264,19 +291,27 @@ def _reset_task_vocabularies(dss_tasks) -> None:
                     feature.vocabulary.reset()
 
 
+def run_command(command: tuple[str, list[str], list[str]], run_dir: str, cfg: dict,
+                search_paths: Sequence[str]) -> None:
+    """Runs one binary of a run (a resumed train binary finishes an interrupted run), its
+    log in run_dir/<binary>.log."""
+    module, gin_files, bindings = command
+    os.makedirs(run_dir, exist_ok=True)
+    log = os.path.join(run_dir, f"{module.split('.')[-1]}.log")
+    if cfg.get("in_process"):
+        _run_in_process(module, gin_files, bindings, search_paths, log)
+    else:
+        _run_binary(module, gin_files, bindings, search_paths, log, cfg["timeout_per_run"])
+
+
 def execute(run: Run, cfg: dict, search_paths: Sequence[str] = (".",)) -> dict:
     """Trains and evaluates one run unless its result is already there."""
     run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
     done = _eval_result(run_dir)
     if done is not None:
         return done
-    os.makedirs(run_dir, exist_ok=True)
-    for module, gin_files, bindings in run_commands(run, cfg):
-        log = os.path.join(run_dir, f"{module.split('.')[-1]}.log")
-        if cfg.get("in_process"):
-            _run_in_process(module, gin_files, bindings, search_paths, log)
-        else:
-            _run_binary(module, gin_files, bindings, search_paths, log, cfg["timeout_per_run"])
+    for command in run_commands(run, cfg):
+        run_command(command, run_dir, cfg, search_paths)
     result = _eval_result(run_dir)
     if result is None:
         raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_dir}/eval")
@@ -401,6 +436,25 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str, dict]:
+    """The pretraining runs the grid starts from, then every run: {run name: its metrics}."""
+    os.makedirs(cfg["sweep_dir"], exist_ok=True)
+    for size, command in pretrain_commands(runs, cfg):
+        t0 = time.time()
+        print(f"pretraining {size} ...", flush=True)
+        run_command(command, pretrain_dir(size, cfg), cfg, search_paths)
+        print(f"pretraining {size}: done ({time.time() - t0:.0f}s)", flush=True)
+    results = {}
+    for i, run in enumerate(runs, start=1):
+        t0 = time.time()
+        logging.info("[%d/%d] %s", i, len(runs), run.name)
+        print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
+        results[run.name] = execute(run, cfg, search_paths)
+        print(f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
+              f"({time.time() - t0:.0f}s)", flush=True)
+    return results
+
+
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
@@ -412,15 +466,7 @@ def main(argv):
                                        "sweep_config.in_process")
     runs = plan(cfg)
     check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
-    os.makedirs(cfg["sweep_dir"], exist_ok=True)
-    results = {}
-    for i, run in enumerate(runs, start=1):
-        t0 = time.time()
-        logging.info("[%d/%d] %s", i, len(runs), run.name)
-        print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
-        results[run.name] = execute(run, cfg, FLAGS.gin_search_paths)
-        print(f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
-              f"({time.time() - t0:.0f}s)", flush=True)
+    results = run_all(runs, cfg, FLAGS.gin_search_paths)
     rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"], cfg)
     plot(rows, cfg["metric"], os.path.join(cfg["sweep_dir"], "figure.png"), title=os.path.basename(cfg["task_gin"]))
     print(open(os.path.join(cfg["sweep_dir"], "results.md")).read())

@@ -114,7 +114,8 @@ def test_two_point_sweep_end_to_end(tmp_path):
 def _cfg(tmp_path, **kw):
     cfg = dict(sweep_dir=str(tmp_path / "sweep"), task_gin="tasks/synthetic.gin", methods=["dss"], sizes=["tiny"],
                fractions=[1.0], seeds=[0], rationale_weights=[1.0], dss_label_source="gt", initial_checkpoints=None,
-               train_bindings=[], eval_bindings=[], extra_gin_files=[], eval_split="test", timeout_per_run=None)
+               train_bindings=[], eval_bindings=[], extra_gin_files=[], eval_split="test", timeout_per_run=None,
+               metric="accuracy")
     cfg.update(kw)
     return cfg
 
@@ -205,3 +206,38 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
     sweep.plot(rows, "accuracy", str(out / "figure.png"), title="toy")
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dss_gt | scratch | tiny | 0.5 |" in (out / "results.md").read_text()
+
+
+def test_the_sweeps_own_pretraining_runs_first_and_its_runs_start_from_it(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=["finetune", "dss_gt"], sizes=["tiny", "small"],
+               initializations={"pretrained": "pretrain", "scratch": None}, init_methods={"scratch": ["finetune"]},
+               pretrain_gin_files=["runs/pretrain.gin", "tasks/synthetic_pretrain.gin"],
+               pretrain_bindings=["TRAIN_STEPS = 7"])
+    sweep.check_methods(cfg)
+    runs = sweep.plan(cfg)
+    sweep.check_runs(runs, cfg)  # the pretraining commands parse like the runs'
+    order = []
+
+    def fake(command, run_dir, cfg, search_paths):
+        module, gin_files, bindings = command
+        order.append((module, gin_files, bindings))
+        if module == sweep.EVAL:  # an evaluation that finished
+            out = next(b for b in bindings if b.startswith("EVAL_OUTPUT_DIR")).split(" = ")[1].strip("'")
+            os.makedirs(os.path.join(out, "step_7"))
+            open(os.path.join(out, "step_7", "metrics.json"), "w").write('{"accuracy": 0.5}')
+
+    monkeypatch.setattr(sweep, "run_command", fake)
+    results = sweep.run_all(runs, cfg, ["."])
+    assert len(results) == len(runs) == 2 * 2 + 2
+    pretraining = order[:2]  # one per size, before any run
+    assert [files[-1] for _, files, _ in pretraining] == ["models/small.gin", "models/tiny.gin"]
+    assert all(files[:2] == cfg["pretrain_gin_files"] and "TRAIN_STEPS = 7" in b for _, files, b in pretraining)
+    model_dirs = {files[-1]: b[0].split(" = ")[1] for _, files, b in pretraining}
+    for run in runs:
+        start = [b for b in sweep.run_bindings(run, cfg) if b.startswith("INITIAL_CHECKPOINT_PATH")]
+        if run.init == "pretrained":
+            assert start == [f"INITIAL_CHECKPOINT_PATH = {model_dirs[f'models/{run.size}.gin']}"]
+        else:
+            assert start == []
+    with pytest.raises(gin_utils.GinConfigError, match="pretrain_gin_files is empty"):
+        sweep.check_methods({**cfg, "pretrain_gin_files": []})
