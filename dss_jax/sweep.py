@@ -125,8 +125,9 @@ def sweep_config(
 def plan(cfg: dict) -> list[Run]:
     inits = list(cfg.get("initializations") or {}) or [""]
     runs = []
-    for init, method, size, fraction, seed in itertools.product(inits, cfg["methods"], cfg["sizes"],
-                                                                cfg["fractions"], cfg["seeds"]):
+    # Seed outermost: a sweep stopped part-way has whole grids of its first seeds.
+    for seed, init, method, size, fraction in itertools.product(cfg["seeds"], inits, cfg["methods"], cfg["sizes"],
+                                                                cfg["fractions"]):
         if init and method not in (cfg.get("init_methods") or {}).get(init, cfg["methods"]):
             continue
         weights = cfg["rationale_weights"] if method in DSS_METHODS else (0.0,)
