@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dss_jax-installed
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart lint test bench clean
 
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -m dss_jax.quickstart
 
-test: $(STAMP)
+# Lint and format checks (pyproject.toml); `ruff format .` fixes the formatting.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

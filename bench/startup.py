@@ -48,8 +48,12 @@ def main() -> None:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="dss_startup_"))
     before = work / "before"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "PYTHONPATH")}
         sides = {"before": before, "after": REPO}
@@ -60,9 +64,18 @@ def main() -> None:
             e = dict(env[side])
             if compile_cache is not None:
                 e["JAX_COMPILATION_CACHE_DIR"] = compile_cache
-            return lambda: _run([sys.executable, "-m", "dss_jax.train", "--gin_file=gin/quickstart.gin",
-                                 "--gin.TRAIN_STEPS=1", f"--gin.MODEL_DIR='{work / f'model_{next(runs)}'}'"],
-                                sides[side], e)  # a new MODEL_DIR per run: a fresh start, not a resume
+            return lambda: _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dss_jax.train",
+                    "--gin_file=gin/quickstart.gin",
+                    "--gin.TRAIN_STEPS=1",
+                    f"--gin.MODEL_DIR='{work / f'model_{next(runs)}'}'",
+                ],
+                sides[side],
+                e,
+            )  # a new MODEL_DIR per run: a fresh start, not a resume
 
         def fresh_cache_train():  # an empty compilation cache each time
             return train("after", tempfile.mkdtemp(dir=work, prefix="xla_"))()
@@ -91,11 +104,19 @@ def main() -> None:
     print(f"before = {args.before}, after = this checkout; median of {args.repeats} alternating rounds")
     print("| command | before, s | after, s | after / before |")
     print("|---------|----------:|---------:|---------------:|")
-    for label, b, a in [("train --gin.TRAIN_STEPS=1 (compilation cache warm)", "train, before",
-                         "train, after (compilation cache warm)"),
-                        ("train --gin.TRAIN_STEPS=1 (compilation cache empty)", "train, before",
-                         "train, after (compilation cache empty)"),
-                        ("eval --help", "eval --help, before", "eval --help, after")]:
+    for label, b, a in [
+        (
+            "train --gin.TRAIN_STEPS=1 (compilation cache warm)",
+            "train, before",
+            "train, after (compilation cache warm)",
+        ),
+        (
+            "train --gin.TRAIN_STEPS=1 (compilation cache empty)",
+            "train, before",
+            "train, after (compilation cache empty)",
+        ),
+        ("eval --help", "eval --help, before", "eval --help, after"),
+    ]:
         print(f"| {label} | {med[b]:.1f} | {med[a]:.1f} | {med[a] / med[b]:.2f} |")
     print("all times, s:", {name: [round(x, 1) for x in t] for name, t in times.items()})
 

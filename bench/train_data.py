@@ -89,17 +89,20 @@ def synthetic_examples(count: int, seed: int = 0) -> list[dict[str, str]]:
         }[op]
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
         rationale = {
-            "+": f"{who} starts with {a} {what} and receives {b} more from {other}. So {who} has {a} + {b} = {value} {what}.",
+            "+": f"{who} starts with {a} {what} and receives {b} more from {other}. "
+            f"So {who} has {a} + {b} = {value} {what}.",
             "-": f"{who} had {a} {what} and gave away {b}. So {who} has {a} - {b} = {value} {what} left.",
             "*": f"There are {a} boxes and each box holds {b} {what}. So there are {a} * {b} = {value} {what}.",
         }[op]
-        out.append({
-            "id": f"synthetic/{i}",
-            "label_inputs": "predict: " + question,
-            "label_targets": f"( {float(a)} {op} {float(b)} )",
-            "rationale_inputs": "explain: " + question,
-            "rationale_targets": rationale,
-        })
+        out.append(
+            {
+                "id": f"synthetic/{i}",
+                "label_inputs": "predict: " + question,
+                "label_targets": f"( {float(a)} {op} {float(b)} )",
+                "rationale_inputs": "explain: " + question,
+                "rationale_targets": rationale,
+            }
+        )
     return out
 
 
@@ -108,7 +111,9 @@ def vocabulary(examples: list[dict[str, str]], name: str):
     from dss_jax.data import vocab
 
     texts = [ex[k] for ex in examples for k in PAIRED if ex[k]]
-    return vocab.cached_vocabulary(texts, bench_cache_dir(), vocab.VocabSettings(vocab_size=VOCAB_PIECES), name=f"bench_{name}")
+    return vocab.cached_vocabulary(
+        texts, bench_cache_dir(), vocab.VocabSettings(vocab_size=VOCAB_PIECES), name=f"bench_{name}"
+    )
 
 
 def tokenize(examples: list[dict[str, str]], vocab, lengths: dict[str, int]) -> list[dict[str, np.ndarray]]:
@@ -124,8 +129,9 @@ def tokenize(examples: list[dict[str, str]], vocab, lengths: dict[str, int]) -> 
     return out
 
 
-def _tokenized_cache_path(dataset: str, directory: pathlib.Path, seed: int, lengths: dict[str, int],
-                          synthetic_count: int) -> pathlib.Path:
+def _tokenized_cache_path(
+    dataset: str, directory: pathlib.Path, seed: int, lengths: dict[str, int], synthetic_count: int
+) -> pathlib.Path:
     """Where the tokenized split is cached: keyed by the source files' bytes (or the
     synthetic set's size), the seed, the feature lengths and the vocabulary size."""
     key = hashlib.sha256(repr((TOKENIZED_FORMAT, dataset, seed, sorted(lengths.items()), VOCAB_PIECES)).encode())

@@ -62,7 +62,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One XLA CPU device: the benchmark is a single-device step (tests' 8 virtual devices
 # would split the thread pool).
 os.environ["XLA_FLAGS"] = " ".join(
-    f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
+    f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+)
 
 from absl import app, flags  # noqa: E402
 
@@ -72,33 +73,52 @@ _N = flags.DEFINE_integer("examples_per_step", 16, "Paired examples per optimise
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per implementation (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per implementation first (compilation).")
 _IMPL = flags.DEFINE_enum("impl", "both", ["both", "jax", "ref"], "Which implementations to run.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Compute dtype (master weights stay float32; torch uses autocast for bfloat16).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Compute dtype (master weights stay float32; torch uses autocast for bfloat16).",
+)
 _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both sides; 0: all schedulable cores.")
 _MEMORY = flags.DEFINE_bool("memory", True, "Also measure peak memory of each side (separate subprocesses).")
 _ENC = flags.DEFINE_integer("pack_encoder_length", 0, "Packed encoder row length; 0: the gin task file's.")
 _DEC = flags.DEFINE_integer("pack_decoder_length", 0, "Packed decoder row length; 0: the gin task file's.")
-_LAMBDA = flags.DEFINE_float("rationale_weight", 1.0,
-                             "λ of dss_jax; the reference gets alpha = 1/(1+λ) (0.5 for λ=1, its default).")
+_LAMBDA = flags.DEFINE_float(
+    "rationale_weight", 1.0, "λ of dss_jax; the reference gets alpha = 1/(1+λ) (0.5 for λ=1, its default)."
+)
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "Model vocabulary; 0: 32128 (T5's) or, for tiny, the trained one.")
 _DROPOUT = flags.DEFINE_float("dropout_rate", 0.1, "Dropout of both models (T5 v1.1: 0.1).")
-_DROPOUT_RNG = flags.DEFINE_enum("dropout_rng", "threefry", ["threefry", "rbg", "unsafe_rbg", "xla_threefry"],
-                                  "dss_jax's dropout random bits (train.dropout_rng).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "The paper's files (default $DSS_PALM_DIR or ../shared/data/dss_palm).")
+_DROPOUT_RNG = flags.DEFINE_enum(
+    "dropout_rng",
+    "threefry",
+    ["threefry", "rbg", "unsafe_rbg", "xla_threefry"],
+    "dss_jax's dropout random bits (train.dropout_rng).",
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The paper's files (default $DSS_PALM_DIR or ../shared/data/dss_palm)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Example order and weights.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per chip for MFU; 0: from the GPU's name.")
 _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per dataset to this file.")
-_SAME_ROWS = flags.DEFINE_bool("same_row_count", False,
-                                "dss_jax: pad every step to the largest row count (one compilation) instead "
-                                "of compiling once per distinct row count.")
+_SAME_ROWS = flags.DEFINE_bool(
+    "same_row_count",
+    False,
+    "dss_jax: pad every step to the largest row count (one compilation) instead "
+    "of compiling once per distinct row count.",
+)
 _ROWS_PER_MICRO = flags.DEFINE_integer(
-    "rows_per_microbatch", 0,
+    "rows_per_microbatch",
+    0,
     "dss_jax: accumulate each step's gradient over microbatches of this many packed rows "
     "(train.num_microbatches = rows / this; a step's row count is padded up to a multiple); "
-    "0: the whole step in one pass.")
-_PROFILE = flags.DEFINE_string("profile_dir", None,
-                                "dss_jax: after the timed steps, trace one more step with the JAX profiler "
-                                "into this folder (with a Perfetto trace, perfetto_trace.json.gz).")
+    "0: the whole step in one pass.",
+)
+_PROFILE = flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "dss_jax: after the timed steps, trace one more step with the JAX profiler "
+    "into this folder (with a Perfetto trace, perfetto_trace.json.gz).",
+)
 _PROBE = flags.DEFINE_enum("memory_probe", None, ["jax", "ref"], "Internal: run one side alone, print its memory.")
 
 
@@ -127,7 +147,7 @@ def model_config(size: str, vocab_size: int, trained_vocab: int, dropout: float,
 
 
 def step_sets(examples, n: int, count: int):
-    return [examples[i * n:(i + 1) * n] for i in range(count)]
+    return [examples[i * n : (i + 1) * n] for i in range(count)]
 
 
 def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False, multiple_of: int = 1):
@@ -142,8 +162,10 @@ def pack_steps(sets, lengths, rows_shape, same_row_count: bool = False, multiple
 
     from dss_jax.data.packing import convert_numpy
 
-    packed = [convert_numpy(s, lengths, pack=True, pack_encoder_length=rows_shape[0],
-                            pack_decoder_length=rows_shape[1]) for s in sets]
+    packed = [
+        convert_numpy(s, lengths, pack=True, pack_encoder_length=rows_shape[0], pack_decoder_length=rows_shape[1])
+        for s in sets
+    ]
     if same_row_count:
         rows = max(p["encoder_input_tokens"].shape[0] for p in packed)
         packed = [{k: np.pad(v, ((0, rows - v.shape[0]), (0, 0))) for k, v in p.items()} for p in packed]
@@ -190,8 +212,9 @@ class Setup:
     def __init__(self, dataset: str, count: int):
         import train_data
 
-        (self.examples, self.lengths, gin_rows, trained_vocab, self.dataset,
-         self.source) = train_data.load_tokenized(dataset, count, _SEED.value, _DATA_DIR.value)
+        (self.examples, self.lengths, gin_rows, trained_vocab, self.dataset, self.source) = train_data.load_tokenized(
+            dataset, count, _SEED.value, _DATA_DIR.value
+        )
         self.rows_shape = (_ENC.value or gin_rows[0], _DEC.value or gin_rows[1])
         self.config = model_config(_SIZE.value, _VOCAB.value, trained_vocab, _DROPOUT.value, _DTYPE.value)
         self.trained_vocab = trained_vocab
@@ -210,17 +233,20 @@ class RefSide:
     name = "reference (HF PyTorch, 2 passes)"
 
     def __init__(self, setup: Setup, params, total_steps: int):
-        import torch
-
         import reference_t5
+        import torch  # its start-up memory is not the training step's
 
         self.torch = torch
         self.device = "cuda" if _on_gpu() and torch.cuda.is_available() else "cpu"
         autocast = torch.bfloat16 if _DTYPE.value == "bfloat16" else None
         model = reference_t5.hf_model(setup.config, params)
         self.step_fn = reference_t5.ReferenceStep(
-            model, alpha=1.0 / (1.0 + _LAMBDA.value), total_steps=total_steps, device=self.device,
-            autocast_dtype=autocast)
+            model,
+            alpha=1.0 / (1.0 + _LAMBDA.value),
+            total_steps=total_steps,
+            device=self.device,
+            autocast_dtype=autocast,
+        )
         self.batches = [self.step_fn.to_device(reference_t5.collate(s)) for s in setup.sets]
         self.real = [reference_t5.real_tokens(b) for b in self.batches]
         self.computed = [reference_t5.padded_tokens(b) for b in self.batches]
@@ -334,8 +360,12 @@ def memory_probe(side: str, dataset: str) -> dict:
     if side == "jax":
         analysis = impl.compiled().memory_analysis()
         if analysis is not None:
-            out["xla_step_bytes"] = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                                        + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+            out["xla_step_bytes"] = int(
+                analysis.argument_size_in_bytes
+                + analysis.output_size_in_bytes
+                + analysis.temp_size_in_bytes
+                - analysis.alias_size_in_bytes
+            )
             out["xla_temp_bytes"] = int(analysis.temp_size_in_bytes)
     for i in range(_WARMUP.value):
         impl.run(i)
@@ -358,14 +388,27 @@ def memory_probe(side: str, dataset: str) -> dict:
 
 
 def run_memory_probe(side: str, dataset: str) -> dict:
-    args = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--memory_probe={side}", f"--datasets={dataset}",
-            f"--size={_SIZE.value}", f"--examples_per_step={_N.value}", f"--steps={min(_STEPS.value, 2)}",
-            f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}", f"--threads={_THREADS.value}",
-            f"--pack_encoder_length={_ENC.value}", f"--pack_decoder_length={_DEC.value}",
-            f"--rationale_weight={_LAMBDA.value}", f"--vocab_size={_VOCAB.value}",
-            f"--same_row_count={_SAME_ROWS.value}",
-            f"--dropout_rate={_DROPOUT.value}", f"--seed={_SEED.value}",
-            f"--dropout_rng={_DROPOUT_RNG.value}", f"--rows_per_microbatch={_ROWS_PER_MICRO.value}"]
+    args = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        f"--memory_probe={side}",
+        f"--datasets={dataset}",
+        f"--size={_SIZE.value}",
+        f"--examples_per_step={_N.value}",
+        f"--steps={min(_STEPS.value, 2)}",
+        f"--warmup={_WARMUP.value}",
+        f"--dtype={_DTYPE.value}",
+        f"--threads={_THREADS.value}",
+        f"--pack_encoder_length={_ENC.value}",
+        f"--pack_decoder_length={_DEC.value}",
+        f"--rationale_weight={_LAMBDA.value}",
+        f"--vocab_size={_VOCAB.value}",
+        f"--same_row_count={_SAME_ROWS.value}",
+        f"--dropout_rate={_DROPOUT.value}",
+        f"--seed={_SEED.value}",
+        f"--dropout_rng={_DROPOUT_RNG.value}",
+        f"--rows_per_microbatch={_ROWS_PER_MICRO.value}",
+    ]
     if _DATA_DIR.value:
         args.append(f"--data_dir={_DATA_DIR.value}")
     proc = subprocess.run(args, capture_output=True, text=True)
@@ -385,9 +428,8 @@ def _cpu_seconds() -> float:
 
 
 def measure(dataset: str, threads: int) -> dict:
-    import jax
-
     import flops
+    import jax
 
     count = (_WARMUP.value + _STEPS.value) * _N.value
     clock = time.perf_counter()
@@ -437,11 +479,11 @@ def measure(dataset: str, threads: int) -> dict:
         try:
             with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
                 sides["jax"].run(total - 1)
-        except Exception as e:  # noqa: BLE001  (a profiler that cannot start must not cost the figures)
+        except Exception as e:  # a profiler that cannot start must not cost the figures
             print(f"[bench] profiling failed, figures kept: {type(e).__name__}: {e}", flush=True)
 
-    timed_real = real[_WARMUP.value:]
-    step_flops = [flops.train_flops(setup.config, segments_of(s)) for s in setup.sets[_WARMUP.value:]]
+    timed_real = real[_WARMUP.value :]
+    step_flops = [flops.train_flops(setup.config, segments_of(s)) for s in setup.sets[_WARMUP.value :]]
     result = {
         "dataset": setup.dataset,
         "source": setup.source,
@@ -471,7 +513,7 @@ def measure(dataset: str, threads: int) -> dict:
             "step_s": [round(t, 4) for t in times[key]],
             "median_step_s": round(median, 4),
             "real_tokens_per_s": round(tokens_per_s, 1),
-            "padding_efficiency": round(sum(side.real[_WARMUP.value:]) / sum(side.computed[_WARMUP.value:]), 4),
+            "padding_efficiency": round(sum(side.real[_WARMUP.value :]) / sum(side.computed[_WARMUP.value :]), 4),
             "cpu_utilisation": round(cpu[key] / sum(times[key]), 2),
             "model_tflops_per_s": round(statistics.median([f / t for f, t in zip(step_flops, times[key])]) / 1e12, 4),
             "losses": [round(x, 4) for x in losses[key]],
@@ -482,8 +524,8 @@ def measure(dataset: str, threads: int) -> dict:
         if jax.default_backend() != "cpu":
             entry["peak_device_bytes"] = side.peak_device_bytes()
         if key == "jax":
-            entry["rows_per_step"] = side.rows[_WARMUP.value:]
-            entry["microbatches_per_step"] = side.microbatches[_WARMUP.value:]
+            entry["rows_per_step"] = side.rows[_WARMUP.value :]
+            entry["microbatches_per_step"] = side.microbatches[_WARMUP.value :]
             entry["row_lengths"] = list(setup.rows_shape)
         result[key] = entry
     if len(sides) == 2:
@@ -498,16 +540,20 @@ def measure(dataset: str, threads: int) -> dict:
 
 
 def report(r: dict) -> str:
-    lines = [f"== {r['dataset']} | T5 v1.1 {r['size']} {r['dtype']} | {r['examples_per_step']} examples/step, "
-             f"{r['real_tokens_per_step']:.0f} real tokens/step | {r['threads']} threads | "
-             f"median of {r['timed_steps']} steps | load {r['load_avg_1m']}"]
+    lines = [
+        f"== {r['dataset']} | T5 v1.1 {r['size']} {r['dtype']} | {r['examples_per_step']} examples/step, "
+        f"{r['real_tokens_per_step']:.0f} real tokens/step | {r['threads']} threads | "
+        f"median of {r['timed_steps']} steps | load {r['load_avg_1m']}"
+    ]
     for key in ("ref", "jax"):
         if key not in r:
             continue
         e = r[key]
-        line = (f"  {e['name']:<34} step {e['median_step_s']:8.3f} s   {e['real_tokens_per_s']:9.1f} real tok/s   "
-                f"padding eff {e['padding_efficiency']:.0%}   {e['model_tflops_per_s'] * 1e3:8.1f} GFLOP/s   "
-                f"cpu x{e['cpu_utilisation']}")
+        line = (
+            f"  {e['name']:<34} step {e['median_step_s']:8.3f} s   {e['real_tokens_per_s']:9.1f} real tok/s   "
+            f"padding eff {e['padding_efficiency']:.0%}   {e['model_tflops_per_s'] * 1e3:8.1f} GFLOP/s   "
+            f"cpu x{e['cpu_utilisation']}"
+        )
         if "mfu" in e:
             line += f"   MFU {e['mfu']:.1%}"
         if "memory" in e:

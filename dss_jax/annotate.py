@@ -33,8 +33,7 @@ import sys
 
 from absl import flags, logging
 
-from dss_jax import cli
-from dss_jax import gin_utils
+from dss_jax import cli, gin_utils
 from dss_jax.data.cache import CacheWriter
 from dss_jax.teacher.examples import InputError, read_examples
 from dss_jax.teacher.http_backend import APIS, HttpBackendConfig, OpenAIHttpBackend
@@ -45,32 +44,55 @@ from dss_jax.teacher.selection import KEEP_CHOICES
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
 
-flags.DEFINE_string("input", None, "JSONL of examples: {\"id\", \"input\", optional \"label\", ...} per line.")
+flags.DEFINE_string("input", None, 'JSONL of examples: {"id", "input", optional "label", ...} per line.')
 flags.DEFINE_string("task", None, "Instead of --input: a registered task (its module imported by a --gin_file).")
 flags.DEFINE_string("split", None, "With --task: the split to annotate (e.g. unlabeled, train).")
-flags.DEFINE_string("task_input_field", "inputs", "With --task, for a task not built from teacher caches: the input feature.")
-flags.DEFINE_string("task_label_field", None, "With --task, for a task not built from teacher caches: the gold label feature.")
+flags.DEFINE_string(
+    "task_input_field", "inputs", "With --task, for a task not built from teacher caches: the input feature."
+)
+flags.DEFINE_string(
+    "task_label_field", None, "With --task, for a task not built from teacher caches: the gold label feature."
+)
 flags.DEFINE_string("output", None, "Teacher cache (JSONL) to append to; created if missing.")
-flags.DEFINE_string("dataset_family", None,
-                    "Output parser family: svamp, cqa, anli1 (alias nli), esnli. Default with --task: the task's.")
-flags.DEFINE_enum("backend", "http", ["http", "student"],
-                  "http: an OpenAI-compatible server; student: a trained dss_jax checkpoint (--checkpoint).")
+flags.DEFINE_string(
+    "dataset_family",
+    None,
+    "Output parser family: svamp, cqa, anli1 (alias nli), esnli. Default with --task: the task's.",
+)
+flags.DEFINE_enum(
+    "backend",
+    "http",
+    ["http", "student"],
+    "http: an OpenAI-compatible server; student: a trained dss_jax checkpoint (--checkpoint).",
+)
 flags.DEFINE_string("base_url", "http://localhost:8000/v1", "Server URL up to and including /v1.")
-flags.DEFINE_string("model", None, "Model name sent to the server; also recorded as each sample's teacher "
-                    "(student: default 'student:<checkpoint>').")
-flags.DEFINE_string("checkpoint", None, "Student: a checkpoint dir, or a training run's MODEL_DIR (its latest checkpoint).")
-flags.DEFINE_enum("student_target", None, ["two_task", "single_task"],
-                  "Student: two_task (explain: -> rationale, predict: -> label) or single_task (a student trained "
-                  "with task_options.label_target='rationale_then_label'). Default: what the checkpoint's run was "
-                  "trained with (its task.json), else two_task; a contradicting value is an error.")
+flags.DEFINE_string(
+    "model",
+    None,
+    "Model name sent to the server; also recorded as each sample's teacher (student: default 'student:<checkpoint>').",
+)
+flags.DEFINE_string(
+    "checkpoint", None, "Student: a checkpoint dir, or a training run's MODEL_DIR (its latest checkpoint)."
+)
+flags.DEFINE_enum(
+    "student_target",
+    None,
+    ["two_task", "single_task"],
+    "Student: two_task (explain: -> rationale, predict: -> label) or single_task (a student trained "
+    "with task_options.label_target='rationale_then_label'). Default: what the checkpoint's run was "
+    "trained with (its task.json), else two_task; a contradicting value is an error.",
+)
 flags.DEFINE_integer("student_batch_size", 32, "Student: rows (prompts x samples) per decode batch.")
 flags.DEFINE_integer("student_input_length", 512, "Student: encoder tokens; longer inputs are cut with a warning.")
-flags.DEFINE_integer("student_label_length", 64, "Student: tokens of a decoded label (the rationale gets --max_tokens).")
+flags.DEFINE_integer(
+    "student_label_length", 64, "Student: tokens of a decoded label (the rationale gets --max_tokens)."
+)
 flags.DEFINE_float("student_batch_wait", 0.005, "Student: seconds to wait for more prompts to fill a batch.")
 flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (unset: no key sent).")
 flags.DEFINE_enum("api", "chat", list(APIS), "chat: /chat/completions (instruct models); completions: /completions.")
 flags.DEFINE_string(
-    "prompt", None,
+    "prompt",
+    None,
     "Prompt template: a file, a built-in name (e.g. svamp_cot, cqa_zeroshot), or cot/zeroshot for the "
     "family's built-in few-shot or zero-shot prompt. Default: the family's few-shot prompt.",
 )
@@ -82,17 +104,31 @@ flags.DEFINE_integer("seed", None, "Sampling seed, for servers that support one 
 flags.DEFINE_integer("samples_per_request", 0, "Max completions per request (n); 0: all at once.")
 flags.DEFINE_integer("concurrency", 8, "Requests in flight at once (student default: enough to fill a batch).")
 flags.DEFINE_float("rate_limit", 0.0, "Max requests per second over all workers, retries included; 0: no limit.")
-flags.DEFINE_float("timeout", 120.0, "Seconds one request may take in all (connect, send, the whole reply) "
-                   "before it is cut off and retried; a server that trickles bytes cannot hold a worker longer.")
-flags.DEFINE_integer("max_reply_bytes", 8 << 20, "A reply body larger than this fails its example (not retried; "
-                     "a rerun tries again), so a runaway server cannot fill memory or the cache.")
+flags.DEFINE_float(
+    "timeout",
+    120.0,
+    "Seconds one request may take in all (connect, send, the whole reply) "
+    "before it is cut off and retried; a server that trickles bytes cannot hold a worker longer.",
+)
+flags.DEFINE_integer(
+    "max_reply_bytes",
+    8 << 20,
+    "A reply body larger than this fails its example (not retried; "
+    "a rerun tries again), so a runaway server cannot fill memory or the cache.",
+)
 flags.DEFINE_integer("max_retries", 6, "Retries per request after the first attempt (429, 5xx, connection, bad JSON).")
 flags.DEFINE_float("initial_backoff", 1.0, "Seconds; the cap of the jittered retry wait, doubled per retry.")
 flags.DEFINE_float("max_backoff", 60.0, "Seconds; the largest retry wait (a server's Retry-After may exceed it).")
-flags.DEFINE_enum("keep", "all", list(KEEP_CHOICES), "Samples to write: all, parsed, or correct (label matches the gold label when known).")
+flags.DEFINE_enum(
+    "keep",
+    "all",
+    list(KEEP_CHOICES),
+    "Samples to write: all, parsed, or correct (label matches the gold label when known).",
+)
 flags.DEFINE_bool("vote", False, "Majority vote over parsed labels; keep only the winning label's samples.")
 flags.DEFINE_float(
-    "min_vote_share", 0.0,
+    "min_vote_share",
+    0.0,
     "With --vote: keep no sample of an example whose winning label has less than this share of the parsed "
     "samples (e.g. 1.0: unanimous only). The record is still written, with the vote in meta, so a rerun skips it.",
 )
@@ -139,8 +175,13 @@ def _read_examples(template):
         return read_examples(FLAGS.input, template)
     from dss_jax.teacher.task_input import read_task_examples
 
-    return read_task_examples(FLAGS.task, FLAGS.split, input_field=FLAGS.task_input_field,
-                              label_field=FLAGS.task_label_field, template=template)
+    return read_task_examples(
+        FLAGS.task,
+        FLAGS.split,
+        input_field=FLAGS.task_input_field,
+        label_field=FLAGS.task_label_field,
+        template=template,
+    )
 
 
 def _family() -> str:
@@ -151,7 +192,9 @@ def _family() -> str:
 
         if FLAGS.task in dss_tasks.REGISTERED:
             return dss_tasks.task_family(FLAGS.task)
-    _usage_error("--dataset_family is required" + (f" (task {FLAGS.task!r} does not say its family)" if FLAGS.task else ""))
+    _usage_error(
+        "--dataset_family is required" + (f" (task {FLAGS.task!r} does not say its family)" if FLAGS.task else "")
+    )
 
 
 def _student_backend(family: str):
@@ -159,9 +202,14 @@ def _student_backend(family: str):
 
     try:
         config = StudentConfig(
-            checkpoint=FLAGS.checkpoint, family=family, target=_student_target(),
-            batch_size=FLAGS.student_batch_size, input_length=FLAGS.student_input_length,
-            label_length=FLAGS.student_label_length, seed=FLAGS.seed or 0, batch_wait=FLAGS.student_batch_wait,
+            checkpoint=FLAGS.checkpoint,
+            family=family,
+            target=_student_target(),
+            batch_size=FLAGS.student_batch_size,
+            input_length=FLAGS.student_input_length,
+            label_length=FLAGS.student_label_length,
+            seed=FLAGS.seed or 0,
+            batch_wait=FLAGS.student_batch_wait,
         )
         return StudentBackend(config)
     except (StudentLoadError, ValueError) as e:
@@ -174,10 +222,14 @@ def _student_target() -> str:
 
     run = checkpoints.run_task(FLAGS.checkpoint) if FLAGS.checkpoint else None
     label_target = run[2].get("label_target") if run else None
-    trained = None if label_target is None else ("single_task" if label_target == "rationale_then_label" else "two_task")
+    trained = (
+        None if label_target is None else ("single_task" if label_target == "rationale_then_label" else "two_task")
+    )
     if FLAGS.student_target and trained and FLAGS.student_target != trained:
-        _usage_error(f"--student_target={FLAGS.student_target} but {FLAGS.checkpoint} was trained as {trained} "
-                     f"(task_options.label_target={label_target!r} in {run[0]}): drop the flag")
+        _usage_error(
+            f"--student_target={FLAGS.student_target} but {FLAGS.checkpoint} was trained as {trained} "
+            f"(task_options.label_target={label_target!r} in {run[0]}): drop the flag"
+        )
     return FLAGS.student_target or trained or "two_task"
 
 
@@ -186,20 +238,22 @@ def _http_backend() -> OpenAIHttpBackend:
     if api_key is None:
         logging.info("$%s is not set; sending no API key", FLAGS.api_key_env)
     try:
-        return OpenAIHttpBackend(HttpBackendConfig(
-            base_url=FLAGS.base_url,
-            model=FLAGS.model,
-            api=FLAGS.api,
-            api_key=api_key,
-            timeout=FLAGS.timeout,
-            max_reply_bytes=FLAGS.max_reply_bytes,
-            max_retries=FLAGS.max_retries,
-            initial_backoff=FLAGS.initial_backoff,
-            max_backoff=FLAGS.max_backoff,
-            rate_limit=FLAGS.rate_limit or None,
-            samples_per_request=FLAGS.samples_per_request or None,
-            seed=FLAGS.seed,
-        ))
+        return OpenAIHttpBackend(
+            HttpBackendConfig(
+                base_url=FLAGS.base_url,
+                model=FLAGS.model,
+                api=FLAGS.api,
+                api_key=api_key,
+                timeout=FLAGS.timeout,
+                max_reply_bytes=FLAGS.max_reply_bytes,
+                max_retries=FLAGS.max_retries,
+                initial_backoff=FLAGS.initial_backoff,
+                max_backoff=FLAGS.max_backoff,
+                rate_limit=FLAGS.rate_limit or None,
+                samples_per_request=FLAGS.samples_per_request or None,
+                seed=FLAGS.seed,
+            )
+        )
     except ValueError as e:
         _usage_error(str(e))
 
@@ -280,12 +334,23 @@ def main(argv):
     if config.num_samples > 1 and config.temperature == 0:
         logging.warning("--num_samples=%d at --temperature=0 asks for identical samples", config.num_samples)
     if student:
-        logging.info("annotating %d examples from %s with the student %s, %d sample(s) each",
-                     len(examples), source, backend.checkpoint_path, config.num_samples)
+        logging.info(
+            "annotating %d examples from %s with the student %s, %d sample(s) each",
+            len(examples),
+            source,
+            backend.checkpoint_path,
+            config.num_samples,
+        )
     else:
         logging.info(
             "annotating %d examples from %s with %s at %s (%s API), prompt %s, %d sample(s) each",
-            len(examples), source, FLAGS.model, FLAGS.base_url, FLAGS.api, template.id, config.num_samples,
+            len(examples),
+            source,
+            FLAGS.model,
+            FLAGS.base_url,
+            FLAGS.api,
+            template.id,
+            config.num_samples,
         )
 
     try:

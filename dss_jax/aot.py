@@ -269,8 +269,11 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
 def subprocess_env(num_devices: int, memory_scheduler: bool = True) -> dict:
     """The environment of a process with `num_devices` virtual CPU devices."""
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f and "xla_cpu_scheduler_type" not in f]
+    flags = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if "xla_force_host_platform_device_count" not in f and "xla_cpu_scheduler_type" not in f
+    ]
     flags.append(f"--xla_force_host_platform_device_count={num_devices}")
     if memory_scheduler:
         flags.append(MEMORY_SCHEDULER_FLAG)
@@ -290,14 +293,17 @@ def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) ->
         out = os.path.join(tmp, "report.json")
         cmd = [sys.executable, "-m", "dss_jax.aot", *config.flags(), f"--json_out={out}"]
         for memory_scheduler in (True, False):
-            proc = subprocess.run(cmd, env=subprocess_env(config.num_devices, memory_scheduler),
-                                  capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                cmd,
+                env=subprocess_env(config.num_devices, memory_scheduler),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if proc.returncode == 0 or "xla_cpu_scheduler_type" not in proc.stderr:
                 break
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"AOT compile of {config} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
+            raise RuntimeError(f"AOT compile of {config} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         with open(out) as f:
             return AotReport.from_json(f.read())
 
@@ -325,11 +331,17 @@ def main(argv=None) -> int:
         import jax
 
         if jax.device_count() != config.num_devices:
-            raise SystemExit(f"jax is already initialised with {jax.device_count()} devices, "
-                             f"not --num_devices={config.num_devices}")
+            raise SystemExit(
+                f"jax is already initialised with {jax.device_count()} devices, not --num_devices={config.num_devices}"
+            )
     else:
-        os.environ.update({k: v for k, v in subprocess_env(config.num_devices).items()
-                           if k in ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")})
+        os.environ.update(
+            {
+                k: v
+                for k, v in subprocess_env(config.num_devices).items()
+                if k in ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
+            }
+        )
     report = compile_in_process(config)
     print(report.summary(), flush=True)
     if json_out:

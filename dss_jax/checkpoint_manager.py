@@ -42,7 +42,9 @@ class RunLockedError(UserError):
 
 
 class RunCheckpointer:
-    def __init__(self, model_dir: str, *, keep: Optional[int] = None, save_period: int = 1000, asynchronous: bool = True):
+    def __init__(
+        self, model_dir: str, *, keep: Optional[int] = None, save_period: int = 1000, asynchronous: bool = True
+    ):
         self.directory = os.path.abspath(model_dir)
         self.save_period = save_period
         options = ocp.CheckpointManagerOptions(
@@ -81,9 +83,7 @@ class RunCheckpointer:
         """Restores the full state into the shardings of `abstract_state`."""
         out = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()),
         )
         return out["state"], dict(out["metadata"] or {})
 
@@ -98,7 +98,7 @@ class RunCheckpointer:
         if self._failed:
             try:
                 self._manager.close()
-            except Exception:  # noqa: BLE001  (the same failed write, reported once already)
+            except Exception:  # the same failed write, reported once already
                 logging.debug("closing after a failed save", exc_info=True)
             return
         self.wait()
@@ -123,23 +123,28 @@ class _WriteErrors:
         self.ckpt._failed = True
         try:  # an earlier save still in flight either lands or fails; then list what is intact
             self.ckpt._manager.wait_until_finished()
-        except Exception:  # noqa: BLE001  (that one is not saved then; the listing shows it)
+        except Exception:  # that one is not saved then; the listing shows it
             logging.debug("an earlier save failed too", exc_info=True)
         where = step_dir(self.ckpt.directory, self.step) if self.step is not None else self.ckpt.directory
         intact = checkpoint_steps(self.ckpt.directory)
         if intact:
-            after = (f"the earlier checkpoints ({', '.join(f'{STEP_PREFIX}_{s}' for s in intact)}) are intact: "
-                     f"free space and rerun the same command to resume from step {intact[-1]}")
+            after = (
+                f"the earlier checkpoints ({', '.join(f'{STEP_PREFIX}_{s}' for s in intact)}) are intact: "
+                f"free space and rerun the same command to resume from step {intact[-1]}"
+            )
         else:
             after = "there is no earlier checkpoint: free space and rerun the same command to start again"
-        raise CheckpointWriteError(f"could not write the checkpoint {where} ({write_error_cause(error)}); {after}") \
-            from error
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {where} ({write_error_cause(error)}); {after}"
+        ) from error
 
 
 # Failures of writing, as orbax reports them: an OSError, or tensorstore's error text with
 # the OS error inside ("Failed writing: ...: No space left on device [os_error_code=28]").
-_WRITE_ERROR_TEXT = re.compile(r"os_error_code|Errno \d+|No space left|Disk quota|Read-only file system|"
-                               r"Permission denied|Failed writing|File too large")
+_WRITE_ERROR_TEXT = re.compile(
+    r"os_error_code|Errno \d+|No space left|Disk quota|Read-only file system|"
+    r"Permission denied|Failed writing|File too large"
+)
 
 
 def _causes(error: BaseException):
@@ -254,8 +259,10 @@ class RunLock:
             self.held = True
             return self
         self.release()
-        raise RunLockedError(f"{self.path}: another trainer keeps taking this run directory; "
-                             "make sure only one trainer uses this MODEL_DIR")
+        raise RunLockedError(
+            f"{self.path}: another trainer keeps taking this run directory; "
+            "make sure only one trainer uses this MODEL_DIR"
+        )
 
     def _take_over_stale(self, holder: Optional[dict]) -> bool:
         """Moves a dead process's lock aside (renamed, not deleted: a rename is atomic, so of
@@ -265,8 +272,11 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return False
-        logging.warning("took over %s from a process that is gone (%s)", self.path,
-                        _describe(holder) if holder else "unreadable lock file")
+        logging.warning(
+            "took over %s from a process that is gone (%s)",
+            self.path,
+            _describe(holder) if holder else "unreadable lock file",
+        )
         try:
             os.remove(aside)
         except OSError:
@@ -308,8 +318,12 @@ def _process_start_ticks(pid: int) -> Optional[int]:
 
 
 def _holder_record() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _process_start_ticks(os.getpid()),
-            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start_ticks": _process_start_ticks(os.getpid()),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def _read_holder(path: str) -> Optional[dict]:
@@ -341,8 +355,10 @@ def _describe(holder: dict) -> str:
 
 
 def _locked_message(path: str, holder: dict) -> str:
-    text = (f"{os.path.dirname(path)} is in use by another trainer ({_describe(holder)}); "
-            "wait for it to finish or choose another MODEL_DIR")
+    text = (
+        f"{os.path.dirname(path)} is in use by another trainer ({_describe(holder)}); "
+        "wait for it to finish or choose another MODEL_DIR"
+    )
     if holder.get("host") != socket.gethostname():
         text += f"; if that process is gone, delete {path}"
     return text

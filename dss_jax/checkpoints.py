@@ -36,6 +36,7 @@ so a crash leaves no half-written output. A non-empty target is refused unless
 `overwrite`, and one that holds a training run or a checkpoint is refused always. Both
 are meant to be called from one process (the convert and export binaries).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,13 +93,15 @@ def save_params(
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     params = nn.meta.unbox(params)
     if not _T5_TOP_KEYS <= set(params):
-        raise ValueError(f"save_params wants the T5 param tree (keys {sorted(_T5_TOP_KEYS)}), "
-                         f"got keys {sorted(params)}")
+        raise ValueError(
+            f"save_params wants the T5 param tree (keys {sorted(_T5_TOP_KEYS)}), got keys {sorted(params)}"
+        )
     check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
         raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
-    with staged_output_dir(ckpt_dir, overwrite=overwrite, replaceable=SAVE_PARAMS_FILES,
-                           what="a params checkpoint") as staging:
+    with staged_output_dir(
+        ckpt_dir, overwrite=overwrite, replaceable=SAVE_PARAMS_FILES, what="a params checkpoint"
+    ) as staging:
         ocp.PyTreeCheckpointer().save(staging / PARAMS_ITEM, dict(params))
         (staging / CONFIG_FILE).write_text(config.to_json())
         if vocab_path is not None:
@@ -132,30 +135,39 @@ def load_params(
     return params, config, (str(vocab) if vocab else None)
 
 
-def check_params(shapes: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]], config: T5Config,
-                 config_source: str, params_source: str) -> None:
+def check_params(
+    shapes: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]],
+    config: T5Config,
+    config_source: str,
+    params_source: str,
+) -> None:
     """CheckpointError naming `config_source` and the first parameter of `params_source`
     whose presence, shape or dtype does not fit `config`. `shapes`: {path: (shape, dtype)}."""
     from dss_jax.model import hf_convert
 
     expected = hf_convert.param_shapes(config)
-    depth = (f"num_encoder_layers={config.num_encoder_layers}, "
-             f"num_decoder_layers={config.num_decoder_layers}")
+    depth = f"num_encoder_layers={config.num_encoder_layers}, num_decoder_layers={config.num_decoder_layers}"
     advice = "the config and the weights are from different models: use the config saved with them"
     missing = [p for p in expected if p not in shapes]
     if missing:
-        raise CheckpointError(f"{config_source} ({depth}) calls for the parameter {'/'.join(missing[0])}, "
-                              f"which {params_source} lacks ({len(missing)} missing): {advice}")
+        raise CheckpointError(
+            f"{config_source} ({depth}) calls for the parameter {'/'.join(missing[0])}, "
+            f"which {params_source} lacks ({len(missing)} missing): {advice}"
+        )
     unexpected = sorted(p for p in shapes if p not in expected)
     if unexpected:
-        raise CheckpointError(f"{params_source} holds the parameter {'/'.join(unexpected[0])}, which "
-                              f"{config_source} ({depth}) has no place for ({len(unexpected)} such): {advice}")
+        raise CheckpointError(
+            f"{params_source} holds the parameter {'/'.join(unexpected[0])}, which "
+            f"{config_source} ({depth}) has no place for ({len(unexpected)} such): {advice}"
+        )
     bad = []
     for p, (shape, dims) in expected.items():
         got_shape, got_dtype = shapes[p]
         if tuple(got_shape) != shape:
-            bad.append(f"{'/'.join(p)} is {list(got_shape)} in {params_source}, but {config_source} implies "
-                       f"{list(shape)} ({', '.join(dict.fromkeys(dims))})")
+            bad.append(
+                f"{'/'.join(p)} is {list(got_shape)} in {params_source}, but {config_source} implies "
+                f"{list(shape)} ({', '.join(dict.fromkeys(dims))})"
+            )
         elif got_dtype is not None and not jax.numpy.issubdtype(got_dtype, jax.numpy.floating):
             bad.append(f"{'/'.join(p)} has dtype {got_dtype} in {params_source}; T5 params are floating point")
     if bad:
@@ -173,9 +185,13 @@ def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], An
 
 
 # ----- a training run's checkpoints --------------------------------------------------------
-def select_checkpoints(path: str | os.PathLike, steps: Union[str, int, Sequence[int]] = "latest", *,
-                       path_setting: str = "CHECKPOINT_PATH",
-                       steps_setting: str = "steps") -> list[tuple[Optional[int], str]]:
+def select_checkpoints(
+    path: str | os.PathLike,
+    steps: Union[str, int, Sequence[int]] = "latest",
+    *,
+    path_setting: str = "CHECKPOINT_PATH",
+    steps_setting: str = "steps",
+) -> list[tuple[Optional[int], str]]:
     """[(step or None, checkpoint dir)] for a checkpoint or a training run's MODEL_DIR.
 
     A MODEL_DIR (holding finished `checkpoint_<step>/` dirs) gives the checkpoints at
@@ -193,8 +209,10 @@ def select_checkpoints(path: str | os.PathLike, steps: Union[str, int, Sequence[
     available = checkpoint_manager.checkpoint_steps(path)
     if not available:
         if steps not in ("latest", "all"):
-            raise CheckpointError(f"{steps_setting}={steps!r} needs a model dir with checkpoint_<step>/ dirs "
-                                  f"(a training run's MODEL_DIR); {path} has none")
+            raise CheckpointError(
+                f"{steps_setting}={steps!r} needs a model dir with checkpoint_<step>/ dirs "
+                f"(a training run's MODEL_DIR); {path} has none"
+            )
         name = os.path.basename(path)
         return [(int(name.split("_")[1]) if _RUN_STEP_DIR.match(name) else None, path)]
     if steps == "latest":
@@ -205,12 +223,15 @@ def select_checkpoints(path: str | os.PathLike, steps: Union[str, int, Sequence[
         try:
             chosen = [int(steps)] if isinstance(steps, (int, str)) else [int(s) for s in steps]
         except (TypeError, ValueError):
-            raise CheckpointError(f"{steps_setting} must be 'latest', 'all', a step or a list of steps; "
-                                  f"got {steps!r}") from None
+            raise CheckpointError(
+                f"{steps_setting} must be 'latest', 'all', a step or a list of steps; got {steps!r}"
+            ) from None
         unknown = [s for s in chosen if s not in available]
         if unknown:
-            raise CheckpointError(f"{path} has no checkpoint for step(s) {unknown}; it has steps {available} "
-                                  f"(set {steps_setting} to one of them)")
+            raise CheckpointError(
+                f"{path} has no checkpoint for step(s) {unknown}; it has steps {available} "
+                f"(set {steps_setting} to one of them)"
+            )
     return [(s, checkpoint_manager.step_dir(path, s)) for s in chosen]
 
 
@@ -222,19 +243,24 @@ def _no_checkpoint(path: pathlib.Path) -> CheckpointNotFoundError:
     if steps:  # callers that resolve a MODEL_DIR (select_checkpoints) never get here with one
         return CheckpointNotFoundError(
             f"{path} is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
-            f"(steps {steps}), e.g. {checkpoint_manager.step_dir(str(path), steps[-1])}")
+            f"(steps {steps}), e.g. {checkpoint_manager.step_dir(str(path), steps[-1])}"
+        )
     if _RUN_STEP_DIR.match(path.name):
         return CheckpointNotFoundError(
             f"{path} holds no orbax checkpoint: the save of this step did not finish; use another step of the "
-            f"run {path.parent}")
-    if path.is_dir() and ((path / "config.gin").is_file()
-                          or any(e.name.startswith("checkpoint_") for e in path.iterdir())):
+            f"run {path.parent}"
+        )
+    if path.is_dir() and (
+        (path / "config.gin").is_file() or any(e.name.startswith("checkpoint_") for e in path.iterdir())
+    ):
         return CheckpointNotFoundError(
             f"{path} holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a finished "
-            "checkpoint_<step>/; let the run reach its first checkpoint save, or pick another checkpoint")
+            "checkpoint_<step>/; let the run reach its first checkpoint save, or pick another checkpoint"
+        )
     return CheckpointNotFoundError(
         f"{path} holds no orbax checkpoint: give a training run's MODEL_DIR (with checkpoint_<step>/ dirs), one "
-        "checkpoint_<step>/ dir, or a directory written by `python -m dss_jax.convert` (params/, config.json)")
+        "checkpoint_<step>/ dir, or a directory written by `python -m dss_jax.convert` (params/, config.json)"
+    )
 
 
 # ----- writing a directory safely -----------------------------------------------------------
@@ -253,8 +279,7 @@ def holds_run_or_checkpoint(d: pathlib.Path, ignore: Sequence[str] = ()) -> Opti
     return None
 
 
-def check_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str],
-                     what: str) -> bool:
+def check_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str], what: str) -> bool:
     """OutputDirError unless `target` may receive `what`: it is new or empty, or (with
     `overwrite`) holds only entries matching `replaceable`. A run or a checkpoint (other
     than a `replaceable` one) is never written over. -> whether `target` has entries."""
@@ -268,22 +293,29 @@ def check_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable:
         return False
     held = holds_run_or_checkpoint(target, ignore=replaceable)
     if held:
-        raise OutputDirError(f"{target} holds {held}: writing {what} there would replace its files "
-                             "(config.json, spiece.model); pick a new or empty output directory")
+        raise OutputDirError(
+            f"{target} holds {held}: writing {what} there would replace its files "
+            "(config.json, spiece.model); pick a new or empty output directory"
+        )
     listing = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
     if not overwrite:
-        raise OutputDirError(f"{target} is not empty ({listing}); pass --overwrite (overwrite=True) to "
-                             f"replace it with {what}, or pick a new directory")
+        raise OutputDirError(
+            f"{target} is not empty ({listing}); pass --overwrite (overwrite=True) to "
+            f"replace it with {what}, or pick a new directory"
+        )
     foreign = [e for e in entries if not any(fnmatch.fnmatch(e, p) for p in replaceable)]
     if foreign:
-        raise OutputDirError(f"{target} holds {', '.join(foreign[:5])}, which {what} does not consist of; "
-                             "--overwrite replaces only such an output whole: move them or pick another directory")
+        raise OutputDirError(
+            f"{target} holds {', '.join(foreign[:5])}, which {what} does not consist of; "
+            "--overwrite replaces only such an output whole: move them or pick another directory"
+        )
     return True
 
 
 @contextlib.contextmanager
-def staged_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str],
-                      what: str) -> Iterator[pathlib.Path]:
+def staged_output_dir(
+    target: str | os.PathLike, *, overwrite: bool, replaceable: Sequence[str], what: str
+) -> Iterator[pathlib.Path]:
     """Yields an empty directory beside `target` to write `what` into; when the block ends
     without an error it becomes `target` (by rename, so readers never see half of it), and
     a replaced old `target` is deleted only after that. On an error the staging directory
@@ -327,8 +359,10 @@ def _metadata_tree(orbax_dir: pathlib.Path) -> Mapping:
 
 def _unreadable(orbax_dir: pathlib.Path, why: object) -> CheckpointError:
     why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
-    return CheckpointError(f"{orbax_dir}: cannot read the orbax checkpoint ({why}); it is incomplete "
-                           "or damaged: use another step, or copy it again")
+    return CheckpointError(
+        f"{orbax_dir}: cannot read the orbax checkpoint ({why}); it is incomplete "
+        "or damaged: use another step, or copy it again"
+    )
 
 
 def find_params_path(tree: Any, max_depth: int = 4) -> Optional[tuple[str, ...]]:
@@ -358,8 +392,10 @@ def _locate_params(path: pathlib.Path) -> tuple[pathlib.Path, tuple[str, ...]]:
         if keys is not None:
             return d, keys
     if seen:
-        raise CheckpointError(f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
-                         f"(a tree with keys {sorted(_T5_TOP_KEYS)})")
+        raise CheckpointError(
+            f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
+            f"(a tree with keys {sorted(_T5_TOP_KEYS)})"
+        )
     raise _no_checkpoint(path)
 
 
@@ -444,7 +480,8 @@ def _find_config(path: pathlib.Path) -> tuple[T5Config, str]:
             return found
         raise CheckpointNotFoundError(
             f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent directories: put the config.json "
-            "the model was trained or converted with next to the checkpoint (or pass config= to load_params)")
+            "the model was trained or converted with next to the checkpoint (or pass config= to load_params)"
+        )
     try:
         data = json.loads(config_path.read_text())
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError

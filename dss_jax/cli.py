@@ -34,8 +34,19 @@ EXIT_USAGE = 2
 
 # An OSError with one of these on a path the user named (a MODEL_DIR that is a file, a
 # read-only output folder, a full disk) is the user's to fix, not a bug in dss_jax.
-_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
-                       errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ENOTEMPTY,
+}
 
 
 class UserError(Exception):
@@ -49,7 +60,7 @@ def error_line(name: str, message: object) -> str:
     text = re.sub(r"\n\s*In call to configurable .*", "", str(message)).strip() or "unknown error"
     for prefix in (f"{name}: error: ", f"dss_jax.{name}: error: ", "error: "):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     return f"{name}: error: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -64,8 +75,9 @@ def fail(name: str, message: object, code: int = EXIT_USAGE) -> None:
 # seqio warns about shuffling uncached data on every run (dss_jax's input position makes
 # restarts exact); orbax logs a missing metadata file for every checkpoint it reads.
 _IRRELEVANT = ("Using an uncached FunctionDataset for training", "Metadata file does not exist")
-_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
-                  for d in ("dss_jax", "tasks"))
+_OWN_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep for d in ("dss_jax", "tasks")
+)
 
 
 class _LibraryChatter(logging.Filter):
@@ -153,7 +165,7 @@ def _verbose() -> bool:
         from absl import flags
 
         return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].value >= 1
-    except Exception:  # noqa: BLE001  (no absl flags defined: stay quiet)
+    except Exception:  # no absl flags defined: stay quiet
         return False
 
 
@@ -202,8 +214,11 @@ def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:
 
     try:
         try:
-            app.run(guard(main, name), argv=gin_utils.rewrite_gin_args(sys.argv if argv is None else argv),
-                    flags_parser=parse_flags)
+            app.run(
+                guard(main, name),
+                argv=gin_utils.rewrite_gin_args(sys.argv if argv is None else argv),
+                flags_parser=parse_flags,
+            )
         except SystemExit as e:  # raised before main: flag parsing, the gin shorthand
             if isinstance(e.code, str):
                 fail(name, e.code)

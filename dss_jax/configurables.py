@@ -16,7 +16,6 @@ import os
 from typing import Any, Mapping, Optional
 
 import gin
-
 from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
@@ -60,8 +59,9 @@ def model_config(
     except (ValueError, TypeError) as e:
         if isinstance(e, UserError):
             raise
-        raise ModelConfigError(f"model_config (size={size!r}, variant={variant!r}, overrides={overrides}): "
-                               f"{' '.join(str(e).split())}") from None
+        raise ModelConfigError(
+            f"model_config (size={size!r}, variant={variant!r}, overrides={overrides}): {' '.join(str(e).split())}"
+        ) from None
 
 
 @gin.configurable

@@ -31,8 +31,9 @@ def main(argv):
     from dss_jax.model import hf_convert
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
-    checkpoints.check_output_dir(_OUTPUT.value, overwrite=_OVERWRITE.value,
-                                 replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint")
+    checkpoints.check_output_dir(
+        _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint"
+    )
     try:
         params, config, vocab = hf_convert.import_hf_checkpoint(_HF_DIR.value)
         out = checkpoints.save_params(_OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value)

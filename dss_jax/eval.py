@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
-import gin
 from absl import flags, logging
 
-from dss_jax import cli
-from dss_jax import configurables, gin_utils
+import gin
+from dss_jax import cli, configurables, gin_utils
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
     from dss_jax.evaluation import DecodeSettings
@@ -72,11 +71,17 @@ def evaluate_checkpoints(
                 dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
                 examples = load_examples(task_name, split, feature_lengths, max_examples)
                 logging.info("%s/%s: %d examples", task_name, split, len(examples))
-            result = evaluate(model, params, examples, batch_size=batch_size, decode=decode, progress=True,
-                              output_rationale=output_rationale)
+            result = evaluate(
+                model,
+                params,
+                examples,
+                batch_size=batch_size,
+                decode=decode,
+                progress=True,
+                output_rationale=output_rationale,
+            )
             target_dir = os.path.join(output_dir, f"step_{step}") if per_step_dirs else output_dir
-            write_outputs(result, target_dir, step=step,
-                          info={"task": task_name, "split": split, "checkpoint": path})
+            write_outputs(result, target_dir, step=step, info={"task": task_name, "split": split, "checkpoint": path})
             writer.write(step or 0, result.metrics, prefix=f"{split}/")
             results[step] = result.metrics
             logging.info("step %s: %s -> %s", step, result.metrics, target_dir)

@@ -27,11 +27,11 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import gin
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+import gin
 from dss_jax.data import parsers
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.model.decoding import DecodeConfig, generate
@@ -66,9 +66,14 @@ class DecodeSettings:
 
     def config(self, max_decode_length: int) -> DecodeConfig:
         return DecodeConfig(
-            max_decode_length=max_decode_length, method=self.method, num_beams=self.num_beams,
-            length_penalty=self.length_penalty, early_stopping=self.early_stopping,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            max_decode_length=max_decode_length,
+            method=self.method,
+            num_beams=self.num_beams,
+            length_penalty=self.length_penalty,
+            early_stopping=self.early_stopping,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
         )
 
 
@@ -91,7 +96,12 @@ def _seed_of(decode) -> int:
 
 
 def decode_batches(
-    model, params, encoder_tokens: np.ndarray, config: DecodeConfig, batch_size: int, seed: int = 0,
+    model,
+    params,
+    encoder_tokens: np.ndarray,
+    config: DecodeConfig,
+    batch_size: int,
+    seed: int = 0,
     progress: Optional[str] = None,
 ) -> np.ndarray:
     """Decodes every row of `encoder_tokens` [n, enc_len] in batches of `batch_size`.
@@ -106,7 +116,7 @@ def decode_batches(
     out = np.zeros((n, config.max_decode_length), np.int32)
     bar = progress_bar(n, progress) if progress else None
     for index, start in enumerate(range(0, n, batch_size)):
-        rows = encoder_tokens[start:start + batch_size]  # [<=batch, enc_len]
+        rows = encoder_tokens[start : start + batch_size]  # [<=batch, enc_len]
         real = rows.shape[0]
         if real < batch_size:
             rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - real, axis=0)])
@@ -116,7 +126,7 @@ def decode_batches(
             # Multi-process training: every process decodes the same rows with the global
             # (sharded) params, and the tokens come back as a global array.
             tokens = multihost_utils.process_allgather(tokens, tiled=True)
-        out[start:start + real] = np.asarray(jax.device_get(tokens))[:real]
+        out[start : start + real] = np.asarray(jax.device_get(tokens))[:real]
         if bar is not None:
             bar.update(real)
     if bar is not None:
@@ -130,8 +140,16 @@ def progress_bar(total: int, description: str):
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=description, unit="ex", file=sys.stderr, disable=jax.process_index() != 0,
-                mininterval=0.5 if interactive else 30, dynamic_ncols=interactive, ascii=not interactive)
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="ex",
+        file=sys.stderr,
+        disable=jax.process_index() != 0,
+        mininterval=0.5 if interactive else 30,
+        dynamic_ncols=interactive,
+        ascii=not interactive,
+    )
 
 
 def tokens_to_texts(vocabulary, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
@@ -207,9 +225,15 @@ def load_examples(
     if not ids:
         raise ValueError(f"{task_name}/{split} has no examples")
     return EvalExamples(
-        task_name=task_name, split=split, family=dss_tasks.task_family(task_name),
-        vocabulary=task.output_features["label_targets"].vocabulary, feature_lengths=dict(feature_lengths),
-        ids=ids, inputs=inputs, targets=targets, teacher_labels=teacher,
+        task_name=task_name,
+        split=split,
+        family=dss_tasks.task_family(task_name),
+        vocabulary=task.output_features["label_targets"].vocabulary,
+        feature_lengths=dict(feature_lengths),
+        ids=ids,
+        inputs=inputs,
+        targets=targets,
+        teacher_labels=teacher,
         label_tokens=_pad_rows(label_rows, feature_lengths["label_inputs"]),
         rationale_tokens=_pad_rows(rationale_rows, feature_lengths["rationale_inputs"]),
     )
@@ -236,8 +260,11 @@ def score(
     if with_teacher:
         agree = [parsers.labels_match(family, predictions[i], teacher_labels[i]) for i in with_teacher]
         teacher_right = [parsers.labels_match(family, teacher_labels[i], targets[i]) for i in with_teacher]
-        metrics.update(teacher_agreement=float(np.mean(agree)), teacher_accuracy=float(np.mean(teacher_right)),
-                       num_teacher_labels=float(len(with_teacher)))
+        metrics.update(
+            teacher_agreement=float(np.mean(agree)),
+            teacher_accuracy=float(np.mean(teacher_right)),
+            num_teacher_labels=float(len(with_teacher)),
+        )
     return correct, metrics
 
 
@@ -272,26 +299,42 @@ def evaluate(
         )
     lengths = examples.feature_lengths
     start = time.perf_counter()
-    label_tokens = decode_batches(model, params, examples.label_tokens,
-                                  as_decode_config(decode, lengths["label_targets"]), batch_size, _seed_of(decode),
-                                  progress=progress and f"{examples.task_name} labels")
+    label_tokens = decode_batches(
+        model,
+        params,
+        examples.label_tokens,
+        as_decode_config(decode, lengths["label_targets"]),
+        batch_size,
+        _seed_of(decode),
+        progress=progress and f"{examples.task_name} labels",
+    )
     predictions = tokens_to_texts(examples.vocabulary, label_tokens)
     rationales = None
     if dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label":
         # The single-task ablation writes its rationale before the label: score the label.
         rationales, predictions = (list(x) for x in zip(*map(dss_tasks.split_single_task, predictions)))
     elif output_rationale:
-        rationale_tokens = decode_batches(model, params, examples.rationale_tokens,
-                                          as_decode_config(decode, lengths["rationale_targets"]), batch_size,
-                                          _seed_of(decode), progress=progress and f"{examples.task_name} rationales")
+        rationale_tokens = decode_batches(
+            model,
+            params,
+            examples.rationale_tokens,
+            as_decode_config(decode, lengths["rationale_targets"]),
+            batch_size,
+            _seed_of(decode),
+            progress=progress and f"{examples.task_name} rationales",
+        )
         rationales = tokens_to_texts(examples.vocabulary, rationale_tokens)
     seconds = time.perf_counter() - start
     correct, metrics = score(examples.family, predictions, examples.targets, examples.teacher_labels)
     metrics["examples_per_second"] = len(examples) / max(seconds, 1e-9)
     records = []
     for i, example_id in enumerate(examples.ids):
-        row = {"id": example_id, "input": examples.inputs[i], "target": examples.targets[i],
-               "prediction": predictions[i]}
+        row = {
+            "id": example_id,
+            "input": examples.inputs[i],
+            "target": examples.targets[i],
+            "prediction": predictions[i],
+        }
         if rationales is not None:
             row["rationale"] = rationales[i]
         if examples.teacher_labels[i] is not None:
@@ -306,8 +349,9 @@ def evaluate(
 # --------------------------------------------------------------------------------------
 
 
-def write_outputs(result: EvalResult, output_dir: str, *, step: Optional[int] = None,
-                  info: Optional[Mapping[str, Any]] = None) -> None:
+def write_outputs(
+    result: EvalResult, output_dir: str, *, step: Optional[int] = None, info: Optional[Mapping[str, Any]] = None
+) -> None:
     """Writes predictions.jsonl and metrics.json (metrics plus `info`) into `output_dir`."""
     if jax.process_index() != 0:
         return
@@ -343,7 +387,10 @@ def format_table(rows: Mapping[Optional[int], Mapping[str, float]]) -> str:
 # Checkpoints to evaluate
 # --------------------------------------------------------------------------------------
 
-def checkpoints_to_evaluate(path: str, steps: Union[str, int, Sequence[int]] = "latest") -> list[tuple[Optional[int], str]]:
+
+def checkpoints_to_evaluate(
+    path: str, steps: Union[str, int, Sequence[int]] = "latest"
+) -> list[tuple[Optional[int], str]]:
     """[(step or None, checkpoint dir)] for a checkpoint or a training run's model dir: see
     `checkpoints.select_checkpoints`, where every binary resolves its checkpoint."""
     from dss_jax import checkpoints
@@ -364,8 +411,12 @@ def _is_hf_checkpoint(path: str) -> bool:
     return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
 
 
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_checkpoint(path: str, dtype: Optional[str] = None):
@@ -389,8 +440,10 @@ def load_checkpoint(path: str, dtype: Optional[str] = None):
                 raise
             # A run dir without config.json: the trainer keeps the model config in the metadata too.
             params, config, vocab_path = checkpoints.load_params(
-                path, config=T5Config.from_dict(model_config, source=f"{path}/metadata"),
-                config_source=f"the model config in {path}/metadata")
+                path,
+                config=T5Config.from_dict(model_config, source=f"{path}/metadata"),
+                config_source=f"the model config in {path}/metadata",
+            )
     if dtype:
         config = config.replace(dtype=dtype)
     return T5(config), params, vocab_path
@@ -414,10 +467,19 @@ class TrainEvalHook:
 
     PREFIX = "decode/"
 
-    def __init__(self, model, task_name: str, feature_lengths: Mapping[str, int], batch_size: int,
-                 split: str = "validation", decode_config: Union[DecodeSettings, DecodeConfig, None] = None,
-                 max_examples: Optional[int] = None, output_rationale: bool = False,
-                 output_dir: Optional[str] = None, initial_checkpoint_path: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        task_name: str,
+        feature_lengths: Mapping[str, int],
+        batch_size: int,
+        split: str = "validation",
+        decode_config: Union[DecodeSettings, DecodeConfig, None] = None,
+        max_examples: Optional[int] = None,
+        output_rationale: bool = False,
+        output_dir: Optional[str] = None,
+        initial_checkpoint_path: Optional[str] = None,
+    ):
         self.model = model
         self.task_name, self.split = task_name, split
         self.feature_lengths = dict(feature_lengths)
@@ -434,13 +496,24 @@ class TrainEvalHook:
             self.model = build_model(model_config(checkpoint_path=self._initial_checkpoint_path))
         if self._examples is None:
             self._examples = load_examples(self.task_name, self.split, self.feature_lengths, self.max_examples)
-        result = evaluate(self.model, params, self._examples, batch_size=self.batch_size,
-                          decode=self.decode_config, output_rationale=self.output_rationale)
+        result = evaluate(
+            self.model,
+            params,
+            self._examples,
+            batch_size=self.batch_size,
+            decode=self.decode_config,
+            output_rationale=self.output_rationale,
+        )
         if self.output_dir:
-            write_outputs(result, os.path.join(self.output_dir, f"step_{step}"), step=step,
-                          info={"task": self.task_name, "split": self.split})
-        logging.info("decode eval at step %d on %s/%s: %s", step, self.task_name, self.split,
-                     json.dumps(result.metrics))
+            write_outputs(
+                result,
+                os.path.join(self.output_dir, f"step_{step}"),
+                step=step,
+                info={"task": self.task_name, "split": self.split},
+            )
+        logging.info(
+            "decode eval at step %d on %s/%s: %s", step, self.task_name, self.split, json.dumps(result.metrics)
+        )
         return {self.PREFIX + k: v for k, v in result.metrics.items()}
 
 
@@ -460,11 +533,21 @@ def make_train_eval_hook(
 ) -> Callable[..., dict[str, float]]:
     """The decode-based eval hook of the train loop (see `TrainEvalHook`). In gin:
 
-        train.eval_hook = @make_train_eval_hook()
-        make_train_eval_hook.task_name = %MIXTURE_OR_TASK_NAME
-        make_train_eval_hook.feature_lengths = %TASK_FEATURE_LENGTHS
-        make_train_eval_hook.initial_checkpoint_path = %INITIAL_CHECKPOINT_PATH
-        make_train_eval_hook.max_examples = 1000
+    train.eval_hook = @make_train_eval_hook()
+    make_train_eval_hook.task_name = %MIXTURE_OR_TASK_NAME
+    make_train_eval_hook.feature_lengths = %TASK_FEATURE_LENGTHS
+    make_train_eval_hook.initial_checkpoint_path = %INITIAL_CHECKPOINT_PATH
+    make_train_eval_hook.max_examples = 1000
     """
-    return TrainEvalHook(model, task_name, feature_lengths, batch_size, split, decode_config, max_examples,
-                         output_rationale, output_dir, initial_checkpoint_path)
+    return TrainEvalHook(
+        model,
+        task_name,
+        feature_lengths,
+        batch_size,
+        split,
+        decode_config,
+        max_examples,
+        output_rationale,
+        output_dir,
+        initial_checkpoint_path,
+    )

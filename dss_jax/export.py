@@ -22,12 +22,19 @@ from absl import app, flags, logging
 
 from dss_jax import cli
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training run's MODEL_DIR (its latest checkpoint, "
-                                  "or --step), or one checkpoint directory.", required=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "A training run's MODEL_DIR (its latest checkpoint, or --step), or one checkpoint directory.",
+    required=True,
+)
 _STEP = flags.DEFINE_integer("step", None, "With a MODEL_DIR: the step to export (default: the latest).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the Hugging Face files.", required=True)
-_ITEM = flags.DEFINE_string("item", None, "Orbax item (subdirectory) holding the params, when "
-                            "the checkpoint has several and the search should not guess.")
+_ITEM = flags.DEFINE_string(
+    "item",
+    None,
+    "Orbax item (subdirectory) holding the params, when the checkpoint has several and the search should not guess.",
+)
 _VOCAB = flags.DEFINE_string("vocab", None, "spiece.model to ship; default: the checkpoint's own.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --output.")
 
@@ -39,17 +46,18 @@ def main(argv):
     from dss_jax.model import hf_convert
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
-    checkpoints.check_output_dir(_OUTPUT.value, overwrite=_OVERWRITE.value,
-                                 replaceable=hf_convert.HF_DIR_FILES, what="a Hugging Face model")
+    checkpoints.check_output_dir(
+        _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=hf_convert.HF_DIR_FILES, what="a Hugging Face model"
+    )
     # A MODEL_DIR resolves to one of its checkpoint_<step>/ dirs, as in eval, infer and annotate.
     steps = "latest" if _STEP.value is None else _STEP.value
-    (step, path), = checkpoints.select_checkpoints(_CHECKPOINT.value, steps, path_setting="--checkpoint",
-                                                   steps_setting="--step")
+    ((step, path),) = checkpoints.select_checkpoints(
+        _CHECKPOINT.value, steps, path_setting="--checkpoint", steps_setting="--step"
+    )
     try:
         params, config, vocab = checkpoints.load_params(path, item=_ITEM.value)
         vocab = _VOCAB.value or vocab
-        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab,
-                                              overwrite=_OVERWRITE.value)
+        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab, overwrite=_OVERWRITE.value)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:

@@ -32,11 +32,11 @@ import re
 import tokenize
 from typing import Iterable, Iterator, Optional, Sequence
 
-import gin
 from absl import flags
-from gin import config_parser
 
+import gin
 from dss_jax import cli
+from gin import config_parser
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 MACRO = "gin.macro"  # the selector gin files a macro's value under: _CONFIG[(NAME, MACRO)]
@@ -80,8 +80,13 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = (),
-              required_macros: Sequence[str] = (), require_files: bool = True) -> None:
+def parse_gin(
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    search_paths: Sequence[str] = (),
+    required_macros: Sequence[str] = (),
+    require_files: bool = True,
+) -> None:
     """Parses files, then bindings; fails before any work on a syntax error, an unknown
     name, an unset macro or a command-line macro that nothing reads.
 
@@ -110,8 +115,10 @@ def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
     for path in candidates:
         if os.path.isfile(path):
             return os.path.abspath(path)
-    raise GinConfigError(f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))}); "
-                         "check the name, or add its folder with --gin_search_paths")
+    raise GinConfigError(
+        f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))}); "
+        "check the name, or add its folder with --gin_search_paths"
+    )
 
 
 # --- errors gin raises while parsing, as one line -------------------------------------
@@ -163,7 +170,7 @@ def _value_fix(text: str, on_command_line: bool) -> str:
         return f"cannot parse the value {value}; check its brackets, commas and quotes"
     bare = value.strip("'\"")
     fixed = repr(bare)
-    fix = f"--gin.{name}=\"{fixed}\"" if on_command_line else f"{name} = {fixed}"
+    fix = f'--gin.{name}="{fixed}"' if on_command_line else f"{name} = {fixed}"
     also = f" (or %{bare} for a macro)" if bare.isidentifier() else ""
     return f"cannot parse the value {value}; strings need quotes: {fix}{also}"
 
@@ -173,8 +180,10 @@ def _gin_hint(message: str) -> str:
     m = re.match(r"No configurable matching (?:reference )?'@?([^'(]+)", message)
     if m:
         name = m.group(1).rsplit("/", 1)[-1]  # without its scope
-        return (did_you_mean(name, _configurable_names(qualified="." in name))
-                or "; check the name, and that a gin file imports the module that defines it")
+        return (
+            did_you_mean(name, _configurable_names(qualified="." in name))
+            or "; check the name, and that a gin file imports the module that defines it"
+        )
     m = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
     if m:
         return did_you_mean(m.group(2), _parameter_names(m.group(1)))
@@ -224,6 +233,7 @@ def _display(path: str) -> str:
 
 # --- macros: every one the config reads is set, every one the command line sets is read ---
 
+
 def unbound_macros() -> list[str]:
     """Macros referenced in the parsed config (`%NAME`) that have no value."""
     config = gin.config._CONFIG  # gin keeps bindings here; there is no public walk over references
@@ -269,8 +279,11 @@ def check_macros(files: Sequence[str], bindings: Sequence[str], required: Sequen
     missing = list(dict.fromkeys(missing))
     if missing:
         hint = " ".join(f"--gin.{m}=..." for m in missing)
-        unread_near = [f"{site} sets {name}" for name, (site, _) in sites.items()
-                       if name not in read and did_you_mean(name, missing, cutoff=0.8)]
+        unread_near = [
+            f"{site} sets {name}"
+            for name, (site, _) in sites.items()
+            if name not in read and did_you_mean(name, missing, cutoff=0.8)
+        ]
         also = f" ({'; '.join(unread_near)}: misspelt?)" if unread_near else ""
         raise GinConfigError(f"gin macro(s) {', '.join(missing)} not set; pass e.g. {hint}{also}")
     unread_cli = [(name, site) for name, (site, on_cli) in sites.items() if on_cli and name not in read]
@@ -281,12 +294,14 @@ def check_macros(files: Sequence[str], bindings: Sequence[str], required: Sequen
             near = did_you_mean(name, read, cutoff=0.8)
             # Allowed: a shared file may set macros only another binary reads.
             (logging.warning if near else logging.info)(
-                "%s: macro %s is set but nothing in this config reads it%s", site, name, near)
+                "%s: macro %s is set but nothing in this config reads it%s", site, name, near
+            )
 
 
 def _unread_message(name: str, site: str, read: set[str]) -> str:
-    hint = did_you_mean(name, read) or (f"; this config reads {', '.join(sorted(read))}" if read else
-                                        "; this config reads no macros")
+    hint = did_you_mean(name, read) or (
+        f"; this config reads {', '.join(sorted(read))}" if read else "; this config reads no macros"
+    )
     return f"macro {name} is set on {site} but nothing in this config reads it{hint}"
 
 

@@ -24,13 +24,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 from absl import flags
 
-from dss_jax import checkpoints, cli
-from dss_jax import configurables, gin_utils
+import gin
+from dss_jax import checkpoints, cli, configurables, gin_utils
 from dss_jax.data import jsonl, parsers, sources
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -63,8 +62,9 @@ def read_inputs(path: str) -> list[RawInput]:
     for line in jsonl.read_lines(path, InputFormatError, what="input file (INFER_INPUT)"):
         obj, where, lineno = line.value, line.where, line.number
         if not isinstance(obj, dict):
-            raise InputFormatError(f'{where}: expected a JSON object like {{"id": "q1", "input": "..."}}, '
-                                   f"got {type(obj).__name__}")
+            raise InputFormatError(
+                f'{where}: expected a JSON object like {{"id": "q1", "input": "..."}}, got {type(obj).__name__}'
+            )
         if not isinstance(obj.get("input"), str):
             raise InputFormatError(f"{where}: missing or non-string field 'input'")
         example_id = obj.get("id", str(lineno))
@@ -109,8 +109,10 @@ def _vocabulary(vocab_path: Optional[str], task_name: Optional[str]):
         from dss_jax.data import tasks as dss_tasks
 
         return dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
-    raise ValueError("the checkpoint has no spiece.model beside it and no task names a vocabulary: "
-                     "set MIXTURE_OR_TASK_NAME (the task the student was trained on)")
+    raise ValueError(
+        "the checkpoint has no spiece.model beside it and no task names a vocabulary: "
+        "set MIXTURE_OR_TASK_NAME (the task the student was trained on)"
+    )
 
 
 @gin.configurable
@@ -133,8 +135,13 @@ def infer_file(
     change the input tokenization ("</s>" -> EOS).
     """
     from dss_jax.data import tasks as dss_tasks
-    from dss_jax.evaluation import (as_decode_config, checkpoints_to_evaluate, decode_batches, load_checkpoint,
-                                    tokens_to_texts)
+    from dss_jax.evaluation import (
+        as_decode_config,
+        checkpoints_to_evaluate,
+        decode_batches,
+        load_checkpoint,
+        tokens_to_texts,
+    )
 
     needed = ["label_inputs", "label_targets"] + (["rationale_inputs", "rationale_targets"] if output_rationale else [])
     missing = [k for k in needed if k not in feature_lengths]
@@ -144,7 +151,7 @@ def infer_file(
         family = dss_tasks.task_family(task_name)
     separator = family is not None and parsers.canonical_family(family) in ("anli1", "esnli")
     inputs = read_inputs(input_path)
-    (_, path), = checkpoints_to_evaluate(checkpoint_path, "latest")
+    ((_, path),) = checkpoints_to_evaluate(checkpoint_path, "latest")
     # A student of the single-task ablation answers "rationale So the answer is: label":
     # its run says so, with or without a task named here.
     setting = f"CHECKPOINT_PATH={checkpoint_path}"
@@ -171,26 +178,36 @@ def infer_file(
     label_rows = encode_all(dss_tasks.LABEL_PREFIX, "label_inputs")
     rationale_rows = encode_all(dss_tasks.RATIONALE_PREFIX, "rationale_inputs") if output_rationale else None
     for i, what in sorted(too_long.items()):
-        logging.warning("%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id,
-                        "; ".join(what))
+        logging.warning(
+            "%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id, "; ".join(what)
+        )
     seed = getattr(decode, "seed", 0)
     single_task = label_target == "rationale_then_label"
     label_length = feature_lengths["label_targets"]
     if single_task:  # rationale and label in one target, sized as effective_feature_lengths sizes it in training
         if "rationale_targets" not in feature_lengths:
-            raise cli.UserError(f"{setting} is a single-task student (rationale then label): TASK_FEATURE_LENGTHS "
-                                "needs 'rationale_targets' to size its answers")
+            raise cli.UserError(
+                f"{setting} is a single-task student (rationale then label): TASK_FEATURE_LENGTHS "
+                "needs 'rationale_targets' to size its answers"
+            )
         label_length += feature_lengths["rationale_targets"]
-    tokens = decode_batches(model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed,
-                            progress="labels")
+    tokens = decode_batches(
+        model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed, progress="labels"
+    )
     labels = tokens_to_texts(vocabulary, tokens)
     rationales = None
     if single_task:  # a student of the single-task ablation writes "rationale So the answer is: label"
         rationales, labels = (list(x) for x in zip(*map(dss_tasks.split_single_task, labels)))
     elif rationale_rows is not None:
-        tokens = decode_batches(model, params, rationale_rows,
-                                as_decode_config(decode, feature_lengths["rationale_targets"]), batch_size, seed,
-                                progress="rationales")
+        tokens = decode_batches(
+            model,
+            params,
+            rationale_rows,
+            as_decode_config(decode, feature_lengths["rationale_targets"]),
+            batch_size,
+            seed,
+            progress="rationales",
+        )
         rationales = tokens_to_texts(vocabulary, tokens)
     rows = []
     for i, item in enumerate(inputs):

@@ -19,10 +19,10 @@ import itertools
 import logging
 from typing import Iterator, Mapping, Optional
 
-import gin
 import numpy as np
 import seqio
 
+import gin
 from dss_jax.cli import UserError
 from dss_jax.data import packing
 from dss_jax.data import tasks as dss_tasks
@@ -50,8 +50,7 @@ def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, sh
     missing = [k for k in dss_tasks.PAIRED_TEXT_FEATURES if k not in feature_lengths]
     if missing:
         raise ValueError(
-            f"TASK_FEATURE_LENGTHS lacks {missing}; a DSS task needs lengths for "
-            f"{list(dss_tasks.PAIRED_TEXT_FEATURES)}"
+            f"TASK_FEATURE_LENGTHS lacks {missing}; a DSS task needs lengths for {list(dss_tasks.PAIRED_TEXT_FEATURES)}"
         )
     return task.get_dataset(
         sequence_length=dict(feature_lengths),
@@ -64,8 +63,18 @@ def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, sh
     )
 
 
-@gin.configurable(denylist=["task_name", "feature_lengths", "batch_size", "seed", "shard_index", "num_shards",
-                            "start_position", "rationale_weight"])
+@gin.configurable(
+    denylist=[
+        "task_name",
+        "feature_lengths",
+        "batch_size",
+        "seed",
+        "shard_index",
+        "num_shards",
+        "start_position",
+        "rationale_weight",
+    ]
+)
 def train_batches(
     *,
     task_name: str,
@@ -102,8 +111,19 @@ def train_batches(
     if batch_unit == "examples":
         if not pack:
             raise ValueError("train.batch_unit='examples' packs each step's examples; it needs train_batches.pack=True")
-        return _example_batches(task_name, feature_lengths, split, batch_size, seed, shard_index, num_shards,
-                                start_position, rationale_weight, row_multiple, max_rows)
+        return _example_batches(
+            task_name,
+            feature_lengths,
+            split,
+            batch_size,
+            seed,
+            shard_index,
+            num_shards,
+            start_position,
+            rationale_weight,
+            row_multiple,
+            max_rows,
+        )
     streams = num_input_shards or num_shards
     if streams % num_shards:
         raise ValueError(
@@ -115,8 +135,16 @@ def train_batches(
     iterators = []
     for shard in range(shard_index * per_process, (shard_index + 1) * per_process):
         with _without_autograph():
-            ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
-                          shard_index=shard, num_shards=streams)
+            ds = _dataset(
+                task_name,
+                feature_lengths,
+                split,
+                shuffle=True,
+                seed=seed,
+                num_epochs=None,
+                shard_index=shard,
+                num_shards=streams,
+            )
             converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
             ds = converter(ds, dss_tasks.effective_feature_lengths(task_name, feature_lengths))
             ds = ds.batch(batch_size // per_process, drop_remainder=True)
@@ -135,8 +163,19 @@ ESTIMATE_STEPS = 64  # steps packed to estimate the rows per step of a batch in 
 ESTIMATE_HEADROOM = 1.25
 
 
-def _example_batches(task_name, feature_lengths, split, examples, seed, shard_index, num_shards, start_position,
-                     rationale_weight, row_multiple, max_rows) -> Iterator[dict[str, np.ndarray]]:
+def _example_batches(
+    task_name,
+    feature_lengths,
+    split,
+    examples,
+    seed,
+    shard_index,
+    num_shards,
+    start_position,
+    rationale_weight,
+    row_multiple,
+    max_rows,
+) -> Iterator[dict[str, np.ndarray]]:
     """Steps of exactly `examples` examples each (this process's share), packed.
 
     Each step's examples (label and, when λ > 0, rationale segments) are packed first fit
@@ -150,8 +189,16 @@ def _example_batches(task_name, feature_lengths, split, examples, seed, shard_in
     """
     lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
     with _without_autograph():
-        ds = _dataset(task_name, feature_lengths, split, shuffle=True, seed=seed, num_epochs=None,
-                      shard_index=shard_index, num_shards=num_shards)
+        ds = _dataset(
+            task_name,
+            feature_lengths,
+            split,
+            shuffle=True,
+            seed=seed,
+            num_epochs=None,
+            shard_index=shard_index,
+            num_shards=num_shards,
+        )
         converter = DssFeatureConverter(pack=True, rationale_weight=rationale_weight)
         encoder_length, decoder_length = converter.row_lengths(lengths)
         stream = converter.numpy_examples(ds, lengths)
@@ -159,8 +206,9 @@ def _example_batches(task_name, feature_lengths, split, examples, seed, shard_in
     def groups():
         while True:
             group = [next(stream) for _ in range(examples)]
-            yield packing.pack_group(group, encoder_length, decoder_length, converter.include_rationale,
-                                     converter.bos_id)
+            yield packing.pack_group(
+                group, encoder_length, decoder_length, converter.include_rationale, converter.bos_id
+            )
 
     steps = groups()
     first = [next(steps) for _ in range(ESTIMATE_STEPS)]
@@ -174,11 +222,19 @@ def _example_batches(task_name, feature_lengths, split, examples, seed, shard_in
         source = f"estimated: the first {ESTIMATE_STEPS} steps needed at most {needed}, plus 25%"
     else:
         if max_rows % row_multiple:
-            raise ValueError(f"train_batches.max_rows={max_rows} must be a multiple of {row_multiple} "
-                             "(data-parallel devices x microbatches per process)")
+            raise ValueError(
+                f"train_batches.max_rows={max_rows} must be a multiple of {row_multiple} "
+                "(data-parallel devices x microbatches per process)"
+            )
         rows, source = max_rows, "train_batches.max_rows"
-    logging.info("batch in examples: %d examples per step (this process) packed into %d rows of %d+%d tokens (%s)",
-                 examples, rows, encoder_length, decoder_length, source)
+    logging.info(
+        "batch in examples: %d examples per step (this process) packed into %d rows of %d+%d tokens (%s)",
+        examples,
+        rows,
+        encoder_length,
+        decoder_length,
+        source,
+    )
 
     def batches():
         for step, packed in enumerate(itertools.chain(first, steps)):
@@ -186,7 +242,8 @@ def _example_batches(task_name, feature_lengths, split, examples, seed, shard_in
                 raise RowBoundError(
                     f"step {step + 1}: its {examples} examples need {len(packed)} packed rows, more than the {rows} "
                     f"rows per step; set --gin.train_batches.max_rows to at least "
-                    f"{-(-len(packed) // row_multiple) * row_multiple} (per process) and resume")
+                    f"{-(-len(packed) // row_multiple) * row_multiple} (per process) and resume"
+                )
             if step >= start_position:
                 yield packing.pad_rows(packed, rows, encoder_length, decoder_length)
 
@@ -218,8 +275,16 @@ def eval_batches(
     """One pass over a split, one example per row, the last batch padded with empty rows
     (which carry no loss weight); every process yields the same number of batches."""
     with _without_autograph():
-        ds = _dataset(task_name, feature_lengths, split, shuffle=False, seed=None, num_epochs=1,
-                      shard_index=shard_index, num_shards=num_shards)
+        ds = _dataset(
+            task_name,
+            feature_lengths,
+            split,
+            shuffle=False,
+            seed=None,
+            num_epochs=1,
+            shard_index=shard_index,
+            num_shards=num_shards,
+        )
         feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
         ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-import gin
 import jax
 import jax.numpy as jnp
+
+import gin
 
 LABEL_TASK = 1
 RATIONALE_TASK = 2
@@ -36,9 +37,7 @@ class LossConfig:
 
     def __post_init__(self):
         if self.normalization not in ("token", "sequence"):
-            raise ValueError(
-                f"LossConfig.normalization must be 'token' or 'sequence', got {self.normalization!r}"
-            )
+            raise ValueError(f"LossConfig.normalization must be 'token' or 'sequence', got {self.normalization!r}")
         if self.rationale_weight < 0:
             raise ValueError(f"LossConfig.rationale_weight (λ) must be >= 0, got {self.rationale_weight}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -2,7 +2,8 @@ r"""Writes the built-in synthetic dataset's teacher caches and reports on them.
 
     python -m dss_jax.make_synthetic --cache_dir=/tmp/dss --max_operations=2 --train_size=500
 
-prints the files (train, validation, test, and unlabeled with --unlabeled_size, under <cache_dir>/synthetic/seed<seed>-<hash>/),
+prints the files (train, validation, test, and unlabeled with --unlabeled_size, under
+<cache_dir>/synthetic/seed<seed>-<hash>/),
 per split the teacher report (`teacher_accuracy=` ..., as dss_jax.data.report computes it
 for any cache), and the accuracies of trivial baselines that a student must beat. Every
 setting of `SyntheticConfig` is a flag; files that exist for the same settings are kept
@@ -43,7 +44,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config = synthetic.SyntheticConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(synthetic.SyntheticConfig)})
+        config = synthetic.SyntheticConfig(
+            **{f.name: FLAGS[f.name].value for f in dataclasses.fields(synthetic.SyntheticConfig)}
+        )
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     cache_dir = synthetic.synthetic_cache_dir(FLAGS.cache_dir)

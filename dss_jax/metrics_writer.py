@@ -34,8 +34,14 @@ class MetricsWriter:
     everything (a writer that never re-runs steps).
     """
 
-    def __init__(self, log_dir: str, *, jsonl_name: str = "metrics.jsonl", tensorboard: bool = True,
-                 resume_step: Optional[int] = None):
+    def __init__(
+        self,
+        log_dir: str,
+        *,
+        jsonl_name: str = "metrics.jsonl",
+        tensorboard: bool = True,
+        resume_step: Optional[int] = None,
+    ):
         self.log_dir = log_dir
         self.enabled = jax.process_index() == 0
         self._tb = None
@@ -86,8 +92,9 @@ class EventsFile:
         self._add(event_pb2.Event(file_version="brain.Event:2"), step=purge_step)
         if purge_step is not None:
             # TensorBoard drops the earlier files' events at and after a START session log.
-            self._add(event_pb2.Event(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)),
-                      step=purge_step)
+            self._add(
+                event_pb2.Event(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)), step=purge_step
+            )
         self._records.flush()
 
     def _add(self, event, step: Optional[int] = None) -> None:
@@ -176,8 +183,13 @@ class Progress:
         self.last = time.time()
         eta = self.eta_seconds(step)
         parts = [f"step {step}/{self.total}"]
-        for key, fmt in (("loss", "loss {:.4f}"), ("label/loss", "label {:.4f}"), ("rationale/loss", "rationale {:.4f}"),
-                         ("label/accuracy", "label_acc {:.3f}"), ("real_tokens_per_second", "{:.0f} tok/s")):
+        for key, fmt in (
+            ("loss", "loss {:.4f}"),
+            ("label/loss", "label {:.4f}"),
+            ("rationale/loss", "rationale {:.4f}"),
+            ("label/accuracy", "label_acc {:.3f}"),
+            ("real_tokens_per_second", "{:.0f} tok/s"),
+        ):
             if key in scalars:
                 parts.append(fmt.format(scalars[key]))
         if eta is not None:

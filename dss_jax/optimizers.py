@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 
+import gin
 from dss_jax import settings
 
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
@@ -59,8 +59,10 @@ class OptimizerConfig:
     clip_grad_norm: Optional[float] = None  # global-norm gradient clipping before the update
 
     def __post_init__(self):
-        settings.check({f"OptimizerConfig.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)},
-                       {f"OptimizerConfig.{k}": rule for k, rule in SETTINGS.items()})
+        settings.check(
+            {f"OptimizerConfig.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)},
+            {f"OptimizerConfig.{k}": rule for k, rule in SETTINGS.items()},
+        )
 
     @property
     def peak_learning_rate(self) -> float:
@@ -138,18 +140,18 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.Gradie
     if cfg.clip_grad_norm:
         chain.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
     if cfg.name == "adafactor":
-        chain.append(factor_as_matrices(
-            optax.adafactor(
-                learning_rate=schedule,
-                decay_rate=cfg.adafactor_decay_rate,
-                clipping_threshold=cfg.adafactor_clipping_threshold,
-                multiply_by_parameter_scale=True,
-                momentum=None,
-                weight_decay_rate=cfg.weight_decay or None,
-            )
-        ))
-    else:
         chain.append(
-            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+            factor_as_matrices(
+                optax.adafactor(
+                    learning_rate=schedule,
+                    decay_rate=cfg.adafactor_decay_rate,
+                    clipping_threshold=cfg.adafactor_clipping_threshold,
+                    multiply_by_parameter_scale=True,
+                    momentum=None,
+                    weight_decay_rate=cfg.weight_decay or None,
+                )
+            )
         )
+    else:
+        chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
     return optax.chain(*chain), schedule

@@ -23,11 +23,13 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
-import gin
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import gin
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -133,9 +135,7 @@ def derived_shardings(tree: Any, params: Any, params_sharding: Any, mesh: Mesh) 
     flat_params = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         flat_params[_dict_keys(path)] = leaf
-    flat_shardings = {
-        _dict_keys(path): s for path, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]
-    }
+    flat_shardings = {_dict_keys(path): s for path, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
     replicated = NamedSharding(mesh, P())
 
     def pick(path, leaf):
@@ -157,9 +157,7 @@ def derived_shardings(tree: Any, params: Any, params_sharding: Any, mesh: Mesh) 
 
 
 def _dict_keys(path) -> tuple:
-    return tuple(
-        getattr(k, "key", getattr(k, "name", None)) for k in path if hasattr(k, "key") or hasattr(k, "name")
-    )
+    return tuple(getattr(k, "key", getattr(k, "name", None)) for k in path if hasattr(k, "key") or hasattr(k, "name"))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -200,9 +198,7 @@ def initialize_distributed(
     """
     if coordinator_address or multiprocess_gpu:
         if not coordinator_address or process_count is None or process_index is None:
-            raise ValueError(
-                "multi-process runs need --coordinator_address, --process_count and --process_index"
-            )
+            raise ValueError("multi-process runs need --coordinator_address, --process_count and --process_index")
         logging.info(
             "jax.distributed.initialize(%s, process %d of %d)", coordinator_address, process_index, process_count
         )

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from dss_jax import cli
 
@@ -67,15 +67,32 @@ def main(argv):
     py = sys.executable
 
     train_s = _run(
-        [py, "-m", "dss_jax.train", f"--gin_file={QUICKSTART_GIN}", f"--gin.MODEL_DIR='{model_dir}'",
-         f"--gin.TRAIN_STEPS={steps}", *common],
-        os.path.join(out, "train.log"), f"training a small T5 student for {steps} steps (Distilling Step-by-Step, λ = 1)",
+        [
+            py,
+            "-m",
+            "dss_jax.train",
+            f"--gin_file={QUICKSTART_GIN}",
+            f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.TRAIN_STEPS={steps}",
+            *common,
+        ],
+        os.path.join(out, "train.log"),
+        f"training a small T5 student for {steps} steps (Distilling Step-by-Step, λ = 1)",
     )
     eval_s = _run(
-        [py, "-m", "dss_jax.eval", "--gin_file=runs/eval.gin", f"--gin_file={QUICKSTART_GIN}",
-         f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'", "--gin.SPLIT='test'",
-         *common],
-        os.path.join(out, "eval.log"), "evaluating the student on the test split (greedy decoding)",
+        [
+            py,
+            "-m",
+            "dss_jax.eval",
+            "--gin_file=runs/eval.gin",
+            f"--gin_file={QUICKSTART_GIN}",
+            f"--gin.CHECKPOINT_PATH='{model_dir}'",
+            f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
+            "--gin.SPLIT='test'",
+            *common,
+        ],
+        os.path.join(out, "eval.log"),
+        "evaluating the student on the test split (greedy decoding)",
     )
     step_dir = os.path.join(eval_dir, f"step_{steps}")
     with open(os.path.join(step_dir, "metrics.json")) as f:
@@ -104,8 +121,17 @@ def main(argv):
     print(f"predictions:     {step_dir}/predictions.jsonl")
     print(f"metrics:         {step_dir}/metrics.json, {model_dir}/train/metrics.jsonl")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"metrics": metrics, "baselines": baselines, "train_steps": steps,
-                   "train_seconds": train_s, "eval_seconds": eval_s}, f, indent=2)
+        json.dump(
+            {
+                "metrics": metrics,
+                "baselines": baselines,
+                "train_steps": steps,
+                "train_seconds": train_s,
+                "eval_seconds": eval_s,
+            },
+            f,
+            indent=2,
+        )
 
 
 def _pct(x) -> str:
@@ -116,7 +142,6 @@ def _read_config(gin_bindings: list[str]) -> tuple[int, dict]:
     """TRAIN_STEPS of the quickstart config, and the trivial baselines on the dataset it
     generates (generating it here, so the train binary finds it ready)."""
     import gin
-
     from dss_jax import gin_utils
     from dss_jax.data import synthetic
     from dss_jax.data.cache import read_cache

@@ -49,8 +49,9 @@ def text(v: Any) -> Optional[str]:
     return None if isinstance(v, str) and v.strip() else "must be a non-empty string (in quotes)"
 
 
-def number(low: Optional[float] = None, high: Optional[float] = None, *, open_low: bool = False,
-           open_high: bool = False) -> Rule:
+def number(
+    low: Optional[float] = None, high: Optional[float] = None, *, open_low: bool = False, open_high: bool = False
+) -> Rule:
     """A finite real number in [low, high] (`open_low`/`open_high`: without that end)."""
 
     def check(v: Any) -> Optional[str]:

@@ -47,11 +47,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
-import gin
 from absl import flags, logging
 
-from dss_jax import cli
-from dss_jax import gin_utils
+import gin
+from dss_jax import cli, gin_utils
 
 FLAGS = flags.FLAGS
 
@@ -126,8 +125,9 @@ def plan(cfg: dict) -> list[Run]:
     inits = list(cfg.get("initializations") or {}) or [""]
     runs = []
     # Seed outermost: a sweep stopped part-way has whole grids of its first seeds.
-    for seed, init, method, size, fraction in itertools.product(cfg["seeds"], inits, cfg["methods"], cfg["sizes"],
-                                                                cfg["fractions"]):
+    for seed, init, method, size, fraction in itertools.product(
+        cfg["seeds"], inits, cfg["methods"], cfg["sizes"], cfg["fractions"]
+    ):
         if init and method not in (cfg.get("init_methods") or {}).get(init, cfg["methods"]):
             continue
         weights = cfg["rationale_weights"] if method in DSS_METHODS else (0.0,)
@@ -172,21 +172,40 @@ def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
     run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
     model_dir = os.path.join(run_dir, "model")
     common = run_bindings(run, cfg)
-    train = (TRAIN, ["runs/train.gin", f"models/{run.size}.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
-             [f"MODEL_DIR = {model_dir!r}", *common, *cfg["train_bindings"]])
-    evaluate = (EVAL, ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
-                [f"CHECKPOINT_PATH = {model_dir!r}", f"EVAL_OUTPUT_DIR = {os.path.join(run_dir, 'eval')!r}",
-                 f"SPLIT = {cfg['eval_split']!r}", "STEPS = 'latest'",
-                 *[b for b in common if b.startswith("task_options.label_target")], *cfg["eval_bindings"]])
+    train = (
+        TRAIN,
+        ["runs/train.gin", f"models/{run.size}.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
+        [f"MODEL_DIR = {model_dir!r}", *common, *cfg["train_bindings"]],
+    )
+    evaluate = (
+        EVAL,
+        ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
+        [
+            f"CHECKPOINT_PATH = {model_dir!r}",
+            f"EVAL_OUTPUT_DIR = {os.path.join(run_dir, 'eval')!r}",
+            f"SPLIT = {cfg['eval_split']!r}",
+            "STEPS = 'latest'",
+            *[b for b in common if b.startswith("task_options.label_target")],
+            *cfg["eval_bindings"],
+        ],
+    )
     return [train, evaluate]
 
 
 def pretrain_commands(runs: list[Run], cfg: dict) -> list[tuple[str, tuple[str, list[str], list[str]]]]:
     """(size, train command) of the pretraining run of each size that a run starts from."""
     sizes = sorted({r.size for r in runs if r.init and cfg["initializations"][r.init] == PRETRAIN})
-    return [(size, (TRAIN, [*cfg["pretrain_gin_files"], f"models/{size}.gin"],
-                    [f"MODEL_DIR = {os.path.join(pretrain_dir(size, cfg), 'model')!r}", *cfg["pretrain_bindings"]]))
-            for size in sizes]
+    return [
+        (
+            size,
+            (
+                TRAIN,
+                [*cfg["pretrain_gin_files"], f"models/{size}.gin"],
+                [f"MODEL_DIR = {os.path.join(pretrain_dir(size, cfg), 'model')!r}", *cfg["pretrain_bindings"]],
+            ),
+        )
+        for size in sizes
+    ]
 
 
 def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",)) -> None:
@@ -210,41 +229,58 @@ def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",))
 def check_methods(cfg: dict) -> None:
     for method in cfg["methods"]:
         if method not in METHODS:
-            raise gin_utils.GinConfigError(f"sweep_config.methods: unknown method {method!r}"
-                                           f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}")
+            raise gin_utils.GinConfigError(
+                f"sweep_config.methods: unknown method {method!r}"
+                f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}"
+            )
     inits = cfg.get("initializations") or {}
     if PRETRAIN in inits.values() and not cfg.get("pretrain_gin_files"):
-        raise gin_utils.GinConfigError("sweep_config.initializations starts from 'pretrain', but "
-                                       "sweep_config.pretrain_gin_files is empty: name the pretraining run's gin files "
-                                       "(e.g. ['runs/pretrain.gin', 'tasks/synthetic_pretrain.gin'])")
+        raise gin_utils.GinConfigError(
+            "sweep_config.initializations starts from 'pretrain', but "
+            "sweep_config.pretrain_gin_files is empty: name the pretraining run's gin files "
+            "(e.g. ['runs/pretrain.gin', 'tasks/synthetic_pretrain.gin'])"
+        )
     for init, methods in (cfg.get("init_methods") or {}).items():
         if init not in inits:
-            raise gin_utils.GinConfigError(f"sweep_config.init_methods: {init!r} is not one of "
-                                           f"sweep_config.initializations ({', '.join(inits) or 'none'})")
+            raise gin_utils.GinConfigError(
+                f"sweep_config.init_methods: {init!r} is not one of "
+                f"sweep_config.initializations ({', '.join(inits) or 'none'})"
+            )
         unknown = [m for m in methods if m not in cfg["methods"]]
         if unknown:
-            raise gin_utils.GinConfigError(f"sweep_config.init_methods[{init!r}]: {unknown} not in "
-                                           f"sweep_config.methods {list(cfg['methods'])}")
+            raise gin_utils.GinConfigError(
+                f"sweep_config.init_methods[{init!r}]: {unknown} not in sweep_config.methods {list(cfg['methods'])}"
+            )
 
 
-def _run_binary(module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str],
-                log_path: str, timeout) -> None:
-    cmd = [sys.executable, "-m", module, *[f"--gin_file={f}" for f in gin_files],
-           *[f"--gin_bindings={b}" for b in bindings], f"--gin_search_paths={','.join(search_paths)}"]
+def _run_binary(
+    module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str, timeout
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        *[f"--gin_file={f}" for f in gin_files],
+        *[f"--gin_bindings={b}" for b in bindings],
+        f"--gin_search_paths={','.join(search_paths)}",
+    ]
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise cli.UserError(f"{module} ran past sweep_config.timeout_per_run={timeout} s and was stopped; "
-                                f"raise it or shorten the run (log: {log_path})") from None
+            raise cli.UserError(
+                f"{module} ran past sweep_config.timeout_per_run={timeout} s and was stopped; "
+                f"raise it or shorten the run (log: {log_path})"
+            ) from None
     if proc.returncode:
         raise cli.child_error(module, proc.returncode, log_path)
 
 
-def _run_in_process(module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str],
-                    log_path: str) -> None:
+def _run_in_process(
+    module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str
+) -> None:
     """What `python -m MODULE` does with these gin files and bindings, in this process:
     a fresh gin config, the tasks' vocabularies unresolved (a run may bind another), the
     binary's own entry point, its logs appended to `log_path`."""
@@ -262,8 +298,11 @@ def _run_in_process(module: str, gin_files: list[str], bindings: list[str], sear
     root.addHandler(handler)
     try:
         with open(log_path, "a") as log:
-            log.write(f"$ (in process) {module} " + " ".join([*map("--gin_file={}".format, gin_files),
-                                                              *map("--gin_bindings={}".format, bindings)]) + "\n")
+            log.write(
+                f"$ (in process) {module} "
+                + " ".join([*map("--gin_file={}".format, gin_files), *map("--gin_bindings={}".format, bindings)])
+                + "\n"
+            )
         gin.clear_config()
         _reset_task_vocabularies(dss_tasks)
         try:
@@ -292,8 +331,9 @@ def _reset_task_vocabularies(dss_tasks) -> None:
                     feature.vocabulary.reset()
 
 
-def run_command(command: tuple[str, list[str], list[str]], run_dir: str, cfg: dict,
-                search_paths: Sequence[str]) -> None:
+def run_command(
+    command: tuple[str, list[str], list[str]], run_dir: str, cfg: dict, search_paths: Sequence[str]
+) -> None:
     """Runs one binary of a run (a resumed train binary finishes an interrupted run), its
     log in run_dir/<binary>.log."""
     module, gin_files, bindings = command
@@ -324,8 +364,11 @@ def _eval_result(run_dir: str) -> Optional[dict]:
     eval_dir = os.path.join(run_dir, "eval")
     if not os.path.isdir(eval_dir):
         return None
-    steps = sorted(int(d[5:]) for d in os.listdir(eval_dir) if d.startswith("step_") and d[5:].isdigit()
-                   and os.path.exists(os.path.join(eval_dir, d, "metrics.json")))
+    steps = sorted(
+        int(d[5:])
+        for d in os.listdir(eval_dir)
+        if d.startswith("step_") and d[5:].isdigit() and os.path.exists(os.path.join(eval_dir, d, "metrics.json"))
+    )
     if not steps:
         return None
     with open(os.path.join(eval_dir, f"step_{steps[-1]}", "metrics.json")) as f:
@@ -352,12 +395,18 @@ def train_compute(run_dir: str) -> dict:
         rows += r.get("rows_per_step", float("nan")) * n
         previous = r["step"]
     if previous:
-        out.update(steps=previous, examples_per_step=round(examples / previous, 2),
-                   rows_per_step=round(rows / previous, 2), real_tokens=int(tokens) if math.isfinite(tokens) else "")
+        out.update(
+            steps=previous,
+            examples_per_step=round(examples / previous, 2),
+            rows_per_step=round(rows / previous, 2),
+            real_tokens=int(tokens) if math.isfinite(tokens) else "",
+        )
     return out
 
 
-def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str, cfg: Optional[dict] = None) -> list[dict]:
+def collect(
+    runs: list[Run], results: dict[str, dict], metric: str, out_dir: str, cfg: Optional[dict] = None
+) -> list[dict]:
     """Writes results.csv / results.md and returns the per-run rows."""
     cfg = cfg or {}
     rows = []
@@ -368,18 +417,40 @@ def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str
         if metric not in res:
             raise KeyError(f"{run.name}: metric {metric!r} not in its metrics.json (has {sorted(res)})")
         run_dir = os.path.join(out_dir, "runs", run.name)
-        rows.append({**dataclasses.asdict(run), "run": run.name, metric: float(res[metric]),
-                     "initial_checkpoint": initial_checkpoint(run, cfg) or "", **train_compute(run_dir)})
+        rows.append(
+            {
+                **dataclasses.asdict(run),
+                "run": run.name,
+                metric: float(res[metric]),
+                "initial_checkpoint": initial_checkpoint(run, cfg) or "",
+                **train_compute(run_dir),
+            }
+        )
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "method", "init", "size", "fraction", "seed", "rationale_weight",
-                                               metric, "initial_checkpoint", *COMPUTE_COLUMNS])
+        writer = csv.DictWriter(
+            f,
+            fieldnames=[
+                "run",
+                "method",
+                "init",
+                "size",
+                "fraction",
+                "seed",
+                "rationale_weight",
+                metric,
+                "initial_checkpoint",
+                *COMPUTE_COLUMNS,
+            ],
+        )
         writer.writeheader()
         writer.writerows(rows)
     groups = aggregate(rows, metric)
     lines = [f"| method | init | size | fraction | λ | runs | {metric} (mean ± std) |", "|---|---|---|---|---|---|---|"]
     for g in groups:
-        lines.append(f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
-                     f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |")
+        lines.append(
+            f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
+            f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |"
+        )
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return rows
@@ -388,14 +459,25 @@ def collect(runs: list[Run], results: dict[str, dict], metric: str, out_dir: str
 def aggregate(rows: list[dict], metric: str) -> list[dict]:
     keyed: dict[tuple, list[float]] = {}
     for r in rows:
-        keyed.setdefault((r.get("init", ""), r["method"], r["size"], r["fraction"], r["rationale_weight"]),
-                         []).append(r[metric])
+        keyed.setdefault((r.get("init", ""), r["method"], r["size"], r["fraction"], r["rationale_weight"]), []).append(
+            r[metric]
+        )
     out = []
     for (init, method, size, fraction, lam), values in sorted(keyed.items()):
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        out.append(dict(init=init, method=method, size=size, fraction=fraction, rationale_weight=lam, n=len(values),
-                        mean=mean, std=std))
+        out.append(
+            dict(
+                init=init,
+                method=method,
+                size=size,
+                fraction=fraction,
+                rationale_weight=lam,
+                n=len(values),
+                mean=mean,
+                std=std,
+            )
+        )
     return out
 
 
@@ -425,8 +507,14 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
             series.setdefault(label, []).append(g)
         for label, points in sorted(series.items()):
             points.sort(key=lambda g: g["fraction"])
-            ax.errorbar([100 * g["fraction"] for g in points], [100 * g["mean"] for g in points],
-                        yerr=[100 * g["std"] for g in points], marker="o", capsize=3, label=label)
+            ax.errorbar(
+                [100 * g["fraction"] for g in points],
+                [100 * g["mean"] for g in points],
+                yerr=[100 * g["std"] for g in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         ax.set_xlabel("% of training data")
         ax.set_title(f"{title} ({init})" if init else title)
         ax.grid(alpha=0.3)
@@ -451,8 +539,11 @@ def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str
         logging.info("[%d/%d] %s", i, len(runs), run.name)
         print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
         results[run.name] = execute(run, cfg, search_paths)
-        print(f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
-              f"({time.time() - t0:.0f}s)", flush=True)
+        print(
+            f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
+            f"({time.time() - t0:.0f}s)",
+            flush=True,
+        )
     return results
 
 
@@ -463,8 +554,9 @@ def main(argv):
     cfg = sweep_config()
     check_methods(cfg)
     if cfg["in_process"] and cfg["timeout_per_run"] is not None:
-        raise gin_utils.GinConfigError("sweep_config.timeout_per_run needs subprocesses: unset it or "
-                                       "sweep_config.in_process")
+        raise gin_utils.GinConfigError(
+            "sweep_config.timeout_per_run needs subprocesses: unset it or sweep_config.in_process"
+        )
     runs = plan(cfg)
     check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
     results = run_all(runs, cfg, FLAGS.gin_search_paths)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from dss_jax import cli
-from dss_jax import gin_utils
+from dss_jax import cli, gin_utils
 
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
@@ -30,19 +29,27 @@ REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", 
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    run_configured(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, distributed=dict(
-        multiprocess_gpu=FLAGS.multiprocess_gpu,
-        coordinator_address=FLAGS.coordinator_address,
-        process_count=FLAGS.process_count,
-        process_index=FLAGS.process_index,
-    ))
+    run_configured(
+        FLAGS.gin_file,
+        FLAGS.gin_bindings,
+        FLAGS.gin_search_paths,
+        distributed=dict(
+            multiprocess_gpu=FLAGS.multiprocess_gpu,
+            coordinator_address=FLAGS.coordinator_address,
+            process_count=FLAGS.process_count,
+            process_index=FLAGS.process_index,
+        ),
+    )
 
 
 def run_configured(gin_files, gin_bindings, gin_search_paths, distributed=None) -> dict:
     """The binary's work after its flags: parse gin, check every setting, train. The sweep
     calls this for each run when it runs them in one process."""
-    from dss_jax import partitioning, train_loop  # noqa: F401  (registers configurables)
-    from dss_jax import configurables  # noqa: F401  (gin-visible model settings)
+    from dss_jax import (  # noqa: F401  (registers configurables)
+        configurables,
+        partitioning,
+        train_loop,
+    )
 
     gin_utils.parse_gin(gin_files, gin_bindings, gin_search_paths, REQUIRED_MACROS)
     train_loop.check_gin_settings()  # every setting's value, before anything is built or written

@@ -24,12 +24,12 @@ import signal
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 
-from dss_jax.cli import UserError
+import gin
 from dss_jax import checkpoint_manager, input_pipeline, losses, optimizers, partitioning, settings
+from dss_jax.cli import UserError
 from dss_jax.metrics_writer import MetricsWriter, Progress
 from dss_jax.trainer import DROPOUT_RNGS, Trainer
 
@@ -110,19 +110,35 @@ def train(
         )
         state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
         step = int(state.step)
-        metadata = {"model_config": _model_config_json(model), "task_name": task_name,
-                    "task_feature_lengths": dict(task_feature_lengths), "rationale_weight": loss_config.rationale_weight,
-                    "batch_size": batch_size, "batch_unit": batch_unit}
+        metadata = {
+            "model_config": _model_config_json(model),
+            "task_name": task_name,
+            "task_feature_lengths": dict(task_feature_lengths),
+            "rationale_weight": loss_config.rationale_weight,
+            "batch_size": batch_size,
+            "batch_unit": batch_unit,
+        }
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name)
         # Steps after the restored one are recomputed: their old records are superseded.
         writer = MetricsWriter(os.path.join(model_dir, "train"), resume_step=step)
         eval_writer = MetricsWriter(os.path.join(model_dir, "validation"), resume_step=step)
         progress = Progress(train_steps, step, period_seconds=progress_seconds)
-        start = (f"resuming at step {step}" if step else
-                 f"from {initial_checkpoint_path}" if initial_checkpoint_path else "from scratch")
-        logging.info("training %s for %d steps (%s) in %s: checkpoints, config, train/ and validation/ metrics "
-                     "(metrics.jsonl, TensorBoard)", task_name, train_steps, start, model_dir)
+        start = (
+            f"resuming at step {step}"
+            if step
+            else f"from {initial_checkpoint_path}"
+            if initial_checkpoint_path
+            else "from scratch"
+        )
+        logging.info(
+            "training %s for %d steps (%s) in %s: checkpoints, config, train/ and validation/ metrics "
+            "(metrics.jsonl, TensorBoard)",
+            task_name,
+            train_steps,
+            start,
+            model_dir,
+        )
 
         batches = batches_fn(
             task_name=task_name,
@@ -184,11 +200,33 @@ def train(
                     ckpt.close()
                     raise Preempted()
                 if eval_period and step % eval_period == 0 and step < train_steps:
-                    evaluate(trainer, state.params, eval_batches_fn, task_name, task_feature_lengths, local_batch_size,
-                             eval_split, eval_batches_limit, eval_writer, step, eval_hook)
+                    evaluate(
+                        trainer,
+                        state.params,
+                        eval_batches_fn,
+                        task_name,
+                        task_feature_lengths,
+                        local_batch_size,
+                        eval_split,
+                        eval_batches_limit,
+                        eval_writer,
+                        step,
+                        eval_hook,
+                    )
             if eval_period:
-                evaluate(trainer, state.params, eval_batches_fn, task_name, task_feature_lengths, local_batch_size,
-                         eval_split, eval_batches_limit, eval_writer, step, eval_hook)
+                evaluate(
+                    trainer,
+                    state.params,
+                    eval_batches_fn,
+                    task_name,
+                    task_feature_lengths,
+                    local_batch_size,
+                    eval_split,
+                    eval_batches_limit,
+                    eval_writer,
+                    step,
+                    eval_hook,
+                )
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             ckpt.close()
@@ -198,6 +236,7 @@ def train(
 
 
 # -- settings, checked before anything is written ---------------------------------
+
 
 def _feature_lengths(v):
     if not isinstance(v, Mapping) or not v:
@@ -251,10 +290,16 @@ SETTINGS: dict[str, settings.Rule] = {
 }
 
 # The t5x macros the shipped gin files bind these settings to: what a user types.
-MACROS = {"train.model_dir": "MODEL_DIR", "train.task_name": "MIXTURE_OR_TASK_NAME",
-          "train.task_feature_lengths": "TASK_FEATURE_LENGTHS", "train.train_steps": "TRAIN_STEPS",
-          "train.batch_size": "BATCH_SIZE", "train.initial_checkpoint_path": "INITIAL_CHECKPOINT_PATH",
-          "train.eval_period": "EVAL_PERIOD", "LossConfig.rationale_weight": "RATIONALE_WEIGHT"}
+MACROS = {
+    "train.model_dir": "MODEL_DIR",
+    "train.task_name": "MIXTURE_OR_TASK_NAME",
+    "train.task_feature_lengths": "TASK_FEATURE_LENGTHS",
+    "train.train_steps": "TRAIN_STEPS",
+    "train.batch_size": "BATCH_SIZE",
+    "train.initial_checkpoint_path": "INITIAL_CHECKPOINT_PATH",
+    "train.eval_period": "EVAL_PERIOD",
+    "LossConfig.rationale_weight": "RATIONALE_WEIGHT",
+}
 
 
 def check_settings(values: Mapping[str, Any], macros: Mapping[str, str] = MACROS) -> None:
@@ -274,8 +319,11 @@ def _settings_of(args: Mapping[str, Any]) -> dict[str, Any]:
     import dataclasses
 
     values = {f"train.{k}": v for k, v in args.items() if f"train.{k}" in SETTINGS}
-    for arg, prefix in (("loss_config", "LossConfig"), ("optimizer_config", "OptimizerConfig"),
-                        ("partition_config", "PartitionConfig")):
+    for arg, prefix in (
+        ("loss_config", "LossConfig"),
+        ("optimizer_config", "OptimizerConfig"),
+        ("partition_config", "PartitionConfig"),
+    ):
         cfg = args.get(arg)
         if dataclasses.is_dataclass(cfg):
             values.update({f"{prefix}.{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
@@ -293,26 +341,33 @@ def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Opti
     while not os.path.exists(existing):  # the nearest folder that exists is where it gets created
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise settings.SettingError(f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
-                           "choose a directory you can write to, or fix its permissions")
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
+            "choose a directory you can write to, or fix its permissions"
+        )
     if not initial_checkpoint_path:
         return None
     # A converted checkpoint, a run's checkpoint_<step> dir, or a run's MODEL_DIR (its latest).
     from dss_jax import checkpoints
 
     if not os.path.isdir(initial_checkpoint_path):
-        raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
-                                    "directory; give a checkpoint written by `python -m dss_jax.convert` or a "
-                                    "training run (its MODEL_DIR or one of its checkpoint_<step> dirs)")
+        raise settings.SettingError(
+            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
+            "directory; give a checkpoint written by `python -m dss_jax.convert` or a "
+            "training run (its MODEL_DIR or one of its checkpoint_<step> dirs)"
+        )
     try:
-        (_, resolved), = checkpoints.select_checkpoints(initial_checkpoint_path, "latest",
-                                                        path_setting="INITIAL_CHECKPOINT_PATH")
+        ((_, resolved),) = checkpoints.select_checkpoints(
+            initial_checkpoint_path, "latest", path_setting="INITIAL_CHECKPOINT_PATH"
+        )
     except checkpoints.CheckpointError as e:
         raise settings.SettingError(str(e)) from None
     if checkpoints.find_config(resolved) is None:
-        raise settings.SettingError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json (in it or "
-                                    "its training run's MODEL_DIR); give a checkpoint written by "
-                                    "`python -m dss_jax.convert` or a training run")
+        raise settings.SettingError(
+            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json (in it or "
+            "its training run's MODEL_DIR); give a checkpoint written by "
+            "`python -m dss_jax.convert` or a training run"
+        )
     return resolved
 
 
@@ -323,8 +378,10 @@ def _check_task(task_name: str) -> None:
         from dss_jax.data import tasks as dss_tasks
 
         known = ", ".join(sorted(dss_tasks.REGISTERED)) or "none"
-        raise settings.SettingError(f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task (DSS tasks: {known}); "
-                           "include the task's gin file, e.g. --gin_file=tasks/svamp.gin")
+        raise settings.SettingError(
+            f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task (DSS tasks: {known}); "
+            "include the task's gin file, e.g. --gin_file=tasks/svamp.gin"
+        )
 
 
 def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
@@ -333,8 +390,10 @@ def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
     except ValueError as e:
         raise settings.SettingError(f"{e}; set --gin.BATCH_SIZE to a multiple of it") from None
     if local % num_microbatches:
-        raise settings.SettingError(f"BATCH_SIZE={batch_size} ({local} rows per process) is not divisible by "
-                           f"train.num_microbatches={num_microbatches}; change one of them")
+        raise settings.SettingError(
+            f"BATCH_SIZE={batch_size} ({local} rows per process) is not divisible by "
+            f"train.num_microbatches={num_microbatches}; change one of them"
+        )
     return local
 
 
@@ -343,8 +402,10 @@ def _local_examples(batch_size: int, num_microbatches: int, mesh) -> tuple[int, 
     step must be: every data-parallel device and microbatch gets whole rows)."""
     processes = jax.process_count()
     if batch_size % processes:
-        raise settings.SettingError(f"BATCH_SIZE={batch_size} examples must be divisible by the number of processes "
-                                    f"({processes}); set --gin.BATCH_SIZE to a multiple of it")
+        raise settings.SettingError(
+            f"BATCH_SIZE={batch_size} examples must be divisible by the number of processes "
+            f"({processes}); set --gin.BATCH_SIZE to a multiple of it"
+        )
     data = mesh.shape["data"]
     rows_multiple = math.lcm(num_microbatches, data // math.gcd(data, processes))
     return batch_size // processes, rows_multiple
@@ -368,7 +429,8 @@ def _lock_run_dir(model_dir: str):
         refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
         if int(refused) and error is None:
             raise checkpoint_manager.RunLockedError(
-                f"{model_dir} is in use by another trainer (process 0 could not lock it; see its log)")
+                f"{model_dir} is in use by another trainer (process 0 could not lock it; see its log)"
+            )
     if error is not None:
         raise error
     try:
@@ -414,7 +476,8 @@ def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> Non
         raise settings.SettingError(
             f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no spiece.model, so the vocabulary its embeddings "
             "were trained with is unknown: bind --gin.task_vocabulary.spm_path=\"'PATH'\" to it (convert stores "
-            "a Hugging Face checkpoint's spiece.model beside its config.json)")
+            "a Hugging Face checkpoint's spiece.model beside its config.json)"
+        )
     dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "INITIAL_CHECKPOINT_PATH")
 
 
@@ -429,7 +492,8 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
         raise settings.SettingError(
             f"the vocabulary of task {task_name!r} ({dss_tasks.explicit_vocabulary() or 'trained for the task'}: "
             f"{vocab.vocab_size} ids) is larger than the {cfg.vocab_size} embeddings of INITIAL_CHECKPOINT_PATH "
-            f"{initial_checkpoint_path}: use the checkpoint's own spiece.model (unbind task_vocabulary.spm_path)")
+            f"{initial_checkpoint_path}: use the checkpoint's own spiece.model (unbind task_vocabulary.spm_path)"
+        )
     raise settings.SettingError(
         f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
         f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
@@ -440,9 +504,8 @@ def _write_run_files(model_dir: str, model, task_name: str) -> None:
     """config.json (the model), spiece.model (the task's vocabulary), task.json (the task
     options it trains with) and config.gin in MODEL_DIR, so eval, infer and export rebuild
     everything from the directory alone. A run resumed with other task options is refused."""
-    import shutil
-
     import dataclasses
+    import shutil
 
     from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
@@ -455,7 +518,8 @@ def _write_run_files(model_dir: str, model, task_name: str) -> None:
             f"MODEL_DIR {model_dir} was trained on {recorded[1]!r} with other task options ({recorded[0]}: "
             f"{', '.join(f'{k}={recorded[2].get(k)!r}' for k in changed) or 'the task'}; now "
             f"{task_name!r}, {', '.join(f'{k}={options.get(k)!r}' for k in changed)}): resume with the run's "
-            "settings, or train in a new MODEL_DIR")
+            "settings, or train in a new MODEL_DIR"
+        )
     os.makedirs(model_dir, exist_ok=True)
     checkpoints.write_run_task(model_dir, task_name, options)
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -474,8 +538,10 @@ def _model_config_json(model) -> dict:
         return {}
     import dataclasses
 
-    return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
-            for k, v in dataclasses.asdict(cfg).items()}
+    return {
+        k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
+        for k, v in dataclasses.asdict(cfg).items()
+    }
 
 
 def _summarise(window: list[dict], seconds: float) -> dict[str, float]:
@@ -496,14 +562,19 @@ def _summarise(window: list[dict], seconds: float) -> dict[str, float]:
     return out
 
 
-def evaluate(trainer, params, eval_batches_fn, task_name, feature_lengths, batch_size, split, limit, writer, step,
-             eval_hook=None) -> dict[str, float]:
+def evaluate(
+    trainer, params, eval_batches_fn, task_name, feature_lengths, batch_size, split, limit, writer, step, eval_hook=None
+) -> dict[str, float]:
     """Teacher-forced loss and token accuracy on a split, plus whatever `eval_hook`
     (decode-based metrics) returns."""
     sums = None
     batches = eval_batches_fn(
-        task_name=task_name, feature_lengths=feature_lengths, batch_size=batch_size, split=split,
-        shard_index=jax.process_index(), num_shards=jax.process_count(),
+        task_name=task_name,
+        feature_lengths=feature_lengths,
+        batch_size=batch_size,
+        split=split,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
     )
     for i, local in enumerate(batches):
         if limit is not None and i >= limit:

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dss_jax import losses, optimizers, partitioning
 
@@ -57,15 +58,22 @@ _UINTS = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 
 
 def _xla_threefry_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
-    _, bits = jax.lax.rng_bit_generator(key, shape, dtype=_UINTS[bit_width],
-                                        algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    _, bits = jax.lax.rng_bit_generator(
+        key, shape, dtype=_UINTS[bit_width], algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY
+    )
     return bits
 
 
 _RBG = jax.extend.random.rbg_prng_impl
 XLA_THREEFRY = jax.extend.random.define_prng_impl(
-    key_shape=_RBG.key_shape, seed=_RBG.seed, split=_RBG.split, fold_in=_RBG.fold_in,
-    random_bits=_xla_threefry_bits, name="xla_threefry", tag="xtf")
+    key_shape=_RBG.key_shape,
+    seed=_RBG.seed,
+    split=_RBG.split,
+    fold_in=_RBG.fold_in,
+    random_bits=_xla_threefry_bits,
+    name="xla_threefry",
+    tag="xtf",
+)
 
 
 def dropout_key(seed: int, dropout_rng: str) -> jax.Array:
@@ -162,7 +170,9 @@ class Trainer:
         params = jax.device_put(params, self.params_sharding)
         with self.context():
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
-        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params=params, opt_state=opt_state)
+        return TrainState(
+            step=jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params=params, opt_state=opt_state
+        )
 
     # -- steps ----------------------------------------------------------------------
 
@@ -189,7 +199,11 @@ class Trainer:
                 return jax.tree_util.tree_map(jnp.add, carry, (g, mets)), None
 
             zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            zero_mets = jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], micro), key, normalizers, True)[0][1])
+            zero_mets = jax.eval_shape(
+                lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], micro), key, normalizers, True)[0][
+                    1
+                ]
+            )
             zero_mets = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zero_mets)
             (grads, metrics), _ = jax.lax.scan(body, (zero_grads, zero_mets), (micro, jnp.arange(m)))
             loss = metrics["loss"]
@@ -197,7 +211,7 @@ class Trainer:
         updates, new_opt_state = self.tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        keep = lambda new, old: jnp.where(finite, new, old)
         new_state = TrainState(
             step=state.step + finite.astype(jnp.int32),
             params=jax.tree_util.tree_map(keep, new_params, state.params),

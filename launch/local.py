@@ -79,14 +79,22 @@ def main(argv=None) -> int:
     for i in range(args.num_processes):
         env = {}
         if args.gpus_per_process:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * args.gpus_per_process:(i + 1) * args.gpus_per_process])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * args.gpus_per_process : (i + 1) * args.gpus_per_process])
         else:
             env["JAX_PLATFORMS"] = "cpu"
-            flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+            flags = [
+                f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+            ]
             flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
             env["XLA_FLAGS"] = " ".join(flags)
-        cmd = [sys.executable, *command, "--multiprocess_gpu", f"--coordinator_address={address}",
-               f"--process_count={args.num_processes}", f"--process_index={i}"]
+        cmd = [
+            sys.executable,
+            *command,
+            "--multiprocess_gpu",
+            f"--coordinator_address={address}",
+            f"--process_count={args.num_processes}",
+            f"--process_index={i}",
+        ]
         plan.append((env, cmd))
     if args.dry_run:
         for env, cmd in plan:

@@ -105,19 +105,20 @@ def arithmetic_table() -> str:
     ]
     for size in ("small", "base", "large", "xl", "xxl"):
         cfg = T5Config.preset(size, "t5.1.1")
-        boxed = jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))["params"]
-        params = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, boxed,
-                                        is_leaf=lambda x: hasattr(x, "value"))
+        boxed = jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))["params"]  # noqa: B023  (used in this iteration)
+        params = jax.tree_util.tree_map(
+            lambda x: x.value if hasattr(x, "value") else x, boxed, is_leaf=lambda x: hasattr(x, "value")
+        )
         n = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
 
         def state_bytes(name):
             tx, _ = optimizers.make_optimizer(optimizers.OptimizerConfig(name=name), 1000)
-            opt = jax.eval_shape(tx.init, params)
+            opt = jax.eval_shape(tx.init, params)  # noqa: B023  (used in this iteration)
             return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(opt))
 
         ada, adam = state_bytes("adafactor"), state_bytes("adamw")
         w = 4 * n
-        per = lambda s: " / ".join(gib((w + s) / d) for d in (8, 64, 256))  # noqa: E731
+        per = lambda s: " / ".join(gib((w + s) / d) for d in (8, 64, 256))  # noqa: B023  (used in this iteration)
         lines.append(
             f"| {size} | {cfg.d_model} / {cfg.d_ff} / {cfg.num_heads} / {cfg.num_encoder_layers}+"
             f"{cfg.num_decoder_layers} | {n / 1e9:.3f}B | {gib(w)} GiB | {gib(ada)} GiB | {gib(adam)} GiB | "

@@ -20,7 +20,6 @@ import os
 from typing import Optional
 
 import gin
-
 from dss_jax.data.tasks import register_cache_task
 from tasks import synthetic as synthetic_task
 
@@ -31,8 +30,10 @@ TASK_NAME = "dss_synthetic_bootstrap"
 def bootstrap_student_cache(path: Optional[str] = None) -> str:
     """The student-annotated cache of round 1 (gin: `bootstrap_student_cache.path`)."""
     if not path:
-        raise ValueError(f"{TASK_NAME} needs the round-1 student's cache: bind bootstrap_student_cache.path = "
-                         "'<the --output of python -m dss_jax.annotate --backend=student>' (gin)")
+        raise ValueError(
+            f"{TASK_NAME} needs the round-1 student's cache: bind bootstrap_student_cache.path = "
+            "'<the --output of python -m dss_jax.annotate --backend=student>' (gin)"
+        )
     return os.path.expanduser(path)
 
 

@@ -17,7 +17,6 @@ import functools
 import pathlib
 
 import gin
-
 from dss_jax.data import pretrain, synthetic
 from dss_jax.data.lazy_vocab import LazyVocabulary
 from dss_jax.data.tasks import register_cache_task
@@ -30,8 +29,10 @@ def cache_path(split: str) -> str:
     with gin.config_scope(TASK_NAME):
         config = synthetic.synthetic_config()
         if split not in config.splits:
-            raise ValueError(f"{TASK_NAME} has no {split!r} pool with these settings: bind "
-                             f"synthetic_config.{split}_size = N (gin) to generate one")
+            raise ValueError(
+                f"{TASK_NAME} has no {split!r} pool with these settings: bind "
+                f"synthetic_config.{split}_size = N (gin) to generate one"
+            )
         return str(synthetic.ensure_dataset(config)[split])
 
 
@@ -58,8 +59,9 @@ def _corpus() -> list[str]:
 pretrain.register_span_corruption_task(
     PRETRAIN_TASK_NAME,
     text_files=_corpus,
-    vocabulary=LazyVocabulary(lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])),
-                              name=f"{PRETRAIN_TASK_NAME} vocabulary"),
+    vocabulary=LazyVocabulary(
+        lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])), name=f"{PRETRAIN_TASK_NAME} vocabulary"
+    ),
     inputs_length=128,
     targets_length=32,
 )

@@ -9,6 +9,7 @@ the first step). Its JAX `tokens_to_logits` keeps prev2, ctx and a step counter 
 cache, so a beam search that reorders (or expands) cache rows wrongly decodes differently
 from the references below, which recompute logits from the whole prefix with no cache.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,7 @@ START = 0
 
 
 class ToyModel:
-    def __init__(self, vocab: int, batch: int, max_len: int, seed: int = 0, eos_bias: float = 0.0,
-                 scale: float = 2.0):
+    def __init__(self, vocab: int, batch: int, max_len: int, seed: int = 0, eos_bias: float = 0.0, scale: float = 2.0):
         rng = np.random.RandomState(seed)
         self.vocab, self.batch, self.max_len = vocab, batch, max_len
         # Row `vocab` of the first axis is prev2 = "none" (the first step).
@@ -75,8 +75,9 @@ def reference_greedy(model: ToyModel, row: int, max_len: int) -> tuple[list[int]
     return pad_to(tokens, max_len), score
 
 
-def reference_beam(model: ToyModel, row: int, max_len: int, num_beams: int, length_penalty: float,
-                   early_stopping) -> list[tuple[float, list[int]]]:
+def reference_beam(
+    model: ToyModel, row: int, max_len: int, num_beams: int, length_penalty: float, early_stopping
+) -> list[tuple[float, list[int]]]:
     """Hugging Face beam search rules, written hypothesis by hypothesis.
 
     Needs vocab >= 2 * num_beams so that the first step only extends the single real beam.

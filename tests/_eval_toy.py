@@ -46,14 +46,17 @@ def train_vocab(caches: dict[str, pathlib.Path], directory: pathlib.Path) -> pat
     from dss_jax.data import vocab
 
     texts = vocab.cache_texts([caches["train"], caches["test"]]) + ["predict: explain: maybe"]
-    return vocab.train_vocabulary(texts, directory / "spiece.model", vocab.VocabSettings(vocab_size=60, byte_fallback=False))
+    return vocab.train_vocabulary(
+        texts, directory / "spiece.model", vocab.VocabSettings(vocab_size=60, byte_fallback=False)
+    )
 
 
 def register(caches: dict[str, pathlib.Path], vocabulary=None):
     from dss_jax.data.tasks import register_cache_task
 
-    return register_cache_task(TASK, train_cache=caches["train"], test_cache=caches["test"],
-                               vocabulary=vocabulary, family="cqa")
+    return register_cache_task(
+        TASK, train_cache=caches["train"], test_cache=caches["test"], vocabulary=vocabulary, family="cqa"
+    )
 
 
 TASK_MODULE = '''"""Registers the toy eval task for a subprocess (written by tests/_eval_toy.py)."""
@@ -72,8 +75,9 @@ def write_task_module(caches: dict[str, pathlib.Path], directory: pathlib.Path) 
 
 def write_task_gin(directory: pathlib.Path) -> pathlib.Path:
     path = directory / "toy_task.gin"
-    path.write_text(f"import toy_eval_task\nMIXTURE_OR_TASK_NAME = {TASK!r}\n"
-                    f"TASK_FEATURE_LENGTHS = {json.dumps(LENGTHS)}\n")
+    path.write_text(
+        f"import toy_eval_task\nMIXTURE_OR_TASK_NAME = {TASK!r}\nTASK_FEATURE_LENGTHS = {json.dumps(LENGTHS)}\n"
+    )
     return path
 
 

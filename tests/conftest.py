@@ -3,6 +3,7 @@
 JAX reads XLA_FLAGS once, when it is first imported, so the virtual CPU devices that
 mesh tests use are requested here, before any test module imports jax.
 """
+
 import atexit
 import os
 import pathlib
@@ -11,9 +12,7 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (under seqio) must not grab the accelerator or all host threads.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -24,12 +23,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dss_test_xla_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm")
-)
+SHARED_DATA = pathlib.Path(os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm"))
 
 
 @pytest.fixture(scope="session")

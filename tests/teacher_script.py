@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import re
 
-PROMPT = '## id: test-prompt\n## stop: ["\\n\\nQ:"]\nQ: Add 1 and 2.\nA: 1 plus 2. The answer is (1 + 2).\n\nQ: {{input}}\nA:'
+PROMPT = (
+    '## id: test-prompt\n## stop: ["\\n\\nQ:"]\n'
+    "Q: Add 1 and 2.\nA: 1 plus 2. The answer is (1 + 2).\n\nQ: {{input}}\nA:"
+)
 
 
 def operands(k: int) -> tuple[int, int]:

@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-
 import teacher_script as ts
+
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
 from dss_jax.teacher.examples import InputError, read_examples
@@ -265,8 +265,14 @@ def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path):
         cmd = annotate_cmd(server, inputs, cache, prompt, "--concurrency=2")
         # A suite started in the background (nohup, `cmd &`) inherits SIGINT ignored, and
         # Python keeps it ignored: give the child Ctrl-C's default disposition, as a terminal would.
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (cache.exists() and cache.read_bytes().count(b"\n") >= 3):
             time.sleep(0.01)

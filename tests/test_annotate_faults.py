@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 import teacher_script as ts
+
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
 from dss_jax.teacher.examples import read_examples
@@ -25,9 +25,19 @@ FLAGS = ["--max_retries=1", "--initial_backoff=0.01", "--max_backoff=0.05", "--n
 
 
 def annotate(server_url, inputs, output, prompt, *extra):
-    cmd = [sys.executable, "-m", "dss_jax.annotate", f"--input={inputs}", f"--output={output}",
-           f"--prompt={prompt}", "--dataset_family=svamp", "--model=scripted", f"--base_url={server_url}",
-           *FLAGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.annotate",
+        f"--input={inputs}",
+        f"--output={output}",
+        f"--prompt={prompt}",
+        "--dataset_family=svamp",
+        "--model=scripted",
+        f"--base_url={server_url}",
+        *FLAGS,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -44,8 +54,7 @@ GOOD = json.dumps(ts.example(0)).encode()
 
 @pytest.mark.parametrize(
     "case",
-    ["input_not_utf8", "input_surrogate", "input_too_deep", "output_is_directory", "cache_too_deep",
-     "cache_meta_list"],
+    ["input_not_utf8", "input_surrogate", "input_too_deep", "output_is_directory", "cache_too_deep", "cache_meta_list"],
 )
 def test_bad_bytes_are_refused_with_file_and_line_before_any_request_or_write(tmp_path, case):
     inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
@@ -67,7 +76,10 @@ def test_bad_bytes_are_refused_with_file_and_line_before_any_request_or_write(tm
     else:
         bad = b"[" * 50_000 + b"]" * 50_000 if case == "cache_too_deep" else b'{"id": "z", "input": "z", "meta": []}'
         output.write_bytes(GOOD + b"\n" + bad + b"\n")
-        expected = (f"{output}:2: ", "nested too deeply" if case == "cache_too_deep" else "'meta' must be a JSON object")
+        expected = (
+            f"{output}:2: ",
+            "nested too deeply" if case == "cache_too_deep" else "'meta' must be a JSON object",
+        )
     before = output.read_bytes() if output.is_file() else None
     with ScriptedOpenAIServer(ts.teacher) as server:
         proc = annotate(server.base_url, inputs, output, prompt)
@@ -88,8 +100,9 @@ def test_trickling_and_flooding_servers_fail_only_their_examples_within_the_dead
     plan = by_item({0: "trickle", 1: "huge"})
     with ScriptedOpenAIServer(ts.teacher, faults=plan, trickle_seconds=0.05, huge_bytes=2 << 20) as server:
         start = time.monotonic()
-        proc = annotate(server.base_url, inputs, output, prompt, "--timeout=1", "--max_reply_bytes=1000000",
-                        "--concurrency=3")
+        proc = annotate(
+            server.base_url, inputs, output, prompt, "--timeout=1", "--max_reply_bytes=1000000", "--concurrency=3"
+        )
         elapsed_in_requests = max(r.time for r in server.log) - min(r.time for r in server.log)
     assert proc.returncode == 1, proc.stderr[-3000:]  # some examples failed: rerun to retry them
     assert "ex000: gave up after 2 attempts; last error: no complete reply within --timeout=1s" in proc.stderr
@@ -104,14 +117,20 @@ def test_a_reply_with_an_unpaired_surrogate_is_stored_replaced_and_counted(tmp_p
     inputs, cache = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
     ts.write_inputs(inputs, 3)
     examples = read_examples(inputs)
-    config = AnnotateConfig(template=parse_template(ts.PROMPT), teacher="scripted", num_samples=2,
-                            concurrency=2, progress=False)
+    config = AnnotateConfig(
+        template=parse_template(ts.PROMPT), teacher="scripted", num_samples=2, concurrency=2, progress=False
+    )
     with ScriptedOpenAIServer(ts.teacher, faults=by_item({1: "surrogate"})) as server:
         backend = OpenAIHttpBackend(HttpBackendConfig(base_url=server.base_url, model="scripted", timeout=5))
         with CacheWriter(cache) as writer:
-            summary = run_annotation(examples, backend, writer, config,
-                                     parse=functools.partial(parsers.parse_completion, "svamp"),
-                                     labels_match=functools.partial(parsers.labels_match, "svamp"))
+            summary = run_annotation(
+                examples,
+                backend,
+                writer,
+                config,
+                parse=functools.partial(parsers.parse_completion, "svamp"),
+                labels_match=functools.partial(parsers.labels_match, "svamp"),
+            )
     assert summary.complete and summary.written == 3 and summary.replaced_code_points == 2
     assert "replies held 2 unpaired surrogate code points" in summary.format()
     records = {r.id: r for r in read_cache(cache)}  # the whole file reads back

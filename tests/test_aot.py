@@ -3,13 +3,12 @@ the per-device memory of the compiled executable and the sharding of the state.
 
 The full XL/XXL table is launch/memory_table.py (minutes per row); these tests compile
 small layer counts so that they fit the suite's budget."""
+
 import math
 
-import jax
 import pytest
 
 from dss_jax import aot, losses, optimizers, partitioning
-from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
 from dss_jax.trainer import Trainer
 
@@ -53,8 +52,9 @@ def test_the_compiled_module_takes_only_shards(fsdp_tp_64):
 
 
 def _trainer(rules, num_partitions, devices):
-    config = aot.AotConfig(**SMALL, rules=rules, num_partitions=num_partitions, num_devices=len(devices),
-                           batch_size=len(devices))
+    config = aot.AotConfig(
+        **SMALL, rules=rules, num_partitions=num_partitions, num_devices=len(devices), batch_size=len(devices)
+    )
     return Trainer(
         T5(config.model_config()),
         loss_config=losses.LossConfig(),
@@ -105,8 +105,16 @@ def test_flags_round_trip_through_the_command_line():
 def test_xl_layers_on_64_devices_fit_with_the_state_sharded():
     """T5 v1.1 XL shapes (d_model 2048, d_ff 5120, 32 heads, 32k vocab), 2 layers per
     stack, FSDP+TP on 64 devices with the paper's batch 64 and SVAMP's packed lengths."""
-    config = aot.AotConfig(size="xl", num_layers=2, rules="fsdp_tp", num_partitions=4, num_devices=64,
-                           batch_size=64, encoder_length=512, decoder_length=384)
+    config = aot.AotConfig(
+        size="xl",
+        num_layers=2,
+        rules="fsdp_tp",
+        num_partitions=4,
+        num_devices=64,
+        batch_size=64,
+        encoder_length=512,
+        decoder_length=384,
+    )
     r = aot.compile_in_subprocess(config, timeout=900)
     assert r.replicated_large == []
     assert r.total_bytes < 16 * aot.GIB

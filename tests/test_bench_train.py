@@ -1,14 +1,15 @@
 """The training benchmark compares like with like: the same objective on the same
 examples (the reference's two padded passes vs dss_jax's packed rows), the FLOPs
 formula counts the model's matmuls, and the scripts run end to end on tiny sizes."""
+
 import json
 import os
 import pathlib
 import subprocess
 import sys
 
-import jax
 import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import flops  # noqa: E402
 import train_data  # noqa: E402
+
 from dss_jax.model.config import T5Config  # noqa: E402
 from dss_jax.model.t5 import init_variables  # noqa: E402
 
@@ -47,14 +49,21 @@ def test_flops_formula_counts_every_matmul_once(size):
     a = config.num_heads * config.d_kv
     # One encoder token and one decoder token: every kernel is applied once (cross k/v on
     # the encoder token), plus the attention products of length-1 sequences.
-    expected = (k["encoder"] + k["decoder"] + k["decoder_cross_kv"] + k["lm_head"]
-                + config.num_encoder_layers * 2 * a + config.num_decoder_layers * 4 * a)
+    expected = (
+        k["encoder"]
+        + k["decoder"]
+        + k["decoder_cross_kv"]
+        + k["lm_head"]
+        + config.num_encoder_layers * 2 * a
+        + config.num_decoder_layers * 4 * a
+    )
     assert flops.segment_macs(config, 1, 1) == expected
     # The quadratic attention terms grow with the segment lengths as written down.
     s_e, s_d = 30, 20
     linear = s_e * k["encoder"] + s_d * k["decoder"] + s_e * k["decoder_cross_kv"] + s_d * k["lm_head"]
-    attention = (config.num_encoder_layers * 2 * s_e * s_e * a
-                 + config.num_decoder_layers * (2 * s_d * s_d * a + 2 * s_d * s_e * a))
+    attention = config.num_encoder_layers * 2 * s_e * s_e * a + config.num_decoder_layers * (
+        2 * s_d * s_d * a + 2 * s_d * s_e * a
+    )
     assert flops.segment_macs(config, s_e, s_d) == linear + attention
     assert flops.train_flops(config, [(s_e, s_d), (1, 1)]) == 6 * (linear + attention + expected)
 
@@ -80,8 +89,12 @@ def _random_examples(rng, n, vocab):
     out = []
     for _ in range(n):
         ex = {}
-        for key, (lo, hi) in {"label_inputs": (5, 20), "label_targets": (2, 6),
-                              "rationale_inputs": (5, 20), "rationale_targets": (4, 16)}.items():
+        for key, (lo, hi) in {
+            "label_inputs": (5, 20),
+            "label_targets": (2, 6),
+            "rationale_inputs": (5, 20),
+            "rationale_targets": (4, 16),
+        }.items():
             ids = rng.integers(2, vocab, rng.integers(lo, hi)).astype(np.int32)
             ex[key] = np.append(ids, 1).astype(np.int32)  # EOS last
         out.append(ex)
@@ -113,9 +126,12 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
     batch = reference_t5.collate(examples)
 
     trainer = Trainer(
-        T5(config), loss_config=losses.LossConfig(rationale_weight=1.0),
+        T5(config),
+        loss_config=losses.LossConfig(rationale_weight=1.0),
         optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
-        total_steps=10, mesh=partitioning.make_mesh(1, jax.devices()[:1]))
+        total_steps=10,
+        mesh=partitioning.make_mesh(1, jax.devices()[:1]),
+    )
     state = trainer.state_from_params(params)
     rows, (n_rows,) = train_throughput.pack_steps([examples], lengths, (48, 32))
     assert n_rows < len(examples)  # several segments share a row
@@ -137,8 +153,10 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
     after_ref = hf_convert.hf_to_params(reference_t5.hf_weights(ref.model), config)
     ours_delta = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - b, state.params, before)
     ref_delta = jax.tree_util.tree_map(lambda a, b: a - b, after_ref, before)
-    diff = sum(float(np.abs(o - r).sum()) for o, r in zip(jax.tree_util.tree_leaves(ours_delta),
-                                                          jax.tree_util.tree_leaves(ref_delta)))
+    diff = sum(
+        float(np.abs(o - r).sum())
+        for o, r in zip(jax.tree_util.tree_leaves(ours_delta), jax.tree_util.tree_leaves(ref_delta))
+    )
     scale = sum(float(np.abs(r).sum()) for r in jax.tree_util.tree_leaves(ref_delta))
     assert scale > 0 and diff < 1e-4 * scale  # the same AdamW step (lr 5e-5, clipping, schedule)
 
@@ -156,8 +174,7 @@ def _json_lines(text):
 
 @pytest.mark.torch
 def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
-    out = _run([sys.executable, "bench/run_all.py", "--quick", "--only=train_throughput",
-                f"--out_dir={tmp_path}"])
+    out = _run([sys.executable, "bench/run_all.py", "--quick", "--only=train_throughput", f"--out_dir={tmp_path}"])
     (result,) = _json_lines(out)
     assert result["size"] == "tiny" and result["examples_per_step"] == 4
     # --rows_per_microbatch=1: one microbatch per packed row
@@ -170,8 +187,7 @@ def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
 
 
 def test_make_bench_rejects_unknown_benchmarks():
-    proc = subprocess.run([sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown benchmarks ['nope']" in proc.stderr
 
 
@@ -181,8 +197,14 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     env_python = {"PYTHON": sys.executable, "DRY_RUN_OUT": str(out_file), "DATASETS": "synthetic", "IMPL": "both"}
     env = dict(os.environ, **env_python)
     profile = tmp_path / "profile"
-    proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run", f"--profile_dir={profile}"], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        ["bash", "bench/gpu.sh", "--dry-run", f"--profile_dir={profile}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # One dss_jax step traced after the timed ones (the reference's process traces nothing).
     assert len(list(profile.rglob("perfetto_trace.json.gz"))) == 1
@@ -216,8 +238,7 @@ print(json.dumps({"examples": [{k: v.tolist() for k, v in ex.items()} for ex in 
 """ % (str(REPO / "bench"), str(REPO))
 
     def run(mode):
-        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env,
-                              timeout=600)
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=600)
         return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
 
     blocked, _ = run("blocked")  # nothing cached yet: the vocabulary trainer needs seqio
@@ -239,8 +260,16 @@ def test_gpu_script_refuses_without_a_gpu():
 
 def test_gemm_ceiling_measures_every_matmul_form(tmp_path):
     out_file = tmp_path / "gemm.jsonl"
-    out = _run([sys.executable, "bench/gemm_ceiling.py", "--tokens=64", "--repeats=1", "--dtypes=float32",
-                f"--json_out={out_file}"])
+    out = _run(
+        [
+            sys.executable,
+            "bench/gemm_ceiling.py",
+            "--tokens=64",
+            "--repeats=1",
+            "--dtypes=float32",
+            f"--json_out={out_file}",
+        ]
+    )
     (record,) = [json.loads(line) for line in out_file.read_text().splitlines()]
     (result,) = record["results"]
     forms = {(r["matmul"], r["form"]) for r in result["rows"]}
@@ -262,8 +291,9 @@ def test_decode_floor_times_the_decoder_kernels_of_one_step():
 
 @pytest.mark.torch
 def test_decode_floor_runs_end_to_end():
-    out = _run([sys.executable, "bench/decode_floor.py", "--sizes=tiny", "--batch_size=2", "--max_new_tokens=3",
-                "--repeats=1"])
+    out = _run(
+        [sys.executable, "bench/decode_floor.py", "--sizes=tiny", "--batch_size=2", "--max_new_tokens=3", "--repeats=1"]
+    )
     rows = _json_lines(out)
     assert [r["method"] for r in rows] == ["greedy", "beam4"]
     assert [r["rows_per_step"] for r in rows] == [2, 8]  # beams multiply the rows of a step

@@ -1,5 +1,6 @@
 """The teacher cache: validated reading, crash-safe appends, clear errors; nothing a
 user wrote is dropped or overwritten."""
+
 import json
 import logging
 

@@ -4,6 +4,7 @@ Each test damages one thing (a weight file, config.json, the output directory) a
 what the user sees: one error naming the file and what disagrees, and nothing written or
 overwritten. HF directories are written with our own exporter (numpy only, no torch).
 """
+
 import functools
 import json
 import os
@@ -31,8 +32,7 @@ CONFIG = T5Config.preset("tiny", "t5.1.1", vocab_size=64)
 def _random_params(config=CONFIG, seed=0):
     shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
-                        nn.meta.unbox(shapes["params"]))
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), nn.meta.unbox(shapes["params"]))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def _weights(d):
 
 def _run(module, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _assert_one_line_error(result, name):
@@ -78,8 +79,7 @@ def _fake_run(root: pathlib.Path, params, config=CONFIG) -> pathlib.Path:
     """A training run's MODEL_DIR as the trainer leaves it (config.json, spiece.model,
     config.gin, checkpoint_<step>/state with the params)."""
     model_dir = root / "run"
-    ocp.PyTreeCheckpointer().save(model_dir / "checkpoint_5" / "state",
-                                  {"step": np.int32(5), "params": params})
+    ocp.PyTreeCheckpointer().save(model_dir / "checkpoint_5" / "state", {"step": np.int32(5), "params": params})
     (model_dir / "config.json").write_text(config.to_json())
     (model_dir / "spiece.model").write_bytes(b"the run's vocabulary")
     (model_dir / "config.gin").write_text("# the run's gin config\n")
@@ -87,17 +87,20 @@ def _fake_run(root: pathlib.Path, params, config=CONFIG) -> pathlib.Path:
 
 
 # ----- what a config implies ----------------------------------------------------------------
-@pytest.mark.parametrize("config", [
-    CONFIG,
-    T5Config.preset("tiny", "t5.1.0", vocab_size=50, num_encoder_layers=3, num_decoder_layers=1),
-    T5Config.preset("tiny", "t5.1.1", d_kv=6, d_ff=40, relative_attention_num_buckets=8),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CONFIG,
+        T5Config.preset("tiny", "t5.1.0", vocab_size=50, num_encoder_layers=3, num_decoder_layers=1),
+        T5Config.preset("tiny", "t5.1.1", d_kv=6, d_ff=40, relative_attention_num_buckets=8),
+    ],
+)
 def test_param_shapes_are_the_models_own(config):
-    model = nn.meta.unbox(jax.eval_shape(functools.partial(init_variables, config),
-                                         jax.random.key(0))["params"])
+    model = nn.meta.unbox(jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))["params"])
     ours = {path: shape for path, (shape, _) in hf_convert.param_shapes(config).items()}
-    flat = {tuple(str(k.key) for k in keys): leaf.shape
-            for keys, leaf in jax.tree_util.tree_flatten_with_path(model)[0]}
+    flat = {
+        tuple(str(k.key) for k in keys): leaf.shape for keys, leaf in jax.tree_util.tree_flatten_with_path(model)[0]
+    }
     assert ours == flat
 
 
@@ -105,6 +108,7 @@ def test_param_shapes_are_the_models_own(config):
 def _mutate_weight(name, shape=None, dtype=None):
     def mutate(w):
         w[name] = np.zeros(shape or w[name].shape, dtype or np.float32)
+
     return mutate
 
 
@@ -118,21 +122,33 @@ def _drop_layer(w):
         del w[name]
 
 
-@pytest.mark.parametrize("mutate, expect", [
-    (_mutate_weight("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", (80, 32)),
-     r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight has shape \[80, 32\], but .*config\.json "
-     r"implies \[64, 32\] \(d_ff=64, d_model=32\)"),
-    (_mutate_weight("shared.weight", (128, 32)),
-     r"shared\.weight has shape \[128, 32\], but .*config\.json implies \[64, 32\] \(vocab_size=64"),
-    (_mutate_weight("decoder.block.1.layer.1.EncDecAttention.k.weight", (40, 32)),
-     r"EncDecAttention\.k\.weight has shape \[40, 32\].*num_heads\*d_kv=32"),
-    (_mutate_weight("lm_head.weight", dtype=np.int32), r"lm_head\.weight has dtype int32"),
-    (_add_layer, r"unexpected weights \['encoder\.block\.2\..*config\.json \(num_layers=2"),
-    (_drop_layer, r"missing weights \['decoder\.block\.1\..*config\.json \(num_layers=2"),
-    # A separately trained input embedding would be dropped: T5 (and dss_jax) has one.
-    (_mutate_weight("decoder.embed_tokens.weight"),
-     r"decoder\.embed_tokens\.weight differs from shared\.weight, but T5 has one input embedding"),
-], ids=["d_ff", "vocab", "heads", "dtype", "deeper", "shallower", "own-input-embedding"])
+@pytest.mark.parametrize(
+    "mutate, expect",
+    [
+        (
+            _mutate_weight("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", (80, 32)),
+            r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight has shape \[80, 32\], but .*config\.json "
+            r"implies \[64, 32\] \(d_ff=64, d_model=32\)",
+        ),
+        (
+            _mutate_weight("shared.weight", (128, 32)),
+            r"shared\.weight has shape \[128, 32\], but .*config\.json implies \[64, 32\] \(vocab_size=64",
+        ),
+        (
+            _mutate_weight("decoder.block.1.layer.1.EncDecAttention.k.weight", (40, 32)),
+            r"EncDecAttention\.k\.weight has shape \[40, 32\].*num_heads\*d_kv=32",
+        ),
+        (_mutate_weight("lm_head.weight", dtype=np.int32), r"lm_head\.weight has dtype int32"),
+        (_add_layer, r"unexpected weights \['encoder\.block\.2\..*config\.json \(num_layers=2"),
+        (_drop_layer, r"missing weights \['decoder\.block\.1\..*config\.json \(num_layers=2"),
+        # A separately trained input embedding would be dropped: T5 (and dss_jax) has one.
+        (
+            _mutate_weight("decoder.embed_tokens.weight"),
+            r"decoder\.embed_tokens\.weight differs from shared\.weight, but T5 has one input embedding",
+        ),
+    ],
+    ids=["d_ff", "vocab", "heads", "dtype", "deeper", "shallower", "own-input-embedding"],
+)
 def test_import_checks_every_tensor_against_config_json(hf_dir, tmp_path, mutate, expect):
     d = _copy(hf_dir, tmp_path / "hf")
     weights = _weights(d)
@@ -167,27 +183,45 @@ def _truncate(path, keep):
 def _garbage_header(path):
     b = path.read_bytes()
     n = int.from_bytes(b[:8], "little")
-    path.write_bytes(b[:8] + b"\xff" * n + b[8 + n:])
+    path.write_bytes(b[:8] + b"\xff" * n + b[8 + n :])
 
 
 def _huge_header_size(path):
     path.write_bytes((10**15).to_bytes(8, "little") + path.read_bytes()[8:])
 
 
-@pytest.mark.parametrize("damage, expect", [
-    (lambda p: _truncate(p, len(p.read_bytes()) - 100),
-     r"model\.safetensors: tensor \S+ \(F32 \[\d+, \d+\], \d+ bytes\) is said to lie at bytes .*truncated"),
-    (lambda p: _truncate(p, 5), r"model\.safetensors: 5 bytes, fewer than the 8-byte header size"),
-    (_garbage_header, r"model\.safetensors: the header is not JSON"),
-    (_huge_header_size, r"model\.safetensors: the header size 1000000000000000 exceeds the file's \d+ bytes"),
-    (lambda p: p.write_bytes(_safetensors_bytes([1, 2])), r"model\.safetensors: the header is a JSON list"),
-    (lambda p: p.write_bytes(_safetensors_bytes({"shared.weight": {"dtype": "F32"}})),
-     r"model\.safetensors: the header entry of 'shared\.weight' is malformed"),
-    (lambda p: p.write_bytes(_safetensors_bytes(
-        {"shared.weight": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"ab")),
-     r"model\.safetensors: tensor shared\.weight: unsupported safetensors dtype 'F8_E4M3'"),
-], ids=["truncated", "shorter-than-8-bytes", "garbage-header", "header-size-1e15", "header-list",
-        "entry-without-shape", "unknown-dtype"])
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (
+            lambda p: _truncate(p, len(p.read_bytes()) - 100),
+            r"model\.safetensors: tensor \S+ \(F32 \[\d+, \d+\], \d+ bytes\) is said to lie at bytes .*truncated",
+        ),
+        (lambda p: _truncate(p, 5), r"model\.safetensors: 5 bytes, fewer than the 8-byte header size"),
+        (_garbage_header, r"model\.safetensors: the header is not JSON"),
+        (_huge_header_size, r"model\.safetensors: the header size 1000000000000000 exceeds the file's \d+ bytes"),
+        (lambda p: p.write_bytes(_safetensors_bytes([1, 2])), r"model\.safetensors: the header is a JSON list"),
+        (
+            lambda p: p.write_bytes(_safetensors_bytes({"shared.weight": {"dtype": "F32"}})),
+            r"model\.safetensors: the header entry of 'shared\.weight' is malformed",
+        ),
+        (
+            lambda p: p.write_bytes(
+                _safetensors_bytes({"shared.weight": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"ab")
+            ),
+            r"model\.safetensors: tensor shared\.weight: unsupported safetensors dtype 'F8_E4M3'",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "shorter-than-8-bytes",
+        "garbage-header",
+        "header-size-1e15",
+        "header-list",
+        "entry-without-shape",
+        "unknown-dtype",
+    ],
+)
 def test_a_damaged_safetensors_file_is_named(hf_dir, tmp_path, damage, expect):
     d = _copy(hf_dir, tmp_path / "hf")
     damage(d / "model.safetensors")
@@ -219,24 +253,45 @@ def _misplaced(wm):
     return dict(wm, **{name: "model-00002-of-00002.safetensors"})
 
 
-@pytest.mark.parametrize("damage, expect", [
-    (_missing_shard, r"model\.safetensors\.index\.json names the shard \S+model-00002-of-00002\.safetensors, "
-                     r"which is missing"),
-    (lambda d: _shard(d, index_text="{not json"), r"model\.safetensors\.index\.json is not valid JSON"),
-    (lambda d: _shard(d, index_text='{"metadata": {}}'),
-     r"model\.safetensors\.index\.json: 'weight_map' must map"),
-    (lambda d: _shard(d, weight_map=_misplaced),
-     r"model\.safetensors\.index\.json puts \S+ in model-00002-of-00002\.safetensors, but it is in "
-     r"model-00001-of-00002\.safetensors"),
-    (lambda d: (d / "config.json").write_text("{not json"), r"config\.json is not valid JSON"),
-    (lambda d: (d / "config.json").write_text("[]"), r"config\.json holds a JSON list, not an object"),
-    (lambda d: (d / "config.json").write_text('{"model_type": "t5"}'),
-     r"config\.json: not a usable T5 config: HF T5 config lacks the key"),
-    (lambda d: (d / "config.json").write_text(
-        json.dumps(dict(json.loads((d / "config.json").read_text()), d_model="32"))),
-     r"config\.json: not a usable T5 config"),
-], ids=["missing-shard", "index-not-json", "index-without-weight-map", "index-misplaces-a-tensor",
-        "config-not-json", "config-a-list", "config-without-sizes", "config-d_model-a-string"])
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (
+            _missing_shard,
+            r"model\.safetensors\.index\.json names the shard \S+model-00002-of-00002\.safetensors, "
+            r"which is missing",
+        ),
+        (lambda d: _shard(d, index_text="{not json"), r"model\.safetensors\.index\.json is not valid JSON"),
+        (lambda d: _shard(d, index_text='{"metadata": {}}'), r"model\.safetensors\.index\.json: 'weight_map' must map"),
+        (
+            lambda d: _shard(d, weight_map=_misplaced),
+            r"model\.safetensors\.index\.json puts \S+ in model-00002-of-00002\.safetensors, but it is in "
+            r"model-00001-of-00002\.safetensors",
+        ),
+        (lambda d: (d / "config.json").write_text("{not json"), r"config\.json is not valid JSON"),
+        (lambda d: (d / "config.json").write_text("[]"), r"config\.json holds a JSON list, not an object"),
+        (
+            lambda d: (d / "config.json").write_text('{"model_type": "t5"}'),
+            r"config\.json: not a usable T5 config: HF T5 config lacks the key",
+        ),
+        (
+            lambda d: (d / "config.json").write_text(
+                json.dumps(dict(json.loads((d / "config.json").read_text()), d_model="32"))
+            ),
+            r"config\.json: not a usable T5 config",
+        ),
+    ],
+    ids=[
+        "missing-shard",
+        "index-not-json",
+        "index-without-weight-map",
+        "index-misplaces-a-tensor",
+        "config-not-json",
+        "config-a-list",
+        "config-without-sizes",
+        "config-d_model-a-string",
+    ],
+)
 def test_a_damaged_index_or_config_json_is_named(hf_dir, tmp_path, damage, expect):
     d = _copy(hf_dir, tmp_path / "hf")
     damage(d)
@@ -255,8 +310,9 @@ def test_sharded_weights_still_import(hf_dir, tmp_path, params):
 def test_export_binary_refuses_a_run_dir_even_with_overwrite(tmp_path, params):
     model_dir = _fake_run(tmp_path, params)
     before = _snapshot(model_dir)
-    result = _run("dss_jax.export", f"--checkpoint={model_dir / 'checkpoint_5'}", f"--output={model_dir}",
-                  "--overwrite")
+    result = _run(
+        "dss_jax.export", f"--checkpoint={model_dir / 'checkpoint_5'}", f"--output={model_dir}", "--overwrite"
+    )
     last = _assert_one_line_error(result, "export")
     assert str(model_dir) in last and "checkpoint_5/" in last
     assert _snapshot(model_dir) == before
@@ -350,17 +406,33 @@ def _with_config(src, dst, **changes):
     return d
 
 
-@pytest.mark.parametrize("changes, expect", [
-    (dict(d_ff=80), r"encoder/layers_0/mlp/wi_0/kernel is \[32, 64\] in \S+, but \S+config\.json implies "
-                    r"\[32, 80\] \(d_model, d_ff\)"),
-    (dict(vocab_size=128), r"token_embedder/embedding is \[64, 32\] in \S+, but \S+config\.json implies "
-                           r"\[128, 32\] \(vocab_size, d_model\)"),
-    (dict(num_decoder_layers=3), r"\S+config\.json \(num_encoder_layers=2, num_decoder_layers=3\) calls for "
-                                 r"the parameter decoder/layers_2/"),
-    (dict(num_encoder_layers=1), r"holds the parameter encoder/layers_1/\S+, which \S+config\.json "
-                                 r"\(num_encoder_layers=1"),
-    (dict(feed_forward="relu"), r"calls for the parameter \S+/mlp/wi/kernel"),
-], ids=["d_ff", "vocab", "deeper", "shallower", "not-gated"])
+@pytest.mark.parametrize(
+    "changes, expect",
+    [
+        (
+            dict(d_ff=80),
+            r"encoder/layers_0/mlp/wi_0/kernel is \[32, 64\] in \S+, but \S+config\.json implies "
+            r"\[32, 80\] \(d_model, d_ff\)",
+        ),
+        (
+            dict(vocab_size=128),
+            r"token_embedder/embedding is \[64, 32\] in \S+, but \S+config\.json implies "
+            r"\[128, 32\] \(vocab_size, d_model\)",
+        ),
+        (
+            dict(num_decoder_layers=3),
+            r"\S+config\.json \(num_encoder_layers=2, num_decoder_layers=3\) calls for "
+            r"the parameter decoder/layers_2/",
+        ),
+        (
+            dict(num_encoder_layers=1),
+            r"holds the parameter encoder/layers_1/\S+, which \S+config\.json "
+            r"\(num_encoder_layers=1",
+        ),
+        (dict(feed_forward="relu"), r"calls for the parameter \S+/mlp/wi/kernel"),
+    ],
+    ids=["d_ff", "vocab", "deeper", "shallower", "not-gated"],
+)
 def test_load_params_names_config_json_and_the_first_disagreeing_param(saved, tmp_path, changes, expect):
     d = _with_config(saved, tmp_path / "ckpt", **changes)
     with pytest.raises(checkpoints.CheckpointError, match=expect) as e:
@@ -398,11 +470,15 @@ def test_a_run_checkpoint_without_config_json_is_checked_against_its_metadata(sa
         evaluation.load_checkpoint(str(step))
 
 
-@pytest.mark.parametrize("make, expect", [
-    (lambda t: t / "nowhere", r"checkpoint directory \S+nowhere does not exist"),
-    (lambda t: (t / "file.txt").write_text("x") and t / "file.txt", r"is a file, not a checkpoint directory"),
-    (lambda t: (t / "empty").mkdir() or t / "empty", r"holds no orbax checkpoint"),
-], ids=["missing", "a-file", "not-a-checkpoint"])
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda t: t / "nowhere", r"checkpoint directory \S+nowhere does not exist"),
+        (lambda t: (t / "file.txt").write_text("x") and t / "file.txt", r"is a file, not a checkpoint directory"),
+        (lambda t: (t / "empty").mkdir() or t / "empty", r"holds no orbax checkpoint"),
+    ],
+    ids=["missing", "a-file", "not-a-checkpoint"],
+)
 def test_load_params_names_a_path_that_is_no_checkpoint(tmp_path, make, expect):
     with pytest.raises(cli.UserError, match=expect):
         checkpoints.load_params(make(tmp_path))
@@ -417,9 +493,11 @@ def test_a_damaged_orbax_checkpoint_is_named(saved, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "not-a-checkpoint", "config-disagrees"])
 def test_export_binary_names_a_bad_checkpoint(saved, tmp_path, case):
-    ckpt = {"missing": lambda: tmp_path / "nowhere",
-            "not-a-checkpoint": lambda: tmp_path,
-            "config-disagrees": lambda: _with_config(saved, tmp_path / "ckpt", num_encoder_layers=3)}[case]()
+    ckpt = {
+        "missing": lambda: tmp_path / "nowhere",
+        "not-a-checkpoint": lambda: tmp_path,
+        "config-disagrees": lambda: _with_config(saved, tmp_path / "ckpt", num_encoder_layers=3),
+    }[case]()
     result = _run("dss_jax.export", f"--checkpoint={ckpt}", f"--output={tmp_path / 'out'}")
     last = _assert_one_line_error(result, "export")
     assert str(ckpt) in last
@@ -473,17 +551,32 @@ def _run_without_checkpoints(root):
     return root / "run"
 
 
-@pytest.mark.parametrize("make, expect", [
-    (_unfinished_step, r"checkpoint_5 holds no orbax checkpoint: the save of this step did not finish; use another "
-                       r"step of the run \S+/run$"),
-    (_run_without_checkpoints, r"run holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a "
-                               r"finished checkpoint_<step>/; let the run reach its first checkpoint save"),
-    (lambda t: t, r"holds no orbax checkpoint: give a training run's MODEL_DIR \(with checkpoint_<step>/ dirs\), "
-                  r"one checkpoint_<step>/ dir, or a directory written by `python -m dss_jax\.convert`"),
-    (lambda t: _fake_run(t, _random_params()),  # INITIAL_CHECKPOINT_PATH takes one checkpoint, not a run
-     r"run is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
-     r"\(steps \[5\]\), e\.g\. \S+/run/checkpoint_5$"),
-], ids=["unfinished-step", "run-without-checkpoints", "any-other-dir", "run-given-for-one-checkpoint"])
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (
+            _unfinished_step,
+            r"checkpoint_5 holds no orbax checkpoint: the save of this step did not finish; use another "
+            r"step of the run \S+/run$",
+        ),
+        (
+            _run_without_checkpoints,
+            r"run holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a "
+            r"finished checkpoint_<step>/; let the run reach its first checkpoint save",
+        ),
+        (
+            lambda t: t,
+            r"holds no orbax checkpoint: give a training run's MODEL_DIR \(with checkpoint_<step>/ dirs\), "
+            r"one checkpoint_<step>/ dir, or a directory written by `python -m dss_jax\.convert`",
+        ),
+        (
+            lambda t: _fake_run(t, _random_params()),  # INITIAL_CHECKPOINT_PATH takes one checkpoint, not a run
+            r"run is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
+            r"\(steps \[5\]\), e\.g\. \S+/run/checkpoint_5$",
+        ),
+    ],
+    ids=["unfinished-step", "run-without-checkpoints", "any-other-dir", "run-given-for-one-checkpoint"],
+)
 def test_a_directory_without_a_checkpoint_gets_the_fix_for_what_it_is(tmp_path, make, expect):
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect) as e:
         checkpoints.load_params(make(tmp_path))
@@ -496,8 +589,11 @@ def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
     assert select(model_dir) == [(10, str(model_dir / "checkpoint_10"))]
     assert select(model_dir, 5) == [(5, str(model_dir / "checkpoint_5"))]
     assert select(model_dir / "checkpoint_5") == [(5, str(model_dir / "checkpoint_5"))]
-    with pytest.raises(checkpoints.CheckpointError, match=r"run has no checkpoint for step\(s\) \[7\]; it has steps "
-                                                          r"\[5, 10\] \(set --step to one of them\)"):
+    with pytest.raises(
+        checkpoints.CheckpointError,
+        match=r"run has no checkpoint for step\(s\) \[7\]; it has steps "
+        r"\[5, 10\] \(set --step to one of them\)",
+    ):
         select(model_dir, 7)
     with pytest.raises(checkpoints.CheckpointError, match=r"^--step=5 needs a model dir .*checkpoint_5 has none$"):
         select(model_dir / "checkpoint_5", 5)
@@ -507,7 +603,9 @@ def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
     from dss_jax import evaluation
 
     assert evaluation.checkpoints_to_evaluate(str(model_dir), "all") == [
-        (5, str(model_dir / "checkpoint_5")), (10, str(model_dir / "checkpoint_10"))]
+        (5, str(model_dir / "checkpoint_5")),
+        (10, str(model_dir / "checkpoint_10")),
+    ]
 
 
 def test_a_run_step_without_config_json_loads_with_its_metadata_config(saved, tmp_path, params):

@@ -1,4 +1,5 @@
 """Params checkpoints and the convert/export binaries (no torch needed)."""
+
 import functools
 import io
 import json
@@ -31,8 +32,7 @@ SENTENCES = [
 def _random_params(config=CONFIG, seed=0):
     shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
-                        nn.meta.unbox(shapes["params"]))
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), nn.meta.unbox(shapes["params"]))
 
 
 def _assert_same(a, b):
@@ -47,9 +47,16 @@ def spiece_model(tmp_path_factory):
 
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES), model_writer=buffer, vocab_size=60,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        minloglevel=2)
+        sentence_iterator=iter(SENTENCES),
+        model_writer=buffer,
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
     path = tmp_path_factory.mktemp("vocab") / "spiece.model"
     path.write_bytes(buffer.getvalue())
     return path
@@ -78,8 +85,7 @@ def test_load_params_from_a_trainer_style_checkpoint(tmp_path):
     params = _random_params()
     model_dir = tmp_path / "model"
     step_dir = model_dir / "checkpoint_5"
-    state = {"step": np.int32(5), "params": params,
-             "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+    state = {"step": np.int32(5), "params": params, "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
     ocp.PyTreeCheckpointer().save(step_dir / "state", state)
     ocp.PyTreeCheckpointer().save(step_dir / "dataset", {"position": np.int64(17)})
     (model_dir / "config.json").write_text(CONFIG.to_json())
@@ -105,8 +111,9 @@ def test_load_params_errors_name_the_path(tmp_path):
 
 def _run(module, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_convert_and_export_binaries_with_a_seqio_vocabulary(tmp_path, spiece_model):
@@ -127,8 +134,7 @@ def test_convert_and_export_binaries_with_a_seqio_vocabulary(tmp_path, spiece_mo
     assert vocab.decode(ids) == "the student learns"
     assert vocab.eos_id == 1 and vocab.pad_id == 0
 
-    result = _run("dss_jax.export", f"--checkpoint={tmp_path / 'ckpt'}",
-                  f"--output={tmp_path / 'hf2'}")
+    result = _run("dss_jax.export", f"--checkpoint={tmp_path / 'ckpt'}", f"--output={tmp_path / 'hf2'}")
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "model.safetensors", "spiece.model"):
         assert (tmp_path / "hf2" / name).read_bytes() == (hf_dir / name).read_bytes(), name

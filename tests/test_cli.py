@@ -30,8 +30,10 @@ def test_string_exit_is_reported_the_same_way_and_bugs_keep_their_traceback(caps
         cli.guard(old_style, "convert")()
     assert e.value.code == cli.EXIT_USAGE
     assert capsys.readouterr().err == "convert: error: no config.json in /x\n"
-    assert cli.error_line("eval", "no checkpoint in /r\n  In call to configurable 'evaluate_checkpoints' (<function>)") \
+    assert (
+        cli.error_line("eval", "no checkpoint in /r\n  In call to configurable 'evaluate_checkpoints' (<function>)")
         == "eval: error: no checkpoint in /r"
+    )
     assert cli.error_line("eval", "two things:\n  one\n  two") == "eval: error: two things: one two"
 
     def bug():
@@ -61,8 +63,7 @@ def test_library_errors_are_user_errors():
 )
 def test_binaries_print_one_line(args):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it for the suite
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     name = args[0].split(".")[-1]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr
@@ -95,8 +96,13 @@ def test_quickstart_make_synthetic_and_import_dss_print_one_line(tmp_path):
     for args in (
         ["dss_jax.quickstart", f"--output_dir={a_file}"],
         ["dss_jax.make_synthetic", f"--cache_dir={tmp_path}", "--max_operations=7"],
-        ["dss_jax.import_dss", f"--dss_dir={tmp_path}/none", "--dataset=svamp", "--split=train",
-         f"--output={tmp_path}/out.jsonl"],
+        [
+            "dss_jax.import_dss",
+            f"--dss_dir={tmp_path}/none",
+            "--dataset=svamp",
+            "--split=train",
+            f"--output={tmp_path}/out.jsonl",
+        ],
     ):
         proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
         name = args[0].split(".")[-1]
@@ -122,8 +128,10 @@ def test_library_info_is_hidden_but_own_info_and_warnings_are_not():
 
 
 def test_tensorflow_import_prints_nothing_natively():
-    code = ("import sys; from dss_jax import cli; sys.meta_path.insert(0, cli._QuietFirstImport('tensorflow'));"
-            "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflow as tf; tf.constant(1)")
+    code = (
+        "import sys; from dss_jax import cli; sys.meta_path.insert(0, cli._QuietFirstImport('tensorflow'));"
+        "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflow as tf; tf.constant(1)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

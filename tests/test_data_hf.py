@@ -16,8 +16,14 @@ def _save(tmp_path, name, splits):
 
 
 def test_cqa_reads_validation_as_test(tmp_path):
-    row = {"id": "x1", "question": "Where do beavers live?", "choices": ["a", "b", "wooded area", "d", "e"],
-           "answer": "wooded area", "abstractive_explanation": "", "extractive_explanation": ""}
+    row = {
+        "id": "x1",
+        "question": "Where do beavers live?",
+        "choices": ["a", "b", "wooded area", "d", "e"],
+        "answer": "wooded area",
+        "abstractive_explanation": "",
+        "extractive_explanation": "",
+    }
     path = _save(tmp_path, "cos_e", {"train": [row, {**row, "id": "x2"}], "validation": [{**row, "id": "v1"}]})
     train = hf_readers.read_records("cqa", "train", path)
     test = hf_readers.read_records("cqa", "test", path)

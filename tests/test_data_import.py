@@ -58,7 +58,9 @@ def test_inputs_are_built_as_the_reference_builds_them(imported, dss_palm_dir):
     assert cqa.meta["source_id"] == "080ef6941410139d6869e78122bc741e"
 
     anli = imported[("anli1", "sample")][0]
-    assert anli.input.endswith("Signet Jewelers group.</s>The first Ernest Jones store was opened on the continent of Europe.")
+    assert anli.input.endswith(
+        "Signet Jewelers group.</s>The first Ernest Jones store was opened on the continent of Europe."
+    )
     assert anli.label == "entailment" and anli.samples[0].label == "contradiction"
     esnli = imported[("esnli", "sample")][0]
     assert esnli.label == "neutral" and "</s>" in esnli.input
@@ -77,8 +79,19 @@ def test_svamp_split_reproduces_the_released_files(dss_palm_dir):
 @pytest.mark.shared_data
 def test_command_line(dss_palm_dir, tmp_path):
     out = tmp_path / "svamp_test.jsonl"
-    cmd = [sys.executable, "-m", "dss_jax.import_dss", "--dss_dir", str(dss_palm_dir),
-           "--dataset", "svamp", "--split", "test", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.import_dss",
+        "--dss_dir",
+        str(dss_palm_dir),
+        "--dataset",
+        "svamp",
+        "--split",
+        "test",
+        "--output",
+        str(out),
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -114,9 +127,11 @@ def test_small_layout_and_chunk_alignment(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "chunks,message",
-    [((1, 2), r"train_CoT_0.json: holds 1 completions, expected 2"),
-     ((2,), r"train_CoT_1.json not found; svamp_train.json has 3 lines, so 2 completion file"),
-     ((2, 1, 1), r"train_CoT_2.json: more completion files")],
+    [
+        ((1, 2), r"train_CoT_0.json: holds 1 completions, expected 2"),
+        ((2,), r"train_CoT_1.json not found; svamp_train.json has 3 lines, so 2 completion file"),
+        ((2, 1, 1), r"train_CoT_2.json: more completion files"),
+    ],
 )
 def test_misaligned_chunks_are_named(tmp_path, monkeypatch, chunks, message):
     monkeypatch.setitem(sources.DATASETS, "svamp", sources.DatasetSpec("svamp", "svamp", 2, ("train",), False))
@@ -132,7 +147,9 @@ def test_missing_dir_file_and_bad_line_are_named(tmp_path):
         dss_paper.import_split(tmp_path, "svamp", "train")
     (tmp_path / "svamp").mkdir()
     (tmp_path / "svamp" / "svamp_test.json").write_text('{"input": "a", "label": "(1)"}\n{oops\n')
-    with pytest.raises(FileNotFoundError, match=r"svamp_train.json not found; expected the 'train' split .*present: svamp_test.json"):
+    with pytest.raises(
+        FileNotFoundError, match=r"svamp_train.json not found; expected the 'train' split .*present: svamp_test.json"
+    ):
         dss_paper.import_split(tmp_path, "svamp", "train")
     with pytest.raises(ValueError, match=r"svamp_test.json:2: not valid JSON"):
         dss_paper.import_split(tmp_path, "svamp", "test")

@@ -9,7 +9,9 @@ seqio = pytest.importorskip("seqio")
 from dss_jax.data import vocab  # noqa: E402
 from dss_jax.data.lazy_vocab import LazyVocabulary  # noqa: E402
 
-CORPUS = [f"Tom has {i} apples and eats {i % 7}. How many are left?\nThe answer is ({i} - {i % 7})." for i in range(300)]
+CORPUS = [
+    f"Tom has {i} apples and eats {i % 7}. How many are left?\nThe answer is ({i} - {i % 7})." for i in range(300)
+]
 SMALL = vocab.VocabSettings(vocab_size=320)
 
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _decoding_toy import EOS, PAD, ToyModel, reference_greedy
 
 from dss_jax.model import decoding
-from _decoding_toy import EOS, PAD, ToyModel, reference_greedy
 
 VOCAB, BATCH, MAX_LEN = 8, 6, 7
 
@@ -42,7 +42,7 @@ def test_greedy_matches_reference_with_eos_and_padding(toy):
     # Only pad after EOS.
     for row in out.tokens.tolist():
         if EOS in row:
-            assert all(t == PAD for t in row[row.index(EOS) + 1:])
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])
 
 
 def test_loop_stops_when_every_row_is_done():
@@ -53,9 +53,9 @@ def test_loop_stops_when_every_row_is_done():
         jax.debug.callback(lambda: calls.append(1))
         return toy.tokens_to_logits(tokens, cache)
 
-    out = jax.jit(
-        lambda c: decoding.greedy_search(counting, c, batch_size=3, max_decode_length=12)
-    )(toy.initial_cache())
+    out = jax.jit(lambda c: decoding.greedy_search(counting, c, batch_size=3, max_decode_length=12))(
+        toy.initial_cache()
+    )
     jax.effects_barrier()
     assert out.tokens[:, 0].tolist() == [EOS] * 3
     assert (out.tokens[:, 1:] == PAD).all()
@@ -70,9 +70,7 @@ def test_compiles_once_per_shape():
         traces.append(1)
         return toy.tokens_to_logits(tokens, cache)
 
-    run = jax.jit(
-        lambda c: decoding.greedy_search(tracing, c, batch_size=BATCH, max_decode_length=MAX_LEN)
-    )
+    run = jax.jit(lambda c: decoding.greedy_search(tracing, c, batch_size=BATCH, max_decode_length=MAX_LEN))
     cache = toy.initial_cache()
     first = run(cache)
     second = run({**cache, "ctx": cache["ctx"] + 1.0})
@@ -85,8 +83,7 @@ def _sampler(toy, max_len, settings):
     """One compiled sampler per toy model and settings; keys vary without recompiling."""
     return jax.jit(
         lambda cache, key: decoding.sample(
-            toy.tokens_to_logits, cache, key, batch_size=toy.batch, max_decode_length=max_len,
-            **dict(settings)
+            toy.tokens_to_logits, cache, key, batch_size=toy.batch, max_decode_length=max_len, **dict(settings)
         )
     )
 
@@ -95,9 +92,7 @@ def _sample(toy, rng, max_len=MAX_LEN, **kw):
     return _sampler(toy, max_len, tuple(sorted(kw.items())))(toy.initial_cache(), rng)
 
 
-@pytest.mark.parametrize(
-    "settings", [dict(temperature=0.0), dict(temperature=1e-4), dict(temperature=1.0, top_k=1)]
-)
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1e-4), dict(temperature=1.0, top_k=1)])
 def test_sampling_limits_equal_greedy(toy, settings):
     greedy = _greedy(toy)
     for seed in range(3):
@@ -113,7 +108,7 @@ def test_sampling_is_reproducible_per_key_and_varies_across_keys(toy):
     assert any(not np.array_equal(a.tokens, o) for o in others)
     for row in a.tokens.tolist():
         if EOS in row:
-            assert all(t == PAD for t in row[row.index(EOS) + 1:])
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])
 
 
 def _one_step_frequencies(n, rng, **kw):

@@ -1,11 +1,12 @@
 """Beam search against a hypothesis-by-hypothesis reference of HF's rules and brute force."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _decoding_toy import EOS, PAD, ToyModel, brute_force_best, reference_beam
 
 from dss_jax.model import beam_search, decoding
-from _decoding_toy import EOS, PAD, ToyModel, brute_force_best, reference_beam
 
 
 def _run(toy, max_len, **kw):
@@ -31,8 +32,7 @@ def _run(toy, max_len, **kw):
 def test_beam_search_matches_reference(num_beams, length_penalty, early_stopping):
     vocab, batch, max_len = 8, 5, 7
     toy = ToyModel(vocab, batch, max_len, seed=7, eos_bias=1.0)
-    out = _run(toy, max_len, num_beams=num_beams, length_penalty=length_penalty,
-               early_stopping=early_stopping)
+    out = _run(toy, max_len, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
     assert out.tokens.shape == (batch, num_beams, max_len)
     lengths = set()
     for row in range(batch):
@@ -69,7 +69,7 @@ def test_rows_are_independent_of_the_batch_they_are_in():
     )
     full_cache = toy.initial_cache()
     for row in range(4):
-        cache = {**full_cache, "prev2": full_cache["prev2"][:1], "ctx": full_cache["ctx"][row: row + 1]}
+        cache = {**full_cache, "prev2": full_cache["prev2"][:1], "ctx": full_cache["ctx"][row : row + 1]}
         np.testing.assert_array_equal(alone(cache).tokens[0], together.tokens[row])
 
 
@@ -79,7 +79,7 @@ def test_after_eos_only_padding():
     for beams in out.tokens.tolist():
         for row in beams:
             if EOS in row:
-                assert all(t == PAD for t in row[row.index(EOS) + 1:])
+                assert all(t == PAD for t in row[row.index(EOS) + 1 :])
 
 
 def test_cache_expansion_repeats_rows_and_keeps_scalars():
@@ -101,7 +101,8 @@ def test_decode_beam_returns_best_and_optionally_all_beams():
     assert best.beam_tokens is None
     import dataclasses
 
-    every = decoding.decode(toy.tokens_to_logits, toy.initial_cache(),
-                            dataclasses.replace(cfg, return_all_beams=True), batch_size=3)
+    every = decoding.decode(
+        toy.tokens_to_logits, toy.initial_cache(), dataclasses.replace(cfg, return_all_beams=True), batch_size=3
+    )
     np.testing.assert_array_equal(every.beam_tokens, full.tokens)
     assert (np.diff(np.asarray(every.beam_scores), axis=1) <= 0).all()  # best first

@@ -4,11 +4,12 @@ A tiny random T5 of each variant is created with `transformers`, saved to a temp
 directory and imported with `dss_jax.model.hf_convert`; both sides then decode the same
 padded batch of inputs of different lengths.
 """
+
 import numpy as np
 import pytest
+from _decoding_toy import EOS, PAD
 
 from dss_jax.model import decoding, hf_convert, t5
-from _decoding_toy import EOS, PAD
 
 pytestmark = pytest.mark.torch
 
@@ -23,8 +24,7 @@ VOCAB = 32
 # that some rows, but not all, stop before the length limit.
 VARIANTS = {
     "t5.1.0": dict(hf=dict(feed_forward_proj="relu", tie_word_embeddings=True), std=1.0, eos_scale=3.0),
-    "t5.1.1": dict(hf=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), std=2.0,
-                   eos_scale=2.0),
+    "t5.1.1": dict(hf=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), std=2.0, eos_scale=2.0),
 }
 
 
@@ -32,9 +32,20 @@ def _hf_model(variant):
     spec = VARIANTS[variant]
     torch.manual_seed(0)
     config = transformers.T5Config(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-        dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, **spec["hf"],
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+        **spec["hf"],
     )
     model = transformers.T5ForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -62,8 +73,15 @@ def models(request, tmp_path_factory):
 def _hf_generate(hf, enc, **kw):
     ids = torch.tensor(enc, dtype=torch.long)
     with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=(ids > 0).long(), max_new_tokens=MAX_NEW,
-                          do_sample=False, return_dict_in_generate=True, output_scores=True, **kw)
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=(ids > 0).long(),
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kw,
+        )
     return out
 
 
@@ -94,17 +112,21 @@ def test_greedy_matches_transformers(models):
     assert any(early) and not all(early)  # rows stop at EOS and at the length limit
 
 
-@pytest.mark.parametrize(
-    "length_penalty,early_stopping", [(1.0, False), (0.6, False), (2.0, True)]
-)
+@pytest.mark.parametrize("length_penalty,early_stopping", [(1.0, False), (0.6, False), (2.0, True)])
 def test_beam_search_matches_transformers(models, length_penalty, early_stopping):
     hf, model, params, enc = models
-    out = _hf_generate(hf, enc, num_beams=4, length_penalty=length_penalty,
-                       early_stopping=early_stopping)
+    out = _hf_generate(hf, enc, num_beams=4, length_penalty=length_penalty, early_stopping=early_stopping)
     want = _normalise(out.sequences.numpy())
-    got = decoding.generate(model, params, enc, max_decode_length=MAX_NEW, method="beam",
-                            num_beams=4, length_penalty=length_penalty,
-                            early_stopping=early_stopping)
+    got = decoding.generate(
+        model,
+        params,
+        enc,
+        max_decode_length=MAX_NEW,
+        method="beam",
+        num_beams=4,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
     np.testing.assert_array_equal(np.asarray(got.tokens), want)
     np.testing.assert_allclose(np.asarray(got.scores), out.sequences_scores.numpy(), atol=1e-4)
     assert any(_ends_early(want))

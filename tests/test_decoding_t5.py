@@ -4,14 +4,15 @@ The references recompute the full decoder for every prefix (no cache), so these 
 the incremental path end to end: cache creation, one-token steps, and the beam search's
 reordering of cached keys/values.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _decoding_toy import EOS, PAD, pad_to, reference_beam
 
 from dss_jax.model import decoding, t5
 from dss_jax.model.config import T5Config
-from _decoding_toy import EOS, PAD, pad_to, reference_beam
 
 MAX_LEN = 10
 
@@ -77,9 +78,8 @@ class _FullDecoderOracle:
         key = (row, tuple(prefix))
         if key not in self._memo:
             dec = np.zeros((1, MAX_LEN), np.int32)  # start token 0, then the prefix
-            dec[0, 1: len(prefix) + 1] = prefix[: MAX_LEN - 1]
-            logits = np.asarray(self._logits(self._enc[row: row + 1], dec)[0, len(prefix)],
-                                np.float64)
+            dec[0, 1 : len(prefix) + 1] = prefix[: MAX_LEN - 1]
+            logits = np.asarray(self._logits(self._enc[row : row + 1], dec)[0, len(prefix)], np.float64)
             top = logits.max()
             self._memo[key] = logits - (top + np.log(np.exp(logits - top).sum()))
         return self._memo[key]
@@ -106,8 +106,16 @@ def test_beam_generate_matches_full_recompute(setup):
     model, params, enc = setup
     length_penalty = 0.6
     oracle = _FullDecoderOracle(model, params, enc)
-    out = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="beam",
-                            num_beams=4, length_penalty=length_penalty, return_all_beams=True)
+    out = decoding.generate(
+        model,
+        params,
+        enc,
+        max_decode_length=MAX_LEN,
+        method="beam",
+        num_beams=4,
+        length_penalty=length_penalty,
+        return_all_beams=True,
+    )
     for row in range(enc.shape[0]):
         want = reference_beam(oracle, row, MAX_LEN, 4, length_penalty, False)
         assert out.beam_tokens[row].tolist() == [t for _, t in want], row
@@ -117,14 +125,16 @@ def test_beam_generate_matches_full_recompute(setup):
 
 def test_sampling_generate(setup):
     model, params, enc = setup
-    a = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample",
-                          rng=jax.random.key(0), top_k=5)
-    b = decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample",
-                          rng=jax.random.key(0), top_k=5)
+    a = decoding.generate(
+        model, params, enc, max_decode_length=MAX_LEN, method="sample", rng=jax.random.key(0), top_k=5
+    )
+    b = decoding.generate(
+        model, params, enc, max_decode_length=MAX_LEN, method="sample", rng=jax.random.key(0), top_k=5
+    )
     np.testing.assert_array_equal(a.tokens, b.tokens)
     for row in np.asarray(a.tokens).tolist():
         if EOS in row:
-            assert all(t == PAD for t in row[row.index(EOS) + 1:])
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])
     with pytest.raises(ValueError, match="rng"):
         decoding.generate(model, params, enc, max_decode_length=MAX_LEN, method="sample")
 
@@ -139,8 +149,7 @@ def test_generate_accepts_a_variables_dict_and_a_config(setup):
 
 def test_generate_compiles_once_per_settings_and_shape(setup):
     model, params, enc = setup
-    settings = dict(max_decode_length=MAX_LEN, method="beam", num_beams=4, length_penalty=0.6,
-                    return_all_beams=True)
+    settings = dict(max_decode_length=MAX_LEN, method="beam", num_beams=4, length_penalty=0.6, return_all_beams=True)
     decoding.generate(model, params, enc, **settings)
     jitted = decoding._jit_for(params)
     compiled = jitted._cache_size()

@@ -3,11 +3,11 @@ independence, SVAMP judged by value, checkpoint selection, and the train-loop ho
 
 import json
 
-import gin
+import _eval_toy as toy
 import numpy as np
 import pytest
 
-import _eval_toy as toy
+import gin
 from dss_jax import evaluation
 from dss_jax.evaluation import DecodeSettings, evaluate, load_examples, score, write_outputs
 
@@ -67,7 +67,7 @@ def test_batch_size_does_not_change_predictions(env, examples, method):
     one = evaluate(env.trained.model, params, examples, batch_size=1, decode=decode)
     seven = evaluate(env.trained.model, params, examples, batch_size=7, decode=decode)  # last batch: 4 of 7
     assert one.records == seven.records
-    drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_second"}  # noqa: E731
+    drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_second"}
     assert drop(one.metrics) == drop(seven.metrics)
 
 
@@ -85,7 +85,7 @@ def test_svamp_equations_are_judged_by_value_with_the_safe_evaluator():
 
 def test_checkpoints_to_evaluate(env):
     run = str(env.trained.run_dir)
-    steps = lambda s: [step for step, _ in evaluation.checkpoints_to_evaluate(run, s)]  # noqa: E731
+    steps = lambda s: [step for step, _ in evaluation.checkpoints_to_evaluate(run, s)]
     assert steps("latest") == [60] and steps("all") == [15, 60] and steps([15]) == [15] and steps(15) == [15]
     with pytest.raises(ValueError, match=r"no checkpoint for step\(s\) \[16\]; it has steps \[15, 60\]"):
         steps([16])
@@ -135,13 +135,15 @@ def test_hugging_face_dirs_and_run_dirs_without_config_json_load(env, tmp_path):
 def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):
     gin.clear_config()
     try:
-        gin.parse_config([
-            f"make_train_eval_hook.task_name = '{toy.TASK}'",
-            f"make_train_eval_hook.feature_lengths = {json.dumps(toy.LENGTHS)}",
-            "make_train_eval_hook.batch_size = 4",
-            "make_train_eval_hook.split = 'test'",
-            f"make_train_eval_hook.output_dir = '{tmp_path}'",
-        ])
+        gin.parse_config(
+            [
+                f"make_train_eval_hook.task_name = '{toy.TASK}'",
+                f"make_train_eval_hook.feature_lengths = {json.dumps(toy.LENGTHS)}",
+                "make_train_eval_hook.batch_size = 4",
+                "make_train_eval_hook.split = 'test'",
+                f"make_train_eval_hook.output_dir = '{tmp_path}'",
+            ]
+        )
         hook = evaluation.make_train_eval_hook(env.trained.model)
     finally:
         gin.clear_config()
@@ -149,7 +151,8 @@ def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):
     out = hook(params=params, step=60)
     direct = evaluate(env.trained.model, params, examples, batch_size=4).metrics
     assert {k: v for k, v in out.items() if k != "decode/examples_per_second"} == {
-        "decode/" + k: v for k, v in direct.items() if k != "examples_per_second"}
+        "decode/" + k: v for k, v in direct.items() if k != "examples_per_second"
+    }
     assert len(_read_jsonl(tmp_path / "step_60" / "predictions.jsonl")) == 11
 
 

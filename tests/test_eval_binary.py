@@ -7,10 +7,10 @@ import pathlib
 import subprocess
 import sys
 
-import gin
+import _eval_toy as toy
 import pytest
 
-import _eval_toy as toy
+import gin
 from dss_jax import gin_utils
 from dss_jax.evaluation import evaluate, load_examples
 
@@ -34,8 +34,15 @@ def task_gin(env):
 
 def run_eval(task_gin, *args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_gin.parent), str(REPO)]))
-    cmd = [sys.executable, "-m", "dss_jax.eval", "--gin_file=runs/eval.gin", f"--gin_file={task_gin}",
-           "--gin.BATCH_SIZE=4", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.eval",
+        "--gin_file=runs/eval.gin",
+        f"--gin_file={task_gin}",
+        "--gin.BATCH_SIZE=4",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -48,8 +55,12 @@ def read_outputs(directory):
 
 def test_eval_binary_on_a_run_dir_every_step(env, task_gin, tmp_path):
     out = tmp_path / "eval"
-    proc = run_eval(task_gin, f"--gin.CHECKPOINT_PATH='{env.trained.run_dir}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-                    "--gin.STEPS='all'")
+    proc = run_eval(
+        task_gin,
+        f"--gin.CHECKPOINT_PATH='{env.trained.run_dir}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        "--gin.STEPS='all'",
+    )
     examples = load_examples(toy.TASK, "test", toy.LENGTHS)
     for step in (15, 60):
         rows, metrics = read_outputs(out / f"step_{step}")
@@ -67,8 +78,12 @@ def test_eval_binary_on_a_run_dir_every_step(env, task_gin, tmp_path):
 
 def test_eval_binary_on_a_params_checkpoint_with_rationales(env, task_gin, tmp_path):
     out = tmp_path / "eval"
-    run_eval(task_gin, f"--gin.CHECKPOINT_PATH='{env.params_dir}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-             "--gin.OUTPUT_RATIONALE=True")
+    run_eval(
+        task_gin,
+        f"--gin.CHECKPOINT_PATH='{env.params_dir}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        "--gin.OUTPUT_RATIONALE=True",
+    )
     rows, metrics = read_outputs(out)  # one checkpoint: outputs directly in EVAL_OUTPUT_DIR
     examples = load_examples(toy.TASK, "test", toy.LENGTHS)
     direct = evaluate(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
@@ -83,7 +98,11 @@ def test_missing_macros_are_named_before_any_work():
     gin.clear_config()
     try:
         with pytest.raises(gin_utils.GinConfigError, match="CHECKPOINT_PATH, EVAL_OUTPUT_DIR not set"):
-            gin_utils.parse_gin(["runs/eval.gin"], ["MIXTURE_OR_TASK_NAME = 'toy'", "TASK_FEATURE_LENGTHS = {}"], [],
-                                ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"))
+            gin_utils.parse_gin(
+                ["runs/eval.gin"],
+                ["MIXTURE_OR_TASK_NAME = 'toy'", "TASK_FEATURE_LENGTHS = {}"],
+                [],
+                ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"),
+            )
     finally:
         gin.clear_config()

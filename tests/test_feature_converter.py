@@ -36,7 +36,9 @@ def segments_of_rows(rows):
             e, d = enc_ids == k, dec_ids == k
             task = np.unique(rows["decoder_task_ids"][r][d])
             assert task.size == 1
-            out.append((tuple(rows["encoder_input_tokens"][r][e]), tuple(rows["decoder_target_tokens"][r][d]), int(task[0])))
+            out.append(
+                (tuple(rows["encoder_input_tokens"][r][e]), tuple(rows["decoder_target_tokens"][r][d]), int(task[0]))
+            )
     return out
 
 
@@ -65,8 +67,10 @@ def test_every_real_token_lands_exactly_once(packed):
     assert rows["decoder_loss_weights"].sum() == n_dec
     # Fewer rows than segments: label and rationale segments share rows.
     assert rows["encoder_input_tokens"].shape[0] < 2 * len(examples)
-    shared = [(rows["decoder_task_ids"][r] == 1).any() and (rows["decoder_task_ids"][r] == 2).any()
-              for r in range(rows["decoder_task_ids"].shape[0])]
+    shared = [
+        (rows["decoder_task_ids"][r] == 1).any() and (rows["decoder_task_ids"][r] == 2).any()
+        for r in range(rows["decoder_task_ids"].shape[0])
+    ]
     assert sum(shared) > 0
 
 
@@ -105,15 +109,21 @@ def test_segments_never_attend_across_each_other(packed):
         enc_origin = np.full(enc_seg.shape, -1)
         dec_origin = np.full(dec_seg.shape, -1)
         for k in range(1, int(enc_seg.max()) + 1):
-            key = (tuple(rows["encoder_input_tokens"][r][enc_seg == k]),
-                   tuple(rows["decoder_target_tokens"][r][dec_seg == k]),
-                   int(rows["decoder_task_ids"][r][dec_seg == k][0]))
+            key = (
+                tuple(rows["encoder_input_tokens"][r][enc_seg == k]),
+                tuple(rows["decoder_target_tokens"][r][dec_seg == k]),
+                int(rows["decoder_task_ids"][r][dec_seg == k][0]),
+            )
             origin = origin_of[key][0]
             enc_origin[enc_seg == k] = origin
             dec_origin[dec_seg == k] = origin
         enc_self, dec_self, cross = _attention_masks(rows, r)
         # Attention is allowed only between tokens of the same original segment.
-        for mask, q, kv in ((enc_self, enc_origin, enc_origin), (dec_self, dec_origin, dec_origin), (cross, dec_origin, enc_origin)):
+        for mask, q, kv in (
+            (enc_self, enc_origin, enc_origin),
+            (dec_self, dec_origin, dec_origin),
+            (cross, dec_origin, enc_origin),
+        ):
             qi, ki = np.nonzero(mask)
             assert (q[qi] == kv[ki]).all() and (q[qi] >= 0).all()
         # And each decoder token sees all of its own encoder segment.
@@ -170,7 +180,7 @@ def test_unpacked_one_segment_per_row():
     assert list(rows["decoder_task_ids"][:, 0]) == [1, 2] * 20
     for i, seg in enumerate(expected_segments(examples)):
         assert tuple(rows["encoder_input_tokens"][i][: len(seg[0])]) == seg[0]
-        assert not rows["encoder_input_tokens"][i][len(seg[0]):].any()
+        assert not rows["encoder_input_tokens"][i][len(seg[0]) :].any()
         assert tuple(rows["decoder_target_tokens"][i][: len(seg[1])]) == seg[1]
 
 
@@ -187,8 +197,20 @@ def test_deterministic_and_trims_long_parts():
 
 def test_small_case_exact_rows():
     # Two examples; rows of 10 encoder and 7 decoder tokens (as T5X's docstring example).
-    ex = [{"label_inputs": [7, 8, 1], "label_targets": [3, 1], "rationale_inputs": [9, 8, 1], "rationale_targets": [4, 5, 1]},
-          {"label_inputs": [7, 6, 1], "label_targets": [2, 1], "rationale_inputs": [9, 6, 1], "rationale_targets": [5, 1]}]
+    ex = [
+        {
+            "label_inputs": [7, 8, 1],
+            "label_targets": [3, 1],
+            "rationale_inputs": [9, 8, 1],
+            "rationale_targets": [4, 5, 1],
+        },
+        {
+            "label_inputs": [7, 6, 1],
+            "label_targets": [2, 1],
+            "rationale_inputs": [9, 6, 1],
+            "rationale_targets": [5, 1],
+        },
+    ]
     lengths = {"label_inputs": 10, "label_targets": 7, "rationale_inputs": 10, "rationale_targets": 7}
     rows = convert_numpy(ex, lengths, pack=True)
     assert rows["encoder_input_tokens"].tolist() == [[7, 8, 1, 9, 8, 1, 7, 6, 1, 0], [9, 6, 1] + [0] * 7]

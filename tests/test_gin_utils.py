@@ -10,9 +10,9 @@ import shlex
 import subprocess
 import sys
 
-import gin
 import pytest
 
+import gin
 from dss_jax import cli, gin_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,10 @@ def parse_train(bindings, files=TRAIN_FILES):
 
 def test_shorthand_becomes_a_binding():
     assert gin_utils.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS=5", "--x=1"]) == [
-        "prog", "--gin_bindings=TRAIN_STEPS = 5", "--x=1"]
+        "prog",
+        "--gin_bindings=TRAIN_STEPS = 5",
+        "--x=1",
+    ]
     with pytest.raises(SystemExit, match="needs a value"):
         gin_utils.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS"])
 
@@ -91,15 +94,22 @@ def test_unset_macro_is_named_with_its_flag(tmp_path):
 
 # --- misspelt names -----------------------------------------------------------------
 
-@pytest.mark.parametrize("binding,meant", [
-    ("TRAIN_STEP = 5", "TRAIN_STEPS"),   # issue #17: this ran 10,000 steps at batch 64
-    ("train_steps = 5", "TRAIN_STEPS"),  # any case: a parameter's name given as a macro
-    ("BATCHSIZE = 8", "BATCH_SIZE"),
-])
+
+@pytest.mark.parametrize(
+    "binding,meant",
+    [
+        ("TRAIN_STEP = 5", "TRAIN_STEPS"),  # issue #17: this ran 10,000 steps at batch 64
+        ("train_steps = 5", "TRAIN_STEPS"),  # any case: a parameter's name given as a macro
+        ("BATCHSIZE = 8", "BATCH_SIZE"),
+    ],
+)
 def test_command_line_macro_nothing_reads_is_an_error_naming_the_nearest(binding, meant):
     name = binding.split()[0]
-    with pytest.raises(gin_utils.GinConfigError, match=rf"macro {name} is set on the command line "
-                                                       rf".*nothing in this config reads it; did you mean {meant}( or \w+)*\?"):
+    with pytest.raises(
+        gin_utils.GinConfigError,
+        match=rf"macro {name} is set on the command line "
+        rf".*nothing in this config reads it; did you mean {meant}( or \w+)*\?",
+    ):
         parse_train([binding])
 
 
@@ -138,8 +148,10 @@ def test_file_macro_nothing_reads_is_allowed_and_logged(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         parse_train([], TRAIN_FILES + [str(mine)])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("mine.gin:2: macro TRAIN_STEP is set but nothing in this config reads it; did you mean TRAIN_STEPS?"
-               in w for w in warnings), caplog.text
+    assert any(
+        "mine.gin:2: macro TRAIN_STEP is set but nothing in this config reads it; did you mean TRAIN_STEPS?" in w
+        for w in warnings
+    ), caplog.text
 
 
 def test_unset_macro_points_at_a_misspelt_one_set_in_a_file(tmp_path):
@@ -150,8 +162,9 @@ def test_unset_macro_points_at_a_misspelt_one_set_in_a_file(tmp_path):
 
 
 def test_unknown_configurable_or_parameter_names_the_nearest(tmp_path):
-    with pytest.raises(gin_utils.GinConfigError,
-                       match=r"gin binding 'OptimizerConfig.learnin_rate = 1': .*did you mean learning_rate"):
+    with pytest.raises(
+        gin_utils.GinConfigError, match=r"gin binding 'OptimizerConfig.learnin_rate = 1': .*did you mean learning_rate"
+    ):
         parse_train(["OptimizerConfig.learnin_rate = 1"])
     gin.clear_config()
     with pytest.raises(gin_utils.GinConfigError, match=r"'LosConfig.z_loss = 0.1': .*did you mean LossConfig"):
@@ -161,20 +174,27 @@ def test_unknown_configurable_or_parameter_names_the_nearest(tmp_path):
     outer = tmp_path / "outer.gin"
     outer.write_text(f"include '{inner}'\n")
     gin.clear_config()
-    with pytest.raises(gin_utils.GinConfigError, match=r"inner.gin:2: .*'rationale_wieght'; did you mean "
-                                                       r"rationale_weight\?$"):
+    with pytest.raises(
+        gin_utils.GinConfigError,
+        match=r"inner.gin:2: .*'rationale_wieght'; did you mean "
+        r"rationale_weight\?$",
+    ):
         gin_utils.parse_gin([str(outer)], [], [])
 
 
 # --- syntax errors ------------------------------------------------------------------
 
-@pytest.mark.parametrize("binding,fix", [
-    ("MODEL_DIR = /tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),
-    ("MODEL_DIR = '/tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),  # a quote the shell ate
-    ("LABEL_SOURCE = teacher", "--gin.LABEL_SOURCE=\"'teacher'\" (or %teacher for a macro)"),
-    ("TASK_FEATURE_LENGTHS = {'a': 1", "a bracket or quote that opens is never closed"),
-    ("TASK_FEATURE_LENGTHS = {'a': 1]", "check its brackets"),
-])
+
+@pytest.mark.parametrize(
+    "binding,fix",
+    [
+        ("MODEL_DIR = /tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),
+        ("MODEL_DIR = '/tmp/x", "strings need quotes: --gin.MODEL_DIR=\"'/tmp/x'\""),  # a quote the shell ate
+        ("LABEL_SOURCE = teacher", "--gin.LABEL_SOURCE=\"'teacher'\" (or %teacher for a macro)"),
+        ("TASK_FEATURE_LENGTHS = {'a': 1", "a bracket or quote that opens is never closed"),
+        ("TASK_FEATURE_LENGTHS = {'a': 1]", "check its brackets"),
+    ],
+)
 def test_binding_syntax_error_is_one_line_with_the_fix(binding, fix, capsys):
     with pytest.raises(SystemExit) as e:
         cli.guard(lambda: parse_train([binding]), "train")()
@@ -189,8 +209,9 @@ def test_file_syntax_error_names_file_and_line(tmp_path):
     bad.write_text("import dss_jax.losses\n\nLossConfig.z_loss = 0.0\nMODEL_DIR = /tmp/x\n")
     top = tmp_path / "top.gin"
     top.write_text(f"include '{bad}'\n")
-    with pytest.raises(gin_utils.GinConfigError,
-                       match=r"bad.gin:4: 'MODEL_DIR = /tmp/x': .*strings need quotes: MODEL_DIR = '/tmp/x'$"):
+    with pytest.raises(
+        gin_utils.GinConfigError, match=r"bad.gin:4: 'MODEL_DIR = /tmp/x': .*strings need quotes: MODEL_DIR = '/tmp/x'$"
+    ):
         gin_utils.parse_gin([str(top)], [], [])
 
 
@@ -205,8 +226,10 @@ def test_bindings_without_a_file_are_checked_too():
 # --- nothing shipped trips the checks -----------------------------------------------
 
 DOCS = ["README.md", "gin/README.md", "docs/*.md", "launch/README.md", "gin/**/*.gin"]
-COMMAND = re.compile(r"(?:-m dss_jax\.(train|eval|infer|sweep|annotate)\b|slurm_gpu\.sbatch()|tpu_pod\.sh \S+ (train) --)"
-                     r"([^`\n]*)")
+COMMAND = re.compile(
+    r"(?:-m dss_jax\.(train|eval|infer|sweep|annotate)\b|slurm_gpu\.sbatch()|tpu_pod\.sh \S+ (train) --)"
+    r"([^`\n]*)"
+)
 
 
 def documented_commands():
@@ -215,8 +238,9 @@ def documented_commands():
         for path in sorted(glob.glob(os.path.join(REPO, pattern), recursive=True)):
             text = open(path).read()
             if path.endswith(".gin"):  # commands are in the comments
-                text = "\n".join(line.split("#", 1)[1] if line.lstrip().startswith("#") else ""
-                                 for line in text.splitlines())
+                text = "\n".join(
+                    line.split("#", 1)[1] if line.lstrip().startswith("#") else "" for line in text.splitlines()
+                )
             for lineno, line in _logical_lines(text):
                 for m in COMMAND.finditer(line):
                     binary = m.group(1) or m.group(3) or "train"
@@ -242,35 +266,79 @@ def _logical_lines(text):
 _TRAIN = ["runs/train.gin", "models/base.gin", "tasks/cqa.gin"]
 _DIR = "MODEL_DIR = '/tmp/run'"
 _KNOBS = [  # gin/README.md, "Other knobs" and "Training on a CPU"
-    "train.checkpoint_period = 100", "train.keep_checkpoints = 2", "train.log_period = 10",
-    "train.num_microbatches = 32", "train.seed = 1", "train.dropout_rng = 'xla_threefry'",
-    "LossConfig.normalization = 'sequence'", "LossConfig.z_loss = 1e-4", "LossConfig.label_smoothing = 0.1",
-    "OptimizerConfig.learning_rate = 1e-3", "OptimizerConfig.schedule = 'rsqrt'", "OptimizerConfig.warmup_steps = 10",
-    "OptimizerConfig.clip_grad_norm = 1.0", "OptimizerConfig.weight_decay = 0.0",
+    "train.checkpoint_period = 100",
+    "train.keep_checkpoints = 2",
+    "train.log_period = 10",
+    "train.num_microbatches = 32",
+    "train.seed = 1",
+    "train.dropout_rng = 'xla_threefry'",
+    "LossConfig.normalization = 'sequence'",
+    "LossConfig.z_loss = 1e-4",
+    "LossConfig.label_smoothing = 0.1",
+    "OptimizerConfig.learning_rate = 1e-3",
+    "OptimizerConfig.schedule = 'rsqrt'",
+    "OptimizerConfig.warmup_steps = 10",
+    "OptimizerConfig.clip_grad_norm = 1.0",
+    "OptimizerConfig.weight_decay = 0.0",
     "model_config.overrides = {'dtype': 'bfloat16', 'remat_policy': 'full', 'dropout_rate': 0.1}",
-    "task_options.train_fraction = 0.5", "task_options.seed = 1", "task_options.teacher_sample = 0",
-    "DssFeatureConverter.pack_encoder_length = 512", "DssFeatureConverter.pack_decoder_length = 128",
+    "task_options.train_fraction = 0.5",
+    "task_options.seed = 1",
+    "task_options.teacher_sample = 0",
+    "DssFeatureConverter.pack_encoder_length = 512",
+    "DssFeatureConverter.pack_decoder_length = 128",
     "train_batches.num_input_shards = 1",
 ]
 TABLE = (  # gin/README.md's table: every file of each column, and the paper's baselines
-    [(f"gin/README.md table models/{os.path.basename(p)}", "train",
-      _TRAIN[:1] + [f"models/{os.path.basename(p)}"] + _TRAIN[2:], [_DIR])
-     for p in sorted(glob.glob(os.path.join(REPO, "gin/models/*.gin")))]
-    + [(f"gin/README.md table tasks/{os.path.basename(p)}", "train", _TRAIN[:2] + [f"tasks/{os.path.basename(p)}"],
-        [_DIR]) for p in sorted(glob.glob(os.path.join(REPO, "gin/tasks/*.gin")))]
-    + [(f"gin/README.md table {d}/{os.path.basename(p)}", "train", _TRAIN + [f"{d}/{os.path.basename(p)}"], [_DIR])
-       for d in ("partitioning", "optimizers") for p in sorted(glob.glob(os.path.join(REPO, f"gin/{d}/*.gin")))]
-    + [(f"gin/README.md baseline {s}", "train", _TRAIN, [_DIR, "RATIONALE_WEIGHT = 0.0", f"LABEL_SOURCE = '{s}'"])
-       for s in ("gt", "teacher")]
+    [
+        (
+            f"gin/README.md table models/{os.path.basename(p)}",
+            "train",
+            _TRAIN[:1] + [f"models/{os.path.basename(p)}"] + _TRAIN[2:],
+            [_DIR],
+        )
+        for p in sorted(glob.glob(os.path.join(REPO, "gin/models/*.gin")))
+    ]
+    + [
+        (
+            f"gin/README.md table tasks/{os.path.basename(p)}",
+            "train",
+            _TRAIN[:2] + [f"tasks/{os.path.basename(p)}"],
+            [_DIR],
+        )
+        for p in sorted(glob.glob(os.path.join(REPO, "gin/tasks/*.gin")))
+    ]
+    + [
+        (f"gin/README.md table {d}/{os.path.basename(p)}", "train", _TRAIN + [f"{d}/{os.path.basename(p)}"], [_DIR])
+        for d in ("partitioning", "optimizers")
+        for p in sorted(glob.glob(os.path.join(REPO, f"gin/{d}/*.gin")))
+    ]
+    + [
+        (f"gin/README.md baseline {s}", "train", _TRAIN, [_DIR, "RATIONALE_WEIGHT = 0.0", f"LABEL_SOURCE = '{s}'"])
+        for s in ("gt", "teacher")
+    ]
     + [("gin/README.md knobs", "train", _TRAIN, [_DIR, *_KNOBS])]
     + [("gin/README.md tp", "train", _TRAIN + ["partitioning/tp.gin"], [_DIR, "NUM_PARTITIONS = 4"])]
-    + [(f"gin/sweeps/{os.path.basename(p)}", "sweep", [f"sweeps/{os.path.basename(p)}"], ["SWEEP_DIR = '/tmp/s'"])
-       for p in sorted(glob.glob(os.path.join(REPO, "gin/sweeps/*.gin")))]
-    + [("dss_jax/quickstart.py train", "train", ["quickstart.gin"], ["MODEL_DIR = '/tmp/q'", "TRAIN_STEPS = 8"]),
-       ("dss_jax/quickstart.py eval", "eval", ["runs/eval.gin", "quickstart.gin"],
-        ["CHECKPOINT_PATH = '/tmp/q'", "EVAL_OUTPUT_DIR = '/tmp/q/eval'", "SPLIT = 'test'"])]
-    + [("docs/bootstrap.md paths", "train", ["recipes/bootstrap_round2.gin"],
-        ["MODEL_DIR = '/tmp/r2'", "ROUND1_MODEL_DIR = '/tmp/r1'", "STUDENT_CACHE = '/tmp/c.jsonl'"])]
+    + [
+        (f"gin/sweeps/{os.path.basename(p)}", "sweep", [f"sweeps/{os.path.basename(p)}"], ["SWEEP_DIR = '/tmp/s'"])
+        for p in sorted(glob.glob(os.path.join(REPO, "gin/sweeps/*.gin")))
+    ]
+    + [
+        ("dss_jax/quickstart.py train", "train", ["quickstart.gin"], ["MODEL_DIR = '/tmp/q'", "TRAIN_STEPS = 8"]),
+        (
+            "dss_jax/quickstart.py eval",
+            "eval",
+            ["runs/eval.gin", "quickstart.gin"],
+            ["CHECKPOINT_PATH = '/tmp/q'", "EVAL_OUTPUT_DIR = '/tmp/q/eval'", "SPLIT = 'test'"],
+        ),
+    ]
+    + [
+        (
+            "docs/bootstrap.md paths",
+            "train",
+            ["recipes/bootstrap_round2.gin"],
+            ["MODEL_DIR = '/tmp/r2'", "ROUND1_MODEL_DIR = '/tmp/r1'", "STUDENT_CACHE = '/tmp/c.jsonl'"],
+        )
+    ]
 )
 
 
@@ -281,13 +349,15 @@ def test_the_docs_show_commands():
     assert len(wheres) >= 15
 
 
-@pytest.mark.parametrize("where,binary,files,bindings", [
-    pytest.param(*c, id=f"{c[0]} {c[1]}") for c in list(documented_commands()) + TABLE])
+@pytest.mark.parametrize(
+    "where,binary,files,bindings", [pytest.param(*c, id=f"{c[0]} {c[1]}") for c in list(documented_commands()) + TABLE]
+)
 def test_every_documented_combination_parses(where, binary, files, bindings, binaries, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # gin files are found from anywhere
     module = binaries[binary]
-    gin_utils.parse_gin(files, bindings, ["."], getattr(module, "REQUIRED_MACROS", ()),
-                        require_files=binary != "annotate")
+    gin_utils.parse_gin(
+        files, bindings, ["."], getattr(module, "REQUIRED_MACROS", ()), require_files=binary != "annotate"
+    )
     if binary == "sweep":  # and every run it would start, as its train and eval binaries parse them
         cfg = module.sweep_config()
         module.check_methods(cfg)
@@ -296,18 +366,53 @@ def test_every_documented_combination_parses(where, binary, files, bindings, bin
 
 # --- the binaries ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("binary,args,typo,meant", [
-    ("train", ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin",
-               "--gin.MODEL_DIR='{out}'"], "--gin.TRAIN_STEP=5", "TRAIN_STEPS"),
-    ("eval", ["--gin_file=runs/eval.gin", "--gin_file=tasks/synthetic.gin", "--gin.CHECKPOINT_PATH='/nonexistent'",
-              "--gin.EVAL_OUTPUT_DIR='{out}'"], "--gin.SPLT='test'", "SPLIT"),
-    ("infer", ["--gin_file=runs/infer.gin", "--gin_file=tasks/synthetic.gin", "--gin.CHECKPOINT_PATH='/nonexistent'",
-               "--gin.INFER_INPUT='/nonexistent.jsonl'", "--gin.INFER_OUTPUT='{out}'"], "--gin.BATCHSIZE=4",
-     "BATCH_SIZE"),
-    ("sweep", ["--gin_file=sweeps/data_size.gin", "--gin.SWEEP_DIR='{out}'"],
-     "--gin.sweep_config.train_bindings=['TRAIN_STEP = 3']", "TRAIN_STEPS"),  # caught before the first run
-    ("annotate", ["--input=/nonexistent.jsonl", "--output={out}", "--model=m"], "--gin.TRAIN_STEPS=3", None),
-])
+
+@pytest.mark.parametrize(
+    "binary,args,typo,meant",
+    [
+        (
+            "train",
+            [
+                "--gin_file=runs/train.gin",
+                "--gin_file=models/tiny.gin",
+                "--gin_file=tasks/synthetic.gin",
+                "--gin.MODEL_DIR='{out}'",
+            ],
+            "--gin.TRAIN_STEP=5",
+            "TRAIN_STEPS",
+        ),
+        (
+            "eval",
+            [
+                "--gin_file=runs/eval.gin",
+                "--gin_file=tasks/synthetic.gin",
+                "--gin.CHECKPOINT_PATH='/nonexistent'",
+                "--gin.EVAL_OUTPUT_DIR='{out}'",
+            ],
+            "--gin.SPLT='test'",
+            "SPLIT",
+        ),
+        (
+            "infer",
+            [
+                "--gin_file=runs/infer.gin",
+                "--gin_file=tasks/synthetic.gin",
+                "--gin.CHECKPOINT_PATH='/nonexistent'",
+                "--gin.INFER_INPUT='/nonexistent.jsonl'",
+                "--gin.INFER_OUTPUT='{out}'",
+            ],
+            "--gin.BATCHSIZE=4",
+            "BATCH_SIZE",
+        ),
+        (
+            "sweep",
+            ["--gin_file=sweeps/data_size.gin", "--gin.SWEEP_DIR='{out}'"],
+            "--gin.sweep_config.train_bindings=['TRAIN_STEP = 3']",
+            "TRAIN_STEPS",
+        ),  # caught before the first run
+        ("annotate", ["--input=/nonexistent.jsonl", "--output={out}", "--model=m"], "--gin.TRAIN_STEPS=3", None),
+    ],
+)
 def test_binaries_stop_on_a_misspelt_macro_before_any_work(binary, args, typo, meant, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", f"dss_jax.{binary}", *[a.format(out=out) for a in args], typo]

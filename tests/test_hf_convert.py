@@ -2,6 +2,7 @@
 
 Every checkpoint is a tiny random model made here with `transformers`, saved to tmp_path.
 """
+
 import json
 import shutil
 
@@ -21,19 +22,25 @@ transformers = pytest.importorskip("transformers")
 VOCAB, D_MODEL = 120, 32
 HF_VARIANTS = {
     # Original T5: ReLU, tied head with the d_model**-0.5 rescale; default (32, 128) buckets.
-    "t5.1.0": dict(config=dict(feed_forward_proj="relu", tie_word_embeddings=True), untie=False,
-                   hub_config=False),
+    "t5.1.0": dict(config=dict(feed_forward_proj="relu", tie_word_embeddings=True), untie=False, hub_config=False),
     # T5 v1.1 / Flan-T5 as published on the Hub: gated-GELU, separate lm_head.weight and a
     # config.json with tie_word_embeddings=false (transformers 4 style). Few buckets and a short
     # max distance so the logarithmic buckets and the clipping are exercised.
-    "t5.1.1": dict(config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                               relative_attention_num_buckets=8,
-                               relative_attention_max_distance=20),
-                   untie=True, hub_config=True),
+    "t5.1.1": dict(
+        config=dict(
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=20,
+        ),
+        untie=True,
+        hub_config=True,
+    ),
     # What transformers 5 saves for a fresh v1.1 config: the head tied to the embedding, no
     # rescale, `scale_decoder_outputs: false` in config.json.
-    "gated-tied-hf5": dict(config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-                           untie=False, hub_config=False),
+    "gated-tied-hf5": dict(
+        config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), untie=False, hub_config=False
+    ),
 }
 
 
@@ -41,8 +48,17 @@ def make_hf_checkpoint(path, variant, seed=0):
     """Saves a random tiny T5 of `variant` to `path`; returns the model as HF loads it."""
     spec = HF_VARIANTS[variant]
     config = transformers.T5Config(
-        vocab_size=VOCAB, d_model=D_MODEL, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, dropout_rate=0.1, decoder_start_token_id=0, **spec["config"])
+        vocab_size=VOCAB,
+        d_model=D_MODEL,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.1,
+        decoder_start_token_id=0,
+        **spec["config"],
+    )
     torch.manual_seed(seed)
     model = transformers.T5ForConditionalGeneration(config)
     with torch.no_grad():
@@ -84,9 +100,11 @@ def _batch(seed=0):
 def _hf_forward(model, enc, dec, labels=None):
     with torch.no_grad():
         return model(
-            input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc != 0),
+            input_ids=torch.tensor(enc),
+            attention_mask=torch.tensor(enc != 0),
             decoder_input_ids=torch.tensor(dec),
-            labels=None if labels is None else torch.tensor(labels))
+            labels=None if labels is None else torch.tensor(labels),
+        )
 
 
 @jax.jit
@@ -99,8 +117,7 @@ def _masked_cross_entropy(logits, labels):
 
 def _ours(config, params, enc, dec):
     model = T5(config)
-    fwd = jax.jit(lambda p, e, d: (model.apply({"params": p}, e, d),
-                                   model.apply({"params": p}, e, method=T5.encode)))
+    fwd = jax.jit(lambda p, e, d: (model.apply({"params": p}, e, d), model.apply({"params": p}, e, method=T5.encode)))
     logits, encoded = fwd(params, jnp.asarray(enc, jnp.int32), jnp.asarray(dec, jnp.int32))
     return np.asarray(logits), np.asarray(encoded)
 
@@ -126,13 +143,13 @@ def test_round_trip_import_export_gives_identical_logits(hf_checkpoint, tmp_path
     variant, path, hf_model = hf_checkpoint
     params, config, _ = hf_convert.import_hf_checkpoint(path)
     (tmp_path / "spiece.model").write_bytes(b"not really a sentencepiece model")
-    out_dir = hf_convert.export_hf_checkpoint(params, config, tmp_path / "export",
-                                              vocab_path=tmp_path / "spiece.model")
+    out_dir = hf_convert.export_hf_checkpoint(params, config, tmp_path / "export", vocab_path=tmp_path / "spiece.model")
     assert (out_dir / "spiece.model").read_bytes() == b"not really a sentencepiece model"
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out_dir).eval()
     enc, dec, _ = _batch(1)
-    np.testing.assert_array_equal(_hf_forward(reloaded, enc, dec).logits.numpy(),
-                                  _hf_forward(hf_model, enc, dec).logits.numpy())
+    np.testing.assert_array_equal(
+        _hf_forward(reloaded, enc, dec).logits.numpy(), _hf_forward(hf_model, enc, dec).logits.numpy()
+    )
     exported = hf_convert.read_safetensors(out_dir / "model.safetensors")
     original = hf_convert.read_safetensors(path / "model.safetensors")
     copies = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
@@ -154,10 +171,9 @@ def test_relative_position_buckets_match_transformers():
     for bidirectional in (True, False):
         for buckets, max_distance in ((32, 128), (8, 20), (32, 64), (6, 7), (64, 256)):
             expected = T5Attention._relative_position_bucket(
-                torch.tensor(rel), bidirectional=bidirectional, num_buckets=buckets,
-                max_distance=max_distance).numpy()
-            ours = np.asarray(relative_position_bucket(
-                jnp.asarray(rel), bidirectional, buckets, max_distance))
+                torch.tensor(rel), bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
+            ).numpy()
+            ours = np.asarray(relative_position_bucket(jnp.asarray(rel), bidirectional, buckets, max_distance))
             np.testing.assert_array_equal(ours, expected)
 
 
@@ -178,24 +194,21 @@ def test_sharded_safetensors_import(v11_dir, tmp_path):
     shutil.copyfile(path / "config.json", tmp_path / "config.json")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
-    _assert_same_params(hf_convert.import_hf_checkpoint(tmp_path)[0],
-                        hf_convert.import_hf_checkpoint(path)[0])
+    _assert_same_params(hf_convert.import_hf_checkpoint(tmp_path)[0], hf_convert.import_hf_checkpoint(path)[0])
 
 
 def test_pytorch_bin_import(v11_dir, tmp_path):
     path, model = v11_dir
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     shutil.copyfile(path / "config.json", tmp_path / "config.json")
-    _assert_same_params(hf_convert.import_hf_checkpoint(tmp_path)[0],
-                        hf_convert.import_hf_checkpoint(path)[0])
+    _assert_same_params(hf_convert.import_hf_checkpoint(tmp_path)[0], hf_convert.import_hf_checkpoint(path)[0])
 
 
 def test_bfloat16_safetensors_import(v11_dir, tmp_path):
     from safetensors.torch import save_file
 
     path, model = v11_dir
-    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-             if "embed_tokens" not in k}
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if "embed_tokens" not in k}
     save_file(state, tmp_path / "model.safetensors")
     shutil.copyfile(path / "config.json", tmp_path / "config.json")
     params16, config, _ = hf_convert.import_hf_checkpoint(tmp_path)
@@ -255,8 +268,9 @@ def _generating_params(config, seed=0):
 
     def init(path, s):
         is_norm = "scale" in str(path[-1])
-        return (1.0 + 0.3 * rng.standard_normal(s.shape) if is_norm else 2.0 * rng.standard_normal(s.shape)
-                ).astype(np.float32)
+        return (1.0 + 0.3 * rng.standard_normal(s.shape) if is_norm else 2.0 * rng.standard_normal(s.shape)).astype(
+            np.float32
+        )
 
     params = jax.tree_util.tree_map_with_path(init, shapes)
     if config.tie_word_embeddings:
@@ -286,15 +300,22 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
 
     from dss_jax.model import decoding
 
-    config = T5Config.preset("tiny", variant, vocab_size=GEN_VOCAB, relative_attention_num_buckets=8,
-                             relative_attention_max_distance=16, dropout_rate=0.0)
+    config = T5Config.preset(
+        "tiny",
+        variant,
+        vocab_size=GEN_VOCAB,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+    )
     params = _generating_params(config)
     out = hf_convert.export_hf_checkpoint(params, config, tmp_path / "hf")
     untied = not config.tie_word_embeddings
     kwargs = {"tie_word_embeddings": False} if untied else {}
     assert hf_convert.from_pretrained_call(config, out) == (
         f"transformers.T5ForConditionalGeneration.from_pretrained({str(out)!r}"
-        f"{', tie_word_embeddings=False' if untied else ''})")
+        f"{', tie_word_embeddings=False' if untied else ''})"
+    )
 
     records = []
     handler = logging.Handler(logging.WARNING)
@@ -325,9 +346,11 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
     def hf_greedy(hf_model):
         ids = torch.tensor(enc, dtype=torch.long)
         with torch.no_grad():
-            return _greedy_rows(hf_model.generate(input_ids=ids, attention_mask=(ids > 0).long(),
-                                                  max_new_tokens=MAX_NEW, do_sample=False, num_beams=1).numpy())
+            return _greedy_rows(
+                hf_model.generate(
+                    input_ids=ids, attention_mask=(ids > 0).long(), max_new_tokens=MAX_NEW, do_sample=False, num_beams=1
+                ).numpy()
+            )
 
     np.testing.assert_array_equal(hf_greedy(model), ours)
-    np.testing.assert_array_equal(hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(out).eval()),
-                                  ours)
+    np.testing.assert_array_equal(hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(out).eval()), ours)

@@ -8,9 +8,9 @@ import pathlib
 import subprocess
 import sys
 
+import _eval_toy as toy
 import pytest
 
-import _eval_toy as toy
 from dss_jax import infer
 from dss_jax.evaluation import evaluate, load_examples
 
@@ -35,9 +35,14 @@ def test_labels_are_those_of_the_eval_and_long_inputs_warn(env, tmp_path, caplog
     records.append({"input": "what about a blue hat?"})  # no id: the line number is used
     source = write_jsonl(tmp_path / "in.jsonl", records)
     with caplog.at_level(logging.WARNING):
-        rows = infer.infer_file(checkpoint_path=str(env.trained.run_dir), input_path=str(source),
-                                output_path=str(tmp_path / "out" / "labels.jsonl"), feature_lengths=toy.LENGTHS,
-                                batch_size=4, output_rationale=True)
+        rows = infer.infer_file(
+            checkpoint_path=str(env.trained.run_dir),
+            input_path=str(source),
+            output_path=str(tmp_path / "out" / "labels.jsonl"),
+            feature_lengths=toy.LENGTHS,
+            batch_size=4,
+            output_rationale=True,
+        )
     written = [json.loads(line) for line in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
     assert written == rows and len(rows) == 13
     assert [r["id"] for r in rows] == [r["id"] for r in records[:-1]] + ["13"]
@@ -87,12 +92,20 @@ def test_infer_binary_reports_an_unpaired_surrogate_as_file_and_line(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "q1", "input": "fine"}\n{"id": "q2", "input": "bad \\ud800 text"}\n')
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "dss_jax.infer", "--gin_file=runs/infer.gin", "--gin.MIXTURE_OR_TASK_NAME=None",
-           f"--gin.CHECKPOINT_PATH='{tmp_path / 'no_checkpoint'}'", f"--gin.INFER_INPUT='{source}'",
-           f"--gin.INFER_OUTPUT='{out}'",
-           "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 8, 'label_targets': 8}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                          text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.infer",
+        "--gin_file=runs/infer.gin",
+        "--gin.MIXTURE_OR_TASK_NAME=None",
+        f"--gin.CHECKPOINT_PATH='{tmp_path / 'no_checkpoint'}'",
+        f"--gin.INFER_INPUT='{source}'",
+        f"--gin.INFER_OUTPUT='{out}'",
+        "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 8, 'label_targets': 8}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr[-4000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"infer: error: {source}:2: ") and "unpaired UTF-16 surrogate" in last, last
@@ -116,20 +129,27 @@ def test_nli_inputs_split_at_the_separator_like_the_tasks():
 
 
 def test_infer_binary_end_to_end(env, tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "input": "what about a red cup?"},
-                                                  {"id": "q2", "input": LONG}])
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": "q1", "input": "what about a red cup?"}, {"id": "q2", "input": LONG}]
+    )
     task_dir = env.root / "subprocess_task"
     task_dir.mkdir(exist_ok=True)
     toy.write_task_module(env.caches, task_dir)
     task_gin = toy.write_task_gin(task_dir)
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "dss_jax.infer", "--gin_file=runs/infer.gin", f"--gin_file={task_gin}",
-           f"--gin.CHECKPOINT_PATH='{env.params_dir}'", f"--gin.INFER_INPUT='{source}'",
-           f"--gin.INFER_OUTPUT='{out}'"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.infer",
+        "--gin_file=runs/infer.gin",
+        f"--gin_file={task_gin}",
+        f"--gin.CHECKPOINT_PATH='{env.params_dir}'",
+        f"--gin.INFER_INPUT='{source}'",
+        f"--gin.INFER_OUTPUT='{out}'",
+    ]
     proc_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_dir), str(REPO)]))
     proc = subprocess.run(cmd, cwd=REPO, env=proc_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2"] and rows[1]["truncated"] is True
     assert f"{source}:2 (id 'q2')" in proc.stderr and "2 predictions written" in proc.stdout
-

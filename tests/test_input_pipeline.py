@@ -19,12 +19,26 @@ def task_name(tmp_path_factory):
     train = tmp / "train.jsonl"
     with CacheWriter(train) as w:
         for i in range(40):
-            w.write(CacheRecord(id=f"t{i}", input=f"Is {i} even?", label=["yes", "no"][i % 2],
-                                samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),)))
-    spm = vocab.train_vocabulary([f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
-                                 tmp / "v.model", vocab.VocabSettings(vocab_size=400))
-    dss_tasks.register_cache_task("pipeline_parity", train_cache=train, vocabulary=vocab.from_checkpoint(spm),
-                                  family="cqa", options=dss_tasks.TaskOptions())
+            w.write(
+                CacheRecord(
+                    id=f"t{i}",
+                    input=f"Is {i} even?",
+                    label=["yes", "no"][i % 2],
+                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),),
+                )
+            )
+    spm = vocab.train_vocabulary(
+        [f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
+        tmp / "v.model",
+        vocab.VocabSettings(vocab_size=400),
+    )
+    dss_tasks.register_cache_task(
+        "pipeline_parity",
+        train_cache=train,
+        vocabulary=vocab.from_checkpoint(spm),
+        family="cqa",
+        options=dss_tasks.TaskOptions(),
+    )
     yield "pipeline_parity"
     import seqio
 
@@ -32,14 +46,26 @@ def task_name(tmp_path_factory):
 
 
 def _train(task_name, n=4, **kw):
-    it = input_pipeline.train_batches(task_name=task_name, feature_lengths=LENGTHS, batch_size=4, seed=3,
-                                      shard_index=0, num_shards=1, start_position=0, rationale_weight=1.0, **kw)
+    it = input_pipeline.train_batches(
+        task_name=task_name,
+        feature_lengths=LENGTHS,
+        batch_size=4,
+        seed=3,
+        shard_index=0,
+        num_shards=1,
+        start_position=0,
+        rationale_weight=1.0,
+        **kw,
+    )
     return [next(it) for _ in range(n)]
 
 
 def _eval(task_name):
-    return list(input_pipeline.eval_batches(task_name=task_name, feature_lengths=LENGTHS, batch_size=4,
-                                            split="validation", shard_index=0, num_shards=1))
+    return list(
+        input_pipeline.eval_batches(
+            task_name=task_name, feature_lengths=LENGTHS, batch_size=4, split="validation", shard_index=0, num_shards=1
+        )
+    )
 
 
 def _same(a, b):
@@ -61,14 +87,28 @@ def test_pipelines_built_without_autograph_give_the_same_batches(task_name, monk
 
 
 def _examples_batches(task_name, n=6, start_position=0, rationale_weight=1.0, **kw):
-    return input_pipeline.train_batches(task_name=task_name, feature_lengths=LENGTHS, batch_size=n, seed=3,
-                                        shard_index=0, num_shards=1, start_position=start_position,
-                                        rationale_weight=rationale_weight, batch_unit="examples", **kw)
+    return input_pipeline.train_batches(
+        task_name=task_name,
+        feature_lengths=LENGTHS,
+        batch_size=n,
+        seed=3,
+        shard_index=0,
+        num_shards=1,
+        start_position=start_position,
+        rationale_weight=rationale_weight,
+        batch_unit="examples",
+        **kw,
+    )
 
 
 def _segment_starts(batch, task_id):
-    return int(((batch["decoder_positions"] == 0) & (batch["decoder_task_ids"] == task_id)
-                & (batch["decoder_loss_weights"] > 0)).sum())
+    return int(
+        (
+            (batch["decoder_positions"] == 0)
+            & (batch["decoder_task_ids"] == task_id)
+            & (batch["decoder_loss_weights"] > 0)
+        ).sum()
+    )
 
 
 def _label_inputs(batch):
@@ -108,8 +148,9 @@ def test_a_batch_in_examples_resumes_at_its_position_and_loses_nothing(task_name
 
     from dss_jax.data.feature_converter import DssFeatureConverter
 
-    ds = input_pipeline._dataset(task_name, LENGTHS, "train", shuffle=True, seed=3, num_epochs=None,
-                                 shard_index=0, num_shards=1)
+    ds = input_pipeline._dataset(
+        task_name, LENGTHS, "train", shuffle=True, seed=3, num_epochs=None, shard_index=0, num_shards=1
+    )
     stream = DssFeatureConverter(pack=True).numpy_examples(ds, LENGTHS)
     for batch in whole:
         expected = [tuple(next(stream)["label_inputs"]) for _ in range(6)]
@@ -130,10 +171,31 @@ def test_training_with_a_batch_in_examples_reports_examples_rows_and_tokens_per_
     from dss_jax.model.config import T5Config
     from dss_jax.model.t5 import T5
 
-    model = T5(T5Config.preset("tiny", "t5.1.1", vocab_size=400, dropout_rate=0.0, d_model=32, d_ff=64, num_heads=2,
-                               d_kv=16, num_encoder_layers=1, num_decoder_layers=1))
-    train_loop.train(model, model_dir=str(tmp_path / "run"), task_name=task_name, task_feature_lengths=LENGTHS,
-                     train_steps=2, batch_size=6, batch_unit="examples", log_period=1, checkpoint_period=2)
+    model = T5(
+        T5Config.preset(
+            "tiny",
+            "t5.1.1",
+            vocab_size=400,
+            dropout_rate=0.0,
+            d_model=32,
+            d_ff=64,
+            num_heads=2,
+            d_kv=16,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+        )
+    )
+    train_loop.train(
+        model,
+        model_dir=str(tmp_path / "run"),
+        task_name=task_name,
+        task_feature_lengths=LENGTHS,
+        train_steps=2,
+        batch_size=6,
+        batch_unit="examples",
+        log_period=1,
+        checkpoint_period=2,
+    )
     with open(tmp_path / "run" / "train" / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert [r["examples_per_step"] for r in records] == [6, 6]

@@ -1,5 +1,6 @@
 """The launchers: argument checks, the commands they would run, and the TPU pod script
 driven end to end against a fake `gcloud` that plays two workers on this machine."""
+
 import os
 import pathlib
 import shutil
@@ -42,8 +43,10 @@ def local(*args, env=None):
 
 
 def test_local_streams_process_0_and_shows_a_failed_process(tmp_path):
-    code = ("import sys; i = sys.argv[-1].split('=')[1]; print('hello from process', i, flush=True);"
-            "sys.exit('boom in process 1' if i == '1' and 'fail' in sys.argv[1] else 0)")
+    code = (
+        "import sys; i = sys.argv[-1].split('=')[1]; print('hello from process', i, flush=True);"
+        "sys.exit('boom in process 1' if i == '1' and 'fail' in sys.argv[1] else 0)"
+    )
     r = local("--num_processes=2", f"--log_dir={tmp_path}", "--", "-c", code, "ok")
     assert r.returncode == 0, r.stderr
     assert "hello from process 0" in r.stdout and "hello from process 1" not in r.stdout
@@ -55,8 +58,16 @@ def test_local_streams_process_0_and_shows_a_failed_process(tmp_path):
 
 
 def test_local_cpu_dry_run_gives_each_process_its_index_and_virtual_devices():
-    r = local("--num_processes=3", "--devices_per_process=2", "--port=4321", "--dry_run", "--",
-              "-m", "dss_jax.train", "--gin.MODEL_DIR='/tmp/a b'")
+    r = local(
+        "--num_processes=3",
+        "--devices_per_process=2",
+        "--port=4321",
+        "--dry_run",
+        "--",
+        "-m",
+        "dss_jax.train",
+        "--gin.MODEL_DIR='/tmp/a b'",
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 3
@@ -68,20 +79,33 @@ def test_local_cpu_dry_run_gives_each_process_its_index_and_virtual_devices():
 
 
 def test_local_gpu_dry_run_splits_the_visible_gpus():
-    r = local("--num_processes=2", "--gpus_per_process=2", "--dry_run", "--", "-m", "dss_jax.train",
-              env={"CUDA_VISIBLE_DEVICES": "3,4,5,6"})
+    r = local(
+        "--num_processes=2",
+        "--gpus_per_process=2",
+        "--dry_run",
+        "--",
+        "-m",
+        "dss_jax.train",
+        env={"CUDA_VISIBLE_DEVICES": "3,4,5,6"},
+    )
     assert r.returncode == 0, r.stderr
     first, second = r.stdout.strip().splitlines()
     assert first.startswith("CUDA_VISIBLE_DEVICES=3,4 ") and second.startswith("CUDA_VISIBLE_DEVICES=5,6 ")
     assert "JAX_PLATFORMS" not in first
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--num_processes=2", "--"], "nothing to run"),
-    (["--num_processes=0", "--", "-m", "x"], "--num_processes must be at least 1"),
-    (["--num_processes=4", "--gpus_per_process=1", "--", "-m", "x"], "need 4 GPUs but CUDA_VISIBLE_DEVICES lists 2"),
-    (["--num_processes=2"], "usage"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num_processes=2", "--"], "nothing to run"),
+        (["--num_processes=0", "--", "-m", "x"], "--num_processes must be at least 1"),
+        (
+            ["--num_processes=4", "--gpus_per_process=1", "--", "-m", "x"],
+            "need 4 GPUs but CUDA_VISIBLE_DEVICES lists 2",
+        ),
+        (["--num_processes=2"], "usage"),
+    ],
+)
 def test_local_rejects_bad_arguments(args, message):
     r = local(*args, env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert r.returncode == 2
@@ -97,14 +121,26 @@ def fake_slurm(tmp_path):
     bin_dir.mkdir()
     # `scontrol show hostnames LIST` expands a node list, first node first; a long list,
     # so that a reader that stops after the first line would SIGPIPE it.
-    write_exe(bin_dir / "scontrol", "#!/usr/bin/env bash\necho gpu-node-007\nfor i in $(seq 5000); do echo gpu-node-$i; done\n")
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node-[007-008]",
-            "SLURM_NTASKS": "16", "SLURM_SUBMIT_DIR": str(REPO), "DSS_LOG_DIR": str(tmp_path / "logs"), "DRY_RUN": "1"}
+    write_exe(
+        bin_dir / "scontrol",
+        "#!/usr/bin/env bash\necho gpu-node-007\nfor i in $(seq 5000); do echo gpu-node-$i; done\n",
+    )
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu-node-[007-008]",
+        "SLURM_NTASKS": "16",
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "DSS_LOG_DIR": str(tmp_path / "logs"),
+        "DRY_RUN": "1",
+    }
 
 
 def test_sbatch_runs_one_task_script_per_process_with_the_first_node_as_coordinator(fake_slurm):
-    r = run(["bash", str(LAUNCH / "slurm_gpu.sbatch"), "--gin_file=runs/train.gin", "--gin.MODEL_DIR='/shared/x'"],
-            env=fake_slurm)
+    r = run(
+        ["bash", str(LAUNCH / "slurm_gpu.sbatch"), "--gin_file=runs/train.gin", "--gin.MODEL_DIR='/shared/x'"],
+        env=fake_slurm,
+    )
     assert r.returncode == 0, r.stderr
     assert "coordinator gpu-node-007:24242" in r.stdout  # 20000 + job id % 20000
     srun = r.stdout.strip().splitlines()[-1]
@@ -124,26 +160,44 @@ def test_sbatch_outside_slurm_says_so(fake_slurm):
 @pytest.fixture()
 def echo_python(tmp_path):
     """A stand-in interpreter that prints its arguments and the GPUs it was given."""
-    return write_exe(tmp_path / "python", '#!/usr/bin/env bash\necho "GPUS=${CUDA_VISIBLE_DEVICES:-all}"\n'
-                                          'printf "%s\\n" "$@"\n')
+    return write_exe(
+        tmp_path / "python", '#!/usr/bin/env bash\necho "GPUS=${CUDA_VISIBLE_DEVICES:-all}"\nprintf "%s\\n" "$@"\n'
+    )
 
 
-@pytest.mark.parametrize("tasks_per_node,visible,expected", [
-    ("8", "", "GPUS=5"),  # one process per GPU, SLURM bound nothing: local id -> GPU
-    ("8", "0,1,2,3,4,5,6,7", "GPUS=5"),  # every GPU visible: pick ours
-    ("8", "2", "GPUS=2"),  # SLURM already bound one GPU to the task
-    ("1", "", "GPUS=all"),  # one process per node drives all GPUs
-])
+@pytest.mark.parametrize(
+    "tasks_per_node,visible,expected",
+    [
+        ("8", "", "GPUS=5"),  # one process per GPU, SLURM bound nothing: local id -> GPU
+        ("8", "0,1,2,3,4,5,6,7", "GPUS=5"),  # every GPU visible: pick ours
+        ("8", "2", "GPUS=2"),  # SLURM already bound one GPU to the task
+        ("1", "", "GPUS=all"),  # one process per node drives all GPUs
+    ],
+)
 def test_slurm_task_picks_its_gpu_and_adds_the_t5x_flags(echo_python, tasks_per_node, visible, expected):
-    env = {"SLURM_PROCID": "13", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "SLURM_NTASKS_PER_NODE": tasks_per_node,
-           "DSS_COORDINATOR_ADDRESS": "gpu-node-007:24242", "DSS_JAX_PYTHON": str(echo_python),
-           "CUDA_VISIBLE_DEVICES": visible}
+    env = {
+        "SLURM_PROCID": "13",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "5",
+        "SLURM_NTASKS_PER_NODE": tasks_per_node,
+        "DSS_COORDINATOR_ADDRESS": "gpu-node-007:24242",
+        "DSS_JAX_PYTHON": str(echo_python),
+        "CUDA_VISIBLE_DEVICES": visible,
+    }
     r = run(["bash", str(LAUNCH / "slurm_task.sh"), "--gin_file=a.gin", "--gin.X='1 2'"], env=env)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == expected
-    assert lines[1:] == ["-m", "dss_jax.train", "--gin_file=a.gin", "--gin.X='1 2'", "--multiprocess_gpu",
-                         "--coordinator_address=gpu-node-007:24242", "--process_count=16", "--process_index=13"]
+    assert lines[1:] == [
+        "-m",
+        "dss_jax.train",
+        "--gin_file=a.gin",
+        "--gin.X='1 2'",
+        "--multiprocess_gpu",
+        "--coordinator_address=gpu-node-007:24242",
+        "--process_count=16",
+        "--process_index=13",
+    ]
 
 
 def test_slurm_task_without_slurm_environment_fails_clearly(echo_python):
@@ -159,16 +213,19 @@ def tpu(*args, env=None, cwd=None):
     return run(["bash", str(LAUNCH / "tpu_pod.sh"), *args], env=env, cwd=cwd)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--zone=z", "train", "--", "--x"], "--tpu=NAME is required"),
-    (["--tpu=t", "train", "--", "--x"], "--zone=ZONE is required"),
-    (["--tpu=t", "--zone=z"], "no command given"),
-    (["--tpu=t", "--zone=z", "launch"], "unknown command 'launch'"),
-    (["--tpu=t", "--zone=z", "train"], "train needs the binary's flags"),
-    (["--tpu=t", "--zone=z", "--grace=soon", "stop"], "--grace must be a number"),
-    (["--tpu=t", "--zone=z", "--run_name=a/b", "stop"], "--run_name may only contain"),
-    (["--tpu=t", "--zone=z", "--frobnicate", "stop"], "unknown option --frobnicate"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--zone=z", "train", "--", "--x"], "--tpu=NAME is required"),
+        (["--tpu=t", "train", "--", "--x"], "--zone=ZONE is required"),
+        (["--tpu=t", "--zone=z"], "no command given"),
+        (["--tpu=t", "--zone=z", "launch"], "unknown command 'launch'"),
+        (["--tpu=t", "--zone=z", "train"], "train needs the binary's flags"),
+        (["--tpu=t", "--zone=z", "--grace=soon", "stop"], "--grace must be a number"),
+        (["--tpu=t", "--zone=z", "--run_name=a/b", "stop"], "--run_name may only contain"),
+        (["--tpu=t", "--zone=z", "--frobnicate", "stop"], "unknown option --frobnicate"),
+    ],
+)
 def test_tpu_pod_rejects_bad_arguments(args, message):
     r = tpu(*args)
     assert r.returncode == 2
@@ -176,8 +233,17 @@ def test_tpu_pod_rejects_bad_arguments(args, message):
 
 
 def test_tpu_pod_dry_run_prints_every_step_for_all_workers():
-    r = tpu("--tpu=pod1", "--zone=us-central2-b", "--project=p", "--run_name=r1", "--dry_run", "up", "--",
-            "--gin_file=runs/train.gin", "--gin.MODEL_DIR='gs://b/r1'")
+    r = tpu(
+        "--tpu=pod1",
+        "--zone=us-central2-b",
+        "--project=p",
+        "--run_name=r1",
+        "--dry_run",
+        "up",
+        "--",
+        "--gin_file=runs/train.gin",
+        "--gin.MODEL_DIR='gs://b/r1'",
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("tar ")
@@ -221,14 +287,14 @@ elif verb == "scp":
 sys.exit(code)
 '''
 
-STUB_TRAINER = r'''#!/usr/bin/env bash
+STUB_TRAINER = r"""#!/usr/bin/env bash
 # Stands in for the venv's python: prints what it was given, then "trains" until stopped.
 printf 'arg:%s\n' "$@"
 echo "DSS_JAX_DISTRIBUTED=$DSS_JAX_DISTRIBUTED"
 trap 'echo "stopped by SIGTERM"; exit 0' TERM
 sleep 600 &
 wait
-'''
+"""
 
 
 @pytest.fixture()

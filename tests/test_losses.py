@@ -1,8 +1,9 @@
 """The DSS loss: per-task normalisation, λ, z-loss, label smoothing, microbatch exactness."""
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from dss_jax import losses
 

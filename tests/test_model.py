@@ -1,4 +1,5 @@
 """The Flax T5 on its own (no torch): config, packing, incremental decoding, dtypes, axes."""
+
 import dataclasses
 import functools
 import json
@@ -12,8 +13,7 @@ import pytest
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5, init_variables, logical_param_specs
 
-TINY = dict(vocab_size=97, relative_attention_num_buckets=8, relative_attention_max_distance=12,
-            dropout_rate=0.0)
+TINY = dict(vocab_size=97, relative_attention_num_buckets=8, relative_attention_max_distance=12, dropout_rate=0.0)
 VARIANTS = ["t5.1.0", "t5.1.1"]
 
 
@@ -57,11 +57,16 @@ def _tokens(rng, batch, length, pad_from=None, low=2, high=96):
 
 
 # ----- config -------------------------------------------------------------------------------
-@pytest.mark.parametrize("size,expected", [
-    ("small", (512, 1024, 6, 64, 8)), ("base", (768, 2048, 12, 64, 12)),
-    ("large", (1024, 2816, 16, 64, 24)), ("xl", (2048, 5120, 32, 64, 24)),
-    ("xxl", (4096, 10240, 64, 64, 24)),
-])
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ("small", (512, 1024, 6, 64, 8)),
+        ("base", (768, 2048, 12, 64, 12)),
+        ("large", (1024, 2816, 16, 64, 24)),
+        ("xl", (2048, 5120, 32, 64, 24)),
+        ("xxl", (4096, 10240, 64, 64, 24)),
+    ],
+)
 def test_presets_have_published_v11_sizes(size, expected):
     for variant in ("t5.1.1", "flan"):
         c = T5Config.preset(size, variant)
@@ -81,8 +86,7 @@ def test_config_serialisation_round_trips():
     c = _config("t5.1.0", dtype=jnp.bfloat16, remat_policy="minimal")
     assert c.dtype == "bfloat16" and c.compute_dtype == jnp.bfloat16
     assert T5Config.from_dict(json.loads(c.to_json())) == c
-    assert T5Config.from_hf_config(c.to_hf_config(), dtype="bfloat16",
-                                   remat_policy="minimal", dropout_rate=0.0) == c
+    assert T5Config.from_hf_config(c.to_hf_config(), dtype="bfloat16", remat_policy="minimal", dropout_rate=0.0) == c
     with pytest.raises(ValueError, match="model_type"):
         T5Config.from_dict({"model_type": "t5", "d_model": 8})
 
@@ -95,8 +99,9 @@ def test_hf5_style_config_is_read_as_untied():
     assert not c.tie_word_embeddings and not c.scales_decoder_output
 
 
-@pytest.mark.parametrize("bad", [dict(feed_forward="gated-tanh"), dict(remat_policy="some"),
-                                 dict(dtype="float99"), dict(d_model=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(feed_forward="gated-tanh"), dict(remat_policy="some"), dict(dtype="float99"), dict(d_model=0)]
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         _config(**bad)
@@ -111,8 +116,7 @@ def test_every_param_has_logical_axis_names(variant):
     config = _config(variant)
     specs = logical_param_specs(config)
     shapes = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
-    flat_specs = jax.tree_util.tree_leaves_with_path(
-        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    flat_specs = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     flat_shapes = jax.tree_util.tree_leaves(nn.meta.unbox(shapes["params"]))
     assert len(flat_specs) == len(flat_shapes) > 10
     for (path, spec), shape in zip(flat_specs, flat_shapes):
@@ -134,8 +138,16 @@ def test_logits_are_float32_with_expected_shape():
 def test_model_runs_sharded_under_logical_axis_rules(cpu_devices):
     config = _config(vocab_size=96)  # divisible by the model axis
     mesh = jax.sharding.Mesh(np.array(cpu_devices[:4]).reshape(2, 2), ("data", "model"))
-    rules = (("batch", "data"), ("heads", "model"), ("mlp", "model"), ("vocab", "model"),
-             ("embed", None), ("kv", None), ("length", None), ("relpos_buckets", None))
+    rules = (
+        ("batch", "data"),
+        ("heads", "model"),
+        ("mlp", "model"),
+        ("vocab", "model"),
+        ("embed", None),
+        ("kv", None),
+        ("length", None),
+        ("relpos_buckets", None),
+    )
     rng = np.random.default_rng(1)
     enc, dec = _tokens(rng, 4, 6), _tokens(rng, 4, 5)
     params = _params(config)
@@ -160,9 +172,9 @@ def test_packed_row_equals_segments_run_alone(variant):
         tokens = np.zeros((1, total), np.int32)
         seg = np.zeros((1, total), np.int32)
         pos = np.zeros((1, total), np.int32)
-        tokens[0, :len(a)], tokens[0, len(a):len(a) + len(b)] = a, b
-        seg[0, :len(a)], seg[0, len(a):len(a) + len(b)] = 1, 2
-        pos[0, :len(a)], pos[0, len(a):len(a) + len(b)] = np.arange(len(a)), np.arange(len(b))
+        tokens[0, : len(a)], tokens[0, len(a) : len(a) + len(b)] = a, b
+        seg[0, : len(a)], seg[0, len(a) : len(a) + len(b)] = 1, 2
+        pos[0, : len(a)], pos[0, len(a) : len(a) + len(b)] = np.arange(len(a)), np.arange(len(b))
         return tokens, seg, pos
 
     enc, enc_seg, enc_pos = pack(enc_a, enc_b, 22)
@@ -171,8 +183,10 @@ def test_packed_row_equals_segments_run_alone(variant):
     @jax.jit
     def run(*args):  # logits and encoder output in one compilation
         model = T5(config)
-        return (model.apply({"params": params}, *args),
-                model.apply({"params": params}, args[0], *args[2:5:2], method=T5.encode))
+        return (
+            model.apply({"params": params}, *args),
+            model.apply({"params": params}, args[0], *args[2:5:2], method=T5.encode),
+        )
 
     packed, packed_enc = run(enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
     # Alone: both examples as two ordinary padded rows, no segment ids or positions.
@@ -187,7 +201,7 @@ def test_packed_row_equals_segments_run_alone(variant):
     np.testing.assert_allclose(packed_enc[0, 13:19], alone_enc[1, :6], atol=1e-5)
     # As one segment the two examples do see each other: the test above is not vacuous.
     one = np.ones_like
-    arange = lambda x: np.arange(x.shape[1], dtype=np.int32)[None]  # noqa: E731
+    arange = lambda x: np.arange(x.shape[1], dtype=np.int32)[None]
     unpacked, _ = run(enc, dec, one(enc), one(dec), arange(enc), arange(dec))
     assert np.abs(np.asarray(unpacked[0, 9:23]) - np.asarray(alone[1])).max() > 1e-3
 
@@ -210,9 +224,11 @@ def _step_by_step(config, params, enc, dec, static_kv=False):
     model = T5(config)
     encoded = _apply(config, params, enc, method="encode")
     mutable = ["cache", "encoded_kv"] if static_kv else ["cache"]
-    init_state = jax.jit(lambda: model.apply(
-        {"params": params}, encoded, enc, jnp.zeros_like(dec), decode=True, mutable=mutable,
-        method=T5.decode)[1])
+    init_state = jax.jit(
+        lambda: model.apply(
+            {"params": params}, encoded, enc, jnp.zeros_like(dec), decode=True, mutable=mutable, method=T5.decode
+        )[1]
+    )
     state = init_state()
     cache, static = state["cache"], state.get("encoded_kv", {})
 
@@ -221,14 +237,21 @@ def _step_by_step(config, params, enc, dec, static_kv=False):
 
     @jax.jit
     def step(cache, token):
-        logits, state = model.apply({"params": params, "cache": cache, **({"encoded_kv": static} if static else {})},
-                                    step_encoded, enc, token, decode=True, mutable=["cache"], method=T5.decode)
+        logits, state = model.apply(
+            {"params": params, "cache": cache, **({"encoded_kv": static} if static else {})},
+            step_encoded,
+            enc,
+            token,
+            decode=True,
+            mutable=["cache"],
+            method=T5.decode,
+        )
         return logits, state["cache"]
 
     initial = cache
     outs = []
     for t in range(dec.shape[1]):
-        logits, cache = step(cache, dec[:, t:t + 1])
+        logits, cache = step(cache, dec[:, t : t + 1])
         outs.append(logits)
     if static_kv:
         return initial, cache, jnp.concatenate(outs, axis=1), static
@@ -262,16 +285,35 @@ def test_groups_of_rows_share_one_row_of_stored_cross_attention_keys_values():
     dec = _tokens(rng, 6, 5)  # a different continuation in every row
     dec[:, 0] = 0
     model = T5(config)
-    static = model.apply({"params": params}, _apply(config, params, enc, method="encode"), enc,
-                         jnp.zeros((3, 5), jnp.int32), decode=True, mutable=["cache", "encoded_kv"],
-                         method=T5.decode)[1]["encoded_kv"]
-    cache = model.apply({"params": params}, jnp.zeros((6, 10, config.d_model)), repeated, jnp.zeros_like(dec),
-                        decode=True, mutable=["cache"], method=T5.decode)[1]["cache"]
+    static = model.apply(
+        {"params": params},
+        _apply(config, params, enc, method="encode"),
+        enc,
+        jnp.zeros((3, 5), jnp.int32),
+        decode=True,
+        mutable=["cache", "encoded_kv"],
+        method=T5.decode,
+    )[1]["encoded_kv"]
+    cache = model.apply(
+        {"params": params},
+        jnp.zeros((6, 10, config.d_model)),
+        repeated,
+        jnp.zeros_like(dec),
+        decode=True,
+        mutable=["cache"],
+        method=T5.decode,
+    )[1]["cache"]
     outs = []
     for t in range(dec.shape[1]):
-        logits, state = model.apply({"params": params, "cache": cache, "encoded_kv": static},
-                                    jnp.zeros((6, 10, config.d_model)), repeated, dec[:, t:t + 1],
-                                    decode=True, mutable=["cache"], method=T5.decode)
+        logits, state = model.apply(
+            {"params": params, "cache": cache, "encoded_kv": static},
+            jnp.zeros((6, 10, config.d_model)),
+            repeated,
+            dec[:, t : t + 1],
+            decode=True,
+            mutable=["cache"],
+            method=T5.decode,
+        )
         cache = state["cache"]
         outs.append(logits)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), _apply(config, params, repeated, dec), atol=1e-5)
@@ -327,8 +369,7 @@ def test_dropout_only_with_enable_dropout():
     rng = np.random.default_rng(6)
     enc, dec = _tokens(rng, 2, 6), _tokens(rng, 2, 5)
     off = _apply(config, params, enc, dec)
-    np.testing.assert_allclose(off, _apply(config.replace(dropout_rate=0.0), params, enc, dec),
-                               atol=1e-6)
+    np.testing.assert_allclose(off, _apply(config.replace(dropout_rate=0.0), params, enc, dec), atol=1e-6)
     key = functools.partial(jax.random.key, impl="rbg")  # compiles much faster than threefry
     on1 = _apply(config, params, enc, dec, enable_dropout=True, rng=key(1))
     on1b = _apply(config, params, enc, dec, enable_dropout=True, rng=key(1))
@@ -360,11 +401,14 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
-@pytest.mark.parametrize("x_shape,kernel_shape,n_in,dtype,out_dtype", [
-    ((2, 5, 8), (8, 3, 4), 1, jnp.float32, None),          # q/k/v: embed -> heads x kv
-    ((2, 5, 3, 4), (3, 4, 8), 2, jnp.float32, None),       # attention output: heads x kv -> embed
-    ((2, 5, 8), (8, 16), 1, jnp.bfloat16, jnp.float32),    # lm head: float32 logits of bf16 inputs
-])
+@pytest.mark.parametrize(
+    "x_shape,kernel_shape,n_in,dtype,out_dtype",
+    [
+        ((2, 5, 8), (8, 3, 4), 1, jnp.float32, None),  # q/k/v: embed -> heads x kv
+        ((2, 5, 3, 4), (3, 4, 8), 2, jnp.float32, None),  # attention output: heads x kv -> embed
+        ((2, 5, 8), (8, 16), 1, jnp.bfloat16, jnp.float32),  # lm head: float32 logits of bf16 inputs
+    ],
+)
 def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape, n_in, dtype, out_dtype):
     # layers.project carries its own weight gradient on CPU (an explicit transpose of the
     # input); it must give what differentiating the plain dot_general gives.
@@ -386,7 +430,8 @@ def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape,
         return jnp.sum(layers.project(x, kernel, n_in, out_dtype).astype(jnp.float32) * cotangent)
 
     (value, grads), (expected_value, expected) = (
-        jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel) for f in (ours, plain))
+        jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel) for f in (ours, plain)
+    )
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     np.testing.assert_allclose(value, expected_value, rtol=tol)
     for g, e in zip(grads, expected):

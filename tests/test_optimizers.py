@@ -33,8 +33,9 @@ def test_3d_kernels_are_updated_as_matrices(shape, matrix):
     param = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     grads = [jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(3)]
     wrapped, _ = optimizers.make_optimizer(optimizers.OptimizerConfig(name="adafactor"), total_steps=10)
-    plain = optax.adafactor(learning_rate=1e-3, decay_rate=0.8, clipping_threshold=1.0,
-                            multiply_by_parameter_scale=True, momentum=None)
+    plain = optax.adafactor(
+        learning_rate=1e-3, decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True, momentum=None
+    )
     tree = {"kernel": param}
     s_wrapped, s_plain = wrapped.init(tree), plain.init({"kernel": param.reshape(matrix)})
     for g in grads:

@@ -37,8 +37,10 @@ def test_counts_follow_t5s_settings():
     assert (c.noise_tokens, c.spans, c.inputs_length, c.targets_length) == (15, 5, 91, 21)
     fit = pretrain.SpanCorruption.fitting(128, 32)
     assert fit.inputs_length <= 128 and fit.targets_length <= 32
-    assert pretrain.SpanCorruption(fit.chunk_length + 1).inputs_length > 128 or \
-        pretrain.SpanCorruption(fit.chunk_length + 1).targets_length > 32
+    assert (
+        pretrain.SpanCorruption(fit.chunk_length + 1).inputs_length > 128
+        or pretrain.SpanCorruption(fit.chunk_length + 1).targets_length > 32
+    )
     with pytest.raises(ValueError, match="no chunk fits"):
         pretrain.SpanCorruption.fitting(2, 2)
 
@@ -79,8 +81,9 @@ def task(tmp_path_factory):
     (tmp / "text.txt").write_text("\n".join(lines) + "\n")
     spm = vocab.train_vocabulary(lines, tmp / "v.model", vocab.VocabSettings(vocab_size=400))
     vocabulary = seqio.SentencePieceVocabulary(str(spm), extra_ids=20)
-    t = pretrain.register_span_corruption_task("pretrain_toy", [tmp / "text.txt"], vocabulary,
-                                               inputs_length=64, targets_length=24)
+    t = pretrain.register_span_corruption_task(
+        "pretrain_toy", [tmp / "text.txt"], vocabulary, inputs_length=64, targets_length=24
+    )
     yield t, vocabulary
     seqio.TaskRegistry.remove("pretrain_toy")
 
@@ -109,10 +112,14 @@ def test_the_task_yields_fitting_corrupted_chunks_with_sentinels_from_the_extra_
         restored.append(vocabulary.decode(ids))
     assert all("apples" in r or "market" in r for r in restored)
     # The shuffled stream depends on the seed, and is the same for the same seed.
-    a = [tuple(e["label_inputs"]) for e in t.get_dataset(LENGTHS, split="train", shuffle=True, seed=1).take(5)
-         .as_numpy_iterator()]
-    b = [tuple(e["label_inputs"]) for e in t.get_dataset(LENGTHS, split="train", shuffle=True, seed=1).take(5)
-         .as_numpy_iterator()]
+    a = [
+        tuple(e["label_inputs"])
+        for e in t.get_dataset(LENGTHS, split="train", shuffle=True, seed=1).take(5).as_numpy_iterator()
+    ]
+    b = [
+        tuple(e["label_inputs"])
+        for e in t.get_dataset(LENGTHS, split="train", shuffle=True, seed=1).take(5).as_numpy_iterator()
+    ]
     assert a == b
 
 
@@ -120,9 +127,13 @@ def test_too_few_sentinels_is_an_error_naming_extra_ids(tmp_path):
     lines = [f"word {i} and more words here" for i in range(200)]
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
     spm = vocab.train_vocabulary(lines, tmp_path / "v.model", vocab.VocabSettings(vocab_size=400))
-    t = pretrain.register_span_corruption_task("pretrain_few", [tmp_path / "t.txt"],
-                                               seqio.SentencePieceVocabulary(str(spm), extra_ids=2),
-                                               inputs_length=64, targets_length=24)
+    t = pretrain.register_span_corruption_task(
+        "pretrain_few",
+        [tmp_path / "t.txt"],
+        seqio.SentencePieceVocabulary(str(spm), extra_ids=2),
+        inputs_length=64,
+        targets_length=24,
+    )
     try:
         with pytest.raises(ValueError, match="extra ids"):
             next(t.get_dataset(LENGTHS, split="train", shuffle=False).as_numpy_iterator())
@@ -133,8 +144,7 @@ def test_too_few_sentinels_is_an_error_naming_extra_ids(tmp_path):
 def test_the_built_in_corpus_leaves_out_the_evaluated_problems_and_has_no_answers(tmp_path):
     from dss_jax.data import synthetic
 
-    config = synthetic.SyntheticConfig(train_size=50, validation_size=20, test_size=30, max_operations=2,
-                                       max_number=20)
+    config = synthetic.SyntheticConfig(train_size=50, validation_size=20, test_size=30, max_operations=2, max_number=20)
     evaluated = synthetic.generate_problems(config)
     test_texts = [p.text for p in evaluated["test"] + evaluated["validation"]]
     docs = pretrain.corpus_documents(2000, seed=1, exclude=test_texts)
@@ -167,31 +177,60 @@ def test_pretrain_then_distill_step_by_step_from_its_checkpoint(tmp_path):
 
     from conftest import REPO_ROOT
 
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DSS_CACHE_DIR": str(tmp_path / "cache"),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    small = ["--gin.synthetic_config.train_size=200", "--gin.synthetic_config.validation_size=20",
-             "--gin.synthetic_config.test_size=20", "--gin.synthetic_config.max_operations=2",
-             "--gin.model_config.overrides={'vocab_size': 640, 'd_model': 32, 'd_ff': 64, 'num_heads': 2, "
-             "'d_kv': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}",
-             "--gin.BATCH_SIZE=4", "--gin.train.log_period=1"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "DSS_CACHE_DIR": str(tmp_path / "cache"),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+    small = [
+        "--gin.synthetic_config.train_size=200",
+        "--gin.synthetic_config.validation_size=20",
+        "--gin.synthetic_config.test_size=20",
+        "--gin.synthetic_config.max_operations=2",
+        "--gin.model_config.overrides={'vocab_size': 640, 'd_model': 32, 'd_ff': 64, 'num_heads': 2, "
+        "'d_kv': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}",
+        "--gin.BATCH_SIZE=4",
+        "--gin.train.log_period=1",
+    ]
 
     def train(*args):
-        r = subprocess.run([sys.executable, "-m", "dss_jax.train", *args, *small], cwd=REPO_ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-m", "dss_jax.train", *args, *small],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
 
     pre = tmp_path / "pretrained"
-    train("--gin_file=runs/pretrain.gin", "--gin_file=tasks/synthetic_pretrain.gin", "--gin_file=models/tiny.gin",
-          f"--gin.MODEL_DIR='{pre}'", "--gin.TRAIN_STEPS=1", "--gin.synthetic_corpus_config.problems=400",
-          "--gin.pretrain_vocabulary.vocab_size=600", "--gin.pretrain_vocabulary.extra_ids=40")
+    train(
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=tasks/synthetic_pretrain.gin",
+        "--gin_file=models/tiny.gin",
+        f"--gin.MODEL_DIR='{pre}'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.synthetic_corpus_config.problems=400",
+        "--gin.pretrain_vocabulary.vocab_size=600",
+        "--gin.pretrain_vocabulary.extra_ids=40",
+    )
     record = json.loads((pre / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["label/tokens"] > 0 and record.get("rationale/tokens", 0) == 0
     run = tmp_path / "dss"
-    train("--gin_file=runs/train.gin", "--gin_file=tasks/synthetic.gin", "--gin_file=models/tiny.gin",
-          f"--gin.MODEL_DIR='{run}'", "--gin.TRAIN_STEPS=1", "--gin.EVAL_PERIOD=0",
-          f"--gin.INITIAL_CHECKPOINT_PATH='{pre}'",  # a run's MODEL_DIR: its latest checkpoint
-          "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 128, 'label_targets': 40, 'rationale_inputs': 128, "
-          "'rationale_targets': 128}")
+    train(
+        "--gin_file=runs/train.gin",
+        "--gin_file=tasks/synthetic.gin",
+        "--gin_file=models/tiny.gin",
+        f"--gin.MODEL_DIR='{run}'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.EVAL_PERIOD=0",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{pre}'",  # a run's MODEL_DIR: its latest checkpoint
+        "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 128, 'label_targets': 40, 'rationale_inputs': 128, "
+        "'rationale_targets': 128}",
+    )
     assert (run / "spiece.model").read_bytes() == (pre / "spiece.model").read_bytes()
     record = json.loads((run / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["label/tokens"] > 0 and record["rationale/tokens"] > 0

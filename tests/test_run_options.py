@@ -9,10 +9,10 @@ import shutil
 import subprocess
 import sys
 
-import gin
+import _eval_toy as toy
 import pytest
 
-import _eval_toy as toy
+import gin
 from dss_jax import checkpoints, cli
 from dss_jax.data import tasks as dss_tasks
 
@@ -43,30 +43,50 @@ def test_run_task_reads_task_json_then_config_gin(tmp_path):
     step.mkdir()
     assert checkpoints.run_task(step) == (str(tmp_path / "config.gin"), None, {"label_target": "rationale_then_label"})
     checkpoints.write_run_task(tmp_path, "dss_svamp", {"label_target": "label", "seed": 1})
-    assert checkpoints.run_task(step) == (str(tmp_path / "task.json"), "dss_svamp", {"label_target": "label", "seed": 1})
+    assert checkpoints.run_task(step) == (
+        str(tmp_path / "task.json"),
+        "dss_svamp",
+        {"label_target": "label", "seed": 1},
+    )
 
 
 def test_eval_scores_a_single_task_run_without_its_binding(single_task_run, tmp_path):
     from dss_jax import eval as eval_binary
 
-    eval_binary.evaluate_checkpoints(checkpoint_path=str(single_task_run), output_dir=str(tmp_path / "eval"),
-                                     task_name=toy.TASK, feature_lengths=toy.LENGTHS, batch_size=4)
+    eval_binary.evaluate_checkpoints(
+        checkpoint_path=str(single_task_run),
+        output_dir=str(tmp_path / "eval"),
+        task_name=toy.TASK,
+        feature_lengths=toy.LENGTHS,
+        batch_size=4,
+    )
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     # The single-task answer was split: the label is scored, the rationale kept beside it.
     assert all("rationale" in r for r in rows)
     options = dss_tasks.current_options(toy.TASK)
-    assert (options.label_target, options.validation_fraction, options.validation_seed) == \
-        ("rationale_then_label", 0.25, 3)
+    assert (options.label_target, options.validation_fraction, options.validation_seed) == (
+        "rationale_then_label",
+        0.25,
+        3,
+    )
 
 
 def test_a_contradicting_binding_is_an_error_naming_both(single_task_run, tmp_path):
     from dss_jax import eval as eval_binary
 
     gin.parse_config(f"{toy.TASK}/task_options.label_target = 'label'")
-    with pytest.raises(cli.UserError, match=r"label_target='rationale_then_label' \(.*task.json\) but this command "
-                                            r"binds 'label'"):
-        eval_binary.evaluate_checkpoints(checkpoint_path=str(single_task_run), output_dir=str(tmp_path / "eval"),
-                                         task_name=toy.TASK, feature_lengths=toy.LENGTHS, batch_size=4)
+    with pytest.raises(
+        cli.UserError,
+        match=r"label_target='rationale_then_label' \(.*task.json\) but this command "
+        r"binds 'label'",
+    ):
+        eval_binary.evaluate_checkpoints(
+            checkpoint_path=str(single_task_run),
+            output_dir=str(tmp_path / "eval"),
+            task_name=toy.TASK,
+            feature_lengths=toy.LENGTHS,
+            batch_size=4,
+        )
     assert not (tmp_path / "eval").exists()
 
 
@@ -81,20 +101,38 @@ def test_infer_without_a_task_splits_a_single_task_students_answers(single_task_
     from dss_jax import infer
 
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text("".join(json.dumps({"id": str(i), "input": f"what about a red {n}?"}) + "\n"
-                              for i, n in enumerate(["car", "hat"])))
-    rows = infer.infer_file(checkpoint_path=str(single_task_run), input_path=str(inputs),
-                            output_path=str(tmp_path / "out.jsonl"), feature_lengths=toy.LENGTHS, batch_size=2)
+    inputs.write_text(
+        "".join(
+            json.dumps({"id": str(i), "input": f"what about a red {n}?"}) + "\n" for i, n in enumerate(["car", "hat"])
+        )
+    )
+    rows = infer.infer_file(
+        checkpoint_path=str(single_task_run),
+        input_path=str(inputs),
+        output_path=str(tmp_path / "out.jsonl"),
+        feature_lengths=toy.LENGTHS,
+        batch_size=2,
+    )
     assert all("rationale" in r for r in rows)
 
 
 def test_annotate_refuses_a_student_target_the_run_contradicts(single_task_run, tmp_path):
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"id": "a", "input": "what about a red car?"}) + "\n")
-    cmd = [sys.executable, "-m", "dss_jax.annotate", "--backend=student", f"--checkpoint={single_task_run}",
-           "--student_target=two_task", "--dataset_family=cqa", f"--input={inputs}", f"--output={tmp_path / 'c.jsonl'}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.annotate",
+        "--backend=student",
+        f"--checkpoint={single_task_run}",
+        "--student_target=two_task",
+        "--dataset_family=cqa",
+        f"--input={inputs}",
+        f"--output={tmp_path / 'c.jsonl'}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("annotate: error: --student_target=two_task but ")
     assert "single_task" in proc.stderr and not (tmp_path / "c.jsonl").exists()

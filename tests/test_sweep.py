@@ -1,23 +1,25 @@
 """The sweep: a two-point miniature end to end through the real binaries, the single-task
 ablation's targets, and the table/figure built from the runs' own metrics."""
+
 import csv
 import json
 import os
 import subprocess
 import sys
 
-import gin
 import pytest
-
 from conftest import REPO_ROOT
+
+import gin
 from dss_jax import gin_utils, sweep
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, TeacherSample
 
 
 def test_single_task_targets_and_label_extraction():
-    rec = CacheRecord(id="a", input="2 and 3?", label="(2 + 3)",
-                      samples=(TeacherSample(rationale="2 + 3 = 5.", label="(2 + 3)"),))
+    rec = CacheRecord(
+        id="a", input="2 and 3?", label="(2 + 3)", samples=(TeacherSample(rationale="2 + 3 = 5.", label="(2 + 3)"),)
+    )
     opts = dss_tasks.TaskOptions(label_target="rationale_then_label")
     (ex,), dropped = dss_tasks.training_examples([rec], opts)
     assert dropped == 0
@@ -32,8 +34,15 @@ def test_single_task_targets_and_label_extraction():
 
 
 def test_plan_covers_the_grid_and_methods_bind_the_baselines():
-    cfg = dict(methods=["finetune", "distill", "dss", "single_task"], sizes=["tiny"], fractions=[0.5, 1.0],
-               seeds=[0, 1], rationale_weights=[0.5, 1.0], dss_label_source="gt", initial_checkpoints=None)
+    cfg = dict(
+        methods=["finetune", "distill", "dss", "single_task"],
+        sizes=["tiny"],
+        fractions=[0.5, 1.0],
+        seeds=[0, 1],
+        rationale_weights=[0.5, 1.0],
+        dss_label_source="gt",
+        initial_checkpoints=None,
+    )
     runs = sweep.plan(cfg)
     assert len(runs) == (3 + 2) * 2 * 2  # dss has two λ
     assert len({r.name for r in runs}) == len(runs)
@@ -71,11 +80,23 @@ DssFeatureConverter.pack_decoder_length = 96
 def test_two_point_sweep_end_to_end(tmp_path):
     (tmp_path / "recipe.gin").write_text(RECIPE)
     (tmp_path / "mini.gin").write_text(MINI)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               DSS_CACHE_DIR=str(tmp_path / "cache"), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DSS_CACHE_DIR=str(tmp_path / "cache"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "dss_jax.sweep", f"--gin_file={tmp_path / 'recipe.gin'}",
-           f"--gin.SWEEP_DIR='{out}'", f"--gin.MINI='{tmp_path / 'mini.gin'}'"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.sweep",
+        f"--gin_file={tmp_path / 'recipe.gin'}",
+        f"--gin.SWEEP_DIR='{out}'",
+        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
+    ]
     r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     with open(out / "results.csv") as f:
@@ -96,35 +117,67 @@ def test_two_point_sweep_end_to_end(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
     # In one process (no start-up per run): the same losses, predictions and metrics.
     inproc = tmp_path / "sweep_in_process"
-    r = subprocess.run([*cmd[:-2], f"--gin.SWEEP_DIR='{inproc}'", cmd[-1], "--gin.sweep_config.in_process=True"],
-                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [*cmd[:-2], f"--gin.SWEEP_DIR='{inproc}'", cmd[-1], "--gin.sweep_config.in_process=True"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for row in rows:
         a, b = out / "runs" / row["run"], inproc / "runs" / row["run"]
-        losses = lambda d: [(m["step"], m["loss"]) for m in map(json.loads, (d / "model/train/metrics.jsonl")
-                                                                   .read_text().splitlines())]  # noqa: E731
+        losses = lambda d: [
+            (m["step"], m["loss"]) for m in map(json.loads, (d / "model/train/metrics.jsonl").read_text().splitlines())
+        ]
         assert losses(a) == losses(b)
         assert (a / "eval/step_3/predictions.jsonl").read_text() == (b / "eval/step_3/predictions.jsonl").read_text()
-        scores = lambda d: {k: v for k, v in json.loads((d / "eval/step_3/metrics.json").read_text()).items()
-                            if "per_second" not in k and k != "checkpoint"}  # noqa: E731  (not timings, paths)
+        scores = lambda d: {
+            k: v
+            for k, v in json.loads((d / "eval/step_3/metrics.json").read_text()).items()
+            if "per_second" not in k and k != "checkpoint"
+        }
         assert scores(a) == scores(b) and "accuracy" in scores(a)
         assert "(in process) dss_jax.train" in (b / "train.log").read_text()
 
 
 def _cfg(tmp_path, **kw):
-    cfg = dict(sweep_dir=str(tmp_path / "sweep"), task_gin="tasks/synthetic.gin", methods=["dss"], sizes=["tiny"],
-               fractions=[1.0], seeds=[0], rationale_weights=[1.0], dss_label_source="gt", initial_checkpoints=None,
-               train_bindings=[], eval_bindings=[], extra_gin_files=[], eval_split="test", timeout_per_run=None,
-               metric="accuracy")
+    cfg = dict(
+        sweep_dir=str(tmp_path / "sweep"),
+        task_gin="tasks/synthetic.gin",
+        methods=["dss"],
+        sizes=["tiny"],
+        fractions=[1.0],
+        seeds=[0],
+        rationale_weights=[1.0],
+        dss_label_source="gt",
+        initial_checkpoints=None,
+        train_bindings=[],
+        eval_bindings=[],
+        extra_gin_files=[],
+        eval_split="test",
+        timeout_per_run=None,
+        metric="accuracy",
+    )
     cfg.update(kw)
     return cfg
 
 
-@pytest.mark.parametrize("change,error", [
-    (dict(eval_bindings=["SPLT = 'validation'"]), r"run dss_lam1_tiny_frac1_seed0, eval: macro SPLT .*did you mean SPLIT\?"),
-    (dict(train_bindings=["train.log_perod = 1"]), r"run dss_lam1_tiny_frac1_seed0, train: .*did you mean log_period"),
-    (dict(sizes=["tiny", "bse"]), r"run dss_lam1_bse_frac1_seed0, train: --gin_file=models/bse.gin: not found"),
-])
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (
+            dict(eval_bindings=["SPLT = 'validation'"]),
+            r"run dss_lam1_tiny_frac1_seed0, eval: macro SPLT .*did you mean SPLIT\?",
+        ),
+        (
+            dict(train_bindings=["train.log_perod = 1"]),
+            r"run dss_lam1_tiny_frac1_seed0, train: .*did you mean log_period",
+        ),
+        (dict(sizes=["tiny", "bse"]), r"run dss_lam1_bse_frac1_seed0, train: --gin_file=models/bse.gin: not found"),
+    ],
+)
 def test_every_run_is_checked_before_the_first_starts(change, error, tmp_path):
     # A mistake in what the sweep hands its runs would otherwise stop it when that run
     # comes up, possibly hours in; the sweep binary calls check_runs before writing anything.
@@ -146,14 +199,19 @@ def test_paths_with_quotes_reach_the_runs_intact(tmp_path):
 
 
 def test_unknown_method_is_named_with_the_nearest():
-    with pytest.raises(gin_utils.GinConfigError, match=r"sweep_config.methods: unknown method 'finetun'; "
-                                                       r"did you mean finetune\?"):
+    with pytest.raises(
+        gin_utils.GinConfigError,
+        match=r"sweep_config.methods: unknown method 'finetun'; "
+        r"did you mean finetune\?",
+    ):
         sweep.check_methods({"methods": ["dss", "finetun"]})
 
 
 def test_runs_search_the_sweeps_gin_search_paths(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(
+        sweep.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
     cfg = _cfg(tmp_path, task_gin="my_task.gin")
     with pytest.raises(RuntimeError, match="wrote no metrics.json"):  # nothing ran
         sweep.execute(sweep.plan(cfg)[0], cfg, [str(tmp_path / "my_gin"), "."])
@@ -162,9 +220,14 @@ def test_runs_search_the_sweeps_gin_search_paths(tmp_path, monkeypatch):
 
 
 def test_initializations_give_a_pretrained_grid_and_a_restricted_scratch_control(tmp_path):
-    cfg = _cfg(tmp_path, methods=["finetune", "distill", "dss_gt", "dss_teacher", "single_task"], fractions=[0.1, 1.0],
-               seeds=[0, 1, 2], initializations={"pretrained": "/ckpt/pre", "scratch": None},
-               init_methods={"scratch": ["finetune", "dss_gt"]})
+    cfg = _cfg(
+        tmp_path,
+        methods=["finetune", "distill", "dss_gt", "dss_teacher", "single_task"],
+        fractions=[0.1, 1.0],
+        seeds=[0, 1, 2],
+        initializations={"pretrained": "/ckpt/pre", "scratch": None},
+        init_methods={"scratch": ["finetune", "dss_gt"]},
+    )
     sweep.check_methods(cfg)
     runs = sweep.plan(cfg)
     assert len(runs) == 5 * 2 * 3 + 2 * 2 * 3 and len({r.name for r in runs}) == len(runs)
@@ -181,8 +244,13 @@ def test_initializations_give_a_pretrained_grid_and_a_restricted_scratch_control
 
 
 def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(tmp_path):
-    cfg = _cfg(tmp_path, methods=["finetune", "dss_gt"], fractions=[0.5, 1.0], seeds=[0, 1],
-               initializations={"pretrained": "/ckpt/pre", "scratch": None})
+    cfg = _cfg(
+        tmp_path,
+        methods=["finetune", "dss_gt"],
+        fractions=[0.5, 1.0],
+        seeds=[0, 1],
+        initializations={"pretrained": "/ckpt/pre", "scratch": None},
+    )
     runs = sweep.plan(cfg)
     out = tmp_path / "sweep"
     results = {}
@@ -191,16 +259,23 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
         train_dir.mkdir(parents=True)
         # Two logged windows: steps 1-2 and 3-4.
         train_dir.joinpath("metrics.jsonl").write_text(
-            json.dumps({"step": 2, "real_tokens_per_step": 100.0, "examples_per_step": 8, "rows_per_step": 3}) + "\n"
-            + json.dumps({"step": 4, "real_tokens_per_step": 50.0, "examples_per_step": 8, "rows_per_step": 2}) + "\n")
+            json.dumps({"step": 2, "real_tokens_per_step": 100.0, "examples_per_step": 8, "rows_per_step": 3})
+            + "\n"
+            + json.dumps({"step": 4, "real_tokens_per_step": 50.0, "examples_per_step": 8, "rows_per_step": 2})
+            + "\n"
+        )
         results[run.name] = {"accuracy": 0.1 * (i % 7)}
     rows = sweep.collect(runs, results, "accuracy", str(out), cfg)
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(runs)
     first = table[0]
-    assert (first["steps"], first["examples_per_step"], first["rows_per_step"], first["real_tokens"]) == \
-        ("4", "8.0", "2.5", "300")
+    assert (first["steps"], first["examples_per_step"], first["rows_per_step"], first["real_tokens"]) == (
+        "4",
+        "8.0",
+        "2.5",
+        "300",
+    )
     assert {r["initial_checkpoint"] for r in table if r["init"] == "pretrained"} == {"/ckpt/pre"}
     assert {r["initial_checkpoint"] for r in table if r["init"] == "scratch"} == {""}
     sweep.plot(rows, "accuracy", str(out / "figure.png"), title="toy")
@@ -209,10 +284,15 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
 
 
 def test_the_sweeps_own_pretraining_runs_first_and_its_runs_start_from_it(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, methods=["finetune", "dss_gt"], sizes=["tiny", "small"],
-               initializations={"pretrained": "pretrain", "scratch": None}, init_methods={"scratch": ["finetune"]},
-               pretrain_gin_files=["runs/pretrain.gin", "tasks/synthetic_pretrain.gin"],
-               pretrain_bindings=["TRAIN_STEPS = 7"])
+    cfg = _cfg(
+        tmp_path,
+        methods=["finetune", "dss_gt"],
+        sizes=["tiny", "small"],
+        initializations={"pretrained": "pretrain", "scratch": None},
+        init_methods={"scratch": ["finetune"]},
+        pretrain_gin_files=["runs/pretrain.gin", "tasks/synthetic_pretrain.gin"],
+        pretrain_bindings=["TRAIN_STEPS = 7"],
+    )
     sweep.check_methods(cfg)
     runs = sweep.plan(cfg)
     sweep.check_runs(runs, cfg)  # the pretraining commands parse like the runs'

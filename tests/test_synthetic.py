@@ -102,7 +102,7 @@ def test_distractor_numbers_are_in_the_story_but_not_the_answer(default_records)
 
 def test_teacher_is_wrong_on_the_configured_fraction(default_records):
     config = SyntheticConfig()
-    for split, records in default_records.items():
+    for records in default_records.values():
         n = len(records)
         outcomes = collections.Counter(r.samples[0].meta["outcome"] for r in records)
         assert outcomes["wrong"] == round(n * config.teacher_error_rate)
@@ -117,7 +117,9 @@ def test_teacher_is_wrong_on_the_configured_fraction(default_records):
         assert summary.unparsed == outcomes["unparsable"]
     # Every kind of mistake shows up, each with a wrong label.
     train = default_records["train"]
-    mistakes = collections.Counter(r.samples[0].meta.get("mistake") for r in train if r.samples[0].meta["outcome"] == "wrong")
+    mistakes = collections.Counter(
+        r.samples[0].meta.get("mistake") for r in train if r.samples[0].meta["outcome"] == "wrong"
+    )
     assert set(mistakes) == {"wrong_operation", "distractor", "misread", "label_typo"}
     for r in train:
         if r.samples[0].meta.get("mistake") == "distractor":  # the teacher used the spare number
@@ -164,8 +166,9 @@ def test_every_completion_parses_except_the_unparsable_ones(default_records):
 
 
 def test_rates_and_samples_are_configurable():
-    config = dataclasses.replace(SMALL, teacher_error_rate=0.4, unparsable_rate=0.1, teacher_slip_rate=0.0,
-                                 samples_per_record=3)
+    config = dataclasses.replace(
+        SMALL, teacher_error_rate=0.4, unparsable_rate=0.1, teacher_slip_rate=0.0, samples_per_record=3
+    )
     records = synthetic.generate_records(config)["train"]
     assert all(len(r.samples) == 3 for r in records)
     for k in range(3):
@@ -174,8 +177,9 @@ def test_rates_and_samples_are_configurable():
         assert summary.unparsed == 40
     # Samples of one record are drawn independently (self-consistency has something to vote on).
     assert sum(len({s.completion for s in r.samples}) > 1 for r in records) > 0.3 * len(records)
-    perfect = synthetic.generate_records(dataclasses.replace(SMALL, teacher_error_rate=0.0, teacher_slip_rate=0.0,
-                                                             unparsable_rate=0.0))["test"]
+    perfect = synthetic.generate_records(
+        dataclasses.replace(SMALL, teacher_error_rate=0.0, teacher_slip_rate=0.0, unparsable_rate=0.0)
+    )["test"]
     assert report.summarize(perfect, "svamp").teacher_accuracy == 1.0
 
 
@@ -193,11 +197,14 @@ def test_difficulty_sets_the_operation_count_and_numbers():
 
 
 def test_bad_settings_name_the_setting():
-    for bad, match in ((dict(max_operations=4), "max_operations"), (dict(train_size=0), "train_size"),
-                       (dict(teacher_error_rate=1.5), "teacher_error_rate"),
-                       (dict(teacher_error_rate=0.6, unparsable_rate=0.5), "at most 1"),
-                       (dict(min_number=10, max_number=11), "max_number"),
-                       (dict(samples_per_record=0), "samples_per_record")):
+    for bad, match in (
+        (dict(max_operations=4), "max_operations"),
+        (dict(train_size=0), "train_size"),
+        (dict(teacher_error_rate=1.5), "teacher_error_rate"),
+        (dict(teacher_error_rate=0.6, unparsable_rate=0.5), "at most 1"),
+        (dict(min_number=10, max_number=11), "max_number"),
+        (dict(samples_per_record=0), "samples_per_record"),
+    ):
         with pytest.raises(ValueError, match=match):
             SyntheticConfig(**bad)
 
@@ -206,7 +213,7 @@ def test_trivial_baselines_are_far_below_the_teacher(default_records):
     train = default_records["train"]
     figures = {split: synthetic.baselines(train, default_records[split]) for split in ("validation", "test")}
     print("synthetic baselines (default settings):", figures)
-    for split, accs in figures.items():
+    for accs in figures.values():
         assert set(accs) == {"majority_answer", "first_two_numbers"}
         assert accs["majority_answer"] < 0.05 and accs["first_two_numbers"] < 0.2
     # The majority answer really is the most common training answer value.
@@ -218,8 +225,17 @@ def test_trivial_baselines_are_far_below_the_teacher(default_records):
 
 def test_command_writes_and_reports(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "dss_jax.make_synthetic", f"--cache_dir={tmp_path}", "--train_size=100",
-           "--validation_size=20", "--test_size=30", "--max_operations=2", "--teacher_error_rate=0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.make_synthetic",
+        f"--cache_dir={tmp_path}",
+        "--train_size=100",
+        "--validation_size=20",
+        "--test_size=30",
+        "--max_operations=2",
+        "--teacher_error_rate=0.2",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     config = SyntheticConfig(train_size=100, validation_size=20, test_size=30, max_operations=2, teacher_error_rate=0.2)
     paths = synthetic.split_paths(config, tmp_path)

@@ -2,13 +2,14 @@
 
 import pathlib
 
-import gin
 import numpy as np
 import pytest
 
+import gin
+
 seqio = pytest.importorskip("seqio")
 
-import tasks.synthetic  # noqa: E402,F401  (registers dss_synthetic)
+import tasks.synthetic  # noqa: E402  (registers dss_synthetic)
 from dss_jax.data import synthetic  # noqa: E402
 from dss_jax.data import tasks as dss_tasks  # noqa: E402
 from dss_jax.data.cache import read_cache  # noqa: E402
@@ -17,8 +18,12 @@ from dss_jax.data.feature_converter import DssFeatureConverter  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = tasks.synthetic.TASK_NAME
 LENGTHS = {"label_inputs": 128, "label_targets": 40, "rationale_inputs": 128, "rationale_targets": 128}
-SMALL = ["synthetic_config.train_size = 120", "synthetic_config.validation_size = 20", "synthetic_config.test_size = 30",
-         "synthetic_config.unparsable_rate = 0.05"]
+SMALL = [
+    "synthetic_config.train_size = 120",
+    "synthetic_config.validation_size = 20",
+    "synthetic_config.test_size = 30",
+    "synthetic_config.unparsable_rate = 0.05",
+]
 
 
 def _vocabulary():
@@ -67,7 +72,8 @@ def test_paired_examples_from_caches_generated_on_demand(bind, tmp_path):
     teacher = _examples("train")
     assert len(teacher) == 114
     assert {e["id"].decode(): e["label_targets_pretokenized"].decode() for e in teacher} == {
-        r.id: r.samples[0].label for r in records if r.samples[0].parsed}
+        r.id: r.samples[0].label for r in records if r.samples[0].parsed
+    }
 
 
 def test_other_settings_other_files(bind, tmp_path):

@@ -2,13 +2,14 @@
 
 import pathlib
 
-import gin
 import numpy as np
 import pytest
 
+import gin
+
 seqio = pytest.importorskip("seqio")
 
-import tasks.dss  # noqa: E402,F401  (registers the paper's tasks)
+import tasks.dss  # noqa: E402  (registers the paper's tasks)
 from dss_jax.data import dss_paper, sources, vocab  # noqa: E402
 from dss_jax.data import tasks as dss_tasks  # noqa: E402
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample  # noqa: E402
@@ -22,7 +23,9 @@ def env(tmp_path_factory, dss_palm_dir):
     """A cache dir and a tiny vocabulary trained on svamp, shared by the module."""
     cache_dir = tmp_path_factory.mktemp("dss_cache")
     texts = [r.input for r in dss_paper.import_split(dss_palm_dir, "svamp", "train")]
-    spm = vocab.train_vocabulary(texts + ["predict: explain:"], cache_dir / "tiny.model", vocab.VocabSettings(vocab_size=400))
+    spm = vocab.train_vocabulary(
+        texts + ["predict: explain:"], cache_dir / "tiny.model", vocab.VocabSettings(vocab_size=400)
+    )
     return {"cache_dir": cache_dir, "spm": spm, "data_dir": dss_palm_dir}
 
 
@@ -32,8 +35,11 @@ def bind(env):
 
     def apply(*lines):
         gin.clear_config()
-        base = [f"data_locations.data_dir = '{env['data_dir']}'", f"data_locations.cache_dir = '{env['cache_dir']}'",
-                f"task_vocabulary.spm_path = '{env['spm']}'"]
+        base = [
+            f"data_locations.data_dir = '{env['data_dir']}'",
+            f"data_locations.cache_dir = '{env['cache_dir']}'",
+            f"task_vocabulary.spm_path = '{env['spm']}'",
+        ]
         gin.parse_config(base + list(lines))
         for name in tasks.dss.TASK_NAMES:
             seqio.get_mixture_or_task(name).output_features["label_inputs"].vocabulary.reset()
@@ -129,12 +135,19 @@ def test_subsample_and_teacher_sample_choices():
     assert [e["id"] for e in ex] == ["r0#0", "r1#1", "r3#0"] and dropped == 1
     ex, dropped = dss_tasks.training_examples(records, opts(label_source="gt", teacher_sample=1))
     assert [(e["id"], e["label_targets"], e["rationale_targets"]) for e in ex] == [
-        ("r0", "L", ""), ("r1", "L", "why"), ("r2", "L", "")] and dropped == 1
+        ("r0", "L", ""),
+        ("r1", "L", "why"),
+        ("r2", "L", ""),
+    ] and dropped == 1
     ex, dropped = dss_tasks.evaluation_examples(records, opts(teacher_sample="all"))
     assert [(e["id"], e["rationale_targets"]) for e in ex] == [("r0", "why"), ("r1", "why"), ("r2", "")]
     assert ex[0]["label_inputs"] == "predict: x0" and ex[0]["rationale_inputs"] == "explain: x0"
-    for bad_opts in (dict(label_source="llm"), dict(teacher_sample=-1), dict(train_fraction=0.0),
-                     dict(validation_fraction=1.0)):
+    for bad_opts in (
+        dict(label_source="llm"),
+        dict(teacher_sample=-1),
+        dict(train_fraction=0.0),
+        dict(validation_fraction=1.0),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad_opts))):
             opts(**bad_opts)
 
@@ -155,12 +168,26 @@ def test_register_cache_task_in_a_few_lines(tmp_path):
     train = tmp_path / "train.jsonl"
     with CacheWriter(train) as w:
         for i in range(20):
-            w.write(CacheRecord(id=f"t{i}", input=f"Is {i} even?", label=["yes", "no"][i % 2],
-                                samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),)))
-    spm = vocab.train_vocabulary([f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
-                                 tmp_path / "v.model", vocab.VocabSettings(vocab_size=400))
-    task = dss_tasks.register_cache_task("my_parity", train_cache=train, vocabulary=vocab.from_checkpoint(spm),
-                                         family="cqa", options=dss_tasks.TaskOptions())
+            w.write(
+                CacheRecord(
+                    id=f"t{i}",
+                    input=f"Is {i} even?",
+                    label=["yes", "no"][i % 2],
+                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),),
+                )
+            )
+    spm = vocab.train_vocabulary(
+        [f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
+        tmp_path / "v.model",
+        vocab.VocabSettings(vocab_size=400),
+    )
+    task = dss_tasks.register_cache_task(
+        "my_parity",
+        train_cache=train,
+        vocabulary=vocab.from_checkpoint(spm),
+        family="cqa",
+        options=dss_tasks.TaskOptions(),
+    )
     train_ex = list(task.get_dataset(LENGTHS, split="train", shuffle=False).as_numpy_iterator())
     valid_ex = list(task.get_dataset(LENGTHS, split="validation", shuffle=False).as_numpy_iterator())
     assert (len(train_ex), len(valid_ex)) == (18, 2)
@@ -175,8 +202,9 @@ def test_register_cache_task_in_a_few_lines(tmp_path):
     rows0 = list(seqio.get_dataset(task, LENGTHS, conv0, dataset_split="train").as_numpy_iterator())
     assert conv0.stats.segments == 18 and not any((r["decoder_task_ids"] == 2).any() for r in rows0)
     # A cache file that is not there is named.
-    missing = dss_tasks.register_cache_task("my_missing", train_cache=tmp_path / "nope.jsonl",
-                                            vocabulary=vocab.from_checkpoint(spm), family="cqa")
+    missing = dss_tasks.register_cache_task(
+        "my_missing", train_cache=tmp_path / "nope.jsonl", vocabulary=vocab.from_checkpoint(spm), family="cqa"
+    )
     with pytest.raises(Exception, match=r"my_missing train cache not found: .*nope.jsonl"):
         missing.get_dataset(LENGTHS, split="train")
     seqio.TaskRegistry.remove("my_parity")
@@ -185,8 +213,9 @@ def test_register_cache_task_in_a_few_lines(tmp_path):
 
 def test_missing_data_dir_is_named(tmp_path):
     gin.clear_config()
-    gin.parse_config([f"data_locations.data_dir = '{tmp_path / 'no_data'}'",
-                      f"data_locations.cache_dir = '{tmp_path / 'cache'}'"])
+    gin.parse_config(
+        [f"data_locations.data_dir = '{tmp_path / 'no_data'}'", f"data_locations.cache_dir = '{tmp_path / 'cache'}'"]
+    )
     try:
         with pytest.raises(FileNotFoundError, match=r"no_data is not a directory"):
             dss_tasks.paper_cache_path("svamp", "train")
@@ -221,8 +250,14 @@ def test_a_trained_vocabulary_goes_to_the_cache_dir_not_beside_the_users_data(tm
     train = data / "train.jsonl"
     with CacheWriter(train) as w:
         for i in range(60):
-            w.write(CacheRecord(id=f"t{i}", input=f"Is {i} even or odd today?", label=["yes", "no"][i % 2],
-                                samples=(TeacherSample(f"{i} mod 2 is {i % 2}, so it is.", ["yes", "no"][i % 2]),)))
+            w.write(
+                CacheRecord(
+                    id=f"t{i}",
+                    input=f"Is {i} even or odd today?",
+                    label=["yes", "no"][i % 2],
+                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}, so it is.", ["yes", "no"][i % 2]),),
+                )
+            )
     monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path / "cache"))
     gin.clear_config()
     v = dss_tasks.task_vocabulary(corpus_caches=[str(train)], vocab_size=400)

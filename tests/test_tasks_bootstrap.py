@@ -1,12 +1,13 @@
 """Tasks for self-training: several train caches, label_source 'gt_else_teacher', and the
 synthetic round-2 task `dss_synthetic_bootstrap`."""
 
-import gin
 import pytest
+
+import gin
 
 seqio = pytest.importorskip("seqio")
 
-import tasks.bootstrap  # noqa: E402,F401  (registers dss_synthetic_bootstrap)
+import tasks.bootstrap  # noqa: E402  (registers dss_synthetic_bootstrap)
 from dss_jax.data import synthetic  # noqa: E402
 from dss_jax.data import tasks as dss_tasks  # noqa: E402
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache  # noqa: E402
@@ -46,8 +47,9 @@ def test_several_train_caches_are_concatenated_and_ids_must_differ(tmp_path):
     student = write(tmp_path / "student.jsonl", [STUDENT, NOTHING])
     valid = write(tmp_path / "valid.jsonl", [CacheRecord(id="v", input="x5", label="L5")])
     options = dss_tasks.TaskOptions(label_source="gt_else_teacher")
-    task = dss_tasks.register_cache_task("toy_union", train_cache=[labeled, student], validation_cache=valid,
-                                         family="cqa", options=options)
+    task = dss_tasks.register_cache_task(
+        "toy_union", train_cache=[labeled, student], validation_cache=valid, family="cqa", options=options
+    )
     try:
         assert [r.id for r in dss_tasks.split_records("toy_union", "train")] == ["a", "b", "c", "d"]
         raw = [{k: v.decode() for k, v in ex.items()} for ex in task.source.get_dataset("train").as_numpy_iterator()]
@@ -55,8 +57,9 @@ def test_several_train_caches_are_concatenated_and_ids_must_differ(tmp_path):
         assert raw[2]["label_inputs"] == "predict: x3" and raw[2]["rationale_inputs"] == "explain: x3"
 
         clash = write(tmp_path / "clash.jsonl", [CacheRecord(id="b", input="x9", label=None)])
-        dss_tasks.register_cache_task("toy_union", train_cache=[labeled, student, clash], validation_cache=valid,
-                                      family="cqa", options=options)
+        dss_tasks.register_cache_task(
+            "toy_union", train_cache=[labeled, student, clash], validation_cache=valid, family="cqa", options=options
+        )
         with pytest.raises(ValueError, match=rf"toy_union train caches: id 'b' is in both {labeled} and {clash}"):
             dss_tasks.split_records("toy_union", "train")
     finally:
@@ -65,8 +68,12 @@ def test_several_train_caches_are_concatenated_and_ids_must_differ(tmp_path):
 
 
 def test_synthetic_bootstrap_task_is_the_labeled_train_plus_the_student_cache(tmp_path):
-    sizes = ["synthetic_config.train_size = 20", "synthetic_config.validation_size = 4",
-             "synthetic_config.test_size = 5", "synthetic_config.unlabeled_size = 6"]
+    sizes = [
+        "synthetic_config.train_size = 20",
+        "synthetic_config.validation_size = 4",
+        "synthetic_config.test_size = 5",
+        "synthetic_config.unlabeled_size = 6",
+    ]
     gin.clear_config()
     try:
         gin.parse_config([f"synthetic_cache_dir.directory = '{tmp_path}'", *sizes])
@@ -74,11 +81,14 @@ def test_synthetic_bootstrap_task_is_the_labeled_train_plus_the_student_cache(tm
             dss_tasks.split_records(tasks.bootstrap.TASK_NAME, "train")
         config = synthetic.SyntheticConfig(train_size=20, validation_size=4, test_size=5, unlabeled_size=6)
         paths = synthetic.ensure_dataset(config, tmp_path)
-        annotated = [CacheRecord(id=r.id, input=r.input, label=None, samples=(TeacherSample("so", "( 1 + 2 )"),))
-                     for r in read_cache(paths["unlabeled"])]
+        annotated = [
+            CacheRecord(id=r.id, input=r.input, label=None, samples=(TeacherSample("so", "( 1 + 2 )"),))
+            for r in read_cache(paths["unlabeled"])
+        ]
         student = write(tmp_path / "student.jsonl", annotated)
-        gin.parse_config([f"bootstrap_student_cache.path = '{student}'",
-                          "task_options.label_source = 'gt_else_teacher'"])
+        gin.parse_config(
+            [f"bootstrap_student_cache.path = '{student}'", "task_options.label_source = 'gt_else_teacher'"]
+        )
         train = dss_tasks.split_records(tasks.bootstrap.TASK_NAME, "train")
         assert [r.id for r in train] == [r.id for r in read_cache(paths["train"])] + [r.id for r in annotated]
         for split in ("validation", "test"):

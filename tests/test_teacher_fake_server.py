@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 import teacher_script as ts
+
 from dss_jax.data import parsers
 from dss_jax.data.cache import read_cache
 from dss_jax.teacher import fake_server
@@ -39,8 +39,14 @@ def start_server():
 
     def start(*flags):
         # Ctrl-C's default disposition, as in a terminal (a suite run in the background has SIGINT ignored).
-        proc = subprocess.Popen(SERVER + list(flags), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            SERVER + list(flags),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         started.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         assert ready, "the server printed no URL within 30 s"
@@ -66,8 +72,9 @@ def stop(proc, signum):
 
 def post(base_url, prompt):
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]}).encode()
-    request = urllib.request.Request(base_url + "/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status, dict(reply.headers), json.loads(reply.read())
@@ -79,8 +86,19 @@ def test_dry_run_annotate_against_the_binary_then_sigterm(tmp_path, start_server
     proc, base_url = start_server()  # --port=0 by default: a free port, printed
     inputs, cache = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
     ts.write_inputs(inputs, 3)
-    out = run_cli([sys.executable, "-m", "dss_jax.annotate", f"--input={inputs}", f"--output={cache}",
-                   "--dataset_family=svamp", "--model=dry-run", f"--base_url={base_url}", "--noprogress"])
+    out = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "dss_jax.annotate",
+            f"--input={inputs}",
+            f"--output={cache}",
+            "--dataset_family=svamp",
+            "--model=dry-run",
+            f"--base_url={base_url}",
+            "--noprogress",
+        ]
+    )
     assert out.returncode == 0, out.stderr
     assert "done: every input example is in the cache" in out.stderr
     records = read_cache(cache)

@@ -85,8 +85,9 @@ def test_bad_keep_value():
         select_samples([], None, cqa_match, keep="best")
 
 
-@pytest.mark.parametrize("share, expected", [(0.0, ["right-a", "right-b"]), (2 / 3, ["right-a", "right-b"]),
-                                             (0.7, []), (1.0, [])])
+@pytest.mark.parametrize(
+    "share, expected", [(0.0, ["right-a", "right-b"]), (2 / 3, ["right-a", "right-b"]), (0.7, []), (1.0, [])]
+)
 def test_min_vote_share_keeps_only_confident_votes(share, expected):
     # 2 of the 3 parsed samples agree (by value): a share of 0.67 passes, 0.7 does not.
     sel = select_samples(SAMPLES, None, svamp_match, keep="parsed", vote=True, min_vote_share=share)

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 
+import _eval_toy as toy
 import numpy as np
 import pytest
 
-import _eval_toy as toy
 from dss_jax import infer
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
@@ -54,19 +54,38 @@ def student(tmp_path_factory):
 
 
 def backend_for(student, **overrides):
-    settings = dict(checkpoint=str(student["ckpt"]), family="cqa", batch_size=4, input_length=LENGTHS["label_inputs"],
-                    label_length=LENGTHS["label_targets"], batch_wait=0.05)
+    settings = dict(
+        checkpoint=str(student["ckpt"]),
+        family="cqa",
+        batch_size=4,
+        input_length=LENGTHS["label_inputs"],
+        label_length=LENGTHS["label_targets"],
+        batch_wait=0.05,
+    )
     settings.update(overrides)
     return StudentBackend(StudentConfig(**settings))
 
 
 def annotate(backend, examples, cache, *, concurrency=1, num_samples=1, temperature=0.0, keep="all"):
-    config = AnnotateConfig(template=STUDENT_TEMPLATE, teacher=backend.name, num_samples=num_samples,
-                            temperature=temperature, max_tokens=LENGTHS["rationale_targets"], concurrency=concurrency,
-                            keep=keep, progress=False)
+    config = AnnotateConfig(
+        template=STUDENT_TEMPLATE,
+        teacher=backend.name,
+        num_samples=num_samples,
+        temperature=temperature,
+        max_tokens=LENGTHS["rationale_targets"],
+        concurrency=concurrency,
+        keep=keep,
+        progress=False,
+    )
     with CacheWriter(cache) as writer:
-        return run_annotation(examples, backend, writer, config, parse=functools.partial(parsers.parse_completion, "cqa"),
-                              labels_match=functools.partial(parsers.labels_match, "cqa"))
+        return run_annotation(
+            examples,
+            backend,
+            writer,
+            config,
+            parse=functools.partial(parsers.parse_completion, "cqa"),
+            labels_match=functools.partial(parsers.labels_match, "cqa"),
+        )
 
 
 def by_id(path):
@@ -75,9 +94,15 @@ def by_id(path):
 
 def test_greedy_samples_are_the_infer_binary_outputs_whatever_the_concurrency(student, tmp_path, caplog):
     examples = read_examples(student["inputs"], STUDENT_TEMPLATE)
-    rows = infer.infer_file(checkpoint_path=str(student["ckpt"]), input_path=str(student["inputs"]),
-                            output_path=str(tmp_path / "infer.jsonl"), feature_lengths=LENGTHS, family="cqa",
-                            batch_size=4, output_rationale=True)
+    rows = infer.infer_file(
+        checkpoint_path=str(student["ckpt"]),
+        input_path=str(student["inputs"]),
+        output_path=str(tmp_path / "infer.jsonl"),
+        feature_lengths=LENGTHS,
+        family="cqa",
+        batch_size=4,
+        output_rationale=True,
+    )
     expected = {r["id"]: (r["rationale"], r["label"]) for r in rows}
 
     with backend_for(student) as backend:
@@ -93,7 +118,9 @@ def test_greedy_samples_are_the_infer_binary_outputs_whatever_the_concurrency(st
         (sample,) = records[example.id]["samples"]
         got[example.id] = (sample["rationale"], sample["label"] or "")
         assert sample["teacher"] == f"student:{student['ckpt']}" and sample["prompt_id"] == "student"
-        assert sample["completion"] == f"{sample['rationale'].strip()} So the answer is: {sample['label'] or ''}".strip()
+        assert (
+            sample["completion"] == f"{sample['rationale'].strip()} So the answer is: {sample['label'] or ''}".strip()
+        )
         assert records[example.id]["label"] == example.label
     assert got == expected
     # Some decodes stopped at EOS, some ran to their length; both are recorded.
@@ -108,8 +135,11 @@ def test_greedy_samples_are_the_infer_binary_outputs_whatever_the_concurrency(st
         usage = backend.usage
     assert by_id(tmp_path / "c1.jsonl") == records
     assert usage.requests == len(examples)
-    real = sum(np.count_nonzero(infer.encode_input(vocabulary, prefix + e.input, 24, False)[0])
-               for e in examples for prefix in (LABEL_PREFIX, RATIONALE_PREFIX))
+    real = sum(
+        np.count_nonzero(infer.encode_input(vocabulary, prefix + e.input, 24, False)[0])
+        for e in examples
+        for prefix in (LABEL_PREFIX, RATIONALE_PREFIX)
+    )
     assert usage.prompt_tokens == real
     assert 2 * len(examples) <= usage.completion_tokens <= len(examples) * (6 + 12)
     assert usage.completion_tokens < len(examples) * (6 + 12)  # EOS ends some early
@@ -142,7 +172,7 @@ def test_single_task_student_output_is_split(student):
     with backend_for(student, target="single_task") as backend:
         (completion,) = backend.complete(text, 1, 0.0, max_tokens=12)
         row, _ = backend.encode(LABEL_PREFIX + text)
-    (_, path), = checkpoints_to_evaluate(str(student["ckpt"]))
+    ((_, path),) = checkpoints_to_evaluate(str(student["ckpt"]))
     model, params, _ = load_checkpoint(path)
     tokens = decode_batches(model, params, row[None], DecodeConfig(max_decode_length=6 + 12), batch_size=4)
     (decoded,) = tokens_to_texts(backend.vocabulary, tokens)
@@ -174,10 +204,22 @@ def test_load_errors_name_the_path(student, tmp_path):
 
 
 def annotate_cmd(student, output, *extra):
-    return [sys.executable, "-m", "dss_jax.annotate", "--backend=student", f"--checkpoint={student['ckpt']}",
-            f"--input={student['inputs']}", f"--output={output}", "--dataset_family=cqa", "--noprogress",
-            f"--student_input_length={LENGTHS['label_inputs']}", f"--student_label_length={LENGTHS['label_targets']}",
-            f"--max_tokens={LENGTHS['rationale_targets']}", "--student_batch_size=4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "dss_jax.annotate",
+        "--backend=student",
+        f"--checkpoint={student['ckpt']}",
+        f"--input={student['inputs']}",
+        f"--output={output}",
+        "--dataset_family=cqa",
+        "--noprogress",
+        f"--student_input_length={LENGTHS['label_inputs']}",
+        f"--student_label_length={LENGTHS['label_targets']}",
+        f"--max_tokens={LENGTHS['rationale_targets']}",
+        "--student_batch_size=4",
+        *extra,
+    ]
 
 
 def test_binary_sigkill_then_restart_gives_the_in_process_cache(student, tmp_path):

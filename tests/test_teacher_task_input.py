@@ -2,11 +2,11 @@
 
 import pathlib
 
-import gin
 import pytest
 import seqio  # a dependency (setup.py): its absence fails these tests, it does not skip them
 import tensorflow as tf
 
+import gin
 import tasks.synthetic  # noqa: F401  (registers dss_synthetic)
 from dss_jax import cli
 from dss_jax.data import synthetic
@@ -16,8 +16,12 @@ from dss_jax.teacher.examples import InputError
 from dss_jax.teacher.prompts import parse_template
 from dss_jax.teacher.task_input import read_task_examples
 
-SMALL = ["synthetic_config.train_size = 30", "synthetic_config.validation_size = 5", "synthetic_config.test_size = 6",
-         "synthetic_config.unlabeled_size = 12"]
+SMALL = [
+    "synthetic_config.train_size = 30",
+    "synthetic_config.validation_size = 5",
+    "synthetic_config.test_size = 6",
+    "synthetic_config.unlabeled_size = 12",
+]
 
 
 def write(path: pathlib.Path, records):
@@ -27,8 +31,16 @@ def write(path: pathlib.Path, records):
 
 
 def record(i, split, label="yes"):
-    return CacheRecord(id=f"{split}/{i}", input=f"is {i} small?", label=label, dataset="toy", split=split, position=i,
-                       samples=(TeacherSample("because", "yes"),), meta={"n": i})
+    return CacheRecord(
+        id=f"{split}/{i}",
+        input=f"is {i} small?",
+        label=label,
+        dataset="toy",
+        split=split,
+        position=i,
+        samples=(TeacherSample("because", "yes"),),
+        meta={"n": i},
+    )
 
 
 @pytest.fixture
@@ -36,8 +48,14 @@ def cache_task(tmp_path):
     train = write(tmp_path / "train.jsonl", [record(i, "train") for i in range(20)])
     test = write(tmp_path / "test.jsonl", [record(i, "test") for i in range(4)])
     pool = write(tmp_path / "pool.jsonl", [record(i, "pool", label=None) for i in range(3)])
-    dss_tasks.register_cache_task("toy_annotate_input", train_cache=train, test_cache=test, extra_splits={"pool": pool},
-                                  family="cqa", options=dss_tasks.TaskOptions())
+    dss_tasks.register_cache_task(
+        "toy_annotate_input",
+        train_cache=train,
+        test_cache=test,
+        extra_splits={"pool": pool},
+        family="cqa",
+        options=dss_tasks.TaskOptions(),
+    )
     yield {"train": train, "test": test, "pool": pool}
     seqio.TaskRegistry.remove("toy_annotate_input")
     dss_tasks.REGISTERED.discard("toy_annotate_input")
@@ -47,7 +65,8 @@ def test_cache_task_splits_are_read_record_for_record(cache_task):
     test = read_task_examples("toy_annotate_input", "test")
     expected = read_cache(cache_task["test"])
     assert [(e.id, e.input, e.label, e.split, e.position, dict(e.meta)) for e in test] == [
-        (r.id, r.input, r.label, r.split, r.position, r.meta) for r in expected]
+        (r.id, r.input, r.label, r.split, r.position, r.meta) for r in expected
+    ]
     pool = read_task_examples("toy_annotate_input", "pool")
     assert [e.id for e in pool] == ["pool/0", "pool/1", "pool/2"] and all(e.label is None for e in pool)
     # train and validation are what training sees: validation carved out of train.
@@ -91,8 +110,11 @@ def seqio_task():
         return tf.data.Dataset.from_tensor_slices(rows if split == "train" else {k: v[:1] for k, v in rows.items()})
 
     vocabulary = seqio.PassThroughVocabulary(size=10)
-    seqio.TaskRegistry.add("toy_plain_seqio", source=seqio.FunctionDataSource(dataset_fn, splits=("train", "dev")),
-                           output_features={"question": seqio.Feature(vocabulary)})
+    seqio.TaskRegistry.add(
+        "toy_plain_seqio",
+        source=seqio.FunctionDataSource(dataset_fn, splits=("train", "dev")),
+        output_features={"question": seqio.Feature(vocabulary)},
+    )
     yield
     seqio.TaskRegistry.remove("toy_plain_seqio")
 
@@ -100,15 +122,18 @@ def seqio_task():
 def test_other_seqio_tasks_are_read_from_their_source(seqio_task):
     examples = read_task_examples("toy_plain_seqio", "train", input_field="question", label_field="answer")
     assert [(e.id, e.input, e.label) for e in examples] == [
-        ("toy_plain_seqio/train/0", "2 + 2?", "4"), ("toy_plain_seqio/train/1", "3 + 1?", "4"),
-        ("toy_plain_seqio/train/2", "5 - 1?", "4")]
+        ("toy_plain_seqio/train/0", "2 + 2?", "4"),
+        ("toy_plain_seqio/train/1", "3 + 1?", "4"),
+        ("toy_plain_seqio/train/2", "5 - 1?", "4"),
+    ]
     assert examples[0].fields["input"] == "2 + 2?"  # what {{input}} becomes
     assert len(read_task_examples("toy_plain_seqio", "dev", input_field="question")) == 1
-    with pytest.raises(InputError, match=r"no string feature 'inputs' \(features: answer, question\); .*--task_input_field"):
+    with pytest.raises(
+        InputError, match=r"no string feature 'inputs' \(features: answer, question\); .*--task_input_field"
+    ):
         read_task_examples("toy_plain_seqio", "train")
     with pytest.raises(InputError, match=r"no split 'test'; its splits: train, dev"):
         read_task_examples("toy_plain_seqio", "test", input_field="question")
-
 
 
 @pytest.fixture
@@ -121,8 +146,11 @@ def bytes_task():
         del split, shuffle_files, seed
         return tf.data.Dataset.from_tensor_slices(rows)
 
-    seqio.TaskRegistry.add("toy_bytes_seqio", source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
-                           output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(size=10))})
+    seqio.TaskRegistry.add(
+        "toy_bytes_seqio",
+        source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+        output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(size=10))},
+    )
     yield
     seqio.TaskRegistry.remove("toy_bytes_seqio")
 
@@ -131,8 +159,10 @@ def test_a_feature_that_is_not_utf8_names_task_split_index_and_feature(bytes_tas
     with pytest.raises(cli.UserError) as info:  # what the binary reports as one line, exit 2
         read_task_examples("toy_bytes_seqio", "train", input_field="question")
     message = str(info.value)
-    assert message == ("toy_bytes_seqio/train[1]: feature 'question' is not UTF-8 text (byte 0xe9 at offset 3: "
-                       "invalid continuation byte); make the task's source give UTF-8 text for it")
+    assert message == (
+        "toy_bytes_seqio/train[1]: feature 'question' is not UTF-8 text (byte 0xe9 at offset 3: "
+        "invalid continuation byte); make the task's source give UTF-8 text for it"
+    )
     assert isinstance(info.value, InputError) and "\n" not in message
     # The label and a prompt placeholder are needed as much as the input.
     with pytest.raises(InputError, match=r"^toy_bytes_seqio/train\[2\]: feature 'answer' is not UTF-8 text"):

@@ -1,4 +1,5 @@
 """The train binary end to end: gin errors, exact resume after SIGKILL, two processes."""
+
 import json
 import os
 import signal
@@ -8,24 +9,34 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, SHARED_DATA
 
 # The binaries train on SVAMP from the paper's files.
-pytestmark = [pytest.mark.shared_data,
-              pytest.mark.skipif(not (SHARED_DATA / "svamp").is_dir(), reason=f"no paper data at {SHARED_DATA}")]
+pytestmark = [
+    pytest.mark.shared_data,
+    pytest.mark.skipif(not (SHARED_DATA / "svamp").is_dir(), reason=f"no paper data at {SHARED_DATA}"),
+]
 
 STEPS = 10
 
 
 def gin_args(model_dir, steps=STEPS, extra=()):
     return [
-        "--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/svamp.gin",
-        f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
-        "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 64, 'label_targets': 16, 'rationale_inputs': 64, 'rationale_targets': 48}",
-        "--gin.DssFeatureConverter.pack_encoder_length=128", "--gin.DssFeatureConverter.pack_decoder_length=64",
-        "--gin.task_vocabulary.vocab_size=500", "--gin.model_config.overrides={'vocab_size': 512, 'dropout_rate': 0.1}",
-        "--gin.train.log_period=1", "--gin.train.checkpoint_period=2", "--gin.EVAL_PERIOD=0",
+        "--gin_file=runs/train.gin",
+        "--gin_file=models/tiny.gin",
+        "--gin_file=tasks/svamp.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 64, 'label_targets': 16, "
+        "'rationale_inputs': 64, 'rationale_targets': 48}",
+        "--gin.DssFeatureConverter.pack_encoder_length=128",
+        "--gin.DssFeatureConverter.pack_decoder_length=64",
+        "--gin.task_vocabulary.vocab_size=500",
+        "--gin.model_config.overrides={'vocab_size': 512, 'dropout_rate': 0.1}",
+        "--gin.train.log_period=1",
+        "--gin.train.checkpoint_period=2",
+        "--gin.EVAL_PERIOD=0",
         "--gin.train_batches.num_input_shards=2",
         *extra,
     ]
@@ -42,8 +53,15 @@ def env(devices=8):
 
 
 def run_train(args, timeout=600, **kw):
-    return subprocess.run([sys.executable, "-m", "dss_jax.train", *args], cwd=REPO_ROOT, env=env(),
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "dss_jax.train", *args],
+        cwd=REPO_ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def metrics(model_dir):
@@ -72,8 +90,13 @@ def test_missing_macro_and_typo_fail_before_any_work(tmp_path):
 def decode_eval_args(model_dir):
     """Decode-based evaluation of 8 validation examples every 5 steps (and at the end),
     predictions written under model_dir/decode/step_<N>/."""
-    return ["--gin.EVAL_PERIOD=5", "--gin.train.eval_batches_limit=1", "--gin.make_train_eval_hook.max_examples=8",
-            "--gin.make_train_eval_hook.batch_size=4", f"--gin.make_train_eval_hook.output_dir='{model_dir}/decode'"]
+    return [
+        "--gin.EVAL_PERIOD=5",
+        "--gin.train.eval_batches_limit=1",
+        "--gin.make_train_eval_hook.max_examples=8",
+        "--gin.make_train_eval_hook.batch_size=4",
+        f"--gin.make_train_eval_hook.output_dir='{model_dir}/decode'",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +111,14 @@ def test_run_writes_metrics_checkpoints_and_learns(uninterrupted):
     m = metrics(uninterrupted)
     assert [x["step"] for x in m] == list(range(1, STEPS + 1))
     assert m[-1]["loss"] < m[0]["loss"]
-    for key in ("label/loss", "rationale/loss", "label/accuracy", "learning_rate", "real_tokens_per_second",
-                "padding_efficiency"):
+    for key in (
+        "label/loss",
+        "rationale/loss",
+        "label/accuracy",
+        "learning_rate",
+        "real_tokens_per_second",
+        "padding_efficiency",
+    ):
         assert key in m[-1]
     assert 0.3 < m[-1]["padding_efficiency"] <= 1.0
     for name in ("config.json", "config.gin", "spiece.model"):
@@ -99,8 +128,13 @@ def test_run_writes_metrics_checkpoints_and_learns(uninterrupted):
 
 def test_sigkill_then_restart_matches_uninterrupted_run(uninterrupted, tmp_path):
     model_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dss_jax.train", *gin_args(model_dir)], cwd=REPO_ROOT,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dss_jax.train", *gin_args(model_dir)],
+        cwd=REPO_ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     # Kill as soon as the first checkpoint is final (orbax renames it into place).
     while not (model_dir / "checkpoint_4").exists():
@@ -125,10 +159,23 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
     model_dir = tmp_path / "multi"
     steps = 5
     r = subprocess.run(
-        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
-         f"--log_dir={tmp_path / 'logs'}", "--timeout=500", "--", "-m", "dss_jax.train",
-         *gin_args(model_dir, steps=steps, extra=decode_eval_args(model_dir))],
-        cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "launch/local.py",
+            "--num_processes=2",
+            "--devices_per_process=4",
+            f"--log_dir={tmp_path / 'logs'}",
+            "--timeout=500",
+            "--",
+            "-m",
+            "dss_jax.train",
+            *gin_args(model_dir, steps=steps, extra=decode_eval_args(model_dir)),
+        ],
+        cwd=REPO_ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     logs = "".join((tmp_path / "logs" / f).read_text()[-2000:] for f in sorted(os.listdir(tmp_path / "logs")))
     assert r.returncode == 0, logs
@@ -145,9 +192,18 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
     """Preemption: SIGTERM ends the run at the end of the step, with that step saved."""
     model_dir = tmp_path / "preempted"
-    proc = subprocess.Popen([sys.executable, "-m", "dss_jax.train", *gin_args(model_dir, steps=500,
-                             extra=["--gin.train.checkpoint_period=1000"])],
-                            cwd=REPO_ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dss_jax.train",
+            *gin_args(model_dir, steps=500, extra=["--gin.train.checkpoint_period=1000"]),
+        ],
+        cwd=REPO_ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = model_dir / "train" / "metrics.jsonl"
     deadline = time.time() + 600
     while not (log.exists() and len(log.read_text().splitlines()) >= 2):
@@ -169,9 +225,20 @@ def test_tensorboard_serves_the_runs_label_and_rationale_scalars(uninterrupted):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", f"--logdir={uninterrupted}", "--host=127.0.0.1",
-                              f"--port={port}", "--load_fast=false"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    board = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            f"--logdir={uninterrupted}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--load_fast=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
     try:
         deadline, tags = time.time() + 120, {}
         while time.time() < deadline and not any("label/loss" in t for t in tags.values()):

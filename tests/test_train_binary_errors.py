@@ -1,26 +1,45 @@
 """The train binary's one-line errors: a bad setting or a held run directory stops it
 with `train: error: ...` (exit 2) before anything is written. Uses the built-in synthetic
 task's gin file, which registers the task without generating any data."""
+
 import os
 import socket
 import subprocess
 import sys
 
-import gin
 import pytest
-
 from conftest import REPO_ROOT
+
+import gin
 from dss_jax import checkpoint_manager, gin_utils, settings, train_loop
 
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
 
 
 def run_train(model_dir, *bindings):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3",
-               DSS_CACHE_DIR=str(model_dir) + ".no_cache")  # nothing may be generated before the checks
-    return subprocess.run([sys.executable, "-m", "dss_jax.train", *TASK_GIN, f"--gin.MODEL_DIR='{model_dir}'",
-                           "--gin.TRAIN_STEPS=2", *bindings], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO_ROOT),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DSS_CACHE_DIR=str(model_dir) + ".no_cache",
+    )  # nothing may be generated before the checks
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dss_jax.train",
+            *TASK_GIN,
+            f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.TRAIN_STEPS=2",
+            *bindings,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def assert_one_line_error(r, *words):
@@ -57,25 +76,34 @@ def parsed():
 
     def parse(*bindings):
         gin.clear_config()
-        gin_utils.parse_gin([f.split("=", 1)[1] for f in TASK_GIN], ["MODEL_DIR = '/tmp/unused'", *bindings],
-                            required_macros=("MODEL_DIR",))
+        gin_utils.parse_gin(
+            [f.split("=", 1)[1] for f in TASK_GIN],
+            ["MODEL_DIR = '/tmp/unused'", *bindings],
+            required_macros=("MODEL_DIR",),
+        )
 
     yield parse
     gin.clear_config()
 
 
-@pytest.mark.parametrize("binding, named", [
-    ("TRAIN_STEPS = 'ten'", "TRAIN_STEPS (train.train_steps) must be a positive integer, got 'ten'"),
-    ("BATCH_SIZE = 8.5", "BATCH_SIZE (train.batch_size)"),
-    ("OptimizerConfig.learning_rate = '1e-3'", "OptimizerConfig.learning_rate must be a finite number (or None), got '1e-3'"),
-    ("RATIONALE_WEIGHT = -1", "RATIONALE_WEIGHT (LossConfig.rationale_weight) must be >= 0, got -1"),
-    ("LossConfig.label_smoothing = 1.0", "LossConfig.label_smoothing"),
-    ("EVAL_PERIOD = None", "EVAL_PERIOD (train.eval_period)"),
-    ("train.checkpoint_period = 0", "train.checkpoint_period must be a positive integer, got 0"),
-    ("DssFeatureConverter.pack_encoder_length = -128", "DssFeatureConverter.pack_encoder_length"),
-    ("TASK_FEATURE_LENGTHS = {'label_inputs': 'long'}", "TASK_FEATURE_LENGTHS"),
-    ("PartitionConfig.rules = 'dpp'", "PartitionConfig.rules"),
-])
+@pytest.mark.parametrize(
+    "binding, named",
+    [
+        ("TRAIN_STEPS = 'ten'", "TRAIN_STEPS (train.train_steps) must be a positive integer, got 'ten'"),
+        ("BATCH_SIZE = 8.5", "BATCH_SIZE (train.batch_size)"),
+        (
+            "OptimizerConfig.learning_rate = '1e-3'",
+            "OptimizerConfig.learning_rate must be a finite number (or None), got '1e-3'",
+        ),
+        ("RATIONALE_WEIGHT = -1", "RATIONALE_WEIGHT (LossConfig.rationale_weight) must be >= 0, got -1"),
+        ("LossConfig.label_smoothing = 1.0", "LossConfig.label_smoothing"),
+        ("EVAL_PERIOD = None", "EVAL_PERIOD (train.eval_period)"),
+        ("train.checkpoint_period = 0", "train.checkpoint_period must be a positive integer, got 0"),
+        ("DssFeatureConverter.pack_encoder_length = -128", "DssFeatureConverter.pack_encoder_length"),
+        ("TASK_FEATURE_LENGTHS = {'label_inputs': 'long'}", "TASK_FEATURE_LENGTHS"),
+        ("PartitionConfig.rules = 'dpp'", "PartitionConfig.rules"),
+    ],
+)
 def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, named):
     parsed(binding)
     with pytest.raises(settings.SettingError) as e:

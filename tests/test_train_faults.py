@@ -1,6 +1,7 @@
 """The training loop under faults, in-process on a tiny model: nothing lost, nothing
 silently wrong. A non-finite loss right after a checkpoint, a second trainer on the same
 MODEL_DIR, a checkpoint that cannot be written, a resumed run's metrics, bad settings."""
+
 import errno
 import json
 import os
@@ -10,16 +11,15 @@ import socket
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 from flax import linen as nn
+from test_trainer import VOCAB, packed_batch
 
 from dss_jax import checkpoint_manager, cli, metrics_writer, optimizers, settings, train_loop
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
-
-from test_trainer import VOCAB, packed_batch
 
 TASK = "train_faults_toy"
 LENGTHS = {"label_inputs": 16, "label_targets": 12, "rationale_inputs": 16, "rationale_targets": 12}
@@ -61,8 +61,9 @@ def compilation_cache(tmp_path_factory):
     """Every run builds its own Trainer; the step it compiles is the same program each time."""
     import jax
 
-    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                    "jax_persistent_cache_min_compile_time_secs")}
+    before = {
+        k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    }
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
@@ -73,15 +74,29 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def toy_task(tmp_path_factory):
     import seqio
+
     from dss_jax.data import tasks as dss_tasks
 
-    dss_tasks.register_cache_task(TASK, train_cache=tmp_path_factory.mktemp("cache") / "unused.jsonl",
-                                  vocabulary=seqio.PassThroughVocabulary(size=VOCAB), family="cqa")
+    dss_tasks.register_cache_task(
+        TASK,
+        train_cache=tmp_path_factory.mktemp("cache") / "unused.jsonl",
+        vocabulary=seqio.PassThroughVocabulary(size=VOCAB),
+        family="cqa",
+    )
 
 
 def train(model_dir, steps, poisoned=(), **kw):
-    args = dict(model_dir=str(model_dir), task_name=TASK, task_feature_lengths=LENGTHS, train_steps=steps,
-                batch_size=8, checkpoint_period=2, log_period=1, eval_period=0, batches_fn=batches(poisoned))
+    args = dict(
+        model_dir=str(model_dir),
+        task_name=TASK,
+        task_feature_lengths=LENGTHS,
+        train_steps=steps,
+        batch_size=8,
+        checkpoint_period=2,
+        log_period=1,
+        eval_period=0,
+        batches_fn=batches(poisoned),
+    )
     return train_loop.train(model(), **{**args, **kw})
 
 
@@ -100,6 +115,7 @@ def one_line_report(capsys, fn):
 
 # -- item 7: a non-finite loss right after a checkpoint ------------------------------
 
+
 def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys):
     # Step 3 (input position 2) is non-finite; step 2 was just checkpointed.
     code, err = one_line_report(capsys, lambda: train(tmp_path / "run", 4, poisoned={2}))
@@ -112,6 +128,7 @@ def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys
 
 
 # -- item 8: one trainer per run directory -------------------------------------------
+
 
 def test_a_second_trainer_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
@@ -146,6 +163,7 @@ def test_a_dead_trainers_lock_on_this_host_is_taken_over_with_a_warning(tmp_path
 
 
 # -- item 9: a checkpoint that cannot be written ---------------------------------------
+
 
 def test_full_disk_during_a_save_ends_in_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
@@ -197,8 +215,10 @@ def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_pat
 
 # -- item 10: one value per step after a resume ----------------------------------------
 
+
 def test_a_resumed_run_has_one_metrics_record_and_one_tensorboard_value_per_step(tmp_path):
     import shutil
+
     from tensorboard.backend.event_processing import event_accumulator
 
     run = tmp_path / "run"
@@ -235,19 +255,23 @@ def test_superseded_metrics_are_dropped_by_replacing_the_file_whole(tmp_path, mo
 
 # -- item 12: every setting checked before anything is written ----------------------------
 
-@pytest.mark.parametrize("setting, value, named", [
-    ("batch_size", -8, "train.batch_size"),
-    ("train_steps", "ten", "train.train_steps"),
-    ("train_steps", True, "train.train_steps"),
-    ("checkpoint_period", 0, "train.checkpoint_period"),
-    ("log_period", 2.5, "train.log_period"),
-    ("eval_period", -1, "train.eval_period"),
-    ("keep_checkpoints", 0, "train.keep_checkpoints"),
-    ("num_microbatches", 3, "num_microbatches"),
-    ("task_feature_lengths", {"label_inputs": -1}, "train.task_feature_lengths"),
-    ("dropout_rng", "philox", "train.dropout_rng"),
-    ("task_name", "no_such_task", "MIXTURE_OR_TASK_NAME"),
-])
+
+@pytest.mark.parametrize(
+    "setting, value, named",
+    [
+        ("batch_size", -8, "train.batch_size"),
+        ("train_steps", "ten", "train.train_steps"),
+        ("train_steps", True, "train.train_steps"),
+        ("checkpoint_period", 0, "train.checkpoint_period"),
+        ("log_period", 2.5, "train.log_period"),
+        ("eval_period", -1, "train.eval_period"),
+        ("keep_checkpoints", 0, "train.keep_checkpoints"),
+        ("num_microbatches", 3, "num_microbatches"),
+        ("task_feature_lengths", {"label_inputs": -1}, "train.task_feature_lengths"),
+        ("dropout_rng", "philox", "train.dropout_rng"),
+        ("task_name", "no_such_task", "MIXTURE_OR_TASK_NAME"),
+    ],
+)
 def test_a_bad_setting_is_named_before_anything_is_written(tmp_path, setting, value, named):
     with pytest.raises(cli.UserError) as e:
         train(tmp_path / "run", 2, **{setting: value})
@@ -266,8 +290,17 @@ def test_bad_paths_are_named_before_anything_is_written(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file"] and (tmp_path / "file").read_text() == "mine"
 
 
-@pytest.mark.parametrize("field, value", [("learning_rate", "1e-3"), ("learning_rate", -1.0), ("warmup_steps", -5),
-                                          ("b2", 1.0), ("name", "sgd"), ("decay_steps", 0.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("learning_rate", "1e-3"),
+        ("learning_rate", -1.0),
+        ("warmup_steps", -5),
+        ("b2", 1.0),
+        ("name", "sgd"),
+        ("decay_steps", 0.5),
+    ],
+)
 def test_optimizer_settings_are_checked(field, value):
     with pytest.raises(settings.SettingError, match=f"OptimizerConfig.{field}"):
         optimizers.OptimizerConfig(**{field: value})
@@ -275,16 +308,21 @@ def test_optimizer_settings_are_checked(field, value):
 
 # -- #17: progress on time, the run's task options, the initial checkpoint's vocabulary -
 
+
 def test_progress_is_shown_on_time_between_log_periods(tmp_path, capsys, caplog):
     import logging
 
     caplog.set_level(logging.INFO)
     train(tmp_path / "quiet", 3, log_period=100)
-    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] \
-        == ["step 3/3"]  # the end only: log_period 100, and these steps take less than 30 s
+    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] == [
+        "step 3/3"
+    ]  # the end only: log_period 100, and these steps take less than 30 s
     train(tmp_path / "timed", 3, log_period=100, progress_seconds=0)
-    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] \
-        == ["step 1/3", "step 2/3", "step 3/3"]
+    assert [line.split(" |")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("step ")] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
     assert f"step 2: checkpoint -> {tmp_path / 'timed' / 'checkpoint_2'}" in caplog.text
     assert f"in {tmp_path / 'timed'}" in caplog.text  # where the run's outputs go
 
@@ -298,7 +336,9 @@ def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_pat
     assert recorded["task"] == TASK and recorded["options"]["label_target"] == "label"
     gin.parse_config(f"{TASK}/task_options.label_target = 'rationale_then_label'")
     try:
-        with pytest.raises(settings.SettingError, match=r"label_target='label'.*now .*label_target='rationale_then_label'"):
+        with pytest.raises(
+            settings.SettingError, match=r"label_target='label'.*now .*label_target='rationale_then_label'"
+        ):
             train(run, 3)
     finally:
         gin.clear_config()
@@ -307,10 +347,11 @@ def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_pat
 
 
 def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
-    import gin
     import shutil
 
     import _eval_toy as toy
+
+    import gin
     import tasks.dss  # noqa: F401  (registers dss_svamp, whose vocabulary gin chooses)
 
     ckpt = tmp_path / "ckpts" / "converted"
@@ -321,8 +362,15 @@ def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
     gin.clear_config()
     try:
         with pytest.raises(settings.SettingError, match=r"has no spiece.model.*task_vocabulary.spm_path"):
-            train_loop.train(model(), model_dir=str(tmp_path / "run"), task_name="dss_svamp",
-                             task_feature_lengths=LENGTHS, train_steps=1, batch_size=8, initial_checkpoint_path=str(ckpt))
+            train_loop.train(
+                model(),
+                model_dir=str(tmp_path / "run"),
+                task_name="dss_svamp",
+                task_feature_lengths=LENGTHS,
+                train_steps=1,
+                batch_size=8,
+                initial_checkpoint_path=str(ckpt),
+            )
         assert not (tmp_path / "run").exists()
         shutil.copy(spm, ckpt / "spiece.model")
         train_loop._use_initial_vocabulary("dss_svamp", str(ckpt))

@@ -1,9 +1,10 @@
 """The partitioned train step: rule sets agree with one device, shard as they say,
 accumulate exactly, and λ = 0 is standard finetuning."""
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from dss_jax import losses, optimizers, partitioning
 from dss_jax import trainer as trainer_lib
@@ -20,28 +21,38 @@ def tiny_config(**kw):
 
 def packed_batch(rng, batch=8, enc_len=16, dec_len=12, with_rationale=True):
     """Rows of one label segment and (optionally) one rationale segment, then padding."""
-    feats = {k: np.zeros((batch, n), np.int32) for k, n in [
-        ("encoder_input_tokens", enc_len), ("encoder_segment_ids", enc_len), ("encoder_positions", enc_len),
-        ("decoder_target_tokens", dec_len), ("decoder_input_tokens", dec_len), ("decoder_loss_weights", dec_len),
-        ("decoder_segment_ids", dec_len), ("decoder_positions", dec_len), ("decoder_task_ids", dec_len)]}
+    feats = {
+        k: np.zeros((batch, n), np.int32)
+        for k, n in [
+            ("encoder_input_tokens", enc_len),
+            ("encoder_segment_ids", enc_len),
+            ("encoder_positions", enc_len),
+            ("decoder_target_tokens", dec_len),
+            ("decoder_input_tokens", dec_len),
+            ("decoder_loss_weights", dec_len),
+            ("decoder_segment_ids", dec_len),
+            ("decoder_positions", dec_len),
+            ("decoder_task_ids", dec_len),
+        ]
+    }
     for r in range(batch):
         e0, d0 = 0, 0
         segments = [(1, rng.integers(3, 7), rng.integers(2, 4))]
         if with_rationale:
             segments.append((2, rng.integers(3, 8), rng.integers(3, 7)))
         for seg, (task, elen, dlen) in enumerate(segments, start=1):
-            feats["encoder_input_tokens"][r, e0:e0 + elen] = rng.integers(2, VOCAB, elen)
+            feats["encoder_input_tokens"][r, e0 : e0 + elen] = rng.integers(2, VOCAB, elen)
             feats["encoder_input_tokens"][r, e0 + elen - 1] = 1
-            feats["encoder_segment_ids"][r, e0:e0 + elen] = seg
-            feats["encoder_positions"][r, e0:e0 + elen] = np.arange(elen)
+            feats["encoder_segment_ids"][r, e0 : e0 + elen] = seg
+            feats["encoder_positions"][r, e0 : e0 + elen] = np.arange(elen)
             tgt = rng.integers(2, VOCAB, dlen)
             tgt[-1] = 1
-            feats["decoder_target_tokens"][r, d0:d0 + dlen] = tgt
-            feats["decoder_input_tokens"][r, d0:d0 + dlen] = np.concatenate([[0], tgt[:-1]])
-            feats["decoder_loss_weights"][r, d0:d0 + dlen] = 1
-            feats["decoder_segment_ids"][r, d0:d0 + dlen] = seg
-            feats["decoder_positions"][r, d0:d0 + dlen] = np.arange(dlen)
-            feats["decoder_task_ids"][r, d0:d0 + dlen] = task
+            feats["decoder_target_tokens"][r, d0 : d0 + dlen] = tgt
+            feats["decoder_input_tokens"][r, d0 : d0 + dlen] = np.concatenate([[0], tgt[:-1]])
+            feats["decoder_loss_weights"][r, d0 : d0 + dlen] = 1
+            feats["decoder_segment_ids"][r, d0 : d0 + dlen] = seg
+            feats["decoder_positions"][r, d0 : d0 + dlen] = np.arange(dlen)
+            feats["decoder_task_ids"][r, d0 : d0 + dlen] = task
             e0, d0 = e0 + elen, d0 + dlen
     return feats
 
@@ -91,12 +102,15 @@ def test_rule_sets_match_one_device(rules, num_partitions, batches, single_devic
     np.testing.assert_allclose(trajectory, ref_trajectory, rtol=1e-5)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
-        jax.device_get(state.params), ref_params,
+        jax.device_get(state.params),
+        ref_params,
     )
     # The parameters really are laid out as the rules say.
     mesh = trainer.mesh
-    specs = {jax.tree_util.keystr(p): tuple(x.sharding.spec) for p, x in
-             jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    specs = {
+        jax.tree_util.keystr(p): tuple(x.sharding.spec)
+        for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
+    }
     flat = " ".join(str(s) for s in specs.values())
     if rules == "dp":
         assert "data" not in flat and "model" not in flat
@@ -109,8 +123,11 @@ def test_rule_sets_match_one_device(rules, num_partitions, batches, single_devic
         for x in sharded:
             assert x.addressable_shards[0].data.size * _devices_spanned(x, mesh) == x.size
         # optimiser state follows the parameters
-        opt_sharded = [x for x in jax.tree_util.tree_leaves(state.opt_state)
-                       if hasattr(x, "sharding") and "data" in tuple(x.sharding.spec)]
+        opt_sharded = [
+            x
+            for x in jax.tree_util.tree_leaves(state.opt_state)
+            if hasattr(x, "sharding") and "data" in tuple(x.sharding.spec)
+        ]
         assert opt_sharded
     if "tp" in rules:
         assert "model" in flat
@@ -130,7 +147,8 @@ def test_microbatches_accumulate_to_the_full_batch(batches, cpu_devices):
     np.testing.assert_allclose(micro, whole, rtol=1e-5)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
-        jax.device_get(micro_state.params), jax.device_get(whole_state.params),
+        jax.device_get(micro_state.params),
+        jax.device_get(whole_state.params),
     )
 
 
@@ -142,8 +160,14 @@ def test_lambda_zero_is_standard_finetuning(cpu_devices):
     without = {k: v.copy() for k, v in with_r.items()}
     drop = with_r["decoder_task_ids"] == 2
     enc_drop = with_r["encoder_segment_ids"] == 2
-    for k in ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_segment_ids",
-              "decoder_positions", "decoder_task_ids"):
+    for k in (
+        "decoder_target_tokens",
+        "decoder_input_tokens",
+        "decoder_loss_weights",
+        "decoder_segment_ids",
+        "decoder_positions",
+        "decoder_task_ids",
+    ):
         without[k][drop] = 0
     for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"):
         without[k][enc_drop] = 0
@@ -152,12 +176,16 @@ def test_lambda_zero_is_standard_finetuning(cpu_devices):
     np.testing.assert_allclose(a_loss, b_loss, rtol=1e-6)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
-        jax.device_get(a_state.params), jax.device_get(b_state.params),
+        jax.device_get(a_state.params),
+        jax.device_get(b_state.params),
     )
     # ...and with λ > 0 the rationale does change the update.
     c_state, _ = run_steps(make_trainer(cpu_devices[:1], lam=1.0, opt="adamw"), [with_r])
-    diffs = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                                   jax.device_get(c_state.params), jax.device_get(a_state.params))
+    diffs = jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+        jax.device_get(c_state.params),
+        jax.device_get(a_state.params),
+    )
     assert max(jax.tree_util.tree_leaves(diffs)) > 1e-5
 
 
@@ -204,8 +232,9 @@ def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices
 
     (state_a, loss_a), (state_b, loss_b) = run(), run()
     np.testing.assert_array_equal(loss_a, loss_b)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state_a.params),
-                           jax.device_get(state_b.params))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(state_a.params), jax.device_get(state_b.params)
+    )
     assert abs(loss_a[0] - no_dropout_loss[0]) > 1e-4
 
 
@@ -225,5 +254,11 @@ def test_xla_threefry_masks_drop_at_the_rate_and_differ_by_key():
 
 def test_unknown_dropout_rng_is_rejected(cpu_devices):
     with pytest.raises(ValueError, match="dropout_rng must be one of"):
-        Trainer(T5(tiny_config()), loss_config=losses.LossConfig(), optimizer_config=optimizers.OptimizerConfig(),
-                total_steps=1, mesh=partitioning.make_mesh(1, cpu_devices[:1]), dropout_rng="philox")
+        Trainer(
+            T5(tiny_config()),
+            loss_config=losses.LossConfig(),
+            optimizer_config=optimizers.OptimizerConfig(),
+            total_steps=1,
+            mesh=partitioning.make_mesh(1, cpu_devices[:1]),
+            dropout_rng="philox",
+        )

@@ -112,8 +112,14 @@ def _kind(value: Any) -> str:
     """A JSON value's type in JSON's words (so a message says 'boolean', not 'bool')."""
     if isinstance(value, bool):
         return f"the boolean {json.dumps(value)}"
-    return {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
@@ -151,8 +157,10 @@ def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
         )
     position = obj.get("position")
     if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 0):
-        raise CacheFormatError(f"{where}: field 'position' must be an integer >= 0 or null, "
-                               f"got {position if type(position) is int else _kind(position)}")
+        raise CacheFormatError(
+            f"{where}: field 'position' must be an integer >= 0 or null, "
+            f"got {position if type(position) is int else _kind(position)}"
+        )
     return CacheRecord(
         id=obj["id"],
         input=obj["input"],
@@ -180,9 +188,7 @@ def iter_cache(path: str | os.PathLike) -> Iterator[CacheRecord]:
     for line in jsonl.read_lines(path, CacheFormatError, what="teacher cache", torn_tail=True):
         record = record_from_json(line.value, line.where)
         if record.id in seen:
-            raise CacheFormatError(
-                f"{line.where}: duplicate id {record.id!r} (first at line {seen[record.id]})"
-            )
+            raise CacheFormatError(f"{line.where}: duplicate id {record.id!r} (first at line {seen[record.id]})")
         seen[record.id] = line.number
         yield record
 
@@ -251,8 +257,9 @@ def _settle_tail(f, path: str) -> Optional[str]:
             torn.flush()
             os.fsync(torn.fileno())
         f.truncate(offset)
-        logging.warning("%s: its last line (%d bytes) was cut short, as by a crash mid-write; moved it to %s",
-                        path, len(tail), kept)
+        logging.warning(
+            "%s: its last line (%d bytes) was cut short, as by a crash mid-write; moved it to %s", path, len(tail), kept
+        )
     else:
         f.seek(0, os.SEEK_END)
         f.write(b"\n")
@@ -279,8 +286,10 @@ class CacheWriter:
         self.path = os.fspath(path)
         self._fsync = fsync
         if os.path.exists(self.path) and not os.path.isfile(self.path):
-            raise CacheLockedError(f"{self.path} is not a regular file (a directory?); give the path of the "
-                                   "cache file (JSONL) to append to")
+            raise CacheLockedError(
+                f"{self.path} is not a regular file (a directory?); give the path of the "
+                "cache file (JSONL) to append to"
+            )
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._file = open(self.path, "a+b")
@@ -309,8 +318,10 @@ class CacheWriter:
         try:
             line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
         except UnicodeEncodeError:
-            raise CacheFormatError(f"{where} {record.id!r}: {jsonl.find_lone_surrogate(obj)} holds an unpaired "
-                                   "UTF-16 surrogate, which cannot be written as UTF-8; nothing written") from None
+            raise CacheFormatError(
+                f"{where} {record.id!r}: {jsonl.find_lone_surrogate(obj)} holds an unpaired "
+                "UTF-16 surrogate, which cannot be written as UTF-8; nothing written"
+            ) from None
         self._file.seek(0, os.SEEK_END)
         self._file.write(line)
         self._file.flush()

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping, Optional
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from dss_jax.data import packing
 from dss_jax.data.packing import PAIRED_FEATURES, convert_numpy  # noqa: F401  (re-exported: the numpy path)
 
@@ -84,8 +84,9 @@ class DssFeatureConverter(seqio.FeatureConverter):
 
     def row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
         """(encoder, decoder) length of the rows this converter produces."""
-        return packing.row_lengths(task_feature_lengths, self.pack, self.include_rationale,
-                                   self.pack_encoder_length, self.pack_decoder_length)
+        return packing.row_lengths(
+            task_feature_lengths, self.pack, self.include_rationale, self.pack_encoder_length, self.pack_decoder_length
+        )
 
     def numpy_examples(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> Iterator[dict]:
         """The task's examples as dicts of numpy token arrays, each part cut to its length:
@@ -103,7 +104,11 @@ class DssFeatureConverter(seqio.FeatureConverter):
             return out
 
         blocks_in = ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).padded_batch(
-            _BLOCK, padded_shapes={**{k: [lengths[k]] for k in PAIRED_FEATURES}, **{f"{k}_length": [] for k in PAIRED_FEATURES}}
+            _BLOCK,
+            padded_shapes={
+                **{k: [lengths[k]] for k in PAIRED_FEATURES},
+                **{f"{k}_length": [] for k in PAIRED_FEATURES},
+            },
         )
         return blocks_in
 
@@ -120,8 +125,13 @@ class DssFeatureConverter(seqio.FeatureConverter):
         def row_blocks():
             if self.pack:
                 rows = packing.pack_examples(
-                    examples(), encoder_length, decoder_length, self.include_rationale,
-                    self.max_open_rows, self.bos_id, self.stats,
+                    examples(),
+                    encoder_length,
+                    decoder_length,
+                    self.include_rationale,
+                    self.max_open_rows,
+                    self.bos_id,
+                    self.stats,
                 )
             else:
                 rows = packing.pad_examples(

@@ -43,7 +43,7 @@ HF_SOURCES: dict[str, HFSource] = {
 
 def _import_datasets():
     try:
-        import datasets  # noqa: PLC0415 (optional dependency)
+        import datasets  # optional dependency
     except ImportError:
         raise ImportError(
             "reading Hugging Face datasets needs the `datasets` package: pip install 'dss_jax[hf]'"
@@ -52,9 +52,7 @@ def _import_datasets():
 
 
 def _is_saved_to_disk(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(
-        os.path.join(path, "state.json")
-    )
+    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json"))
 
 
 def _load_split(dataset: str, hf_split: str, path: Optional[str]):

@@ -76,8 +76,9 @@ def decode_line(raw: bytes, where: str, error: Type[Exception]) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte column {e.start + 1}); "
-                    "save the file as UTF-8") from None
+        raise error(
+            f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte column {e.start + 1}); save the file as UTF-8"
+        ) from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -87,13 +88,16 @@ def decode_line(raw: bytes, where: str, error: Type[Exception]) -> Any:
     if _ESCAPED_SURROGATE.search(raw):
         bad = find_lone_surrogate(value)
         if bad is not None:
-            raise error(f"{where}: {bad} holds an unpaired UTF-16 surrogate escape, which is not text "
-                        "and cannot be written as UTF-8; fix the escape (or pair it) on this line")
+            raise error(
+                f"{where}: {bad} holds an unpaired UTF-16 surrogate escape, which is not text "
+                "and cannot be written as UTF-8; fix the escape (or pair it) on this line"
+            )
     return value
 
 
-def read_lines(path: str | os.PathLike, error: Type[Exception], *, what: str = "file",
-               torn_tail: bool = False) -> Iterator[Line]:
+def read_lines(
+    path: str | os.PathLike, error: Type[Exception], *, what: str = "file", torn_tail: bool = False
+) -> Iterator[Line]:
     """The decoded non-blank lines of `path`, in order; see the module docstring."""
     path = os.fspath(path)
     check_path(path, error, what)
@@ -108,8 +112,9 @@ def read_lines(path: str | os.PathLike, error: Type[Exception], *, what: str = "
             yield from _decoded(path, *previous, error, last=True, torn_tail=torn_tail)
 
 
-def _decoded(path: str, number: int, raw: bytes, error: Type[Exception], *, last: bool,
-             torn_tail: bool) -> Iterator[Line]:
+def _decoded(
+    path: str, number: int, raw: bytes, error: Type[Exception], *, last: bool, torn_tail: bool
+) -> Iterator[Line]:
     if not raw.strip():
         return
     where = f"{path}:{number}"

@@ -130,28 +130,32 @@ def _shift_right(targets: np.ndarray, bos_id: int) -> np.ndarray:
     return shifted
 
 
-def build_packed_row(segments: list[Segment], encoder_length: int, decoder_length: int, bos_id: int = 0) -> dict[str, np.ndarray]:
+def build_packed_row(
+    segments: list[Segment], encoder_length: int, decoder_length: int, bos_id: int = 0
+) -> dict[str, np.ndarray]:
     """One row from segments that fit (the caller guarantees the lengths)."""
     row = {k: np.zeros(encoder_length, np.int32) for k in ENCODER_FEATURES}
     row.update({k: np.zeros(decoder_length, np.int32) for k in DECODER_FEATURES})
     enc, dec = 0, 0
     for k, seg in enumerate(segments, start=1):
         n_in, n_out = len(seg.inputs), len(seg.targets)
-        row["encoder_input_tokens"][enc:enc + n_in] = seg.inputs
-        row["encoder_segment_ids"][enc:enc + n_in] = k
-        row["encoder_positions"][enc:enc + n_in] = np.arange(n_in)
-        row["decoder_target_tokens"][dec:dec + n_out] = seg.targets
-        row["decoder_input_tokens"][dec:dec + n_out] = _shift_right(seg.targets, bos_id)
-        row["decoder_loss_weights"][dec:dec + n_out] = 1
-        row["decoder_segment_ids"][dec:dec + n_out] = k
-        row["decoder_positions"][dec:dec + n_out] = np.arange(n_out)
-        row["decoder_task_ids"][dec:dec + n_out] = seg.task_id
+        row["encoder_input_tokens"][enc : enc + n_in] = seg.inputs
+        row["encoder_segment_ids"][enc : enc + n_in] = k
+        row["encoder_positions"][enc : enc + n_in] = np.arange(n_in)
+        row["decoder_target_tokens"][dec : dec + n_out] = seg.targets
+        row["decoder_input_tokens"][dec : dec + n_out] = _shift_right(seg.targets, bos_id)
+        row["decoder_loss_weights"][dec : dec + n_out] = 1
+        row["decoder_segment_ids"][dec : dec + n_out] = k
+        row["decoder_positions"][dec : dec + n_out] = np.arange(n_out)
+        row["decoder_task_ids"][dec : dec + n_out] = seg.task_id
         enc += n_in
         dec += n_out
     return row
 
 
-def build_unpacked_row(segment: Segment, encoder_length: int, decoder_length: int, bos_id: int = 0) -> dict[str, np.ndarray]:
+def build_unpacked_row(
+    segment: Segment, encoder_length: int, decoder_length: int, bos_id: int = 0
+) -> dict[str, np.ndarray]:
     """One segment per row, padded: the evaluation layout (no segment ids or positions)."""
     packed = build_packed_row([segment], encoder_length, decoder_length, bos_id)
     return {k: packed[k] for k in UNPACKED_FEATURES}
@@ -198,8 +202,12 @@ class FirstFitPacker:
                 return []
         done = []
         if len(self._open) == self.max_open_rows:
-            fullest = min(range(len(self._open)), key=lambda i: self._open[i].encoder_free / self.encoder_length
-                          + self._open[i].decoder_free / self.decoder_length)
+            fullest = min(
+                range(len(self._open)),
+                key=lambda i: (
+                    self._open[i].encoder_free / self.encoder_length + self._open[i].decoder_free / self.decoder_length
+                ),
+            )
             done.append(self._emit(self._open.pop(fullest)))
         row = _OpenRow(self.encoder_length, self.decoder_length)
         row.add(seg)
@@ -248,18 +256,24 @@ def pack_group(
     """All segments of `examples` packed first fit over as many rows as they need (every
     row stays open, so a group packs as densely as first fit can)."""
     segments = sum(len(paired_segments(e, include_rationale)) for e in examples)
-    return list(pack_examples(examples, encoder_length, decoder_length, include_rationale,
-                              max_open_rows=max(segments, 1), bos_id=bos_id))
+    return list(
+        pack_examples(
+            examples, encoder_length, decoder_length, include_rationale, max_open_rows=max(segments, 1), bos_id=bos_id
+        )
+    )
 
 
-def pad_rows(rows: list[dict[str, np.ndarray]], count: int, encoder_length: int,
-             decoder_length: int) -> dict[str, np.ndarray]:
+def pad_rows(
+    rows: list[dict[str, np.ndarray]], count: int, encoder_length: int, decoder_length: int
+) -> dict[str, np.ndarray]:
     """Packed rows stacked into a [count, length] batch, the rows after them empty (no
     tokens, no loss weight, segment id 0)."""
     if len(rows) > count:
         raise ValueError(f"{len(rows)} rows do not fit a batch of {count}")
-    out = {k: np.zeros((count, encoder_length if k.startswith("encoder") else decoder_length), np.int32)
-           for k in PACKED_FEATURES}
+    out = {
+        k: np.zeros((count, encoder_length if k.startswith("encoder") else decoder_length), np.int32)
+        for k in PACKED_FEATURES
+    }
     for i, row in enumerate(rows):
         for k in PACKED_FEATURES:
             out[k][i] = row[k]
@@ -277,7 +291,9 @@ def pad_examples(
     """Unpacked rows: the label segment, then the rationale segment, of each example."""
     for example in examples:
         for segment in paired_segments(example, include_rationale):
-            row = build_unpacked_row(_trim(segment, encoder_length, decoder_length), encoder_length, decoder_length, bos_id)
+            row = build_unpacked_row(
+                _trim(segment, encoder_length, decoder_length), encoder_length, decoder_length, bos_id
+            )
             if stats is not None:
                 stats.segments += 1
                 stats.record(row)
@@ -331,8 +347,9 @@ def convert_numpy(
     if rationale_weight < 0:
         raise ValueError(f"rationale_weight must be >= 0, got {rationale_weight}")
     include_rationale = rationale_weight > 0
-    encoder_length, decoder_length = row_lengths(task_feature_lengths, pack, include_rationale,
-                                                 pack_encoder_length, pack_decoder_length)
+    encoder_length, decoder_length = row_lengths(
+        task_feature_lengths, pack, include_rationale, pack_encoder_length, pack_decoder_length
+    )
     trimmed = ({k: np.asarray(ex[k], np.int32)[: task_feature_lengths[k]] for k in PAIRED_FEATURES} for ex in examples)
     if pack:
         rows = list(pack_examples(trimmed, encoder_length, decoder_length, include_rationale, max_open_rows, 0, stats))
@@ -340,5 +357,7 @@ def convert_numpy(
         rows = list(pad_examples(trimmed, encoder_length, decoder_length, include_rationale, 0, stats))
     features = PACKED_FEATURES if pack else UNPACKED_FEATURES
     if not rows:
-        return {k: np.zeros((0, encoder_length if k.startswith("encoder") else decoder_length), np.int32) for k in features}
+        return {
+            k: np.zeros((0, encoder_length if k.startswith("encoder") else decoder_length), np.int32) for k in features
+        }
     return {k: np.stack([r[k] for r in rows]) for k in features}

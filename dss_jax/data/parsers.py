@@ -66,7 +66,7 @@ def _split_once(head: str, phrase: str) -> Optional[tuple[str, str]]:
     first = head.find(phrase)
     if first < 0 or head.find(phrase, first + len(phrase)) >= 0:
         return None
-    return head[:first], head[first + len(phrase):]
+    return head[:first], head[first + len(phrase) :]
 
 
 def _equation(text: str) -> Optional[str]:

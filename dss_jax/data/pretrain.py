@@ -38,10 +38,10 @@ import pathlib
 import re
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import gin
 import seqio
 import tensorflow as tf
 
+import gin
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data import vocab as dss_vocab
 from dss_jax.data.lazy_vocab import LazyVocabulary
@@ -86,8 +86,13 @@ class SpanCorruption:
         return self.noise_tokens + self.spans + 1
 
     @classmethod
-    def fitting(cls, inputs_length: int, targets_length: int, noise_density: float = NOISE_DENSITY,
-                mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> "SpanCorruption":
+    def fitting(
+        cls,
+        inputs_length: int,
+        targets_length: int,
+        noise_density: float = NOISE_DENSITY,
+        mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    ) -> "SpanCorruption":
         """The longest chunk whose corrupted input and target fit the given lengths (T5
         sizes its chunks the same way, so that nothing is cut)."""
         best = None
@@ -98,8 +103,10 @@ class SpanCorruption:
             elif c.inputs_length > inputs_length:
                 break
         if best is None:
-            raise ValueError(f"span corruption: no chunk fits inputs of {inputs_length} and targets of "
-                             f"{targets_length} tokens; give longer TASK_FEATURE_LENGTHS")
+            raise ValueError(
+                f"span corruption: no chunk fits inputs of {inputs_length} and targets of "
+                f"{targets_length} tokens; give longer TASK_FEATURE_LENGTHS"
+            )
         return best
 
 
@@ -160,16 +167,22 @@ def _span_corruption_fn(corruption: SpanCorruption, vocabulary: seqio.Vocabulary
         del sequence_length, output_features
         top_id = vocabulary.vocab_size - 1  # seqio counts the extra ids in vocab_size
         if corruption.spans > vocabulary.extra_ids:
-            raise ValueError(f"span corruption: {corruption.spans} spans per chunk need as many sentinels, but the "
-                             f"vocabulary has {vocabulary.extra_ids} extra ids; give it more (extra_ids) or use "
-                             "shorter TASK_FEATURE_LENGTHS")
+            raise ValueError(
+                f"span corruption: {corruption.spans} spans per chunk need as many sentinels, but the "
+                f"vocabulary has {vocabulary.extra_ids} extra ids; give it more (extra_ids) or use "
+                "shorter TASK_FEATURE_LENGTHS"
+            )
         chunks = _chunks(dataset, vocabulary, corruption.chunk_length).enumerate()
 
         def example(index, tokens):
             inputs, targets = corrupt(tokens, corruption, top_id, tf.stack([tf.constant(0, tf.int64), index]))
             empty = tf.zeros([0], tf.int32)
-            return {"label_inputs": inputs, "label_targets": targets, "rationale_inputs": empty,
-                    "rationale_targets": empty}
+            return {
+                "label_inputs": inputs,
+                "label_targets": targets,
+                "rationale_inputs": empty,
+                "rationale_targets": empty,
+            }
 
         return chunks.map(example, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -214,8 +227,10 @@ def register_span_corruption_task(
         return tf.data.TextLineDataset(files).map(lambda line: {"text": line})
 
     # The rationale features stay empty (no EOS): there is nothing to explain.
-    output_features = {k: seqio.Feature(vocabulary, add_eos=k.startswith("label_"), required=False)
-                       for k in dss_tasks.PAIRED_TEXT_FEATURES}
+    output_features = {
+        k: seqio.Feature(vocabulary, add_eos=k.startswith("label_"), required=False)
+        for k in dss_tasks.PAIRED_TEXT_FEATURES
+    }
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     dss_tasks.REGISTERED.add(name)
@@ -300,8 +315,9 @@ def _documentation_paragraphs() -> list[str]:
     return out
 
 
-def write_synthetic_corpus(cache_dir: Optional[Union[str, os.PathLike]] = None,
-                           exclude_config: Optional["object"] = None) -> tuple[pathlib.Path, dict]:
+def write_synthetic_corpus(
+    cache_dir: Optional[Union[str, os.PathLike]] = None, exclude_config: Optional["object"] = None
+) -> tuple[pathlib.Path, dict]:
     """Writes (once) the built-in corpus under CACHE_DIR/pretrain/ and returns (path,
     description): its documents, words and bytes. `exclude_config` (a SyntheticConfig,
     default: gin's synthetic_config) names the dataset whose validation and test problems
@@ -334,6 +350,7 @@ def corpus_vocabulary(corpus: pathlib.Path) -> seqio.Vocabulary:
     vocab_size, extra_ids = pretrain_vocabulary()
     with open(corpus, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
-    spm = dss_vocab.cached_vocabulary(lines, corpus.parent, dss_vocab.VocabSettings(vocab_size=vocab_size),
-                                      name="pretrain")
+    spm = dss_vocab.cached_vocabulary(
+        lines, corpus.parent, dss_vocab.VocabSettings(vocab_size=vocab_size), name="pretrain"
+    )
     return seqio.SentencePieceVocabulary(spm.sentencepiece_model_file, extra_ids=extra_ids)

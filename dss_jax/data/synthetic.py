@@ -36,7 +36,6 @@ import uuid
 from typing import Mapping, Optional, Sequence
 
 import gin
-
 from dss_jax.data import parsers, safe_eval
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
 from dss_jax.data.synthetic_problems import NumberRange, Problem, generate_problem, operation_count
@@ -81,20 +80,48 @@ class SyntheticConfig:
             if not ok:
                 raise ValueError(f"synthetic dataset setting: {what} (settings: {self})")
 
-        need(all(isinstance(getattr(self, f), int) for f in (
-            "seed", "train_size", "validation_size", "test_size", "min_operations", "max_operations",
-            "min_number", "max_number", "samples_per_record", "unlabeled_size")),
-             "sizes, counts and numbers must be integers")
-        need(self.train_size >= 1 and self.validation_size >= 1 and self.test_size >= 1,
-             "train_size, validation_size and test_size must be at least 1")
-        need(1 <= self.min_operations <= self.max_operations <= 3,
-             f"need 1 <= min_operations <= max_operations <= 3, got {self.min_operations}..{self.max_operations}")
-        need(1 <= self.min_number and self.min_number + 3 <= self.max_number,
-             f"need 1 <= min_number and max_number >= min_number + 3, got [{self.min_number}, {self.max_number}]")
-        for name in ("distractor_rate", "teacher_error_rate", "teacher_slip_rate", "unparsable_rate", "continuation_rate"):
+        need(
+            all(
+                isinstance(getattr(self, f), int)
+                for f in (
+                    "seed",
+                    "train_size",
+                    "validation_size",
+                    "test_size",
+                    "min_operations",
+                    "max_operations",
+                    "min_number",
+                    "max_number",
+                    "samples_per_record",
+                    "unlabeled_size",
+                )
+            ),
+            "sizes, counts and numbers must be integers",
+        )
+        need(
+            self.train_size >= 1 and self.validation_size >= 1 and self.test_size >= 1,
+            "train_size, validation_size and test_size must be at least 1",
+        )
+        need(
+            1 <= self.min_operations <= self.max_operations <= 3,
+            f"need 1 <= min_operations <= max_operations <= 3, got {self.min_operations}..{self.max_operations}",
+        )
+        need(
+            1 <= self.min_number and self.min_number + 3 <= self.max_number,
+            f"need 1 <= min_number and max_number >= min_number + 3, got [{self.min_number}, {self.max_number}]",
+        )
+        for name in (
+            "distractor_rate",
+            "teacher_error_rate",
+            "teacher_slip_rate",
+            "unparsable_rate",
+            "continuation_rate",
+        ):
             need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1], got {getattr(self, name)}")
-        need(self.teacher_error_rate + self.teacher_slip_rate + self.unparsable_rate <= 1.0,
-             "teacher_error_rate + teacher_slip_rate + unparsable_rate must be at most 1")
+        need(
+            self.teacher_error_rate + self.teacher_slip_rate + self.unparsable_rate <= 1.0,
+            "teacher_error_rate + teacher_slip_rate + unparsable_rate must be at most 1",
+        )
         need(self.samples_per_record >= 1, f"samples_per_record must be at least 1, got {self.samples_per_record}")
         need(self.unlabeled_size >= 0, f"unlabeled_size must be at least 0, got {self.unlabeled_size}")
 
@@ -139,9 +166,23 @@ def synthetic_config(
     unlabeled_size: int = 0,
 ) -> SyntheticConfig:
     """The dataset's settings, bound in gin (`synthetic_config.max_operations = 2`)."""
-    return SyntheticConfig(seed, train_size, validation_size, test_size, min_operations, max_operations,
-                           min_number, max_number, distractor_rate, teacher_error_rate, teacher_slip_rate,
-                           unparsable_rate, continuation_rate, samples_per_record, unlabeled_size)
+    return SyntheticConfig(
+        seed,
+        train_size,
+        validation_size,
+        test_size,
+        min_operations,
+        max_operations,
+        min_number,
+        max_number,
+        distractor_rate,
+        teacher_error_rate,
+        teacher_slip_rate,
+        unparsable_rate,
+        continuation_rate,
+        samples_per_record,
+        unlabeled_size,
+    )
 
 
 @gin.configurable
@@ -165,8 +206,13 @@ def _rng(config: SyntheticConfig, *key) -> random.Random:
 
 
 def _problem(config: SyntheticConfig, rng: random.Random) -> Problem:
-    return generate_problem(rng, NumberRange(config.min_number, config.max_number), config.min_operations,
-                            config.max_operations, config.distractor_rate)
+    return generate_problem(
+        rng,
+        NumberRange(config.min_number, config.max_number),
+        config.min_operations,
+        config.max_operations,
+        config.distractor_rate,
+    )
 
 
 def generate_problems(config: SyntheticConfig) -> dict[str, list[Problem]]:
@@ -184,8 +230,10 @@ def generate_problems(config: SyntheticConfig) -> dict[str, list[Problem]]:
                 if problem.text not in seen:
                     break
             else:
-                raise ValueError(f"could not draw {size} distinct {split} problems with {config}; "
-                                 "widen the number range (min_number, max_number) or allow more operations")
+                raise ValueError(
+                    f"could not draw {size} distinct {split} problems with {config}; "
+                    "widen the number range (min_number, max_number) or allow more operations"
+                )
             seen.add(problem.text)
             problems.append(problem)
         out[split] = problems
@@ -199,42 +247,65 @@ def generate_records(config: SyntheticConfig) -> dict[str, list[CacheRecord]]:
         if split == UNLABELED:
             records[split] = [_unlabeled_record(i, problem) for i, problem in enumerate(problems)]
             continue
-        outcomes = [assign_outcomes(len(problems), _rng(config, split, "outcomes", k), config.teacher_error_rate,
-                                    config.teacher_slip_rate, config.unparsable_rate)
-                    for k in range(config.samples_per_record)]
+        outcomes = [
+            assign_outcomes(
+                len(problems),
+                _rng(config, split, "outcomes", k),
+                config.teacher_error_rate,
+                config.teacher_slip_rate,
+                config.unparsable_rate,
+            )
+            for k in range(config.samples_per_record)
+        ]
         split_records = []
         for i, problem in enumerate(problems):
             samples = []
             for k in range(config.samples_per_record):
                 rng = _rng(config, split, i, "teacher", k)
-                result = answer(problem, outcomes[k][i], rng, lambda: _problem(config, rng), config.continuation_rate)
+                result = answer(problem, outcomes[k][i], rng, lambda: _problem(config, rng), config.continuation_rate)  # noqa: B023  (called in this iteration)
                 parsed = parsers.parse_completion(FAMILY, result.completion)
                 meta = {"outcome": result.outcome, **({"mistake": result.kind} if result.kind else {})}
-                samples.append(TeacherSample(parsed.rationale, parsed.label, result.completion, TEACHER, PROMPT_ID, meta))
-            split_records.append(CacheRecord(
-                id=f"{DATASET}/{split}/{i}",
-                input=problem.text,
-                label=problem.label,
-                samples=tuple(samples),
-                dataset=DATASET,
-                split=split,
-                position=i,
-                meta=_meta(problem),
-            ))
+                samples.append(
+                    TeacherSample(parsed.rationale, parsed.label, result.completion, TEACHER, PROMPT_ID, meta)
+                )
+            split_records.append(
+                CacheRecord(
+                    id=f"{DATASET}/{split}/{i}",
+                    input=problem.text,
+                    label=problem.label,
+                    samples=tuple(samples),
+                    dataset=DATASET,
+                    split=split,
+                    position=i,
+                    meta=_meta(problem),
+                )
+            )
         records[split] = split_records
     return records
 
 
 def _meta(problem: Problem) -> dict:
-    return {"answer": problem.answer, "template": problem.template,
-            "operations": operation_count(problem.expr), "distractors": list(problem.distractors)}
+    return {
+        "answer": problem.answer,
+        "template": problem.template,
+        "operations": operation_count(problem.expr),
+        "distractors": list(problem.distractors),
+    }
 
 
 def _unlabeled_record(i: int, problem: Problem) -> CacheRecord:
     # No label and no teacher sample: what a student annotates in self-training. The
     # answer stays in `meta` (training never reads meta), so annotations can be judged.
-    return CacheRecord(id=f"{DATASET}/{UNLABELED}/{i}", input=problem.text, label=None, samples=(),
-                       dataset=DATASET, split=UNLABELED, position=i, meta=_meta(problem))
+    return CacheRecord(
+        id=f"{DATASET}/{UNLABELED}/{i}",
+        input=problem.text,
+        label=None,
+        samples=(),
+        dataset=DATASET,
+        split=UNLABELED,
+        position=i,
+        meta=_meta(problem),
+    )
 
 
 def dataset_dir(config: SyntheticConfig, cache_dir: os.PathLike | str) -> pathlib.Path:
@@ -272,8 +343,9 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def ensure_dataset(config: Optional[SyntheticConfig] = None,
-                   cache_dir: Optional[os.PathLike | str] = None) -> dict[str, pathlib.Path]:
+def ensure_dataset(
+    config: Optional[SyntheticConfig] = None, cache_dir: Optional[os.PathLike | str] = None
+) -> dict[str, pathlib.Path]:
     """The cache files of `config` (default: gin's `synthetic_config()`), written if missing."""
     config = config or synthetic_config()
     cache_dir = synthetic_cache_dir() if cache_dir is None else cache_dir

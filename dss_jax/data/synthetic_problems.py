@@ -188,7 +188,7 @@ class Person:
     poss: str  # his / her
 
     @property
-    def Subj(self) -> str:  # noqa: N802 (a capitalised pronoun starts a sentence)
+    def Subj(self) -> str:  # a capitalised pronoun starts a sentence
         return self.subj.capitalize()
 
 
@@ -197,41 +197,130 @@ _SHE = ("she", "her", "her")
 PEOPLE = tuple(
     Person(n, *p)
     for n, p in [
-        ("Tom", _HE), ("Mia", _SHE), ("Luke", _HE), ("Julia", _SHE), ("Sam", _HE), ("Anna", _SHE),
-        ("Ben", _HE), ("Lena", _SHE), ("Josh", _HE), ("Faye", _SHE), ("David", _HE), ("Emma", _SHE),
-        ("Ravi", _HE), ("Priya", _SHE), ("Carlos", _HE), ("Sofia", _SHE), ("Omar", _HE), ("Aisha", _SHE),
-        ("Kenji", _HE), ("Yuki", _SHE), ("Peter", _HE), ("Nora", _SHE), ("Jack", _HE), ("Grace", _SHE),
-        ("Leo", _HE), ("Chloe", _SHE), ("Max", _HE), ("Lucy", _SHE), ("Ivan", _HE), ("Hana", _SHE),
+        ("Tom", _HE),
+        ("Mia", _SHE),
+        ("Luke", _HE),
+        ("Julia", _SHE),
+        ("Sam", _HE),
+        ("Anna", _SHE),
+        ("Ben", _HE),
+        ("Lena", _SHE),
+        ("Josh", _HE),
+        ("Faye", _SHE),
+        ("David", _HE),
+        ("Emma", _SHE),
+        ("Ravi", _HE),
+        ("Priya", _SHE),
+        ("Carlos", _HE),
+        ("Sofia", _SHE),
+        ("Omar", _HE),
+        ("Aisha", _SHE),
+        ("Kenji", _HE),
+        ("Yuki", _SHE),
+        ("Peter", _HE),
+        ("Nora", _SHE),
+        ("Jack", _HE),
+        ("Grace", _SHE),
+        ("Leo", _HE),
+        ("Chloe", _SHE),
+        ("Max", _HE),
+        ("Lucy", _SHE),
+        ("Ivan", _HE),
+        ("Hana", _SHE),
     ]
 )
 OBJECTS = (
-    "apples", "marbles", "stickers", "books", "pencils", "cookies", "cards", "shells", "stamps",
-    "balloons", "crayons", "candies", "flowers", "coins", "erasers", "beads", "oranges", "cupcakes",
-    "toy cars", "comics", "rocks", "buttons", "ribbons", "puzzles", "lemons", "feathers",
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "cards",
+    "shells",
+    "stamps",
+    "balloons",
+    "crayons",
+    "candies",
+    "flowers",
+    "coins",
+    "erasers",
+    "beads",
+    "oranges",
+    "cupcakes",
+    "toy cars",
+    "comics",
+    "rocks",
+    "buttons",
+    "ribbons",
+    "puzzles",
+    "lemons",
+    "feathers",
 )
-CONTAINERS = (("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("pack", "packs"), ("jar", "jars"),
-              ("crate", "crates"), ("tray", "trays"), ("bucket", "buckets"))
+CONTAINERS = (
+    ("box", "boxes"),
+    ("bag", "bags"),
+    ("basket", "baskets"),
+    ("pack", "packs"),
+    ("jar", "jars"),
+    ("crate", "crates"),
+    ("tray", "trays"),
+    ("bucket", "buckets"),
+)
 OUTER = (("shelf", "shelves"), ("cart", "carts"), ("truck", "trucks"), ("room", "rooms"), ("cabinet", "cabinets"))
-PLACES = ("at the park", "at the beach", "at school", "at the library", "at the market", "in the garden",
-          "at the zoo", "at the museum", "on the farm", "at the playground")
+PLACES = (
+    "at the park",
+    "at the beach",
+    "at school",
+    "at the library",
+    "at the market",
+    "in the garden",
+    "at the zoo",
+    "at the museum",
+    "on the farm",
+    "at the playground",
+)
 DAYS = ("on Monday", "on Tuesday", "on Wednesday", "on Thursday", "on Friday", "on Saturday", "on Sunday")
 COLLECT = (("collected", "collect"), ("found", "find"), ("got", "get"), ("picked up", "pick up"))
-GAINS = ("bought {n} more {obj}", "found {n} more {obj}", "got {n} more {obj} from {friend}",
-         "won {n} more {obj}")
+GAINS = ("bought {n} more {obj}", "found {n} more {obj}", "got {n} more {obj} from {friend}", "won {n} more {obj}")
 LOSSES = ("gave {n} {obj} to {friend}", "lost {n} {obj}", "used {n} {obj}", "sold {n} {obj}")
 # (third person, past, base, what, period)
 RATES = (
-    ("reads", "read", "read", "pages", "day"), ("walks", "walked", "walk", "miles", "day"),
-    ("earns", "earned", "earn", "dollars", "hour"), ("bakes", "baked", "bake", "cookies", "day"),
-    ("swims", "swam", "swim", "laps", "day"), ("plants", "planted", "plant", "trees", "week"),
-    ("solves", "solved", "solve", "puzzles", "week"), ("saves", "saved", "save", "dollars", "week"),
-    ("folds", "folded", "fold", "paper cranes", "hour"), ("paints", "painted", "paint", "pictures", "week"),
+    ("reads", "read", "read", "pages", "day"),
+    ("walks", "walked", "walk", "miles", "day"),
+    ("earns", "earned", "earn", "dollars", "hour"),
+    ("bakes", "baked", "bake", "cookies", "day"),
+    ("swims", "swam", "swim", "laps", "day"),
+    ("plants", "planted", "plant", "trees", "week"),
+    ("solves", "solved", "solve", "puzzles", "week"),
+    ("saves", "saved", "save", "dollars", "week"),
+    ("folds", "folded", "fold", "paper cranes", "hour"),
+    ("paints", "painted", "paint", "pictures", "week"),
 )
-ITEMS = (("notebook", "notebooks"), ("pen", "pens"), ("ticket", "tickets"), ("sandwich", "sandwiches"),
-         ("toy", "toys"), ("shirt", "shirts"), ("book", "books"), ("cake", "cakes"), ("ball", "balls"),
-         ("kite", "kites"), ("lamp", "lamps"), ("hat", "hats"), ("mug", "mugs"), ("plant", "plants"))
-MAKERS = (("machine", "bottles"), ("bakery", "muffins"), ("workshop", "chairs"), ("printer", "posters"),
-          ("factory", "toys"), ("kitchen", "pies"))
+ITEMS = (
+    ("notebook", "notebooks"),
+    ("pen", "pens"),
+    ("ticket", "tickets"),
+    ("sandwich", "sandwiches"),
+    ("toy", "toys"),
+    ("shirt", "shirts"),
+    ("book", "books"),
+    ("cake", "cakes"),
+    ("ball", "balls"),
+    ("kite", "kites"),
+    ("lamp", "lamps"),
+    ("hat", "hats"),
+    ("mug", "mugs"),
+    ("plant", "plants"),
+)
+MAKERS = (
+    ("machine", "bottles"),
+    ("bakery", "muffins"),
+    ("workshop", "chairs"),
+    ("printer", "posters"),
+    ("factory", "toys"),
+    ("kitchen", "pies"),
+)
 VEHICLES = (("bus", "passengers"), ("train", "passengers"), ("ferry", "people"), ("tram", "riders"))
 
 
@@ -300,10 +389,18 @@ class Draw:
         self._nouns.append(n)
         return n
 
-    def problem(self, body: Sequence[str], question: str, expr: Expr, intro: str,
-                distractors: Sequence[int] = ()) -> Problem:
-        return Problem(tuple(body), question, expr, intro, tuple(p.name for p in self._people),
-                       tuple(self._nouns), tuple(distractors))
+    def problem(
+        self, body: Sequence[str], question: str, expr: Expr, intro: str, distractors: Sequence[int] = ()
+    ) -> Problem:
+        return Problem(
+            tuple(body),
+            question,
+            expr,
+            intro,
+            tuple(p.name for p in self._people),
+            tuple(self._nouns),
+            tuple(distractors),
+        )
 
 
 def add(a: Expr, b: Expr, say: str) -> Op:
@@ -352,7 +449,11 @@ def add_distractor(d: Draw, problem: Problem) -> Problem:
         sentence = f"{who}'s {d.pick(_RELATIVES)} has {x} {d.noun()}."
     # After the first sentence (it sets the scene), and never just before a sentence that
     # starts with a pronoun, which would then point at the distractor's subject.
-    spots = [i for i in range(1, len(problem.body) + 1) if i == len(problem.body) or not _PRONOUN_START.match(problem.body[i])]
+    spots = [
+        i
+        for i in range(1, len(problem.body) + 1)
+        if i == len(problem.body) or not _PRONOUN_START.match(problem.body[i])
+    ]
     at = d.pick(spots)
     body = problem.body[:at] + (sentence,) + problem.body[at:]
     return dataclasses.replace(problem, body=body, distractors=problem.distractors + (x,))
@@ -368,8 +469,9 @@ def check(problem: Problem, operations: int) -> None:
             raise AssertionError(f"{problem.template}: step value {v} in {problem.text!r}")
 
 
-def generate_problem(rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int,
-                     distractor_rate: float) -> Problem:
+def generate_problem(
+    rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int, distractor_rate: float
+) -> Problem:
     """One problem with min..max operations (uniform), from a template that supports it."""
     from dss_jax.data.synthetic_templates import TEMPLATES  # the templates build on this module
 

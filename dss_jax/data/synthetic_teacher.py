@@ -24,12 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import operator
 import random
 from typing import Callable, Optional
 
 from dss_jax.data import parsers
 from dss_jax.data.synthetic_problems import (
-    CALC, Expr, Problem, compact_label, fill_refs, leaves, replace_leaves, replace_op, steps, value,
+    CALC,
+    Expr,
+    Problem,
+    compact_label,
+    fill_refs,
+    leaves,
+    replace_leaves,
+    replace_op,
+    steps,
+    value,
 )
 
 FAMILY = "svamp"
@@ -63,8 +73,10 @@ def rationale(problem: Problem, expr: Optional[Expr] = None, slip: Optional[tupl
     sentences = [fill_refs(problem.intro, slot_values)]
     for i, node in enumerate(steps(expr)):
         a, b = shown_value(node.left), shown_value(node.right)
-        result = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
-                  "/": lambda: a / b if b else fractions.Fraction(0)}[node.op]()
+        if node.op == "/":
+            result = a / b if b else fractions.Fraction(0)
+        else:
+            result = {"+": operator.add, "-": operator.sub, "*": operator.mul}[node.op](a, b)
         if slip is not None and slip[0] == i:
             result += slip[1]
         shown[id(node)] = result
@@ -133,8 +145,9 @@ def _continuation(invent: Callable[[], Problem], rng: random.Random) -> str:
     return f"\n\nQ: {question}\nA: " + " ".join(words[: rng.randint(1, len(words))])
 
 
-def answer(problem: Problem, outcome: str, rng: random.Random, invent: Callable[[], Problem],
-           continuation_rate: float) -> Answer:
+def answer(
+    problem: Problem, outcome: str, rng: random.Random, invent: Callable[[], Problem], continuation_rate: float
+) -> Answer:
     """The teacher's completion for `problem` with the given outcome.
 
     `invent` draws another problem (for invented continuations); with probability
@@ -146,7 +159,9 @@ def answer(problem: Problem, outcome: str, rng: random.Random, invent: Callable[
     elif outcome == "slip":
         i = rng.randrange(len(steps(problem.expr)))
         delta = rng.choice((-10, -2, -1, 1, 2, 10))
-        result = Answer("", outcome, "arithmetic_slip", rationale(problem, slip=(i, delta)), compact_label(problem.expr))
+        result = Answer(
+            "", outcome, "arithmetic_slip", rationale(problem, slip=(i, delta)), compact_label(problem.expr)
+        )
     elif outcome == "wrong":
         kinds = list(WRONG_KINDS)
         rng.shuffle(kinds)
@@ -188,12 +203,14 @@ def _check_parse(result: Answer) -> None:
         if parsed.ok:
             raise AssertionError(f"an unparsable completion parsed: {result.completion!r}")
     elif (parsed.rationale, parsed.label) != (result.rationale, result.label):
-        raise AssertionError(f"completion {result.completion!r} parsed as {parsed}, "
-                             f"meant ({result.rationale!r}, {result.label!r})")
+        raise AssertionError(
+            f"completion {result.completion!r} parsed as {parsed}, meant ({result.rationale!r}, {result.label!r})"
+        )
 
 
-def assign_outcomes(n: int, rng: random.Random, error_rate: float, slip_rate: float,
-                    unparsable_rate: float) -> list[str]:
+def assign_outcomes(
+    n: int, rng: random.Random, error_rate: float, slip_rate: float, unparsable_rate: float
+) -> list[str]:
     """Outcomes of n completions: exactly round(n * rate) of each, at random positions."""
     counts = {"unparsable": round(n * unparsable_rate), "wrong": round(n * error_rate), "slip": round(n * slip_rate)}
     if sum(counts.values()) > n:

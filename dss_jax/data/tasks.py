@@ -30,7 +30,8 @@ the reference's rule). `train_cache` may list several caches (e.g. labeled data 
 student's annotations of unlabeled inputs, see docs/bootstrap.md), concatenated; with
 `task_options.label_source = "gt_else_teacher"` a record's gold label is used when it
 has one and its teacher's label otherwise. `split_records(name, split)` reads a split's
-records as they are (what `python -m dss_jax.annotate --task=NAME --split=SPLIT` reads). Without `vocabulary`, the task uses `task_vocabulary()`: the
+records as they are (what `python -m dss_jax.annotate --task=NAME --split=SPLIT` reads).
+Without `vocabulary`, the task uses `task_vocabulary()`: the
 `spm_path` bound in gin (e.g. a checkpoint's spiece.model), or a SentencePiece model
 trained on the train cache and cached beside it.
 
@@ -48,11 +49,11 @@ import os
 import pathlib
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from dss_jax import cli
 from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
@@ -114,8 +115,9 @@ def task_options(
     label_target: str = "label",
 ) -> TaskOptions:
     """The options of the DSS tasks; bind in gin (optionally scoped by task name)."""
-    return TaskOptions(label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed,
-                       label_target)
+    return TaskOptions(
+        label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed, label_target
+    )
 
 
 LABEL_TARGETS = ("label", "rationale_then_label")
@@ -151,7 +153,9 @@ def effective_feature_lengths(task_name: str, feature_lengths: Mapping[str, int]
 
 
 @gin.configurable
-def data_locations(data_dir: Optional[str] = None, cache_dir: Optional[str] = None) -> tuple[pathlib.Path, pathlib.Path]:
+def data_locations(
+    data_dir: Optional[str] = None, cache_dir: Optional[str] = None
+) -> tuple[pathlib.Path, pathlib.Path]:
     """(the paper's files, where imported caches and trained vocabularies go).
 
     Defaults: $DSS_PALM_DIR or ../shared/data/dss_palm next to the repository, and
@@ -225,7 +229,8 @@ def use_run_options(task_name: str, checkpoint_path: str, setting: str) -> Optio
         if bound is not None and bound != value:
             raise UserError(
                 f"{setting} was trained with task_options.{name}={value!r} ({source}) but this command binds "
-                f"{bound!r}: drop the binding to use the run's, or evaluate a checkpoint trained with {bound!r}")
+                f"{bound!r}: drop the binding to use the run's, or evaluate a checkpoint trained with {bound!r}"
+            )
         if bound is None and value != getattr(TaskOptions(), name):
             with gin.unlock_config():
                 gin.bind_parameter(f"{task_name}/task_options.{name}", value)
@@ -268,10 +273,12 @@ def explicit_vocabulary() -> Optional[str]:
 def _chosen_samples(record: CacheRecord, teacher_sample: Union[int, str]):
     if teacher_sample == "all":
         return list(record.samples)
-    return list(record.samples[teacher_sample:teacher_sample + 1])
+    return list(record.samples[teacher_sample : teacher_sample + 1])
 
 
-def _example(record: CacheRecord, label: str, rationale: str, suffix: str = "", teacher_label: str = "") -> dict[str, str]:
+def _example(
+    record: CacheRecord, label: str, rationale: str, suffix: str = "", teacher_label: str = ""
+) -> dict[str, str]:
     return {
         "id": record.id + suffix,
         "label_inputs": LABEL_PREFIX + record.input,
@@ -304,7 +311,8 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
         parsed = [(i, s) for i, s in enumerate(chosen) if s.parsed]
         multi = options.teacher_sample == "all"
         use_teacher = options.label_source == "teacher" or (
-            options.label_source == "gt_else_teacher" and record.label is None)
+            options.label_source == "gt_else_teacher" and record.label is None
+        )
         if use_teacher:
             if not parsed:
                 dropped += 1
@@ -313,7 +321,9 @@ def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> t
         if record.label is None:
             dropped += 1
         elif parsed:
-            examples += [_example(record, record.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed]
+            examples += [
+                _example(record, record.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed
+            ]
         else:
             examples.append(_example(record, record.label, ""))
     return examples, dropped
@@ -329,7 +339,9 @@ def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) ->
             continue
         parsed = [s for s in _chosen_samples(record, options.teacher_sample) if s.parsed]
         first = parsed[0] if parsed else None
-        examples.append(_example(record, record.label, first.rationale if first else "", "", first.label if first else ""))
+        examples.append(
+            _example(record, record.label, first.rationale if first else "", "", first.label if first else "")
+        )
     return examples, dropped
 
 
@@ -379,7 +391,8 @@ class CacheSplits:
                 if record.id in source:
                     raise ValueError(
                         f"{self.name or 'task'} train caches: id {record.id!r} is in both {source[record.id]} and "
-                        f"{path}; ids must be unique across a task's train caches (rename or drop one)")
+                        f"{path}; ids must be unique across a task's train caches (rename or drop one)"
+                    )
                 source[record.id] = path
                 records.append(record)
         return tuple(records)
@@ -414,8 +427,10 @@ def split_records(task_name: str, split: str, options: Optional[TaskOptions] = N
     """
     if task_name not in _SPLITS:
         get_task(task_name)  # an unknown name: the error lists the registered tasks
-        raise ValueError(f"task {task_name!r} was not registered from teacher caches through dss_jax.data.tasks, "
-                         "so it has no cache records to read")
+        raise ValueError(
+            f"task {task_name!r} was not registered from teacher caches through dss_jax.data.tasks, "
+            "so it has no cache records to read"
+        )
     splits = _SPLITS[task_name]
     if split not in splits.names:
         raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {', '.join(splits.names)}")
@@ -470,10 +485,14 @@ def _dataset_fn(task_name: str, splits: CacheSplits, options: Optional[TaskOptio
         make = training_examples if split == TRAIN else evaluation_examples
         examples, dropped = make(records, opts)
         if dropped:
-            logging.info("%s/%s: %d of %d records have no usable label or sample", task_name, split, dropped, len(records))
+            logging.info(
+                "%s/%s: %d of %d records have no usable label or sample", task_name, split, dropped, len(records)
+            )
         if not examples:
             raise ValueError(f"{task_name}/{split}: no examples (of {len(records)} records) with options {opts}")
-        columns = {k: np.array([ex[k] for ex in examples], dtype=object) for k in ("id", TEACHER_LABEL) + PAIRED_TEXT_FEATURES}
+        columns = {
+            k: np.array([ex[k] for ex in examples], dtype=object) for k in ("id", TEACHER_LABEL) + PAIRED_TEXT_FEATURES
+        }
         return tf.data.Dataset.from_tensor_slices(columns)
 
     return dataset_fn
@@ -602,6 +621,7 @@ def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = N
     examples released as a sample).
     """
     spec = sources.get_spec(dataset)
+
     def provider(split: str) -> PathProvider:
         return functools.partial(paper_cache_path, dataset, split)
 
@@ -614,8 +634,14 @@ def register_paper_task(dataset: str, vocabulary: Optional[seqio.Vocabulary] = N
         others=others,
         name=PAPER_TASK_PREFIX + dataset,
     )
-    return _register(PAPER_TASK_PREFIX + dataset, splits, spec.family, vocabulary, None,
-                     separator_in_inputs=spec.family in ("anli1", "esnli"))
+    return _register(
+        PAPER_TASK_PREFIX + dataset,
+        splits,
+        spec.family,
+        vocabulary,
+        None,
+        separator_in_inputs=spec.family in ("anli1", "esnli"),
+    )
 
 
 def task_family(name: str) -> str:
@@ -623,8 +649,10 @@ def task_family(name: str) -> str:
     what `parsers.labels_match` needs to judge its labels."""
     if name not in _FAMILIES:
         get_task(name)  # an unknown name: the error lists the registered tasks
-        raise ValueError(f"task {name!r} was not registered through dss_jax.data.tasks, so its label family "
-                         "is unknown (register it with register_cache_task(..., family=...))")
+        raise ValueError(
+            f"task {name!r} was not registered through dss_jax.data.tasks, so its label family "
+            "is unknown (register it with register_cache_task(..., family=...))"
+        )
     return _FAMILIES[name]
 
 

@@ -20,8 +20,8 @@ import os
 import pathlib
 from typing import Iterable, Optional
 
-import seqio
 import sentencepiece as spm
+import seqio
 
 from dss_jax.data.cache import load_records
 
@@ -53,9 +53,14 @@ class VocabSettings:
             model_type=self.model_type,
             character_coverage=self.character_coverage,
             byte_fallback=self.byte_fallback,
-            pad_id=0, eos_id=1, unk_id=2, bos_id=-1,  # T5's ids
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,  # T5's ids
             # Determinism: every sentence, in order, on one thread.
-            num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+            num_threads=1,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
             # A small corpus may not support vocab_size pieces; take what it supports.
             hard_vocab_limit=False,
             max_sentence_length=1 << 16,
@@ -71,7 +76,9 @@ def _lines(texts: Iterable[str]) -> list[str]:
     return lines
 
 
-def train_vocabulary(texts: Iterable[str], output: str | os.PathLike, settings: VocabSettings = VocabSettings()) -> pathlib.Path:
+def train_vocabulary(
+    texts: Iterable[str], output: str | os.PathLike, settings: VocabSettings = VocabSettings()
+) -> pathlib.Path:
     """Trains a SentencePiece model on `texts` and writes it to `output` (a .model file)."""
     lines = _lines(texts)
     if not lines:
@@ -118,7 +125,7 @@ def cache_texts(cache_paths: Iterable[str | os.PathLike], sample_index: Optional
             texts.append(record.input)
             if record.label:
                 texts.append(record.label)
-            samples = record.samples if sample_index is None else record.samples[sample_index:sample_index + 1]
+            samples = record.samples if sample_index is None else record.samples[sample_index : sample_index + 1]
             for sample in samples:
                 texts += [t for t in (sample.rationale, sample.label) if t]
     return texts

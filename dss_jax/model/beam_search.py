@@ -27,6 +27,7 @@ leaf with a leading batch dimension is repeated `num_beams` times (`[b0, b0, ...
 ...]`, like HF's `repeat_interleave`) and re-gathered when beams are reordered; scalar
 leaves (a `cache_index`) are kept as they are.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Union
@@ -85,9 +86,7 @@ def expand_for_beams(tree: PyTree, batch_size: int, num_beams: int) -> PyTree:
 
 def gather_beams(tree: PyTree, flat_indices: jax.Array) -> PyTree:
     """Selects rows `flat_indices` [batch * beams] of every non-scalar leaf."""
-    return jax.tree_util.tree_map(
-        lambda x: x if x.ndim == 0 else jnp.take(x, flat_indices, axis=0), tree
-    )
+    return jax.tree_util.tree_map(lambda x: x if x.ndim == 0 else jnp.take(x, flat_indices, axis=0), tree)
 
 
 def _take_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
@@ -206,22 +205,16 @@ def beam_search(
         candidate_scores += (~just_finished).astype(jnp.float32) * NEG_INF
         merged_scores = jnp.concatenate([s.finished_scores, candidate_scores], axis=1)  # [b, 3k]
         _, best = jax.lax.top_k(merged_scores, k)  # [b, k]
-        finished_tokens = _take_beams(
-            jnp.concatenate([s.finished_tokens, top_tokens], axis=1), best
-        )
+        finished_tokens = _take_beams(jnp.concatenate([s.finished_tokens, top_tokens], axis=1), best)
         finished_scores = _take_beams(merged_scores, best)
-        finished_flags = _take_beams(
-            jnp.concatenate([s.finished_flags, just_finished], axis=1), best
-        )
+        finished_flags = _take_beams(jnp.concatenate([s.finished_flags, just_finished], axis=1), best)
 
         flat_origin = (jnp.arange(b)[:, None] * k + origin).reshape(b * k)
         cache = gather_beams(cache, flat_origin)
 
         # Can a running beam still beat the worst finished hypothesis?
         best_possible = running_scores[:, :1] / bound_penalty[i]  # [b, 1]
-        worst_finished = jnp.where(
-            finished_flags, jnp.min(finished_scores, axis=-1, keepdims=True), NEG_INF
-        )  # [b, k]
+        worst_finished = jnp.where(finished_flags, jnp.min(finished_scores, axis=-1, keepdims=True), NEG_INF)  # [b, k]
         improvable = s.improvable & jnp.any(best_possible > worst_finished, axis=-1)
         all_full = jnp.all(finished_flags) & stop_when_full
         alive = jnp.any(improvable) & ~all_full & ~jnp.all(hits_stop)

@@ -16,6 +16,7 @@ Sizes: t5.1.1/flan use the published T5 v1.1 sizes (small 512/1024/6 heads/8+8 l
 xxl 4096/10240/64 heads/24+24); t5.1.0 uses the original T5 sizes (t5-small ... t5-11b,
 where "xl" is t5-3b and "xxl" is t5-11b). "tiny" is a test-size model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,15 +99,18 @@ class T5Config:
         if len(self.feed_forward.split("-")) > 2 or (
             "-" in self.feed_forward and not self.feed_forward.startswith("gated-")
         ):
-            raise ValueError(
-                f"T5Config.feed_forward={self.feed_forward!r} must be 'ACT' or 'gated-ACT'"
-            )
+            raise ValueError(f"T5Config.feed_forward={self.feed_forward!r} must be 'ACT' or 'gated-ACT'")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"T5Config.remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}"
-            )
-        for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads",
-                      "relative_attention_num_buckets", "relative_attention_max_distance"):
+            raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}")
+        for field in (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
             if getattr(self, field) <= 0:
                 raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
 
@@ -149,8 +153,12 @@ class T5Config:
         table = _V10_SIZES if variant == "t5.1.0" else _V11_SIZES
         d_model, d_ff, heads, d_kv, layers = table[size]
         fields = dict(
-            d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=d_kv,
-            num_encoder_layers=layers, num_decoder_layers=layers,
+            d_model=d_model,
+            d_ff=d_ff,
+            num_heads=heads,
+            d_kv=d_kv,
+            num_encoder_layers=layers,
+            num_decoder_layers=layers,
         )
         if variant == "t5.1.0":
             fields.update(feed_forward="relu", tie_word_embeddings=True)
@@ -170,8 +178,10 @@ class T5Config:
         if unknown:
             hint = ""
             if "model_type" in d or "num_layers" in d:
-                hint = " (this looks like a Hugging Face config.json: use T5Config.from_hf_config " \
-                       "or `python -m dss_jax.convert`)"
+                hint = (
+                    " (this looks like a Hugging Face config.json: use T5Config.from_hf_config "
+                    "or `python -m dss_jax.convert`)"
+                )
             raise ValueError(f"{source}: unknown T5Config keys {unknown}{hint}")
         return cls(**d)
 

@@ -17,6 +17,7 @@ logits warpers, with an explicit PRNG key (its draws are not PyTorch's, of cours
 `generate` wires a `dss_jax.model.t5.T5` module in: it encodes once, creates the
 decoder's key/value cache with one `decode=True` apply, and decodes step by step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,16 +71,11 @@ class DecodeConfig:
         if self.method not in METHODS:
             raise ValueError(f"DecodeConfig.method must be one of {METHODS}, got {self.method!r}")
         if self.max_decode_length < 1:
-            raise ValueError(
-                f"DecodeConfig.max_decode_length must be >= 1, got {self.max_decode_length}"
-            )
+            raise ValueError(f"DecodeConfig.max_decode_length must be >= 1, got {self.max_decode_length}")
         if self.num_beams < 1:
             raise ValueError(f"DecodeConfig.num_beams must be >= 1, got {self.num_beams}")
         if self.early_stopping not in (True, False, "never"):
-            raise ValueError(
-                "DecodeConfig.early_stopping must be True, False or 'never', "
-                f"got {self.early_stopping!r}"
-            )
+            raise ValueError(f"DecodeConfig.early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.early_stopping != "never":
             object.__setattr__(self, "early_stopping", bool(self.early_stopping))
         if self.temperature < 0:
@@ -179,9 +175,7 @@ def greedy_search(
     )
 
 
-def filter_logits(
-    logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> jax.Array:
+def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
     """Temperature, then top-k, then top-p on logits [..., vocab]; dropped tokens get -inf.
 
     top-p keeps the smallest set of most likely tokens whose probability mass reaches
@@ -395,7 +389,7 @@ def _generate_jit_for_cpu():
         return _generate_jit
     try:
         jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_COMPILER_OPTIONS).lower(1.0).compile()
-    except Exception as e:  # noqa: BLE001  (an XLA without the option decodes as before)
+    except Exception as e:  # an XLA without the option decodes as before
         logging.info("decoding with XLA:CPU's default fusions (%s not accepted: %s)", _YNN_FLAG, e)
         return _generate_jit
     return jax.jit(_generate_impl, static_argnames=_STATIC, compiler_options=CPU_DECODE_COMPILER_OPTIONS)
@@ -466,9 +460,7 @@ def generate(
         raise ValueError("generate(method='sample') needs rng=jax.random.key(seed)")
     encoder_input_tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
     if encoder_input_tokens.ndim != 2:
-        raise ValueError(
-            f"encoder_input_tokens must be [batch, length], got shape {encoder_input_tokens.shape}"
-        )
+        raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {encoder_input_tokens.shape}")
     if encoder_segment_ids is not None:
         encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
     params = _unwrap_params(params)

@@ -33,6 +33,7 @@ out: q/k/v [embed, heads, kv], o [heads, kv, embed], wi [embed, mlp], wo [mlp, e
 lm_head [embed, vocab]. The relative attention bias lives in block 0 of each HF stack and
 at the stack level here (`relpos_bias`); both are shared by every layer of the stack.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,15 @@ def _safetensors_dtype(name: str) -> np.dtype:
     import ml_dtypes
 
     table = {
-        "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+        "F64": np.float64,
+        "F32": np.float32,
+        "F16": np.float16,
+        "BF16": ml_dtypes.bfloat16,
+        "I64": np.int64,
+        "I32": np.int32,
+        "I16": np.int16,
+        "I8": np.int8,
+        "U8": np.uint8,
         "BOOL": np.bool_,
     }
     if name not in table:
@@ -82,8 +90,9 @@ def _safetensors_dtype(name: str) -> np.dtype:
 
 
 def _corrupt(path: pathlib.Path, what: str) -> HFCheckpointError:
-    return HFCheckpointError(f"{path}: {what}: the file is truncated or not a safetensors file "
-                             "(copy or download it again)")
+    return HFCheckpointError(
+        f"{path}: {what}: the file is truncated or not a safetensors file (copy or download it again)"
+    )
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -115,10 +124,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise _corrupt(path, f"the header is a JSON {type(header).__name__}, not an object")
     data_size = size - 8 - header_size
     # np.memmap cannot map zero bytes; a file of only empty tensors has no data block.
-    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size
-            else np.zeros(0, np.uint8))
-    return {name: _tensor(path, name, info, data) for name, info in header.items()
-            if name != "__metadata__"}
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size else np.zeros(0, np.uint8)
+    return {name: _tensor(path, name, info, data) for name, info in header.items() if name != "__metadata__"}
 
 
 def _tensor(path: pathlib.Path, name: str, info: Any, data: np.ndarray) -> np.ndarray:
@@ -135,8 +142,11 @@ def _tensor(path: pathlib.Path, name: str, info: Any, data: np.ndarray) -> np.nd
         raise HFCheckpointError(f"{path}: tensor {name}: {e}") from None
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if min(shape, default=0) < 0 or not 0 <= begin <= end <= data.size or end - begin != nbytes:
-        raise _corrupt(path, f"tensor {name} ({dtype_name} {list(shape)}, {nbytes} bytes) is said to lie "
-                             f"at bytes [{begin}, {end}) of a {data.size}-byte data block")
+        raise _corrupt(
+            path,
+            f"tensor {name} ({dtype_name} {list(shape)}, {nbytes} bytes) is said to lie "
+            f"at bytes [{begin}, {end}) of a {data.size}-byte data block",
+        )
     return data[begin:end].view(dtype).reshape(shape)
 
 
@@ -146,16 +156,21 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     except ImportError:
         raise ImportError(
             f"{path} is a PyTorch checkpoint: install torch (the `torch` extra) to read it, or "
-            "convert it to model.safetensors") from None
+            "convert it to model.safetensors"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch reports a damaged pickle in many types)
-        raise HFCheckpointError(f"{path}: torch cannot load it ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}): the file is truncated or "
-                                "not a state dict saved with torch.save") from None
+    except Exception as e:  # torch reports a damaged pickle in many types
+        raise HFCheckpointError(
+            f"{path}: torch cannot load it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}): the file is truncated or "
+            "not a state dict saved with torch.save"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HFCheckpointError(f"{path}: not a state dict of tensors (a whole pickled model?); save "
-                                "model.state_dict() or model.save_pretrained()")
+        raise HFCheckpointError(
+            f"{path}: not a state dict of tensors (a whole pickled model?); save "
+            "model.state_dict() or model.save_pretrained()"
+        )
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
@@ -180,22 +195,24 @@ def _read_sharded(index_path: pathlib.Path, reader) -> dict[str, np.ndarray]:
     for shard in sorted(set(weight_map.values())):
         shard_path = hf_dir / shard
         if not shard_path.is_file():
-            raise HFCheckpointError(f"{index_path} names the shard {shard_path}, which is missing: copy "
-                                    "every shard of the checkpoint")
+            raise HFCheckpointError(
+                f"{index_path} names the shard {shard_path}, which is missing: copy every shard of the checkpoint"
+            )
         for name, value in reader(shard_path).items():
             weights[name], found_in[name] = value, shard
     for name, shard in weight_map.items():
         if found_in.get(name) != shard:
             where = f"is in {found_in[name]}" if name in found_in else "is in no shard"
-            raise HFCheckpointError(f"{index_path} puts {name} in {shard}, but it {where}: the index and "
-                                    "the shards are from different saves")
+            raise HFCheckpointError(
+                f"{index_path} puts {name} in {shard}, but it {where}: the index and "
+                "the shards are from different saves"
+            )
     return weights
 
 
 def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     hf_dir = pathlib.Path(hf_dir)
-    for index_name, reader in ((_SAFETENSORS_INDEX, read_safetensors),
-                               (_TORCH_BIN_INDEX, _read_torch_bin)):
+    for index_name, reader in ((_SAFETENSORS_INDEX, read_safetensors), (_TORCH_BIN_INDEX, _read_torch_bin)):
         index_path = hf_dir / index_name
         if index_path.is_file():
             return _read_sharded(index_path, reader)
@@ -205,7 +222,8 @@ def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
         return _read_torch_bin(hf_dir / _TORCH_BIN)
     raise MissingHFFileError(
         f"no weights in {hf_dir}: expected {_SAFETENSORS}, {_SAFETENSORS_INDEX} (sharded), "
-        f"{_TORCH_BIN} or {_TORCH_BIN_INDEX}")
+        f"{_TORCH_BIN} or {_TORCH_BIN_INDEX}"
+    )
 
 
 # ----- name and layout mapping --------------------------------------------------------------
@@ -221,16 +239,19 @@ def _mapping(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
 
     def mlp(hf_prefix, path):
         for name in ff_names:
-            m.append((f"{hf_prefix}.DenseReluDense.{name}.weight", path + ("mlp", name, "kernel"),
-                      "linear"))
+            m.append((f"{hf_prefix}.DenseReluDense.{name}.weight", path + ("mlp", name, "kernel"), "linear"))
         m.append((f"{hf_prefix}.layer_norm.weight", path + ("pre_mlp_layer_norm", "scale"), "copy"))
 
-    for stack, num_layers in (("encoder", config.num_encoder_layers),
-                              ("decoder", config.num_decoder_layers)):
+    for stack, num_layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
         self_name = "attention" if stack == "encoder" else "self_attention"
         self_norm = "pre_attention_layer_norm" if stack == "encoder" else "pre_self_attention_layer_norm"
-        m.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                  (stack, "relpos_bias", "rel_embedding"), "copy"))
+        m.append(
+            (
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relpos_bias", "rel_embedding"),
+                "copy",
+            )
+        )
         for i in range(num_layers):
             block = f"{stack}.block.{i}.layer"
             path = (stack, f"layers_{i}")
@@ -238,8 +259,7 @@ def _mapping(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
             m.append((f"{block}.0.layer_norm.weight", path + (self_norm, "scale"), "copy"))
             if stack == "decoder":
                 attention(f"{block}.1.EncDecAttention", path + ("encoder_decoder_attention",))
-                m.append((f"{block}.1.layer_norm.weight",
-                          path + ("pre_cross_attention_layer_norm", "scale"), "copy"))
+                m.append((f"{block}.1.layer_norm.weight", path + ("pre_cross_attention_layer_norm", "scale"), "copy"))
                 mlp(f"{block}.2", path)
             else:
                 mlp(f"{block}.1", path)
@@ -299,36 +319,42 @@ def _dims_text(config: T5Config, dims: tuple[str, ...]) -> str:
     return ", ".join(f"{d}={_shape(config, (d,))[0]}" for d in dict.fromkeys(dims))
 
 
-def check_hf_weights(weights: Mapping[str, np.ndarray], config: T5Config, source: str = "checkpoint",
-                     config_source: str = "the config") -> None:
+def check_hf_weights(
+    weights: Mapping[str, np.ndarray], config: T5Config, source: str = "checkpoint", config_source: str = "the config"
+) -> None:
     """HFCheckpointError naming the first tensor that is missing, unexpected, or whose
     shape or dtype does not fit `config` (read from `config_source`); run before converting."""
     mapping = _mapping(config)
-    depth = (f"num_layers={config.num_encoder_layers}, "
-             f"num_decoder_layers={config.num_decoder_layers}")
+    depth = f"num_layers={config.num_encoder_layers}, num_decoder_layers={config.num_decoder_layers}"
     missing = [name for name, _, _ in mapping if name not in weights]
     if missing:
         raise HFCheckpointError(
             f"{source}: missing weights {missing[:4]}{' ...' if len(missing) > 4 else ''} "
             f"({len(missing)} of {len(mapping)}) that {config_source} ({depth}) calls for: the "
-            "download is incomplete, or config.json belongs to another model")
+            "download is incomplete, or config.json belongs to another model"
+        )
     used = {name for name, _, _ in mapping}
     unexpected = sorted(k for k in weights if k not in used and not _IGNORED_KEYS.match(k))
     if unexpected:
         raise HFCheckpointError(
             f"{source}: unexpected weights {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''} "
             f"that {config_source} ({depth}) has no place for: config.json belongs to another model, "
-            "or this is not a T5ForConditionalGeneration checkpoint")
+            "or this is not a T5ForConditionalGeneration checkpoint"
+        )
     bad = []
     for name, _, kind in mapping:
         w, dims = weights[name], _hf_dims(name, kind)
         want = _shape(config, dims)
         if tuple(w.shape) != want:
-            bad.append(f"{name} has shape {list(w.shape)}, but {config_source} implies {list(want)} "
-                       f"({_dims_text(config, dims)}): use the config.json saved with these weights")
+            bad.append(
+                f"{name} has shape {list(w.shape)}, but {config_source} implies {list(want)} "
+                f"({_dims_text(config, dims)}): use the config.json saved with these weights"
+            )
         elif np.dtype(w.dtype).name not in _FLOAT_NAMES:
-            bad.append(f"{name} has dtype {np.dtype(w.dtype).name}, but T5 weights are floating point "
-                       f"({', '.join(_FLOAT_NAMES)}): not a T5 checkpoint, or a damaged one")
+            bad.append(
+                f"{name} has dtype {np.dtype(w.dtype).name}, but T5 weights are floating point "
+                f"({', '.join(_FLOAT_NAMES)}): not a T5 checkpoint, or a damaged one"
+            )
     if bad:
         more = f" ({len(bad) - 1} more tensors disagree too)" if len(bad) > 1 else ""
         raise HFCheckpointError(f"{source}: {bad[0]}{more}")
@@ -343,7 +369,8 @@ def _check_embedding_copies(weights: Mapping[str, np.ndarray], source: str) -> N
             raise HFCheckpointError(
                 f"{source}: {name} differs from shared.weight, but T5 has one input embedding (a model loaded "
                 "with tie_word_embeddings=False and fine-tuned?): set model.encoder and model.decoder's input "
-                "embeddings to model.shared before save_pretrained, or copy the one to keep into shared.weight")
+                "embeddings to model.shared before save_pretrained, or copy the one to keep into shared.weight"
+            )
 
 
 def _to_ours(w: np.ndarray, kind: str, config: T5Config) -> np.ndarray:
@@ -391,19 +418,21 @@ def resolve_tied(weights: Mapping[str, np.ndarray], config: T5Config) -> T5Confi
         if not config.tie_word_embeddings:
             # A v1.1/Flan config whose lm head was saved tied (transformers 5 does this for a
             # freshly initialised model): the head is the embedding, without the rescale.
-            return config.replace(tie_word_embeddings=True,
-                                  scale_decoder_outputs=config.scales_decoder_output)
+            return config.replace(tie_word_embeddings=True, scale_decoder_outputs=config.scales_decoder_output)
         return config
     shared = weights.get("shared.weight")
-    if config.tie_word_embeddings and shared is not None and not np.array_equal(
-            np.asarray(lm_head), np.asarray(shared)):
-        return config.replace(tie_word_embeddings=False,
-                              scale_decoder_outputs=config.scales_decoder_output)
+    if (
+        config.tie_word_embeddings
+        and shared is not None
+        and not np.array_equal(np.asarray(lm_head), np.asarray(shared))
+    ):
+        return config.replace(tie_word_embeddings=False, scale_decoder_outputs=config.scales_decoder_output)
     return config
 
 
-def hf_to_params(weights: Mapping[str, np.ndarray], config: T5Config,
-                 source: str = "checkpoint", config_source: str = "the config") -> dict:
+def hf_to_params(
+    weights: Mapping[str, np.ndarray], config: T5Config, source: str = "checkpoint", config_source: str = "the config"
+) -> dict:
     weights = dict(weights)
     if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
         weights["shared.weight"] = weights["encoder.embed_tokens.weight"]
@@ -431,9 +460,21 @@ def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:
 # ----- directories --------------------------------------------------------------------------
 # What a Hugging Face T5 directory holds: `export_hf_checkpoint(overwrite=True)` replaces a
 # directory of only these (an earlier export, a hub download) and refuses anything else.
-HF_DIR_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-                _SAFETENSORS_INDEX, _TORCH_BIN, "pytorch_model-*-of-*.bin", _TORCH_BIN_INDEX, VOCAB_FILE,
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+HF_DIR_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    _SAFETENSORS_INDEX,
+    _TORCH_BIN,
+    "pytorch_model-*-of-*.bin",
+    _TORCH_BIN_INDEX,
+    VOCAB_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
 class MissingHFFileError(UserError, FileNotFoundError):
@@ -455,8 +496,9 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike):
         raise MissingHFFileError(f"HF checkpoint directory {hf_dir} does not exist")
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise MissingHFFileError(f"{config_path} is missing: a Hugging Face T5 checkpoint directory "
-                                 "holds config.json and the weights")
+        raise MissingHFFileError(
+            f"{config_path} is missing: a Hugging Face T5 checkpoint directory holds config.json and the weights"
+        )
     config = _read_config(config_path)
     weights = read_hf_weights(hf_dir)
     config = resolve_tied(weights, config)
@@ -465,9 +507,13 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike):
     return params, config, (str(vocab) if vocab.is_file() else None)
 
 
-def export_hf_checkpoint(params: Mapping, config: T5Config, out_dir: str | os.PathLike,
-                         vocab_path: Optional[str | os.PathLike] = None,
-                         overwrite: bool = False) -> pathlib.Path:
+def export_hf_checkpoint(
+    params: Mapping,
+    config: T5Config,
+    out_dir: str | os.PathLike,
+    vocab_path: Optional[str | os.PathLike] = None,
+    overwrite: bool = False,
+) -> pathlib.Path:
     """Writes the HF directory `out_dir`: a new or empty one, or with `overwrite` one that
     holds only Hugging Face model files (`HF_DIR_FILES`), replaced as a whole. A directory
     holding a run or a checkpoint is refused either way (see `checkpoints.staged_output_dir`)."""
@@ -482,8 +528,9 @@ def export_hf_checkpoint(params: Mapping, config: T5Config, out_dir: str | os.Pa
         hf_weights.update({name: hf_weights["shared.weight"] for name in _EMBEDDING_COPIES})
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
         raise MissingHFFileError(f"vocabulary {vocab_path} does not exist")
-    with checkpoints.staged_output_dir(out_dir, overwrite=overwrite, replaceable=HF_DIR_FILES,
-                                       what="a Hugging Face model") as staging:
+    with checkpoints.staged_output_dir(
+        out_dir, overwrite=overwrite, replaceable=HF_DIR_FILES, what="a Hugging Face model"
+    ) as staging:
         save_file(hf_weights, str(staging / _SAFETENSORS), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2, sort_keys=True))
         generation = {

@@ -14,6 +14,7 @@ float32 whatever the compute dtype; relative position buckets computed exactly a
 Masks are passed to attention as an additive float32 bias [batch|1, heads|1, q_len, k_len]
 that already contains the relative position bias; `NEG_INF` marks forbidden pairs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,9 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         dtype = self.config.compute_dtype
         return jnp.einsum(
-            "...d,vd->...v", x.astype(dtype), self.embedding.astype(dtype),
+            "...d,vd->...v",
+            x.astype(dtype),
+            self.embedding.astype(dtype),
             preferred_element_type=jnp.float32,
         )
 
@@ -115,8 +118,11 @@ def _weight_grad_with_explicit_transpose() -> bool:
     environment sets DSS_JAX_PLAIN_WEIGHT_GRAD=1 (for comparisons) or inside
     `plain_contractions()`; accelerators' matmul libraries take transposed operands as
     they are. Read when a function is traced."""
-    return (jax.default_backend() == "cpu" and not _PLAIN_CONTRACTIONS
-            and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1")
+    return (
+        jax.default_backend() == "cpu"
+        and not _PLAIN_CONTRACTIONS
+        and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1"
+    )
 
 
 def _contract(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype) -> jax.Array:
@@ -137,7 +143,8 @@ def _project_bwd(n_in, out_dtype, residuals, dy):
     dy = dy.astype(x.dtype)
     # dx = dy . kernel^T over the output dims.
     dx = jax.lax.dot_general(
-        dy, kernel, ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(n_in, kernel.ndim))), ((), ())))
+        dy, kernel, ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(n_in, kernel.ndim))), ((), ()))
+    )
     # dW = x^T . dy over all token positions. XLA:CPU's dot wants the contracted dim
     # minor in its left operand; left to itself it transposes whichever operand it likes,
     # often dy (the lm head's [tokens, 32128] logits gradient, the gated-GELU gradient) by
@@ -168,8 +175,10 @@ class LmHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         kernel = self.param(
-            "kernel", _init(cfg.d_model**-0.5, ("embed", "vocab")),
-            (cfg.d_model, cfg.vocab_size), cfg.params_dtype,
+            "kernel",
+            _init(cfg.d_model**-0.5, ("embed", "vocab")),
+            (cfg.d_model, cfg.vocab_size),
+            cfg.params_dtype,
         )
         dtype = cfg.compute_dtype
         return project(x.astype(dtype), kernel.astype(dtype), 1, jnp.float32)
@@ -192,8 +201,8 @@ class Projection(nn.Module):
         cfg = self.config
         n_in = len(self.axes) - len(self.features)
         kernel = self.param(
-            "kernel", _init(self.stddev, self.axes),
-            (*x.shape[x.ndim - n_in:], *self.features), cfg.params_dtype)
+            "kernel", _init(self.stddev, self.axes), (*x.shape[x.ndim - n_in :], *self.features), cfg.params_dtype
+        )
         dtype = cfg.compute_dtype
         return project(x.astype(dtype), kernel.astype(dtype), n_in)
 
@@ -258,7 +267,10 @@ class MultiHeadAttention(nn.Module):
 
         query = proj("query", (d_model * d_kv) ** -0.5, inputs_q)
         if static_kv and self.has_variable("encoded_kv", "static_key"):
-            keys, values = self.get_variable("encoded_kv", "static_key"), self.get_variable("encoded_kv", "static_value")
+            keys, values = (
+                self.get_variable("encoded_kv", "static_key"),
+                self.get_variable("encoded_kv", "static_value"),
+            )
             return self._project_out(self._attend(query, keys, values, bias, deterministic, "bhkd"))
         key = proj("key", d_model**-0.5, inputs_kv)
         value = proj("value", d_model**-0.5, inputs_kv)
@@ -277,14 +289,14 @@ class MultiHeadAttention(nn.Module):
             cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
             if initialized:
                 if inputs_q.shape[1] != 1:
-                    raise ValueError(
-                        f"decode=True steps take one token per row, got length {inputs_q.shape[1]}"
-                    )
+                    raise ValueError(f"decode=True steps take one token per row, got length {inputs_q.shape[1]}")
                 index = cache_index.value
                 keys = jax.lax.dynamic_update_slice(
-                    cached_key.value, jnp.swapaxes(key, 1, 2).astype(cached_key.value.dtype), (0, 0, index, 0))
+                    cached_key.value, jnp.swapaxes(key, 1, 2).astype(cached_key.value.dtype), (0, 0, index, 0)
+                )
                 values = jax.lax.dynamic_update_slice(
-                    cached_value.value, jnp.swapaxes(value, 1, 2).astype(cached_value.value.dtype), (0, 0, index, 0))
+                    cached_value.value, jnp.swapaxes(value, 1, 2).astype(cached_value.value.dtype), (0, 0, index, 0)
+                )
                 cached_key.value = keys
                 cached_value.value = values
                 cache_index.value = index + 1
@@ -326,8 +338,7 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         heads, d_kv, d_model = cfg.num_heads, cfg.d_kv, cfg.d_model
         out = constrain(out, ("batch", "length", "heads", "kv"))
-        out = Projection(cfg, (d_model,), ("heads", "kv", "embed"), (heads * d_kv) ** -0.5,
-                         name="out")(out)
+        out = Projection(cfg, (d_model,), ("heads", "kv", "embed"), (heads * d_kv) ** -0.5, name="out")(out)
         return constrain(out, ("batch", "length", "embed"))
 
 
@@ -342,8 +353,7 @@ def _bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
     n = np.arange(max_distance + 1)
     ratio = np.maximum(n, 1).astype(np.float32) / np.float32(max_exact)
     large = np.float32(max_exact) + (
-        np.log(ratio) / np.float32(math.log(max_distance / max_exact))
-        * np.float32(num_buckets - max_exact)
+        np.log(ratio) / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact)
     )
     large = np.minimum(large.astype(np.int64), num_buckets - 1)
     return np.where(n < max_exact, n, large).astype(np.int32)
@@ -381,7 +391,9 @@ class RelativePositionBias(nn.Module):
         )
         relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
         buckets = relative_position_bucket(
-            relative, self.bidirectional, cfg.relative_attention_num_buckets,
+            relative,
+            self.bidirectional,
+            cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance,
         )
         values = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [b, q, k, heads]

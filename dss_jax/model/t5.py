@@ -45,6 +45,7 @@ Parameter tree (`variables["params"]`):
     decoder/decoder_norm/scale
     decoder/logits_dense/kernel [embed, vocab]     (untied variants only)
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,7 +104,8 @@ class DecoderLayer(nn.Module):
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="encoder_decoder_attention")(
-            h, encoded, cross_bias, deterministic, static_kv=decode)
+            h, encoded, cross_bias, deterministic, static_kv=decode
+        )
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
         h = MlpBlock(cfg, name="mlp")(h, deterministic)
@@ -147,7 +149,8 @@ class Encoder(nn.Module):
         if positions is None:
             positions = _default_positions(tokens.shape[1])
         bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
-            positions, positions)  # [batch|1, heads, enc_len, enc_len]
+            positions, positions
+        )  # [batch|1, heads, enc_len, enc_len]
         mask = attention_mask(None, tokens > 0, segment_ids, segment_ids)
         bias = bias + mask_to_bias(mask)  # [batch, heads, enc_len, enc_len]
 
@@ -191,8 +194,7 @@ class Decoder(nn.Module):
             # One token per row at query position cache_index, over all cached key slots.
             max_len = self._cache_length()
             if max_decode_length is not None and max_decode_length != max_len:
-                raise ValueError(
-                    f"max_decode_length={max_decode_length} but the cache holds {max_len} steps")
+                raise ValueError(f"max_decode_length={max_decode_length} but the cache holds {max_len} steps")
             index = cache_index.value
             key_positions = _default_positions(max_len)  # [1, max_len]
             self_bias = relpos(index[None, None], key_positions)  # [1, heads, 1, max_len]
@@ -205,14 +207,14 @@ class Decoder(nn.Module):
                 positions = _default_positions(dec_len)
             self_bias = relpos(positions, positions)  # [batch|1, heads, dec_len, dec_len]
             mask = attention_mask(
-                None, jnp.ones(decoder_input_tokens.shape, bool),
-                decoder_segment_ids, decoder_segment_ids, causal=True)
+                None, jnp.ones(decoder_input_tokens.shape, bool), decoder_segment_ids, decoder_segment_ids, causal=True
+            )
             self_bias = self_bias + mask_to_bias(mask)
 
         # Cross-attention: only real encoder tokens of the same segment; no position bias.
         cross_mask = attention_mask(
-            None, encoder_input_tokens > 0,
-            None if stepping else decoder_segment_ids, encoder_segment_ids)
+            None, encoder_input_tokens > 0, None if stepping else decoder_segment_ids, encoder_segment_ids
+        )
         cross_bias = mask_to_bias(cross_mask)  # [batch, 1, dec_len|1, enc_len]
 
         x = self.shared_embedding(decoder_input_tokens)  # [batch, dec_len, embed]
@@ -220,8 +222,7 @@ class Decoder(nn.Module):
         # Rematerialisation is a training-time trade; decoding steps run the plain layer.
         layer_cls = _layer_class(DecoderLayer, "none" if decode else cfg.remat_policy, (5, 6))
         for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_bias, cross_bias, deterministic, decode)
+            x = layer_cls(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias, deterministic, decode)
         x = RMSNorm(cfg, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -262,8 +263,7 @@ class T5(nn.Module):
         encoder_positions: Optional[jax.Array] = None,
         enable_dropout: bool = False,
     ) -> jax.Array:
-        return self.encoder(
-            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
 
     def decode(
         self,
@@ -278,7 +278,9 @@ class T5(nn.Module):
         max_decode_length: Optional[int] = None,
     ) -> jax.Array:
         return self.decoder(
-            encoded, encoder_input_tokens, decoder_input_tokens,
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
             encoder_segment_ids=encoder_segment_ids,
             decoder_segment_ids=decoder_segment_ids,
             decoder_positions=decoder_positions,
@@ -297,10 +299,11 @@ class T5(nn.Module):
         decoder_positions: Optional[jax.Array] = None,
         enable_dropout: bool = False,
     ) -> jax.Array:
-        encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
         return self.decode(
-            encoded, encoder_input_tokens, decoder_input_tokens,
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
             encoder_segment_ids=encoder_segment_ids,
             decoder_segment_ids=decoder_segment_ids,
             decoder_positions=decoder_positions,
@@ -308,8 +311,7 @@ class T5(nn.Module):
         )
 
 
-def init_variables(config: T5Config, rng: jax.Array, batch: int = 1,
-                   enc_len: int = 1, dec_len: int = 1) -> dict:
+def init_variables(config: T5Config, rng: jax.Array, batch: int = 1, enc_len: int = 1, dec_len: int = 1) -> dict:
     """Boxed variables (nn.Partitioned leaves carrying logical axis names)."""
     enc = jnp.ones((batch, enc_len), jnp.int32)
     dec = jnp.ones((batch, dec_len), jnp.int32)

@@ -60,8 +60,22 @@ Teacher = Callable[[str, int], str]  # (prompt, choice index) -> completion text
 # (prompt, how many requests for this prompt came before this one) -> fault name or None
 FaultPlan = Callable[[str, int], Optional[str]]
 
-FAULTS = ("429", "500", "503", "drop", "drop_mid_body", "slow", "malformed_json", "no_choices", "400",
-          "trickle", "huge", "huge_unannounced", "deep_json", "surrogate")
+FAULTS = (
+    "429",
+    "500",
+    "503",
+    "drop",
+    "drop_mid_body",
+    "slow",
+    "malformed_json",
+    "no_choices",
+    "400",
+    "trickle",
+    "huge",
+    "huge_unannounced",
+    "deep_json",
+    "surrogate",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +275,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # holds the body until the client's delayed ACK (~40 ms on Linux), as real servers avoid.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet
+    def log_message(self, format, *args):  # quiet
         pass
 
     def _send(self, status: int, payload: bytes, headers: Optional[dict] = None, truncate: bool = False) -> None:
@@ -280,15 +294,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _trickle(self, payload: bytes) -> None:
         """The whole response, one byte at a time: every read gets a byte, the reply never ends."""
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n").encode()
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
         for i in range(len(head) + len(payload)):
             self.wfile.write((head + payload)[i : i + 1])
             self.wfile.flush()
             time.sleep(self.owner.trickle_seconds)
         self.close_connection = True
 
-    def do_POST(self):  # noqa: N802 - http.server naming
+    def do_POST(self):  # http.server naming
         owner = self.owner
         length = int(self.headers.get("Content-Length") or 0)
         try:
@@ -368,8 +381,10 @@ def dry_run_teacher(family: str) -> Teacher:
     ending = DRY_RUN_ENDINGS[parsers.canonical_family(family)]
 
     def teacher(prompt: str, index: int) -> str:
-        return (f" Dry run: scripted sample {index} for a prompt of {len(prompt.split())} words, "
-                f"not a model's reasoning.{ending}")
+        return (
+            f" Dry run: scripted sample {index} for a prompt of {len(prompt.split())} words, "
+            f"not a model's reasoning.{ending}"
+        )
 
     return teacher
 
@@ -383,21 +398,31 @@ def _define_flags():
 
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; the default is reachable from this machine only.")
     flags.DEFINE_integer("port", 0, "Port to listen on; 0 (default) picks a free one (printed with the URL).")
-    flags.DEFINE_enum("dataset_family", "svamp", list(parsers.FAMILIES + tuple(parsers.ALIASES)),
-                      "Whose answer phrase the canned reply ends with (as annotate's --dataset_family).")
+    flags.DEFINE_enum(
+        "dataset_family",
+        "svamp",
+        list(parsers.FAMILIES + tuple(parsers.ALIASES)),
+        "Whose answer phrase the canned reply ends with (as annotate's --dataset_family).",
+    )
     flags.DEFINE_string("reply", None, "Every completion's text instead of the canned one (\\n and \\t unescaped).")
     flags.DEFINE_enum("fault", None, list(FAULTS), "A fault to serve instead of a normal reply (see the module doc).")
     flags.DEFINE_float("fault_rate", 1.0, "With --fault: the share of requests that get it (the same ones every run).")
-    flags.DEFINE_integer("fault_attempts", 0, "With --fault: only each prompt's first K attempts can get it, so "
-                         "retries succeed; 0: any attempt.")
+    flags.DEFINE_integer(
+        "fault_attempts",
+        0,
+        "With --fault: only each prompt's first K attempts can get it, so retries succeed; 0: any attempt.",
+    )
     flags.DEFINE_float("delay", 0.0, "Seconds every reply waits (a teacher's latency).")
     flags.DEFINE_string("retry_after", "1", "The Retry-After header of the 429 fault (seconds or an HTTP date).")
     flags.DEFINE_float("slow_seconds", 2.0, "How long the slow fault waits before its reply.")
     flags.DEFINE_float("trickle_seconds", 0.1, "The trickle fault's wait between bytes.")
     flags.DEFINE_integer("huge_bytes", 1 << 20, "The length of the huge faults' completion.")
     flags.DEFINE_integer("max_choices", None, "Answer at most this many choices per request, whatever its n.")
-    flags.DEFINE_string("api_key_env", None, "Environment variable holding the key to require (401 otherwise); "
-                        "unset: any key or none is accepted.")
+    flags.DEFINE_string(
+        "api_key_env",
+        None,
+        "Environment variable holding the key to require (401 otherwise); unset: any key or none is accepted.",
+    )
 
 
 def _check_flags(FLAGS) -> None:
@@ -418,8 +443,10 @@ def _check_flags(FLAGS) -> None:
     if FLAGS.huge_bytes < 0 or (FLAGS.max_choices is not None and FLAGS.max_choices < 1):
         raise UserError("--huge_bytes must be 0 or more and --max_choices 1 or more")
     if FLAGS.api_key_env is not None and not os.environ.get(FLAGS.api_key_env):
-        raise UserError(f"--api_key_env={FLAGS.api_key_env}: ${FLAGS.api_key_env} is not set; set it to the key "
-                        "annotate will send, or leave --api_key_env out to accept any key")
+        raise UserError(
+            f"--api_key_env={FLAGS.api_key_env}: ${FLAGS.api_key_env} is not set; set it to the key "
+            "annotate will send, or leave --api_key_env out to accept any key"
+        )
 
 
 def _describe(FLAGS) -> str:
@@ -438,7 +465,7 @@ def _open(FLAGS) -> ScriptedOpenAIServer:
     teacher = dry_run_teacher(FLAGS.dataset_family)
     if FLAGS.reply is not None:
         reply = FLAGS.reply.replace("\\n", "\n").replace("\\t", "\t")
-        teacher = lambda prompt, index: reply  # noqa: E731
+        teacher = lambda prompt, index: reply
     server = ScriptedOpenAIServer(
         teacher, faults=fault_plan(FLAGS.fault, FLAGS.fault_rate, FLAGS.fault_attempts), delay=FLAGS.delay,
         retry_after=FLAGS.retry_after, slow_seconds=FLAGS.slow_seconds, trickle_seconds=FLAGS.trickle_seconds,
@@ -450,10 +477,14 @@ def _open(FLAGS) -> ScriptedOpenAIServer:
     except socket.gaierror as e:
         raise UserError(f"--host={FLAGS.host}: {e.strerror}; use an address of this machine, e.g. 127.0.0.1") from None
     except OSError as e:
-        fix = {errno.EADDRINUSE: "pick another port, or --port=0 for a free one",
-               errno.EACCES: "ports below 1024 need privileges: pick a higher one, or --port=0 for a free one"}
-        raise UserError(f"--host={FLAGS.host} --port={FLAGS.port}: {e.strerror or e}; "
-                        f"{fix.get(e.errno, 'use an address of this machine, e.g. 127.0.0.1')}") from None
+        fix = {
+            errno.EADDRINUSE: "pick another port, or --port=0 for a free one",
+            errno.EACCES: "ports below 1024 need privileges: pick a higher one, or --port=0 for a free one",
+        }
+        raise UserError(
+            f"--host={FLAGS.host} --port={FLAGS.port}: {e.strerror or e}; "
+            f"{fix.get(e.errno, 'use an address of this machine, e.g. 127.0.0.1')}"
+        ) from None
 
 
 def main(argv) -> None:
@@ -473,8 +504,11 @@ def main(argv) -> None:
             print(f"fake_server: warning: listening on {bound}, reachable from other machines", file=sys.stderr)
         teacher = "fixed reply" if FLAGS.reply is not None else f"scripted {FLAGS.dataset_family} teacher"
         # One line on stdout, flushed (a pipe would hold it), for people and scripts alike.
-        print(f"fake_server: a {teacher} ({_describe(FLAGS)}); pass --base_url={server.base_url} to annotate; "
-              "Ctrl-C stops", flush=True)
+        print(
+            f"fake_server: a {teacher} ({_describe(FLAGS)}); pass --base_url={server.base_url} to annotate; "
+            "Ctrl-C stops",
+            flush=True,
+        )
         while True:
             time.sleep(3600)  # a signal's handler raises out of the sleep
     except (KeyboardInterrupt, _Stop):
@@ -487,8 +521,11 @@ def main(argv) -> None:
     if server is None:
         return
     faults = ", ".join(f"{n} {name}" for name, n in sorted(server.fault_counts.items()))
-    print(f"fake_server: stopped after {server.requests} requests" + (f" ({faults})" if faults else ""),
-          file=sys.stderr, flush=True)
+    print(
+        f"fake_server: stopped after {server.requests} requests" + (f" ({faults})" if faults else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _raise_stop(signum, frame) -> None:

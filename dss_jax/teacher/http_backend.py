@@ -69,9 +69,7 @@ class HttpBackendConfig:
             raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
         parts = urllib.parse.urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"base_url must look like http://HOST:PORT/v1 or https://HOST/v1, got {self.base_url!r}"
-            )
+            raise ValueError(f"base_url must look like http://HOST:PORT/v1 or https://HOST/v1, got {self.base_url!r}")
         for name in ("timeout", "initial_backoff", "max_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -367,9 +365,7 @@ class OpenAIHttpBackend:
             hint = ""
             if status == 404 and "/v1" not in self._path:
                 hint = " (base_url usually ends in /v1, e.g. http://localhost:8000/v1)"
-            raise FatalBackendError(
-                f"{message}{hint}; check --base_url, --model and the API key variable"
-            )
+            raise FatalBackendError(f"{message}{hint}; check --base_url, --model and the API key variable")
         # Other 4xx: this request is wrong (e.g. too long); repeating it cannot help.
         raise RequestFailed(message)
 
@@ -405,6 +401,4 @@ class OpenAIHttpBackend:
                 delay = self._backoff(attempt, e.retry_after)
                 logging.debug("attempt %d failed (%s); retrying in %.2fs", attempt + 1, e, delay)
                 time.sleep(delay)
-        raise RequestFailed(
-            f"gave up after {self.config.max_retries + 1} attempts; last error: {last_error}"
-        )
+        raise RequestFailed(f"gave up after {self.config.max_retries + 1} attempts; last error: {last_error}")

@@ -132,8 +132,9 @@ class Summary:
             + (f", {self.dropped_uncertain} of uncertain votes" if self.dropped_uncertain else ""),
         ]
         if self.replaced_code_points:
-            lines.append(f"replies held {self.replaced_code_points} unpaired surrogate code points (not UTF-8); "
-                         "stored as U+FFFD")
+            lines.append(
+                f"replies held {self.replaced_code_points} unpaired surrogate code points (not UTF-8); stored as U+FFFD"
+            )
         if self.records_without_samples:
             lines.append(f"records written with no sample left after filtering: {self.records_without_samples}")
         if self.samples_with_gold:
@@ -144,9 +145,7 @@ class Summary:
             )
         if self.votes_with_gold:
             acc = self.votes_correct / self.votes_with_gold
-            lines.append(
-                f"teacher accuracy (majority vote): {acc:.2%} ({self.votes_correct}/{self.votes_with_gold})"
-            )
+            lines.append(f"teacher accuracy (majority vote): {acc:.2%} ({self.votes_correct}/{self.votes_with_gold})")
         u = self.usage
         lines.append(
             f"usage: {u.requests} requests ({u.retries} retries), {u.prompt_tokens} prompt + "
@@ -196,8 +195,13 @@ class _Storable:
         return text
 
 
-def _annotate_one(example: Example, backend: TeacherBackend, config: AnnotateConfig, parse: Parse,
-                  storable: Optional[_Storable] = None) -> tuple[TeacherSample, ...]:
+def _annotate_one(
+    example: Example,
+    backend: TeacherBackend,
+    config: AnnotateConfig,
+    parse: Parse,
+    storable: Optional[_Storable] = None,
+) -> tuple[TeacherSample, ...]:
     template = config.template
     prompt = template.render(example.fields)
     completions = backend.complete(
@@ -248,7 +252,11 @@ def _worker(jobs: queue.Queue, results: queue.Queue, stop: threading.Event, back
 
 
 def _record(example: Example, selection: Selection, config: AnnotateConfig) -> CacheRecord:
-    info: dict[str, Any] = {"num_samples": selection.num_samples, "num_parsed": selection.num_parsed, "keep": config.keep}
+    info: dict[str, Any] = {
+        "num_samples": selection.num_samples,
+        "num_parsed": selection.num_parsed,
+        "keep": config.keep,
+    }
     if selection.vote is not None:
         info["vote"] = {"label": selection.vote.label, "count": selection.vote.count, "of": selection.vote.total}
     meta = dict(example.meta)
@@ -268,7 +276,9 @@ def _record(example: Example, selection: Selection, config: AnnotateConfig) -> C
 def _progress_bar(total: int, enabled: bool, stream: TextIO):
     from tqdm import tqdm  # imported here so library users who never annotate do not need it
 
-    return tqdm(total=total, desc="annotate", unit="ex", file=stream, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total, desc="annotate", unit="ex", file=stream, disable=not enabled, dynamic_ncols=True, smoothing=0.1
+    )
 
 
 def run_annotation(
@@ -300,7 +310,9 @@ def run_annotation(
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
     workers = [
-        threading.Thread(target=_worker, args=(jobs, results, stop, backend, config, parse), daemon=True, name=f"annotate-{i}")
+        threading.Thread(
+            target=_worker, args=(jobs, results, stop, backend, config, parse), daemon=True, name=f"annotate-{i}"
+        )
         for i in range(min(config.concurrency, max(1, len(todo))))
     ]
     for w in workers:
@@ -325,14 +337,20 @@ def run_annotation(
                     stop.set()
             else:
                 selection = select_samples(
-                    item.samples, item.example.label, labels_match, keep=config.keep, vote=config.vote,
-                    min_vote_share=config.min_vote_share
+                    item.samples,
+                    item.example.label,
+                    labels_match,
+                    keep=config.keep,
+                    vote=config.vote,
+                    min_vote_share=config.min_vote_share,
                 )
                 writer.write(_record(item.example, selection, config))
                 summary.add(selection)
                 summary.replaced_code_points += item.replaced
             bar.update(1)
-            bar.set_postfix(failed=len(summary.failed), unparsed=summary.unparsed, retries=backend.usage.retries, refresh=False)
+            bar.set_postfix(
+                failed=len(summary.failed), unparsed=summary.unparsed, retries=backend.usage.retries, refresh=False
+            )
     except KeyboardInterrupt:
         # Workers are daemon threads: in-flight requests are abandoned, nothing half-written.
         stop.set()

@@ -75,14 +75,16 @@ class PromptTemplate:
 
 def _directive_value(raw: str, key: str, where: str) -> Any:
     raw = raw.strip()
-    if raw.startswith(("\"", "[")):
+    if raw.startswith(('"', "[")):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as e:
             raise PromptError(f"{where}: '## {key}:' value is not valid JSON ({e})") from None
         if jsonl.find_lone_surrogate(value) is not None:  # the id is written to every cached sample
-            raise PromptError(f"{where}: '## {key}:' value holds an unpaired UTF-16 surrogate escape, "
-                              "which is not text; fix the escape")
+            raise PromptError(
+                f"{where}: '## {key}:' value holds an unpaired UTF-16 surrogate escape, "
+                "which is not text; fix the escape"
+            )
         return value
     return raw
 
@@ -132,7 +134,9 @@ def load_template(path: str | os.PathLike) -> PromptTemplate:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise PromptError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the prompt as UTF-8") from None
+        raise PromptError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the prompt as UTF-8"
+        ) from None
     stem = os.path.splitext(os.path.basename(path))[0]
     return parse_template(text, source=path, default_id=stem)
 

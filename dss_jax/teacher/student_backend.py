@@ -136,10 +136,15 @@ class StudentBackend:
                 too_long.append(f"{full} tokens with {prefix.strip()!r}")
         if too_long and prompt not in self._warned:
             self._warned.add(prompt)
-            logging.warning("input %r... is too long (%s > student input length %d); truncated",
-                            prompt[:60], "; ".join(too_long), self.config.input_length)
-        request = _Request(rows, real, n, (float(temperature), int(max_tokens)), concurrent.futures.Future(),
-                           time.monotonic())
+            logging.warning(
+                "input %r... is too long (%s > student input length %d); truncated",
+                prompt[:60],
+                "; ".join(too_long),
+                self.config.input_length,
+            )
+        request = _Request(
+            rows, real, n, (float(temperature), int(max_tokens)), concurrent.futures.Future(), time.monotonic()
+        )
         self._queue.put(request)
         return request.future.result()
 
@@ -162,12 +167,19 @@ class StudentBackend:
         cut = 0
         for example in examples:
             lengths = [(prefix, self.encode(prefix + example.input)[1]) for prefix in self._prefixes().values()]
-            over = [f"{full} tokens with {prefix.strip()!r}" for prefix, full in lengths if full > self.config.input_length]
+            over = [
+                f"{full} tokens with {prefix.strip()!r}" for prefix, full in lengths if full > self.config.input_length
+            ]
             if over:
                 cut += 1
                 self._warned.add(example.input)
-                logging.warning("%s (id %r): input too long (%s > --student_input_length=%d); truncated",
-                                example.where, example.id, "; ".join(over), self.config.input_length)
+                logging.warning(
+                    "%s (id %r): input too long (%s > --student_input_length=%d); truncated",
+                    example.where,
+                    example.id,
+                    "; ".join(over),
+                    self.config.input_length,
+                )
         return cut
 
     def close(self) -> None:
@@ -300,8 +312,12 @@ class StudentBackend:
             rationale, label = split_single_task(texts["predict"])
             return Completion(text=texts["predict"], finish_reason=finish, rationale=rationale, label=label or None)
         rationale, label = texts["explain"], texts["predict"]
-        return Completion(text=single_task_target(rationale, label), finish_reason=finish, rationale=rationale,
-                          label=label if label.strip() else None)
+        return Completion(
+            text=single_task_target(rationale, label),
+            finish_reason=finish,
+            rationale=rationale,
+            label=label if label.strip() else None,
+        )
 
 
 def _load(config: StudentConfig):
@@ -312,20 +328,25 @@ def _load(config: StudentConfig):
     from dss_jax.evaluation import checkpoints_to_evaluate, load_checkpoint
 
     if not os.path.isdir(os.path.expanduser(config.checkpoint)):
-        raise StudentLoadError(f"student checkpoint {config.checkpoint} does not exist: give a checkpoint dir or a "
-                               "training run's MODEL_DIR")
+        raise StudentLoadError(
+            f"student checkpoint {config.checkpoint} does not exist: give a checkpoint dir or a "
+            "training run's MODEL_DIR"
+        )
     try:
-        (_, path), = checkpoints_to_evaluate(config.checkpoint, "latest")
+        ((_, path),) = checkpoints_to_evaluate(config.checkpoint, "latest")
         model, params, vocab_path = load_checkpoint(path, config.dtype)
     except (FileNotFoundError, ValueError) as e:
         raise StudentLoadError(f"cannot load the student checkpoint {config.checkpoint}: {e}") from None
     if vocab_path is None:
         raise StudentLoadError(
             f"the student checkpoint {path} has no spiece.model (looked in it and its parent dirs); the student's "
-            "vocabulary is needed: copy the task's SentencePiece model there as spiece.model")
+            "vocabulary is needed: copy the task's SentencePiece model there as spiece.model"
+        )
     vocabulary = vocab.from_checkpoint(vocab_path)
     if vocabulary.vocab_size > model.config.vocab_size:
-        raise StudentLoadError(f"{vocab_path} has {vocabulary.vocab_size} pieces but the model {path} only "
-                               f"{model.config.vocab_size} embeddings: not this student's vocabulary")
+        raise StudentLoadError(
+            f"{vocab_path} has {vocabulary.vocab_size} pieces but the model {path} only "
+            f"{model.config.vocab_size} embeddings: not this student's vocabulary"
+        )
     logging.info("student %s (vocabulary %s) loaded", path, vocab_path)
     return model, jax.device_put(params), vocabulary, path

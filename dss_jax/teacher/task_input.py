@@ -42,8 +42,10 @@ def _fields(raw: dict, where: str, needed: set[str]) -> dict[str, Any]:
         except UnicodeDecodeError as e:
             if name in needed:
                 bad = e.object[e.start : e.start + 1].hex()
-                raise InputError(f"{where}: feature {name!r} is not UTF-8 text (byte 0x{bad} at offset {e.start}: "
-                                 f"{e.reason}); make the task's source give UTF-8 text for it") from None
+                raise InputError(
+                    f"{where}: feature {name!r} is not UTF-8 text (byte 0x{bad} at offset {e.start}: "
+                    f"{e.reason}); make the task's source give UTF-8 text for it"
+                ) from None
     return fields
 
 
@@ -57,13 +59,25 @@ def _from_cache_records(task_name: str, split: str) -> list[Example]:
     examples = []
     for i, r in enumerate(records):
         fields = {k: v for k, v in r.to_json().items() if k != "samples"}
-        examples.append(Example(id=r.id, input=r.input, label=r.label, fields=fields, dataset=r.dataset,
-                                split=r.split, position=r.position, meta=dict(r.meta), where=f"{task_name}/{split}[{i}]"))
+        examples.append(
+            Example(
+                id=r.id,
+                input=r.input,
+                label=r.label,
+                fields=fields,
+                dataset=r.dataset,
+                split=r.split,
+                position=r.position,
+                meta=dict(r.meta),
+                where=f"{task_name}/{split}[{i}]",
+            )
+        )
     return examples
 
 
-def _from_source(task, split: str, input_field: str, label_field: Optional[str],
-                 template: Optional[PromptTemplate]) -> list[Example]:
+def _from_source(
+    task, split: str, input_field: str, label_field: Optional[str], template: Optional[PromptTemplate]
+) -> list[Example]:
     splits = list(task.source.splits)
     if split not in splits:
         raise InputError(f"task {task.name!r} has no split {split!r}; its splits: {', '.join(splits)}")
@@ -77,13 +91,24 @@ def _from_source(task, split: str, input_field: str, label_field: Optional[str],
         fields = _fields(raw, where, needed)
         for flag, name in (("--task_input_field", input_field), ("--task_label_field", label_field)):
             if name is not None and not isinstance(fields.get(name), (str, int, float)):
-                raise InputError(f"{where}: no string feature {name!r} (features: {', '.join(sorted(fields))}); "
-                                 f"name the right one with {flag}")
+                raise InputError(
+                    f"{where}: no string feature {name!r} (features: {', '.join(sorted(fields))}); "
+                    f"name the right one with {flag}"
+                )
         example_id = str(fields["id"]) if isinstance(fields.get("id"), (str, int)) else f"{task.name}/{split}/{i}"
         label = None if label_field is None else str(fields[label_field])
-        examples.append(Example(id=example_id, input=str(fields[input_field]), label=label,
-                                fields={**fields, "id": example_id, "input": str(fields[input_field])},
-                                dataset=task.name, split=split, position=i, where=where))
+        examples.append(
+            Example(
+                id=example_id,
+                input=str(fields[input_field]),
+                label=label,
+                fields={**fields, "id": example_id, "input": str(fields[input_field])},
+                dataset=task.name,
+                split=split,
+                position=i,
+                where=where,
+            )
+        )
     return examples
 
 
@@ -102,9 +127,11 @@ def read_task_examples(
 
     if task_name not in seqio.TaskRegistry.names():
         known = sorted(seqio.TaskRegistry.names())
-        raise InputError(f"unknown task {task_name!r}; registered tasks: {', '.join(known) or 'none'} (a task is "
-                         "registered by importing its module: pass the gin file that imports it, e.g. "
-                         "--gin_file=tasks/synthetic.gin)")
+        raise InputError(
+            f"unknown task {task_name!r}; registered tasks: {', '.join(known) or 'none'} (a task is "
+            "registered by importing its module: pass the gin file that imports it, e.g. "
+            "--gin_file=tasks/synthetic.gin)"
+        )
     if dss_tasks.is_cache_task(task_name):
         examples = _from_cache_records(task_name, split)
     else:
@@ -112,14 +139,17 @@ def read_task_examples(
     first: dict[str, str] = {}
     for example in examples:
         if example.id in first:
-            raise InputError(f"{example.where}: duplicate id {example.id!r} (first at {first[example.id]}); "
-                             "ids must be unique")
+            raise InputError(
+                f"{example.where}: duplicate id {example.id!r} (first at {first[example.id]}); ids must be unique"
+            )
         first[example.id] = example.where
         if template is not None:
             missing = template.missing_fields(example.fields)
             if missing:
-                raise InputError(f"{example.where}: the prompt {template.source} uses {{{{{missing[0]}}}}} but this "
-                                 f"example has no string field {missing[0]!r}")
+                raise InputError(
+                    f"{example.where}: the prompt {template.source} uses {{{{{missing[0]}}}}} but this "
+                    f"example has no string field {missing[0]!r}"
+                )
     if not examples:
         raise InputError(f"--task={task_name} --split={split} has no examples")
     return examples
