@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dss_jax-installed
 PYTEST_ARGS ?=
+# Test files run on this many worker processes (pytest-xdist, each file on one worker so
+# its module fixtures are built once): much of the suite is single-threaded start-up and
+# compilation, which two workers overlap on a 2-core machine.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install quickstart lint test bench clean
 
@@ -27,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -78,6 +78,9 @@ DssFeatureConverter.pack_decoder_length = 96
 
 
 def test_two_point_sweep_end_to_end(tmp_path):
+    """The sweep in one process (as sweeps/comparison.gin runs it): the table, the figure,
+    resumability; and one of its runs as subprocesses gives the same losses, predictions
+    and scores."""
     (tmp_path / "recipe.gin").write_text(RECIPE)
     (tmp_path / "mini.gin").write_text(MINI)
     env = dict(
@@ -88,17 +91,22 @@ def test_two_point_sweep_end_to_end(tmp_path):
         DSS_CACHE_DIR=str(tmp_path / "cache"),
         XLA_FLAGS="--xla_force_host_platform_device_count=1",
     )
+
+    def sweep_in(out, *bindings, timeout=900):
+        cmd = [
+            sys.executable,
+            "-m",
+            "dss_jax.sweep",
+            f"--gin_file={tmp_path / 'recipe.gin'}",
+            f"--gin.SWEEP_DIR='{out}'",
+            f"--gin.MINI='{tmp_path / 'mini.gin'}'",
+            *bindings,
+        ]
+        r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
     out = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dss_jax.sweep",
-        f"--gin_file={tmp_path / 'recipe.gin'}",
-        f"--gin.SWEEP_DIR='{out}'",
-        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
-    ]
-    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    sweep_in(out, "--gin.sweep_config.in_process=True")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["fraction"]) for r in rows] == [0.5, 1.0]
@@ -108,38 +116,30 @@ def test_two_point_sweep_end_to_end(tmp_path):
         assert metrics_path.parent.name == "step_3"
         assert float(row["accuracy"]) == json.loads(metrics_path.read_text())["accuracy"]
         assert (run_dir / "model" / "checkpoint_3").is_dir()
+        assert "(in process) dss_jax.train" in (run_dir / "train.log").read_text()
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dss | - | tiny | 0.5 |" in (out / "results.md").read_text()
     # Resumable: a second call trains and evaluates nothing again.
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")}
-    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0
+    sweep_in(out, "--gin.sweep_config.in_process=True", timeout=300)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
-    # In one process (no start-up per run): the same losses, predictions and metrics.
-    inproc = tmp_path / "sweep_in_process"
-    r = subprocess.run(
-        [*cmd[:-2], f"--gin.SWEEP_DIR='{inproc}'", cmd[-1], "--gin.sweep_config.in_process=True"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for row in rows:
-        a, b = out / "runs" / row["run"], inproc / "runs" / row["run"]
-        losses = lambda d: [
-            (m["step"], m["loss"]) for m in map(json.loads, (d / "model/train/metrics.jsonl").read_text().splitlines())
-        ]
-        assert losses(a) == losses(b)
-        assert (a / "eval/step_3/predictions.jsonl").read_text() == (b / "eval/step_3/predictions.jsonl").read_text()
-        scores = lambda d: {
-            k: v
-            for k, v in json.loads((d / "eval/step_3/metrics.json").read_text()).items()
-            if "per_second" not in k and k != "checkpoint"
-        }
-        assert scores(a) == scores(b) and "accuracy" in scores(a)
-        assert "(in process) dss_jax.train" in (b / "train.log").read_text()
+    # Through the binaries as subprocesses: the same losses, predictions and metrics.
+    sub = tmp_path / "sweep_subprocesses"
+    sweep_in(sub, "--gin.sweep_config.fractions=[1.0]")
+    (run,) = [row["run"] for row in rows if float(row["fraction"]) == 1.0]
+    a, b = sub / "runs" / run, out / "runs" / run
+    losses = lambda d: [
+        (m["step"], m["loss"]) for m in map(json.loads, (d / "model/train/metrics.jsonl").read_text().splitlines())
+    ]
+    assert losses(a) == losses(b)
+    assert (a / "eval/step_3/predictions.jsonl").read_text() == (b / "eval/step_3/predictions.jsonl").read_text()
+    scores = lambda d: {  # not timings or paths
+        k: v
+        for k, v in json.loads((d / "eval/step_3/metrics.json").read_text()).items()
+        if "per_second" not in k and k != "checkpoint"
+    }
+    assert scores(a) == scores(b) and "accuracy" in scores(a)
+    assert "(in process)" not in (a / "train.log").read_text()
 
 
 def _cfg(tmp_path, **kw):
