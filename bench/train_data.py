@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+from dss_jax import files
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAIRED = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
 # Feature lengths of the synthetic set (its problems are short).
@@ -150,9 +152,8 @@ def _save_tokenized(path: pathlib.Path, examples: list[dict[str, np.ndarray]], v
         arrays[k] = np.concatenate([ex[k] for ex in examples]) if examples else np.zeros(0, np.int32)
         arrays[k + "_lengths"] = np.asarray([len(ex[k]) for ex in examples], np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with files.atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_tokenized_cache(path: pathlib.Path) -> tuple[list[dict[str, np.ndarray]], int]:

@@ -54,6 +54,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
@@ -424,10 +425,8 @@ def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
 def write_run_task(model_dir: str | os.PathLike, task_name: str, options: Mapping[str, Any]) -> None:
     """MODEL_DIR/task.json: the task and task options a run trains with, so eval, infer and
     annotate's student backend decode and score its checkpoints the way it was trained."""
-    path = pathlib.Path(model_dir) / RUN_TASK_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"task": task_name, "options": dict(options)}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps({"task": task_name, "options": dict(options)}, indent=2, sort_keys=True) + "\n"
+    files.atomic_write(pathlib.Path(model_dir) / RUN_TASK_FILE, text)
 
 
 def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict]]:

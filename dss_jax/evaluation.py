@@ -32,6 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import gin
+from dss_jax import files
 from dss_jax.data import parsers
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.model.decoding import DecodeConfig, generate
@@ -356,15 +357,11 @@ def write_outputs(
     if jax.process_index() != 0:
         return
     os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, f".{PREDICTIONS_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in result.records:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, os.path.join(output_dir, PREDICTIONS_FILE))
+    predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.records)
+    files.atomic_write(os.path.join(output_dir, PREDICTIONS_FILE), predictions)
     summary = {**dict(info or {}), "step": step, **result.metrics}
-    with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
+    # Last: a metrics.json means the evaluation finished (the sweep resumes on it).
+    files.atomic_write(os.path.join(output_dir, METRICS_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 TABLE_COLUMNS = ("accuracy", "teacher_agreement", "num_examples", "examples_per_second")

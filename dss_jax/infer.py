@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 import gin
-from dss_jax import checkpoints, cli, configurables, gin_utils
+from dss_jax import checkpoints, cli, configurables, files, gin_utils
 from dss_jax.data import jsonl, parsers, sources
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -219,11 +219,7 @@ def infer_file(
         rows.append(row)
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-        tmp = f"{output_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, output_path)
+        files.atomic_write(output_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     logging.info("wrote %d predictions to %s (%d inputs truncated)", len(rows), output_path, len(too_long))
     return rows
 

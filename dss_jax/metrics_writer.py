@@ -19,11 +19,12 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 from typing import Mapping, Optional
 
 import jax
+
+from dss_jax import files
 
 
 class MetricsWriter:
@@ -127,18 +128,7 @@ def drop_records_after(path: str, step: int) -> int:
     dropped = len(lines) - len(kept)
     if not dropped:
         return 0
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.atomic_write(path, "".join(kept), fsync=True)
     logging.info("%s: dropped %d record(s) after step %d, superseded by the resumed run", path, dropped, step)
     return dropped
 

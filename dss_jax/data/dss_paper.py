@@ -22,6 +22,7 @@ import os
 import pathlib
 from typing import Any, Iterator, Optional
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.data import parsers, report, sources
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
@@ -163,17 +164,9 @@ def write_cache(records: list[CacheRecord], output: str | os.PathLike, overwrite
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; delete it or pass overwrite=True (--overwrite)")
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        with CacheWriter(tmp, fsync=False) as writer:
-            writer.write_all(records)
-            writer.sync()
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with files.atomic_output(output) as tmp, CacheWriter(tmp, fsync=False) as writer:
+        writer.write_all(records)
+        writer.sync()
 
 
 def import_to_cache(

@@ -42,6 +42,7 @@ import seqio
 import tensorflow as tf
 
 import gin
+from dss_jax import files
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data import vocab as dss_vocab
 from dss_jax.data.lazy_vocab import LazyVocabulary
@@ -338,8 +339,8 @@ def write_synthetic_corpus(
         text = "".join(d + "\n" for d in docs)
         description = {"documents": len(docs), "words": len(text.split()), "bytes": len(text.encode()), **settings}
         directory.mkdir(parents=True, exist_ok=True)
-        synthetic._atomic_write(path, text)
-        synthetic._atomic_write(meta_path, json.dumps(description, indent=1) + "\n")
+        files.atomic_write(path, text)
+        files.atomic_write(meta_path, json.dumps(description, indent=1) + "\n")
         logging.info("pretraining corpus: %d documents, %d words -> %s", len(docs), description["words"], path)
     return path, json.loads(meta_path.read_text())
 

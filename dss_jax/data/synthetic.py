@@ -32,10 +32,10 @@ import json
 import os
 import pathlib
 import random
-import uuid
 from typing import Mapping, Optional, Sequence
 
 import gin
+from dss_jax import files
 from dss_jax.data import parsers, safe_eval
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
 from dss_jax.data.synthetic_problems import NumberRange, Problem, generate_problem, operation_count
@@ -322,25 +322,13 @@ def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict
     paths = split_paths(config, cache_dir)
     directory = dataset_dir(config, cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "settings.json", json.dumps(config.settings(), indent=1, sort_keys=True) + "\n")
+    files.atomic_write(directory / "settings.json", json.dumps(config.settings(), indent=1, sort_keys=True) + "\n")
     for split, records in generate_records(config).items():
-        tmp = _tmp_path(paths[split])
-        with CacheWriter(tmp, fsync=False) as writer:
+        # Concurrent writers produce the same bytes.
+        with files.atomic_output(paths[split]) as tmp, CacheWriter(tmp, fsync=False) as writer:
             writer.write_all(records)
             writer.sync()
-        os.replace(tmp, paths[split])  # concurrent writers produce the same bytes
     return paths
-
-
-def _tmp_path(path: pathlib.Path) -> pathlib.Path:
-    # Unique per writer, also across hosts sharing a file system (their pids may clash).
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def ensure_dataset(

@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 import sentencepiece as spm
 import seqio
 
+from dss_jax import files
 from dss_jax.data.cache import load_records
 
 SPIECE_NAME = "spiece.model"
@@ -87,9 +88,7 @@ def train_vocabulary(
     output.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buffer, **settings.trainer_args())
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, output)  # atomic: concurrent trainers write the same bytes
+    files.atomic_write(output, buffer.getvalue())  # concurrent trainers write the same bytes
     return output
 
 

@@ -1,0 +1,55 @@
+"""Writing a file so that nobody sees half of it: a temporary file beside it, then a rename.
+
+    from dss_jax import files
+
+    files.atomic_write(path, text)                    # str or bytes
+    with files.atomic_output(path) as tmp:            # anything that writes to a path
+        CacheWriter(tmp).write_all(records)
+
+A reader sees the old file or the new one, never a part; a failed or interrupted write
+leaves the old file as it was and no temporary file behind. The temporary name is unique
+per writer (also across hosts sharing a file system, whose pids may clash), so
+concurrent writers of the same bytes (every process generating the same dataset) are
+safe: the last rename wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import uuid
+from typing import Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def temporary_path(path: PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, *, fsync: bool = False) -> Iterator[pathlib.Path]:
+    """Yields a temporary path beside `path`; when the block ends without an error, the
+    file written there replaces `path` (after an fsync with `fsync=True`)."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: PathLike, data: Union[str, bytes], *, fsync: bool = False) -> pathlib.Path:
+    """Writes `data` (text as UTF-8) to `path` atomically; returns the path."""
+    with atomic_output(path, fsync=fsync) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return pathlib.Path(path)

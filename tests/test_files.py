@@ -1,0 +1,37 @@
+"""Atomic writes (dss_jax.files): the old file or the new one, never a part, and no
+temporary file left behind."""
+
+import pytest
+
+from dss_jax import files
+
+
+def test_atomic_write_replaces_text_and_bytes(tmp_path):
+    path = tmp_path / "a.json"
+    files.atomic_write(path, "old\n")
+    assert files.atomic_write(path, "new ü\n") == path
+    assert path.read_text(encoding="utf-8") == "new ü\n"
+    files.atomic_write(path, b"\x00\x01", fsync=True)
+    assert path.read_bytes() == b"\x00\x01"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    path.write_text("complete\n")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with files.atomic_output(path) as tmp:
+            tmp.write_text("half of it")
+            assert tmp.parent == tmp_path and tmp.name != path.name
+            raise RuntimeError("disk full")
+    assert path.read_text() == "complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.jsonl"]
+
+
+def test_writers_get_their_own_temporary_files(tmp_path):
+    path = tmp_path / "x"
+    with files.atomic_output(path) as a, files.atomic_output(path) as b:
+        assert a != b
+        a.write_text("same")
+        b.write_text("same")
+    assert path.read_text() == "same" and [p.name for p in tmp_path.iterdir()] == ["x"]
