@@ -4,7 +4,6 @@ OpenAI-compatible server on loopback, with injected faults, kills and restarts."
 import functools
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 import pytest
 import teacher_script as ts
 
+from conftest import REPO_ROOT
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
 from dss_jax.teacher.examples import InputError, read_examples
@@ -21,7 +21,6 @@ from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend
 from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
 from dss_jax.teacher.prompts import load_template, parse_template
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FAST = dict(timeout=0.5, max_retries=4, initial_backoff=0.01, max_backoff=0.05)
 FAST_FLAGS = ["--timeout=0.5", "--max_retries=4", "--initial_backoff=0.01", "--max_backoff=0.05", "--noprogress"]
 # A fault on the first request(s) of most examples; example 0 fails every time.
@@ -126,7 +125,7 @@ def annotate_cmd(server, inputs, output, prompt, *extra):
 
 
 def run_cli(cmd, env=None, timeout=60):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path):
@@ -145,7 +144,7 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path):
         killed = tmp_path / "killed.jsonl"
         cmd = annotate_cmd(server, inputs, killed, prompt, *flags)
         for kill_after_lines in (5, 20):  # kill twice, at different points
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and proc.poll() is None:
                 if killed.exists() and killed.read_bytes().count(b"\n") >= kill_after_lines:
@@ -267,7 +266,7 @@ def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path):
         # Python keeps it ignored: give the child Ctrl-C's default disposition, as a terminal would.
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -4,7 +4,6 @@ request, and a reply that is not quite text is stored, not fatal."""
 
 import functools
 import json
-import pathlib
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import time
 import pytest
 import teacher_script as ts
 
+from conftest import REPO_ROOT
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
 from dss_jax.teacher.examples import read_examples
@@ -20,7 +20,6 @@ from dss_jax.teacher.http_backend import HttpBackendConfig, OpenAIHttpBackend
 from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
 from dss_jax.teacher.prompts import parse_template
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["--max_retries=1", "--initial_backoff=0.01", "--max_backoff=0.05", "--noprogress"]
 
 
@@ -38,7 +37,7 @@ def annotate(server_url, inputs, output, prompt, *extra):
         *FLAGS,
         *extra,
     ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(proc, *fragments):

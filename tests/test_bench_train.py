@@ -4,7 +4,6 @@ formula counts the model's matmuls, and the scripts run end to end on tiny sizes
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -13,14 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from conftest import REPO_ROOT
 
-import flops  # noqa: E402
-import train_data  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from dss_jax.model.config import T5Config  # noqa: E402
-from dss_jax.model.t5 import init_variables  # noqa: E402
+import flops
+import train_data
+
+from dss_jax.model.config import T5Config
+from dss_jax.model.t5 import init_variables
 
 
 def _kernel_sizes(config):
@@ -78,7 +78,7 @@ def test_peak_tflops_by_device_name():
 
 def test_feature_lengths_follow_the_gin_task_files():
     lengths, rows = train_data.feature_lengths("svamp")
-    text = (REPO / "gin" / "tasks" / "svamp.gin").read_text()
+    text = (REPO_ROOT / "gin" / "tasks" / "svamp.gin").read_text()
     assert f'"rationale_targets": {lengths["rationale_targets"]}' in text
     assert f"pack_encoder_length = {rows[0]}" in text and f"pack_decoder_length = {rows[1]}" in text
     with pytest.raises(FileNotFoundError, match="nope.gin"):
@@ -163,7 +163,7 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
 
 def _run(args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -187,7 +187,9 @@ def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
 
 
 def test_make_bench_rejects_unknown_benchmarks():
-    proc = subprocess.run([sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert proc.returncode != 0 and "unknown benchmarks ['nope']" in proc.stderr
 
 
@@ -199,7 +201,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     profile = tmp_path / "profile"
     proc = subprocess.run(
         ["bash", "bench/gpu.sh", "--dry-run", f"--profile_dir={profile}"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         env=env,
@@ -235,7 +237,7 @@ examples, lengths, rows, vocab_size, dataset, source = train_data.load_tokenized
 packed = convert_numpy(examples, lengths, pack=True, pack_encoder_length=rows[0], pack_decoder_length=rows[1])
 print(json.dumps({"examples": [{k: v.tolist() for k, v in ex.items()} for ex in examples],
                   "vocab_size": vocab_size, "rows": packed["encoder_input_tokens"].tolist()}))
-""" % (str(REPO / "bench"), str(REPO))
+""" % (str(REPO_ROOT / "bench"), str(REPO_ROOT))
 
     def run(mode):
         proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=600)
@@ -254,7 +256,7 @@ print(json.dumps({"examples": [{k: v.tolist() for k, v in ex.items()} for ex in 
 
 def test_gpu_script_refuses_without_a_gpu():
     env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
-    proc = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, capture_output=True, text=True, env=env)
+    proc = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "JAX sees no GPU" in proc.stderr and "--dry-run" in proc.stderr
 
 

@@ -2,13 +2,12 @@
 trains, the round-1 student annotates the unlabeled pool, round 2 trains on the union."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
+from conftest import REPO_ROOT
 from dss_jax.data.cache import read_cache
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZES = [
     "--gin.synthetic_config.train_size=60",
     "--gin.synthetic_config.validation_size=8",
@@ -19,7 +18,9 @@ SHORT = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.train.checkpoint_pe
 
 
 def run(args, env):
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -20,12 +20,12 @@ import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import REPO_ROOT
 from dss_jax import checkpoints, cli
 from dss_jax.model import hf_convert
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import init_variables
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = T5Config.preset("tiny", "t5.1.1", vocab_size=64)
 
 

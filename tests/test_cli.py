@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
+from conftest import REPO_ROOT
 from dss_jax import cli
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_user_error_is_one_line_and_exit_2(capsys):
@@ -63,7 +62,9 @@ def test_library_errors_are_user_errors():
 )
 def test_binaries_print_one_line(args):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it for the suite
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     name = args[0].split(".")[-1]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr
@@ -104,7 +105,7 @@ def test_quickstart_make_synthetic_and_import_dss_print_one_line(tmp_path):
             f"--output={tmp_path}/out.jsonl",
         ],
     ):
-        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         name = args[0].split(".")[-1]
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == cli.EXIT_USAGE, (args, proc.stderr)
@@ -119,7 +120,7 @@ def test_library_info_is_hidden_but_own_info_and_warnings_are_not():
     def record(path, level, msg="x"):
         return logging.LogRecord("absl", level, path, 1, msg, None, None)
 
-    own = os.path.join(REPO, "dss_jax", "train_loop.py")
+    own = os.path.join(REPO_ROOT, "dss_jax", "train_loop.py")
     orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/checkpoint_manager.py"
     assert chatter.filter(record(own, logging.INFO))
     assert not chatter.filter(record(orbax, logging.INFO))
@@ -133,14 +134,16 @@ def test_tensorflow_import_prints_nothing_natively():
         "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import tensorflow as tf; tf.constant(1)"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_eval_and_infer_import_no_tensorflow_until_they_run():
     """`--help` and flag errors answer at once: TensorFlow (through seqio) takes seconds to import."""
     code = "import sys, dss_jax.eval, dss_jax.infer; print('tensorflow' in sys.modules, 'seqio' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.stdout.split() == ["False", "False"], proc.stderr
 
 

@@ -1,17 +1,15 @@
 """Importing the paper's released files into the teacher cache."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from dss_jax.data import dss_paper, report, sources
 from dss_jax.data.cache import read_cache
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (dataset, split, records, unparsed, teacher right) over the released files. The teacher
 # accuracies equal the reference's scoring except two svamp train labels written with
@@ -92,7 +90,7 @@ def test_command_line(dss_palm_dir, tmp_path):
         "--output",
         str(out),
     ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert "records=200" in lines and "unparsed=2" in lines
@@ -100,7 +98,7 @@ def test_command_line(dss_palm_dir, tmp_path):
     records = read_cache(out)
     assert len(records) == 200 and records[5].position == 5 and records[5].id == "svamp/test/5"
     # A second run refuses to overwrite silently.
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "already exists" in again.stderr
 
 

@@ -3,11 +3,10 @@
 import shutil
 
 import pytest
+import seqio
 
-seqio = pytest.importorskip("seqio")
-
-from dss_jax.data import vocab  # noqa: E402
-from dss_jax.data.lazy_vocab import LazyVocabulary  # noqa: E402
+from dss_jax.data import vocab
+from dss_jax.data.lazy_vocab import LazyVocabulary
 
 CORPUS = [
     f"Tom has {i} apples and eats {i % 7}. How many are left?\nThe answer is ({i} - {i % 7})." for i in range(300)

@@ -3,7 +3,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -11,10 +10,9 @@ import _eval_toy as toy
 import pytest
 
 import gin
+from conftest import REPO_ROOT
 from dss_jax import gin_utils
 from dss_jax.evaluation import evaluate, load_examples
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def task_gin(env):
 
 
 def run_eval(task_gin, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_gin.parent), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_gin.parent), str(REPO_ROOT)]))
     cmd = [
         sys.executable,
         "-m",
@@ -43,7 +41,7 @@ def run_eval(task_gin, *args):
         "--gin.BATCH_SIZE=4",
         *args,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 
 import gin
+from conftest import REPO_ROOT
 from dss_jax import cli, gin_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FILES = ["runs/train.gin", "models/tiny.gin", "tasks/synthetic.gin"]
 
 
@@ -235,7 +235,7 @@ COMMAND = re.compile(
 def documented_commands():
     """(where, binary, gin files, gin bindings) of every command the docs and gin files show."""
     for pattern in DOCS:
-        for path in sorted(glob.glob(os.path.join(REPO, pattern), recursive=True)):
+        for path in sorted(glob.glob(os.path.join(REPO_ROOT, pattern), recursive=True)):
             text = open(path).read()
             if path.endswith(".gin"):  # commands are in the comments
                 text = "\n".join(
@@ -248,7 +248,7 @@ def documented_commands():
                     files = [a.split("=", 1)[1] for a in args if a.startswith("--gin_file=")]
                     bindings = [a.split("=", 1)[1] for a in args if a.startswith("--gin_bindings=")]
                     if files or bindings:
-                        yield f"{os.path.relpath(path, REPO)}:{lineno}", binary, files, bindings
+                        yield f"{os.path.relpath(path, REPO_ROOT)}:{lineno}", binary, files, bindings
 
 
 def _logical_lines(text):
@@ -296,7 +296,7 @@ TABLE = (  # gin/README.md's table: every file of each column, and the paper's b
             _TRAIN[:1] + [f"models/{os.path.basename(p)}"] + _TRAIN[2:],
             [_DIR],
         )
-        for p in sorted(glob.glob(os.path.join(REPO, "gin/models/*.gin")))
+        for p in sorted(glob.glob(os.path.join(REPO_ROOT, "gin/models/*.gin")))
     ]
     + [
         (
@@ -305,12 +305,12 @@ TABLE = (  # gin/README.md's table: every file of each column, and the paper's b
             _TRAIN[:2] + [f"tasks/{os.path.basename(p)}"],
             [_DIR],
         )
-        for p in sorted(glob.glob(os.path.join(REPO, "gin/tasks/*.gin")))
+        for p in sorted(glob.glob(os.path.join(REPO_ROOT, "gin/tasks/*.gin")))
     ]
     + [
         (f"gin/README.md table {d}/{os.path.basename(p)}", "train", _TRAIN + [f"{d}/{os.path.basename(p)}"], [_DIR])
         for d in ("partitioning", "optimizers")
-        for p in sorted(glob.glob(os.path.join(REPO, f"gin/{d}/*.gin")))
+        for p in sorted(glob.glob(os.path.join(REPO_ROOT, f"gin/{d}/*.gin")))
     ]
     + [
         (f"gin/README.md baseline {s}", "train", _TRAIN, [_DIR, "RATIONALE_WEIGHT = 0.0", f"LABEL_SOURCE = '{s}'"])
@@ -320,7 +320,7 @@ TABLE = (  # gin/README.md's table: every file of each column, and the paper's b
     + [("gin/README.md tp", "train", _TRAIN + ["partitioning/tp.gin"], [_DIR, "NUM_PARTITIONS = 4"])]
     + [
         (f"gin/sweeps/{os.path.basename(p)}", "sweep", [f"sweeps/{os.path.basename(p)}"], ["SWEEP_DIR = '/tmp/s'"])
-        for p in sorted(glob.glob(os.path.join(REPO, "gin/sweeps/*.gin")))
+        for p in sorted(glob.glob(os.path.join(REPO_ROOT, "gin/sweeps/*.gin")))
     ]
     + [
         ("dss_jax/quickstart.py train", "train", ["quickstart.gin"], ["MODEL_DIR = '/tmp/q'", "TRAIN_STEPS = 8"]),
@@ -416,7 +416,7 @@ def test_every_documented_combination_parses(where, binary, files, bindings, bin
 def test_binaries_stop_on_a_misspelt_macro_before_any_work(binary, args, typo, meant, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", f"dss_jax.{binary}", *[a.format(out=out) for a in args], typo]
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr

@@ -4,17 +4,16 @@ warning per input, malformed lines are reported as FILE:LINE."""
 import json
 import logging
 import os
-import pathlib
 import subprocess
 import sys
 
 import _eval_toy as toy
 import pytest
 
+from conftest import REPO_ROOT
 from dss_jax import infer
 from dss_jax.evaluation import evaluate, load_examples
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 LONG = "what about a red apple? " + "and a very very long story about many other things " * 8
 
 
@@ -104,7 +103,7 @@ def test_infer_binary_reports_an_unpaired_surrogate_as_file_and_line(tmp_path):
         "--gin.TASK_FEATURE_LENGTHS={'label_inputs': 8, 'label_targets': 8}",
     ]
     proc = subprocess.run(
-        cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300
+        cmd, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 2, proc.stderr[-4000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -147,8 +146,8 @@ def test_infer_binary_end_to_end(env, tmp_path):
         f"--gin.INFER_INPUT='{source}'",
         f"--gin.INFER_OUTPUT='{out}'",
     ]
-    proc_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_dir), str(REPO)]))
-    proc = subprocess.run(cmd, cwd=REPO, env=proc_env, capture_output=True, text=True, timeout=300)
+    proc_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_dir), str(REPO_ROOT)]))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=proc_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2"] and rows[1]["truncated"] is True

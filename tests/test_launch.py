@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
+from conftest import REPO_ROOT
+
+LAUNCH = REPO_ROOT / "launch"
 SCRIPTS = ["tpu_pod.sh", "slurm_gpu.sbatch", "slurm_task.sh"]
 
 
@@ -130,7 +131,7 @@ def fake_slurm(tmp_path):
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NODELIST": "gpu-node-[007-008]",
         "SLURM_NTASKS": "16",
-        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_SUBMIT_DIR": str(REPO_ROOT),
         "DSS_LOG_DIR": str(tmp_path / "logs"),
         "DRY_RUN": "1",
     }

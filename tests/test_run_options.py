@@ -4,7 +4,6 @@ that the user repeated the training bindings, and refuse a contradiction."""
 
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import _eval_toy as toy
 import pytest
 
 import gin
+from conftest import REPO_ROOT
 from dss_jax import checkpoints, cli
 from dss_jax.data import tasks as dss_tasks
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SINGLE = {"label_target": "rationale_then_label", "validation_fraction": 0.25, "validation_seed": 3}
 
 
@@ -131,7 +130,7 @@ def test_annotate_refuses_a_student_target_the_run_contradicts(single_task_run, 
         f"--output={tmp_path / 'c.jsonl'}",
     ]
     proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO))
+        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("annotate: error: --student_target=two_task but ")

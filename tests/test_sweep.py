@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
 import gin
+from conftest import REPO_ROOT
 from dss_jax import gin_utils, sweep
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, TeacherSample

@@ -1,21 +1,17 @@
 """The dss_synthetic SeqIO task: caches generated on demand, paired examples, the converter, gin."""
 
-import pathlib
-
 import numpy as np
 import pytest
+import seqio
 
 import gin
+import tasks.synthetic  # registers dss_synthetic
+from conftest import REPO_ROOT
+from dss_jax.data import synthetic
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.data.cache import read_cache
+from dss_jax.data.feature_converter import DssFeatureConverter
 
-seqio = pytest.importorskip("seqio")
-
-import tasks.synthetic  # noqa: E402  (registers dss_synthetic)
-from dss_jax.data import synthetic  # noqa: E402
-from dss_jax.data import tasks as dss_tasks  # noqa: E402
-from dss_jax.data.cache import read_cache  # noqa: E402
-from dss_jax.data.feature_converter import DssFeatureConverter  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = tasks.synthetic.TASK_NAME
 LENGTHS = {"label_inputs": 128, "label_targets": 40, "rationale_inputs": 128, "rationale_targets": 128}
 SMALL = [
@@ -37,7 +33,7 @@ def bind(tmp_path):
     def apply(*lines, files=()):
         gin.clear_config()
         for f in files:
-            gin.parse_config_file(str(REPO / f))
+            gin.parse_config_file(str(REPO_ROOT / f))
         gin.parse_config([f"synthetic_cache_dir.directory = '{tmp_path}'", *lines])
         _vocabulary().reset()
 

@@ -4,16 +4,15 @@ import pathlib
 
 import numpy as np
 import pytest
+import seqio
 
 import gin
-
-seqio = pytest.importorskip("seqio")
-
-import tasks.dss  # noqa: E402  (registers the paper's tasks)
-from dss_jax.data import dss_paper, sources, vocab  # noqa: E402
-from dss_jax.data import tasks as dss_tasks  # noqa: E402
-from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample  # noqa: E402
-from dss_jax.data.feature_converter import DssFeatureConverter  # noqa: E402
+import tasks.dss  # registers the paper's tasks
+from conftest import REPO_ROOT
+from dss_jax.data import dss_paper, sources, vocab
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
+from dss_jax.data.feature_converter import DssFeatureConverter
 
 LENGTHS = {"label_inputs": 256, "label_targets": 32, "rationale_inputs": 256, "rationale_targets": 128}
 
@@ -225,11 +224,10 @@ def test_missing_data_dir_is_named(tmp_path):
 
 @pytest.mark.parametrize("dataset", list(sources.DATASETS))
 def test_task_gin_files(dataset):
-    import pathlib
 
     gin.clear_config()
     try:
-        path = pathlib.Path(__file__).resolve().parents[1] / "gin" / "tasks" / f"{dataset}.gin"
+        path = REPO_ROOT / "gin" / "tasks" / f"{dataset}.gin"
         gin.parse_config_file(str(path))
         name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
         lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")

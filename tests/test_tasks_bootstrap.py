@@ -2,15 +2,13 @@
 synthetic round-2 task `dss_synthetic_bootstrap`."""
 
 import pytest
+import seqio
 
 import gin
-
-seqio = pytest.importorskip("seqio")
-
-import tasks.bootstrap  # noqa: E402  (registers dss_synthetic_bootstrap)
-from dss_jax.data import synthetic  # noqa: E402
-from dss_jax.data import tasks as dss_tasks  # noqa: E402
-from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache  # noqa: E402
+import tasks.bootstrap  # registers dss_synthetic_bootstrap
+from dss_jax.data import synthetic
+from dss_jax.data import tasks as dss_tasks
+from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache
 
 
 def write(path, records):

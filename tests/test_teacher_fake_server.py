@@ -5,7 +5,6 @@ it prints, annotate is pointed at it, and SIGTERM / Ctrl-C must stop it with sta
 """
 
 import json
-import pathlib
 import re
 import select
 import signal
@@ -19,17 +18,17 @@ import urllib.request
 import pytest
 import teacher_script as ts
 
+from conftest import REPO_ROOT
 from dss_jax.data import parsers
 from dss_jax.data.cache import read_cache
 from dss_jax.teacher import fake_server
 from dss_jax.teacher.prompts import resolve_template
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SERVER = [sys.executable, "-m", "dss_jax.teacher.fake_server"]
 
 
 def run_cli(cmd, timeout=60):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def start_server():
         # Ctrl-C's default disposition, as in a terminal (a suite run in the background has SIGINT ignored).
         proc = subprocess.Popen(
             SERVER + list(flags),
-            cwd=REPO,
+            cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

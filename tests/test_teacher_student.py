@@ -4,7 +4,6 @@ samples, and the binary resumes after a SIGKILL."""
 
 import functools
 import json
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import _eval_toy as toy
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from dss_jax import infer
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
@@ -22,7 +22,6 @@ from dss_jax.teacher.examples import read_examples
 from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
 from dss_jax.teacher.student_backend import STUDENT_TEMPLATE, StudentBackend, StudentConfig, StudentLoadError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 LENGTHS = {"label_inputs": 24, "label_targets": 6, "rationale_inputs": 24, "rationale_targets": 12}
 LONG = "what about a red apple? " + "and a very long story about a blue car " * 6
 
@@ -231,7 +230,7 @@ def test_binary_sigkill_then_restart_gives_the_in_process_cache(student, tmp_pat
     killed = tmp_path / "killed.jsonl"
     # One prompt in flight and a long batch wait: about 0.3 s per example, time to kill it.
     slow = annotate_cmd(student, killed, "--concurrency=1", "--student_batch_wait=0.3")
-    proc = subprocess.Popen(slow, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(slow, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if killed.exists() and killed.read_bytes().count(b"\n") >= 3:
@@ -242,7 +241,7 @@ def test_binary_sigkill_then_restart_gives_the_in_process_cache(student, tmp_pat
     proc.wait(timeout=10)
     assert 3 <= len(by_id(killed)) < len(expected)
 
-    resumed = subprocess.run(annotate_cmd(student, killed), cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(annotate_cmd(student, killed), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already cached" in resumed.stderr and "done: every input example is in the cache" in resumed.stderr
     assert f"{student['inputs']}:21 (id 'long'): input too long" in resumed.stderr
@@ -252,7 +251,7 @@ def test_binary_sigkill_then_restart_gives_the_in_process_cache(student, tmp_pat
 
 def test_binary_usage_errors(student, tmp_path):
     out = tmp_path / "c.jsonl"
-    run = functools.partial(subprocess.run, cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = functools.partial(subprocess.run, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     missing = run(annotate_cmd({**student, "ckpt": tmp_path / "no_ckpt"}, out))
     assert missing.returncode == 2 and f"{tmp_path / 'no_ckpt'}" in missing.stderr
     both = run(annotate_cmd(student, out, "--task=dss_synthetic", "--split=unlabeled"))

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from conftest import REPO_ROOT, SHARED_DATA
 
 # The binaries train on SVAMP from the paper's files.

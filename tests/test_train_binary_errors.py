@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
 import gin
+from conftest import REPO_ROOT
 from dss_jax import checkpoint_manager, gin_utils, settings, train_loop
 
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
