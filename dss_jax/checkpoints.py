@@ -24,6 +24,11 @@ dir without one is read with the model config its metadata item holds.
         other path is one checkpoint. Every binary that takes a checkpoint (eval, infer,
         annotate, export) resolves it here, so a MODEL_DIR works the same everywhere.
 
+    load_checkpoint(path, dtype=None) -> (T5 model, params, vocab_path_or_None)
+        One checkpoint dir ready to run: ours, or a Hugging Face T5 directory (config.json
+        with a model_type and HF weights) imported on the fly. eval, infer and annotate's
+        student backend load their students here.
+
 Every loader of a dss_jax checkpoint goes through `load_params` (eval, infer, the student
 teacher backend, export, INITIAL_CHECKPOINT_PATH in training), and it checks the stored
 shapes against config.json before reading any weights: a config.json of another size or
@@ -339,6 +344,59 @@ def staged_output_dir(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+# ----- loading a model to run ---------------------------------------------------------------
+
+
+def _is_hf_checkpoint(path: str) -> bool:
+    """A Hugging Face T5 directory (config.json with a model_type, HF weight files)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            is_hf = "model_type" in json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+
+
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def load_checkpoint(path: str, dtype: Optional[str] = None):
+    """(T5 model, params, vocab path or None) of one checkpoint dir (see
+    `select_checkpoints`): ours, or a Hugging Face T5 directory, imported on the fly."""
+    from dss_jax import checkpoint_manager
+    from dss_jax.model.t5 import T5
+
+    if _is_hf_checkpoint(path):
+        from dss_jax.model import hf_convert
+
+        params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
+    else:
+        try:
+            params, config, vocab_path = load_params(path)
+        except FileNotFoundError as e:
+            metadata = os.path.isdir(os.path.join(path, "metadata"))
+            model_config = checkpoint_manager.read_metadata(path).get("model_config") if metadata else None
+            if not model_config or CONFIG_FILE not in str(e):
+                raise
+            # A run dir without config.json: the trainer keeps the model config in the metadata too.
+            params, config, vocab_path = load_params(
+                path,
+                config=T5Config.from_dict(model_config, source=f"{path}/metadata"),
+                config_source=f"the model config in {path}/metadata",
+            )
+    if dtype:
+        config = config.replace(dtype=dtype)
+    return T5(config), params, vocab_path
 
 
 # ----- helpers ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import gin
 from dss_jax import cli, configurables, gin_utils
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
-    from dss_jax.evaluation import DecodeSettings
+    from dss_jax.prediction import DecodeSettings
 
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
@@ -54,11 +54,12 @@ def evaluate_checkpoints(
     dtype: the compute dtype for decoding (None: the checkpoint's own).
     """
     from dss_jax import checkpoint_manager
+    from dss_jax.checkpoints import load_checkpoint, select_checkpoints
     from dss_jax.data import tasks as dss_tasks
-    from dss_jax.evaluation import checkpoints_to_evaluate, evaluate, load_checkpoint, load_examples, write_outputs
+    from dss_jax.evaluation import evaluate, load_examples, write_outputs
     from dss_jax.metrics_writer import MetricsWriter
 
-    chosen = checkpoints_to_evaluate(checkpoint_path, steps)
+    chosen = select_checkpoints(checkpoint_path, steps)
     dss_tasks.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     per_step_dirs = bool(checkpoint_manager.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     examples = None

@@ -1,4 +1,4 @@
-"""Decode-based evaluation: one code path for the eval binary, inference and training.
+"""Decode-based evaluation of a task split: the eval binary's and the train loop's.
 
     examples = load_examples("dss_svamp", "test", feature_lengths)
     result = evaluate(model, params, examples, batch_size=32)   # greedy by default
@@ -6,12 +6,10 @@
     result.metrics  # {"accuracy": ..., "teacher_agreement": ..., "num_examples": ...}
 
 Every example of a split is decoded (`predict: x -> label`, and `explain: x -> rationale`
-when asked) in batches of a fixed size. The last batch is padded with copies of its last
-real row and the padding rows' outputs are dropped; rows never interact in the model or
-in the decoders (each stops at its own EOS), so predictions do not depend on the batch
-size. Labels are judged with `parsers.labels_match` for the task's family: SVAMP
-equations by value with the safe evaluator, every other family by exact text, as the
-reference implementation scores them. When the teacher's label is known (the task's
+when asked) by `prediction.answer`, in batches of a fixed size; predictions do not depend
+on the batch size. Labels are judged with `parsers.labels_match` for the task's family:
+SVAMP equations by value with the safe evaluator, every other family by exact text, as
+the reference implementation scores them. When the teacher's label is known (the task's
 `teacher_label` feature), the student's agreement with its teacher is reported too.
 
 `make_train_eval_hook` wraps the same code for the training loop's `eval_hook`.
@@ -23,145 +21,21 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 import gin
 from dss_jax import files
 from dss_jax.data import parsers
 from dss_jax.data import tasks as dss_tasks
-from dss_jax.model.decoding import DecodeConfig, generate
+from dss_jax.model.decoding import DecodeConfig
+from dss_jax.prediction import DecodeSettings, answer
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
-
-
-# --------------------------------------------------------------------------------------
-# Decoding settings
-# --------------------------------------------------------------------------------------
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-    """How to decode, without the length (that comes from TASK_FEATURE_LENGTHS).
-
-    In gin: `DecodeSettings.method = 'beam'`, `DecodeSettings.num_beams = 4`. Sampling
-    draws with `seed` folded with the batch index, so (unlike greedy and beam search)
-    its results depend on the batch size.
-    """
-
-    method: str = "greedy"  # "greedy" | "beam" | "sample"
-    num_beams: int = 4
-    length_penalty: float = 1.0
-    early_stopping: Union[bool, str] = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def config(self, max_decode_length: int) -> DecodeConfig:
-        return DecodeConfig(
-            max_decode_length=max_decode_length,
-            method=self.method,
-            num_beams=self.num_beams,
-            length_penalty=self.length_penalty,
-            early_stopping=self.early_stopping,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-        )
-
-
-def as_decode_config(decode: Union[DecodeSettings, DecodeConfig, None], max_decode_length: int) -> DecodeConfig:
-    """A DecodeConfig for targets of `max_decode_length` tokens (a given config's length is replaced)."""
-    if decode is None:
-        decode = DecodeSettings()
-    if isinstance(decode, DecodeConfig):
-        return dataclasses.replace(decode, max_decode_length=max_decode_length)
-    return decode.config(max_decode_length)
-
-
-def _seed_of(decode) -> int:
-    return getattr(decode, "seed", 0)
-
-
-# --------------------------------------------------------------------------------------
-# Batched decoding
-# --------------------------------------------------------------------------------------
-
-
-def decode_batches(
-    model,
-    params,
-    encoder_tokens: np.ndarray,
-    config: DecodeConfig,
-    batch_size: int,
-    seed: int = 0,
-    progress: Optional[str] = None,
-) -> np.ndarray:
-    """Decodes every row of `encoder_tokens` [n, enc_len] in batches of `batch_size`.
-
-    Returns the generated tokens [n, max_decode_length] (pad after EOS). The last batch is
-    padded to `batch_size` with copies of its last row, so one shape is compiled.
-    `progress`: a description to show a progress bar under (examples/s, ETA) on process 0.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = encoder_tokens.shape[0]
-    out = np.zeros((n, config.max_decode_length), np.int32)
-    bar = progress_bar(n, progress) if progress else None
-    for index, start in enumerate(range(0, n, batch_size)):
-        rows = encoder_tokens[start : start + batch_size]  # [<=batch, enc_len]
-        real = rows.shape[0]
-        if real < batch_size:
-            rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - real, axis=0)])
-        rng = jax.random.fold_in(jax.random.key(seed), index) if config.method == "sample" else None
-        tokens = generate(model, params, rows, config=config, rng=rng).tokens  # [batch, max_len]
-        if not tokens.is_fully_addressable:
-            # Multi-process training: every process decodes the same rows with the global
-            # (sharded) params, and the tokens come back as a global array.
-            tokens = multihost_utils.process_allgather(tokens, tiled=True)
-        out[start : start + real] = np.asarray(jax.device_get(tokens))[:real]
-        if bar is not None:
-            bar.update(real)
-    if bar is not None:
-        bar.close()
-    return out
-
-
-def progress_bar(total: int, description: str):
-    """A tqdm bar on stderr counting examples (rate and ETA), shown by process 0 only. In a
-    log file rather than a terminal it writes a line every 30 s instead of redrawing."""
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="ex",
-        file=sys.stderr,
-        disable=jax.process_index() != 0,
-        mininterval=0.5 if interactive else 30,
-        dynamic_ncols=interactive,
-        ascii=not interactive,
-    )
-
-
-def tokens_to_texts(vocabulary, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
-    """Texts of generated rows [n, length]: each row up to (without) its first EOS."""
-    texts = []
-    for row in np.asarray(tokens):
-        ids = row.tolist()
-        if eos_id in ids:
-            ids = ids[: ids.index(eos_id)]
-        texts.append(vocabulary.decode([i for i in ids if i != 0]))
-    return texts
 
 
 # --------------------------------------------------------------------------------------
@@ -300,31 +174,20 @@ def evaluate(
         )
     lengths = examples.feature_lengths
     start = time.perf_counter()
-    label_tokens = decode_batches(
+    # The single-task ablation writes its rationale before the label: the label is scored.
+    predictions, rationales = answer(
         model,
         params,
+        examples.vocabulary,
         examples.label_tokens,
-        as_decode_config(decode, lengths["label_targets"]),
-        batch_size,
-        _seed_of(decode),
-        progress=progress and f"{examples.task_name} labels",
+        label_length=lengths["label_targets"],
+        rationale_rows=examples.rationale_tokens if output_rationale else None,
+        rationale_length=lengths["rationale_targets"],
+        single_task=dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label",
+        batch_size=batch_size,
+        decode=decode,
+        progress=examples.task_name if progress else None,
     )
-    predictions = tokens_to_texts(examples.vocabulary, label_tokens)
-    rationales = None
-    if dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label":
-        # The single-task ablation writes its rationale before the label: score the label.
-        rationales, predictions = (list(x) for x in zip(*map(dss_tasks.split_single_task, predictions)))
-    elif output_rationale:
-        rationale_tokens = decode_batches(
-            model,
-            params,
-            examples.rationale_tokens,
-            as_decode_config(decode, lengths["rationale_targets"]),
-            batch_size,
-            _seed_of(decode),
-            progress=progress and f"{examples.task_name} rationales",
-        )
-        rationales = tokens_to_texts(examples.vocabulary, rationale_tokens)
     seconds = time.perf_counter() - start
     correct, metrics = score(examples.family, predictions, examples.targets, examples.teacher_labels)
     metrics["examples_per_second"] = len(examples) / max(seconds, 1e-9)
@@ -378,72 +241,6 @@ def format_table(rows: Mapping[Optional[int], Mapping[str, float]]) -> str:
             cells.append(f"{'-':>19}" if v is None else (f"{int(v):>19d}" if c == "num_examples" else f"{v:>19.4f}"))
         lines.append(f"{'-' if step is None else step:>10}  " + "  ".join(cells))
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints to evaluate
-# --------------------------------------------------------------------------------------
-
-
-def checkpoints_to_evaluate(
-    path: str, steps: Union[str, int, Sequence[int]] = "latest"
-) -> list[tuple[Optional[int], str]]:
-    """[(step or None, checkpoint dir)] for a checkpoint or a training run's model dir: see
-    `checkpoints.select_checkpoints`, where every binary resolves its checkpoint."""
-    from dss_jax import checkpoints
-
-    return checkpoints.select_checkpoints(path, steps)
-
-
-def _is_hf_checkpoint(path: str) -> bool:
-    """A Hugging Face T5 directory (config.json with a model_type, HF weight files)."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config) as f:
-            is_hf = "model_type" in json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return False
-    return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
-
-
-HF_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-def load_checkpoint(path: str, dtype: Optional[str] = None):
-    """(T5 model, params, vocab path or None) of one checkpoint: ours (see
-    `checkpoints_to_evaluate`) or a Hugging Face T5 directory, imported on the fly."""
-    from dss_jax import checkpoint_manager, checkpoints
-    from dss_jax.model.config import T5Config
-    from dss_jax.model.t5 import T5
-
-    if _is_hf_checkpoint(path):
-        from dss_jax.model import hf_convert
-
-        params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
-    else:
-        try:
-            params, config, vocab_path = checkpoints.load_params(path)
-        except FileNotFoundError as e:
-            metadata = os.path.isdir(os.path.join(path, "metadata"))
-            model_config = checkpoint_manager.read_metadata(path).get("model_config") if metadata else None
-            if not model_config or checkpoints.CONFIG_FILE not in str(e):
-                raise
-            # A run dir without config.json: the trainer keeps the model config in the metadata too.
-            params, config, vocab_path = checkpoints.load_params(
-                path,
-                config=T5Config.from_dict(model_config, source=f"{path}/metadata"),
-                config_source=f"the model config in {path}/metadata",
-            )
-    if dtype:
-        config = config.replace(dtype=dtype)
-    return T5(config), params, vocab_path
 
 
 # --------------------------------------------------------------------------------------

@@ -30,10 +30,10 @@ from absl import flags
 
 import gin
 from dss_jax import checkpoints, cli, configurables, files, gin_utils
-from dss_jax.data import jsonl, parsers, sources
+from dss_jax.data import jsonl, parsers
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
-    from dss_jax.evaluation import DecodeSettings
+    from dss_jax.prediction import DecodeSettings
 
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
@@ -80,26 +80,6 @@ def read_inputs(path: str) -> list[RawInput]:
     return out
 
 
-def encode_input(vocabulary, text: str, length: int, separator: bool) -> tuple[np.ndarray, int]:
-    """(token ids [length] padded with 0 and ending in EOS, untrimmed length with EOS).
-
-    Tokenized as the DSS tasks tokenize (`dss_jax.data.tasks`): with `separator`, each
-    literal "</s>" becomes EOS; too long inputs are cut to length-1 tokens plus EOS.
-    """
-    eos = vocabulary.eos_id
-    parts = text.split(sources.EOS_SEPARATOR) if separator else [text]
-    ids: list[int] = []
-    for i, part in enumerate(parts):
-        ids += list(vocabulary.encode(part))
-        if i < len(parts) - 1:
-            ids.append(eos)
-    full = len(ids) + 1
-    ids = ids[: length - 1] + [eos]
-    row = np.zeros((length,), np.int32)
-    row[: len(ids)] = ids
-    return row, full
-
-
 def _vocabulary(vocab_path: Optional[str], task_name: Optional[str]):
     if vocab_path is not None:
         from dss_jax.data import vocab
@@ -135,13 +115,7 @@ def infer_file(
     change the input tokenization ("</s>" -> EOS).
     """
     from dss_jax.data import tasks as dss_tasks
-    from dss_jax.evaluation import (
-        as_decode_config,
-        checkpoints_to_evaluate,
-        decode_batches,
-        load_checkpoint,
-        tokens_to_texts,
-    )
+    from dss_jax.prediction import answer, encode_input
 
     needed = ["label_inputs", "label_targets"] + (["rationale_inputs", "rationale_targets"] if output_rationale else [])
     missing = [k for k in needed if k not in feature_lengths]
@@ -151,7 +125,7 @@ def infer_file(
         family = dss_tasks.task_family(task_name)
     separator = family is not None and parsers.canonical_family(family) in ("anli1", "esnli")
     inputs = read_inputs(input_path)
-    ((_, path),) = checkpoints_to_evaluate(checkpoint_path, "latest")
+    ((_, path),) = checkpoints.select_checkpoints(checkpoint_path, "latest")
     # A student of the single-task ablation answers "rationale So the answer is: label":
     # its run says so, with or without a task named here.
     setting = f"CHECKPOINT_PATH={checkpoint_path}"
@@ -160,7 +134,7 @@ def infer_file(
         label_target = dss_tasks.current_options(task_name).label_target
     else:
         label_target = (checkpoints.run_task(path) or (None, None, {}))[2].get("label_target", "label")
-    model, params, vocab_path = load_checkpoint(path, dtype)
+    model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
     vocabulary = _vocabulary(vocab_path, task_name)
 
     too_long: dict[int, list[str]] = {}  # input index -> what was cut, for one warning per input
@@ -181,7 +155,6 @@ def infer_file(
         logging.warning(
             "%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id, "; ".join(what)
         )
-    seed = getattr(decode, "seed", 0)
     single_task = label_target == "rationale_then_label"
     label_length = feature_lengths["label_targets"]
     if single_task:  # rationale and label in one target, sized as effective_feature_lengths sizes it in training
@@ -191,24 +164,19 @@ def infer_file(
                 "needs 'rationale_targets' to size its answers"
             )
         label_length += feature_lengths["rationale_targets"]
-    tokens = decode_batches(
-        model, params, label_rows, as_decode_config(decode, label_length), batch_size, seed, progress="labels"
+    labels, rationales = answer(
+        model,
+        params,
+        vocabulary,
+        label_rows,
+        label_length=label_length,
+        rationale_rows=rationale_rows,
+        rationale_length=feature_lengths.get("rationale_targets"),
+        single_task=single_task,
+        batch_size=batch_size,
+        decode=decode,
+        progress="",
     )
-    labels = tokens_to_texts(vocabulary, tokens)
-    rationales = None
-    if single_task:  # a student of the single-task ablation writes "rationale So the answer is: label"
-        rationales, labels = (list(x) for x in zip(*map(dss_tasks.split_single_task, labels)))
-    elif rationale_rows is not None:
-        tokens = decode_batches(
-            model,
-            params,
-            rationale_rows,
-            as_decode_config(decode, feature_lengths["rationale_targets"]),
-            batch_size,
-            seed,
-            progress="rationales",
-        )
-        rationales = tokens_to_texts(vocabulary, tokens)
     rows = []
     for i, item in enumerate(inputs):
         row: dict[str, Any] = {"id": item.id, "input": item.input, "label": labels[i]}

@@ -441,13 +441,13 @@ def test_load_params_names_config_json_and_the_first_disagreeing_param(saved, tm
 
 
 def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeypatch):
-    from dss_jax import evaluation, train_loop
+    from dss_jax import train_loop
     from dss_jax.teacher import student_backend
 
     d = _with_config(saved, tmp_path / "ckpt", d_ff=80)
     expect = rf"{d / 'config.json'}".replace(".", r"\.") + r" implies \[32, 80\]"
     with pytest.raises(cli.UserError, match=expect):  # eval and infer
-        evaluation.load_checkpoint(str(d))
+        checkpoints.load_checkpoint(str(d))
     with pytest.raises(cli.UserError, match=expect):  # the student as a teacher backend
         student_backend.StudentBackend(student_backend.StudentConfig(checkpoint=str(d), family="svamp"))
 
@@ -460,14 +460,12 @@ def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeyp
 
 
 def test_a_run_checkpoint_without_config_json_is_checked_against_its_metadata(saved, tmp_path):
-    from dss_jax import evaluation
-
     step = tmp_path / "run" / "checkpoint_5"
     _copy(saved / "params", step / "state")
     (step / "metadata").mkdir()
     (step / "metadata" / "metadata").write_text(json.dumps({"model_config": CONFIG.replace(d_ff=80).to_dict()}))
     with pytest.raises(cli.UserError, match=r"checkpoint_5/metadata implies \[32, 80\] \(d_model, d_ff\)"):
-        evaluation.load_checkpoint(str(step))
+        checkpoints.load_checkpoint(str(step))
 
 
 @pytest.mark.parametrize(
@@ -599,13 +597,7 @@ def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
         select(model_dir / "checkpoint_5", 5)
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"nowhere does not exist \(--checkpoint\)$"):
         select(tmp_path / "nowhere")
-    # eval's name for it still works, with eval's settings.
-    from dss_jax import evaluation
-
-    assert evaluation.checkpoints_to_evaluate(str(model_dir), "all") == [
-        (5, str(model_dir / "checkpoint_5")),
-        (10, str(model_dir / "checkpoint_10")),
-    ]
+    assert select(model_dir, "all") == [(5, str(model_dir / "checkpoint_5")), (10, str(model_dir / "checkpoint_10"))]
 
 
 def test_a_run_step_without_config_json_loads_with_its_metadata_config(saved, tmp_path, params):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import gin
-from dss_jax import evaluation
-from dss_jax.evaluation import DecodeSettings, evaluate, load_examples, score, write_outputs
+from dss_jax import checkpoints, evaluation
+from dss_jax.evaluation import evaluate, load_examples, score, write_outputs
+from dss_jax.prediction import DecodeSettings
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +84,20 @@ def test_svamp_equations_are_judged_by_value_with_the_safe_evaluator():
     assert correct == [True, False] and "teacher_agreement" not in metrics
 
 
-def test_checkpoints_to_evaluate(env):
+def test_select_checkpoints(env):
     run = str(env.trained.run_dir)
-    steps = lambda s: [step for step, _ in evaluation.checkpoints_to_evaluate(run, s)]
+    steps = lambda s: [step for step, _ in checkpoints.select_checkpoints(run, s)]
     assert steps("latest") == [60] and steps("all") == [15, 60] and steps([15]) == [15] and steps(15) == [15]
     with pytest.raises(ValueError, match=r"no checkpoint for step\(s\) \[16\]; it has steps \[15, 60\]"):
         steps([16])
     with pytest.raises(ValueError, match="steps must be"):
         steps("best")
-    assert evaluation.checkpoints_to_evaluate(f"{run}/checkpoint_15") == [(15, f"{run}/checkpoint_15")]
-    assert evaluation.checkpoints_to_evaluate(str(env.params_dir)) == [(None, str(env.params_dir))]
+    assert checkpoints.select_checkpoints(f"{run}/checkpoint_15") == [(15, f"{run}/checkpoint_15")]
+    assert checkpoints.select_checkpoints(str(env.params_dir)) == [(None, str(env.params_dir))]
     with pytest.raises(ValueError, match="needs a model dir"):
-        evaluation.checkpoints_to_evaluate(str(env.params_dir), [1])
+        checkpoints.select_checkpoints(str(env.params_dir), [1])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        evaluation.checkpoints_to_evaluate(f"{run}/nope")
+        checkpoints.select_checkpoints(f"{run}/nope")
 
 
 def test_both_checkpoint_kinds_load_the_trained_params(env):
@@ -104,10 +105,10 @@ def test_both_checkpoint_kinds_load_the_trained_params(env):
 
     want = env.trained.params_by_step[15]
     for path in (f"{env.trained.run_dir}/checkpoint_15",):
-        model, params, vocab_path = evaluation.load_checkpoint(path)
+        model, params, vocab_path = checkpoints.load_checkpoint(path)
         assert model.config == env.trained.config and vocab_path == str(env.trained.run_dir / "spiece.model")
         jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
-    model, params, vocab_path = evaluation.load_checkpoint(str(env.params_dir), dtype="bfloat16")
+    model, params, vocab_path = checkpoints.load_checkpoint(str(env.params_dir), dtype="bfloat16")
     assert model.config.dtype == "bfloat16" and vocab_path == str(env.params_dir / "spiece.model")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, env.trained.params_by_step[60])
 
@@ -121,13 +122,13 @@ def test_hugging_face_dirs_and_run_dirs_without_config_json_load(env, tmp_path):
 
     want = env.trained.params_by_step[15]
     hf_dir = hf_convert.export_hf_checkpoint(want, env.trained.config, tmp_path / "hf", vocab_path=env.spm)
-    model, params, vocab_path = evaluation.load_checkpoint(str(hf_dir))
+    model, params, vocab_path = checkpoints.load_checkpoint(str(hf_dir))
     assert model.config.vocab_size == toy.MODEL_VOCAB and vocab_path == str(hf_dir / "spiece.model")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
     # A run checkpoint whose model dir lost config.json: the metadata item has the config.
     bare = tmp_path / "bare_run" / "checkpoint_15"
     shutil.copytree(env.trained.run_dir / "checkpoint_15", bare)
-    model, params, vocab_path = evaluation.load_checkpoint(str(bare))
+    model, params, vocab_path = checkpoints.load_checkpoint(str(bare))
     assert model.config == env.trained.config and vocab_path is None
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
 

@@ -11,7 +11,7 @@ import _eval_toy as toy
 import pytest
 
 from conftest import REPO_ROOT
-from dss_jax import infer
+from dss_jax import infer, prediction
 from dss_jax.evaluation import evaluate, load_examples
 
 LONG = "what about a red apple? " + "and a very very long story about many other things " * 8
@@ -119,11 +119,11 @@ def test_nli_inputs_split_at_the_separator_like_the_tasks():
             return [3 + ord(c) % 50 for c in s]
 
     a, b, c = (3 + ord(ch) % 50 for ch in "abc")
-    row, full = infer.encode_input(Chars(), "ab</s>c", 8, separator=True)
+    row, full = prediction.encode_input(Chars(), "ab</s>c", 8, separator=True)
     assert row.tolist() == [a, b, 1, c, 1, 0, 0, 0] and full == 5
-    row, full = infer.encode_input(Chars(), "ab</s>c", 8, separator=False)
+    row, full = prediction.encode_input(Chars(), "ab</s>c", 8, separator=False)
     assert row.tolist()[:3] == [a, b, 3 + ord("<") % 50]
-    row, full = infer.encode_input(Chars(), "abcdefghij", 4, separator=False)
+    row, full = prediction.encode_input(Chars(), "abcdefghij", 4, separator=False)
     assert row.tolist() == [a, b, c, 1] and full == 11  # cut to length - 1 tokens, then EOS
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from dss_jax import infer
+from dss_jax import infer, prediction
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
 from dss_jax.data.tasks import LABEL_PREFIX, RATIONALE_PREFIX, split_single_task
@@ -135,7 +135,7 @@ def test_greedy_samples_are_the_infer_binary_outputs_whatever_the_concurrency(st
     assert by_id(tmp_path / "c1.jsonl") == records
     assert usage.requests == len(examples)
     real = sum(
-        np.count_nonzero(infer.encode_input(vocabulary, prefix + e.input, 24, False)[0])
+        np.count_nonzero(prediction.encode_input(vocabulary, prefix + e.input, 24, False)[0])
         for e in examples
         for prefix in (LABEL_PREFIX, RATIONALE_PREFIX)
     )
@@ -164,14 +164,15 @@ def test_sampling_gives_n_samples_reproducibly(student, tmp_path):
 
 def test_single_task_student_output_is_split(student):
     """A single-task student's `predict:` text holds both parts; the backend splits it."""
-    from dss_jax.evaluation import checkpoints_to_evaluate, decode_batches, load_checkpoint, tokens_to_texts
+    from dss_jax.checkpoints import load_checkpoint, select_checkpoints
     from dss_jax.model.decoding import DecodeConfig
+    from dss_jax.prediction import decode_batches, tokens_to_texts
 
     text = "what about a red cup?"
     with backend_for(student, target="single_task") as backend:
         (completion,) = backend.complete(text, 1, 0.0, max_tokens=12)
         row, _ = backend.encode(LABEL_PREFIX + text)
-    ((_, path),) = checkpoints_to_evaluate(str(student["ckpt"]))
+    ((_, path),) = select_checkpoints(str(student["ckpt"]))
     model, params, _ = load_checkpoint(path)
     tokens = decode_batches(model, params, row[None], DecodeConfig(max_decode_length=6 + 12), batch_size=4)
     (decoded,) = tokens_to_texts(backend.vocabulary, tokens)
@@ -184,7 +185,8 @@ def test_nli_inputs_put_eos_between_premise_and_hypothesis(student):
     with backend_for(student, family="anli1") as nli, backend_for(student, family="cqa") as plain:
         text = "a red cup</s>a blue hat"
         row, _ = nli.encode(LABEL_PREFIX + text)
-        assert row.tolist() == infer.encode_input(nli.vocabulary, LABEL_PREFIX + text, 24, separator=True)[0].tolist()
+        expected, _ = prediction.encode_input(nli.vocabulary, LABEL_PREFIX + text, 24, separator=True)
+        assert row.tolist() == expected.tolist()
         real = row[row != 0]
         assert (real == 1).sum() == 2 and real[-1] == 1  # one EOS inside, one at the end
         assert (plain.encode(LABEL_PREFIX + text)[0] == 1).sum() == 1

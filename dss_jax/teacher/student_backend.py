@@ -156,7 +156,7 @@ class StudentBackend:
 
     def encode(self, text: str) -> tuple[np.ndarray, int]:
         """(encoder row [input_length], untrimmed length with EOS), as the DSS tasks tokenize."""
-        from dss_jax.infer import encode_input
+        from dss_jax.prediction import encode_input
 
         with self._encode_lock:  # the SentencePiece processor is loaded lazily on first use
             return encode_input(self.vocabulary, text, self.config.input_length, self._separator)
@@ -303,7 +303,7 @@ class StudentBackend:
 
     def _completion(self, tokens: dict[str, np.ndarray]) -> Completion:
         from dss_jax.data.tasks import single_task_target, split_single_task
-        from dss_jax.evaluation import tokens_to_texts
+        from dss_jax.prediction import tokens_to_texts
 
         eos = self.vocabulary.eos_id
         texts = {task: tokens_to_texts(self.vocabulary, row[None], eos_id=eos)[0] for task, row in tokens.items()}
@@ -324,8 +324,8 @@ def _load(config: StudentConfig):
     """(model, params on device, vocabulary, checkpoint dir) or StudentLoadError naming the path."""
     import jax
 
+    from dss_jax.checkpoints import load_checkpoint, select_checkpoints
     from dss_jax.data import vocab
-    from dss_jax.evaluation import checkpoints_to_evaluate, load_checkpoint
 
     if not os.path.isdir(os.path.expanduser(config.checkpoint)):
         raise StudentLoadError(
@@ -333,7 +333,7 @@ def _load(config: StudentConfig):
             "training run's MODEL_DIR"
         )
     try:
-        ((_, path),) = checkpoints_to_evaluate(config.checkpoint, "latest")
+        ((_, path),) = select_checkpoints(config.checkpoint, "latest")
         model, params, vocab_path = load_checkpoint(path, config.dtype)
     except (FileNotFoundError, ValueError) as e:
         raise StudentLoadError(f"cannot load the student checkpoint {config.checkpoint}: {e}") from None
