@@ -211,7 +211,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     import numpy as np
 
     from dss_jax import losses, optimizers, partitioning
-    from dss_jax.model import layers
+    from dss_jax.model import cpu_tuning
     from dss_jax.model.t5 import T5
     from dss_jax.trainer import Trainer
 
@@ -234,7 +234,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     )
     batch = abstract_batch(config, trainer.batch_sharding)
     # The accelerator's program: without the CPU-only weight-gradient transposes.
-    with trainer.context(), layers.plain_contractions():
+    with trainer.context(), cpu_tuning.plain_contractions():
         lowered = trainer.jitted_train_step().lower(trainer.abstract_state, batch)
     lowered_at = time.time()
     compiled = lowered.compile()

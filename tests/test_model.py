@@ -410,9 +410,9 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     ],
 )
 def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape, n_in, dtype, out_dtype):
-    # layers.project carries its own weight gradient on CPU (an explicit transpose of the
-    # input); it must give what differentiating the plain dot_general gives.
-    from dss_jax.model import layers
+    # layers.project carries its own weight gradient on CPU (cpu_tuning: an explicit
+    # transpose of the input); it must give what differentiating the plain dot_general gives.
+    from dss_jax.model import cpu_tuning, layers
 
     kx, kk, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, x_shape).astype(dtype)
@@ -426,7 +426,7 @@ def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape,
         return jnp.sum(y.astype(jnp.float32) * cotangent)
 
     def ours(x, kernel):
-        assert layers._weight_grad_with_explicit_transpose()  # the custom path, on this CPU
+        assert cpu_tuning.explicit_weight_gradient()  # the custom path, on this CPU
         return jnp.sum(layers.project(x, kernel, n_in, out_dtype).astype(jnp.float32) * cotangent)
 
     (value, grads), (expected_value, expected) = (
@@ -442,11 +442,11 @@ def test_projection_gradients_equal_the_plain_contraction(x_shape, kernel_shape,
 def test_plain_contractions_compile_the_accelerator_weight_gradient():
     # dss_jax.aot compiles on CPU as a stand-in for an accelerator's program: inside
     # plain_contractions() the CPU-only explicit transpose (and its barrier) is left out.
-    from dss_jax.model import layers
+    from dss_jax.model import cpu_tuning, layers
 
     x, kernel = jnp.ones((4, 8)), jnp.ones((8, 16))
     grad_hlo = lambda: jax.jit(jax.grad(lambda k: jnp.sum(layers.project(x, k, 1)))).lower(kernel).as_text()
     assert "optimization_barrier" in grad_hlo()
-    with layers.plain_contractions():
+    with cpu_tuning.plain_contractions():
         assert "optimization_barrier" not in grad_hlo()
     assert "optimization_barrier" in grad_hlo()

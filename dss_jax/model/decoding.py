@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from dss_jax.model import beam_search as beam_lib
+from dss_jax.model import cpu_tuning
 
 PyTree = Any
 TokensToLogits = beam_lib.TokensToLogits
@@ -310,16 +309,6 @@ def _unwrap_params(params: PyTree) -> PyTree:
     return params
 
 
-# XLA:CPU (jaxlib 0.10) hands whole fusions to YNNPACK by default: the dots and also the
-# elementwise and reduction ops around them. In a beam search step it fuses the lm head's
-# [rows, 32128] product with log-softmax's max and subtraction, and that fusion takes 2.5x
-# as long as the product alone (60 vs 24 ms per step on the T5 v1.1-small shape of
-# bench/decode_floor.py, per-thunk profile). Decoding programs on a CPU therefore hand
-# YNNPACK single dots only. Training keeps XLA's default, which measured as fast or faster.
-_YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
-CPU_DECODE_COMPILER_OPTIONS = {_YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
 def _generate_impl(model, config: DecodeConfig, params, encoder_input_tokens, encoder_segment_ids, rng):
     batch_size = encoder_input_tokens.shape[0]
     length = config.max_decode_length
@@ -382,17 +371,12 @@ _generate_jit = jax.jit(_generate_impl, static_argnames=_STATIC)
 
 @functools.cache
 def _generate_jit_for_cpu():
-    """`_generate_impl` jitted with `CPU_DECODE_COMPILER_OPTIONS`, or the plain jit when
-    XLA_FLAGS already chooses YNNPACK's fusions (the user's setting wins) or this jaxlib
-    does not know the option."""
-    if _YNN_FLAG in os.environ.get("XLA_FLAGS", ""):
+    """`_generate_impl` jitted with XLA:CPU's decoding options (`cpu_tuning`), or the plain
+    jit when there are none to give."""
+    options = cpu_tuning.decode_compiler_options()
+    if not options:
         return _generate_jit
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_COMPILER_OPTIONS).lower(1.0).compile()
-    except Exception as e:  # an XLA without the option decodes as before
-        logging.info("decoding with XLA:CPU's default fusions (%s not accepted: %s)", _YNN_FLAG, e)
-        return _generate_jit
-    return jax.jit(_generate_impl, static_argnames=_STATIC, compiler_options=CPU_DECODE_COMPILER_OPTIONS)
+    return jax.jit(_generate_impl, static_argnames=_STATIC, compiler_options=options)
 
 
 def _jit_for(params: PyTree):

@@ -17,10 +17,8 @@ that already contains the relative position bias; `NEG_INF` marks forbidden pair
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
 from typing import Optional
 
 import flax.linen as nn
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dss_jax.model import cpu_tuning
 from dss_jax.model.config import T5Config
 
 # Large but finite: a fully masked row (padding query) softmaxes to uniform, never NaN.
@@ -98,72 +97,10 @@ class Embed(nn.Module):
         )
 
 
-_PLAIN_CONTRACTIONS = False
-
-
-@contextlib.contextmanager
-def plain_contractions():
-    """Traces inside use the plain contraction whatever the backend: for programs compiled
-    on a CPU host as a stand-in for an accelerator's (dss_jax.aot)."""
-    global _PLAIN_CONTRACTIONS
-    before, _PLAIN_CONTRACTIONS = _PLAIN_CONTRACTIONS, True
-    try:
-        yield
-    finally:
-        _PLAIN_CONTRACTIONS = before
-
-
-def _weight_grad_with_explicit_transpose() -> bool:
-    """Whether `project` uses its own weight gradient (below): on XLA:CPU, unless the
-    environment sets DSS_JAX_PLAIN_WEIGHT_GRAD=1 (for comparisons) or inside
-    `plain_contractions()`; accelerators' matmul libraries take transposed operands as
-    they are. Read when a function is traced."""
-    return (
-        jax.default_backend() == "cpu"
-        and not _PLAIN_CONTRACTIONS
-        and os.environ.get("DSS_JAX_PLAIN_WEIGHT_GRAD", "0") != "1"
-    )
-
-
-def _contract(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype) -> jax.Array:
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
-
-
-_project = jax.custom_vjp(_contract, nondiff_argnums=(2, 3))
-
-
-def _project_fwd(x, kernel, n_in, out_dtype):
-    return _project(x, kernel, n_in, out_dtype), (x, kernel)
-
-
-def _project_bwd(n_in, out_dtype, residuals, dy):
-    x, kernel = residuals
-    n_out = kernel.ndim - n_in
-    dy = dy.astype(x.dtype)
-    # dx = dy . kernel^T over the output dims.
-    dx = jax.lax.dot_general(
-        dy, kernel, ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(n_in, kernel.ndim))), ((), ()))
-    )
-    # dW = x^T . dy over all token positions. XLA:CPU's dot wants the contracted dim
-    # minor in its left operand; left to itself it transposes whichever operand it likes,
-    # often dy (the lm head's [tokens, 32128] logits gradient, the gated-GELU gradient) by
-    # fusing a strided transposed write into the elementwise producer of dy, ~20 ns per
-    # element. Transposing x ourselves (the barrier keeps XLA from folding it back into
-    # the dot) costs one tiled transpose of the smaller operand.
-    k_in = math.prod(kernel.shape[:n_in])
-    xt = jax.lax.optimization_barrier(x.reshape(-1, k_in).T)
-    dw = jnp.dot(xt, dy.reshape(-1, math.prod(kernel.shape[n_in:])), preferred_element_type=jnp.float32)
-    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_project.defvjp(_project_fwd, _project_bwd)
-
-
 def project(x: jax.Array, kernel: jax.Array, n_in: int, out_dtype=None) -> jax.Array:
-    """x [..., *in] . kernel [*in, *out] -> [..., *out] (in the inputs' dtype, or `out_dtype`)."""
-    fn = _project if _weight_grad_with_explicit_transpose() else _contract
-    return fn(x, kernel, n_in, out_dtype)
+    """x [..., *in] . kernel [*in, *out] -> [..., *out] (in the inputs' dtype, or `out_dtype`);
+    its gradient is the CPU-tuned one on XLA:CPU (`cpu_tuning.contract`)."""
+    return cpu_tuning.contract(x, kernel, n_in, out_dtype)
 
 
 class LmHead(nn.Module):
