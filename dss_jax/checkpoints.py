@@ -539,12 +539,7 @@ def _find_config(path: pathlib.Path) -> tuple[T5Config, str]:
             f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent directories: put the config.json "
             "the model was trained or converted with next to the checkpoint (or pass config= to load_params)"
         )
-    try:
-        data = json.loads(config_path.read_text())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{config_path} holds a JSON {type(data).__name__}, not a T5Config object")
+    data = files.read_json_object(config_path, CheckpointError, "the T5Config of the checkpoint")
     return _config_from_dict(data, str(config_path)), str(config_path)
 
 

@@ -1,10 +1,12 @@
-"""Writing a file so that nobody sees half of it: a temporary file beside it, then a rename.
+"""Writing a file so that nobody sees half of it (a temporary file beside it, then a rename),
+and reading a JSON object with an error that names the file.
 
     from dss_jax import files
 
     files.atomic_write(path, text)                    # str or bytes
     with files.atomic_output(path) as tmp:            # anything that writes to a path
         CacheWriter(tmp).write_all(records)
+    files.read_json_object(path, MyError, "what it is for")   # a dict, or MyError naming the file
 
 A reader sees the old file or the new one, never a part; a failed or interrupted write
 leaves the old file as it was and no temporary file behind. The temporary name is unique
@@ -16,6 +18,7 @@ safe: the last rename wins.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import uuid
@@ -53,3 +56,17 @@ def atomic_write(path: PathLike, data: Union[str, bytes], *, fsync: bool = False
         else:
             tmp.write_text(data, encoding="utf-8")
     return pathlib.Path(path)
+
+
+def read_json_object(path: PathLike, error: type[Exception], what: str = "") -> dict:
+    """The JSON object in `path`, or `error` naming the file when it is not valid JSON (or
+    UTF-8) or holds something other than an object; `what` says what the file is for."""
+    path = pathlib.Path(path)
+    why = f": {what}" if what else ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise error(f"{path} is not valid JSON ({e}){why}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object{why}")
+    return data

@@ -35,3 +35,21 @@ def test_writers_get_their_own_temporary_files(tmp_path):
         a.write_text("same")
         b.write_text("same")
     assert path.read_text() == "same" and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", r"x\.json is not valid JSON \(.*\): the settings$"),
+        ("[1]", r"x\.json holds a JSON list, not an object"),
+    ],
+)
+def test_read_json_object_names_the_file(tmp_path, text, message):
+    class SettingsError(ValueError):
+        pass
+
+    (tmp_path / "x.json").write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        files.read_json_object(tmp_path / "x.json", SettingsError, "the settings")
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    assert files.read_json_object(tmp_path / "x.json", SettingsError) == {"a": 1}

@@ -45,6 +45,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
@@ -176,13 +177,7 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_json(path: pathlib.Path, what: str) -> dict:
     """A JSON object from `path`, or HFCheckpointError naming it."""
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise HFCheckpointError(f"{path} is not valid JSON ({e}): {what}") from None
-    if not isinstance(data, dict):
-        raise HFCheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object: {what}")
-    return data
+    return files.read_json_object(path, HFCheckpointError, what)
 
 
 def _read_sharded(index_path: pathlib.Path, reader) -> dict[str, np.ndarray]:
