@@ -8,6 +8,8 @@ import atexit
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,6 +29,30 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm"))
+
+
+def run_binary(module: str, *args, timeout: float = 600, check: bool = False, **env):
+    """`python -m MODULE ARGS` from the repository root, as a user runs a binary, with the
+    suite's environment (JAX on CPU, quiet TensorFlow, this checkout importable) changed by
+    `env` (NAME=value; None removes NAME). Returns the CompletedProcess (text output);
+    `check=True` asserts a zero exit and shows the end of stderr otherwise."""
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for name, value in env.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = str(value)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, f"{module} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,7 @@
 """docs/bootstrap.md's three commands, through the real binaries at tiny sizes: round 1
 trains, the round-1 student annotates the unlabeled pool, round 2 trains on the union."""
 
-import os
-import subprocess
-import sys
-
-from conftest import REPO_ROOT
+from conftest import run_binary
 from dss_jax.data.cache import read_cache
 
 SIZES = [
@@ -18,16 +14,11 @@ SHORT = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.train.checkpoint_pe
 
 
 def run(args, env):
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return run_binary(*args, check=True, **env)
 
 
 def test_two_rounds_through_the_binaries(tmp_path):
-    env = dict(os.environ, DSS_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one device is plenty
+    env = dict(DSS_CACHE_DIR=tmp_path / "cache", XLA_FLAGS=None)  # one device is plenty
     round1, round2, student = tmp_path / "round1", tmp_path / "round2", tmp_path / "student.jsonl"
 
     run(

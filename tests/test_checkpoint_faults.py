@@ -10,8 +10,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -20,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import REPO_ROOT
+from conftest import run_binary
 from dss_jax import checkpoints, cli
 from dss_jax.model import hf_convert
 from dss_jax.model.config import T5Config
@@ -61,10 +59,7 @@ def _weights(d):
 
 
 def _run(module, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_binary(module, *args, timeout=300)
 
 
 def _assert_one_line_error(result, name):

@@ -3,9 +3,6 @@
 import functools
 import io
 import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import run_binary
 from dss_jax import checkpoints
 from dss_jax.model import hf_convert
 from dss_jax.model.config import T5Config
@@ -110,10 +107,7 @@ def test_load_params_errors_name_the_path(tmp_path):
 
 
 def _run(module, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_binary(module, *args, timeout=300)
 
 
 def test_convert_and_export_binaries_with_a_seqio_vocabulary(tmp_path, spiece_model):

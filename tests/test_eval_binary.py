@@ -3,14 +3,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import _eval_toy as toy
 import pytest
 
 import gin
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_binary
 from dss_jax import gin_utils
 from dss_jax.evaluation import evaluate, load_examples
 
@@ -31,19 +29,17 @@ def task_gin(env):
 
 
 def run_eval(task_gin, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(task_gin.parent), str(REPO_ROOT)]))
-    cmd = [
-        sys.executable,
-        "-m",
+    pythonpath = os.pathsep.join([str(task_gin.parent), str(REPO_ROOT)])  # the toy task's module too
+    return run_binary(
         "dss_jax.eval",
         "--gin_file=runs/eval.gin",
         f"--gin_file={task_gin}",
         "--gin.BATCH_SIZE=4",
         *args,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+        timeout=300,
+        check=True,
+        PYTHONPATH=pythonpath,
+    )
 
 
 def read_outputs(directory):

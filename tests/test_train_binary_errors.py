@@ -4,41 +4,24 @@ task's gin file, which registers the task without generating any data."""
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 import gin
-from conftest import REPO_ROOT
+from conftest import run_binary
 from dss_jax import checkpoint_manager, gin_utils, settings, train_loop
 
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
 
 
 def run_train(model_dir, *bindings):
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO_ROOT),
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DSS_CACHE_DIR=str(model_dir) + ".no_cache",
-    )  # nothing may be generated before the checks
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dss_jax.train",
-            *TASK_GIN,
-            f"--gin.MODEL_DIR='{model_dir}'",
-            "--gin.TRAIN_STEPS=2",
-            *bindings,
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return run_binary(
+        "dss_jax.train",
+        *TASK_GIN,
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TRAIN_STEPS=2",
+        *bindings,
+        DSS_CACHE_DIR=str(model_dir) + ".no_cache",  # nothing may be generated before the checks
     )
 
 
