@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dss_jax-installed
+LIBTPU := $(VENV)/libtpu/.installed
 PYTEST_ARGS ?=
 # Test files run on this many worker processes (pytest-xdist, each file on one worker so
 # its module fixtures are built once): much of the suite is single-threaded start-up and
@@ -20,6 +21,14 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q -e '.[test,torch,hf]'
 	touch $(STAMP)
 
+# The TPU compiler (jax 0.10.2 pins libtpu 0.0.42), for compiling train steps for TPU
+# topologies on this host (dss_jax.aot --target=tpu:...): beside the venv's packages, not
+# among them, so that only the compiling process loads it (ordinary CPU runs never look
+# for a TPU), and only for make test (the quickstart does not need it).
+$(LIBTPU): $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/libtpu 'libtpu==0.0.42.*'
+	touch $(LIBTPU)
+
 install: $(STAMP)
 
 quickstart: $(STAMP)
@@ -30,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(LIBTPU)
 	DSS_NO_SKIPS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)

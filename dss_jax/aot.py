@@ -28,8 +28,19 @@ The shardings of the compiled executable's inputs and the per-device parameter s
 of its HLO are checked too: no large parameter or optimiser-state tensor may be whole
 (replicated) on a device.
 
-Python API: `AotConfig`, `compile_in_process(config)` (this process's devices must form
-the mesh) and `compile_in_subprocess(config)` (a fresh process with the virtual devices).
+With `--target=tpu:<topology>` (e.g. `tpu:v5e:8x8`, `tpu:v5:4x4x4` for v5p) the TPU
+compiler of libtpu compiles the same step for that topology's compile-only devices
+(`jax.experimental.topologies`; num_devices must be the topology's device count), and
+its figures are the TPU's: its layouts, fusions and scheduler. It refuses a program that
+does not fit the device's HBM; the report then says "does not fit" with the compiler's
+numbers (`fits`, `compiler_message`) instead of failing. Every report names the compiler
+that produced it. libtpu is looked for on the path of the compiling process only
+(`make test` installs it into .venv/libtpu; $DSS_LIBTPU_DIR elsewhere), so that ordinary
+CPU runs never load it.
+
+Python API: `AotConfig`, `compile_in_process(config)` (this process's devices, or the
+target topology's, must form the mesh) and `compile_in_subprocess(config)` (a fresh
+process with the virtual devices, or with libtpu for a TPU target).
 """
 
 from __future__ import annotations
@@ -69,8 +80,13 @@ class AotConfig:
     optimizer: str = "adafactor"  # adafactor | adamw
     num_microbatches: int = 1
     vocab_size: Optional[int] = None  # None: the preset's (32128)
+    # The compiler: "cpu" (XLA:CPU over virtual devices) or "tpu:<topology>", e.g.
+    # "tpu:v5e:8x8" (the TPU compiler of libtpu over compile-only devices of that topology).
+    target: str = "cpu"
 
     def __post_init__(self):
+        if self.target != "cpu" and not (self.target.startswith("tpu:") and len(self.target) > 4):
+            raise ValueError(f"target={self.target!r}: use 'cpu' or 'tpu:<topology>' (e.g. 'tpu:v5e:8x8')")
         if self.num_devices % self.num_partitions:
             raise ValueError(f"num_partitions={self.num_partitions} must divide num_devices={self.num_devices}")
         data = self.num_devices // self.num_partitions
@@ -116,6 +132,9 @@ class AotReport:
     largest_entry_parameter: list  # [elements, "f32[...]"] of the compiled module's per-device inputs
     replicated_large: list  # [[path, shape], ...]: large state tensors whole on a device (should be empty)
     scheduler: str = "memory-optimized"
+    compiler: str = "XLA:CPU"  # which compiler produced the figures
+    fits: bool = True  # False: the compiler refused the program for lack of device memory
+    compiler_message: str = ""  # the compiler's words when it refused
 
     @property
     def total_bytes(self) -> int:
@@ -135,12 +154,16 @@ class AotReport:
 
     def summary(self) -> str:
         c = self.config
+        if not self.fits:
+            where = f"{c.size} {c.rules} mesh {self.mesh_shape} on {self.compiler}"
+            return f"{where}: does not fit: {self.compiler_message}"
         return (
             f"{c.size} ({self.num_params / 1e9:.2f}B params, {c.num_layers or 'all'} layers) {c.rules} "
             f"mesh {self.mesh_shape} batch {c.batch_size}x{c.encoder_length}/{c.decoder_length} "
             f"remat={c.remat_policy} {c.optimizer}: state {self.state_bytes_per_device / GIB:.2f} GiB, "
             f"args {self.argument_bytes / GIB:.2f}, temp {self.temp_bytes / GIB:.2f}, "
-            f"total {self.total_bytes / GIB:.2f} GiB per device; compile {self.compile_seconds:.0f}s; "
+            f"total {self.total_bytes / GIB:.2f} GiB per device ({self.compiler}); "
+            f"compile {self.compile_seconds:.0f}s; "
             f"replicated large tensors: {len(self.replicated_large)}"
         )
 
@@ -205,8 +228,34 @@ def largest_entry_parameter(hlo_text: str) -> list:
     return best
 
 
+def libtpu_dir() -> str:
+    """Where `make test` puts libtpu for TPU compiles ($DSS_LIBTPU_DIR, else <venv>/libtpu):
+    on the path of the compiling process only, so that ordinary CPU runs never load it."""
+    return os.environ.get("DSS_LIBTPU_DIR") or os.path.join(sys.prefix, "libtpu")
+
+
+def target_devices(config: AotConfig) -> tuple[list, str]:
+    """(devices to compile for, the compiler's name) of `config.target`."""
+    import jax
+
+    if config.target == "cpu":
+        return list(jax.devices()), "XLA:CPU"
+    from jax.experimental import topologies
+
+    topology = config.target[len("tpu:") :]
+    try:
+        devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    except Exception as e:  # no libtpu, or a name it does not know
+        raise RuntimeError(
+            f"target={config.target!r}: no TPU compiler for topology {topology!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); install libtpu (make test puts it in {libtpu_dir()})"
+        ) from None
+    return devices, f"TPU compiler ({topology}, {devices[0].device_kind})"
+
+
 def compile_in_process(config: AotConfig, devices=None) -> AotReport:
-    """Compiles the train step for a mesh over `devices` (default: all of this process's)."""
+    """Compiles the train step for a mesh over `devices` (default: those of `config.target`:
+    this process's, or a TPU topology's compile-only devices)."""
     import jax
     import numpy as np
 
@@ -215,11 +264,18 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     from dss_jax.model.t5 import T5
     from dss_jax.trainer import Trainer
 
-    devices = list(jax.devices() if devices is None else devices)
+    compiler = "XLA:CPU"
+    if devices is None:
+        devices, compiler = target_devices(config)
+    devices = list(devices)
     if len(devices) != config.num_devices:
         raise ValueError(
-            f"AotConfig.num_devices={config.num_devices} but {len(devices)} devices are visible; "
-            "use compile_in_subprocess, which starts a process with that many virtual devices"
+            f"AotConfig.num_devices={config.num_devices} but {len(devices)} devices are visible"
+            + (
+                f" in {config.target}: set num_devices={len(devices)}"
+                if config.target != "cpu"
+                else "; use compile_in_subprocess, which starts a process with that many virtual devices"
+            )
         )
     start = time.time()
     mesh = partitioning.make_mesh(config.num_partitions, devices)
@@ -237,7 +293,12 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     with trainer.context(), cpu_tuning.plain_contractions():
         lowered = trainer.jitted_train_step().lower(trainer.abstract_state, batch)
     lowered_at = time.time()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # the TPU compiler refuses a program that does not fit its HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return _does_not_fit(config, trainer, mesh, compiler, str(e), lowered_at - start, time.time() - lowered_at)
     compiled_at = time.time()
 
     memory = compiled.memory_analysis()
@@ -262,7 +323,39 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
         compile_seconds=round(compiled_at - lowered_at, 1),
         largest_entry_parameter=largest_entry_parameter(compiled.as_text()),
         replicated_large=replicated_large_tensors(state, state_shardings, trainer.model.config.d_model),
-        scheduler="memory-optimized" if MEMORY_SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "") else "default",
+        scheduler=(
+            "memory-optimized"
+            if compiler == "XLA:CPU" and MEMORY_SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "")
+            else "default"
+        ),
+        compiler=compiler,
+    )
+
+
+def _does_not_fit(config, trainer, mesh, compiler, message, lower_seconds, compile_seconds) -> AotReport:
+    import jax
+
+    words = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    start = words.find("RESOURCE_EXHAUSTED")
+    num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(trainer.abstract_params))
+    return AotReport(
+        config=config,
+        num_params=int(num_params),
+        mesh_shape=dict(mesh.shape),
+        state_bytes_per_device=0,
+        argument_bytes=0,
+        output_bytes=0,
+        alias_bytes=0,
+        temp_bytes=0,
+        generated_code_bytes=0,
+        lower_seconds=round(lower_seconds, 1),
+        compile_seconds=round(compile_seconds, 1),
+        largest_entry_parameter=[],
+        replicated_large=[],
+        scheduler="default",
+        compiler=compiler,
+        fits=False,
+        compiler_message=words[start : start + 600],
     )
 
 
@@ -283,6 +376,17 @@ def subprocess_env(num_devices: int, memory_scheduler: bool = True) -> dict:
     return env
 
 
+def tpu_env() -> dict:
+    """The environment of a process that compiles for a TPU topology: libtpu importable
+    (from `libtpu_dir()`), JAX itself on the CPU (the TPU devices are compile-only)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no pod to discover: libtpu need not look
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [repo, libtpu_dir()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) -> AotReport:
     """Runs `python -m dss_jax.aot` for `config` in a fresh process with the virtual devices.
 
@@ -295,7 +399,7 @@ def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) ->
         for memory_scheduler in (True, False):
             proc = subprocess.run(
                 cmd,
-                env=subprocess_env(config.num_devices, memory_scheduler),
+                env=tpu_env() if config.target != "cpu" else subprocess_env(config.num_devices, memory_scheduler),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -334,7 +438,7 @@ def main(argv=None) -> int:
             raise SystemExit(
                 f"jax is already initialised with {jax.device_count()} devices, not --num_devices={config.num_devices}"
             )
-    else:
+    elif config.target == "cpu":
         os.environ.update(
             {
                 k: v
@@ -342,6 +446,11 @@ def main(argv=None) -> int:
                 if k in ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
             }
         )
+    else:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        if os.path.isdir(libtpu_dir()):  # make test's libtpu, for this process only
+            sys.path.insert(0, libtpu_dir())
     report = compile_in_process(config)
     print(report.summary(), flush=True)
     if json_out:

@@ -5,6 +5,7 @@ The full XL/XXL table is launch/memory_table.py (minutes per row); these tests c
 small layer counts so that they fit the suite's budget."""
 
 import math
+import re
 
 import pytest
 
@@ -122,3 +123,42 @@ def test_xl_layers_on_64_devices_fit_with_the_state_sharded():
     # embeddings + lm head dominate at 2 layers; their per-device share is 1/64 of them
     assert r.largest_entry_parameter[0] == cfg.vocab_size * cfg.d_model // 64
     assert math.isclose(r.alias_bytes, r.state_bytes_per_device)
+
+
+# The same small model compiled by the TPU compiler (libtpu, which make test installs
+# beside the venv) for a 2x2 v5e topology: compile-only devices, no TPU needed.
+TPU = dict(SMALL, rules="fsdp_tp", num_partitions=2, num_devices=4, batch_size=8, target="tpu:v5e:2x2")
+
+
+@pytest.fixture(scope="module")
+def tpu_v5e():
+    return aot.compile_in_subprocess(aot.AotConfig(**TPU), timeout=900)
+
+
+def test_the_tpu_compiler_compiles_the_train_step_for_a_v5e_topology(tpu_v5e):
+    r = tpu_v5e
+    assert r.fits and r.compiler.startswith("TPU compiler (v5e:2x2, TPU v5")
+    assert r.mesh_shape == {"data": 2, "model": 2} and r.replicated_large == []
+    # The state is donated; TPU layouts tile small arrays, so its buffers can be larger
+    # than the shards' element counts say.
+    assert r.alias_bytes >= r.state_bytes_per_device > 0
+    assert r.argument_bytes >= r.alias_bytes and 0 < r.temp_bytes < 1 << 30
+    assert "TPU compiler" in r.summary()
+
+
+def test_a_target_is_cpu_or_a_tpu_topology():
+    with pytest.raises(ValueError, match=r"target='gpu': use 'cpu' or 'tpu:<topology>'"):
+        aot.AotConfig(**SMALL, num_devices=64, target="gpu")
+    assert "--target=tpu:v5e:2x2" in aot.AotConfig(**TPU).flags()
+
+
+def test_a_program_that_does_not_fit_is_reported_with_the_compilers_numbers():
+    # 512 rows of 2048+2048 tokens without rematerialisation: hundreds of GiB of
+    # activations against v5e's 16 GiB of HBM. The TPU compiler refuses it; the report
+    # says so instead of failing.
+    big = dict(TPU, batch_size=512, encoder_length=2048, decoder_length=2048, remat_policy="none")
+    r = aot.compile_in_subprocess(aot.AotConfig(**big), timeout=900)
+    assert not r.fits and r.total_bytes == 0
+    refusal = r"RESOURCE_EXHAUSTED: Ran out of memory on HBM.*exceeds available HBM \(15\.75G\)"
+    assert re.match(refusal, r.compiler_message), r.compiler_message
+    assert "does not fit: RESOURCE_EXHAUSTED" in r.summary()
