@@ -195,7 +195,8 @@ def answer(
     single_task: the student was trained on the single-task ablation, whose answer to
     "predict:" is "rationale So the answer is: label" (label_length then covers both):
     it is split into the rationale and the label, and rationale_rows are not decoded.
-    progress: a description prefix for a progress bar per pass ("" for none); None: no bars.
+    progress: a progress bar per pass, named "<progress> labels" / "<progress> rationales"
+    (with "": just "labels" / "rationales"); None: no bars.
     """
     from dss_jax.data.tasks import split_single_task
 
