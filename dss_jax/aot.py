@@ -371,8 +371,14 @@ def subprocess_env(num_devices: int, memory_scheduler: bool = True) -> dict:
     if memory_scheduler:
         flags.append(MEMORY_SCHEDULER_FLAG)
     env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    return _with_paths(env)
+
+
+def _with_paths(env: dict, *extra: str) -> dict:
+    """`env` with this checkout (and `extra` directories) first on PYTHONPATH."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [repo, *extra] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
@@ -381,10 +387,7 @@ def tpu_env() -> dict:
     (from `libtpu_dir()`), JAX itself on the CPU (the TPU devices are compile-only)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no pod to discover: libtpu need not look
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [repo, libtpu_dir()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+    return _with_paths(env, libtpu_dir())
 
 
 def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) -> AotReport:

@@ -160,6 +160,21 @@ def train(
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
+        def evaluate_now():
+            evaluate(
+                trainer,
+                state.params,
+                eval_batches_fn,
+                task_name,
+                task_feature_lengths,
+                local_batch_size,
+                eval_split,
+                eval_batches_limit,
+                eval_writer,
+                step,
+                eval_hook,
+            )
+
         def save(at_step: int):
             ckpt.save(at_step, state, {**metadata, "step": at_step, "input_position": position})
             logging.info("step %d: checkpoint -> %s", at_step, checkpoint_manager.step_dir(model_dir, at_step))
@@ -200,33 +215,9 @@ def train(
                     ckpt.close()
                     raise Preempted()
                 if eval_period and step % eval_period == 0 and step < train_steps:
-                    evaluate(
-                        trainer,
-                        state.params,
-                        eval_batches_fn,
-                        task_name,
-                        task_feature_lengths,
-                        local_batch_size,
-                        eval_split,
-                        eval_batches_limit,
-                        eval_writer,
-                        step,
-                        eval_hook,
-                    )
+                    evaluate_now()
             if eval_period:
-                evaluate(
-                    trainer,
-                    state.params,
-                    eval_batches_fn,
-                    task_name,
-                    task_feature_lengths,
-                    local_batch_size,
-                    eval_split,
-                    eval_batches_limit,
-                    eval_writer,
-                    step,
-                    eval_hook,
-                )
+                evaluate_now()
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             ckpt.close()

@@ -55,6 +55,32 @@ def run_binary(module: str, *args, timeout: float = 600, check: bool = False, **
     return proc
 
 
+def write_parity_task_files(directory: pathlib.Path, num_records: int) -> tuple[pathlib.Path, pathlib.Path]:
+    """(train cache, SentencePiece model) of a toy task: "Is <i> even?" -> yes/no, with a
+    one-line rationale per record; register it with `dss_tasks.register_cache_task`."""
+    from dss_jax.data import vocab
+    from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
+
+    train = directory / "train.jsonl"
+    with CacheWriter(train) as w:
+        for i in range(num_records):
+            answer = ["yes", "no"][i % 2]
+            w.write(
+                CacheRecord(
+                    id=f"t{i}",
+                    input=f"Is {i} even?",
+                    label=answer,
+                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", answer),),
+                )
+            )
+    spm = vocab.train_vocabulary(
+        [f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
+        directory / "v.model",
+        vocab.VocabSettings(vocab_size=400),
+    )
+    return train, spm
+
+
 @pytest.fixture(scope="session")
 def dss_palm_dir():
     """The paper's released files (read-only, never copied into the repo)."""

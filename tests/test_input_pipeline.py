@@ -5,10 +5,10 @@ import contextlib
 import numpy as np
 import pytest
 
+from conftest import write_parity_task_files
 from dss_jax import input_pipeline
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data import vocab
-from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
 
 LENGTHS = {"label_inputs": 48, "label_targets": 8, "rationale_inputs": 48, "rationale_targets": 32}
 
@@ -16,22 +16,7 @@ LENGTHS = {"label_inputs": 48, "label_targets": 8, "rationale_inputs": 48, "rati
 @pytest.fixture(scope="module")
 def task_name(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    train = tmp / "train.jsonl"
-    with CacheWriter(train) as w:
-        for i in range(40):
-            w.write(
-                CacheRecord(
-                    id=f"t{i}",
-                    input=f"Is {i} even?",
-                    label=["yes", "no"][i % 2],
-                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),),
-                )
-            )
-    spm = vocab.train_vocabulary(
-        [f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
-        tmp / "v.model",
-        vocab.VocabSettings(vocab_size=400),
-    )
+    train, spm = write_parity_task_files(tmp, 40)
     dss_tasks.register_cache_task(
         "pipeline_parity",
         train_cache=train,

@@ -8,7 +8,7 @@ import seqio
 
 import gin
 import tasks.dss  # registers the paper's tasks
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_parity_task_files
 from dss_jax.data import dss_paper, sources, vocab
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
@@ -164,22 +164,7 @@ def test_nli_inputs_join_premise_and_hypothesis_with_eos(bind):
 
 
 def test_register_cache_task_in_a_few_lines(tmp_path):
-    train = tmp_path / "train.jsonl"
-    with CacheWriter(train) as w:
-        for i in range(20):
-            w.write(
-                CacheRecord(
-                    id=f"t{i}",
-                    input=f"Is {i} even?",
-                    label=["yes", "no"][i % 2],
-                    samples=(TeacherSample(f"{i} mod 2 is {i % 2}.", ["yes", "no"][i % 2]),),
-                )
-            )
-    spm = vocab.train_vocabulary(
-        [f"predict: explain: Is {i} even? yes no mod is" for i in range(50)],
-        tmp_path / "v.model",
-        vocab.VocabSettings(vocab_size=400),
-    )
+    train, spm = write_parity_task_files(tmp_path, 20)
     task = dss_tasks.register_cache_task(
         "my_parity",
         train_cache=train,
