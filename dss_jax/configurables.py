@@ -11,8 +11,6 @@ overrides), so a converted Hugging Face checkpoint cannot be paired with the wro
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping, Optional
 
 import gin
@@ -40,20 +38,16 @@ def model_config(
     # the user wrote, so it is reported as one.
     try:
         if checkpoint_path:
-            from dss_jax.checkpoints import find_config
+            from dss_jax import checkpoints
 
-            path = find_config(checkpoint_path) or os.path.join(checkpoint_path, "config.json")
-            if not os.path.exists(path):
-                raise ModelConfigError(
-                    f"{path} not found: INITIAL_CHECKPOINT_PATH must be a directory written by "
-                    "`python -m dss_jax.convert` or a training run"
-                )
             try:
-                with open(path) as f:
-                    raw = json.load(f)
-            except ValueError as e:
-                raise ModelConfigError(f"{path} is not valid JSON ({e}); re-create the checkpoint") from None
-            base = T5Config.from_dict(raw, source=path)
+                base, _ = checkpoints.read_config(checkpoint_path)
+            except checkpoints.CheckpointNotFoundError:
+                raise ModelConfigError(
+                    f"{checkpoint_path} has no config.json (in it or its training run's MODEL_DIR): "
+                    "INITIAL_CHECKPOINT_PATH must be a directory written by `python -m dss_jax.convert` "
+                    "or a training run"
+                ) from None
             return base.replace(**{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
         return T5Config.preset(size, variant, **overrides)
     except (ValueError, TypeError) as e:

@@ -53,21 +53,20 @@ def evaluate_checkpoints(
 
     dtype: the compute dtype for decoding (None: the checkpoint's own).
     """
-    from dss_jax import checkpoint_manager
-    from dss_jax.checkpoints import load_checkpoint, select_checkpoints
+    from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.evaluation import evaluate, load_examples, write_outputs
     from dss_jax.metrics_writer import MetricsWriter
 
-    chosen = select_checkpoints(checkpoint_path, steps)
+    chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
     dss_tasks.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
-    per_step_dirs = bool(checkpoint_manager.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
+    per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     examples = None
     writer = MetricsWriter(output_dir)
     results: dict[Optional[int], dict[str, float]] = {}
     try:
         for step, path in chosen:
-            model, params, vocab_path = load_checkpoint(path, dtype)
+            model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
             if examples is None:
                 dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
                 examples = load_examples(task_name, split, feature_lengths, max_examples)

@@ -8,7 +8,7 @@ loss with the step named and the last good state saved.
 
 Before anything is written, every setting is checked (`check_settings`; the binary also
 checks gin's bindings, `check_gin_settings`, before any configurable is built) and the
-run directory is locked against a second trainer (`checkpoint_manager.RunLock`). On a
+run directory is locked against a second trainer (`checkpoints.RunLock`). On a
 resume, the metrics of the steps after the restored checkpoint are superseded
 (metrics_writer), so every step has one value.
 """
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 import gin
-from dss_jax import checkpoint_manager, input_pipeline, losses, optimizers, partitioning, settings
+from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitioning, settings
 from dss_jax.cli import UserError
 from dss_jax.metrics_writer import MetricsWriter, Progress
 from dss_jax.trainer import DROPOUT_RNGS, Trainer
@@ -105,19 +105,11 @@ def train(
             batch_args = {"batch_size": local_batch_size}
         if eval_hook is not None and getattr(eval_hook, "model", False) is None:
             eval_hook.model = model  # the hook decodes with the loop's own model
-        ckpt = checkpoint_manager.RunCheckpointer(
+        ckpt = checkpoints.RunCheckpointer(
             model_dir, keep=keep_checkpoints, save_period=checkpoint_period, asynchronous=async_checkpointing
         )
         state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
         step = int(state.step)
-        metadata = {
-            "model_config": _model_config_json(model),
-            "task_name": task_name,
-            "task_feature_lengths": dict(task_feature_lengths),
-            "rationale_weight": loss_config.rationale_weight,
-            "batch_size": batch_size,
-            "batch_unit": batch_unit,
-        }
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name)
         # Steps after the restored one are recomputed: their old records are superseded.
@@ -176,8 +168,8 @@ def train(
             )
 
         def save(at_step: int):
-            ckpt.save(at_step, state, {**metadata, "step": at_step, "input_position": position})
-            logging.info("step %d: checkpoint -> %s", at_step, checkpoint_manager.step_dir(model_dir, at_step))
+            ckpt.save(at_step, state, {"step": at_step, "input_position": position})
+            logging.info("step %d: checkpoint -> %s", at_step, checkpoints.step_dir(model_dir, at_step))
 
         last_logged: dict[str, float] = {}
         window: list[dict] = []
@@ -198,7 +190,7 @@ def train(
                     ckpt.wait()
                     raise NonFiniteLossError(
                         f"non-finite loss or gradients at step {step + 1} (loss={float(metrics['loss'])}); "
-                        f"the last good state (step {step}) is saved in {checkpoint_manager.step_dir(model_dir, step)}"
+                        f"the last good state (step {step}) is saved in {checkpoints.step_dir(model_dir, step)}"
                     )
                 step += 1
                 window.append(metrics)
@@ -339,8 +331,6 @@ def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Opti
     if not initial_checkpoint_path:
         return None
     # A converted checkpoint, a run's checkpoint_<step> dir, or a run's MODEL_DIR (its latest).
-    from dss_jax import checkpoints
-
     if not os.path.isdir(initial_checkpoint_path):
         raise settings.SettingError(
             f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
@@ -404,22 +394,22 @@ def _local_examples(batch_size: int, num_microbatches: int, mesh) -> tuple[int, 
 
 @contextlib.contextmanager
 def _lock_run_dir(model_dir: str):
-    """Process 0 holds MODEL_DIR's lock (checkpoint_manager.RunLock) while the body runs;
+    """Process 0 holds MODEL_DIR's lock (checkpoints.RunLock) while the body runs;
     on a multi-host run every process learns whether it could, so that all stop together
     when it could not."""
-    lock = checkpoint_manager.RunLock(model_dir)
+    lock = checkpoints.RunLock(model_dir)
     error = None
     if jax.process_index() == 0:
         try:
             lock.acquire()
-        except checkpoint_manager.RunLockedError as e:
+        except checkpoints.RunLockedError as e:
             error = e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
         if int(refused) and error is None:
-            raise checkpoint_manager.RunLockedError(
+            raise checkpoints.RunLockedError(
                 f"{model_dir} is in use by another trainer (process 0 could not lock it; see its log)"
             )
     if error is not None:
@@ -430,7 +420,7 @@ def _lock_run_dir(model_dir: str):
         lock.release()  # a no-op where this process does not hold it
 
 
-def _initial_state(trainer: Trainer, ckpt: checkpoint_manager.RunCheckpointer, initial_checkpoint_path):
+def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_checkpoint_path):
     latest = ckpt.latest_step()
     if latest is not None:
         state, meta = ckpt.restore(latest, trainer.abstract_state)
@@ -438,8 +428,6 @@ def _initial_state(trainer: Trainer, ckpt: checkpoint_manager.RunCheckpointer, i
         logging.info("resumed from %s (step %d, input position %d)", ckpt.directory, latest, position)
         return state, position
     if initial_checkpoint_path:
-        from dss_jax import checkpoints
-
         params, _, _ = checkpoints.load_params(initial_checkpoint_path)
         logging.info("initialised from %s", initial_checkpoint_path)
         return trainer.state_from_params(params), 0
@@ -459,7 +447,6 @@ def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> Non
     """Finetuning a pretrained checkpoint tokenizes with the checkpoint's own spiece.model
     (convert stores it): a vocabulary trained anew would feed its embeddings other token
     ids. Another vocabulary only when `task_vocabulary.spm_path` says so explicitly."""
-    from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
 
     vocab_path = checkpoints.find_vocabulary(initial_checkpoint_path)
@@ -492,13 +479,11 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
 
 
 def _write_run_files(model_dir: str, model, task_name: str) -> None:
-    """config.json (the model), spiece.model (the task's vocabulary), task.json (the task
-    options it trains with) and config.gin in MODEL_DIR, so eval, infer and export rebuild
-    everything from the directory alone. A run resumed with other task options is refused."""
+    """The run's config.json, spiece.model, task.json and config.gin (checkpoints.run), so
+    eval, infer and export rebuild everything from MODEL_DIR alone. A run resumed with other
+    task options is refused."""
     import dataclasses
-    import shutil
 
-    from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
 
     options = dataclasses.asdict(dss_tasks.current_options(task_name))
@@ -511,28 +496,14 @@ def _write_run_files(model_dir: str, model, task_name: str) -> None:
             f"{task_name!r}, {', '.join(f'{k}={options.get(k)!r}' for k in changed)}): resume with the run's "
             "settings, or train in a new MODEL_DIR"
         )
-    os.makedirs(model_dir, exist_ok=True)
-    checkpoints.write_run_task(model_dir, task_name, options)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
-    if getattr(model, "config", None) is not None:
-        with open(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(model.config.to_json())
-    vocab_file = task_vocabulary_file(task_name)
-    if vocab_file and os.path.exists(vocab_file):
-        shutil.copyfile(vocab_file, os.path.join(model_dir, "spiece.model"))
-
-
-def _model_config_json(model) -> dict:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return {}
-    import dataclasses
-
-    return {
-        k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
-        for k, v in dataclasses.asdict(cfg).items()
-    }
+    checkpoints.write_run_files(
+        model_dir,
+        getattr(model, "config", None),
+        task_name,
+        options,
+        vocab_file=task_vocabulary_file(task_name),
+        gin_config=gin.config_str(),
+    )
 
 
 def _summarise(window: list[dict], seconds: float) -> dict[str, float]:

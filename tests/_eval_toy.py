@@ -95,7 +95,7 @@ def train_student(task, devices, run_dir: pathlib.Path, spm: pathlib.Path, steps
     import jax
 
     from dss_jax import losses, optimizers, partitioning
-    from dss_jax.checkpoint_manager import RunCheckpointer
+    from dss_jax.checkpoints import RunCheckpointer
     from dss_jax.data.feature_converter import convert_numpy
     from dss_jax.model.config import T5Config
     from dss_jax.model.t5 import T5
@@ -127,7 +127,7 @@ def train_student(task, devices, run_dir: pathlib.Path, spm: pathlib.Path, steps
         state, _ = trainer.train_step(state, trainer.global_batch({k: v[idx] for k, v in rows.items()}))
         if step in steps:
             saved[step] = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
-            ckpt.save(step, state, {"step": step, "input_position": step, "model_config": config.to_dict()})
+            ckpt.save(step, state, {"step": step, "input_position": step})
     ckpt.close()
     return TrainedToy(model=model, config=config, params_by_step=saved, run_dir=run_dir)
 

@@ -454,12 +454,17 @@ def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeyp
         train_loop._initial_state(None, NoRunYet(), str(d))
 
 
-def test_a_run_checkpoint_without_config_json_is_checked_against_its_metadata(saved, tmp_path):
-    step = tmp_path / "run" / "checkpoint_5"
+def test_a_run_step_copied_without_its_config_json_is_refused_with_the_fix(saved, tmp_path):
+    """One config.json describes a run's steps (in MODEL_DIR); a step dir taken away from
+    it cannot be read as some other model: every loader says which file to bring along."""
+    step = tmp_path / "copied" / "checkpoint_5"
     _copy(saved / "params", step / "state")
     (step / "metadata").mkdir()
-    (step / "metadata" / "metadata").write_text(json.dumps({"model_config": CONFIG.replace(d_ff=80).to_dict()}))
-    with pytest.raises(cli.UserError, match=r"checkpoint_5/metadata implies \[32, 80\] \(d_model, d_ff\)"):
+    (step / "metadata" / "metadata").write_text(json.dumps({"step": 5, "input_position": 5}))
+    expect = rf"no config\.json in {step} or its 3 parent directories: put the config\.json"
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect):
+        checkpoints.load_params(step)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect):
         checkpoints.load_checkpoint(str(step))
 
 
@@ -593,15 +598,3 @@ def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"nowhere does not exist \(--checkpoint\)$"):
         select(tmp_path / "nowhere")
     assert select(model_dir, "all") == [(5, str(model_dir / "checkpoint_5")), (10, str(model_dir / "checkpoint_10"))]
-
-
-def test_a_run_step_without_config_json_loads_with_its_metadata_config(saved, tmp_path, params):
-    """The trainer keeps the model config in each step's metadata item too: every loader
-    (load_params, so export as well as eval) falls back on it when config.json is gone."""
-    step = tmp_path / "run" / "checkpoint_5"
-    _copy(saved / "params", step / "state")
-    (step / "metadata").mkdir()
-    (step / "metadata" / "metadata").write_text(json.dumps({"model_config": CONFIG.to_dict()}))
-    loaded, config, _ = checkpoints.load_params(step)
-    jax.tree.map(np.testing.assert_array_equal, loaded, params)
-    assert config == CONFIG

@@ -113,7 +113,7 @@ def test_both_checkpoint_kinds_load_the_trained_params(env):
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, env.trained.params_by_step[60])
 
 
-def test_hugging_face_dirs_and_run_dirs_without_config_json_load(env, tmp_path):
+def test_hugging_face_dirs_load_and_run_dirs_without_config_json_do_not(env, tmp_path):
     import shutil
 
     import jax
@@ -125,12 +125,11 @@ def test_hugging_face_dirs_and_run_dirs_without_config_json_load(env, tmp_path):
     model, params, vocab_path = checkpoints.load_checkpoint(str(hf_dir))
     assert model.config.vocab_size == toy.MODEL_VOCAB and vocab_path == str(hf_dir / "spiece.model")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
-    # A run checkpoint whose model dir lost config.json: the metadata item has the config.
+    # A run checkpoint whose model dir lost config.json: refused, not guessed.
     bare = tmp_path / "bare_run" / "checkpoint_15"
     shutil.copytree(env.trained.run_dir / "checkpoint_15", bare)
-    model, params, vocab_path = checkpoints.load_checkpoint(str(bare))
-    assert model.config == env.trained.config and vocab_path is None
-    jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="no config.json in"):
+        checkpoints.load_checkpoint(str(bare))
 
 
 def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):

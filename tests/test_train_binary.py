@@ -122,8 +122,12 @@ def test_run_writes_metrics_checkpoints_and_learns(uninterrupted):
     ):
         assert key in m[-1]
     assert 0.3 < m[-1]["padding_efficiency"] <= 1.0
-    for name in ("config.json", "config.gin", "spiece.model"):
+    for name in ("config.json", "config.gin", "spiece.model", "task.json"):
         assert (uninterrupted / name).exists()
+    # The model config is stored once, in config.json: each step keeps only where it was.
+    for step_dir in uninterrupted.glob("checkpoint_*"):
+        metadata = json.loads((step_dir / "metadata" / "metadata").read_text())
+        assert metadata == {"step": int(step_dir.name.split("_")[1]), "input_position": metadata["step"]}
     assert any(p.startswith("events.out.tfevents") for p in os.listdir(uninterrupted / "train"))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import gin
 from conftest import run_binary
-from dss_jax import checkpoint_manager, gin_utils, settings, train_loop
+from dss_jax import checkpoints, gin_utils, settings, train_loop
 
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
 
@@ -43,11 +43,11 @@ def test_a_bad_setting_stops_the_binary_before_anything_is_written(tmp_path):
 
 def test_a_second_trainer_is_refused_in_one_line(tmp_path):
     model_dir = tmp_path / "run"
-    holder = checkpoint_manager.RunLock(str(model_dir)).acquire()  # the first trainer
+    holder = checkpoints.RunLock(str(model_dir)).acquire()  # the first trainer
     try:
         r = run_train(model_dir, "--gin.BATCH_SIZE=8")
         assert_one_line_error(r, "in use by another trainer", f"pid {os.getpid()}", socket.gethostname(), "since")
-        assert os.listdir(model_dir) == [checkpoint_manager.LOCK_NAME]
+        assert os.listdir(model_dir) == [checkpoints.LOCK_NAME]
     finally:
         holder.release()
 

@@ -17,7 +17,7 @@ import pytest
 from flax import linen as nn
 from test_trainer import VOCAB, packed_batch
 
-from dss_jax import checkpoint_manager, cli, metrics_writer, optimizers, settings, train_loop
+from dss_jax import checkpoints, cli, metrics_writer, optimizers, settings, train_loop
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
 
@@ -123,8 +123,8 @@ def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys
     last = err.strip().splitlines()[-1]
     assert last.startswith("train: error: non-finite loss or gradients at step 3"), err[-2000:]
     assert "checkpoint_2" in last
-    assert checkpoint_manager.checkpoint_steps(str(tmp_path / "run")) == [2]
-    assert not (tmp_path / "run" / checkpoint_manager.LOCK_NAME).exists()  # released on the error path
+    assert checkpoints.checkpoint_steps(str(tmp_path / "run")) == [2]
+    assert not (tmp_path / "run" / checkpoints.LOCK_NAME).exists()  # released on the error path
 
 
 # -- item 8: one trainer per run directory -------------------------------------------
@@ -132,33 +132,33 @@ def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys
 
 def test_a_second_trainer_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    holder = checkpoint_manager.RunLock(str(run)).acquire()
+    holder = checkpoints.RunLock(str(run)).acquire()
     try:
-        with pytest.raises(checkpoint_manager.RunLockedError) as e:
+        with pytest.raises(checkpoints.RunLockedError) as e:
             train(run, 2)
         message = cli.error_line("train", e.value)
         assert f"pid {os.getpid()} on host {socket.gethostname()} since " in message and "\n" not in message
-        assert os.listdir(run) == [checkpoint_manager.LOCK_NAME]  # nothing of the second trainer
+        assert os.listdir(run) == [checkpoints.LOCK_NAME]  # nothing of the second trainer
     finally:
         holder.release()
     assert not run.exists()  # the lock made the folder; released, nothing is left
-    checkpoint_manager.RunLock(str(run)).acquire().release()  # free again
+    checkpoints.RunLock(str(run)).acquire().release()  # free again
 
 
 def test_a_dead_trainers_lock_on_this_host_is_taken_over_with_a_warning(tmp_path, caplog):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    lock_file = tmp_path / checkpoint_manager.LOCK_NAME
+    lock_file = tmp_path / checkpoints.LOCK_NAME
     for pid, host, taken in ((gone.pid, socket.gethostname(), True), (os.getpid(), "another-host", False)):
         lock_file.write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
         if taken:
-            lock = checkpoint_manager.RunLock(str(tmp_path)).acquire()
+            lock = checkpoints.RunLock(str(tmp_path)).acquire()
             assert json.loads(lock_file.read_text())["pid"] == os.getpid()
             assert any("took over" in r.getMessage() and str(pid) in r.getMessage() for r in caplog.records)
             lock.release()
         else:  # another host's process cannot be checked from here: refused, with the file to delete
-            with pytest.raises(checkpoint_manager.RunLockedError, match=f"another-host.*delete {lock_file}"):
-                checkpoint_manager.RunLock(str(tmp_path)).acquire()
+            with pytest.raises(checkpoints.RunLockedError, match=f"another-host.*delete {lock_file}"):
+                checkpoints.RunLock(str(tmp_path)).acquire()
     assert lock_file.exists()  # the other host's lock is left alone
 
 
@@ -167,14 +167,14 @@ def test_a_dead_trainers_lock_on_this_host_is_taken_over_with_a_warning(tmp_path
 
 def test_full_disk_during_a_save_ends_in_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    real_save = checkpoint_manager.ocp.CheckpointManager.save
+    real_save = checkpoints.run.ocp.CheckpointManager.save
 
     def save_until_the_disk_is_full(self, step, *args, **kwargs):
         if step == 4:  # the last save of the run below
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "checkpoint_4"))
         return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_manager.ocp.CheckpointManager, "save", save_until_the_disk_is_full)
+    monkeypatch.setattr(checkpoints.run.ocp.CheckpointManager, "save", save_until_the_disk_is_full)
     code, err = one_line_report(capsys, lambda: train(run, 4))
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
@@ -183,14 +183,14 @@ def test_full_disk_during_a_save_ends_in_one_line_and_the_run_resumes(tmp_path, 
     assert "checkpoint_2" in last and "resume from step 2" in last
     monkeypatch.undo()  # space freed
     train(run, 4)
-    assert checkpoint_manager.checkpoint_steps(str(run)) == [2, 4]
+    assert checkpoints.checkpoint_steps(str(run)) == [2, 4]
     assert metric_steps(run) == [1, 2, 3, 4]
 
 
 def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_path, capfd):
     """A real failed write (the file size limit stands in for a full disk) in orbax's
     asynchronous save: one CheckpointWriteError at wait(), the earlier checkpoint intact."""
-    ckpt = checkpoint_manager.RunCheckpointer(str(tmp_path), asynchronous=True)
+    ckpt = checkpoints.RunCheckpointer(str(tmp_path), asynchronous=True)
     ckpt.save(1, {"w": np.ones(4, np.float32)}, {"step": 1})
     ckpt.wait()
     big = {"w": np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)}  # 4 MB, incompressible
@@ -198,7 +198,7 @@ def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_pat
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, limits[1]))
     try:
-        with pytest.raises(checkpoint_manager.CheckpointWriteError) as e:
+        with pytest.raises(checkpoints.CheckpointWriteError) as e:
             ckpt.save(2, big, {"step": 2})
             ckpt.wait()
     finally:
@@ -209,7 +209,7 @@ def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_pat
     assert "checkpoint_2" in message and "File too large" in message and "checkpoint_1" in message
     assert "\n" not in message
     assert "Traceback" not in capfd.readouterr().err
-    restored, meta = checkpoint_manager.RunCheckpointer(str(tmp_path)).restore(1, None)
+    restored, meta = checkpoints.RunCheckpointer(str(tmp_path)).restore(1, None)
     assert meta["step"] == 1
 
 
@@ -342,7 +342,7 @@ def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_pat
             train(run, 3)
     finally:
         gin.clear_config()
-    assert checkpoint_manager.checkpoint_steps(str(run)) == [2]
+    assert checkpoints.checkpoint_steps(str(run)) == [2]
     assert json.loads((run / "task.json").read_text()) == recorded
 
 

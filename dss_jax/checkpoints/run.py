@@ -1,17 +1,21 @@
-"""Checkpoints of a training run (orbax): the whole train state plus where the input was.
+"""A training run's directory: its checkpoints (orbax: the whole train state plus where
+the input was), the files that describe it, and the lock that keeps a second trainer out.
 
-`MODEL_DIR/checkpoint_<step>/` holds the train state (step, float32 params, optimiser
-state) and a small JSON item with the input position (global batches consumed) and
-the model config, so a resumed run continues exactly where it stopped and the eval
-binary can rebuild the model from the directory alone. Saves are asynchronous; every
-process calls save and orbax coordinates them.
+    MODEL_DIR/
+      checkpoint_<step>/state/     step, float32 params, optimiser state
+      checkpoint_<step>/metadata/  {"step", "input_position"}: global batches consumed
+      config.json                  the model (T5Config.to_dict), one copy for every step
+      spiece.model                 the task's vocabulary
+      task.json                    the task and task options it trains with
+      config.gin                   every gin setting of the run
+      train.lock                   the trainer that holds the run (RunLock)
 
-A save that cannot be written (a full disk, a lost mount) ends as one
-`CheckpointWriteError` naming the checkpoint, the cause and the intact checkpoints to
-resume from; orbax's own tracebacks of the failed background writes are dropped
-(`--verbosity=1` keeps them). A step that is already saved is not saved again.
-
-`RunLock` keeps a second trainer out of a run directory (see its docstring).
+A resumed run continues exactly where it stopped; eval, infer and export rebuild the
+model and task from the directory alone. Saves are asynchronous; every process calls save
+and orbax coordinates them. A save that cannot be written (a full disk, a lost mount)
+ends as one `CheckpointWriteError` naming the checkpoint, the cause and the intact
+checkpoints to resume from; orbax's own tracebacks of the failed background writes are
+dropped (`--verbosity=1` keeps them). A step that is already saved is not saved again.
 """
 
 from __future__ import annotations
@@ -20,16 +24,30 @@ import datetime
 import json
 import logging
 import os
+import pathlib
 import re
+import shutil
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import orbax.checkpoint as ocp
 
+from dss_jax import files
+from dss_jax.checkpoints.locate import (
+    CONFIG_FILE,
+    RUN_GIN_FILE,
+    RUN_TASK_FILE,
+    STEP_PREFIX,
+    VOCAB_FILE,
+    CheckpointError,
+    checkpoint_steps,
+    find_upwards,
+    step_dir,
+)
 from dss_jax.cli import UserError
+from dss_jax.model.config import T5Config
 
-STEP_PREFIX = "checkpoint"
 LOCK_NAME = "train.lock"
 
 
@@ -193,32 +211,6 @@ def _install_orbax_log_filter() -> None:
         logger.addFilter(_FILTER)
 
 
-def checkpoint_steps(model_dir: str) -> list[int]:
-    """Steps with a finished checkpoint in a run directory (no manager needed)."""
-    if not os.path.isdir(model_dir):
-        return []
-    steps = []
-    for name in os.listdir(model_dir):
-        if name.startswith(STEP_PREFIX + "_") and name[len(STEP_PREFIX) + 1 :].isdigit():
-            if os.path.isdir(os.path.join(model_dir, name, "state")):
-                steps.append(int(name[len(STEP_PREFIX) + 1 :]))
-    return sorted(steps)
-
-
-def step_dir(model_dir: str, step: int) -> str:
-    return os.path.join(model_dir, f"{STEP_PREFIX}_{step}")
-
-
-def read_metadata(checkpoint_dir: str) -> dict:
-    """The JSON item a run checkpoint was saved with (input position, model config)."""
-    path = os.path.join(checkpoint_dir, "metadata", "metadata")
-    if not os.path.exists(path):
-        logging.warning("%s has no metadata item", checkpoint_dir)
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 class RunLock:
     """One trainer per run directory: `MODEL_DIR/train.lock` names the holder.
 
@@ -362,3 +354,49 @@ def _locked_message(path: str, holder: dict) -> str:
     if holder.get("host") != socket.gethostname():
         text += f"; if that process is gone, delete {path}"
     return text
+
+
+def write_run_task(model_dir: str | os.PathLike, task_name: str, options: Mapping[str, Any]) -> None:
+    """MODEL_DIR/task.json: the task and task options a run trains with, so eval, infer and
+    annotate's student backend decode and score its checkpoints the way it was trained."""
+    text = json.dumps({"task": task_name, "options": dict(options)}, indent=2, sort_keys=True) + "\n"
+    files.atomic_write(pathlib.Path(model_dir) / RUN_TASK_FILE, text)
+
+
+def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict]]:
+    """(the file, the task, the task options) a checkpoint's run was trained with, or None
+    for a checkpoint that is no run's (a converted T5). Runs from before task.json existed
+    are read from config.gin, for the one option that changes how a student answers."""
+    found = find_upwards(pathlib.Path(path), RUN_TASK_FILE)
+    if found is not None:
+        try:
+            data = json.loads(found.read_text())
+            return str(found), data["task"], dict(data["options"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{found}: not a task record written by the train binary ({e})") from None
+    gin_file = find_upwards(pathlib.Path(path), RUN_GIN_FILE)
+    if gin_file is None:
+        return None
+    targets = re.findall(r"(?m)^(?:[\w.]+/)?task_options\.label_target\s*=\s*['\"](\w+)['\"]", gin_file.read_text())
+    return str(gin_file), None, ({"label_target": targets[-1]} if targets else {})
+
+
+def write_run_files(
+    model_dir: str | os.PathLike,
+    config: Optional[T5Config],
+    task_name: str,
+    task_options: Mapping[str, Any],
+    vocab_file: Optional[str],
+    gin_config: str,
+) -> None:
+    """config.json, spiece.model, task.json and config.gin in MODEL_DIR (see the module
+    docstring), each replaced whole, so eval, infer and export rebuild the run from it."""
+    model_dir = pathlib.Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_run_task(model_dir, task_name, task_options)
+    files.atomic_write(model_dir / RUN_GIN_FILE, gin_config)
+    if config is not None:
+        files.atomic_write(model_dir / CONFIG_FILE, config.to_json())
+    if vocab_file and os.path.exists(vocab_file):
+        with files.atomic_output(model_dir / VOCAB_FILE) as tmp:
+            shutil.copyfile(vocab_file, tmp)

@@ -1,0 +1,175 @@
+"""Where checkpoints are and what describes them: the file names, a run's step dirs, the
+config.json and spiece.model that travel with a checkpoint, and `select_checkpoints`.
+
+A checkpoint is described by one config.json: in a `save_params` / convert directory, or
+once in a training run's MODEL_DIR for all of its `checkpoint_<step>/` dirs. Readers look
+in the checkpoint dir and up to three parents (`find_config`, `read_config`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Optional, Sequence, Union
+
+from dss_jax import files
+from dss_jax.cli import UserError
+from dss_jax.model.config import T5Config
+
+PARAMS_ITEM = "params"
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "spiece.model"
+RUN_TASK_FILE = "task.json"
+RUN_GIN_FILE = "config.gin"
+STEP_PREFIX = "checkpoint"  # a run's MODEL_DIR/checkpoint_<step>/
+PYTREE_MARKER = "_METADATA"  # written by orbax's PyTreeCheckpointHandler
+ORBAX_MARKERS = (PYTREE_MARKER, "_CHECKPOINT_METADATA")
+RUN_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_\d+$")
+_SEARCH_PARENTS = 3
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used as it is (config.json disagrees with the weights,
+    damaged, not a T5 checkpoint); the message names the file and what to do."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """The checkpoint directory, its orbax item or its config.json is missing."""
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+    """Steps with a finished checkpoint in a run directory."""
+    if not os.path.isdir(model_dir):
+        return []
+    steps = []
+    for name in os.listdir(model_dir):
+        if RUN_STEP_DIR.match(name) and os.path.isdir(os.path.join(model_dir, name, "state")):
+            steps.append(int(name[len(STEP_PREFIX) + 1 :]))
+    return sorted(steps)
+
+
+def step_dir(model_dir: str, step: int) -> str:
+    return os.path.join(model_dir, f"{STEP_PREFIX}_{step}")
+
+
+def select_checkpoints(
+    path: str | os.PathLike,
+    steps: Union[str, int, Sequence[int]] = "latest",
+    *,
+    path_setting: str = "CHECKPOINT_PATH",
+    steps_setting: str = "steps",
+) -> list[tuple[Optional[int], str]]:
+    """[(step or None, checkpoint dir)] for a checkpoint or a training run's MODEL_DIR.
+
+    A MODEL_DIR (holding finished `checkpoint_<step>/` dirs) gives the checkpoints at
+    `steps`: "latest", "all", a step or a list of steps. Any other path is one checkpoint
+    (a trainer's step dir, or a `save_params` / `python -m dss_jax.convert` dir); its step
+    is read from a `checkpoint_<step>` name, else None. Errors name `path_setting` and
+    `steps_setting`, the caller's names for the two (a gin macro, a flag).
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+        raise CheckpointNotFoundError(f"checkpoint path {path} {what} ({path_setting})")
+    available = checkpoint_steps(path)
+    if not available:
+        if steps not in ("latest", "all"):
+            raise CheckpointError(
+                f"{steps_setting}={steps!r} needs a model dir with checkpoint_<step>/ dirs "
+                f"(a training run's MODEL_DIR); {path} has none"
+            )
+        name = os.path.basename(path)
+        return [(int(name.split("_")[1]) if RUN_STEP_DIR.match(name) else None, path)]
+    if steps == "latest":
+        chosen = [available[-1]]
+    elif steps == "all":
+        chosen = available
+    else:
+        try:
+            chosen = [int(steps)] if isinstance(steps, (int, str)) else [int(s) for s in steps]
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"{steps_setting} must be 'latest', 'all', a step or a list of steps; got {steps!r}"
+            ) from None
+        unknown = [s for s in chosen if s not in available]
+        if unknown:
+            raise CheckpointError(
+                f"{path} has no checkpoint for step(s) {unknown}; it has steps {available} "
+                f"(set {steps_setting} to one of them)"
+            )
+    return [(s, step_dir(path, s)) for s in chosen]
+
+
+def no_checkpoint_error(path: pathlib.Path) -> CheckpointNotFoundError:
+    """The error for a directory without a checkpoint, with the fix for what it is instead."""
+    steps = checkpoint_steps(str(path))
+    if steps:  # callers that resolve a MODEL_DIR (select_checkpoints) never get here with one
+        return CheckpointNotFoundError(
+            f"{path} is a training run's MODEL_DIR, not one checkpoint: give one of its checkpoint_<step>/ dirs "
+            f"(steps {steps}), e.g. {step_dir(str(path), steps[-1])}"
+        )
+    if RUN_STEP_DIR.match(path.name):
+        return CheckpointNotFoundError(
+            f"{path} holds no orbax checkpoint: the save of this step did not finish; use another step of the "
+            f"run {path.parent}"
+        )
+    if path.is_dir() and (
+        (path / "config.gin").is_file() or any(e.name.startswith("checkpoint_") for e in path.iterdir())
+    ):
+        return CheckpointNotFoundError(
+            f"{path} holds no orbax checkpoint yet: it is a training run's MODEL_DIR without a finished "
+            "checkpoint_<step>/; let the run reach its first checkpoint save, or pick another checkpoint"
+        )
+    return CheckpointNotFoundError(
+        f"{path} holds no orbax checkpoint: give a training run's MODEL_DIR (with checkpoint_<step>/ dirs), one "
+        "checkpoint_<step>/ dir, or a directory written by `python -m dss_jax.convert` (params/, config.json)"
+    )
+
+
+def find_config(path: str | os.PathLike) -> Optional[str]:
+    """The config.json that describes a checkpoint (in it, or in the training run's
+    MODEL_DIR above a `checkpoint_<step>` dir: up to three parents), or None."""
+    found = find_upwards(pathlib.Path(path), CONFIG_FILE)
+    return None if found is None else str(found)
+
+
+def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
+    """The spiece.model that travels with a checkpoint (in it or up to three parents), or None."""
+    found = find_upwards(pathlib.Path(path), VOCAB_FILE)
+    return None if found is None else str(found)
+
+
+def find_upwards(path: pathlib.Path, name: str) -> Optional[pathlib.Path]:
+    d = path
+    for _ in range(_SEARCH_PARENTS + 1):
+        if (d / name).is_file():
+            return d / name
+        if d.parent == d:
+            break
+        d = d.parent
+    return None
+
+
+def read_config(path: str | os.PathLike) -> tuple[T5Config, str]:
+    """(the T5Config, the config.json it was read from) that describes the checkpoint at
+    `path` (see `find_config`); CheckpointNotFoundError when there is none."""
+    path = pathlib.Path(path)
+    config_path = find_config(path)
+    if config_path is None:
+        raise CheckpointNotFoundError(
+            f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent directories: put the config.json "
+            "the model was trained or converted with next to the checkpoint (or pass config= to load_params)"
+        )
+    data = files.read_json_object(config_path, CheckpointError, "the T5Config of the checkpoint")
+    return _config_from_dict(data, config_path), config_path
+
+
+def _config_from_dict(data: dict, source: str) -> T5Config:
+    try:
+        return T5Config.from_dict(data, source=source)
+    except TypeError as e:  # a field of the wrong type; from_dict's ValueErrors name the file already
+        raise CheckpointError(f"{source}: not a valid T5Config: {e}") from None
+    except ValueError as e:
+        message = str(e)
+        raise CheckpointError(message if source in message else f"{source}: {message}") from None

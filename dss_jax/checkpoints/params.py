@@ -1,0 +1,267 @@
+"""Parameter checkpoints: writing the T5 params with their config.json and spiece.model,
+and reading the params of any of our checkpoints (or a Hugging Face T5 directory) back.
+
+    save_params(ckpt_dir, params, config, vocab_path=None, overwrite=False) -> pathlib.Path
+        ckpt_dir/params/        orbax PyTree checkpoint of the (unboxed) param tree
+        ckpt_dir/config.json    T5Config.to_dict()
+        ckpt_dir/spiece.model   the SentencePiece vocabulary, copied (when given)
+    load_params(path, config=None, item=None) -> (params, T5Config, vocab_path_or_None)
+    load_checkpoint(path, dtype=None) -> (T5 model, params, vocab_path_or_None)
+
+`load_params` accepts, besides a `save_params` directory, the orbax directory itself, a
+trainer checkpoint whose tree holds the params under a `params` key at any depth (only
+the params are read from disk: orbax partial restore), and a step directory holding
+several orbax items (the one that contains params is found, or named with `item=`). The
+stored shapes are checked against config.json before any weight is read: a config.json
+of another size or depth is a `CheckpointError` naming the file and the first parameter
+that disagrees, not a flax ScopeParamShapeError later. A damaged or non-checkpoint
+directory is one too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dss_jax.checkpoints.locate import (
+    CONFIG_FILE,
+    PARAMS_ITEM,
+    PYTREE_MARKER,
+    VOCAB_FILE,
+    CheckpointError,
+    CheckpointNotFoundError,
+    find_vocabulary,
+    no_checkpoint_error,
+    read_config,
+)
+from dss_jax.checkpoints.outputs import staged_output_dir
+from dss_jax.model.config import T5Config
+
+_T5_TOP_KEYS = {"encoder", "decoder", "token_embedder"}
+# What save_params writes: `overwrite=True` replaces a directory of only these.
+SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE)
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def save_params(
+    ckpt_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    config: T5Config,
+    vocab_path: Optional[str | os.PathLike] = None,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+    params = nn.meta.unbox(params)
+    if not _T5_TOP_KEYS <= set(params):
+        raise ValueError(
+            f"save_params wants the T5 param tree (keys {sorted(_T5_TOP_KEYS)}), got keys {sorted(params)}"
+        )
+    check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
+    if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
+        raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
+    with staged_output_dir(
+        ckpt_dir, overwrite=overwrite, replaceable=SAVE_PARAMS_FILES, what="a params checkpoint"
+    ) as staging:
+        ocp.PyTreeCheckpointer().save(staging / PARAMS_ITEM, dict(params))
+        (staging / CONFIG_FILE).write_text(config.to_json())
+        if vocab_path is not None:
+            shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+    return ckpt_dir
+
+
+def load_params(
+    path: str | os.PathLike,
+    config: Optional[T5Config] = None,
+    item: Optional[str] = None,
+    config_source: Optional[str] = None,
+):
+    """-> (params as numpy arrays, T5Config, path of spiece.model or None).
+
+    The stored shapes are checked against the config (config.json, or `config`, described
+    in messages as `config_source`) before the weights are read."""
+    path = pathlib.Path(path).absolute()
+    if not path.is_dir():
+        what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
+        raise CheckpointNotFoundError(f"checkpoint directory {path} {what}")
+    orbax_dir, params_path = _locate_params(path if item is None else path / item)
+    if config is None:
+        config, config_source = read_config(path)
+    tree = _metadata_tree(orbax_dir)
+    for k in params_path:
+        tree = tree[k]
+    check_params(_shapes_of(tree), config, config_source or "the given config", str(orbax_dir))
+    params = _restore_subtree(orbax_dir, params_path)
+    return params, config, find_vocabulary(path)
+
+
+def check_params(
+    shapes: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]],
+    config: T5Config,
+    config_source: str,
+    params_source: str,
+) -> None:
+    """CheckpointError naming `config_source` and the first parameter of `params_source`
+    whose presence, shape or dtype does not fit `config`. `shapes`: {path: (shape, dtype)}."""
+    from dss_jax.model import hf_convert
+
+    expected = hf_convert.param_shapes(config)
+    depth = f"num_encoder_layers={config.num_encoder_layers}, num_decoder_layers={config.num_decoder_layers}"
+    advice = "the config and the weights are from different models: use the config saved with them"
+    missing = [p for p in expected if p not in shapes]
+    if missing:
+        raise CheckpointError(
+            f"{config_source} ({depth}) calls for the parameter {'/'.join(missing[0])}, "
+            f"which {params_source} lacks ({len(missing)} missing): {advice}"
+        )
+    unexpected = sorted(p for p in shapes if p not in expected)
+    if unexpected:
+        raise CheckpointError(
+            f"{params_source} holds the parameter {'/'.join(unexpected[0])}, which "
+            f"{config_source} ({depth}) has no place for ({len(unexpected)} such): {advice}"
+        )
+    bad = []
+    for p, (shape, dims) in expected.items():
+        got_shape, got_dtype = shapes[p]
+        if tuple(got_shape) != shape:
+            bad.append(
+                f"{'/'.join(p)} is {list(got_shape)} in {params_source}, but {config_source} implies "
+                f"{list(shape)} ({', '.join(dict.fromkeys(dims))})"
+            )
+        elif got_dtype is not None and not jax.numpy.issubdtype(got_dtype, jax.numpy.floating):
+            bad.append(f"{'/'.join(p)} has dtype {got_dtype} in {params_source}; T5 params are floating point")
+    if bad:
+        more = f" ({len(bad) - 1} more parameters disagree too)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{bad[0]}{more}: {advice}")
+
+
+def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], Any]]:
+    """{path: (shape, dtype)} of a param tree's leaves: arrays, or orbax's metadata of them."""
+    out = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        path = tuple(str(getattr(k, "key", k)) for k in keys)
+        out[path] = (tuple(getattr(leaf, "shape", np.shape(leaf))), getattr(leaf, "dtype", None))
+    return out
+
+
+def load_checkpoint(path: str, dtype: Optional[str] = None):
+    """(T5 model, params, vocab path or None) of one checkpoint dir (see
+    `select_checkpoints`): ours, or a Hugging Face T5 directory, imported on the fly.
+    eval, infer and annotate's student backend load their students here."""
+    from dss_jax.model.t5 import T5
+
+    if is_hf_checkpoint(path):
+        from dss_jax.model import hf_convert
+
+        params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
+    else:
+        params, config, vocab_path = load_params(path)
+    if dtype:
+        config = config.replace(dtype=dtype)
+    return T5(config), params, vocab_path
+
+
+def is_hf_checkpoint(path: str) -> bool:
+    """A Hugging Face T5 directory (config.json with a model_type, HF weight files)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            is_hf = "model_type" in json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+
+
+# ----- reading orbax items ------------------------------------------------------------------
+def _is_pytree_checkpoint(d: pathlib.Path) -> bool:
+    return (d / PYTREE_MARKER).is_file()
+
+
+def _metadata_tree(orbax_dir: pathlib.Path) -> Mapping:
+    try:
+        md = ocp.PyTreeCheckpointer().metadata(orbax_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _unreadable(orbax_dir, e) from None
+    md = getattr(md, "item_metadata", md)  # orbax >= 0.11 wraps the tree in StepMetadata
+    md = getattr(md, "tree", md)
+    if md is None:  # orbax logs and returns None when the item's metadata cannot be read
+        raise _unreadable(orbax_dir, "its metadata cannot be read")
+    return md
+
+
+def _unreadable(orbax_dir: pathlib.Path, why: object) -> CheckpointError:
+    why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
+    return CheckpointError(
+        f"{orbax_dir}: cannot read the orbax checkpoint ({why}); it is incomplete "
+        "or damaged: use another step, or copy it again"
+    )
+
+
+def find_params_path(tree: Any, max_depth: int = 4) -> Optional[tuple[str, ...]]:
+    """Key path of the T5 param tree inside a (metadata or value) tree, or None."""
+    if not isinstance(tree, Mapping) or max_depth < 0:
+        return None
+    if _T5_TOP_KEYS <= set(tree):
+        return ()
+    keys = sorted(tree, key=lambda k: (k != PARAMS_ITEM, str(k)))  # prefer `params`
+    for key in keys:
+        sub = find_params_path(tree[key], max_depth - 1)
+        if sub is not None:
+            return (key,) + sub
+    return None
+
+
+def _locate_params(path: pathlib.Path) -> tuple[pathlib.Path, tuple[str, ...]]:
+    candidates = [path / PARAMS_ITEM, path]
+    if path.is_dir():
+        candidates += sorted(d for d in path.iterdir() if d.is_dir() and d.name != PARAMS_ITEM)
+    seen = []
+    for d in candidates:
+        if not _is_pytree_checkpoint(d):
+            continue
+        seen.append(d)
+        keys = find_params_path(_metadata_tree(d))
+        if keys is not None:
+            return d, keys
+    if seen:
+        raise CheckpointError(
+            f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
+            f"(a tree with keys {sorted(_T5_TOP_KEYS)})"
+        )
+    raise no_checkpoint_error(path)
+
+
+def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
+    tree = _metadata_tree(orbax_dir)
+    sub = tree
+    for k in keys:
+        sub = sub[k]
+    # Rebuild only the branch that leads to the params, so the rest (optimizer state) stays on disk.
+    item: Any = sub
+    for k in reversed(keys):
+        item = {k: item}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            orbax_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=bool(keys)),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _unreadable(orbax_dir, e) from None
+    for k in keys:
+        restored = restored[k]
+    return jax.tree.map(np.asarray, restored)
