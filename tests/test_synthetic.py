@@ -13,7 +13,7 @@ import pytest
 from dss_jax.data import parsers, report, safe_eval, synthetic
 from dss_jax.data.cache import read_cache
 from dss_jax.data.synthetic import SyntheticConfig
-from dss_jax.data.synthetic_templates import TEMPLATES
+from dss_jax.data.synthetic.templates import TEMPLATES
 
 SMALL = SyntheticConfig(train_size=400, validation_size=60, test_size=80)
 DEFAULT_FINGERPRINT = "3e612b10be62"  # the default settings, before unlabeled_size existed

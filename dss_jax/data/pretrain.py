@@ -279,14 +279,15 @@ def corpus_documents(problems: int, seed: int, exclude: Sequence[str] = ()) -> l
     and the prose of the project's own documentation (README.md, docs/*.md), which is
     English about this task."""
     from dss_jax.data import synthetic
-    from dss_jax.data.synthetic_problems import NumberRange, generate_problem
+    from dss_jax.data.synthetic.problems import NumberRange
+    from dss_jax.data.synthetic.templates import generate_problem
 
     excluded = set(exclude)
     docs, seen = [], set()
     rng_config = synthetic.SyntheticConfig(seed=seed)
     for i in range(problems):
         for attempt in range(100):
-            rng = synthetic._rng(rng_config, "corpus", i, attempt)
+            rng = synthetic.rng_for(rng_config, "corpus", i, attempt)
             problem = generate_problem(rng, NumberRange(2, 100), 1, 3, 0.3)
             text = problem.text.replace("\n", " ")
             if problem.text not in excluded and text not in seen:

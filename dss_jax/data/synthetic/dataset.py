@@ -1,8 +1,8 @@
 """The embedded default dataset: synthetic word problems with a cached, fallible teacher.
 
-Arithmetic word problems in the spirit of SVAMP (synthetic_templates.py: 26 shapes,
-one to three operations, distractor sentences), each answered by a scripted
-chain-of-thought teacher (synthetic_teacher.py) that is wrong, slips or fails to answer
+Arithmetic word problems in the spirit of SVAMP (templates.py: 26 shapes, one to three
+operations, distractor sentences), each answered by a scripted chain-of-thought teacher
+(teacher.py) that is wrong, slips or fails to answer
 on configured fractions of the examples. The result is written in the teacher cache
 format (dss_jax/data/cache.py) with `dataset: "synthetic"`, so training on it runs
 exactly the code path of a real teacher's cache:
@@ -38,8 +38,9 @@ import gin
 from dss_jax import files
 from dss_jax.data import parsers, safe_eval
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
-from dss_jax.data.synthetic_problems import NumberRange, Problem, generate_problem, operation_count
-from dss_jax.data.synthetic_teacher import FAMILY, answer, assign_outcomes
+from dss_jax.data.synthetic.problems import NumberRange, Problem, operation_count
+from dss_jax.data.synthetic.teacher import FAMILY, answer, assign_outcomes
+from dss_jax.data.synthetic.templates import generate_problem
 
 # Bump when the generator's output changes for the same settings (new templates,
 # phrasing): old files then stay where they are and new ones get a new name.
@@ -200,7 +201,8 @@ def synthetic_cache_dir(directory: Optional[str] = None) -> pathlib.Path:
 # --------------------------------------------------------------------------------------
 
 
-def _rng(config: SyntheticConfig, *key) -> random.Random:
+def rng_for(config: SyntheticConfig, *key) -> random.Random:
+    """The random stream of one draw, keyed by the seed and `key` (a split, an index ...)."""
     # A string seed is hashed (sha512) by `random`, the same in every process and version.
     return random.Random("/".join(["dss-synthetic", str(config.seed), *map(str, key)]))
 
@@ -226,7 +228,7 @@ def generate_problems(config: SyntheticConfig) -> dict[str, list[Problem]]:
         problems = []
         for i in range(size):
             for attempt in range(1000):
-                problem = _problem(config, _rng(config, split, i, attempt))
+                problem = _problem(config, rng_for(config, split, i, attempt))
                 if problem.text not in seen:
                     break
             else:
@@ -250,7 +252,7 @@ def generate_records(config: SyntheticConfig) -> dict[str, list[CacheRecord]]:
         outcomes = [
             assign_outcomes(
                 len(problems),
-                _rng(config, split, "outcomes", k),
+                rng_for(config, split, "outcomes", k),
                 config.teacher_error_rate,
                 config.teacher_slip_rate,
                 config.unparsable_rate,
@@ -261,7 +263,7 @@ def generate_records(config: SyntheticConfig) -> dict[str, list[CacheRecord]]:
         for i, problem in enumerate(problems):
             samples = []
             for k in range(config.samples_per_record):
-                rng = _rng(config, split, i, "teacher", k)
+                rng = rng_for(config, split, i, "teacher", k)
                 result = answer(problem, outcomes[k][i], rng, lambda: _problem(config, rng), config.continuation_rate)  # noqa: B023  (called in this iteration)
                 parsed = parsers.parse_completion(FAMILY, result.completion)
                 meta = {"outcome": result.outcome, **({"mistake": result.kind} if result.kind else {})}

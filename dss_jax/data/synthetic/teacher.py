@@ -29,7 +29,7 @@ import random
 from typing import Callable, Optional
 
 from dss_jax.data import parsers
-from dss_jax.data.synthetic_problems import (
+from dss_jax.data.synthetic.problems import (
     CALC,
     Expr,
     Problem,

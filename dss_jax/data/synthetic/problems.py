@@ -9,12 +9,13 @@ A problem is a short story, a question, and the expression tree that answers it:
 Leaves of the tree (`Num`) are the numbers of the story; inner nodes (`Op`) carry the
 sentence a step-by-step solver says for that step, with `CALC` where "19 - 11 = 8" goes.
 The teacher's restatement (`Problem.intro`) and those sentences refer to leaves by
-`Num.ref`, not by value, so a teacher that misreads a number (see synthetic_teacher)
+`Num.ref`, not by value, so a teacher that misreads a number (see teacher.py)
 restates the misread number consistently, as a real model does.
 
-The templates (synthetic_templates.py) keep the gold arithmetic in positive integers
-(differences are positive, divisions exact); `generate_problem` draws one, checks that,
-and may add a distractor sentence whose number the answer must not use.
+The templates (templates.py) keep the gold arithmetic in positive integers (differences
+are positive, divisions exact); `templates.generate_problem` draws one, checks that
+(`check`), and may add a distractor sentence (`add_distractor`) whose number the answer
+must not use. This module imports nothing of the package: the templates build on it.
 """
 
 from __future__ import annotations
@@ -467,25 +468,3 @@ def check(problem: Problem, operations: int) -> None:
         v = value(node)
         if v.denominator != 1 or v <= 0:
             raise AssertionError(f"{problem.template}: step value {v} in {problem.text!r}")
-
-
-def generate_problem(
-    rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int, distractor_rate: float
-) -> Problem:
-    """One problem with min..max operations (uniform), from a template that supports it."""
-    from dss_jax.data.synthetic_templates import TEMPLATES  # the templates build on this module
-
-    for _ in range(100):
-        operations = rng.randint(min_operations, max_operations)
-        names = [name for name, (_, counts) in TEMPLATES.items() if operations in counts]
-        name = names[rng.randrange(len(names))]
-        d = Draw(rng, numbers)
-        problem = TEMPLATES[name][0](d, operations)
-        if problem is None:
-            continue
-        problem = dataclasses.replace(problem, template=name)
-        check(problem, operations)
-        if rng.random() < distractor_rate:
-            problem = add_distractor(d, problem)
-        return problem
-    raise RuntimeError(f"no problem drawn in 100 tries with numbers in [{numbers.low}, {numbers.high}]")

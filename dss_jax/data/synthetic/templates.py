@@ -1,4 +1,4 @@
-"""The problem shapes of the synthetic dataset (drawn by synthetic_problems.generate_problem).
+"""The problem shapes of the synthetic dataset, and `generate_problem`, which draws one.
 
 Each template draws people, things and numbers and returns a `Problem` with the given
 number of operations (or None when the numbers it drew do not fit; the caller draws
@@ -12,14 +12,16 @@ again). Shapes, by operation count:
        shopping_total, bus, total_then_share, difference_of_products
 
 `transfer` and `selection` carry a number the question does not need (any problem may
-also get a distractor sentence, see synthetic_problems.add_distractor).
+also get a distractor sentence, see problems.add_distractor).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from typing import Callable, Optional
 
-from dss_jax.data.synthetic_problems import (
+from dss_jax.data.synthetic.problems import (
     CALC,
     COLLECT,
     CONTAINERS,
@@ -34,8 +36,11 @@ from dss_jax.data.synthetic_problems import (
     VEHICLES,
     Draw,
     Expr,
+    NumberRange,
     Problem,
     add,
+    add_distractor,
+    check,
     div,
     join_and,
     mul,
@@ -578,3 +583,23 @@ def difference_of_products(d: Draw, n: int) -> Optional[Problem]:
         ),
         f"{first.name} has {g1.ref} {boxes} of {k1.ref} and {second.name} has {g2.ref} {boxes} of {k2.ref}.",
     )
+
+
+def generate_problem(
+    rng: random.Random, numbers: NumberRange, min_operations: int, max_operations: int, distractor_rate: float
+) -> Problem:
+    """One problem with min..max operations (uniform), from a template that supports it."""
+    for _ in range(100):
+        operations = rng.randint(min_operations, max_operations)
+        names = [name for name, (_, counts) in TEMPLATES.items() if operations in counts]
+        name = names[rng.randrange(len(names))]
+        d = Draw(rng, numbers)
+        problem = TEMPLATES[name][0](d, operations)
+        if problem is None:
+            continue
+        problem = dataclasses.replace(problem, template=name)
+        check(problem, operations)
+        if rng.random() < distractor_rate:
+            problem = add_distractor(d, problem)
+        return problem
+    raise RuntimeError(f"no problem drawn in 100 tries with numbers in [{numbers.low}, {numbers.high}]")
