@@ -262,7 +262,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     from dss_jax import losses, optimizers, partitioning
     from dss_jax.model import cpu_tuning
     from dss_jax.model.t5 import T5
-    from dss_jax.trainer import Trainer
+    from dss_jax.training.step import Trainer
 
     compiler = "XLA:CPU"
     if devices is None:

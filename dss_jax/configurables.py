@@ -68,5 +68,5 @@ def build_model(config: Optional[T5Config] = None):
 def register_for_decoding() -> None:
     """Registers what the eval and infer gin files bind besides model_config
     (DecodeSettings, the tasks' options): called by those binaries before they parse,
-    not at import, since `evaluation` brings in seqio and TensorFlow."""
-    from dss_jax import evaluation  # noqa: F401
+    not at import, since `scoring` brings in seqio and TensorFlow."""
+    from dss_jax import scoring  # noqa: F401

@@ -55,8 +55,8 @@ def evaluate_checkpoints(
     """
     from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
-    from dss_jax.evaluation import evaluate, load_examples, write_outputs
     from dss_jax.metrics_writer import MetricsWriter
+    from dss_jax.scoring import decode_and_score, load_examples, write_outputs
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
     dss_tasks.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
@@ -71,7 +71,7 @@ def evaluate_checkpoints(
                 dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
                 examples = load_examples(task_name, split, feature_lengths, max_examples)
                 logging.info("%s/%s: %d examples", task_name, split, len(examples))
-            result = evaluate(
+            result = decode_and_score(
                 model,
                 params,
                 examples,
@@ -93,7 +93,7 @@ def evaluate_checkpoints(
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    from dss_jax.evaluation import format_table
+    from dss_jax.scoring import format_table
 
     results = run_configured(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     print(format_table(results), flush=True)

@@ -45,17 +45,14 @@ def main(argv):
 def run_configured(gin_files, gin_bindings, gin_search_paths, distributed=None) -> dict:
     """The binary's work after its flags: parse gin, check every setting, train. The sweep
     calls this for each run when it runs them in one process."""
-    from dss_jax import (  # noqa: F401  (registers configurables)
-        configurables,
-        partitioning,
-        train_loop,
-    )
+    from dss_jax import configurables, partitioning  # noqa: F401  (registers configurables)
+    from dss_jax.training import checks, loop
 
     gin_utils.parse_gin(gin_files, gin_bindings, gin_search_paths, REQUIRED_MACROS)
-    train_loop.check_gin_settings()  # every setting's value, before anything is built or written
+    checks.check_gin_settings()  # every setting's value, before anything is built or written
     cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     partitioning.initialize_distributed(**(distributed or {}))
-    metrics = train_loop.train()
+    metrics = loop.train()
     logging.info("final metrics: %s", metrics)
     return metrics
 

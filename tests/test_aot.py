@@ -11,7 +11,7 @@ import pytest
 
 from dss_jax import aot, losses, optimizers, partitioning
 from dss_jax.model.t5 import T5
-from dss_jax.trainer import Trainer
+from dss_jax.training.step import Trainer
 
 # T5 v1.1 base shapes (d_model 768, 12 heads), one layer per stack, a 2048-token vocab:
 # every rule-set constraint of the big models (heads and mlp divisible by the model axis,

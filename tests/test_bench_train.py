@@ -106,12 +106,12 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import reference_t5
-    import train_throughput
+    import train_setup
 
     from dss_jax import losses, optimizers, partitioning
     from dss_jax.model import hf_convert
     from dss_jax.model.t5 import T5
-    from dss_jax.trainer import Trainer
+    from dss_jax.training.step import Trainer
 
     torch.set_num_threads(1)
     config = T5Config.preset("tiny", "t5.1.1", vocab_size=128, dropout_rate=0.0)
@@ -119,7 +119,7 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
     examples = _random_examples(rng, 6, config.vocab_size)
     lengths = {"label_inputs": 24, "label_targets": 8, "rationale_inputs": 24, "rationale_targets": 16}
 
-    params = train_throughput.initial_params(config, seed=0)
+    params = train_setup.initial_params(config, seed=0)
     model = reference_t5.hf_model(config, params)
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()  # v1.1: untied
     ref = reference_t5.ReferenceStep(model, alpha=0.5, total_steps=10)
@@ -133,10 +133,10 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
         mesh=partitioning.make_mesh(1, jax.devices()[:1]),
     )
     state = trainer.state_from_params(params)
-    rows, (n_rows,) = train_throughput.pack_steps([examples], lengths, (48, 32))
+    rows, (n_rows,) = train_setup.pack_steps([examples], lengths, (48, 32))
     assert n_rows < len(examples)  # several segments share a row
     # Both sides see the same real tokens.
-    assert train_throughput.packed_real_tokens(rows[0]) == reference_t5.real_tokens(batch)
+    assert train_setup.packed_real_tokens(rows[0]) == reference_t5.real_tokens(batch)
 
     jbatch = trainer.global_batch(rows[0])
     summed = {k: float(v) for k, v in trainer.eval_step(state.params, jbatch).items()}

@@ -436,8 +436,8 @@ def test_load_params_names_config_json_and_the_first_disagreeing_param(saved, tm
 
 
 def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeypatch):
-    from dss_jax import train_loop
     from dss_jax.teacher import student_backend
+    from dss_jax.training import loop
 
     d = _with_config(saved, tmp_path / "ckpt", d_ff=80)
     expect = rf"{d / 'config.json'}".replace(".", r"\.") + r" implies \[32, 80\]"
@@ -451,7 +451,7 @@ def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeyp
             return None
 
     with pytest.raises(cli.UserError, match=expect):
-        train_loop._initial_state(None, NoRunYet(), str(d))
+        loop._initial_state(None, NoRunYet(), str(d))
 
 
 def test_a_run_step_copied_without_its_config_json_is_refused_with_the_fix(saved, tmp_path):

@@ -120,7 +120,7 @@ def test_library_info_is_hidden_but_own_info_and_warnings_are_not():
     def record(path, level, msg="x"):
         return logging.LogRecord("absl", level, path, 1, msg, None, None)
 
-    own = os.path.join(REPO_ROOT, "dss_jax", "train_loop.py")
+    own = os.path.join(REPO_ROOT, "dss_jax", "training", "loop.py")
     orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/checkpoint_manager.py"
     assert chatter.filter(record(own, logging.INFO))
     assert not chatter.filter(record(orbax, logging.INFO))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import gin
-from dss_jax import checkpoints, evaluation
-from dss_jax.evaluation import evaluate, load_examples, score, write_outputs
+from dss_jax import checkpoints, scoring
 from dss_jax.prediction import DecodeSettings
+from dss_jax.scoring import decode_and_score, load_examples, score, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_examples_of_the_split_in_order(examples):
 
 def test_metrics_equal_a_recomputation_from_predictions(env, examples, tmp_path):
     params = env.trained.params_by_step[60]
-    result = evaluate(env.trained.model, params, examples, batch_size=4, output_rationale=True)
+    result = decode_and_score(env.trained.model, params, examples, batch_size=4, output_rationale=True)
     write_outputs(result, str(tmp_path), step=60, info={"task": toy.TASK})
     rows = _read_jsonl(tmp_path / "predictions.jsonl")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -65,8 +65,8 @@ def test_metrics_equal_a_recomputation_from_predictions(env, examples, tmp_path)
 def test_batch_size_does_not_change_predictions(env, examples, method):
     params = env.trained.params_by_step[15]  # less sure of itself than the final step
     decode = DecodeSettings(method=method, num_beams=3)
-    one = evaluate(env.trained.model, params, examples, batch_size=1, decode=decode)
-    seven = evaluate(env.trained.model, params, examples, batch_size=7, decode=decode)  # last batch: 4 of 7
+    one = decode_and_score(env.trained.model, params, examples, batch_size=1, decode=decode)
+    seven = decode_and_score(env.trained.model, params, examples, batch_size=7, decode=decode)  # last batch: 4 of 7
     assert one.records == seven.records
     drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_second"}
     assert drop(one.metrics) == drop(seven.metrics)
@@ -144,12 +144,12 @@ def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):
                 f"make_train_eval_hook.output_dir = '{tmp_path}'",
             ]
         )
-        hook = evaluation.make_train_eval_hook(env.trained.model)
+        hook = scoring.make_train_eval_hook(env.trained.model)
     finally:
         gin.clear_config()
     params = env.trained.params_by_step[60]
     out = hook(params=params, step=60)
-    direct = evaluate(env.trained.model, params, examples, batch_size=4).metrics
+    direct = decode_and_score(env.trained.model, params, examples, batch_size=4).metrics
     assert {k: v for k, v in out.items() if k != "decode/examples_per_second"} == {
         "decode/" + k: v for k, v in direct.items() if k != "examples_per_second"
     }
@@ -161,14 +161,14 @@ def test_vocabulary_larger_than_the_model_is_refused(env, examples):
 
     small = T5(env.trained.config.replace(vocab_size=32))
     with pytest.raises(ValueError, match="the model only 32 embeddings"):
-        evaluate(small, env.trained.params_by_step[60], examples)
+        decode_and_score(small, env.trained.params_by_step[60], examples)
 
 
 def test_evaluate_shows_a_progress_bar_of_examples_only_when_asked(env, examples, capsys):
     params = env.trained.params_by_step[max(env.trained.params_by_step)]
-    evaluate(env.trained.model, params, examples, batch_size=4)
+    decode_and_score(env.trained.model, params, examples, batch_size=4)
     assert capsys.readouterr().err == ""
-    evaluate(env.trained.model, params, examples, batch_size=4, output_rationale=True, progress=True)
+    decode_and_score(env.trained.model, params, examples, batch_size=4, output_rationale=True, progress=True)
     err = capsys.readouterr().err
     for part in ("labels", "rationales"):
         assert f"{toy.TASK} {part}: 100%" in err and "11/11" in err and "ex/s" in err, err

@@ -10,7 +10,7 @@ import pytest
 import gin
 from conftest import REPO_ROOT, run_binary
 from dss_jax import gin_utils
-from dss_jax.evaluation import evaluate, load_examples
+from dss_jax.scoring import decode_and_score, load_examples
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_eval_binary_on_a_run_dir_every_step(env, task_gin, tmp_path):
         assert metrics["step"] == step and metrics["split"] == "test" and metrics["num_examples"] == 11
         assert metrics["accuracy"] == pytest.approx(sum(r["prediction"] == r["target"] for r in rows) / len(rows))
         # The binary's predictions are those of the in-process evaluation of the same params.
-        direct = evaluate(env.trained.model, env.trained.params_by_step[step], examples, batch_size=4)
+        direct = decode_and_score(env.trained.model, env.trained.params_by_step[step], examples, batch_size=4)
         assert [r["prediction"] for r in rows] == [r["prediction"] for r in direct.records]
         assert str(step) in proc.stdout
     assert "accuracy" in proc.stdout and "teacher_agreement" in proc.stdout  # the printed table
@@ -80,7 +80,7 @@ def test_eval_binary_on_a_params_checkpoint_with_rationales(env, task_gin, tmp_p
     )
     rows, metrics = read_outputs(out)  # one checkpoint: outputs directly in EVAL_OUTPUT_DIR
     examples = load_examples(toy.TASK, "test", toy.LENGTHS)
-    direct = evaluate(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
+    direct = decode_and_score(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in direct.records]
     assert metrics["accuracy"] == direct.metrics["accuracy"] and metrics["step"] is None
     assert all(isinstance(r["rationale"], str) for r in rows)

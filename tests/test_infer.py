@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from dss_jax import infer, prediction
-from dss_jax.evaluation import evaluate, load_examples
+from dss_jax.scoring import decode_and_score, load_examples
 
 LONG = "what about a red apple? " + "and a very very long story about many other things " * 8
 
@@ -46,7 +46,7 @@ def test_labels_are_those_of_the_eval_and_long_inputs_warn(env, tmp_path, caplog
     assert written == rows and len(rows) == 13
     assert [r["id"] for r in rows] == [r["id"] for r in records[:-1]] + ["13"]
     # The same tokenization as the task's: the latest checkpoint gives the eval's predictions.
-    direct = evaluate(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
+    direct = decode_and_score(env.trained.model, env.trained.params_by_step[60], examples, batch_size=4)
     by_id = {r["id"]: r for r in rows}
     assert [by_id[i]["label"] for i in examples.ids] == [r["prediction"] for r in direct.records]
     assert all(isinstance(r["rationale"], str) for r in rows)

@@ -152,9 +152,9 @@ def test_a_step_that_needs_more_rows_than_the_bound_names_the_setting(task_name)
 def test_training_with_a_batch_in_examples_reports_examples_rows_and_tokens_per_step(task_name, tmp_path):
     import json
 
-    from dss_jax import train_loop
     from dss_jax.model.config import T5Config
     from dss_jax.model.t5 import T5
+    from dss_jax.training import loop
 
     model = T5(
         T5Config.preset(
@@ -170,7 +170,7 @@ def test_training_with_a_batch_in_examples_reports_examples_rows_and_tokens_per_
             num_decoder_layers=1,
         )
     )
-    train_loop.train(
+    loop.train(
         model,
         model_dir=str(tmp_path / "run"),
         task_name=task_name,

@@ -320,7 +320,7 @@ def test_tpu_pod_copies_starts_reports_collects_and_stops_on_every_worker(fake_p
     r = tpu(*common, "copy", env=env)
     assert r.returncode == 0, r.stderr
     for w in (0, 1):
-        assert (root / f"worker{w}" / "dss_jax" / "dss_jax" / "trainer.py").is_file()
+        assert (root / f"worker{w}" / "dss_jax" / "dss_jax" / "training" / "step.py").is_file()
         assert not (root / f"worker{w}" / "dss_jax" / ".git").exists()
         # the venv that `install` would create; here a stub trainer
         venv = root / f"worker{w}" / "dss_jax" / ".venv" / "bin"

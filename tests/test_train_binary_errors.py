@@ -9,7 +9,8 @@ import pytest
 
 import gin
 from conftest import run_binary
-from dss_jax import checkpoints, gin_utils, settings, train_loop
+from dss_jax import checkpoints, gin_utils, settings
+from dss_jax.training import checks
 
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
 
@@ -90,10 +91,10 @@ def parsed():
 def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, named):
     parsed(binding)
     with pytest.raises(settings.SettingError) as e:
-        train_loop.check_gin_settings()
+        checks.check_gin_settings()
     assert named in str(e.value) and "\n" not in str(e.value)
 
 
 def test_the_shipped_defaults_pass_the_checks(parsed):
     parsed()
-    train_loop.check_gin_settings()
+    checks.check_gin_settings()

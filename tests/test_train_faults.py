@@ -17,9 +17,10 @@ import pytest
 from flax import linen as nn
 from test_trainer import VOCAB, packed_batch
 
-from dss_jax import checkpoints, cli, metrics_writer, optimizers, settings, train_loop
+from dss_jax import checkpoints, cli, metrics_writer, optimizers, settings
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
+from dss_jax.training import loop
 
 TASK = "train_faults_toy"
 LENGTHS = {"label_inputs": 16, "label_targets": 12, "rationale_inputs": 16, "rationale_targets": 12}
@@ -97,7 +98,7 @@ def train(model_dir, steps, poisoned=(), **kw):
         eval_period=0,
         batches_fn=batches(poisoned),
     )
-    return train_loop.train(model(), **{**args, **kw})
+    return loop.train(model(), **{**args, **kw})
 
 
 def metric_steps(model_dir):
@@ -362,7 +363,7 @@ def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
     gin.clear_config()
     try:
         with pytest.raises(settings.SettingError, match=r"has no spiece.model.*task_vocabulary.spm_path"):
-            train_loop.train(
+            loop.train(
                 model(),
                 model_dir=str(tmp_path / "run"),
                 task_name="dss_svamp",
@@ -373,8 +374,8 @@ def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
             )
         assert not (tmp_path / "run").exists()
         shutil.copy(spm, ckpt / "spiece.model")
-        train_loop._use_initial_vocabulary("dss_svamp", str(ckpt))
-        assert train_loop.task_vocabulary_file("dss_svamp") == str(ckpt / "spiece.model")
+        loop._use_initial_vocabulary("dss_svamp", str(ckpt))
+        assert loop.task_vocabulary_file("dss_svamp") == str(ckpt / "spiece.model")
     finally:
         gin.clear_config()
         from dss_jax.data import tasks as dss_tasks

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from dss_jax import losses, optimizers, partitioning
-from dss_jax import trainer as trainer_lib
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
-from dss_jax.trainer import Trainer
+from dss_jax.training import step as trainer_lib
+from dss_jax.training.step import Trainer
 
 VOCAB = 64
 

@@ -218,7 +218,7 @@ class RunLock:
     second trainer is refused with those named. A lock left by a dead process on this host
     (a SIGKILL, an out-of-memory kill) is taken over with a warning; one from another host
     cannot be checked from here, so the message says which file to delete if that
-    process is gone. Multi-host runs take it on process 0 only (see train_loop).
+    process is gone. Multi-host runs take it on process 0 only (see training/loop.py).
     """
 
     def __init__(self, model_dir: str):

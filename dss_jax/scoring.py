@@ -1,7 +1,7 @@
 """Decode-based evaluation of a task split: the eval binary's and the train loop's.
 
     examples = load_examples("dss_svamp", "test", feature_lengths)
-    result = evaluate(model, params, examples, batch_size=32)   # greedy by default
+    result = decode_and_score(model, params, examples, batch_size=32)   # greedy by default
     write_outputs(result, "/tmp/eval/step_1000", step=1000)      # predictions.jsonl, metrics.json
     result.metrics  # {"accuracy": ..., "teacher_agreement": ..., "num_examples": ...}
 
@@ -154,7 +154,7 @@ class EvalResult:
     metrics: dict[str, float]
 
 
-def evaluate(
+def decode_and_score(
     model,
     params,
     examples: EvalExamples,
@@ -290,7 +290,7 @@ class TrainEvalHook:
             self.model = build_model(model_config(checkpoint_path=self._initial_checkpoint_path))
         if self._examples is None:
             self._examples = load_examples(self.task_name, self.split, self.feature_lengths, self.max_examples)
-        result = evaluate(
+        result = decode_and_score(
             self.model,
             params,
             self._examples,

@@ -6,8 +6,8 @@ INITIAL_CHECKPOINT_PATH or from scratch; checkpoints every `checkpoint_period` s
 and at the end; saves on SIGTERM (preemption) before exiting; stops on a non-finite
 loss with the step named and the last good state saved.
 
-Before anything is written, every setting is checked (`check_settings`; the binary also
-checks gin's bindings, `check_gin_settings`, before any configurable is built) and the
+Before anything is written, every setting is checked (checks.py; the binary also checks
+gin's bindings, `checks.check_gin_settings`, before any configurable is built) and the
 run directory is locked against a second trainer (`checkpoints.RunLock`). On a
 resume, the metrics of the steps after the restored checkpoint are superseded
 (metrics_writer), so every step has one value.
@@ -31,7 +31,8 @@ import gin
 from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitioning, settings
 from dss_jax.cli import UserError
 from dss_jax.metrics_writer import MetricsWriter, Progress
-from dss_jax.trainer import DROPOUT_RNGS, Trainer
+from dss_jax.training import checks
+from dss_jax.training.step import Trainer
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -75,9 +76,9 @@ def train(
     eval_hook: Optional[Callable[..., Mapping[str, float]]] = None,
 ) -> dict[str, float]:
     """Trains until `train_steps` optimizer steps; returns the last logged metrics."""
-    check_settings(_settings_of(locals()))
-    initial_checkpoint_path = _check_paths(model_dir, initial_checkpoint_path)
-    _check_task(task_name)
+    checks.check_settings(checks.settings_of(locals()))
+    initial_checkpoint_path = checks.check_paths(model_dir, initial_checkpoint_path)
+    checks.check_task(task_name)
     if initial_checkpoint_path:
         _use_initial_vocabulary(task_name, initial_checkpoint_path)
     with _lock_run_dir(model_dir):  # released on every way out, an exception included
@@ -153,7 +154,7 @@ def train(
         signal.signal(signal.SIGTERM, on_sigterm)
 
         def evaluate_now():
-            evaluate(
+            validation_loss(
                 trainer,
                 state.params,
                 eval_batches_fn,
@@ -216,153 +217,6 @@ def train(
             writer.close()
             eval_writer.close()
         return last_logged
-
-
-# -- settings, checked before anything is written ---------------------------------
-
-
-def _feature_lengths(v):
-    if not isinstance(v, Mapping) or not v:
-        return "must be a dict of feature name -> length, e.g. {'label_inputs': 128, ...}"
-    for k, n in v.items():
-        if not isinstance(k, str) or settings.positive_int(n):
-            return f"must map feature names to positive integers ({k!r}: {n!r} does not)"
-    return None
-
-
-def _partition_rules(v):
-    if isinstance(v, str):
-        return settings.one_of(sorted(partitioning.RULE_SETS))(v)
-    ok = isinstance(v, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in v)
-    return None if ok else "must be a rule set name or a tuple of (logical_axis, mesh_axis) pairs"
-
-
-# Every setting of a train run, as `Configurable.parameter` (what a gin binding names).
-SETTINGS: dict[str, settings.Rule] = {
-    "train.model_dir": settings.text,
-    "train.task_name": settings.text,
-    "train.task_feature_lengths": _feature_lengths,
-    "train.train_steps": settings.positive_int,
-    "train.batch_size": settings.positive_int,
-    "train.initial_checkpoint_path": settings.optional(settings.text),
-    "train.eval_period": settings.nonnegative_int,  # 0: no evaluation
-    "train.eval_split": settings.text,
-    "train.eval_batches_limit": settings.optional(settings.positive_int),
-    "train.checkpoint_period": settings.positive_int,
-    "train.keep_checkpoints": settings.optional(settings.positive_int),
-    "train.async_checkpointing": settings.boolean,
-    "train.log_period": settings.positive_int,
-    "train.progress_seconds": settings.number(0),  # a progress line at least this often (0: every step)
-    "train.num_microbatches": settings.positive_int,
-    "train.batch_unit": settings.one_of(input_pipeline.BATCH_UNITS),
-    "train_batches.max_rows": settings.optional(settings.positive_int),
-    "train.seed": settings.integer,
-    "train.dropout_rng": settings.one_of(DROPOUT_RNGS),
-    "LossConfig.rationale_weight": settings.number(0),
-    "LossConfig.z_loss": settings.number(0),
-    "LossConfig.label_smoothing": settings.number(0, 1, open_high=True),
-    "LossConfig.normalization": settings.one_of(("token", "sequence")),
-    "PartitionConfig.num_partitions": settings.positive_int,
-    "PartitionConfig.rules": _partition_rules,
-    **{f"OptimizerConfig.{k}": rule for k, rule in optimizers.SETTINGS.items()},
-    # Read by the input pipeline, which the binary configures through gin only.
-    "DssFeatureConverter.pack_encoder_length": settings.optional(settings.positive_int),
-    "DssFeatureConverter.pack_decoder_length": settings.optional(settings.positive_int),
-    "DssFeatureConverter.max_open_rows": settings.positive_int,
-    "train_batches.num_input_shards": settings.optional(settings.positive_int),
-}
-
-# The t5x macros the shipped gin files bind these settings to: what a user types.
-MACROS = {
-    "train.model_dir": "MODEL_DIR",
-    "train.task_name": "MIXTURE_OR_TASK_NAME",
-    "train.task_feature_lengths": "TASK_FEATURE_LENGTHS",
-    "train.train_steps": "TRAIN_STEPS",
-    "train.batch_size": "BATCH_SIZE",
-    "train.initial_checkpoint_path": "INITIAL_CHECKPOINT_PATH",
-    "train.eval_period": "EVAL_PERIOD",
-    "LossConfig.rationale_weight": "RATIONALE_WEIGHT",
-}
-
-
-def check_settings(values: Mapping[str, Any], macros: Mapping[str, str] = MACROS) -> None:
-    """SettingError naming the first of `values` (`Configurable.param` -> value) that breaks its rule."""
-    settings.check(values, SETTINGS, macros)
-
-
-def check_gin_settings() -> None:
-    """check_settings over what the parsed gin config binds, before any configurable is
-    built: a bad value is reported as the setting, not from inside what it would build."""
-    values, macros = settings.gin_values(SETTINGS)
-    check_settings(values, macros)
-
-
-def _settings_of(args: Mapping[str, Any]) -> dict[str, Any]:
-    """train()'s own arguments and its config objects' fields, as SETTINGS names them."""
-    import dataclasses
-
-    values = {f"train.{k}": v for k, v in args.items() if f"train.{k}" in SETTINGS}
-    for arg, prefix in (
-        ("loss_config", "LossConfig"),
-        ("optimizer_config", "OptimizerConfig"),
-        ("partition_config", "PartitionConfig"),
-    ):
-        cfg = args.get(arg)
-        if dataclasses.is_dataclass(cfg):
-            values.update({f"{prefix}.{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
-    return values
-
-
-def _check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optional[str]:
-    """MODEL_DIR must be (or become) a writable directory; INITIAL_CHECKPOINT_PATH must be a
-    checkpoint directory, or a training run's MODEL_DIR (its latest checkpoint). Checked
-    before the first write; returns the checkpoint dir to start from."""
-    path = os.path.abspath(model_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
-    existing = path
-    while not os.path.exists(existing):  # the nearest folder that exists is where it gets created
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise settings.SettingError(
-            f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
-            "choose a directory you can write to, or fix its permissions"
-        )
-    if not initial_checkpoint_path:
-        return None
-    # A converted checkpoint, a run's checkpoint_<step> dir, or a run's MODEL_DIR (its latest).
-    if not os.path.isdir(initial_checkpoint_path):
-        raise settings.SettingError(
-            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
-            "directory; give a checkpoint written by `python -m dss_jax.convert` or a "
-            "training run (its MODEL_DIR or one of its checkpoint_<step> dirs)"
-        )
-    try:
-        ((_, resolved),) = checkpoints.select_checkpoints(
-            initial_checkpoint_path, "latest", path_setting="INITIAL_CHECKPOINT_PATH"
-        )
-    except checkpoints.CheckpointError as e:
-        raise settings.SettingError(str(e)) from None
-    if checkpoints.find_config(resolved) is None:
-        raise settings.SettingError(
-            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no config.json (in it or "
-            "its training run's MODEL_DIR); give a checkpoint written by "
-            "`python -m dss_jax.convert` or a training run"
-        )
-    return resolved
-
-
-def _check_task(task_name: str) -> None:
-    import seqio
-
-    if task_name not in seqio.TaskRegistry.names():
-        from dss_jax.data import tasks as dss_tasks
-
-        known = ", ".join(sorted(dss_tasks.REGISTERED)) or "none"
-        raise settings.SettingError(
-            f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task (DSS tasks: {known}); "
-            "include the task's gin file, e.g. --gin_file=tasks/svamp.gin"
-        )
 
 
 def _local_batch_size(batch_size: int, num_microbatches: int, mesh) -> int:
@@ -524,7 +378,7 @@ def _summarise(window: list[dict], seconds: float) -> dict[str, float]:
     return out
 
 
-def evaluate(
+def validation_loss(
     trainer, params, eval_batches_fn, task_name, feature_lengths, batch_size, split, limit, writer, step, eval_hook=None
 ) -> dict[str, float]:
     """Teacher-forced loss and token accuracy on a split, plus whatever `eval_hook`
