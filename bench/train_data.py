@@ -22,6 +22,8 @@ from typing import Optional
 import numpy as np
 
 from dss_jax import files
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAIRED = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
@@ -65,10 +67,10 @@ def feature_lengths(dataset: str) -> tuple[dict[str, int], tuple[int, int]]:
 def paper_examples(dataset: str, directory: pathlib.Path) -> list[dict[str, str]]:
     """Paired text examples of the train split, built by the project's own task code
     (gold labels and the PaLM rationale, as the reference's default `--label_type gt`)."""
-    from dss_jax.data import dss_paper, tasks
+    from dss_jax.data import dss_paper
 
     records = dss_paper.import_split(directory, dataset, "train")
-    examples, _ = tasks.training_examples(records, tasks.TaskOptions())
+    examples, _ = dss_paired.training_examples(records, dss_options.TaskOptions())
     return examples
 
 

@@ -24,6 +24,7 @@ from absl import flags, logging
 
 import gin
 from dss_jax import cli, configurables, gin_utils
+from dss_jax.data import options as dss_options
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
     from dss_jax.prediction import DecodeSettings
@@ -59,7 +60,7 @@ def evaluate_checkpoints(
     from dss_jax.scoring import decode_and_score, load_examples, write_outputs
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
-    dss_tasks.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
+    dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     examples = None
     writer = MetricsWriter(output_dir)

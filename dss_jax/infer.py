@@ -31,6 +31,8 @@ from absl import flags
 import gin
 from dss_jax import checkpoints, cli, configurables, files, gin_utils
 from dss_jax.data import jsonl, parsers
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
     from dss_jax.prediction import DecodeSettings
@@ -130,8 +132,8 @@ def infer_file(
     # its run says so, with or without a task named here.
     setting = f"CHECKPOINT_PATH={checkpoint_path}"
     if task_name:
-        dss_tasks.use_run_options(task_name, path, setting)
-        label_target = dss_tasks.current_options(task_name).label_target
+        dss_options.use_run_options(task_name, path, setting)
+        label_target = dss_options.current_options(task_name).label_target
     else:
         label_target = (checkpoints.run_task(path) or (None, None, {}))[2].get("label_target", "label")
     model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
@@ -149,8 +151,8 @@ def infer_file(
                 too_long.setdefault(i, []).append(f"{full} tokens with {prefix.strip()!r} > {feature}={length}")
         return np.stack(rows)
 
-    label_rows = encode_all(dss_tasks.LABEL_PREFIX, "label_inputs")
-    rationale_rows = encode_all(dss_tasks.RATIONALE_PREFIX, "rationale_inputs") if output_rationale else None
+    label_rows = encode_all(dss_paired.LABEL_PREFIX, "label_inputs")
+    rationale_rows = encode_all(dss_paired.RATIONALE_PREFIX, "rationale_inputs") if output_rationale else None
     for i, what in sorted(too_long.items()):
         logging.warning(
             "%s:%d (id %r): input too long (%s); truncated", input_path, inputs[i].line, inputs[i].id, "; ".join(what)

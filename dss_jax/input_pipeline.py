@@ -24,7 +24,9 @@ import seqio
 
 import gin
 from dss_jax.cli import UserError
+from dss_jax.data import options as dss_options
 from dss_jax.data import packing
+from dss_jax.data import paired as dss_paired
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.feature_converter import DssFeatureConverter
 
@@ -44,13 +46,14 @@ def _without_autograph():
 
 def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, shard_index, num_shards):
     task = dss_tasks.get_task(task_name)
-    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+    feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
     if split not in task.splits:
         raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {sorted(task.splits)}")
-    missing = [k for k in dss_tasks.PAIRED_TEXT_FEATURES if k not in feature_lengths]
+    missing = [k for k in dss_paired.PAIRED_TEXT_FEATURES if k not in feature_lengths]
     if missing:
         raise ValueError(
-            f"TASK_FEATURE_LENGTHS lacks {missing}; a DSS task needs lengths for {list(dss_tasks.PAIRED_TEXT_FEATURES)}"
+            f"TASK_FEATURE_LENGTHS lacks {missing}; a DSS task needs lengths for "
+            f"{list(dss_paired.PAIRED_TEXT_FEATURES)}"
         )
     return task.get_dataset(
         sequence_length=dict(feature_lengths),
@@ -146,7 +149,7 @@ def train_batches(
                 num_shards=streams,
             )
             converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
-            ds = converter(ds, dss_tasks.effective_feature_lengths(task_name, feature_lengths))
+            ds = converter(ds, dss_options.effective_feature_lengths(task_name, feature_lengths))
             ds = ds.batch(batch_size // per_process, drop_remainder=True)
         if start_position:
             ds = ds.skip(start_position)
@@ -187,7 +190,7 @@ def _example_batches(
     that needs more rows stops the run with a message naming the setting; nothing is
     dropped or moved to another step.
     """
-    lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+    lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
     with _without_autograph():
         ds = _dataset(
             task_name,
@@ -285,7 +288,7 @@ def eval_batches(
             shard_index=shard_index,
             num_shards=num_shards,
         )
-        feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+        feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
         ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]
     count = len(batches)

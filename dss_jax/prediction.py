@@ -198,7 +198,7 @@ def answer(
     progress: a progress bar per pass, named "<progress> labels" / "<progress> rationales"
     (with "": just "labels" / "rationales"); None: no bars.
     """
-    from dss_jax.data.tasks import split_single_task
+    from dss_jax.data.options import split_single_task
 
     def texts(rows, length, what):
         description = None if progress is None else f"{progress} {what}".strip()

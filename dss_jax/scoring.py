@@ -29,6 +29,8 @@ import numpy as np
 
 import gin
 from dss_jax import files
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 from dss_jax.data import parsers
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.model.decoding import DecodeConfig
@@ -81,19 +83,19 @@ def load_examples(
     task = dss_tasks.get_task(task_name)
     if split not in task.splits:
         raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {', '.join(task.splits)}")
-    missing = [k for k in dss_tasks.PAIRED_TEXT_FEATURES if k not in feature_lengths]
+    missing = [k for k in dss_paired.PAIRED_TEXT_FEATURES if k not in feature_lengths]
     if missing:
-        raise ValueError(f"TASK_FEATURE_LENGTHS lacks {missing}; it needs {list(dss_tasks.PAIRED_TEXT_FEATURES)}")
-    feature_lengths = dss_tasks.effective_feature_lengths(task_name, feature_lengths)
+        raise ValueError(f"TASK_FEATURE_LENGTHS lacks {missing}; it needs {list(dss_paired.PAIRED_TEXT_FEATURES)}")
+    feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
     dataset = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
     if max_examples is not None:
         dataset = dataset.take(max_examples)
     ids, inputs, targets, teacher, label_rows, rationale_rows = [], [], [], [], [], []
     for ex in dataset.as_numpy_iterator():
         ids.append(_text(ex["id"]))
-        inputs.append(_text(ex["label_inputs_pretokenized"]).removeprefix(dss_tasks.LABEL_PREFIX))
+        inputs.append(_text(ex["label_inputs_pretokenized"]).removeprefix(dss_paired.LABEL_PREFIX))
         targets.append(_text(ex["label_targets_pretokenized"]))
-        label = _text(ex.get(dss_tasks.TEACHER_LABEL, b""))
+        label = _text(ex.get(dss_paired.TEACHER_LABEL, b""))
         teacher.append(label or None)
         label_rows.append(ex["label_inputs"])
         rationale_rows.append(ex["rationale_inputs"])
@@ -183,7 +185,7 @@ def decode_and_score(
         label_length=lengths["label_targets"],
         rationale_rows=examples.rationale_tokens if output_rationale else None,
         rationale_length=lengths["rationale_targets"],
-        single_task=dss_tasks.current_options(examples.task_name).label_target == "rationale_then_label",
+        single_task=dss_options.current_options(examples.task_name).label_target == "rationale_then_label",
         batch_size=batch_size,
         decode=decode,
         progress=examples.task_name if progress else None,

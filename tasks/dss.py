@@ -4,7 +4,7 @@
 
 over the paper's released files (gin: `data_locations.data_dir`, default
 $DSS_PALM_DIR or ../shared/data/dss_palm), imported on first use into
-`data_locations.cache_dir`. Options: `task_options` (see dss_jax/data/tasks.py);
+`data_locations.cache_dir`. Options: `task_options` (see dss_jax/data/options.py);
 feature lengths: gin/tasks/<dataset>.gin.
 """
 

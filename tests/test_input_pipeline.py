@@ -7,6 +7,7 @@ import pytest
 
 from conftest import write_parity_task_files
 from dss_jax import input_pipeline
+from dss_jax.data import options as dss_options
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data import vocab
 
@@ -22,7 +23,7 @@ def task_name(tmp_path_factory):
         train_cache=train,
         vocabulary=vocab.from_checkpoint(spm),
         family="cqa",
-        options=dss_tasks.TaskOptions(),
+        options=dss_options.TaskOptions(),
     )
     yield "pipeline_parity"
     import seqio

@@ -14,7 +14,7 @@ import pytest
 import gin
 from conftest import REPO_ROOT
 from dss_jax import checkpoints, cli
-from dss_jax.data import tasks as dss_tasks
+from dss_jax.data import options as dss_options
 
 SINGLE = {"label_target": "rationale_then_label", "validation_fraction": 0.25, "validation_seed": 3}
 
@@ -62,7 +62,7 @@ def test_eval_scores_a_single_task_run_without_its_binding(single_task_run, tmp_
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     # The single-task answer was split: the label is scored, the rationale kept beside it.
     assert all("rationale" in r for r in rows)
-    options = dss_tasks.current_options(toy.TASK)
+    options = dss_options.current_options(toy.TASK)
     assert (options.label_target, options.validation_fraction, options.validation_seed) == (
         "rationale_then_label",
         0.25,
@@ -90,7 +90,7 @@ def test_a_contradicting_binding_is_an_error_naming_both(single_task_run, tmp_pa
 
 
 def test_validation_options_apply_only_to_the_runs_own_task(single_task_run):
-    dss_tasks.use_run_options("another_task", str(single_task_run), "CHECKPOINT_PATH")
+    dss_options.use_run_options("another_task", str(single_task_run), "CHECKPOINT_PATH")
     assert gin.query_parameter("another_task/task_options.label_target") == "rationale_then_label"
     with pytest.raises(ValueError):
         gin.query_parameter("another_task/task_options.validation_fraction")

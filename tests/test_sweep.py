@@ -12,7 +12,8 @@ import pytest
 import gin
 from conftest import REPO_ROOT
 from dss_jax import gin_utils, sweep
-from dss_jax.data import tasks as dss_tasks
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 from dss_jax.data.cache import CacheRecord, TeacherSample
 
 
@@ -20,17 +21,17 @@ def test_single_task_targets_and_label_extraction():
     rec = CacheRecord(
         id="a", input="2 and 3?", label="(2 + 3)", samples=(TeacherSample(rationale="2 + 3 = 5.", label="(2 + 3)"),)
     )
-    opts = dss_tasks.TaskOptions(label_target="rationale_then_label")
-    (ex,), dropped = dss_tasks.training_examples([rec], opts)
+    opts = dss_options.TaskOptions(label_target="rationale_then_label")
+    (ex,), dropped = dss_paired.training_examples([rec], opts)
     assert dropped == 0
     assert ex["label_targets"] == "2 + 3 = 5. So the answer is: (2 + 3)"
-    assert dss_tasks.split_single_task(ex["label_targets"]) == ("2 + 3 = 5.", "(2 + 3)")
-    assert dss_tasks.split_single_task("2 + 3 = 5.") == ("2 + 3 = 5.", "")
+    assert dss_options.split_single_task(ex["label_targets"]) == ("2 + 3 = 5.", "(2 + 3)")
+    assert dss_options.split_single_task("2 + 3 = 5.") == ("2 + 3 = 5.", "")
     # Evaluation keeps the gold label alone as the target.
-    (ev,), _ = dss_tasks.evaluation_examples([rec], opts)
+    (ev,), _ = dss_paired.evaluation_examples([rec], opts)
     assert ev["label_targets"] == "(2 + 3)"
     with pytest.raises(ValueError, match="label_target"):
-        dss_tasks.TaskOptions(label_target="both")
+        dss_options.TaskOptions(label_target="both")
 
 
 def test_plan_covers_the_grid_and_methods_bind_the_baselines():

@@ -10,6 +10,8 @@ import gin
 import tasks.dss  # registers the paper's tasks
 from conftest import REPO_ROOT, write_parity_task_files
 from dss_jax.data import dss_paper, sources, vocab
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample
 from dss_jax.data.feature_converter import DssFeatureConverter
@@ -70,7 +72,7 @@ def test_paired_examples_are_tokenized_with_both_parts(bind, env):
     vocabulary = vocab.from_checkpoint(env["spm"])
     assert ex["label_inputs_pretokenized"].decode().startswith("predict: ")
     assert ex["rationale_inputs_pretokenized"].decode().startswith("explain: ")
-    for name in dss_tasks.PAIRED_TEXT_FEATURES:
+    for name in dss_paired.PAIRED_TEXT_FEATURES:
         assert ex[name].dtype == np.int32 and ex[name][-1] == 1  # EOS
         text = " ".join(ex[f"{name}_pretokenized"].decode().split())  # the vocabulary folds newlines
         assert vocabulary.decode(ex[name][:-1].tolist()) == text
@@ -101,14 +103,14 @@ def test_options_from_gin_with_task_scope(bind):
     kept = sources.subsample(800, 0.5, 0)
     rest, _ = sources.split_off(len(kept), 0.1, 0)
     ids = [f"svamp/train/{i}" for i in kept[rest]]
-    records = {r.id: r for r in dss_paper.import_split(dss_tasks.data_locations()[0], "svamp", "train")}
+    records = {r.id: r for r in dss_paper.import_split(dss_options.data_locations()[0], "svamp", "train")}
     parsed_ids = [i for i in ids if records[i].samples[0].parsed]
     assert len(parsed_ids) < len(ids)
     assert [e["id"].decode() for e in train] == parsed_ids  # teacher labels: unparsed dropped
     assert all(e["label_targets_pretokenized"].decode() == records[e["id"].decode()].samples[0].label for e in train)
     # The scope only reaches svamp: cqa still trains on gold labels, at the same fraction.
     with gin.config_scope("dss_cqa"):
-        cqa_options = dss_tasks.task_options()
+        cqa_options = dss_options.task_options()
     assert (cqa_options.label_source, cqa_options.train_fraction) == ("gt", 0.5)
     cqa_kept = sources.subsample(9741, 0.5, 0)
     cqa_rest, _ = sources.split_off(len(cqa_kept), 0.1, 0)
@@ -127,18 +129,18 @@ def test_subsample_and_teacher_sample_choices():
 
     good, bad = TeacherSample("why", "T"), TeacherSample(None, None)
     records = [rec(0, [good, bad]), rec(1, [bad, good]), rec(2, []), rec(3, [good], label=None)]
-    opts = dss_tasks.TaskOptions
-    ex, dropped = dss_tasks.training_examples(records, opts(label_source="teacher"))
+    opts = dss_options.TaskOptions
+    ex, dropped = dss_paired.training_examples(records, opts(label_source="teacher"))
     assert [e["id"] for e in ex] == ["r0", "r3"] and dropped == 2
-    ex, dropped = dss_tasks.training_examples(records, opts(label_source="teacher", teacher_sample="all"))
+    ex, dropped = dss_paired.training_examples(records, opts(label_source="teacher", teacher_sample="all"))
     assert [e["id"] for e in ex] == ["r0#0", "r1#1", "r3#0"] and dropped == 1
-    ex, dropped = dss_tasks.training_examples(records, opts(label_source="gt", teacher_sample=1))
+    ex, dropped = dss_paired.training_examples(records, opts(label_source="gt", teacher_sample=1))
     assert [(e["id"], e["label_targets"], e["rationale_targets"]) for e in ex] == [
         ("r0", "L", ""),
         ("r1", "L", "why"),
         ("r2", "L", ""),
     ] and dropped == 1
-    ex, dropped = dss_tasks.evaluation_examples(records, opts(teacher_sample="all"))
+    ex, dropped = dss_paired.evaluation_examples(records, opts(teacher_sample="all"))
     assert [(e["id"], e["rationale_targets"]) for e in ex] == [("r0", "why"), ("r1", "why"), ("r2", "")]
     assert ex[0]["label_inputs"] == "predict: x0" and ex[0]["rationale_inputs"] == "explain: x0"
     for bad_opts in (
@@ -170,7 +172,7 @@ def test_register_cache_task_in_a_few_lines(tmp_path):
         train_cache=train,
         vocabulary=vocab.from_checkpoint(spm),
         family="cqa",
-        options=dss_tasks.TaskOptions(),
+        options=dss_options.TaskOptions(),
     )
     train_ex = list(task.get_dataset(LENGTHS, split="train", shuffle=False).as_numpy_iterator())
     valid_ex = list(task.get_dataset(LENGTHS, split="validation", shuffle=False).as_numpy_iterator())

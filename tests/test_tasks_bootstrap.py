@@ -6,6 +6,8 @@ import seqio
 
 import gin
 import tasks.bootstrap  # registers dss_synthetic_bootstrap
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 from dss_jax.data import synthetic
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache
@@ -29,22 +31,22 @@ def pairs(examples):
 
 def test_gt_else_teacher_takes_the_gold_label_when_there_is_one():
     records = [GOLD_PARSED, GOLD_UNPARSED, STUDENT, NOTHING]
-    examples, dropped = dss_tasks.training_examples(records, dss_tasks.TaskOptions(label_source="gt_else_teacher"))
+    examples, dropped = dss_paired.training_examples(records, dss_options.TaskOptions(label_source="gt_else_teacher"))
     assert pairs(examples) == [("a", "L1", "r1", "T1"), ("b", "L2", "", ""), ("c", "S3", "r3", "S3")]
     assert dropped == 1
     # The other sources, for contrast: gold drops the unlabeled, teacher the unparsed.
-    gt, _ = dss_tasks.training_examples(records, dss_tasks.TaskOptions(label_source="gt"))
-    teacher, _ = dss_tasks.training_examples(records, dss_tasks.TaskOptions(label_source="teacher"))
+    gt, _ = dss_paired.training_examples(records, dss_options.TaskOptions(label_source="gt"))
+    teacher, _ = dss_paired.training_examples(records, dss_options.TaskOptions(label_source="teacher"))
     assert [e["id"] for e in gt] == ["a", "b"] and [e["id"] for e in teacher] == ["a", "c"]
     with pytest.raises(ValueError, match=r"label_source must be one of \('gt', 'teacher', 'gt_else_teacher'\)"):
-        dss_tasks.TaskOptions(label_source="student")
+        dss_options.TaskOptions(label_source="student")
 
 
 def test_several_train_caches_are_concatenated_and_ids_must_differ(tmp_path):
     labeled = write(tmp_path / "labeled.jsonl", [GOLD_PARSED, GOLD_UNPARSED])
     student = write(tmp_path / "student.jsonl", [STUDENT, NOTHING])
     valid = write(tmp_path / "valid.jsonl", [CacheRecord(id="v", input="x5", label="L5")])
-    options = dss_tasks.TaskOptions(label_source="gt_else_teacher")
+    options = dss_options.TaskOptions(label_source="gt_else_teacher")
     task = dss_tasks.register_cache_task(
         "toy_union", train_cache=[labeled, student], validation_cache=valid, family="cqa", options=options
     )

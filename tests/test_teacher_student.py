@@ -17,7 +17,8 @@ from conftest import REPO_ROOT
 from dss_jax import infer, prediction
 from dss_jax.data import parsers
 from dss_jax.data.cache import CacheWriter, read_cache
-from dss_jax.data.tasks import LABEL_PREFIX, RATIONALE_PREFIX, split_single_task
+from dss_jax.data.options import split_single_task
+from dss_jax.data.paired import LABEL_PREFIX, RATIONALE_PREFIX
 from dss_jax.teacher.examples import read_examples
 from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
 from dss_jax.teacher.student_backend import STUDENT_TEMPLATE, StudentBackend, StudentConfig, StudentLoadError

@@ -9,6 +9,7 @@ import tensorflow as tf
 import gin
 import tasks.synthetic  # noqa: F401  (registers dss_synthetic)
 from dss_jax import cli
+from dss_jax.data import options as dss_options
 from dss_jax.data import synthetic
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data.cache import CacheRecord, CacheWriter, TeacherSample, read_cache
@@ -54,7 +55,7 @@ def cache_task(tmp_path):
         test_cache=test,
         extra_splits={"pool": pool},
         family="cqa",
-        options=dss_tasks.TaskOptions(),
+        options=dss_options.TaskOptions(),
     )
     yield {"train": train, "test": test, "pool": pool}
     seqio.TaskRegistry.remove("toy_annotate_input")

@@ -43,6 +43,8 @@ import tensorflow as tf
 
 import gin
 from dss_jax import files
+from dss_jax.data import options as dss_options
+from dss_jax.data import paired as dss_paired
 from dss_jax.data import tasks as dss_tasks
 from dss_jax.data import vocab as dss_vocab
 from dss_jax.data.lazy_vocab import LazyVocabulary
@@ -230,7 +232,7 @@ def register_span_corruption_task(
     # The rationale features stay empty (no EOS): there is nothing to explain.
     output_features = {
         k: seqio.Feature(vocabulary, add_eos=k.startswith("label_"), required=False)
-        for k in dss_tasks.PAIRED_TEXT_FEATURES
+        for k in dss_paired.PAIRED_TEXT_FEATURES
     }
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -329,7 +331,7 @@ def write_synthetic_corpus(
     settings = dict(synthetic_corpus_config(), version=CORPUS_VERSION)
     config = exclude_config or synthetic.synthetic_config()
     settings["exclude"] = config.fingerprint()
-    directory = pathlib.Path(cache_dir or dss_tasks.data_locations()[1]) / "pretrain"
+    directory = pathlib.Path(cache_dir or dss_options.data_locations()[1]) / "pretrain"
     name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = directory / f"synthetic_corpus.{name}.txt"
     meta_path = path.with_suffix(".json")

@@ -1,22 +1,13 @@
 """SeqIO tasks of paired examples, built from teacher caches.
 
-Every example carries both halves of Distilling Step-by-Step:
-
-    label_inputs      "predict: <input>"     label_targets      the label (gold or teacher)
-    rationale_inputs  "explain: <input>"     rationale_targets  the teacher's rationale
-
-tokenized, each ending in EOS (in NLI inputs the "</s>" between premise and hypothesis
-becomes the EOS id, as the reference's tokenizer does), plus `id` and the
-`*_pretokenized` strings, and `teacher_label`: the text of the teacher's label for the
-example ("" when the record has no parsed teacher sample), so that evaluation can report
-how often the student agrees with its teacher. `DssFeatureConverter` turns the tokenized
-features into model features. `task_family(name)` says how a task's labels are judged.
-
-Options (`TaskOptions`) are read from gin when a dataset is built, under the task's
-name as gin scope, so both of these work:
-
-    task_options.label_source = "teacher"              # every DSS task
-    dss_svamp/task_options.train_fraction = 0.25       # one task
+Every example carries both halves of Distilling Step-by-Step (paired.py: `predict: x ->
+label` and `explain: x -> rationale`, plus `id` and `teacher_label`), tokenized here, each
+ending in EOS (in NLI inputs the "</s>" between premise and hypothesis becomes the EOS
+id, as the reference's tokenizer does), with the `*_pretokenized` strings.
+`DssFeatureConverter` turns the tokenized features into model features.
+`task_family(name)` says how a task's labels are judged. The options (label source,
+train fraction, the single-task ablation ...) are gin's `task_options` (options.py),
+scoped by task name.
 
 Registering your own dataset from cache files takes one call:
 
@@ -54,116 +45,25 @@ import seqio
 import tensorflow as tf
 
 import gin
-from dss_jax import cli
-from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
 from dss_jax.data.cache import CacheRecord, load_records
 from dss_jax.data.lazy_vocab import LazyVocabulary
+from dss_jax.data.options import TaskOptions, current_options, data_locations, task_options
+from dss_jax.data.paired import (
+    LABEL_PREFIX,
+    PAIRED_TEXT_FEATURES,
+    RATIONALE_PREFIX,
+    TEACHER_LABEL,
+    evaluation_examples,
+    training_examples,
+)
 
-PAIRED_TEXT_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
-TEACHER_LABEL = "teacher_label"  # untokenized string feature; "" when there is none
 TRAIN = "train"
 VALIDATION = "validation"
 
-# Where the built-in tasks find the paper's files and keep their imported caches.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "dss_palm"
-
-
 # --------------------------------------------------------------------------------------
-# Options
+# Vocabulary
 # --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskOptions:
-    # "gt": dataset labels; "teacher": the teacher's labels; "gt_else_teacher": the dataset
-    # label when the record has one, else the teacher's (self-training on labeled + unlabeled).
-    label_source: str = "gt"
-    teacher_sample: Union[int, str] = 0  # which sample per record: an index, or "all" parsed
-    train_fraction: float = 1.0  # keep this fraction of train (the paper's data sweeps)
-    seed: int = 0  # seed of that subsample (the reference's --run)
-    validation_fraction: float = 0.1  # carved out of train when there is no validation cache
-    validation_seed: int = 0
-    # "label": predict: x -> label (DSS, finetuning, distillation). "rationale_then_label":
-    # the single-task ablation, predict: x -> "<rationale> So the answer is: <label>".
-    label_target: str = "label"
-
-    def __post_init__(self):
-        if self.label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
-        if not (self.teacher_sample == "all" or (isinstance(self.teacher_sample, int) and self.teacher_sample >= 0)):
-            raise ValueError(f"teacher_sample must be a sample index >= 0 or 'all', got {self.teacher_sample!r}")
-        if not 0.0 < self.train_fraction <= 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.label_target not in LABEL_TARGETS:
-            raise ValueError(f"label_target must be one of {LABEL_TARGETS}, got {self.label_target!r}")
-
-
-@gin.configurable
-def task_options(
-    label_source: str = "gt",
-    teacher_sample: Union[int, str] = 0,
-    train_fraction: float = 1.0,
-    seed: int = 0,
-    validation_fraction: float = 0.1,
-    validation_seed: int = 0,
-    label_target: str = "label",
-) -> TaskOptions:
-    """The options of the DSS tasks; bind in gin (optionally scoped by task name)."""
-    return TaskOptions(
-        label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed, label_target
-    )
-
-
-LABEL_TARGETS = ("label", "rationale_then_label")
-LABEL_SOURCES = ("gt", "teacher", "gt_else_teacher")
-ANSWER_SEPARATOR = " So the answer is: "
-
-
-def single_task_target(rationale: str, label: str) -> str:
-    """The ablation's one target: the rationale, then the label after a fixed phrase."""
-    return (rationale.strip() + ANSWER_SEPARATOR + label).strip()
-
-
-def split_single_task(prediction: str) -> tuple[str, str]:
-    """(rationale, label) of a single-task prediction; the label is "" (no answer) when
-    the answer phrase is missing."""
-    head, sep, tail = prediction.rpartition(ANSWER_SEPARATOR.strip())
-    return (head.strip(), tail.strip()) if sep else (prediction.strip(), "")
-
-
-def current_options(task_name: str) -> TaskOptions:
-    """The task's options as gin binds them now (scoped by the task's name)."""
-    with gin.config_scope(task_name):
-        return task_options()
-
-
-def effective_feature_lengths(task_name: str, feature_lengths: Mapping[str, int]) -> dict[str, int]:
-    """TASK_FEATURE_LENGTHS, with room for rationale + label in one target when the task
-    trains the single-task ablation."""
-    lengths = dict(feature_lengths)
-    if current_options(task_name).label_target == "rationale_then_label":
-        lengths["label_targets"] = lengths["label_targets"] + lengths["rationale_targets"]
-    return lengths
-
-
-@gin.configurable
-def data_locations(
-    data_dir: Optional[str] = None, cache_dir: Optional[str] = None
-) -> tuple[pathlib.Path, pathlib.Path]:
-    """(the paper's files, where imported caches and trained vocabularies go).
-
-    Defaults: $DSS_PALM_DIR or ../shared/data/dss_palm next to the repository, and
-    $DSS_CACHE_DIR or ~/.cache/dss_jax.
-    """
-    data = data_dir or os.environ.get("DSS_PALM_DIR") or DEFAULT_DATA_DIR
-    cache = cache_dir or cli.project_cache_dir()
-    return pathlib.Path(data), pathlib.Path(cache)
 
 
 @gin.configurable
@@ -193,51 +93,6 @@ def task_vocabulary(
     return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
 
 
-# Options that change how a trained student answers (label_target) or which examples a
-# task's validation split holds; the other options only pick training examples.
-RUN_OPTIONS = ("label_target", "validation_fraction", "validation_seed")
-
-
-def bound_option(task_name: str, name: str):
-    """The value gin binds for `task_options.NAME` in the task's scope or unscoped, or None."""
-    for key in (f"{task_name}/task_options.{name}", f"task_options.{name}"):
-        try:
-            return gin.query_parameter(key)
-        except ValueError:
-            continue
-    return None
-
-
-def use_run_options(task_name: str, checkpoint_path: str, setting: str) -> Optional[str]:
-    """Makes `task_name` decode and score the way the checkpoint's run was trained.
-
-    Each of RUN_OPTIONS the run recorded (its task.json; label_target from config.gin for
-    older runs) is bound for `task_name` unless gin binds it too; a contradicting binding
-    is an error naming both values. validation_* apply only to the run's own task.
-    Returns the run's label_target (None for a checkpoint that is no run's).
-    """
-    from dss_jax import checkpoints
-
-    found = checkpoints.run_task(checkpoint_path)
-    if found is None:
-        return None
-    source, run_task_name, options = found
-    for name in RUN_OPTIONS:
-        if name not in options or (name != "label_target" and run_task_name != task_name):
-            continue
-        value, bound = options[name], bound_option(task_name, name)
-        if bound is not None and bound != value:
-            raise UserError(
-                f"{setting} was trained with task_options.{name}={value!r} ({source}) but this command binds "
-                f"{bound!r}: drop the binding to use the run's, or evaluate a checkpoint trained with {bound!r}"
-            )
-        if bound is None and value != getattr(TaskOptions(), name):
-            with gin.unlock_config():
-                gin.bind_parameter(f"{task_name}/task_options.{name}", value)
-            logging.info("%s: task_options.%s=%r, as its run was trained (%s)", task_name, name, value, source)
-    return options.get("label_target")
-
-
 def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str], setting: str) -> None:
     """Makes the task tokenize with a checkpoint's spiece.model unless gin chose a vocabulary.
 
@@ -263,86 +118,6 @@ def explicit_vocabulary() -> Optional[str]:
         return gin.query_parameter("task_vocabulary.spm_path") or None
     except ValueError:  # not bound
         return None
-
-
-# --------------------------------------------------------------------------------------
-# Records -> paired text examples
-# --------------------------------------------------------------------------------------
-
-
-def _chosen_samples(record: CacheRecord, teacher_sample: Union[int, str]):
-    if teacher_sample == "all":
-        return list(record.samples)
-    return list(record.samples[teacher_sample : teacher_sample + 1])
-
-
-def _example(
-    record: CacheRecord, label: str, rationale: str, suffix: str = "", teacher_label: str = ""
-) -> dict[str, str]:
-    return {
-        "id": record.id + suffix,
-        "label_inputs": LABEL_PREFIX + record.input,
-        "label_targets": label,
-        "rationale_inputs": RATIONALE_PREFIX + record.input,
-        "rationale_targets": rationale,
-        "teacher_label": teacher_label,
-    }
-
-
-def training_examples(records: Sequence[CacheRecord], options: TaskOptions) -> tuple[list[dict[str, str]], int]:
-    """(paired examples, records dropped) for training.
-
-    Teacher labels: one example per parsed chosen sample; a record without one is
-    dropped. Gold labels: one example per parsed chosen sample with the gold label, or,
-    when none parsed, one with an empty rationale (as the reference trains them); a
-    record without a gold label is dropped. "gt_else_teacher" treats a record with a
-    gold label as "gt" does and one without as "teacher" does (so a record with neither
-    is dropped). With `label_target="rationale_then_label"` the label target becomes
-    `single_task_target(rationale, label)`.
-    """
-    examples, dropped = [], 0
-    if options.label_target == "rationale_then_label":
-        examples, dropped = training_examples(records, dataclasses.replace(options, label_target="label"))
-        for ex in examples:
-            ex["label_targets"] = single_task_target(ex["rationale_targets"], ex["label_targets"])
-        return examples, dropped
-    for record in records:
-        chosen = _chosen_samples(record, options.teacher_sample)
-        parsed = [(i, s) for i, s in enumerate(chosen) if s.parsed]
-        multi = options.teacher_sample == "all"
-        use_teacher = options.label_source == "teacher" or (
-            options.label_source == "gt_else_teacher" and record.label is None
-        )
-        if use_teacher:
-            if not parsed:
-                dropped += 1
-            examples += [_example(record, s.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed]
-            continue
-        if record.label is None:
-            dropped += 1
-        elif parsed:
-            examples += [
-                _example(record, record.label, s.rationale, f"#{i}" if multi else "", s.label) for i, s in parsed
-            ]
-        else:
-            examples.append(_example(record, record.label, ""))
-    return examples, dropped
-
-
-def evaluation_examples(records: Sequence[CacheRecord], options: TaskOptions) -> tuple[list[dict[str, str]], int]:
-    """One example per record with a gold label; rationale (and teacher label) of the first
-    parsed chosen sample."""
-    examples, dropped = [], 0
-    for record in records:
-        if record.label is None:
-            dropped += 1
-            continue
-        parsed = [s for s in _chosen_samples(record, options.teacher_sample) if s.parsed]
-        first = parsed[0] if parsed else None
-        examples.append(
-            _example(record, record.label, first.rationale if first else "", "", first.label if first else "")
-        )
-    return examples, dropped
 
 
 # --------------------------------------------------------------------------------------

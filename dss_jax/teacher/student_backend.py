@@ -196,7 +196,7 @@ class StudentBackend:
         self.close()
 
     def _prefixes(self) -> dict[str, str]:
-        from dss_jax.data.tasks import LABEL_PREFIX, RATIONALE_PREFIX
+        from dss_jax.data.paired import LABEL_PREFIX, RATIONALE_PREFIX
 
         if self.config.target == "single_task":
             return {"predict": LABEL_PREFIX}
@@ -302,7 +302,7 @@ class StudentBackend:
         self._usage.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def _completion(self, tokens: dict[str, np.ndarray]) -> Completion:
-        from dss_jax.data.tasks import single_task_target, split_single_task
+        from dss_jax.data.options import single_task_target, split_single_task
         from dss_jax.prediction import tokens_to_texts
 
         eos = self.vocabulary.eos_id

@@ -30,6 +30,7 @@ import numpy as np
 import gin
 from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitioning, settings
 from dss_jax.cli import UserError
+from dss_jax.data import options as dss_options
 from dss_jax.metrics_writer import MetricsWriter, Progress
 from dss_jax.training import checks
 from dss_jax.training.step import Trainer
@@ -338,9 +339,7 @@ def _write_run_files(model_dir: str, model, task_name: str) -> None:
     task options is refused."""
     import dataclasses
 
-    from dss_jax.data import tasks as dss_tasks
-
-    options = dataclasses.asdict(dss_tasks.current_options(task_name))
+    options = dataclasses.asdict(dss_options.current_options(task_name))
     recorded = checkpoints.run_task(model_dir)
     if recorded is not None and recorded[1] is not None and (recorded[1], recorded[2]) != (task_name, options):
         changed = sorted(k for k in set(options) | set(recorded[2]) if options.get(k) != recorded[2].get(k))

@@ -191,7 +191,7 @@ def synthetic_cache_dir(directory: Optional[str] = None) -> pathlib.Path:
     """Where generated datasets go: `directory`, else `data_locations()`'s cache dir."""
     if directory:
         return pathlib.Path(directory).expanduser()
-    from dss_jax.data.tasks import data_locations  # the task module imports TensorFlow; only when needed
+    from dss_jax.data.options import data_locations
 
     return data_locations()[1]
 
