@@ -118,22 +118,6 @@ for size in $SIZES; do
       --peak_tflops="$PEAK_TFLOPS" --same_row_count --nomemory --json_out="$OUT" ${EXTRA[@]+"${EXTRA[@]}"}
   done
   if [[ $SIDES == "jax ref" ]]; then
-    "$PYTHON" - "$OUT" "$size" <<'PY'
-import json, sys
-path, size = sys.argv[1], sys.argv[2]
-last = {}
-for line in open(path):
-    r = json.loads(line)
-    if r["size"] == size:
-        for side in ("jax", "ref"):
-            if side in r:
-                last[(r["dataset"], side)] = r[side]
-for dataset in sorted({d for d, _ in last}):
-    jax_side, ref_side = last.get((dataset, "jax")), last.get((dataset, "ref"))
-    if jax_side and ref_side:
-        print(f"== {dataset} {size}: dss_jax / reference real tokens/s "
-              f"{jax_side['real_tokens_per_s'] / ref_side['real_tokens_per_s']:.2f}x "
-              f"(MFU {jax_side.get('mfu', 0):.1%} vs {ref_side.get('mfu', 0):.1%})")
-PY
+    "$PYTHON" bench/compare_sides.py "$OUT" "$size"
   fi
 done

@@ -304,3 +304,20 @@ def test_decode_floor_runs_end_to_end():
         assert r["dss_jax_call_s"] > 0 and r["transformers_call_s"] > 0
         assert np.isfinite([r["dss_jax_step_ms"], r["transformers_step_ms"]]).all()
     assert "one decoder step" in out
+
+
+def test_gpu_sh_compares_the_last_record_of_each_side(tmp_path):
+    import compare_sides
+
+    records = [
+        {"size": "base", "dataset": "svamp", "jax": {"real_tokens_per_s": 50.0, "mfu": 0.1}},  # superseded
+        {"size": "base", "dataset": "svamp", "jax": {"real_tokens_per_s": 300.0, "mfu": 0.45}},
+        {"size": "base", "dataset": "svamp", "ref": {"real_tokens_per_s": 100.0, "mfu": 0.15}},
+        {"size": "large", "dataset": "svamp", "jax": {"real_tokens_per_s": 9.0}},  # another size
+        {"size": "base", "dataset": "cqa", "jax": {"real_tokens_per_s": 9.0}},  # one side only
+    ]
+    path = tmp_path / "gpu.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert compare_sides.compare(str(path), "base") == [
+        "== svamp base: dss_jax / reference real tokens/s 3.00x (MFU 45.0% vs 15.0%)"
+    ]
