@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dss_jax-installed
 LIBTPU := $(VENV)/libtpu/.installed
+CUDA_PLUGIN := $(VENV)/cuda_plugin/.installed
 PYTEST_ARGS ?=
 # Test files run on this many worker processes (pytest-xdist, each file on one worker so
 # its module fixtures are built once): much of the suite is single-threaded start-up and
@@ -29,6 +30,16 @@ $(LIBTPU): $(STAMP)
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/libtpu 'libtpu==0.0.42.*'
 	touch $(LIBTPU)
 
+# XLA's GPU compiler (JAX's CUDA plugin, of the installed jax's version), for compiling
+# train steps for H100/H200 targets on this host (dss_jax.aot --target=gpu:...): beside
+# the venv like libtpu, on the path of the compiling process only, so that CPU runs never
+# load CUDA libraries; only for make test.
+$(CUDA_PLUGIN): $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/cuda_plugin \
+		"jax-cuda12-plugin==$$($(PY) -c 'import jax; print(jax.__version__)')" \
+		"jax-cuda12-pjrt==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	touch $(CUDA_PLUGIN)
+
 install: $(STAMP)
 
 quickstart: $(STAMP)
@@ -39,7 +50,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint $(LIBTPU)
+test: lint $(LIBTPU) $(CUDA_PLUGIN)
 	DSS_NO_SKIPS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["dss_jax", "dss_jax.*", "tasks", "tasks.*"]),
-    package_data={"dss_jax": ["teacher/prompts/*.txt"]},
+    package_data={"dss_jax": ["teacher/prompts/*.txt", "gpu_targets/*.txtpb"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

@@ -4,7 +4,7 @@ memory of a pod-sized run, measured on one CPU machine without allocating anythi
     python -m dss_jax.aot --size=xxl --rules=fsdp_tp --num_partitions=4 --num_devices=256 \
         --batch_size=64 --encoder_length=512 --decoder_length=384 --remat_policy=full
 
-The Trainer (dss_jax.trainer) is built over a (`data`, `model`) mesh of `num_devices`
+The Trainer (dss_jax.training.step) is built over a (`data`, `model`) mesh of `num_devices`
 virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
 jax is imported), with abstract parameters and optimiser state (ShapeDtypeStructs that
 carry their shardings). Its jitted train step is lowered and compiled by XLA for that
@@ -38,9 +38,17 @@ that produced it. libtpu is looked for on the path of the compiling process only
 (`make test` installs it into .venv/libtpu; $DSS_LIBTPU_DIR elsewhere), so that ordinary
 CPU runs never load it.
 
+With `--target=gpu:<kind>:<hosts>x<gpus per host>` (e.g. `gpu:h100:32x8`: 256 H100s) XLA's
+GPU compiler (JAX's CUDA plugin, `make test` installs it into .venv/cuda_plugin;
+$DSS_CUDA_PLUGIN_DIR elsewhere) compiles the step for compile-only GPUs described by a
+shipped target config (dss_jax/gpu_targets/: h100, h200). The GPU compiler does not
+refuse a program that is too large, so the report's `fits` is checked here: the
+per-device total against the device memory, and the temporaries against the limit XLA's
+GPU scheduler works to ((80% of the device memory - arguments and outputs) x 95%).
+
 Python API: `AotConfig`, `compile_in_process(config)` (this process's devices, or the
-target topology's, must form the mesh) and `compile_in_subprocess(config)` (a fresh
-process with the virtual devices, or with libtpu for a TPU target).
+target's, must form the mesh) and `compile_in_subprocess(config)` (a fresh process with
+the virtual devices, or with libtpu or the CUDA plugin for an accelerator target).
 """
 
 from __future__ import annotations
@@ -80,13 +88,14 @@ class AotConfig:
     optimizer: str = "adafactor"  # adafactor | adamw
     num_microbatches: int = 1
     vocab_size: Optional[int] = None  # None: the preset's (32128)
-    # The compiler: "cpu" (XLA:CPU over virtual devices) or "tpu:<topology>", e.g.
-    # "tpu:v5e:8x8" (the TPU compiler of libtpu over compile-only devices of that topology).
+    # The compiler: "cpu" (XLA:CPU over virtual devices), "tpu:<topology>", e.g. "tpu:v5e:8x8"
+    # (the TPU compiler of libtpu over compile-only devices of that topology), or
+    # "gpu:<kind>:<hosts>x<gpus per host>", e.g. "gpu:h100:32x8" (XLA's GPU compiler of the
+    # CUDA plugin over compile-only GPUs described by gpu_targets/<kind>*.txtpb).
     target: str = "cpu"
 
     def __post_init__(self):
-        if self.target != "cpu" and not (self.target.startswith("tpu:") and len(self.target) > 4):
-            raise ValueError(f"target={self.target!r}: use 'cpu' or 'tpu:<topology>' (e.g. 'tpu:v5e:8x8')")
+        target_kind(self.target)  # ValueError naming the accepted forms
         if self.num_devices % self.num_partitions:
             raise ValueError(f"num_partitions={self.num_partitions} must divide num_devices={self.num_devices}")
         data = self.num_devices // self.num_partitions
@@ -228,6 +237,73 @@ def largest_entry_parameter(hlo_text: str) -> list:
     return best
 
 
+TARGET_FORMS = "'cpu', 'tpu:<topology>' (e.g. 'tpu:v5e:8x8') or 'gpu:<kind>:<hosts>x<gpus>' (e.g. 'gpu:h100:32x8')"
+GPU_TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
+# XLA's GPU scheduler keeps temporaries under (80% of the device memory - arguments and
+# outputs) x xla_gpu_memory_limit_slop_factor / 100 (gpu_hlo_schedule.cc); 95 is its default.
+GPU_SCHEDULER_FRACTION = 0.80
+GPU_SLOP_FACTOR = 0.95
+
+
+def gpu_kinds() -> dict[str, str]:
+    """{kind: its target-config file}: one shipped file per GPU kind (h100, h200)."""
+    return {
+        name.split("_")[0].split(".")[0]: os.path.join(GPU_TARGETS_DIR, name)
+        for name in sorted(os.listdir(GPU_TARGETS_DIR))
+        if name.endswith(".txtpb")
+    }
+
+
+def target_kind(target: str) -> str:
+    """ "cpu", "tpu" or "gpu"; a ValueError naming the accepted forms for anything else."""
+    kind, _, rest = target.partition(":")
+    if target == "cpu":
+        return "cpu"
+    if kind == "tpu" and rest:
+        return "tpu"
+    if kind == "gpu":
+        gpu, _, shape = rest.partition(":")
+        if gpu not in gpu_kinds():
+            raise ValueError(f"target={target!r}: GPU kinds with a target config are {sorted(gpu_kinds())}")
+        if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", shape):
+            raise ValueError(f"target={target!r}: give hosts x GPUs per host after the kind, e.g. 'gpu:{gpu}:32x8'")
+        return "gpu"
+    raise ValueError(f"target={target!r}: use {TARGET_FORMS}")
+
+
+def gpu_device_memory(kind: str) -> int:
+    """The device memory (bytes) of a shipped GPU target config."""
+    text = open(gpu_kinds()[kind]).read()
+    return int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
+
+
+def gpu_fit(kind: str, argument: int, output: int, alias: int, temp: int, code: int) -> tuple[bool, str]:
+    """(fits, why not) of one device's compiled footprint on a GPU of `kind`: all of it
+    within the device memory, and the temporaries within XLA's scheduler limit."""
+    memory = gpu_device_memory(kind)
+    io = argument + output - alias
+    scheduler_limit = int((GPU_SCHEDULER_FRACTION * memory - io) * GPU_SLOP_FACTOR)
+    total = io + temp + code
+    if total > memory:
+        return False, (
+            f"{total / GIB:.2f} GiB per device (arguments and outputs {io / GIB:.2f}, temporaries "
+            f"{temp / GIB:.2f}) exceeds the {kind}'s {memory / GIB:.2f} GiB"
+        )
+    if temp > scheduler_limit:
+        return False, (
+            f"temporaries of {temp / GIB:.2f} GiB per device exceed XLA's GPU scheduler limit of "
+            f"{max(scheduler_limit, 0) / GIB:.2f} GiB ((80% of {memory / GIB:.2f} GiB - {io / GIB:.2f} GiB of "
+            "arguments and outputs) x 95%)"
+        )
+    return True, ""
+
+
+def cuda_plugin_dir() -> str:
+    """Where `make test` puts JAX's CUDA plugin for GPU compiles ($DSS_CUDA_PLUGIN_DIR, else
+    <venv>/cuda_plugin): on the path of the compiling process only, like libtpu."""
+    return os.environ.get("DSS_CUDA_PLUGIN_DIR") or os.path.join(sys.prefix, "cuda_plugin")
+
+
 def libtpu_dir() -> str:
     """Where `make test` puts libtpu for TPU compiles ($DSS_LIBTPU_DIR, else <venv>/libtpu):
     on the path of the compiling process only, so that ordinary CPU runs never load it."""
@@ -242,6 +318,22 @@ def target_devices(config: AotConfig) -> tuple[list, str]:
         return list(jax.devices()), "XLA:CPU"
     from jax.experimental import topologies
 
+    if target_kind(config.target) == "gpu":
+        _, kind, shape = config.target.split(":")
+        hosts, per_host = shape.split("x")
+        try:
+            with open(gpu_kinds()[kind]) as f:
+                topology = topologies.get_topology_desc(
+                    "gpu", "cuda", topology=f"1x{hosts}x{per_host}", target_config=f.read()
+                )
+        except Exception as e:  # no CUDA plugin
+            raise RuntimeError(
+                f"target={config.target!r}: no GPU compiler ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); install jax-cuda12-plugin and jax-cuda12-pjrt "
+                f"of this jax's version (make test puts them in {cuda_plugin_dir()})"
+            ) from None
+        devices = list(topology.devices)
+        return devices, f"XLA GPU compiler ({kind} x {len(devices)}, {devices[0].device_kind})"
     topology = config.target[len("tpu:") :]
     try:
         devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
@@ -302,6 +394,16 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     compiled_at = time.time()
 
     memory = compiled.memory_analysis()
+    fits, why = True, ""
+    if target_kind(config.target) == "gpu":  # the GPU compiler does not refuse: check its figures
+        fits, why = gpu_fit(
+            config.target.split(":")[1],
+            memory.argument_size_in_bytes,
+            memory.output_size_in_bytes,
+            memory.alias_size_in_bytes,
+            memory.temp_size_in_bytes,
+            memory.generated_code_size_in_bytes,
+        )
     (state_shardings, _), _ = compiled.input_shardings
     state = trainer.abstract_state
     state_bytes = sum(
@@ -329,6 +431,8 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
             else "default"
         ),
         compiler=compiler,
+        fits=fits,
+        compiler_message=why,
     )
 
 
@@ -382,10 +486,14 @@ def _with_paths(env: dict, *extra: str) -> dict:
     return env
 
 
-def tpu_env() -> dict:
-    """The environment of a process that compiles for a TPU topology: libtpu importable
-    (from `libtpu_dir()`), JAX itself on the CPU (the TPU devices are compile-only)."""
+def accelerator_env(target: str) -> dict:
+    """The environment of a process that compiles for a TPU topology (libtpu importable from
+    `libtpu_dir()`) or a GPU target (the CUDA plugin from `cuda_plugin_dir()`, its check for
+    a local CUDA installation skipped); JAX itself runs on the CPU: the devices are compile-only."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if target_kind(target) == "gpu":
+        env["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
+        return _with_paths(env, cuda_plugin_dir())
     env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no pod to discover: libtpu need not look
     return _with_paths(env, libtpu_dir())
 
@@ -402,7 +510,9 @@ def compile_in_subprocess(config: AotConfig, timeout: Optional[float] = None) ->
         for memory_scheduler in (True, False):
             proc = subprocess.run(
                 cmd,
-                env=tpu_env() if config.target != "cpu" else subprocess_env(config.num_devices, memory_scheduler),
+                env=accelerator_env(config.target)
+                if config.target != "cpu"
+                else subprocess_env(config.num_devices, memory_scheduler),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -450,10 +560,13 @@ def main(argv=None) -> int:
             }
         )
     else:
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-        if os.path.isdir(libtpu_dir()):  # make test's libtpu, for this process only
-            sys.path.insert(0, libtpu_dir())
+        env = accelerator_env(config.target)
+        for k in ("JAX_PLATFORMS", "TPU_WORKER_HOSTNAMES", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK"):
+            if k in env:
+                os.environ.setdefault(k, env[k])
+        extra = cuda_plugin_dir() if target_kind(config.target) == "gpu" else libtpu_dir()
+        if os.path.isdir(extra):  # make test's libtpu or CUDA plugin, for this process only
+            sys.path.insert(0, extra)
     report = compile_in_process(config)
     print(report.summary(), flush=True)
     if json_out:

@@ -146,9 +146,15 @@ def test_the_tpu_compiler_compiles_the_train_step_for_a_v5e_topology(tpu_v5e):
     assert "TPU compiler" in r.summary()
 
 
-def test_a_target_is_cpu_or_a_tpu_topology():
-    with pytest.raises(ValueError, match=r"target='gpu': use 'cpu' or 'tpu:<topology>'"):
-        aot.AotConfig(**SMALL, num_devices=64, target="gpu")
+def test_a_target_is_cpu_a_tpu_topology_or_a_shipped_gpu_kind():
+    forms = r"use 'cpu', 'tpu:<topology>' .* or 'gpu:<kind>:<hosts>x<gpus>'"
+    with pytest.raises(ValueError, match=rf"target='cuda': {forms}"):
+        aot.AotConfig(**SMALL, num_devices=64, target="cuda")
+    kinds = r"GPU kinds with a target config are \['h100', 'h200'\]"
+    with pytest.raises(ValueError, match=rf"target='gpu:a100:1x4': {kinds}"):
+        aot.AotConfig(**SMALL, num_devices=4, target="gpu:a100:1x4")
+    with pytest.raises(ValueError, match=r"give hosts x GPUs per host after the kind, e.g. 'gpu:h100:32x8'"):
+        aot.AotConfig(**SMALL, num_devices=4, target="gpu:h100:4")
     assert "--target=tpu:v5e:2x2" in aot.AotConfig(**TPU).flags()
 
 
@@ -162,3 +168,37 @@ def test_a_program_that_does_not_fit_is_reported_with_the_compilers_numbers():
     refusal = r"RESOURCE_EXHAUSTED: Ran out of memory on HBM.*exceeds available HBM \(15\.75G\)"
     assert re.match(refusal, r.compiler_message), r.compiler_message
     assert "does not fit: RESOURCE_EXHAUSTED" in r.summary()
+
+
+# The same small model compiled by XLA's GPU compiler (JAX's CUDA plugin, which make test
+# installs beside the venv) for compile-only GPUs described by the shipped target configs.
+GPU = dict(TPU, target="gpu:h200:1x4")
+
+
+def test_the_gpu_compiler_compiles_the_train_step_for_h200s():
+    r = aot.compile_in_subprocess(aot.AotConfig(**GPU), timeout=900)
+    assert r.fits and r.compiler == "XLA GPU compiler (h200 x 4, NVIDIA H200)", r.compiler
+    assert r.mesh_shape == {"data": 2, "model": 2} and r.replicated_large == []
+    assert r.alias_bytes == r.state_bytes_per_device > 0  # the donated state, untiled on GPU
+    assert 0 < r.temp_bytes < 1 << 30 and "XLA GPU compiler" in r.summary()
+
+
+def test_a_program_over_a_gpus_memory_is_reported_as_not_fitting():
+    # The TPU refusal's program on four H100s: the GPU compiler compiles it anyway (its
+    # rematerialisation gives up), so the fit is checked against the device's 79.65 GiB.
+    big = dict(GPU, target="gpu:h100:1x4", batch_size=512, encoder_length=2048, decoder_length=2048)
+    r = aot.compile_in_subprocess(aot.AotConfig(**dict(big, remat_policy="none")), timeout=900)
+    assert not r.fits and r.temp_bytes > 80 * aot.GIB
+    assert re.search(r"\d+\.\d\d GiB per device .* exceeds the h100's 79\.65 GiB$", r.compiler_message)
+    assert "does not fit" in r.summary()
+
+
+def test_the_gpu_fit_check_keeps_temporaries_under_xlas_scheduler_limit():
+    memory = aot.gpu_device_memory("h100")
+    assert memory == 81559 * 2**20
+    limit = int((0.8 * memory - 10 * aot.GIB) * 0.95)  # gpu_hlo_schedule.cc, default slop factor
+    args = dict(argument=10 * aot.GIB, output=0, alias=0, code=0)
+    assert aot.gpu_fit("h100", temp=limit, **args) == (True, "")
+    fits, why = aot.gpu_fit("h100", temp=limit + (1 << 20), **args)
+    assert not fits and "exceed XLA's GPU scheduler limit of 51.03 GiB" in why
+    assert aot.gpu_device_memory("h200") == 143771 * 2**20
