@@ -11,6 +11,7 @@ overrides), so a converted Hugging Face checkpoint cannot be paired with the wro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import gin
@@ -34,6 +35,15 @@ def model_config(
     if overrides is not None and not isinstance(overrides, Mapping):
         raise ModelConfigError(f"model_config.overrides = {overrides!r} must be a dict of T5Config fields")
     overrides = dict(overrides or {})
+    fields = [f.name for f in dataclasses.fields(T5Config)]
+    unknown = [k for k in overrides if k not in fields]
+    if unknown:
+        from dss_jax.gin_utils import did_you_mean
+
+        raise ModelConfigError(
+            f"model_config.overrides: {unknown[0]!r} is not a T5Config field{did_you_mean(str(unknown[0]), fields)} "
+            f"(fields: {', '.join(fields)})"
+        )
     # T5Config validates every field (ValueError/TypeError naming it); here that is a setting
     # the user wrote, so it is reported as one.
     try:

@@ -98,3 +98,12 @@ def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, 
 def test_the_shipped_defaults_pass_the_checks(parsed):
     parsed()
     checks.check_gin_settings()
+
+
+def test_a_misspelt_model_override_names_the_field_it_meant():
+    from dss_jax import configurables
+
+    meant = r"'d_modle' is not a T5Config field; did you mean d_model\?"
+    with pytest.raises(configurables.ModelConfigError, match=meant):
+        configurables.model_config(size="tiny", overrides={"d_modle": 64})
+    assert configurables.model_config(size="tiny", overrides={"d_model": 64}).d_model == 64
