@@ -8,7 +8,9 @@ collects every run's `metrics.json` into `results.csv` and `results.md` (one row
 run, then mean ± std over seeds), and draws the paper-style figure (accuracy vs. the
 fraction of training data, one line per method, error bars over seeds) as
 `figure.png`. Resumable: a run whose evaluation finished is not run again, and a run
-that was interrupted continues from its last checkpoint. `sweep_config.in_process`
+that was interrupted continues from its last checkpoint. SWEEP_DIR/code.json records the
+commit of the code that started it; continuing from another commit is refused, since
+one grid must come from one version of the code. `sweep_config.in_process`
 runs each train and eval in the sweep's own process instead of as subprocesses.
 
 Methods (the paper's baselines and its ablation):
@@ -104,6 +106,7 @@ def sweep_config(
     metric: str = "accuracy",
     timeout_per_run: Optional[float] = None,
     in_process: bool = False,
+    allow_other_code: bool = False,
 ):
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
@@ -117,6 +120,8 @@ def sweep_config(
     same functions the binaries call, each with its own gin config, logs to the same
     files) instead of as subprocesses: no interpreter and import start-up per run, and
     programs compiled once; results are identical (tests/test_sweep.py).
+    allow_other_code: resume a SWEEP_DIR whose runs another commit of this code made
+    (see `check_code`); off, that is refused.
     """
     return dict(locals())
 
@@ -525,6 +530,56 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+CODE_FILE = "code.json"  # SWEEP_DIR/code.json: the commit of dss_jax that made the runs
+
+
+def code_version() -> dict:
+    """{"commit": the git commit of this checkout of dss_jax or None (not a git checkout),
+    "modified": whether tracked files differ from it}."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            r = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "modified": bool(status)}
+
+
+def check_code(cfg: dict) -> None:
+    """One grid, one version of the code: runs of a SWEEP_DIR started at another commit
+    would mix results of different code (e.g. another pretrained student: the pretraining
+    corpus holds the project's docs). The first call records the commit in
+    SWEEP_DIR/code.json; a later one from another commit is refused unless
+    `allow_other_code`. A checkout with modified files cannot be told apart: a warning."""
+    from dss_jax import files
+
+    path = os.path.join(cfg["sweep_dir"], CODE_FILE)
+    now = code_version()
+    if now["modified"]:
+        logging.warning("this checkout of dss_jax has uncommitted changes: %s cannot tell them apart", path)
+    if not os.path.exists(path):
+        os.makedirs(cfg["sweep_dir"], exist_ok=True)
+        files.atomic_write(path, json.dumps(now, indent=1) + "\n")
+        return
+    recorded = files.read_json_object(path, cli.UserError, "the code that made this sweep's runs")
+    if None in (recorded.get("commit"), now["commit"]) or recorded.get("commit") == now["commit"]:
+        return
+    if cfg.get("allow_other_code"):
+        logging.warning("%s: runs made by commit %s, continued by %s", path, recorded["commit"], now["commit"])
+        return
+    raise cli.UserError(
+        f"SWEEP_DIR {cfg['sweep_dir']} holds runs made by dss_jax at commit {recorded['commit'][:12]} ({path}); "
+        f"this checkout is at {now['commit'][:12]}. Continue the grid from that commit (git worktree add DIR "
+        f"{recorded['commit'][:12]}), or start a new SWEEP_DIR, or bind sweep_config.allow_other_code = True "
+        "to mix them knowingly"
+    )
+
+
 def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str, dict]:
     """The pretraining runs the grid starts from, then every run: {run name: its metrics}."""
     os.makedirs(cfg["sweep_dir"], exist_ok=True)
@@ -559,6 +614,7 @@ def main(argv):
         )
     runs = plan(cfg)
     check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
+    check_code(cfg)
     results = run_all(runs, cfg, FLAGS.gin_search_paths)
     rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"], cfg)
     plot(rows, cfg["metric"], os.path.join(cfg["sweep_dir"], "figure.png"), title=os.path.basename(cfg["task_gin"]))

@@ -11,7 +11,7 @@ import pytest
 
 import gin
 from conftest import REPO_ROOT
-from dss_jax import gin_utils, sweep
+from dss_jax import cli, gin_utils, sweep
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
 from dss_jax.data.cache import CacheRecord, TeacherSample
@@ -322,3 +322,29 @@ def test_the_sweeps_own_pretraining_runs_first_and_its_runs_start_from_it(tmp_pa
             assert start == []
     with pytest.raises(gin_utils.GinConfigError, match="pretrain_gin_files is empty"):
         sweep.check_methods({**cfg, "pretrain_gin_files": []})
+
+
+def test_a_grid_is_continued_only_by_the_code_that_started_it(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    version = {"commit": "a" * 40, "modified": False}
+    monkeypatch.setattr(sweep, "code_version", lambda: dict(version))
+    sweep.check_code(cfg)  # the first call records the commit
+    assert json.loads((tmp_path / "sweep" / "code.json").read_text()) == version
+    sweep.check_code(cfg)  # the same commit continues
+    version["commit"] = "b" * 40
+    with pytest.raises(
+        cli.UserError,
+        match=r"runs made by dss_jax at commit aaaaaaaaaaaa .* at bbbbbbbbbbbb\. "
+        r"Continue the grid from that commit \(git worktree add DIR aaaaaaaaaaaa\)",
+    ):
+        sweep.check_code(cfg)
+    sweep.check_code(dict(cfg, allow_other_code=True))  # knowingly
+    version["commit"] = None  # not a git checkout: nothing to compare
+    sweep.check_code(cfg)
+    assert json.loads((tmp_path / "sweep" / "code.json").read_text())["commit"] == "a" * 40  # never rewritten
+
+
+def test_the_code_version_is_this_checkouts_commit():
+    v = sweep.code_version()
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert v["commit"] == head.stdout.strip() and isinstance(v["modified"], bool)
