@@ -144,6 +144,10 @@ class AotReport:
     compiler: str = "XLA:CPU"  # which compiler produced the figures
     fits: bool = True  # False: the compiler refused the program for lack of device memory
     compiler_message: str = ""  # the compiler's words when it refused
+    # The compiler's cost analysis of one device's program (0 where it gives none): the
+    # FLOPs it will execute (rematerialisation included) and the bytes it will move.
+    flops: float = 0.0
+    bytes_accessed: float = 0.0
 
     @property
     def total_bytes(self) -> int:
@@ -394,6 +398,8 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     compiled_at = time.time()
 
     memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
     fits, why = True, ""
     if target_kind(config.target) == "gpu":  # the GPU compiler does not refuse: check its figures
         fits, why = gpu_fit(
@@ -433,6 +439,8 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
         compiler=compiler,
         fits=fits,
         compiler_message=why,
+        flops=float(cost.get("flops", 0.0)),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
     )
 
 
