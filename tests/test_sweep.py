@@ -348,3 +348,27 @@ def test_the_code_version_is_this_checkouts_commit():
     v = sweep.code_version()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert v["commit"] == head.stdout.strip() and isinstance(v["modified"], bool)
+
+
+def test_a_sweep_dir_of_only_the_runs_metrics_files_is_complete(tmp_path, monkeypatch):
+    """What docs/results/comparison/ keeps of each finished run (its eval metrics.json and
+    train metrics.jsonl) is all a sweep needs: copied into a new SWEEP_DIR, no run is
+    trained or evaluated again, and the table is written from them."""
+    cfg = _cfg(tmp_path, methods=["finetune", "dss_gt"], fractions=[0.5, 1.0])
+    runs = sweep.plan(cfg)
+    for i, run in enumerate(runs):
+        run_dir = tmp_path / "sweep" / "runs" / run.name
+        (run_dir / "eval" / "step_800").mkdir(parents=True)
+        (run_dir / "eval" / "step_800" / "metrics.json").write_text(json.dumps({"accuracy": 0.25 * i}))
+        (run_dir / "model" / "train").mkdir(parents=True)
+        (run_dir / "model" / "train" / "metrics.jsonl").write_text(
+            json.dumps({"step": 800, "real_tokens_per_step": 10.0, "examples_per_step": 16, "rows_per_step": 4}) + "\n"
+        )
+    commands = []
+    monkeypatch.setattr(sweep, "run_command", lambda command, *a: commands.append(command))
+    results = sweep.run_all(runs, cfg, ["."])
+    assert commands == [] and [results[r.name]["accuracy"] for r in runs] == [0.0, 0.25, 0.5, 0.75]
+    sweep.collect(runs, results, "accuracy", cfg["sweep_dir"], cfg)
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["accuracy"], r["steps"], r["real_tokens"]) for r in table][-1] == ("0.75", "800", "8000")
