@@ -277,8 +277,8 @@ def target_kind(target: str) -> str:
 
 def gpu_device_memory(kind: str) -> int:
     """The device memory (bytes) of a shipped GPU target config."""
-    text = open(gpu_kinds()[kind]).read()
-    return int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
+    with open(gpu_kinds()[kind]) as f:
+        return int(re.search(r"device_memory_size:\s*(\d+)", f.read()).group(1))
 
 
 def gpu_fit(kind: str, argument: int, output: int, alias: int, temp: int, code: int) -> tuple[bool, str]:
@@ -296,8 +296,8 @@ def gpu_fit(kind: str, argument: int, output: int, alias: int, temp: int, code: 
     if temp > scheduler_limit:
         return False, (
             f"temporaries of {temp / GIB:.2f} GiB per device exceed XLA's GPU scheduler limit of "
-            f"{max(scheduler_limit, 0) / GIB:.2f} GiB ((80% of {memory / GIB:.2f} GiB - {io / GIB:.2f} GiB of "
-            "arguments and outputs) x 95%)"
+            f"{max(scheduler_limit, 0) / GIB:.2f} GiB (({GPU_SCHEDULER_FRACTION:.0%} of {memory / GIB:.2f} GiB - "
+            f"{io / GIB:.2f} GiB of arguments and outputs) x {GPU_SLOP_FACTOR:.0%})"
         )
     return True, ""
 
