@@ -4,14 +4,18 @@ r"""The paper's experiments as one command: a grid of runs through the real bina
 
 Runs methods x training-data fractions x seeds x model sizes (x rationale weights),
 each as `python -m dss_jax.train` then `python -m dss_jax.eval` on the test split,
-collects every run's `metrics.json` into `results.csv` and `results.md` (one row per
-run, then mean ± std over seeds), and draws the paper-style figure (accuracy vs. the
-fraction of training data, one line per method, error bars over seeds) as
-`figure.png`. Resumable: a run whose evaluation finished is not run again, and a run
-that was interrupted continues from its last checkpoint. SWEEP_DIR/code.json records the
-commit of the code that started it; continuing from another commit is refused, since
-one grid must come from one version of the code. `sweep_config.in_process`
-runs each train and eval in the sweep's own process instead of as subprocesses.
+collects every run's `metrics.json` into `results.csv` (one row per run) and
+`results.md` (mean ± std over seeds, then each Distilling Step-by-Step method minus the
+baseline trained on the same labels, with the standard error of the difference), and
+draws the paper-style figure (accuracy vs. the fraction of training data, one line per
+method, error bars over seeds) as `figure.png`. Resumable: a run whose evaluation
+finished is not run again, and a run that was interrupted continues from its last
+checkpoint. SWEEP_DIR/code.json records the commit of the code that started it;
+continuing from another commit is refused, since one grid must come from one version of
+the code. `sweep_config.in_process` runs each train and eval in the sweep's own process
+instead of as subprocesses; `sweep_config.report_only` trains nothing and writes the
+results of the runs that have finished (a grid still running, or the metrics files
+docs/results/ keeps).
 
 Methods (the paper's baselines and its ablation):
 
@@ -107,6 +111,8 @@ def sweep_config(
     timeout_per_run: Optional[float] = None,
     in_process: bool = False,
     allow_other_code: bool = False,
+    report_only: bool = False,
+    differences: Optional[Sequence[Sequence[str]]] = None,
 ):
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
@@ -121,7 +127,10 @@ def sweep_config(
     files) instead of as subprocesses: no interpreter and import start-up per run, and
     programs compiled once; results are identical (tests/test_sweep.py).
     allow_other_code: resume a SWEEP_DIR whose runs another commit of this code made
-    (see `check_code`); off, that is refused.
+    (see `check_code`); off, that is refused. report_only: train and evaluate nothing,
+    write the results of the runs that finished (and say how many have not), e.g. of a
+    grid still running or of the metrics files kept in docs/results/. differences:
+    (method, baseline) pairs read in results.md (default `DIFFERENCES`).
     """
     return dict(locals())
 
@@ -139,6 +148,11 @@ def plan(cfg: dict) -> list[Run]:
         for lam in weights:
             runs.append(Run(method, size, float(fraction), int(seed), float(lam), init))
     return runs
+
+
+def run_path(run: Run, cfg: dict) -> str:
+    """SWEEP_DIR/runs/<run name>: the run's model/, eval/ and logs."""
+    return os.path.join(cfg["sweep_dir"], "runs", run.name)
 
 
 def pretrain_dir(size: str, cfg: dict) -> str:
@@ -174,8 +188,7 @@ TRAIN, EVAL = "dss_jax.train", "dss_jax.eval"
 
 def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
     """(binary module, gin files, gin bindings) of the train and eval commands of a run."""
-    run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
-    model_dir = os.path.join(run_dir, "model")
+    model_dir = os.path.join(run_path(run, cfg), "model")
     common = run_bindings(run, cfg)
     train = (
         TRAIN,
@@ -187,7 +200,7 @@ def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
         ["runs/eval.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
         [
             f"CHECKPOINT_PATH = {model_dir!r}",
-            f"EVAL_OUTPUT_DIR = {os.path.join(run_dir, 'eval')!r}",
+            f"EVAL_OUTPUT_DIR = {os.path.join(run_path(run, cfg), 'eval')!r}",
             f"SPLIT = {cfg['eval_split']!r}",
             "STEPS = 'latest'",
             *[b for b in common if b.startswith("task_options.label_target")],
@@ -352,16 +365,21 @@ def run_command(
 
 def execute(run: Run, cfg: dict, search_paths: Sequence[str] = (".",)) -> dict:
     """Trains and evaluates one run unless its result is already there."""
-    run_dir = os.path.join(cfg["sweep_dir"], "runs", run.name)
-    done = _eval_result(run_dir)
+    done = _eval_result(run_path(run, cfg))
     if done is not None:
         return done
     for command in run_commands(run, cfg):
-        run_command(command, run_dir, cfg, search_paths)
-    result = _eval_result(run_dir)
+        run_command(command, run_path(run, cfg), cfg, search_paths)
+    result = _eval_result(run_path(run, cfg))
     if result is None:
-        raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_dir}/eval")
+        raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_path(run, cfg)}/eval")
     return result
+
+
+def finished(runs: list[Run], cfg: dict) -> dict[str, dict]:
+    """{run name: its metrics} of the runs whose evaluation finished."""
+    results = {run.name: _eval_result(run_path(run, cfg)) for run in runs}
+    return {name: r for name, r in results.items() if r is not None}
 
 
 def _eval_result(run_dir: str) -> Optional[dict]:
@@ -456,9 +474,75 @@ def collect(
             f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
             f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |"
         )
+    diffs = differences(groups, cfg.get("differences") or DIFFERENCES)
+    if diffs:
+        lines += [
+            "",
+            f"Differences of the mean {metric} over seeds, method − baseline, with the standard error of the",
+            "difference, sqrt(s_a²/n_a + s_b²/n_b); larger than the noise when |Δ| > 2 SE",
+            "(n/a: fewer than two runs on a side).",
+            "",
+            "| method − baseline | init | size | fraction | λ | Δ | SE | \\|Δ\\| > 2 SE |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for d in diffs:
+            se = "n/a" if math.isnan(d["se"]) else f"{d['se']:.4f}"
+            larger = "n/a" if math.isnan(d["se"]) else ("yes" if d["larger"] else "no")
+            lines.append(
+                f"| {d['method']} − {d['baseline']} | {d['init'] or '-'} | {d['size']} | {d['fraction']:g} "
+                f"| {d['rationale_weight']:g} | {d['diff']:+.4f} | {se} | {larger} |"
+            )
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return rows
+
+
+# The comparisons a grid is read by (method, baseline): Distilling Step-by-Step against
+# the baseline trained on the same labels, and against its single-task ablation.
+DIFFERENCES = (
+    ("dss_gt", "finetune"),
+    ("dss_teacher", "distill"),
+    ("dss_gt", "single_task"),
+    ("dss", "finetune"),
+    ("dss", "distill"),
+)
+
+
+def differences(groups: list[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
+    """method − baseline wherever both ran from the same start, size and fraction (each of
+    the method's λ): the difference of their means over seeds, its standard error
+    sqrt(s_a²/n_a + s_b²/n_b) (NaN with fewer than two runs on a side) and whether |Δ|
+    exceeds two of them, the reading the comparison's protocol fixed."""
+    by_key: dict[tuple, list[dict]] = {}
+    for g in groups:
+        by_key.setdefault((g["method"], g["init"], g["size"], g["fraction"]), []).append(g)
+    out = []
+    for method, baseline in pairs:
+        for (m, init, size, fraction), mine in sorted(by_key.items()):
+            if m != method or (baseline, init, size, fraction) not in by_key:
+                continue
+            bases = by_key[(baseline, init, size, fraction)]
+            for a, base in itertools.product(mine, bases):
+                if len(bases) > 1 and base["rationale_weight"] != a["rationale_weight"]:
+                    continue  # a baseline run at several λ is compared at the same λ
+                se = math.sqrt(a["std"] ** 2 / a["n"] + base["std"] ** 2 / base["n"])
+                if min(a["n"], base["n"]) < 2:
+                    se = float("nan")
+                diff = a["mean"] - base["mean"]
+                out.append(
+                    dict(
+                        method=method,
+                        baseline=baseline,
+                        init=init,
+                        size=size,
+                        fraction=fraction,
+                        rationale_weight=a["rationale_weight"],
+                        diff=diff,
+                        se=se,
+                        larger=abs(diff) > 2 * se,
+                    )
+                )
+    return out
 
 
 def aggregate(rows: list[dict], metric: str) -> list[dict]:
@@ -583,7 +667,9 @@ def check_code(cfg: dict) -> None:
 def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str, dict]:
     """The pretraining runs the grid starts from, then every run: {run name: its metrics}."""
     os.makedirs(cfg["sweep_dir"], exist_ok=True)
-    for size, command in pretrain_commands(runs, cfg):
+    # Only what a run still to do starts from: a finished grid is not pretrained again.
+    done = finished(runs, cfg)
+    for size, command in pretrain_commands([run for run in runs if run.name not in done], cfg):
         t0 = time.time()
         print(f"pretraining {size} ...", flush=True)
         run_command(command, pretrain_dir(size, cfg), cfg, search_paths)
@@ -613,9 +699,14 @@ def main(argv):
             "sweep_config.timeout_per_run needs subprocesses: unset it or sweep_config.in_process"
         )
     runs = plan(cfg)
-    check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
-    check_code(cfg)
-    results = run_all(runs, cfg, FLAGS.gin_search_paths)
+    if cfg["report_only"]:
+        results = finished(runs, cfg)
+        if len(results) < len(runs):
+            print(f"{len(runs) - len(results)} of {len(runs)} runs have not finished: not in the results", flush=True)
+    else:
+        check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
+        check_code(cfg)
+        results = run_all(runs, cfg, FLAGS.gin_search_paths)
     rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"], cfg)
     plot(rows, cfg["metric"], os.path.join(cfg["sweep_dir"], "figure.png"), title=os.path.basename(cfg["task_gin"]))
     print(open(os.path.join(cfg["sweep_dir"], "results.md")).read())

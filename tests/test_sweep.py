@@ -3,6 +3,7 @@ ablation's targets, and the table/figure built from the runs' own metrics."""
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -372,3 +373,83 @@ def test_a_sweep_dir_of_only_the_runs_metrics_files_is_complete(tmp_path, monkey
     with open(tmp_path / "sweep" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["accuracy"], r["steps"], r["real_tokens"]) for r in table][-1] == ("0.75", "800", "8000")
+
+
+def _finished_run(sweep_dir, name, accuracy):
+    """What docs/results keeps of a finished run: its eval metrics.json and train metrics.jsonl."""
+    run = os.path.join(sweep_dir, "runs", name)
+    os.makedirs(os.path.join(run, "eval", "step_800"))
+    with open(os.path.join(run, "eval", "step_800", "metrics.json"), "w") as f:
+        json.dump({"accuracy": accuracy}, f)
+    os.makedirs(os.path.join(run, "model", "train"))
+    with open(os.path.join(run, "model", "train", "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 800, "real_tokens_per_step": 10.0, "examples_per_step": 16, "rows_per_step": 4}))
+
+
+def test_differences_are_read_against_two_standard_errors():
+    def group(method, mean, std, n=3, init="pretrained", fraction=1.0, lam=0.0):
+        return dict(
+            method=method, init=init, size="tiny", fraction=fraction, rationale_weight=lam, n=n, mean=mean, std=std
+        )
+
+    groups = [
+        group("finetune", 0.30, 0.03),
+        group("dss_gt", 0.40, 0.03, lam=1.0),  # Δ .10, SE sqrt(2 x .03² / 3) = .0245: larger
+        group("finetune", 0.30, 0.03, fraction=0.5),
+        group("dss_gt", 0.33, 0.03, fraction=0.5, lam=1.0),  # Δ .03 < 2 SE: not
+        group("finetune", 0.30, 0.0, n=1, init="scratch"),
+        group("dss_gt", 0.50, 0.0, n=1, init="scratch", lam=1.0),  # one seed: no reading
+        group("distill", 0.2, 0.01),  # no dss_teacher: no row
+    ]
+    diffs = sweep.differences(groups, sweep.DIFFERENCES)
+    got = {(d["init"], d["fraction"]): d for d in diffs}
+    assert len(diffs) == 3 and {d["method"] + "-" + d["baseline"] for d in diffs} == {"dss_gt-finetune"}
+    assert got[("pretrained", 1.0)]["diff"] == pytest.approx(0.10)
+    assert got[("pretrained", 1.0)]["se"] == pytest.approx((2 * 0.03**2 / 3) ** 0.5)
+    assert got[("pretrained", 1.0)]["larger"] and not got[("pretrained", 0.5)]["larger"]
+    assert math.isnan(got[("scratch", 1.0)]["se"]) and not got[("scratch", 1.0)]["larger"]
+
+
+def test_report_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
+    """A grid still running, or the metrics docs/results keeps, gives its table without a
+    run trained or a pretraining started, and says how many runs are missing."""
+    out = tmp_path / "sweep"
+    runs = {
+        "finetune_tiny_cpu_pretrained_frac1_seed0": 0.3,
+        "finetune_tiny_cpu_pretrained_frac1_seed1": 0.32,
+        "dss_gt_lam1_tiny_cpu_pretrained_frac1_seed0": 0.6,
+        "dss_gt_lam1_tiny_cpu_pretrained_frac1_seed1": 0.66,
+    }
+    for name, accuracy in runs.items():
+        _finished_run(str(out), name, accuracy)
+    r = subprocess.run(
+        [sys.executable, "-m", "dss_jax.sweep", "--gin_file=sweeps/comparison.gin"]
+        + [f"--gin.SWEEP_DIR='{out}'", "--gin.sweep_config.report_only=True"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "80 of 84 runs have not finished" in r.stdout
+    with open(out / "results.csv") as f:
+        assert sorted(row["run"] for row in csv.DictReader(f)) == sorted(runs)
+    assert "| dss_gt − finetune | pretrained | tiny_cpu | 1 | 1 | +0.3200 | 0.0316 | yes |" in r.stdout
+    assert sorted(os.listdir(out)) == ["figure.png", "results.csv", "results.md", "runs"]  # nothing trained
+
+
+def test_a_finished_grid_is_not_pretrained_again(tmp_path, monkeypatch):
+    cfg = _cfg(
+        tmp_path,
+        methods=["finetune"],
+        initializations={"pretrained": "pretrain", "scratch": None},
+        pretrain_gin_files=["runs/pretrain.gin", "tasks/synthetic_pretrain.gin"],
+        pretrain_bindings=[],
+    )
+    runs = sweep.plan(cfg)
+    commands = []
+    monkeypatch.setattr(sweep, "run_command", lambda command, *a: commands.append(command[0]))
+    for run in runs:  # e.g. the metrics files docs/results keeps, without checkpoints
+        _finished_run(cfg["sweep_dir"], run.name, 0.5)
+    assert set(sweep.run_all(runs, cfg, ["."])) == {run.name for run in runs}
+    assert commands == []  # no pretraining: nothing starts from it
