@@ -58,20 +58,10 @@ class TaskOptions:
             raise ValueError(f"label_target must be one of {LABEL_TARGETS}, got {self.label_target!r}")
 
 
-@gin.configurable
-def task_options(
-    label_source: str = "gt",
-    teacher_sample: Union[int, str] = 0,
-    train_fraction: float = 1.0,
-    seed: int = 0,
-    validation_fraction: float = 0.1,
-    validation_seed: int = 0,
-    label_target: str = "label",
-) -> TaskOptions:
-    """The options of the DSS tasks; bind in gin (optionally scoped by task name)."""
-    return TaskOptions(
-        label_source, teacher_sample, train_fraction, seed, validation_fraction, validation_seed, label_target
-    )
+# The options of the DSS tasks as gin binds them (`task_options.train_fraction = 0.1`,
+# optionally scoped by task name): the dataclass itself, registered under that name.
+# Only calls through this name read gin; `TaskOptions(...)` in code does not.
+task_options = gin.external_configurable(TaskOptions, name="task_options")
 
 
 LABEL_TARGETS = ("label", "rationale_then_label")

@@ -148,42 +148,10 @@ class SyntheticConfig:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-@gin.configurable
-def synthetic_config(
-    seed: int = 0,
-    train_size: int = 2000,
-    validation_size: int = 200,
-    test_size: int = 300,
-    min_operations: int = 1,
-    max_operations: int = 3,
-    min_number: int = 2,
-    max_number: int = 50,
-    distractor_rate: float = 0.3,
-    teacher_error_rate: float = 0.15,
-    teacher_slip_rate: float = 0.05,
-    unparsable_rate: float = 0.02,
-    continuation_rate: float = 0.3,
-    samples_per_record: int = 1,
-    unlabeled_size: int = 0,
-) -> SyntheticConfig:
-    """The dataset's settings, bound in gin (`synthetic_config.max_operations = 2`)."""
-    return SyntheticConfig(
-        seed,
-        train_size,
-        validation_size,
-        test_size,
-        min_operations,
-        max_operations,
-        min_number,
-        max_number,
-        distractor_rate,
-        teacher_error_rate,
-        teacher_slip_rate,
-        unparsable_rate,
-        continuation_rate,
-        samples_per_record,
-        unlabeled_size,
-    )
+# The dataset's settings as gin binds them (`synthetic_config.max_operations = 2`): the
+# dataclass itself, registered under that name. Only calls through this name read gin;
+# `SyntheticConfig(...)` in code stays independent of the bindings.
+synthetic_config = gin.external_configurable(SyntheticConfig, name="synthetic_config")
 
 
 @gin.configurable
