@@ -1,18 +1,20 @@
-"""Gin-visible constructors for the binaries: the model config and the model.
+"""Gin-visible constructors for the binaries: the model's config and the model.
 
-    model_config.size = 'small'            # tiny | small | base | large | xl | xxl
-    model_config.variant = 't5.1.1'        # t5.1.0 | t5.1.1 | flan
-    model_config.overrides = {'dtype': 'bfloat16', 'vocab_size': 1000}
+gin/models/*.gin spell a model out field by field, as t5x's model files do:
 
-With INITIAL_CHECKPOINT_PATH set, the checkpoint's own config.json wins over the preset
-(only the run-time fields `dtype`, `dropout_rate` and `remat_policy` are taken from gin
-overrides), so a converted Hugging Face checkpoint cannot be paired with the wrong shape.
+    T5Config.d_model = 768                 # any T5Config field (dss_jax/model/config.py)
+    T5Config.num_encoder_layers = 12
+
+and a run changes one the same way (`--gin.T5Config.dtype="'bfloat16'"`); gin names a
+misspelt field. With INITIAL_CHECKPOINT_PATH set, the checkpoint's own config.json
+decides the model, and only the run-time fields `dtype`, `dropout_rate` and
+`remat_policy` bound on T5Config apply over it, so a converted Hugging Face checkpoint
+cannot be paired with the wrong shape.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import gin
 from dss_jax.cli import UserError
@@ -20,52 +22,50 @@ from dss_jax.model.config import T5Config
 
 RUNTIME_FIELDS = ("dtype", "dropout_rate", "remat_policy")
 
+# The T5Config that gin's `T5Config.<field>` bindings make. Only calls through this name
+# read gin; `T5Config(...)` and `T5Config.preset(...)` in code do not.
+gin_t5_config = gin.external_configurable(T5Config, name="T5Config")
+
 
 class ModelConfigError(UserError, ValueError):
-    """A model_config setting (or an INITIAL_CHECKPOINT_PATH config.json) the model cannot take."""
+    """A T5Config setting (or an INITIAL_CHECKPOINT_PATH config.json) the model cannot take."""
 
 
 @gin.configurable
-def model_config(
-    size: str = "small",
-    variant: str = "t5.1.1",
-    overrides: Optional[Mapping[str, Any]] = None,
-    checkpoint_path: Optional[str] = None,
-) -> T5Config:
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise ModelConfigError(f"model_config.overrides = {overrides!r} must be a dict of T5Config fields")
-    overrides = dict(overrides or {})
-    fields = [f.name for f in dataclasses.fields(T5Config)]
-    unknown = [k for k in overrides if k not in fields]
-    if unknown:
-        from dss_jax.gin_utils import did_you_mean
-
-        raise ModelConfigError(
-            f"model_config.overrides: {unknown[0]!r} is not a T5Config field{did_you_mean(str(unknown[0]), fields)} "
-            f"(fields: {', '.join(fields)})"
-        )
-    # T5Config validates every field (ValueError/TypeError naming it); here that is a setting
-    # the user wrote, so it is reported as one.
+def model_config(checkpoint_path: Optional[str] = None) -> T5Config:
+    """The model of a run: gin's T5Config bindings, or the checkpoint's config.json (with
+    the run-time fields gin binds) when checkpoint_path is given."""
+    # T5Config validates every field (ValueError/TypeError naming it); here that is a
+    # setting the user wrote, so it is reported as one (gin appends its call stack).
     try:
-        if checkpoint_path:
-            from dss_jax import checkpoints
+        if not checkpoint_path:
+            return gin_t5_config()
+        from dss_jax import checkpoints
 
-            try:
-                base, _ = checkpoints.read_config(checkpoint_path)
-            except checkpoints.CheckpointNotFoundError:
-                raise ModelConfigError(
-                    f"{checkpoint_path} has no config.json (in it or its training run's MODEL_DIR): "
-                    "INITIAL_CHECKPOINT_PATH must be a directory written by `python -m dss_jax.convert` "
-                    "or a training run"
-                ) from None
-            return base.replace(**{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
-        return T5Config.preset(size, variant, **overrides)
+        try:
+            base, _ = checkpoints.read_config(checkpoint_path)
+        except checkpoints.CheckpointNotFoundError:
+            raise ModelConfigError(
+                f"{checkpoint_path} has no config.json (in it or its training run's MODEL_DIR): "
+                "INITIAL_CHECKPOINT_PATH must be a directory written by `python -m dss_jax.convert` "
+                "or a training run"
+            ) from None
+        return base.replace(**bound_runtime_fields())
     except (ValueError, TypeError) as e:
         if isinstance(e, UserError):
             raise
-        raise ModelConfigError(
-            f"model_config (size={size!r}, variant={variant!r}, overrides={overrides}): {' '.join(str(e).split())}"
-        ) from None
+        raise ModelConfigError(f"T5Config: {' '.join(str(e).splitlines()[0].split())}") from None
+
+
+def bound_runtime_fields() -> dict:
+    """{field: value} of the RUNTIME_FIELDS that gin binds on T5Config."""
+    bound = {}
+    for field in RUNTIME_FIELDS:
+        try:
+            bound[field] = gin.query_parameter(f"T5Config.{field}")
+        except ValueError:  # not bound
+            pass
+    return bound
 
 
 @gin.configurable
@@ -76,7 +76,7 @@ def build_model(config: Optional[T5Config] = None):
 
 
 def register_for_decoding() -> None:
-    """Registers what the eval and infer gin files bind besides model_config
+    """Registers what the eval and infer gin files bind besides T5Config
     (DecodeSettings, the tasks' options): called by those binaries before they parse,
     not at import, since `scoring` brings in seqio and TensorFlow."""
     from dss_jax import scoring  # noqa: F401

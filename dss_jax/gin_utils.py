@@ -186,10 +186,25 @@ def _gin_hint(message: str) -> str:
         )
     m = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
     if m:
-        return did_you_mean(m.group(2), _parameter_names(m.group(1)))
+        replaced = REPLACED.get(f"{m.group(1).rsplit('.', 1)[-1]}.{m.group(2)}")
+        return f"; {replaced}" if replaced else did_you_mean(m.group(2), _parameter_names(m.group(1)))
     if message.startswith("Unable to open file"):
         return "; check the name, or add its folder with --gin_search_paths"
     return ""
+
+
+# Bindings of earlier versions that a gin file may still hold: what to write instead.
+_MODEL_FIELDS = (
+    "the model is now spelled out as T5Config.<field> bindings (gin/models/*.gin): include "
+    "a models/ file, and bind a field itself, e.g. T5Config.d_model = 64"
+)
+REPLACED = {
+    "model_config.size": _MODEL_FIELDS,
+    "model_config.variant": _MODEL_FIELDS + " (T5 v1.0: T5Config.feed_forward = 'relu', "
+    "T5Config.tie_word_embeddings = True; Flan-T5 has the v1.1 shapes)",
+    "model_config.overrides": "bind each field on T5Config instead, e.g. "
+    "model_config.overrides = {'dtype': 'bfloat16'} is now T5Config.dtype = 'bfloat16'",
+}
 
 
 def _configurable_names(qualified: bool) -> list[str]:

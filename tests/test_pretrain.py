@@ -189,8 +189,12 @@ def test_pretrain_then_distill_step_by_step_from_its_checkpoint(tmp_path):
         "--gin.synthetic_config.validation_size=20",
         "--gin.synthetic_config.test_size=20",
         "--gin.synthetic_config.max_operations=2",
-        "--gin.model_config.overrides={'vocab_size': 640, 'd_model': 32, 'd_ff': 64, 'num_heads': 2, "
-        "'d_kv': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}",
+        *[
+            f"--gin.T5Config.{field}={value}"
+            for field, value in dict(
+                vocab_size=640, d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1, num_decoder_layers=1
+            ).items()
+        ],
         "--gin.BATCH_SIZE=4",
         "--gin.train.log_period=1",
     ]

@@ -100,10 +100,51 @@ def test_the_shipped_defaults_pass_the_checks(parsed):
     checks.check_gin_settings()
 
 
-def test_a_misspelt_model_override_names_the_field_it_meant():
-    from dss_jax import configurables
+@pytest.mark.parametrize(
+    "binding, said",
+    [
+        ("T5Config.d_modle = 64", "doesn't have a parameter named 'd_modle'; did you mean d_model?"),
+        # Bindings of the earlier model idiom say what replaced them.
+        ("model_config.overrides = {'d_model': 64}", "is now T5Config.dtype = 'bfloat16'"),
+        ("model_config.size = 'base'", "spelled out as T5Config.<field> bindings (gin/models/*.gin)"),
+    ],
+)
+def test_a_misspelt_or_replaced_model_binding_says_what_to_write(parsed, binding, said):
+    with pytest.raises(gin_utils.GinConfigError) as e:
+        parsed(binding)
+    assert said in str(e.value) and "\n" not in str(e.value)
 
-    meant = r"'d_modle' is not a T5Config field; did you mean d_model\?"
-    with pytest.raises(configurables.ModelConfigError, match=meant):
-        configurables.model_config(size="tiny", overrides={"d_modle": 64})
-    assert configurables.model_config(size="tiny", overrides={"d_model": 64}).d_model == 64
+
+def test_the_model_files_spell_out_the_presets(parsed):
+    """gin/models/<size>.gin make exactly T5 v1.1's shapes (T5Config.preset, which the HF
+    parity tests pin), and a binding on top changes only its field."""
+    from dss_jax import configurables
+    from dss_jax.model.config import T5Config
+
+    for size in ("tiny", "small", "base", "large", "xl", "xxl"):
+        gin.clear_config()
+        gin_utils.parse_gin([f"models/{size}.gin"], [])
+        runtime = dict(dtype="bfloat16", remat_policy="full") if size in ("xl", "xxl") else {}
+        assert configurables.model_config() == T5Config.preset(size, **runtime), size
+    parsed("T5Config.d_model = 48")
+    assert configurables.model_config() == T5Config.preset("tiny", d_model=48)
+    with pytest.raises(configurables.ModelConfigError, match=r"^T5Config: T5Config.remat_policy='fulll'; choose"):
+        parsed("T5Config.remat_policy = 'fulll'")
+        configurables.model_config()
+
+
+def test_an_initial_checkpoint_decides_the_shape_and_gin_only_the_run_time_fields(tmp_path):
+    from dss_jax import configurables
+    from dss_jax.model.config import T5Config
+
+    trained = T5Config.preset("tiny", d_model=48, dropout_rate=0.0, remat_policy="dots")
+    (tmp_path / "config.json").write_text(trained.to_json())
+    gin.clear_config()
+    try:
+        # A model file of another shape: the checkpoint's config.json wins over it.
+        gin_utils.parse_gin(["models/base.gin"], ["T5Config.dtype = 'bfloat16'", "T5Config.dropout_rate = 0.1"])
+        got = configurables.model_config(checkpoint_path=str(tmp_path))
+    finally:
+        gin.clear_config()
+    # dtype and dropout_rate as bound; remat_policy, unbound, as trained.
+    assert got == trained.replace(dtype="bfloat16", dropout_rate=0.1)

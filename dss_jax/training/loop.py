@@ -329,7 +329,7 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
         )
     raise settings.SettingError(
         f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
-        f"{task_name!r} ({vocab.vocab_size} ids); set model_config.overrides = {{'vocab_size': {vocab.vocab_size}}}"
+        f"{task_name!r} ({vocab.vocab_size} ids); set T5Config.vocab_size = {vocab.vocab_size}"
     )
 
 
