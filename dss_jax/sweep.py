@@ -583,17 +583,21 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(inits), figsize=(6 * len(inits), 4.2), dpi=120, sharey=True, squeeze=False)
     sizes = {g["size"] for g in groups}
     lams = {g["rationale_weight"] for g in groups if g["method"] in DSS_METHODS}
+
+    def label_of(g: dict) -> str:
+        label = g["method"]
+        if g["method"] in DSS_METHODS and len(lams) > 1:
+            label += f" (λ={g['rationale_weight']:g})"
+        return label + (f" [{g['size']}]" if len(sizes) > 1 else "")
+
+    # One colour per line label in every panel, so a method reads the same side by side.
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {label: cycle[i % len(cycle)] for i, label in enumerate(sorted({label_of(g) for g in groups}))}
     for ax, init in zip(axes[0], inits):
         series: dict[str, list[dict]] = {}
         for g in groups:
-            if g["init"] != init:
-                continue
-            label = g["method"]
-            if g["method"] in DSS_METHODS and len(lams) > 1:
-                label += f" (λ={g['rationale_weight']:g})"
-            if len(sizes) > 1:
-                label += f" [{g['size']}]"
-            series.setdefault(label, []).append(g)
+            if g["init"] == init:
+                series.setdefault(label_of(g), []).append(g)
         for label, points in sorted(series.items()):
             points.sort(key=lambda g: g["fraction"])
             ax.errorbar(
@@ -603,6 +607,7 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
                 marker="o",
                 capsize=3,
                 label=label,
+                color=colours[label],
             )
         ax.set_xlabel("% of training data")
         ax.set_title(f"{title} ({init})" if init else title)
