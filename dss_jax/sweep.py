@@ -130,7 +130,7 @@ def sweep_config(
     (see `check_code`); off, that is refused. report_only: train and evaluate nothing,
     write the results of the runs that finished (and say how many have not), e.g. of a
     grid still running or of the metrics files kept in docs/results/. differences:
-    (method, baseline) pairs read in results.md (default `DIFFERENCES`).
+    (method, baseline) pairs read in results.md (default `default_differences`).
     """
     return dict(locals())
 
@@ -439,7 +439,7 @@ def collect(
             continue
         if metric not in res:
             raise KeyError(f"{run.name}: metric {metric!r} not in its metrics.json (has {sorted(res)})")
-        run_dir = os.path.join(out_dir, "runs", run.name)
+        run_dir = run_path(run, {"sweep_dir": out_dir})
         rows.append(
             {
                 **dataclasses.asdict(run),
@@ -474,7 +474,7 @@ def collect(
             f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
             f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |"
         )
-    diffs = differences(groups, cfg.get("differences") or DIFFERENCES)
+    diffs = differences(groups, cfg.get("differences") or default_differences(cfg.get("dss_label_source", "gt")))
     if diffs:
         lines += [
             "",
@@ -497,15 +497,15 @@ def collect(
     return rows
 
 
-# The comparisons a grid is read by (method, baseline): Distilling Step-by-Step against
-# the baseline trained on the same labels, and against its single-task ablation.
-DIFFERENCES = (
-    ("dss_gt", "finetune"),
-    ("dss_teacher", "distill"),
-    ("dss_gt", "single_task"),
-    ("dss", "finetune"),
-    ("dss", "distill"),
-)
+def default_differences(dss_label_source: str = "gt") -> list[tuple[str, str]]:
+    """The comparisons a grid is read by, (method, baseline): Distilling Step-by-Step
+    against the baseline trained on the same labels, and against the single-task ablation
+    (whose labels, like `dss`'s, come from dss_label_source)."""
+    same = {"gt": ("dss_gt", "finetune"), "teacher": ("dss_teacher", "distill")}.get(dss_label_source)
+    pairs = [("dss_gt", "finetune"), ("dss_teacher", "distill")]
+    if same:
+        pairs += [("dss", same[1]), (same[0], "single_task"), ("dss", "single_task")]
+    return pairs
 
 
 def differences(groups: list[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:

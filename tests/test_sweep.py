@@ -401,13 +401,17 @@ def test_differences_are_read_against_two_standard_errors():
         group("dss_gt", 0.50, 0.0, n=1, init="scratch", lam=1.0),  # one seed: no reading
         group("distill", 0.2, 0.01),  # no dss_teacher: no row
     ]
-    diffs = sweep.differences(groups, sweep.DIFFERENCES)
+    diffs = sweep.differences(groups, sweep.default_differences("gt"))
     got = {(d["init"], d["fraction"]): d for d in diffs}
     assert len(diffs) == 3 and {d["method"] + "-" + d["baseline"] for d in diffs} == {"dss_gt-finetune"}
     assert got[("pretrained", 1.0)]["diff"] == pytest.approx(0.10)
     assert got[("pretrained", 1.0)]["se"] == pytest.approx((2 * 0.03**2 / 3) ** 0.5)
     assert got[("pretrained", 1.0)]["larger"] and not got[("pretrained", 0.5)]["larger"]
     assert math.isnan(got[("scratch", 1.0)]["se"]) and not got[("scratch", 1.0)]["larger"]
+    # Each comparison is between methods trained on the same labels.
+    assert ("dss", "distill") not in sweep.default_differences("gt")
+    assert ("dss", "finetune") not in sweep.default_differences("teacher")
+    assert ("dss_teacher", "single_task") in sweep.default_differences("teacher")
 
 
 def test_report_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
