@@ -178,6 +178,8 @@ def run_bindings(run: Run, cfg: dict) -> list[str]:
     ckpt = initial_checkpoint(run, cfg)
     if ckpt:
         b["INITIAL_CHECKPOINT_PATH"] = repr(ckpt)  # repr: a path may hold a quote
+    elif run.init:  # an initialization named as scratch is scratch, whatever the gin files start from
+        b["INITIAL_CHECKPOINT_PATH"] = "None"
     return [f"{k} = {v}" for k, v in b.items()]
 
 

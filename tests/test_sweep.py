@@ -200,6 +200,24 @@ def test_paths_with_quotes_reach_the_runs_intact(tmp_path):
     gin.clear_config()
 
 
+def test_a_scratch_control_starts_from_scratch_when_its_gin_files_name_a_checkpoint(tmp_path):
+    # e.g. a sweep over a config that starts from a pretrained student (the quickstart's):
+    # its control named scratch must not silently start from that student too.
+    (tmp_path / "pretrained_start.gin").write_text("INITIAL_CHECKPOINT_PATH = '/ckpt/pre'\n")
+    cfg = _cfg(
+        tmp_path,
+        extra_gin_files=["pretrained_start.gin"],
+        initializations={"pretrained": "/ckpt/other", "scratch": None},
+    )
+    starts = {}
+    for run in sweep.plan(cfg):
+        _, gin_files, bindings = sweep.run_commands(run, cfg)[0]
+        gin_utils.parse_gin(gin_files, bindings, [str(tmp_path), "."])
+        starts[run.init] = gin.query_parameter("INITIAL_CHECKPOINT_PATH/macro.value")
+        gin.clear_config()
+    assert starts == {"pretrained": "/ckpt/other", "scratch": None}
+
+
 def test_unknown_method_is_named_with_the_nearest():
     with pytest.raises(
         gin_utils.GinConfigError,
@@ -238,7 +256,7 @@ def test_initializations_give_a_pretrained_grid_and_a_restricted_scratch_control
     assert "INITIAL_CHECKPOINT_PATH = '/ckpt/pre'" in pre and "LABEL_SOURCE = 'teacher'" in pre
     assert "RATIONALE_WEIGHT = 1.0" in pre
     scratch = sweep.run_bindings(next(r for r in runs if r.init == "scratch" and r.method == "dss_gt"), cfg)
-    assert not any(b.startswith("INITIAL_CHECKPOINT_PATH") for b in scratch) and "LABEL_SOURCE = 'gt'" in scratch
+    assert "INITIAL_CHECKPOINT_PATH = None" in scratch and "LABEL_SOURCE = 'gt'" in scratch
     with pytest.raises(gin_utils.GinConfigError, match="init_methods: 'scrach' is not one of"):
         sweep.check_methods({**cfg, "init_methods": {"scrach": ["finetune"]}})
     with pytest.raises(gin_utils.GinConfigError, match=r"\['distil'\] not in sweep_config.methods"):
@@ -320,7 +338,7 @@ def test_the_sweeps_own_pretraining_runs_first_and_its_runs_start_from_it(tmp_pa
         if run.init == "pretrained":
             assert start == [f"INITIAL_CHECKPOINT_PATH = {model_dirs[f'models/{run.size}.gin']}"]
         else:
-            assert start == []
+            assert start == ["INITIAL_CHECKPOINT_PATH = None"]
     with pytest.raises(gin_utils.GinConfigError, match="pretrain_gin_files is empty"):
         sweep.check_methods({**cfg, "pretrain_gin_files": []})
 
