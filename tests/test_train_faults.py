@@ -86,8 +86,8 @@ def toy_task(tmp_path_factory):
     )
 
 
-def train(model_dir, steps, poisoned=(), **kw):
-    args = dict(
+def _args(model_dir, steps, poisoned=()):
+    return dict(
         model_dir=str(model_dir),
         task_name=TASK,
         task_feature_lengths=LENGTHS,
@@ -98,7 +98,10 @@ def train(model_dir, steps, poisoned=(), **kw):
         eval_period=0,
         batches_fn=batches(poisoned),
     )
-    return loop.train(model(), **{**args, **kw})
+
+
+def train(model_dir, steps, poisoned=(), student=None, **kw):
+    return loop.train(student or model(), **{**_args(model_dir, steps, poisoned), **kw})
 
 
 def metric_steps(model_dir):
@@ -345,6 +348,48 @@ def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_pat
         gin.clear_config()
     assert checkpoints.checkpoint_steps(str(run)) == [2]
     assert json.loads((run / "task.json").read_text()) == recorded
+
+
+def test_a_resume_with_another_model_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(run, 2)
+    trained = (run / "config.json").read_text()
+    wider = PoisonableT5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.0, d_ff=128))
+    code, err = one_line_report(capsys, lambda: loop.train(wider, **_args(run, 3)))
+    assert code != 0 and "another model" in err and "d_ff=" in err and "Traceback" not in err
+    assert (run / "config.json").read_text() == trained and checkpoints.checkpoint_steps(str(run)) == [2]
+    # The run-time fields may change on a resume.
+    train(run, 3, student=PoisonableT5(model().config.replace(dropout_rate=0.1)))
+    assert checkpoints.checkpoint_steps(str(run))[-1] == 3
+
+
+def test_a_resume_that_would_tokenize_with_another_vocabulary_is_refused(tmp_path, monkeypatch):
+    # e.g. a MODEL_DIR trained from scratch (its vocabulary learnt on the task), resumed from
+    # a pretrained student's: its checkpoints would be trained on, and decoded with, ids
+    # that mean other pieces, and its spiece.model replaced.
+    import _eval_toy as toy
+
+    from dss_jax.data import vocab
+
+    caches = toy.write_caches(tmp_path / "caches")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = toy.train_vocab(caches, tmp_path / "a")
+    texts = vocab.cache_texts([caches["train"]]) + ["an other text altogether"]
+    other = vocab.train_vocabulary(
+        texts, tmp_path / "b" / "spiece.model", vocab.VocabSettings(vocab_size=70, byte_fallback=False)
+    )
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "task_vocabulary_file", lambda task: str(first))
+    train(run, 2)
+    trained_with = (run / "spiece.model").read_bytes()
+    monkeypatch.setattr(loop, "task_vocabulary_file", lambda task: str(other))
+    with pytest.raises(settings.SettingError, match=r"trained with the vocabulary .*spiece.model.*new MODEL_DIR"):
+        train(run, 3)
+    assert (run / "spiece.model").read_bytes() == trained_with and checkpoints.checkpoint_steps(str(run)) == [2]
+    monkeypatch.setattr(loop, "task_vocabulary_file", lambda task: str(first))
+    train(run, 3)  # the same vocabulary resumes
+    assert checkpoints.checkpoint_steps(str(run))[-1] == 3
 
 
 def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import signal
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -113,7 +114,7 @@ def train(
         state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
         step = int(state.step)
         if jax.process_index() == 0:
-            _write_run_files(model_dir, model, task_name)
+            _write_run_files(model_dir, model, task_name, resumed=step > 0)
         # Steps after the restored one are recomputed: their old records are superseded.
         writer = MetricsWriter(os.path.join(model_dir, "train"), resume_step=step)
         eval_writer = MetricsWriter(os.path.join(model_dir, "validation"), resume_step=step)
@@ -278,6 +279,7 @@ def _lock_run_dir(model_dir: str):
 def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_checkpoint_path):
     latest = ckpt.latest_step()
     if latest is not None:
+        _check_resumed_model(ckpt.directory, getattr(trainer.model, "config", None))
         state, meta = ckpt.restore(latest, trainer.abstract_state)
         position = int(meta.get("input_position", latest))
         logging.info("resumed from %s (step %d, input position %d)", ckpt.directory, latest, position)
@@ -287,6 +289,32 @@ def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_
         logging.info("initialised from %s", initial_checkpoint_path)
         return trainer.state_from_params(params), 0
     return trainer.init_state(), 0
+
+
+def _check_resumed_model(model_dir: str, config) -> None:
+    """A run resumes with the model its checkpoints hold (MODEL_DIR/config.json): another
+    architecture is refused in one line naming the fields, before any weight is read; only
+    the run-time fields (dtype, dropout, remat) may change on a resume."""
+    import dataclasses
+
+    from dss_jax.configurables import RUNTIME_FIELDS
+
+    path = os.path.join(model_dir, checkpoints.CONFIG_FILE)
+    if config is None or not os.path.isfile(path):
+        return
+    trained, _ = checkpoints.read_config(model_dir)
+    changed = [
+        f.name
+        for f in dataclasses.fields(config)
+        if f.name not in RUNTIME_FIELDS and getattr(config, f.name) != getattr(trained, f.name)
+    ]
+    if changed:
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} holds checkpoints of another model ({path}: "
+            f"{', '.join(f'{k}={getattr(trained, k)!r}' for k in changed)}; now "
+            f"{', '.join(f'{k}={getattr(config, k)!r}' for k in changed)}): resume with the run's model "
+            "settings, or train in a new MODEL_DIR"
+        )
 
 
 def task_vocabulary_file(task_name: str) -> Optional[str]:
@@ -333,10 +361,11 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
     )
 
 
-def _write_run_files(model_dir: str, model, task_name: str) -> None:
+def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = False) -> None:
     """The run's config.json, spiece.model, task.json and config.gin (checkpoints.run), so
     eval, infer and export rebuild everything from MODEL_DIR alone. A run resumed with other
-    task options is refused."""
+    task options, or with another vocabulary than its checkpoints were trained with (whose
+    spiece.model it would replace), is refused."""
     import dataclasses
 
     options = dataclasses.asdict(dss_options.current_options(task_name))
@@ -349,13 +378,34 @@ def _write_run_files(model_dir: str, model, task_name: str) -> None:
             f"{task_name!r}, {', '.join(f'{k}={options.get(k)!r}' for k in changed)}): resume with the run's "
             "settings, or train in a new MODEL_DIR"
         )
+    vocab_file = task_vocabulary_file(task_name)
+    trained_with = os.path.join(model_dir, checkpoints.VOCAB_FILE)
+    if resumed and vocab_file and os.path.isfile(trained_with) and not _same_pieces(vocab_file, trained_with):
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} was trained with the vocabulary {trained_with}, and task {task_name!r} now "
+            f"tokenizes with another ({vocab_file}): resume with the run's settings (e.g. its "
+            "INITIAL_CHECKPOINT_PATH), or train in a new MODEL_DIR"
+        )
     checkpoints.write_run_files(
         model_dir,
         getattr(model, "config", None),
         task_name,
         options,
-        vocab_file=task_vocabulary_file(task_name),
+        vocab_file=vocab_file,
         gin_config=gin.config_str(),
+    )
+
+
+def _same_pieces(a: str, b: str) -> bool:
+    """Whether two SentencePiece models map the same ids to the same pieces (the same file
+    written twice may differ in bytes)."""
+    import sentencepiece as spm
+
+    if pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes():
+        return True
+    x, y = spm.SentencePieceProcessor(model_file=a), spm.SentencePieceProcessor(model_file=b)
+    return x.get_piece_size() == y.get_piece_size() and all(
+        x.id_to_piece(i) == y.id_to_piece(i) for i in range(x.get_piece_size())
     )
 
 
