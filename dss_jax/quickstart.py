@@ -1,14 +1,17 @@
 r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthetic task.
 
-    python -m dss_jax.quickstart [--output_dir=quickstart_out] [--train_steps=N]
+    python -m dss_jax.quickstart [--output_dir=quickstart_out] [--from_scratch] [--train_steps=N]
 
 1. generates the synthetic arithmetic dataset and its cached "teacher" rationales
    (the project's teacher cache format; nothing is downloaded),
-2. trains a small T5 from scratch with `python -m dss_jax.train --gin_file=quickstart.gin`
-   (λ = 1: labels and rationales in one packed pass),
+2. trains the small T5 student with `python -m dss_jax.train --gin_file=quickstart.gin`
+   (λ = 1: labels and rationales, 16 examples per step), starting from the pretrained
+   student in pretrained/synthetic_tiny_cpu (or from scratch: --from_scratch),
 3. evaluates it on the test split with `python -m dss_jax.eval`,
-4. prints a results table (student accuracy, the teacher's accuracy, trivial baselines,
-   steps, time) and where the TensorBoard logs, checkpoints and predictions are.
+4. prints a results table (student accuracy; Distilling Step-by-Step and standard
+   distillation as measured over 3 seeds with the same settings, docs/results/quickstart/;
+   the teacher's accuracy, trivial baselines, steps, time) and where the TensorBoard
+   logs, checkpoints and predictions are.
 
 The binaries run as subprocesses, exactly as a user would run them. Running it again
 resumes the training run (or skips it when finished) and re-evaluates.
@@ -21,9 +24,11 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from absl import flags
 
+import gin
 from dss_jax import cli
 
 # TensorFlow (the data pipeline) prints CUDA probing and oneDNN notices at import; a first
@@ -31,11 +36,17 @@ from dss_jax import cli
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "quickstart_out", "Where the model, evaluation and logs go.")
-flags.DEFINE_integer("train_steps", None, "Override TRAIN_STEPS of gin/quickstart.gin.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for both binaries.")
-
 QUICKSTART_GIN = "quickstart.gin"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The student quickstart.gin starts from (span-corruption pretrained: pretrained/README.md)
+# and the results of the quickstart's settings over 3 seeds (gin/sweeps/quickstart.gin).
+PRETRAINED_STUDENT = os.path.join("pretrained", "synthetic_tiny_cpu")
+MEASURED_RESULTS = os.path.join("docs", "results", "quickstart", "results.csv")
+STARTS = {"pretrained": "from the pretrained student", "scratch": "from scratch", None: "from INITIAL_CHECKPOINT_PATH"}
+QUOTED_METHODS = (
+    ("dss_teacher", "Distilling Step-by-Step, 3 seeds (measured)"),
+    ("distill", "standard distillation, 3 seeds (measured)"),
+)
 
 
 def _run(cmd: list[str], log_path: str, what: str) -> float:
@@ -61,11 +72,11 @@ def main(argv):
     model_dir, eval_dir = os.path.join(out, "model"), os.path.join(out, "eval")
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
-    common = [f"--gin_bindings={b}" for b in FLAGS.gin_bindings]
-    steps, baselines = _read_config(FLAGS.gin_bindings)
-    steps = FLAGS.train_steps or steps
+    bindings = [*FLAGS.gin_bindings, *(["INITIAL_CHECKPOINT_PATH=None"] if FLAGS.from_scratch else [])]
+    common = [f"--gin_bindings={b}" for b in bindings]
+    steps, start, baselines = _read_config(bindings)
+    measured_steps, steps = steps, FLAGS.train_steps or steps
     py = sys.executable
-
     train_s = _run(
         [
             py,
@@ -77,7 +88,7 @@ def main(argv):
             *common,
         ],
         os.path.join(out, "train.log"),
-        f"training a small T5 student for {steps} steps (Distilling Step-by-Step, λ = 1)",
+        f"training the small T5 student {STARTS[start]} for {steps} steps (Distilling Step-by-Step, λ = 1)",
     )
     eval_s = _run(
         [
@@ -98,8 +109,11 @@ def main(argv):
     with open(os.path.join(step_dir, "metrics.json")) as f:
         metrics = json.load(f)
 
+    # The measured results hold for the quickstart's own settings only.
+    quoted = _measured(start) if start and not FLAGS.gin_bindings and steps == measured_steps else {}
     rows = [
         ("student accuracy (test)", f"{100 * metrics['accuracy']:.1f}%"),
+        *[(name, quoted.get(method, "not measured for these settings")) for method, name in QUOTED_METHODS],
         ("teacher accuracy (test, its cached labels)", _pct(metrics.get("teacher_accuracy"))),
         ("student agrees with the teacher", _pct(metrics.get("teacher_agreement"))),
         ("baseline: most common answer", _pct(baselines.get("majority_answer"))),
@@ -116,6 +130,10 @@ def main(argv):
     for k, v in rows:
         print(f"{k:<{width}}  {v:>8}")
     print("-" * (width + 12))
+    if quoted:
+        print(f"measured:        mean ± std over 3 seeds {STARTS[start]}, {MEASURED_RESULTS}")
+        print("                 (gin/sweeps/quickstart.gin: this run's settings; standard distillation")
+        print("                 trains on the same teacher labels and 16 examples per step, λ = 0)")
     print(f"checkpoints:     {model_dir}/checkpoint_*")
     print(f"TensorBoard:     tensorboard --logdir {out}")
     print(f"predictions:     {step_dir}/predictions.jsonl")
@@ -125,6 +143,7 @@ def main(argv):
             {
                 "metrics": metrics,
                 "baselines": baselines,
+                "start": start,
                 "train_steps": steps,
                 "train_seconds": train_s,
                 "eval_seconds": eval_s,
@@ -134,24 +153,68 @@ def main(argv):
         )
 
 
+def _measured(start: str) -> dict[str, str]:
+    """{method: "mean ± std%"} of the committed quickstart grid's runs from `start`."""
+    import csv
+
+    from dss_jax import sweep
+
+    path = os.path.join(REPO, MEASURED_RESULTS)
+    if not os.path.isfile(path):  # an installed package without the repository's docs/
+        return {}
+    with open(path) as f:
+        rows = [
+            {**r, "accuracy": float(r["accuracy"])}
+            for r in csv.DictReader(f)
+            if r["init"] == start and r["method"] in dict(QUOTED_METHODS)
+        ]
+    return {g["method"]: f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}%" for g in sweep.aggregate(rows, "accuracy")}
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _read_config(gin_bindings: list[str]) -> tuple[int, dict]:
-    """TRAIN_STEPS of the quickstart config, and the trivial baselines on the dataset it
-    generates (generating it here, so the train binary finds it ready)."""
-    import gin
-    from dss_jax import gin_utils
+def _read_config(gin_bindings: list[str]) -> tuple[int, Optional[str], dict]:
+    """`_settings`, and the trivial baselines on the dataset the quickstart generates
+    (generating it here, so the train binary finds it ready)."""
     from dss_jax.data import synthetic
     from dss_jax.data.cache import read_cache
 
-    gin_utils.parse_gin([QUICKSTART_GIN], gin_bindings, ["."])
-    steps = int(gin.query_parameter("TRAIN_STEPS/macro.value"))
+    steps, start = _settings(gin_bindings)
     with gin.config_scope("dss_synthetic"):
         paths = synthetic.ensure_dataset()
-    return steps, synthetic.baselines(read_cache(paths["train"]), read_cache(paths["test"]))
+    return steps, start, synthetic.baselines(read_cache(paths["train"]), read_cache(paths["test"]))
+
+
+def _settings(gin_bindings: list[str]) -> tuple[int, Optional[str]]:
+    """TRAIN_STEPS of the quickstart config, and where it starts: 'pretrained' (the
+    committed student), 'scratch', or None (another checkpoint, not measured)."""
+    from dss_jax import gin_utils
+
+    gin_utils.parse_gin([QUICKSTART_GIN], gin_bindings, ["."])
+    steps = int(gin.query_parameter("TRAIN_STEPS/macro.value"))
+    initial = gin.query_parameter("INITIAL_CHECKPOINT_PATH/macro.value")
+    if initial is None:
+        return steps, "scratch"
+    if os.path.normpath(initial) != PRETRAINED_STUDENT:
+        return steps, None
+    if not os.path.isdir(initial):
+        raise cli.UserError(
+            f"the pretrained student {initial} is missing: run the quickstart from the root of a clone of the "
+            "repository, or pass --from_scratch"
+        )
+    return steps, "pretrained"
+
+
+def define_flags() -> None:
+    """The binary's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("output_dir", "quickstart_out", "Where the model, evaluation and logs go.")
+    flags.DEFINE_integer("train_steps", None, "Override TRAIN_STEPS of gin/quickstart.gin.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for both binaries.")
+    flags.DEFINE_bool("from_scratch", False, "Train from random initialization instead of the pretrained student.")
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, "quickstart")
