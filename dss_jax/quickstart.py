@@ -42,7 +42,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and the results of the quickstart's settings over 3 seeds (gin/sweeps/quickstart.gin).
 PRETRAINED_STUDENT = os.path.join("pretrained", "synthetic_tiny_cpu")
 MEASURED_RESULTS = os.path.join("docs", "results", "quickstart", "results.csv")
-STARTS = {"pretrained": "from the pretrained student", "scratch": "from scratch", None: "from INITIAL_CHECKPOINT_PATH"}
+STARTS = {
+    "pretrained": f"from the pretrained student {PRETRAINED_STUDENT}",
+    "scratch": "from scratch",
+    None: "from INITIAL_CHECKPOINT_PATH",
+}
 QUOTED_METHODS = (
     ("dss_teacher", "Distilling Step-by-Step, 3 seeds (measured)"),
     ("distill", "standard distillation, 3 seeds (measured)"),
@@ -88,7 +92,7 @@ def main(argv):
             *common,
         ],
         os.path.join(out, "train.log"),
-        f"training the small T5 student {STARTS[start]} for {steps} steps (Distilling Step-by-Step, λ = 1)",
+        f"training a small T5 {STARTS[start]} for {steps} steps (Distilling Step-by-Step, λ = 1)",
     )
     eval_s = _run(
         [

@@ -1,0 +1,50 @@
+"""`make quickstart`: the pretrained student it starts from, and the measured results it
+quotes next to its own run."""
+
+import re
+
+import jax
+import pytest
+
+import gin
+from conftest import REPO_ROOT
+from dss_jax import checkpoints, configurables, gin_utils, quickstart
+
+
+@pytest.fixture(autouse=True)
+def _in_the_repository(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # where `make quickstart` runs
+    yield
+    gin.clear_config()
+
+
+def test_the_committed_pretrained_student_is_the_quickstart_model_and_small():
+    import sentencepiece as spm
+
+    student = REPO_ROOT / quickstart.PRETRAINED_STUDENT
+    size = sum(f.stat().st_size for f in student.rglob("*") if f.is_file())
+    assert size < 2 * 2**20  # committed only because it is small
+    params, config, vocab = checkpoints.load_params(student)
+    gin_utils.parse_gin([quickstart.QUICKSTART_GIN], [], ["."])
+    assert config == configurables.model_config()  # models/tiny_cpu.gin, which quickstart.gin includes
+    assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == 427_008
+    # Its vocabulary (900 pieces and 100 sentinels above them) fits its embeddings.
+    assert spm.SentencePieceProcessor(model_file=vocab).get_piece_size() == 900 and config.vocab_size >= 1000
+
+
+def test_the_quickstart_starts_from_the_pretrained_student_unless_told_otherwise():
+    assert quickstart._settings([]) == (800, "pretrained")
+    gin.clear_config()
+    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH=None"]) == (800, "scratch")
+    gin.clear_config()
+    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH='/my/ckpt'"]) == (800, None)  # not measured
+
+
+def test_the_quoted_results_are_the_committed_grids_and_the_readmes():
+    readme = (REPO_ROOT / "README.md").read_text()
+    for start in ("pretrained", "scratch"):
+        quoted = quickstart._measured(start)
+        assert set(quoted) == {"dss_teacher", "distill"}
+        for method, value in quoted.items():
+            assert re.fullmatch(r"\d+\.\d ± \d+\.\d%", value), value
+            assert value.rstrip("%") in readme, (start, method, value)  # the README quotes the same
