@@ -1,6 +1,7 @@
 """`make quickstart`: the pretrained student it starts from, and the measured results it
 quotes next to its own run."""
 
+import pathlib
 import re
 
 import jax
@@ -8,7 +9,7 @@ import pytest
 
 import gin
 from conftest import REPO_ROOT
-from dss_jax import checkpoints, configurables, gin_utils, quickstart
+from dss_jax import checkpoints, configurables, gin_utils, quickstart, sweep
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,32 @@ def test_the_quoted_results_are_the_committed_grids_and_the_readmes():
         for method, value in quoted.items():
             assert re.fullmatch(r"\d+\.\d ± \d+\.\d%", value), value
             assert value.rstrip("%") in readme, (start, method, value)  # the README quotes the same
+
+
+def test_the_quoted_results_were_measured_with_todays_quickstart_settings():
+    """Each committed run's config.gin is what its sweep command gives today: a change to
+    quickstart.gin, or to anything it includes, that changes a setting fails here until
+    gin/sweeps/quickstart.gin is run again and its results committed."""
+    results = REPO_ROOT / "docs" / "results" / "quickstart"
+    gin_utils.parse_gin(["sweeps/quickstart.gin"], [f"SWEEP_DIR = {str(results)!r}"], ["."])
+    cfg = sweep.sweep_config()
+    gin.clear_config()
+    runs = sweep.plan(cfg)
+    assert len(runs) == 12
+    for run in runs:
+        _, gin_files, bindings = sweep.run_commands(run, cfg)[0]
+        gin_utils.parse_gin(gin_files, bindings, ["."])
+        now = gin.config_str()
+        gin.clear_config()
+        measured = (pathlib.Path(sweep.run_path(run, cfg)) / "model" / "config.gin").read_text()
+        assert _settings_of(now) == _settings_of(measured), (
+            f"{run.name} was measured with other settings than the quickstart's today: run "
+            "gin/sweeps/quickstart.gin again (and commit its results) before quoting them"
+        )
+
+
+def _settings_of(config_gin: str) -> str:
+    """A run's config.gin without where it wrote (MODEL_DIR) and the vocabulary path the
+    train binary binds from its INITIAL_CHECKPOINT_PATH at run time."""
+    text = re.sub(r"MODEL_DIR = \\?\s*'[^']*'\n", "", config_gin)
+    return re.sub(r"# Parameters for task_vocabulary:\n# =+\ntask_vocabulary\.spm_path = \\?\s*'[^']*'\n\n", "", text)
