@@ -10,7 +10,7 @@ For each T5 v1.1 size and TPU generation the real train step (`dss_jax.aot`: bfl
 compute, float32 master weights, Adafactor, full rematerialisation, 16 packed rows of
 512/384 tokens per chip, FSDP over a 2x2 slice, so 64 rows a step as in the paper) is
 compiled by libtpu's TPU compiler for compile-only devices, with few layers per stack
-(a 1-layer base step takes about 3.5 minutes to compile on a 2-core CPU). The
+(a 1-layer base step took 2.7 to 3.3 minutes to compile on a 2-core CPU). The
 compiler's cost analysis gives each chip's FLOPs and bytes accessed; both grow linearly
 with depth, and the line through the two shallowest compiles gives the full depth (a
 deeper compile given with --layers checks the line: its relative error). Two readings:
