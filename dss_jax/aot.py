@@ -341,10 +341,16 @@ def target_devices(config: AotConfig) -> tuple[list, str]:
     topology = config.target[len("tpu:") :]
     try:
         devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
-    except Exception as e:  # no libtpu, or a name it does not know
+    except Exception as e:  # no libtpu, a name it does not know, or libtpu held by another process
+        held = "lockfile" in str(e)
         raise RuntimeError(
             f"target={config.target!r}: no TPU compiler for topology {topology!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); install libtpu (make test puts it in {libtpu_dir()})"
+            f"{str(e).splitlines()[0] if str(e) else ''}); "
+            + (
+                "another process holds libtpu: set ALLOW_MULTIPLE_LIBTPU_LOAD=1 (compile-only devices share no TPU)"
+                if held
+                else f"install libtpu (make test puts it in {libtpu_dir()})"
+            )
         ) from None
     return devices, f"TPU compiler ({topology}, {devices[0].device_kind})"
 
@@ -503,6 +509,10 @@ def accelerator_env(target: str) -> dict:
         env["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
         return _with_paths(env, cuda_plugin_dir())
     env.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no pod to discover: libtpu need not look
+    # libtpu takes /tmp/libtpu_lockfile so that two processes never drive one TPU; with
+    # compile-only devices there is no TPU to share, and without this a second compile
+    # (a test run beside a table rebuild) fails while the first one holds the file.
+    env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     return _with_paths(env, libtpu_dir())
 
 
@@ -569,7 +579,8 @@ def main(argv=None) -> int:
         )
     else:
         env = accelerator_env(config.target)
-        for k in ("JAX_PLATFORMS", "TPU_WORKER_HOSTNAMES", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK"):
+        accelerator_keys = ("TPU_WORKER_HOSTNAMES", "ALLOW_MULTIPLE_LIBTPU_LOAD", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK")
+        for k in ("JAX_PLATFORMS", *accelerator_keys):
             if k in env:
                 os.environ.setdefault(k, env[k])
         extra = cuda_plugin_dir() if target_kind(config.target) == "gpu" else libtpu_dir()

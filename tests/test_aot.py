@@ -6,6 +6,8 @@ small layer counts so that they fit the suite's budget."""
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -147,6 +149,28 @@ def test_the_tpu_compiler_compiles_the_train_step_for_a_v5e_topology(tpu_v5e):
     # The TPU compiler's cost analysis of one chip's program (14 GFLOPs when measured:
     # 4 rows of 64 + 32 tokens through half of a 1-layer base, rematerialised).
     assert 5e9 < r.flops < 5e10 and r.bytes_accessed > r.argument_bytes
+
+
+def test_two_processes_can_compile_for_tpu_at_once():
+    # libtpu locks /tmp/libtpu_lockfile for the life of the process that loaded it. Compile-
+    # only devices share no TPU, so a second compile must not be refused while one runs.
+    v5e = "topology_name='v5e:2x2', platform='tpu'"
+    load = f"from jax.experimental import topologies; topologies.get_topology_desc({v5e})"
+    env = aot.accelerator_env("tpu:v5e:2x2")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"{load}; print('loaded', flush=True); import time; time.sleep(120)"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "loaded"
+        second = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-1000:]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_target_is_cpu_a_tpu_topology_or_a_shipped_gpu_kind():
