@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import flops as model_flops  # noqa: E402
 
-from dss_jax.aot import AotConfig, AotReport, compile_in_subprocess  # noqa: E402
+from dss_jax.aot import AotConfig, AotReport, compile_in_subprocess, extend_to_depth  # noqa: E402
 
 RESULTS = os.path.join(REPO, "bench", "results", "tpu_estimate")
 # Data-sheet figures of one chip: dense bf16 TFLOP/s, HBM GB/s; the topology compiled.
@@ -95,30 +95,17 @@ def compiled(size: str, chip: str, layers: int, compile_missing: bool) -> AotRep
     return report
 
 
-def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares (intercept, slope) of value against layers."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
-    return my - slope * mx, slope
-
-
 def estimate(size: str, chip: str, reports: dict[int, AotReport]) -> dict:
     """The full-depth figures from the line through the two shallowest compiles, checked
     against the deepest other compile (its relative error), and the two time bounds."""
     full = FULL_DEPTH[size]
-    depths = sorted(reports)
-    if len(depths) < 2:
+    if len(reports) < 2:
         raise SystemExit(f"{size} on {chip}: compile at least two depths (--layers)")
-    fitted, checked = depths[:2], (depths[-1] if len(depths) > 2 else None)
-    out = {"size": size, "chip": chip, "depths": fitted, "checked_at": checked}
+    out = {"size": size, "chip": chip}
     for key in ("flops", "bytes_accessed"):
-        a, b = fit([(n, getattr(reports[n], key)) for n in fitted])
-        out[key] = a + b * full
-        if checked is not None:
-            out[f"{key}_check_error"] = (a + b * checked) / getattr(reports[checked], key) - 1
+        line = extend_to_depth({n: getattr(r, key) for n, r in reports.items()}, full)
+        out[key], out[f"{key}_check_error"] = line["value"], line["check_error"]
+        out["depths"], out["checked_at"] = line["fitted"], line["checked_at"]
     chip_data = CHIPS[chip]
     model = config(size, chip, full).model_config()
     out["model_flops"] = model_flops.train_flops(model, [(ENC, DEC)] * ROWS_PER_CHIP)

@@ -181,6 +181,30 @@ class AotReport:
         )
 
 
+def extend_to_depth(points: dict[int, float], depth: int) -> dict:
+    """A per-device figure of the step with `depth` layers per stack, from compiles with
+    fewer: the line through the two shallowest compiles, extended to `depth`. A deeper
+    compile among `points` checks the line: `check_error` is the line's relative error at
+    the deepest one (None when only two depths were compiled).
+
+    Returns {"value", "fitted": [d1, d2], "checked_at", "check_error"}. Where a full-depth
+    program is too large to compile here, its memory and cost grow by a fixed amount per
+    layer (each layer adds its weights, optimiser state, saved input and work), which the
+    check measures instead of assuming."""
+    depths = sorted(points)
+    if len(depths) < 2:
+        raise ValueError(f"extend_to_depth needs compiles at two depths at least, got {depths}")
+    (d1, d2), checked = depths[:2], (depths[-1] if len(depths) > 2 else None)
+    slope = (points[d2] - points[d1]) / (d2 - d1)
+    line = lambda d: points[d1] + slope * (d - d1)
+    return {
+        "value": line(depth),
+        "fitted": [d1, d2],
+        "checked_at": checked,
+        "check_error": None if checked is None else line(checked) / points[checked] - 1,
+    }
+
+
 def abstract_batch(config: AotConfig, sharding) -> dict:
     """ShapeDtypeStructs of a packed DSS batch (CONTRACTS.md features), sharded over `data`."""
     import jax

@@ -229,3 +229,14 @@ def test_the_gpu_fit_check_keeps_temporaries_under_xlas_scheduler_limit():
     fits, why = aot.gpu_fit("h100", temp=limit + (1 << 20), **args)
     assert not fits and "exceed XLA's GPU scheduler limit of 51.03 GiB" in why
     assert aot.gpu_device_memory("h200") == 143771 * 2**20
+
+
+def test_a_figure_is_extended_along_the_line_of_the_two_shallowest_compiles():
+    # 3 GiB + 0.5 GiB per layer at 1 and 2 layers; the 4-layer compile is 10% below the line.
+    points = {1: 3.5, 2: 4.0, 4: 5.0 / 1.1}
+    line = aot.extend_to_depth(points, 24)
+    assert line["value"] == pytest.approx(15.0) and line["fitted"] == [1, 2] and line["checked_at"] == 4
+    assert line["check_error"] == pytest.approx(0.1)
+    assert aot.extend_to_depth({2: 4.0, 1: 3.5}, 24)["check_error"] is None  # nothing checks it
+    with pytest.raises(ValueError, match=r"two depths at least, got \[1\]"):
+        aot.extend_to_depth({1: 3.5}, 24)
