@@ -181,28 +181,40 @@ class AotReport:
         )
 
 
-def extend_to_depth(points: dict[int, float], depth: int) -> dict:
+def extend_to_depth(points: dict[int, float], depth: int, fitted: Optional[tuple[int, int]] = None) -> dict:
     """A per-device figure of the step with `depth` layers per stack, from compiles with
-    fewer: the line through the two shallowest compiles, extended to `depth`. A deeper
-    compile among `points` checks the line: `check_error` is the line's relative error at
-    the deepest one (None when only two depths were compiled).
+    fewer: the line through two compiled depths (`fitted`; default the two shallowest),
+    extended to `depth`. Every other compile checks the line: `errors` holds the line's
+    relative error at each, and `check_error` the one at the deepest (None when there is
+    no other compile).
 
-    Returns {"value", "fitted": [d1, d2], "checked_at", "check_error"}. Where a full-depth
-    program is too large to compile here, its memory and cost grow by a fixed amount per
-    layer (each layer adds its weights, optimiser state, saved input and work), which the
-    check measures instead of assuming."""
+    Returns {"value", "fitted": [d1, d2], "errors": {d: e}, "checked_at", "check_error"}.
+    Where a full-depth program is too large to compile here, its memory and cost grow by a
+    fixed amount per layer (each layer adds its weights, optimiser state, saved input and
+    work), which the checks measure instead of assuming."""
     depths = sorted(points)
     if len(depths) < 2:
         raise ValueError(f"extend_to_depth needs compiles at two depths at least, got {depths}")
-    (d1, d2), checked = depths[:2], (depths[-1] if len(depths) > 2 else None)
+    d1, d2 = sorted(fitted) if fitted is not None else depths[:2]
+    if d1 == d2 or d1 not in points or d2 not in points:
+        raise ValueError(f"extend_to_depth: fitted={fitted} must be two of the compiled depths {depths}")
     slope = (points[d2] - points[d1]) / (d2 - d1)
     line = lambda d: points[d1] + slope * (d - d1)
+    errors = {d: _relative_error(line(d), points[d]) for d in depths if d not in (d1, d2)}
+    checked = max(errors) if errors else None
     return {
         "value": line(depth),
         "fitted": [d1, d2],
+        "errors": errors,
         "checked_at": checked,
-        "check_error": None if checked is None else line(checked) / points[checked] - 1,
+        "check_error": None if checked is None else errors[checked],
     }
+
+
+def _relative_error(estimate: float, actual: float) -> float:
+    if estimate == actual:
+        return 0.0
+    return estimate / actual - 1 if actual else math.inf
 
 
 def abstract_batch(config: AotConfig, sharding) -> dict:

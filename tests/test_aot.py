@@ -236,7 +236,14 @@ def test_a_figure_is_extended_along_the_line_of_the_two_shallowest_compiles():
     points = {1: 3.5, 2: 4.0, 4: 5.0 / 1.1}
     line = aot.extend_to_depth(points, 24)
     assert line["value"] == pytest.approx(15.0) and line["fitted"] == [1, 2] and line["checked_at"] == 4
-    assert line["check_error"] == pytest.approx(0.1)
+    assert line["check_error"] == pytest.approx(0.1) and line["errors"] == {4: pytest.approx(0.1)}
+    # Through 2 and 4 instead: 3.5 + (5 / 1.1 - 4) / 2 per layer; the 1-layer compile checks it.
+    deep = aot.extend_to_depth(points, 24, fitted=(4, 2))
+    assert deep["fitted"] == [2, 4] and deep["value"] == pytest.approx(4.0 + 22 * (5.0 / 1.1 - 4.0) / 2)
+    assert deep["checked_at"] == 1 and deep["errors"] == {1: pytest.approx((4.0 - (5.0 / 1.1 - 4.0) / 2) / 3.5 - 1)}
+    with pytest.raises(ValueError, match=r"fitted=\(2, 8\) must be two of the compiled depths \[1, 2, 4\]"):
+        aot.extend_to_depth(points, 24, fitted=(2, 8))
     assert aot.extend_to_depth({2: 4.0, 1: 3.5}, 24)["check_error"] is None  # nothing checks it
+    assert aot.extend_to_depth({1: 0, 2: 0, 4: 0}, 24)["check_error"] == 0  # e.g. no generated code
     with pytest.raises(ValueError, match=r"two depths at least, got \[1\]"):
         aot.extend_to_depth({1: 3.5}, 24)
