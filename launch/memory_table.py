@@ -2,7 +2,7 @@
 r"""Regenerates the memory tables of launch/README.md.
 
     python launch/memory_table.py                 # every table; compiles what is not cached
-    python launch/memory_table.py --only=xxl-fsdp_tp4-256 --layers=1,2,4   # one row, checked at 4
+    python launch/memory_table.py --only=xxl-fsdp_tp4-256 --layers=2,4,8   # one row, checked at 8
     python launch/memory_table.py --only=xxl-fsdp-256 --force --compilers=cpu  # recompile its XLA:CPU row
     python launch/memory_table.py --list          # the rows and what is cached
 
@@ -21,8 +21,9 @@ Three tables:
 Each compile runs in its own process (the device count is fixed when jax starts) and is
 cached as JSON in launch/aot_results/ (tpu/ and gpu/NAME-LAYERS.json for the real compilers), so the
 tables can be rewritten without recompiling; a cached result whose settings differ from
-its row's is compiled again. On a 2-core CPU a 1-layer TPU compile of these rows takes
-about 7-8 minutes, a GPU one under 2, a full XLA:CPU XXL compile 30-40 minutes.
+its row's is compiled again. On a 2-core CPU, with another compile running, a TPU compile
+of these rows took 13-23 minutes at 2 layers and 16-24 at 4, a GPU one 2-4 minutes (the
+full-depth XXL 30), and a full-depth XLA:CPU XXL compile takes 30-40 minutes.
 """
 
 from __future__ import annotations
@@ -315,13 +316,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--layers",
         default=",".join(map(str, LAYERS)),
-        help="depths to compile with the real compilers (layers per stack); the two shallowest give the line, "
-        "a deeper one checks it",
+        help=f"depths to compile with the real compilers (layers per stack); {LAYERS} give the line, "
+        "any other checks it",
     )
     args = parser.parse_args(argv)
-    unknown = [n for n in args.only if n not in COMPILED]
+    unknown = [n for n in args.only if n not in {**ROWS, **COMPILED}]
     if unknown:
-        parser.error(f"unknown rows {unknown}; known: {sorted(COMPILED)}")
+        parser.error(f"unknown rows {unknown}; known: {sorted({**ROWS, **COMPILED})}")
     compilers = set(args.compilers.split(","))
     if not compilers or compilers - {"real", "cpu"}:
         parser.error(f"--compilers={args.compilers!r}: give real, cpu or real,cpu")
