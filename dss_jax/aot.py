@@ -189,9 +189,10 @@ def extend_to_depth(points: dict[int, float], depth: int, fitted: Optional[tuple
     no other compile).
 
     Returns {"value", "fitted": [d1, d2], "errors": {d: e}, "checked_at", "check_error"}.
-    Where a full-depth program is too large to compile here, its memory and cost grow by a
-    fixed amount per layer (each layer adds its weights, optimiser state, saved input and
-    work), which the checks measure instead of assuming."""
+    For a program too large to compile here. The line assumes each layer adds a fixed
+    amount (its weights, optimiser state, saved input and work); the FLOPs keep to that,
+    but the compilers' memory does not always (launch/README.md: errors of tens of percent
+    at other depths), which is why every caller reports the checks with the figure."""
     depths = sorted(points)
     if len(depths) < 2:
         raise ValueError(f"extend_to_depth needs compiles at two depths at least, got {depths}")

@@ -232,7 +232,7 @@ def test_the_gpu_fit_check_keeps_temporaries_under_xlas_scheduler_limit():
 
 
 def test_a_figure_is_extended_along_the_line_of_the_two_shallowest_compiles():
-    # 3 GiB + 0.5 GiB per layer at 1 and 2 layers; the 4-layer compile is 10% below the line.
+    # 3 GiB + 0.5 GiB per layer at 1 and 2 layers; the line is 10% above the 4-layer compile.
     points = {1: 3.5, 2: 4.0, 4: 5.0 / 1.1}
     line = aot.extend_to_depth(points, 24)
     assert line["value"] == pytest.approx(15.0) and line["fitted"] == [1, 2] and line["checked_at"] == 4
