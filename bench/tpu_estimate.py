@@ -11,8 +11,8 @@ compute, float32 master weights, Adafactor, full rematerialisation, 16 packed ro
 512/384 tokens per chip, FSDP over a 2x2 slice, so 64 rows a step as in the paper) is
 compiled by libtpu's TPU compiler for compile-only devices, with few layers per stack
 (a 1-layer base step took 2.7 to 3.3 minutes to compile on a 2-core CPU). The
-compiler's cost analysis gives each chip's FLOPs and bytes accessed; both grow linearly
-with depth, and the line through the two shallowest compiles gives the full depth (a
+compiler's cost analysis gives each chip's FLOPs and bytes accessed; both grow about
+linearly with depth, and the line through the two shallowest compiles gives the full depth (a
 deeper compile given with --layers checks the line: its relative error). Two readings:
 
     compute bound   t >= compiler FLOPs / peak bf16 FLOP/s, so
@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import flops as model_flops  # noqa: E402
 
-from dss_jax.aot import AotConfig, AotReport, compile_in_subprocess, extend_to_depth  # noqa: E402
+from dss_jax import aot  # noqa: E402
+from dss_jax.aot import AotConfig, AotReport, extend_to_depth  # noqa: E402
 
 RESULTS = os.path.join(REPO, "bench", "results", "tpu_estimate")
 # Data-sheet figures of one chip: dense bf16 TFLOP/s, HBM GB/s; the topology compiled.
@@ -77,20 +78,14 @@ def cache_path(size: str, chip: str, layers: int) -> str:
 
 def compiled(size: str, chip: str, layers: int, compile_missing: bool) -> AotReport | None:
     path = cache_path(size, chip, layers)
-    if os.path.exists(path):
-        with open(path) as f:
-            report = AotReport.from_json(f.read())
-        if report.config == config(size, chip, layers):
-            return report
-    if not compile_missing:
-        return None
+    report = aot.cached_report(path, config(size, chip, layers))
+    if report is not None or not compile_missing:
+        return report
     print(f"[{time.strftime('%H:%M:%S')}] compiling {size}, {layers} layers, for {chip} ...", flush=True)
-    report = compile_in_subprocess(config(size, chip, layers))
+    report = aot.compile_in_subprocess(config(size, chip, layers))
     if not report.fits or report.flops <= 0:
         raise SystemExit(f"{size} {chip} {layers} layers: {report.compiler_message or 'no cost analysis'}")
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(report.to_json())
+    aot.write_report(path, report)
     print(f"    {report.compile_seconds:.0f}s: {report.flops:.4g} FLOPs, {report.bytes_accessed:.4g} bytes", flush=True)
     return report
 
@@ -145,14 +140,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="base,large")
     p.add_argument("--targets", default="v5e,v5p")
-    p.add_argument("--layers", default="1,2", help="depths to compile (per stack); the preset's is a check")
+    p.add_argument(
+        "--layers",
+        default="1,2",
+        help="depths to compile (per stack); the two shallowest give the line, others check it",
+    )
     p.add_argument("--table", action="store_true", help="only print the table of what is cached")
     args = p.parse_args(argv)
     estimates = []
     for size in args.sizes.split(","):
         for chip in args.targets.split(","):
             reports = {}
-            for layers in sorted({int(n) for n in args.layers.split(",")} | _cached_depths(size, chip)):
+            for layers in sorted(
+                {int(n) for n in args.layers.split(",")} | set(aot.cached_depths(RESULTS, f"{size}-{chip}-"))
+            ):
                 report = compiled(size, chip, layers, compile_missing=not args.table)
                 if report is not None:
                     reports[layers] = report
@@ -161,13 +162,6 @@ def main(argv=None) -> int:
     print(table(estimates))
     print(json.dumps(estimates, indent=1))
     return 0
-
-
-def _cached_depths(size: str, chip: str) -> set[int]:
-    prefix = f"{size}-{chip}-"
-    if not os.path.isdir(RESULTS):
-        return set()
-    return {int(n[len(prefix) : -5]) for n in os.listdir(RESULTS) if n.startswith(prefix) and n.endswith(".json")}
 
 
 if __name__ == "__main__":

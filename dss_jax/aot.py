@@ -181,6 +181,30 @@ class AotReport:
         )
 
 
+def cached_report(path: str, config: AotConfig) -> Optional[AotReport]:
+    """The report cached as JSON at `path`, or None when there is none or it was compiled
+    with other settings than `config` (a stale result is compiled again, never quoted)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        report = AotReport.from_json(f.read())
+    return report if report.config == config else None
+
+
+def write_report(path: str, report: AotReport) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(report.to_json())
+
+
+def cached_depths(folder: str, prefix: str) -> list[int]:
+    """The depths N of the files `folder/{prefix}N.json` (valid or not: see cached_report)."""
+    if not os.path.isdir(folder):
+        return []
+    found = (f[len(prefix) : -len(".json")] for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".json"))
+    return sorted(int(n) for n in found if n.isdigit())
+
+
 def extend_to_depth(points: dict[int, float], depth: int, fitted: Optional[tuple[int, int]] = None) -> dict:
     """A per-device figure of the step with `depth` layers per stack, from compiles with
     fewer: the line through two compiled depths (`fitted`; default the two shallowest),

@@ -39,16 +39,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dss_jax.aot import (  # noqa: E402
-    GIB,
-    AotConfig,
-    AotReport,
-    compile_in_subprocess,
-    extend_to_depth,
-    gpu_device_memory,
-    gpu_fit,
-    target_kind,
-)
+from dss_jax import aot  # noqa: E402
+from dss_jax.aot import GIB, AotConfig, AotReport, extend_to_depth, gpu_device_memory, gpu_fit, target_kind  # noqa: E402
 
 RESULTS = os.path.join(REPO, "launch", "aot_results")
 README = os.path.join(REPO, "launch", "README.md")
@@ -108,35 +100,31 @@ def cached(name: str, layers: int | None = None) -> AotReport | None:
     """The cached compile of a row: XLA:CPU's of ROWS[name] at full depth (layers None), or
     the real compiler's of COMPILED[name] with `layers` per stack; None when absent or
     compiled with other settings (a changed row is compiled again)."""
-    path = _path(name, layers)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        report = AotReport.from_json(f.read())
-    return report if report.config == (ROWS[name] if layers is None else compiled_config(name, layers)) else None
+    return aot.cached_report(_path(name, layers), ROWS[name] if layers is None else compiled_config(name, layers))
 
 
 def cached_depths(name: str) -> list[int]:
     """The depths of COMPILED[name] with a valid cached compile."""
-    folder = os.path.dirname(_path(name, 1))
-    if not os.path.isdir(folder):
-        return []
-    found = (f[len(name) + 1 : -5] for f in os.listdir(folder) if f.startswith(f"{name}-") and f.endswith(".json"))
-    return sorted(int(n) for n in found if n.isdigit() and cached(name, int(n)) is not None)
+    found = aot.cached_depths(os.path.dirname(_path(name, 1)), f"{name}-")
+    return [n for n in found if cached(name, n) is not None]
 
 
 def compile_row(name: str, layers: int | None = None) -> AotReport:
     config = ROWS[name] if layers is None else compiled_config(name, layers)
     print(f"[{time.strftime('%H:%M:%S')}] compiling {name}: {' '.join(config.flags())}", flush=True)
-    report = compile_in_subprocess(config)
-    os.makedirs(os.path.dirname(_path(name, layers)), exist_ok=True)
-    with open(_path(name, layers), "w") as f:
-        f.write(report.to_json())
+    report = aot.compile_in_subprocess(config)
+    aot.write_report(_path(name, layers), report)
     print("  " + report.summary(), flush=True)
     return report
 
 
 MEMORY_FIELDS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "generated_code_bytes", "total_bytes")
+
+
+def refused_by_compiler(report: AotReport) -> bool:
+    """The TPU compiler refused the program (no memory figures); a GPU report that does not
+    fit still has its figures."""
+    return not report.fits and report.total_bytes == 0
 
 
 def estimate(name: str, reports: dict[int, AotReport]) -> dict:
@@ -146,7 +134,7 @@ def estimate(name: str, reports: dict[int, AotReport]) -> dict:
     is one. A compile the compiler refused makes the row "does not fit" without extending
     anything; otherwise the fit is the target's: within the HBM the TPU compiler allows,
     or, on a GPU, aot.gpu_fit's memory and scheduler limits."""
-    refused = [n for n, r in sorted(reports.items()) if not r.fits and r.total_bytes == 0]
+    refused = [n for n, r in sorted(reports.items()) if refused_by_compiler(r)]
     out = {"name": name, "depths": sorted(reports), "refused_at": refused[0] if refused else None}
     out["mesh"] = reports[min(reports)].mesh_shape
     if refused:
@@ -354,7 +342,7 @@ def main(argv=None) -> int:
         if name in COMPILED:
             depths = sorted({int(n) for n in args.layers.split(",")} | set(cached_depths(name)))
             real = {n: r for n in depths if (r := report(name, n, "real")) is not None}
-            if set(LAYERS) <= set(real) or any(not r.fits and r.total_bytes == 0 for r in real.values()):
+            if set(LAYERS) <= set(real) or any(map(refused_by_compiler, real.values())):
                 estimates.append(estimate(name, real))
         if name in ROWS and (r := report(name, None, "cpu")) is not None:
             cpu[name] = r

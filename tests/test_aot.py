@@ -247,3 +247,16 @@ def test_a_figure_is_extended_along_the_line_of_the_two_shallowest_compiles():
     assert aot.extend_to_depth({1: 0, 2: 0, 4: 0}, 24)["check_error"] == 0  # e.g. no generated code
     with pytest.raises(ValueError, match=r"two depths at least, got \[1\]"):
         aot.extend_to_depth({1: 3.5}, 24)
+
+
+def test_a_cached_report_is_quoted_only_for_the_settings_it_was_compiled_with(tmp_path):
+    config = aot.AotConfig(**TPU)
+    report = aot.AotReport(config, 1, {"data": 2, "model": 2}, 1, 2, 2, 1, 3, 0, 0.1, 0.2, [1, "f32[1]"], [])
+    path = str(tmp_path / "rows" / "base-1.json")
+    assert aot.cached_report(path, config) is None  # nothing cached yet
+    aot.write_report(path, report)
+    assert aot.cached_report(path, config) == report
+    assert aot.cached_report(path, aot.AotConfig(**dict(TPU, num_layers=2))) is None  # stale: compile again
+    aot.write_report(str(tmp_path / "rows" / "base-12.json"), report)
+    assert aot.cached_depths(str(tmp_path / "rows"), "base-") == [1, 12]
+    assert aot.cached_depths(str(tmp_path / "none"), "base-") == []
