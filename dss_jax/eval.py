@@ -6,13 +6,14 @@ r"""Evaluates a student checkpoint by decoding a task split: the t5x eval binary
 
 CHECKPOINT_PATH is one checkpoint (a trainer's `MODEL_DIR/checkpoint_<step>`, a dir
 written by `python -m dss_jax.convert` / `checkpoints.save_params`, or a Hugging Face T5
-dir, imported on the fly) or a training run's
-MODEL_DIR, evaluated at `--gin.STEPS="'latest'"` (default), `"'all'"` or `[1000, 2000]`;
-each step's outputs then go to EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl
-(id, input, target, prediction, rationale when asked, teacher_label when known, correct),
-metrics.json, and TensorBoard scalars + metrics.jsonl in EVAL_OUTPUT_DIR; a short table
-is printed. Beam search: `--gin.DecodeSettings.method="'beam'"`; the student's
-rationales: `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
+dir, imported on the fly) or a training run's MODEL_DIR, evaluated at
+`--gin.STEPS="'latest'"` (default), `"'best'"` (the checkpoint its validation evaluations
+select), `"'all'"` or `[1000, 2000]`; each step's outputs then go to
+EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl (id, input, target, prediction,
+rationale when asked, teacher_label when known, correct), metrics.json, and TensorBoard
+scalars + metrics.jsonl in EVAL_OUTPUT_DIR; a short table is printed. Beam search:
+`--gin.DecodeSettings.method="'beam'"`; the student's rationales:
+`--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
 """
 
 from __future__ import annotations

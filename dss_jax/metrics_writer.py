@@ -133,6 +133,15 @@ def drop_records_after(path: str, step: int) -> int:
     return dropped
 
 
+def read_records(path: str) -> list[dict]:
+    """The whole records of a metrics.jsonl, in file order ([] when there is none); a
+    torn or malformed line (a writer killed mid-line) is left out."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [json.loads(line) for line in f if _record_step(line) is not None]
+
+
 def _record_step(line: str) -> Optional[int]:
     """The step of one metrics line; None for a line that is not a whole record."""
     if not line.endswith("\n"):

@@ -161,7 +161,7 @@ def _measured(start: str) -> dict[str, str]:
     """{method: "mean ± std%"} of the committed quickstart grid's runs from `start`."""
     import csv
 
-    from dss_jax import sweep
+    from dss_jax import results
 
     path = os.path.join(REPO, MEASURED_RESULTS)
     if not os.path.isfile(path):  # an installed package without the repository's docs/
@@ -172,7 +172,7 @@ def _measured(start: str) -> dict[str, str]:
             for r in csv.DictReader(f)
             if r["init"] == start and r["method"] in dict(QUOTED_METHODS)
         ]
-    return {g["method"]: f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}%" for g in sweep.aggregate(rows, "accuracy")}
+    return {g["method"]: f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}%" for g in results.aggregate(rows, "accuracy")}
 
 
 def _pct(x) -> str:

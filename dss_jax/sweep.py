@@ -4,11 +4,13 @@ r"""The paper's experiments as one command: a grid of runs through the real bina
 
 Runs methods x training-data fractions x seeds x model sizes (x rationale weights),
 each as `python -m dss_jax.train` then `python -m dss_jax.eval` on the test split,
-collects every run's `metrics.json` into `results.csv` (one row per run) and
-`results.md` (mean ± std over seeds, then each Distilling Step-by-Step method minus the
-baseline trained on the same labels, with the standard error of the difference), and
-draws the paper-style figure (accuracy vs. the fraction of training data, one line per
-method, error bars over seeds) as `figure.png`. Resumable: a run whose evaluation
+writes `results.csv` (one row per run), `results.md` (mean ± std over seeds, then each
+Distilling Step-by-Step method minus the baseline trained on the same labels, with the
+standard error of the difference) and the paper-style figure (accuracy vs. the fraction
+of training data) as `figure.png` (results.py). `sweep_config.selection = 'validation'`
+scores each run's checkpoint that validation selects instead of its last, and with
+token or example budgets adds the reading at equal compute (budgets.csv,
+figure_budgets.png). Resumable: a run whose evaluation
 finished is not run again, and a run that was interrupted continues from its last
 checkpoint. SWEEP_DIR/code.json records the commit of the code that started it;
 continuing from another commit is refused, since one grid must come from one version of
@@ -42,11 +44,9 @@ next to the metric.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -56,7 +56,7 @@ from typing import Optional, Sequence
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, gin_utils
+from dss_jax import cli, gin_utils, results
 
 FLAGS = flags.FLAGS
 
@@ -113,6 +113,9 @@ def sweep_config(
     allow_other_code: bool = False,
     report_only: bool = False,
     differences: Optional[Sequence[Sequence[str]]] = None,
+    selection: str = "last",
+    token_budgets: Sequence[float] = (),
+    example_budgets: Sequence[float] = (),
 ):
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
@@ -130,7 +133,13 @@ def sweep_config(
     (see `check_code`); off, that is refused. report_only: train and evaluate nothing,
     write the results of the runs that finished (and say how many have not), e.g. of a
     grid still running or of the metrics files kept in docs/results/. differences:
-    (method, baseline) pairs read in results.md (default `default_differences`).
+    (method, baseline) pairs read in results.md (default `results.default_differences`).
+    selection: which checkpoint of a run is scored on the test split, 'last' or
+    'validation' (the one its validation evaluations select; every run then keeps the
+    checkpoints that were the best when evaluated, and train_bindings set EVAL_PERIOD and
+    optionally train.early_stopping_patience). token_budgets / example_budgets (with
+    'validation'): the reading at equal compute, each run's selected checkpoint within
+    each budget of real tokens / examples trained on (results.py).
     """
     return dict(locals())
 
@@ -192,10 +201,12 @@ def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
     """(binary module, gin files, gin bindings) of the train and eval commands of a run."""
     model_dir = os.path.join(run_path(run, cfg), "model")
     common = run_bindings(run, cfg)
+    # A selection on validation may choose any checkpoint that was the best when evaluated.
+    keep = ["train.keep_best_checkpoints = True"] if cfg.get("selection") == "validation" else []
     train = (
         TRAIN,
         ["runs/train.gin", f"models/{run.size}.gin", cfg["task_gin"], *cfg["extra_gin_files"]],
-        [f"MODEL_DIR = {model_dir!r}", *common, *cfg["train_bindings"]],
+        [f"MODEL_DIR = {model_dir!r}", *common, *cfg["train_bindings"], *keep],
     )
     evaluate = (
         EVAL,
@@ -253,6 +264,20 @@ def check_methods(cfg: dict) -> None:
                 f"sweep_config.methods: unknown method {method!r}"
                 f"{gin_utils.did_you_mean(method, METHODS)}; known: {', '.join(METHODS)}"
             )
+    if cfg.get("selection", "last") not in results.SELECTIONS:
+        raise gin_utils.GinConfigError(
+            f"sweep_config.selection must be one of {', '.join(map(repr, results.SELECTIONS))}; "
+            f"got {cfg.get('selection')!r}"
+        )
+    for name in ("token_budgets", "example_budgets"):
+        budgets = list(cfg.get(name) or ())
+        if budgets and cfg.get("selection") != "validation":
+            raise gin_utils.GinConfigError(
+                f"sweep_config.{name} reads checkpoints that validation selects within each budget: "
+                "bind sweep_config.selection = 'validation'"
+            )
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in budgets):
+            raise gin_utils.GinConfigError(f"sweep_config.{name} must be positive numbers; got {budgets}")
     inits = cfg.get("initializations") or {}
     if PRETRAIN in inits.values() and not cfg.get("pretrain_gin_files"):
         raise gin_utils.GinConfigError(
@@ -366,259 +391,36 @@ def run_command(
 
 
 def execute(run: Run, cfg: dict, search_paths: Sequence[str] = (".",)) -> dict:
-    """Trains and evaluates one run unless its result is already there."""
-    done = _eval_result(run_path(run, cfg))
+    """Trains and evaluates one run unless its result is already there. With validation
+    selection, the test split is scored at each checkpoint a reading selects (results.py)."""
+    run_dir = run_path(run, cfg)
+    done = results.run_result(run_dir, cfg)
     if done is not None:
         return done
-    for command in run_commands(run, cfg):
-        run_command(command, run_path(run, cfg), cfg, search_paths)
-    result = _eval_result(run_path(run, cfg))
+    train, evaluate = run_commands(run, cfg)
+    run_command(train, run_dir, cfg, search_paths)
+    if cfg.get("selection") == "validation":
+        needed = results.steps_to_evaluate(run_dir, cfg)
+        if not needed:
+            raise cli.UserError(
+                f"{run.name}: no validation evaluation selects a checkpoint ({run_dir}/model/validation/"
+                "metrics.jsonl); the grid's train_bindings need EVAL_PERIOD > 0"
+            )
+        steps = [s for s in needed if s not in results.evaluated_steps(run_dir)]
+        module, gin_files, bindings = evaluate
+        evaluate = (module, gin_files, [*bindings, f"STEPS = {steps}"]) if steps else None
+    if evaluate is not None:
+        run_command(evaluate, run_dir, cfg, search_paths)
+    result = results.run_result(run_dir, cfg)
     if result is None:
-        raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_path(run, cfg)}/eval")
+        raise RuntimeError(f"{run.name}: the eval binary wrote no metrics.json under {run_dir}/eval")
     return result
 
 
 def finished(runs: list[Run], cfg: dict) -> dict[str, dict]:
-    """{run name: its metrics} of the runs whose evaluation finished."""
-    results = {run.name: _eval_result(run_path(run, cfg)) for run in runs}
-    return {name: r for name, r in results.items() if r is not None}
-
-
-def _eval_result(run_dir: str) -> Optional[dict]:
-    """The metrics of the latest evaluated step of a run, if its evaluation finished."""
-    eval_dir = os.path.join(run_dir, "eval")
-    if not os.path.isdir(eval_dir):
-        return None
-    steps = sorted(
-        int(d[5:])
-        for d in os.listdir(eval_dir)
-        if d.startswith("step_") and d[5:].isdigit() and os.path.exists(os.path.join(eval_dir, d, "metrics.json"))
-    )
-    if not steps:
-        return None
-    with open(os.path.join(eval_dir, f"step_{steps[-1]}", "metrics.json")) as f:
-        return json.load(f)
-
-
-COMPUTE_COLUMNS = ("steps", "examples_per_step", "rows_per_step", "real_tokens")
-
-
-def train_compute(run_dir: str) -> dict:
-    """What a run trained on, from its train/metrics.jsonl: steps, the mean examples and
-    rows per step, and the real (non-padding) tokens of every step summed."""
-    path = os.path.join(run_dir, "model", "train", "metrics.jsonl")
-    out = {k: "" for k in COMPUTE_COLUMNS}
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    previous, tokens, examples, rows = 0, 0.0, 0.0, 0.0
-    for r in records:  # each record averages the steps since the previous one
-        n = r["step"] - previous
-        tokens += r.get("real_tokens_per_step", float("nan")) * n
-        examples += r.get("examples_per_step", float("nan")) * n
-        rows += r.get("rows_per_step", float("nan")) * n
-        previous = r["step"]
-    if previous:
-        out.update(
-            steps=previous,
-            examples_per_step=round(examples / previous, 2),
-            rows_per_step=round(rows / previous, 2),
-            real_tokens=int(tokens) if math.isfinite(tokens) else "",
-        )
-    return out
-
-
-def collect(
-    runs: list[Run], results: dict[str, dict], metric: str, out_dir: str, cfg: Optional[dict] = None
-) -> list[dict]:
-    """Writes results.csv / results.md and returns the per-run rows."""
-    cfg = cfg or {}
-    rows = []
-    for run in runs:
-        res = results.get(run.name)
-        if res is None:
-            continue
-        if metric not in res:
-            raise KeyError(f"{run.name}: metric {metric!r} not in its metrics.json (has {sorted(res)})")
-        run_dir = run_path(run, {"sweep_dir": out_dir})
-        rows.append(
-            {
-                **dataclasses.asdict(run),
-                "run": run.name,
-                metric: float(res[metric]),
-                "initial_checkpoint": initial_checkpoint(run, cfg) or "",
-                **train_compute(run_dir),
-            }
-        )
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(
-            f,
-            fieldnames=[
-                "run",
-                "method",
-                "init",
-                "size",
-                "fraction",
-                "seed",
-                "rationale_weight",
-                metric,
-                "initial_checkpoint",
-                *COMPUTE_COLUMNS,
-            ],
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-    groups = aggregate(rows, metric)
-    lines = [f"| method | init | size | fraction | λ | runs | {metric} (mean ± std) |", "|---|---|---|---|---|---|---|"]
-    for g in groups:
-        lines.append(
-            f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} | {g['rationale_weight']:g} "
-            f"| {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |"
-        )
-    diffs = differences(groups, cfg.get("differences") or default_differences(cfg.get("dss_label_source", "gt")))
-    if diffs:
-        lines += [
-            "",
-            f"Differences of the mean {metric} over seeds, method − baseline, with the standard error of the",
-            "difference, sqrt(s_a²/n_a + s_b²/n_b); larger than the noise when |Δ| > 2 SE",
-            "(n/a: fewer than two runs on a side).",
-            "",
-            "| method − baseline | init | size | fraction | λ | Δ | SE | \\|Δ\\| > 2 SE |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for d in diffs:
-            se = "n/a" if math.isnan(d["se"]) else f"{d['se']:.4f}"
-            larger = "n/a" if math.isnan(d["se"]) else ("yes" if d["larger"] else "no")
-            lines.append(
-                f"| {d['method']} − {d['baseline']} | {d['init'] or '-'} | {d['size']} | {d['fraction']:g} "
-                f"| {d['rationale_weight']:g} | {d['diff']:+.4f} | {se} | {larger} |"
-            )
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return rows
-
-
-def default_differences(dss_label_source: str = "gt") -> list[tuple[str, str]]:
-    """The comparisons a grid is read by, (method, baseline): Distilling Step-by-Step
-    against the baseline trained on the same labels, and against the single-task ablation
-    (whose labels, like `dss`'s, come from dss_label_source)."""
-    same = {"gt": ("dss_gt", "finetune"), "teacher": ("dss_teacher", "distill")}.get(dss_label_source)
-    pairs = [("dss_gt", "finetune"), ("dss_teacher", "distill")]
-    if same:
-        pairs += [("dss", same[1]), (same[0], "single_task"), ("dss", "single_task")]
-    return pairs
-
-
-def differences(groups: list[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
-    """method − baseline wherever both ran from the same start, size and fraction (each of
-    the method's λ): the difference of their means over seeds, its standard error
-    sqrt(s_a²/n_a + s_b²/n_b) (NaN with fewer than two runs on a side) and whether |Δ|
-    exceeds two of them, the reading the comparison's protocol fixed."""
-    by_key: dict[tuple, list[dict]] = {}
-    for g in groups:
-        by_key.setdefault((g["method"], g["init"], g["size"], g["fraction"]), []).append(g)
-    out = []
-    for method, baseline in pairs:
-        for (m, init, size, fraction), mine in sorted(by_key.items()):
-            if m != method or (baseline, init, size, fraction) not in by_key:
-                continue
-            bases = by_key[(baseline, init, size, fraction)]
-            for a, base in itertools.product(mine, bases):
-                if len(bases) > 1 and base["rationale_weight"] != a["rationale_weight"]:
-                    continue  # a baseline run at several λ is compared at the same λ
-                se = math.sqrt(a["std"] ** 2 / a["n"] + base["std"] ** 2 / base["n"])
-                if min(a["n"], base["n"]) < 2:
-                    se = float("nan")
-                diff = a["mean"] - base["mean"]
-                out.append(
-                    dict(
-                        method=method,
-                        baseline=baseline,
-                        init=init,
-                        size=size,
-                        fraction=fraction,
-                        rationale_weight=a["rationale_weight"],
-                        diff=diff,
-                        se=se,
-                        larger=abs(diff) > 2 * se,
-                    )
-                )
-    return out
-
-
-def aggregate(rows: list[dict], metric: str) -> list[dict]:
-    keyed: dict[tuple, list[float]] = {}
-    for r in rows:
-        keyed.setdefault((r.get("init", ""), r["method"], r["size"], r["fraction"], r["rationale_weight"]), []).append(
-            r[metric]
-        )
-    out = []
-    for (init, method, size, fraction, lam), values in sorted(keyed.items()):
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        out.append(
-            dict(
-                init=init,
-                method=method,
-                size=size,
-                fraction=fraction,
-                rationale_weight=lam,
-                n=len(values),
-                mean=mean,
-                std=std,
-            )
-        )
-    return out
-
-
-def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
-    """Accuracy vs. fraction of training data, one line per method (and size, and λ);
-    one panel per initialisation (e.g. pretrained and scratch side by side), on one scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = aggregate(rows, metric)
-    inits = sorted({g["init"] for g in groups}) or [""]
-    fig, axes = plt.subplots(1, len(inits), figsize=(6 * len(inits), 4.2), dpi=120, sharey=True, squeeze=False)
-    sizes = {g["size"] for g in groups}
-    lams = {g["rationale_weight"] for g in groups if g["method"] in DSS_METHODS}
-
-    def label_of(g: dict) -> str:
-        label = g["method"]
-        if g["method"] in DSS_METHODS and len(lams) > 1:
-            label += f" (λ={g['rationale_weight']:g})"
-        return label + (f" [{g['size']}]" if len(sizes) > 1 else "")
-
-    # One colour per line label in every panel, so a method reads the same side by side.
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {label: cycle[i % len(cycle)] for i, label in enumerate(sorted({label_of(g) for g in groups}))}
-    for ax, init in zip(axes[0], inits):
-        series: dict[str, list[dict]] = {}
-        for g in groups:
-            if g["init"] == init:
-                series.setdefault(label_of(g), []).append(g)
-        for label, points in sorted(series.items()):
-            points.sort(key=lambda g: g["fraction"])
-            ax.errorbar(
-                [100 * g["fraction"] for g in points],
-                [100 * g["mean"] for g in points],
-                yerr=[100 * g["std"] for g in points],
-                marker="o",
-                capsize=3,
-                label=label,
-                color=colours[label],
-            )
-        ax.set_xlabel("% of training data")
-        ax.set_title(f"{title} ({init})" if init else title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0][0].set_ylabel(f"test {metric} (%), mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    """{run name: its selected test metrics} of the runs whose evaluation finished."""
+    done = {run.name: results.run_result(run_path(run, cfg), cfg) for run in runs}
+    return {name: r for name, r in done.items() if r is not None}
 
 
 CODE_FILE = "code.json"  # SWEEP_DIR/code.json: the commit of dss_jax that made the runs
@@ -681,18 +483,18 @@ def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str
         print(f"pretraining {size} ...", flush=True)
         run_command(command, pretrain_dir(size, cfg), cfg, search_paths)
         print(f"pretraining {size}: done ({time.time() - t0:.0f}s)", flush=True)
-    results = {}
+    outcomes = {}
     for i, run in enumerate(runs, start=1):
         t0 = time.time()
         logging.info("[%d/%d] %s", i, len(runs), run.name)
         print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
-        results[run.name] = execute(run, cfg, search_paths)
+        outcomes[run.name] = execute(run, cfg, search_paths)
         print(
-            f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={results[run.name].get(cfg['metric'])} "
+            f"[{i}/{len(runs)}] {run.name}: {cfg['metric']}={outcomes[run.name].get(cfg['metric'])} "
             f"({time.time() - t0:.0f}s)",
             flush=True,
         )
-    return results
+    return outcomes
 
 
 def main(argv):
@@ -707,17 +509,28 @@ def main(argv):
         )
     runs = plan(cfg)
     if cfg["report_only"]:
-        results = finished(runs, cfg)
-        if len(results) < len(runs):
-            print(f"{len(runs) - len(results)} of {len(runs)} runs have not finished: not in the results", flush=True)
+        outcomes = finished(runs, cfg)
+        if len(outcomes) < len(runs):
+            print(f"{len(runs) - len(outcomes)} of {len(runs)} runs have not finished: not in the results", flush=True)
     else:
         check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
         check_code(cfg)
-        results = run_all(runs, cfg, FLAGS.gin_search_paths)
-    rows = collect(runs, results, cfg["metric"], cfg["sweep_dir"], cfg)
-    plot(rows, cfg["metric"], os.path.join(cfg["sweep_dir"], "figure.png"), title=os.path.basename(cfg["task_gin"]))
-    print(open(os.path.join(cfg["sweep_dir"], "results.md")).read())
-    print(f"results: {cfg['sweep_dir']}/results.csv, results.md, figure.png")
+        outcomes = run_all(runs, cfg, FLAGS.gin_search_paths)
+    report(runs, outcomes, cfg)
+
+
+def report(runs: list[Run], outcomes: dict[str, dict], cfg: dict) -> None:
+    """results.csv, results.md (budgets.csv) and the figures into SWEEP_DIR, and the table printed."""
+    out, metric, title = cfg["sweep_dir"], cfg["metric"], os.path.basename(cfg["task_gin"])
+    rows = results.collect(runs, outcomes, metric, out, cfg)
+    results.plot(rows, metric, os.path.join(out, "figure.png"), title=title)
+    written = ["results.csv", "results.md", "figure.png"]
+    if os.path.exists(os.path.join(out, "budgets.csv")) and rows:
+        budget_rows = results.read_budgets(os.path.join(out, "budgets.csv"))
+        results.plot_budgets(budget_rows, metric, os.path.join(out, "figure_budgets.png"), title=title)
+        written += ["budgets.csv", "figure_budgets.png"]
+    print(open(os.path.join(out, "results.md")).read())
+    print(f"results: {out}/{', '.join(written)}")
 
 
 if __name__ == "__main__":

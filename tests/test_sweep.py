@@ -12,7 +12,7 @@ import pytest
 
 import gin
 from conftest import REPO_ROOT
-from dss_jax import cli, gin_utils, sweep
+from dss_jax import cli, gin_utils, results, sweep
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
 from dss_jax.data.cache import CacheRecord, TeacherSample
@@ -273,7 +273,7 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
     )
     runs = sweep.plan(cfg)
     out = tmp_path / "sweep"
-    results = {}
+    outcomes = {}
     for i, run in enumerate(runs):
         train_dir = out / "runs" / run.name / "model" / "train"
         train_dir.mkdir(parents=True)
@@ -284,8 +284,8 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
             + json.dumps({"step": 4, "real_tokens_per_step": 50.0, "examples_per_step": 8, "rows_per_step": 2})
             + "\n"
         )
-        results[run.name] = {"accuracy": 0.1 * (i % 7)}
-    rows = sweep.collect(runs, results, "accuracy", str(out), cfg)
+        outcomes[run.name] = {"accuracy": 0.1 * (i % 7)}
+    rows = results.collect(runs, outcomes, "accuracy", str(out), cfg)
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(runs)
@@ -298,7 +298,7 @@ def test_results_report_each_runs_compute_and_the_figure_has_a_panel_per_start(t
     )
     assert {r["initial_checkpoint"] for r in table if r["init"] == "pretrained"} == {"/ckpt/pre"}
     assert {r["initial_checkpoint"] for r in table if r["init"] == "scratch"} == {""}
-    sweep.plot(rows, "accuracy", str(out / "figure.png"), title="toy")
+    results.plot(rows, "accuracy", str(out / "figure.png"), title="toy")
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dss_gt | scratch | tiny | 0.5 |" in (out / "results.md").read_text()
 
@@ -385,9 +385,9 @@ def test_a_sweep_dir_of_only_the_runs_metrics_files_is_complete(tmp_path, monkey
         )
     commands = []
     monkeypatch.setattr(sweep, "run_command", lambda command, *a: commands.append(command))
-    results = sweep.run_all(runs, cfg, ["."])
-    assert commands == [] and [results[r.name]["accuracy"] for r in runs] == [0.0, 0.25, 0.5, 0.75]
-    sweep.collect(runs, results, "accuracy", cfg["sweep_dir"], cfg)
+    outcomes = sweep.run_all(runs, cfg, ["."])
+    assert commands == [] and [outcomes[r.name]["accuracy"] for r in runs] == [0.0, 0.25, 0.5, 0.75]
+    results.collect(runs, outcomes, "accuracy", cfg["sweep_dir"], cfg)
     with open(tmp_path / "sweep" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["accuracy"], r["steps"], r["real_tokens"]) for r in table][-1] == ("0.75", "800", "8000")
@@ -419,7 +419,7 @@ def test_differences_are_read_against_two_standard_errors():
         group("dss_gt", 0.50, 0.0, n=1, init="scratch", lam=1.0),  # one seed: no reading
         group("distill", 0.2, 0.01),  # no dss_teacher: no row
     ]
-    diffs = sweep.differences(groups, sweep.default_differences("gt"))
+    diffs = results.differences(groups, results.default_differences("gt"))
     got = {(d["init"], d["fraction"]): d for d in diffs}
     assert len(diffs) == 3 and {d["method"] + "-" + d["baseline"] for d in diffs} == {"dss_gt-finetune"}
     assert got[("pretrained", 1.0)]["diff"] == pytest.approx(0.10)
@@ -427,9 +427,9 @@ def test_differences_are_read_against_two_standard_errors():
     assert got[("pretrained", 1.0)]["larger"] and not got[("pretrained", 0.5)]["larger"]
     assert math.isnan(got[("scratch", 1.0)]["se"]) and not got[("scratch", 1.0)]["larger"]
     # Each comparison is between methods trained on the same labels.
-    assert ("dss", "distill") not in sweep.default_differences("gt")
-    assert ("dss", "finetune") not in sweep.default_differences("teacher")
-    assert ("dss_teacher", "single_task") in sweep.default_differences("teacher")
+    assert ("dss", "distill") not in results.default_differences("gt")
+    assert ("dss", "finetune") not in results.default_differences("teacher")
+    assert ("dss_teacher", "single_task") in results.default_differences("teacher")
 
 
 def test_report_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
@@ -475,3 +475,65 @@ def test_a_finished_grid_is_not_pretrained_again(tmp_path, monkeypatch):
         _finished_run(cfg["sweep_dir"], run.name, 0.5)
     assert set(sweep.run_all(runs, cfg, ["."])) == {run.name for run in runs}
     assert commands == []  # no pretraining: nothing starts from it
+
+
+def test_a_sweep_selecting_on_validation_scores_the_selected_checkpoints_on_test(tmp_path):
+    """Validation selection through the real binaries: every run keeps the checkpoints that
+    were the best when evaluated, the test split is scored at each one a reading selects
+    (and nowhere else), the tables and figures of both readings are written, and a second
+    call trains and evaluates nothing."""
+    (tmp_path / "recipe.gin").write_text(
+        RECIPE.replace("TRAIN_STEPS = 3", "TRAIN_STEPS = 8', 'EVAL_PERIOD = 2")
+        + "sweep_config.fractions = [1.0]\nsweep_config.methods = ['finetune', 'dss_gt']\n"
+        + "sweep_config.selection = 'validation'\nsweep_config.in_process = True\n"
+        + "sweep_config.token_budgets = [4000, 100000]\nsweep_config.example_budgets = [40]\n"
+    )
+    (tmp_path / "mini.gin").write_text(MINI + "make_train_eval_hook.max_examples = 8\n")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DSS_CACHE_DIR=str(tmp_path / "cache"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    out = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.sweep",
+        f"--gin_file={tmp_path / 'recipe.gin'}",
+        f"--gin.SWEEP_DIR='{out}'",
+        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
+    ]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["method"] for row in rows] == ["finetune", "dss_gt"]
+    cfg = {"sweep_dir": str(out), "selection": "validation", "token_budgets": [4000, 100000], "example_budgets": [40]}
+    for row in rows:
+        run_dir = out / "runs" / row["run"]
+        evals = [json.loads(line) for line in (run_dir / "model/validation/metrics.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in evals] == [2, 4, 6, 8]
+        best = results.choices(str(run_dir), cfg)[0].evaluation
+        assert int(row["selected_step"]) == best.step and int(row["selected_real_tokens"]) == best.real_tokens_seen
+        tested = sorted(int(p.parent.name[5:]) for p in (run_dir / "eval").glob("step_*/metrics.json"))
+        assert tested == results.steps_to_evaluate(str(run_dir), cfg)
+        assert (
+            float(row["accuracy"])
+            == json.loads((run_dir / f"eval/step_{best.step}/metrics.json").read_text())["accuracy"]
+        )
+        kept = sorted(int(p.name.split("_")[1]) for p in (run_dir / "model").glob("checkpoint_*"))
+        assert set(tested) <= set(kept)
+    budgets = results.read_budgets(str(out / "budgets.csv"))
+    assert len(budgets) == 2 * 3
+    assert all(b["accuracy"] == "" for b in budgets if b["budget"] == 100000)  # 8 steps, no early stopping
+    assert all(b["accuracy"] != "" for b in budgets if b["budget"] != 100000)  # evaluated within, and reached
+    for name in ("results.md", "figure.png", "figure_budgets.png"):
+        assert (out / name).exists()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")}
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert (
+        r.returncode == 0 and {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
+    )

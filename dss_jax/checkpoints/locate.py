@@ -63,7 +63,8 @@ def select_checkpoints(
     """[(step or None, checkpoint dir)] for a checkpoint or a training run's MODEL_DIR.
 
     A MODEL_DIR (holding finished `checkpoint_<step>/` dirs) gives the checkpoints at
-    `steps`: "latest", "all", a step or a list of steps. Any other path is one checkpoint
+    `steps`: "latest", "all", "best" (the step its validation evaluations select:
+    training/selection.py), a step or a list of steps. Any other path is one checkpoint
     (a trainer's step dir, or a `save_params` / `python -m dss_jax.convert` dir); its step
     is read from a `checkpoint_<step>` name, else None. Errors name `path_setting` and
     `steps_setting`, the caller's names for the two (a gin macro, a flag).
@@ -85,12 +86,14 @@ def select_checkpoints(
         chosen = [available[-1]]
     elif steps == "all":
         chosen = available
+    elif steps == "best":
+        chosen = [_best_step(path, available, steps_setting)]
     else:
         try:
             chosen = [int(steps)] if isinstance(steps, (int, str)) else [int(s) for s in steps]
         except (TypeError, ValueError):
             raise CheckpointError(
-                f"{steps_setting} must be 'latest', 'all', a step or a list of steps; got {steps!r}"
+                f"{steps_setting} must be 'latest', 'all', 'best', a step or a list of steps; got {steps!r}"
             ) from None
         unknown = [s for s in chosen if s not in available]
         if unknown:
@@ -99,6 +102,26 @@ def select_checkpoints(
                 f"(set {steps_setting} to one of them)"
             )
     return [(s, step_dir(path, s)) for s in chosen]
+
+
+def _best_step(model_dir: str, available: list[int], steps_setting: str) -> int:
+    from dss_jax.training import selection
+
+    rule = selection.read_rule(model_dir) or selection.SelectionRule()
+    best = selection.best_evaluation(selection.read_evaluations(model_dir, rule.metric), rule.mode)
+    if best is None:
+        raise CheckpointError(
+            f"{steps_setting}='best': {model_dir} has no validation evaluation with {rule.metric} "
+            f"({os.path.join(model_dir, selection.VALIDATION_DIR, 'metrics.jsonl')}); train with EVAL_PERIOD > 0, "
+            "or choose a step"
+        )
+    if best.step not in available:
+        raise CheckpointError(
+            f"{steps_setting}='best': the best checkpoint of {model_dir} on validation ({rule.metric} "
+            f"{best.value:.4g}) is step {best.step}, which was not kept (it has steps {available}); train with "
+            "train.keep_best_checkpoints = True, or choose a step"
+        )
+    return best.step
 
 
 def no_checkpoint_error(path: pathlib.Path) -> CheckpointNotFoundError:

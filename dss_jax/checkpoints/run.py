@@ -29,7 +29,7 @@ import re
 import shutil
 import socket
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, Set
 
 import orbax.checkpoint as ocp
 
@@ -61,12 +61,22 @@ class RunLockedError(UserError):
 
 class RunCheckpointer:
     def __init__(
-        self, model_dir: str, *, keep: Optional[int] = None, save_period: int = 1000, asynchronous: bool = True
+        self,
+        model_dir: str,
+        *,
+        keep: Optional[int] = None,
+        keep_steps: Optional[Set[int]] = None,
+        save_period: int = 1000,
+        asynchronous: bool = True,
     ):
+        """keep: how many of the latest checkpoints to keep (None: all); keep_steps: a set
+        of steps whose checkpoints are kept besides them, read at every save (the caller
+        may add to it, e.g. the steps validation selected)."""
         self.directory = os.path.abspath(model_dir)
         self.save_period = save_period
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=None if keep_steps is not None else keep,
+            preservation_policy=None if keep_steps is None else _LatestAndSteps(keep, keep_steps),
             create=True,
             step_prefix=STEP_PREFIX,
             enable_async_checkpointing=asynchronous,
@@ -124,6 +134,18 @@ class RunCheckpointer:
 
     def _reporting_write_errors(self, step: Optional[int]):
         return _WriteErrors(self, step)
+
+
+class _LatestAndSteps:
+    """orbax's preservation policy: the `n` latest checkpoints (all when None) and those
+    at `steps` (a set the caller may grow between saves)."""
+
+    def __init__(self, n: Optional[int], steps: Set[int]):
+        self.n, self.steps = n, steps
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        first_latest = 0 if self.n is None else len(checkpoints) - self.n
+        return [i >= first_latest or c.step in self.steps for i, c in enumerate(checkpoints)]
 
 
 class _WriteErrors:

@@ -11,6 +11,7 @@ import os
 from typing import Any, Mapping, Optional
 
 from dss_jax import checkpoints, input_pipeline, optimizers, partitioning, settings
+from dss_jax.training import selection
 from dss_jax.training.step import DROPOUT_RNGS
 
 
@@ -40,6 +41,10 @@ SETTINGS: dict[str, settings.Rule] = {
     "train.initial_checkpoint_path": settings.optional(settings.text),
     "train.eval_period": settings.nonnegative_int,  # 0: no evaluation
     "train.eval_split": settings.text,
+    "train.validation_metric": settings.text,
+    "train.validation_mode": settings.one_of(selection.MODES),
+    "train.keep_best_checkpoints": settings.boolean,
+    "train.early_stopping_patience": settings.optional(settings.positive_int),
     "train.eval_batches_limit": settings.optional(settings.positive_int),
     "train.checkpoint_period": settings.positive_int,
     "train.keep_checkpoints": settings.optional(settings.positive_int),
@@ -104,6 +109,25 @@ def settings_of(args: Mapping[str, Any]) -> dict[str, Any]:
         if dataclasses.is_dataclass(cfg):
             values.update({f"{prefix}.{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     return values
+
+
+def check_selection(eval_period: int, eval_hook, metric: str, keep_best: bool, patience: Optional[int]) -> None:
+    """Selecting checkpoints on validation needs evaluations, and decode metrics a decoding
+    eval hook (runs/train.gin's)."""
+    wanted = [name for name, on in (("keep_best_checkpoints", keep_best), ("early_stopping_patience", patience)) if on]
+    if not wanted:
+        return
+    if not eval_period:
+        raise settings.SettingError(
+            f"train.{wanted[0]} selects checkpoints on the validation split, which EVAL_PERIOD = 0 never "
+            "evaluates: set --gin.EVAL_PERIOD to how often to evaluate (e.g. 200)"
+        )
+    if metric.startswith("decode/") and eval_hook is None:
+        raise settings.SettingError(
+            f"train.validation_metric={metric!r} is a decoding metric, and train.eval_hook is None: bind "
+            "train.eval_hook = @make_train_eval_hook() (runs/train.gin does), or select on a teacher-forced "
+            "metric such as 'label/loss' with train.validation_mode = 'min'"
+        )
 
 
 def check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optional[str]:

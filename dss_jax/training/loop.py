@@ -33,7 +33,7 @@ from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitionin
 from dss_jax.cli import UserError
 from dss_jax.data import options as dss_options
 from dss_jax.metrics_writer import MetricsWriter, Progress
-from dss_jax.training import checks
+from dss_jax.training import checks, selection
 from dss_jax.training.step import Trainer
 
 
@@ -76,9 +76,22 @@ def train(
     batches_fn: Callable[..., Iterator[Mapping[str, np.ndarray]]] = input_pipeline.train_batches,
     eval_batches_fn: Callable[..., Iterator[Mapping[str, np.ndarray]]] = input_pipeline.eval_batches,
     eval_hook: Optional[Callable[..., Mapping[str, float]]] = None,
+    validation_metric: str = "decode/accuracy",
+    validation_mode: str = "max",
+    keep_best_checkpoints: bool = False,
+    early_stopping_patience: Optional[int] = None,
 ) -> dict[str, float]:
-    """Trains until `train_steps` optimizer steps; returns the last logged metrics."""
+    """Trains until `train_steps` optimizer steps, or until validation stops improving
+    (`early_stopping_patience`); returns the last logged metrics.
+
+    validation_metric / validation_mode: what selects a checkpoint on the validation split
+    (selection.py); keep_best_checkpoints: keep every checkpoint that was the best so far
+    when it was evaluated, besides the `keep_checkpoints` latest (each evaluated step is
+    saved); early_stopping_patience: stop after this many evaluations in a row without a
+    new best.
+    """
     checks.check_settings(checks.settings_of(locals()))
+    checks.check_selection(eval_period, eval_hook, validation_metric, keep_best_checkpoints, early_stopping_patience)
     initial_checkpoint_path = checks.check_paths(model_dir, initial_checkpoint_path)
     checks.check_task(task_name)
     if initial_checkpoint_path:
@@ -108,16 +121,27 @@ def train(
             batch_args = {"batch_size": local_batch_size}
         if eval_hook is not None and getattr(eval_hook, "model", False) is None:
             eval_hook.model = model  # the hook decodes with the loop's own model
+        rule = selection.SelectionRule(validation_metric, validation_mode, early_stopping_patience)
+        tracker = selection.Tracker(rule)
         ckpt = checkpoints.RunCheckpointer(
-            model_dir, keep=keep_checkpoints, save_period=checkpoint_period, asynchronous=async_checkpointing
+            model_dir,
+            keep=keep_checkpoints,
+            keep_steps=tracker.best_steps if keep_best_checkpoints else None,
+            save_period=checkpoint_period,
+            asynchronous=async_checkpointing,
         )
-        state, position = _initial_state(trainer, ckpt, initial_checkpoint_path)
+        state, position, seen = _initial_state(trainer, ckpt, initial_checkpoint_path, model_dir)
         step = int(state.step)
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name, resumed=step > 0)
+            if eval_period:
+                _write_selection_rule(model_dir, rule, resumed=step > 0)
         # Steps after the restored one are recomputed: their old records are superseded.
         writer = MetricsWriter(os.path.join(model_dir, "train"), resume_step=step)
-        eval_writer = MetricsWriter(os.path.join(model_dir, "validation"), resume_step=step)
+        eval_writer = MetricsWriter(os.path.join(model_dir, selection.VALIDATION_DIR), resume_step=step)
+        for evaluation in selection.read_evaluations(model_dir, rule.metric):  # the evaluations kept
+            tracker.add(evaluation)
+        selecting = bool(eval_period) and (keep_best_checkpoints or early_stopping_patience is not None)
         progress = Progress(train_steps, step, period_seconds=progress_seconds)
         start = (
             f"resuming at step {step}"
@@ -156,7 +180,12 @@ def train(
         signal.signal(signal.SIGTERM, on_sigterm)
 
         def evaluate_now():
-            validation_loss(
+            """Scores the validation split at this step (once) and counts it for selection."""
+            if step in tracker.evaluated:
+                return
+            if selecting:
+                save(step)  # the checkpoint a selection may choose
+            out = validation_loss(
                 trainer,
                 state.params,
                 eval_batches_fn,
@@ -168,17 +197,50 @@ def train(
                 eval_writer,
                 step,
                 eval_hook,
+                extra=seen_record(),
             )
+            if selecting and rule.metric not in out:
+                raise settings.SettingError(
+                    f"train.validation_metric={rule.metric!r} is not among the validation metrics "
+                    f"({', '.join(sorted(out)) or 'none'}); bind one of them"
+                )
+            evaluation = selection.evaluations_of([{"step": step, **out}], rule.metric)[0]
+            if tracker.add(evaluation) and selecting:
+                logging.info("step %d: a new best %s on %s: %.4g", step, rule.metric, eval_split, evaluation.value)
+
+        def seen_record() -> dict[str, float]:
+            return {selection.SEEN_EXAMPLES: seen["examples"], selection.SEEN_TOKENS: seen["tokens"]}
 
         def save(at_step: int):
-            ckpt.save(at_step, state, {"step": at_step, "input_position": position})
+            ckpt.save(
+                at_step,
+                state,
+                {
+                    "step": at_step,
+                    "input_position": position,
+                    "examples_seen": seen["examples"],
+                    "real_tokens_seen": seen["tokens"],
+                },
+            )
             logging.info("step %d: checkpoint -> %s", at_step, checkpoints.step_dir(model_dir, at_step))
 
         last_logged: dict[str, float] = {}
         window: list[dict] = []
         window_start = time.time()
         try:
-            while step < train_steps:
+            if eval_period and step and step % eval_period == 0 and step < train_steps:
+                evaluate_now()  # a run stopped between its save and its evaluation
+            if tracker.should_stop:
+                logging.info(
+                    "nothing left to train: %s stopped early at step %d (no better %s in %d evaluations after "
+                    "step %d); raise train.early_stopping_patience to train on",
+                    model_dir,
+                    step,
+                    rule.metric,
+                    tracker.since_best,
+                    tracker.best.step,
+                )
+            while step < train_steps and not tracker.should_stop:
                 try:
                     local = next(batches)
                 except StopIteration:
@@ -196,10 +258,12 @@ def train(
                         f"the last good state (step {step}) is saved in {checkpoints.step_dir(model_dir, step)}"
                     )
                 step += 1
+                seen["examples"] += float(metrics["batch/examples"])
+                seen["tokens"] += float(metrics["tokens/encoder_real"]) + float(metrics["tokens/decoder_real"])
                 window.append(metrics)
                 if step % log_period == 0 or step == train_steps:
                     last_logged = _summarise(window, time.time() - window_start)
-                    writer.write(step, last_logged)
+                    writer.write(step, {**last_logged, **seen_record()})
                     progress.report(step, last_logged)
                     window, window_start = [], time.time()
                 elif progress.due():  # a long log_period still shows the run moving
@@ -211,8 +275,25 @@ def train(
                     raise Preempted()
                 if eval_period and step % eval_period == 0 and step < train_steps:
                     evaluate_now()
-            if eval_period:
+                    if tracker.should_stop:
+                        logging.info(
+                            "step %d: no better %s in %d evaluations after step %d: stopping early",
+                            step,
+                            rule.metric,
+                            tracker.since_best,
+                            tracker.best.step,
+                        )
+            if eval_period and not tracker.should_stop:
                 evaluate_now()
+            if selecting and tracker.best is not None and jax.process_index() == 0:
+                logging.info(
+                    "the best checkpoint on %s: step %d (%s %.4g) -> %s",
+                    eval_split,
+                    tracker.best.step,
+                    rule.metric,
+                    tracker.best.value,
+                    checkpoints.step_dir(model_dir, tracker.best.step),
+                )
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             ckpt.close()
@@ -276,19 +357,38 @@ def _lock_run_dir(model_dir: str):
         lock.release()  # a no-op where this process does not hold it
 
 
-def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_checkpoint_path):
+def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_checkpoint_path, model_dir: str):
+    """(train state, input position, {"examples", "tokens"} trained on so far)."""
     latest = ckpt.latest_step()
     if latest is not None:
         _check_resumed_model(ckpt.directory, getattr(trainer.model, "config", None))
         state, meta = ckpt.restore(latest, trainer.abstract_state)
         position = int(meta.get("input_position", latest))
         logging.info("resumed from %s (step %d, input position %d)", ckpt.directory, latest, position)
-        return state, position
+        if "real_tokens_seen" in meta:
+            seen = {"examples": float(meta["examples_seen"]), "tokens": float(meta["real_tokens_seen"])}
+        else:  # a checkpoint written before they were recorded: its train records' sums
+            seen = selection.seen_from_train_records(os.path.join(model_dir, "train", "metrics.jsonl"), latest)
+        return state, position, seen
     if initial_checkpoint_path:
         params, _, _ = checkpoints.load_params(initial_checkpoint_path)
         logging.info("initialised from %s", initial_checkpoint_path)
-        return trainer.state_from_params(params), 0
-    return trainer.init_state(), 0
+        return trainer.state_from_params(params), 0, {"examples": 0.0, "tokens": 0.0}
+    return trainer.init_state(), 0, {"examples": 0.0, "tokens": 0.0}
+
+
+def _write_selection_rule(model_dir: str, rule: selection.SelectionRule, resumed: bool) -> None:
+    """MODEL_DIR/validation/selection.json; a resume may change the patience, not what
+    selects (its earlier evaluations were kept by that rule)."""
+    recorded = selection.read_rule(model_dir)
+    if resumed and recorded is not None and (recorded.metric, recorded.mode) != (rule.metric, rule.mode):
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} selects checkpoints on {recorded.mode} {recorded.metric} "
+            f"({os.path.join(model_dir, selection.VALIDATION_DIR, selection.SELECTION_FILE)}); now "
+            f"{rule.mode} {rule.metric}: resume with train.validation_metric and train.validation_mode as they "
+            "were, or train in a new MODEL_DIR"
+        )
+    selection.write_rule(model_dir, rule)
 
 
 def _check_resumed_model(model_dir: str, config) -> None:
@@ -428,10 +528,21 @@ def _summarise(window: list[dict], seconds: float) -> dict[str, float]:
 
 
 def validation_loss(
-    trainer, params, eval_batches_fn, task_name, feature_lengths, batch_size, split, limit, writer, step, eval_hook=None
+    trainer,
+    params,
+    eval_batches_fn,
+    task_name,
+    feature_lengths,
+    batch_size,
+    split,
+    limit,
+    writer,
+    step,
+    eval_hook=None,
+    extra: Optional[Mapping[str, float]] = None,
 ) -> dict[str, float]:
     """Teacher-forced loss and token accuracy on a split, plus whatever `eval_hook`
-    (decode-based metrics) returns."""
+    (decode-based metrics) returns; `extra` is written with them (what was trained on)."""
     sums = None
     batches = eval_batches_fn(
         task_name=task_name,
@@ -453,7 +564,7 @@ def validation_loss(
     out = losses.finalize_metrics(sums)
     if eval_hook is not None:
         out.update(eval_hook(params=params, step=step))
-    writer.write(step, out)
+    writer.write(step, {**out, **(extra or {})})
     if jax.process_index() == 0:
         logging.info("eval at step %d: %s", step, json.dumps(out))
     return out
