@@ -90,8 +90,8 @@ def test_select_checkpoints(env):
     assert steps("latest") == [60] and steps("all") == [15, 60] and steps([15]) == [15] and steps(15) == [15]
     with pytest.raises(ValueError, match=r"no checkpoint for step\(s\) \[16\]; it has steps \[15, 60\]"):
         steps([16])
-    with pytest.raises(ValueError, match="steps must be"):
-        steps("best")
+    with pytest.raises(ValueError, match="steps must be 'latest', 'all', 'best'"):
+        steps("newest")
     assert checkpoints.select_checkpoints(f"{run}/checkpoint_15") == [(15, f"{run}/checkpoint_15")]
     assert checkpoints.select_checkpoints(str(env.params_dir)) == [(None, str(env.params_dir))]
     with pytest.raises(ValueError, match="needs a model dir"):

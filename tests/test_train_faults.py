@@ -5,6 +5,7 @@ MODEL_DIR, a checkpoint that cannot be written, a resumed run's metrics, bad set
 import errno
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 from flax import linen as nn
 from test_trainer import VOCAB, packed_batch
 
-from dss_jax import checkpoints, cli, metrics_writer, optimizers, settings
+from dss_jax import checkpoints, cli, losses, metrics_writer, optimizers, settings
 from dss_jax.model.config import T5Config
 from dss_jax.model.t5 import T5
 from dss_jax.training import loop
@@ -426,3 +427,67 @@ def test_training_from_a_checkpoint_uses_its_vocabulary(tmp_path):
         from dss_jax.data import tasks as dss_tasks
 
         dss_tasks.get_task("dss_svamp").output_features["label_targets"].vocabulary.reset()
+
+
+# -- issue 30 item 10: a resume with other settings ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"batch_size": 16}, "batch_size=8; now batch_size=16"),
+        ({"loss_config": losses.LossConfig(rationale_weight=0.5)}, "loss.rationale_weight=1.0; now"),
+        (
+            {"optimizer_config": optimizers.OptimizerConfig(name="adamw", learning_rate=1e-3)},
+            "optimizer.learning_rate=None",
+        ),
+        ({"seed": 3}, "seed=0; now seed=3"),
+    ],
+)
+def test_a_resume_with_settings_that_change_the_result_is_refused(tmp_path, change, named):
+    run = tmp_path / "run"
+    train(run, 2)
+    before = sorted(p.name for p in run.iterdir()), (run / "config.gin").read_text()
+    with pytest.raises(settings.SettingError, match=re.escape(named)):
+        train(run, 4, **change)
+    assert (sorted(p.name for p in run.iterdir()), (run / "config.gin").read_text()) == before
+    assert checkpoints.checkpoint_steps(str(run)) == [2]
+
+
+def test_a_resume_told_to_take_other_settings_trains_on_and_keeps_the_earlier_config(tmp_path, caplog):
+    import gin
+
+    run = tmp_path / "run"
+    with gin.unlock_config():
+        gin.bind_parameter("train.progress_seconds", 30.0)  # config.gin records gin's settings
+    try:
+        train(run, 2)
+        with gin.unlock_config():
+            gin.bind_parameter("train.progress_seconds", 31.0)
+        train(run, 4, batch_size=16, resume_with_other_settings=True)
+    finally:
+        gin.clear_config()
+    assert checkpoints.checkpoint_steps(str(run)) == [2, 4]
+    assert "train.progress_seconds = 30.0" in (run / "config.to_step_2.gin").read_text()
+    assert "train.progress_seconds = 31.0" in (run / "config.gin").read_text()
+    assert "with other settings (was batch_size=8; now batch_size=16)" in caplog.text
+
+
+def test_a_longer_run_with_a_schedule_that_does_not_depend_on_its_length_resumes(tmp_path):
+    constant = optimizers.OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="constant")
+    train(tmp_path / "run", 2, optimizer_config=constant)
+    train(tmp_path / "run", 4, optimizer_config=constant)
+    assert checkpoints.checkpoint_steps(str(tmp_path / "run")) == [2, 4]
+    cosine = optimizers.OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="cosine")
+    train(tmp_path / "other", 2, optimizer_config=cosine)
+    with pytest.raises(settings.SettingError, match="train_steps=2; now train_steps=4"):
+        train(tmp_path / "other", 4, optimizer_config=cosine)  # its decay would have ended at 2
+
+
+def test_a_resume_with_nothing_left_to_train_says_so(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(run, 4)
+    caplog.set_level("INFO")
+    train(run, 2)
+    assert "nothing left to train" in caplog.text and "step 4 and TRAIN_STEPS = 2" in caplog.text
+    assert metric_steps(run) == [1, 2, 3, 4]

@@ -3,11 +3,14 @@ the input was), the files that describe it, and the lock that keeps a second tra
 
     MODEL_DIR/
       checkpoint_<step>/state/     step, float32 params, optimiser state
-      checkpoint_<step>/metadata/  {"step", "input_position"}: global batches consumed
+      checkpoint_<step>/metadata/  {"step", "input_position"}: global batches consumed,
+                                   the examples and real tokens trained on, and the
+                                   settings they were trained with
       config.json                  the model (T5Config.to_dict), one copy for every step
       spiece.model                 the task's vocabulary
       task.json                    the task and task options it trains with
-      config.gin                   every gin setting of the run
+      config.gin                   every gin setting of the run (config.to_step_<S>.gin: the
+                                   earlier ones of a run resumed at step S with others)
       train.lock                   the trainer that holds the run (RunLock)
 
 A resumed run continues exactly where it stopped; eval, infer and export rebuild the
@@ -114,6 +117,11 @@ class RunCheckpointer:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()),
         )
         return out["state"], dict(out["metadata"] or {})
+
+    def read_metadata(self, step: int) -> dict:
+        """The metadata saved with a step ({"step", "input_position", ...}), without its state."""
+        out = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        return dict(out["metadata"] or {})
 
     def wait(self) -> None:
         with self._reporting_write_errors(self._pending):
@@ -410,13 +418,21 @@ def write_run_files(
     task_options: Mapping[str, Any],
     vocab_file: Optional[str],
     gin_config: str,
+    resumed_at: Optional[int] = None,
 ) -> None:
     """config.json, spiece.model, task.json and config.gin in MODEL_DIR (see the module
-    docstring), each replaced whole, so eval, infer and export rebuild the run from it."""
+    docstring), each replaced whole, so eval, infer and export rebuild the run from it. A
+    run resumed at step `resumed_at` with another config.gin keeps the one it was trained
+    with up to that step as config.to_step_<step>.gin."""
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     write_run_task(model_dir, task_name, task_options)
-    files.atomic_write(model_dir / RUN_GIN_FILE, gin_config)
+    gin_path = model_dir / RUN_GIN_FILE
+    if resumed_at and gin_path.is_file() and gin_path.read_text() != gin_config:
+        earlier = model_dir / f"config.to_step_{resumed_at}.gin"
+        if not earlier.exists():
+            files.atomic_write(earlier, gin_path.read_text())
+    files.atomic_write(gin_path, gin_config)
     if config is not None:
         files.atomic_write(model_dir / CONFIG_FILE, config.to_json())
     if vocab_file and os.path.exists(vocab_file):

@@ -45,6 +45,7 @@ SETTINGS: dict[str, settings.Rule] = {
     "train.validation_mode": settings.one_of(selection.MODES),
     "train.keep_best_checkpoints": settings.boolean,
     "train.early_stopping_patience": settings.optional(settings.positive_int),
+    "train.resume_with_other_settings": settings.boolean,
     "train.eval_batches_limit": settings.optional(settings.positive_int),
     "train.checkpoint_period": settings.positive_int,
     "train.keep_checkpoints": settings.optional(settings.positive_int),

@@ -80,6 +80,7 @@ def train(
     validation_mode: str = "max",
     keep_best_checkpoints: bool = False,
     early_stopping_patience: Optional[int] = None,
+    resume_with_other_settings: bool = False,
 ) -> dict[str, float]:
     """Trains until `train_steps` optimizer steps, or until validation stops improving
     (`early_stopping_patience`); returns the last logged metrics.
@@ -88,9 +89,22 @@ def train(
     (selection.py); keep_best_checkpoints: keep every checkpoint that was the best so far
     when it was evaluated, besides the `keep_checkpoints` latest (each evaluated step is
     saved); early_stopping_patience: stop after this many evaluations in a row without a
-    new best.
+    new best. A resume with settings that change what is trained (`result_settings`:
+    batch, λ, optimizer, seed, ...) is refused unless `resume_with_other_settings`.
     """
     checks.check_settings(checks.settings_of(locals()))
+    trained_with = result_settings(
+        task_name,
+        task_feature_lengths,
+        batch_size,
+        batch_unit,
+        seed,
+        dropout_rng,
+        initial_checkpoint_path,
+        loss_config,
+        optimizer_config,
+        train_steps,
+    )
     checks.check_selection(eval_period, eval_hook, validation_metric, keep_best_checkpoints, early_stopping_patience)
     initial_checkpoint_path = checks.check_paths(model_dir, initial_checkpoint_path)
     checks.check_task(task_name)
@@ -130,10 +144,19 @@ def train(
             save_period=checkpoint_period,
             asynchronous=async_checkpointing,
         )
-        state, position, seen = _initial_state(trainer, ckpt, initial_checkpoint_path, model_dir)
+        state, position, seen = _initial_state(
+            trainer, ckpt, initial_checkpoint_path, model_dir, trained_with, resume_with_other_settings
+        )
         step = int(state.step)
+        if step >= train_steps and step:
+            logging.warning(
+                "nothing left to train: %s is at step %d and TRAIN_STEPS = %d; raise TRAIN_STEPS to train on",
+                model_dir,
+                step,
+                train_steps,
+            )
         if jax.process_index() == 0:
-            _write_run_files(model_dir, model, task_name, resumed=step > 0)
+            _write_run_files(model_dir, model, task_name, resumed=step > 0, at_step=step)
             if eval_period:
                 _write_selection_rule(model_dir, rule, resumed=step > 0)
         # Steps after the restored one are recomputed: their old records are superseded.
@@ -220,6 +243,7 @@ def train(
                     "input_position": position,
                     "examples_seen": seen["examples"],
                     "real_tokens_seen": seen["tokens"],
+                    "settings": trained_with,
                 },
             )
             logging.info("step %d: checkpoint -> %s", at_step, checkpoints.step_dir(model_dir, at_step))
@@ -357,11 +381,86 @@ def _lock_run_dir(model_dir: str):
         lock.release()  # a no-op where this process does not hold it
 
 
-def _initial_state(trainer: Trainer, ckpt: checkpoints.RunCheckpointer, initial_checkpoint_path, model_dir: str):
+def result_settings(
+    task_name,
+    task_feature_lengths,
+    batch_size,
+    batch_unit,
+    seed,
+    dropout_rng,
+    initial_checkpoint_path,
+    loss_config,
+    optimizer_config,
+    train_steps,
+) -> dict:
+    """The settings that change what a run trains (recorded in every checkpoint's metadata;
+    a resume with others is refused). TRAIN_STEPS is one of them when the learning rate
+    decays over the run's length; the periods, the patience and the model's run-time
+    fields (dtype, dropout, remat) are not."""
+    import dataclasses
+
+    out = {
+        "task": task_name,
+        "task_feature_lengths": dict(task_feature_lengths),
+        "batch_size": batch_size,
+        "batch_unit": batch_unit,
+        "seed": seed,
+        "dropout_rng": dropout_rng,
+        "initial_checkpoint_path": os.path.abspath(initial_checkpoint_path) if initial_checkpoint_path else None,
+        "loss": dataclasses.asdict(loss_config),
+        "optimizer": dataclasses.asdict(optimizer_config),
+    }
+    if optimizer_config.schedule_name in ("linear", "cosine") and optimizer_config.decay_steps is None:
+        out["train_steps"] = train_steps  # the schedule decays to its end over TRAIN_STEPS
+    return json.loads(json.dumps(out))  # as the metadata reads back (tuples as lists)
+
+
+def _changed_settings(recorded: Mapping, now: Mapping, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    for key in sorted(set(recorded) | set(now)):
+        a, b = recorded.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _check_resumed_settings(ckpt, step: int, trained_with: dict, allow: bool) -> None:
+    """A resume trains on with the settings the run's checkpoints were trained with
+    (their metadata; checkpoints from before it was recorded are not checked)."""
+    recorded = ckpt.read_metadata(step).get("settings")
+    if recorded is None:
+        return
+    changed = _changed_settings(recorded, trained_with)
+    if not changed:
+        return
+    was = ", ".join(f"{k}={a!r}" for k, a, _ in changed)
+    now = ", ".join(f"{k}={b!r}" for k, _, b in changed)
+    if allow:
+        logging.warning("resuming %s at step %d with other settings (was %s; now %s)", ckpt.directory, step, was, now)
+        return
+    raise settings.SettingError(
+        f"MODEL_DIR {ckpt.directory} was trained to step {step} with other settings "
+        f"({checkpoints.step_dir(ckpt.directory, step)}: {was}; now {now}): resume with the run's settings, "
+        "train in a new MODEL_DIR, or bind train.resume_with_other_settings = True to train on with these "
+        "(every checkpoint records the settings it was trained with)"
+    )
+
+
+def _initial_state(
+    trainer: Trainer,
+    ckpt: checkpoints.RunCheckpointer,
+    initial_checkpoint_path,
+    model_dir: str,
+    trained_with: dict,
+    resume_with_other_settings: bool = False,
+):
     """(train state, input position, {"examples", "tokens"} trained on so far)."""
     latest = ckpt.latest_step()
     if latest is not None:
         _check_resumed_model(ckpt.directory, getattr(trainer.model, "config", None))
+        _check_resumed_settings(ckpt, latest, trained_with, resume_with_other_settings)
         state, meta = ckpt.restore(latest, trainer.abstract_state)
         position = int(meta.get("input_position", latest))
         logging.info("resumed from %s (step %d, input position %d)", ckpt.directory, latest, position)
@@ -461,11 +560,12 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
     )
 
 
-def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = False) -> None:
+def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = False, at_step: int = 0) -> None:
     """The run's config.json, spiece.model, task.json and config.gin (checkpoints.run), so
-    eval, infer and export rebuild everything from MODEL_DIR alone. A run resumed with other
-    task options, or with another vocabulary than its checkpoints were trained with (whose
-    spiece.model it would replace), is refused."""
+    eval, infer and export rebuild everything from MODEL_DIR alone (a resume at `at_step`
+    with another config.gin keeps the earlier one). A run resumed with other task options,
+    or with another vocabulary than its checkpoints were trained with (whose spiece.model
+    it would replace), is refused."""
     import dataclasses
 
     options = dataclasses.asdict(dss_options.current_options(task_name))
@@ -493,6 +593,7 @@ def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = Fals
         options,
         vocab_file=vocab_file,
         gin_config=gin.config_str(),
+        resumed_at=at_step if resumed else None,
     )
 
 
