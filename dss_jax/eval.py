@@ -11,7 +11,7 @@ dir, imported on the fly) or a training run's MODEL_DIR, evaluated at
 select), `"'all'"` or `[1000, 2000]`; each step's outputs then go to
 EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl (id, input, target, prediction,
 rationale when asked, teacher_label when known, correct), metrics.json, and TensorBoard
-scalars + metrics.jsonl in EVAL_OUTPUT_DIR; a short table is printed. Beam search:
+scalars + metrics.jsonl and config.gin in EVAL_OUTPUT_DIR; a short table is printed. Beam search:
 `--gin.DecodeSettings.method="'beam'"`; the student's rationales:
 `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
 """
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, configurables, gin_utils
+from dss_jax import cli, configurables, files, gin_utils
 from dss_jax.data import options as dss_options
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no Tensor
 FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
 
+CONFIG_FILE = "config.gin"  # EVAL_OUTPUT_DIR/config.gin: every gin setting of the evaluation
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 
 
@@ -65,6 +66,7 @@ def evaluate_checkpoints(
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     examples = None
     writer = MetricsWriter(output_dir)
+    files.atomic_write(os.path.join(output_dir, CONFIG_FILE), gin.config_str())  # how these outputs were made
     results: dict[Optional[int], dict[str, float]] = {}
     try:
         for step, path in chosen:

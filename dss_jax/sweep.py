@@ -48,6 +48,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -242,19 +243,66 @@ def pretrain_commands(runs: list[Run], cfg: dict) -> list[tuple[str, tuple[str, 
 def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",)) -> None:
     """Parses every run's train and eval config here, as those binaries will, before the
     first starts: a misspelt name in train_bindings would otherwise stop the sweep only
-    when its run comes up, possibly hours in. Leaves gin's config cleared."""
+    when its run comes up, possibly hours in. A run (or pretraining) that already ran is
+    reused only when its recorded config (MODEL_DIR/config.gin, eval/config.gin) is the
+    one its command gives now: a grid never mixes runs of other settings. Leaves gin's
+    config cleared."""
     import importlib
 
-    commands = [(f"pretraining {size}", c) for size, c in pretrain_commands(runs, cfg)]
-    commands += [(f"run {run.name}", c) for run in runs for c in run_commands(run, cfg)]
-    for name, (module, gin_files, bindings) in commands:
+    commands = [
+        (f"pretraining {size}", c, os.path.join(pretrain_dir(size, cfg), "model", "config.gin"))
+        for size, c in pretrain_commands(runs, cfg)
+    ]
+    for run in runs:
+        train, evaluate = run_commands(run, cfg)
+        commands.append((f"run {run.name}", train, os.path.join(run_path(run, cfg), "model", "config.gin")))
+        commands.append((f"run {run.name}", evaluate, os.path.join(run_path(run, cfg), "eval", "config.gin")))
+    for name, (module, gin_files, bindings), recorded in commands:
         binary = importlib.import_module(module)  # registers its configurables
         gin.clear_config()
         try:
             gin_utils.parse_gin(gin_files, bindings, search_paths, binary.REQUIRED_MACROS)
         except gin_utils.GinConfigError as e:
             raise gin_utils.GinConfigError(f"{name}, {module.split('.')[-1]}: {e}") from e
+        if os.path.isfile(recorded):
+            _check_same_settings(name, recorded, gin.config_str(), cfg)
     gin.clear_config()
+
+
+def settings_of(config_gin: str, sweep_dir: Optional[str] = None) -> str:
+    """A run's config.gin without what differs between two runs of the same settings:
+    where it wrote (MODEL_DIR, CHECKPOINT_PATH, EVAL_OUTPUT_DIR), the steps an evaluation
+    scored, the vocabulary path the train binary binds from its INITIAL_CHECKPOINT_PATH,
+    and SWEEP_DIR itself (a grid moved or copied, as docs/results keeps them)."""
+    if sweep_dir is None:  # the sweep dir the run was made in, from where it wrote
+        m = re.search(r"(?:MODEL_DIR|EVAL_OUTPUT_DIR) = \\?\s*'(.*)/runs/[^/']+/(?:model|eval)'", config_gin)
+        m = m or re.search(r"MODEL_DIR = \\?\s*'(.*)/pretrain/[^/']+/model'", config_gin)
+        sweep_dir = m.group(1) if m else None
+    text = re.sub(r"(?m)^(MODEL_DIR|CHECKPOINT_PATH|EVAL_OUTPUT_DIR|STEPS) = (?:\\\n\s*)?.*\n", "", config_gin)
+    text = re.sub(r"# Parameters for task_vocabulary:\n# =+\ntask_vocabulary\.spm_path = \\?\s*'[^']*'\n\n", "", text)
+    if sweep_dir:
+        text = text.replace(sweep_dir, "<SWEEP_DIR>")
+    return text
+
+
+def _check_same_settings(name: str, recorded: str, now: str, cfg: dict) -> None:
+    import difflib
+
+    with open(recorded) as f:
+        before = settings_of(f.read())
+    after = settings_of(now, cfg["sweep_dir"])
+    if before == after:
+        return
+    changed = [
+        line[1:].strip()
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
+    ]
+    raise cli.UserError(
+        f"{name} in SWEEP_DIR {cfg['sweep_dir']} ran with other settings than its command gives now "
+        f"({recorded}; differs in: {'; '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}): a grid must not "
+        "mix them. Run the grid with the settings it was made with, or give it a new SWEEP_DIR"
+    )
 
 
 def check_methods(cfg: dict) -> None:

@@ -537,3 +537,33 @@ def test_a_sweep_selecting_on_validation_scores_the_selected_checkpoints_on_test
     assert (
         r.returncode == 0 and {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
     )
+
+
+def test_a_run_is_reused_only_with_the_settings_it_ran_with(tmp_path):
+    """A SWEEP_DIR whose runs ran with other settings (here TRAIN_STEPS, or an eval
+    binding) is refused before anything runs, naming the run and the setting; the same
+    settings, or the same grid moved to another directory, are reused."""
+    import importlib
+    import shutil
+
+    cfg = _cfg(tmp_path, train_bindings=["TRAIN_STEPS = 6"], eval_bindings=["MAX_EXAMPLES = 12"])
+    runs = sweep.plan(cfg)
+    (run,) = runs
+    train, evaluate = sweep.run_commands(run, cfg)
+    for (module, gin_files, bindings), where in ((train, "model"), (evaluate, "eval")):
+        importlib.import_module(module)  # registers its configurables
+        gin_utils.parse_gin(gin_files, bindings, ["."])
+        os.makedirs(os.path.join(sweep.run_path(run, cfg), where))
+        with open(os.path.join(sweep.run_path(run, cfg), where, "config.gin"), "w") as f:
+            f.write(gin.config_str())  # what the binaries record
+        gin.clear_config()
+    sweep.check_runs(runs, cfg)
+    with pytest.raises(
+        cli.UserError, match=r"run dss_lam1_tiny_frac1_seed0 .* differs in: TRAIN_STEPS = 6; TRAIN_STEPS = 12"
+    ):
+        sweep.check_runs(runs, {**cfg, "train_bindings": ["TRAIN_STEPS = 12"]})
+    with pytest.raises(cli.UserError, match=r"eval/config.gin; differs in: MAX_EXAMPLES = 12; MAX_EXAMPLES = 20"):
+        sweep.check_runs(runs, {**cfg, "eval_bindings": ["MAX_EXAMPLES = 20"]})
+    moved = str(tmp_path / "moved")
+    shutil.copytree(cfg["sweep_dir"], moved)
+    sweep.check_runs(runs, {**cfg, "sweep_dir": moved})
