@@ -1,7 +1,10 @@
 """The OpenAI-compatible HTTP backend against a real HTTP server on loopback."""
 
+import base64
 import email.utils
+import json
 import time
+import urllib.parse
 
 import pytest
 
@@ -204,3 +207,132 @@ def test_a_reply_nested_too_deeply_is_malformed_and_retried():
         (out,) = backend_for(server).complete("the prompt", 1, 0.0, max_tokens=5)
         assert out.text.startswith("answer 0")
         assert [r.fault for r in server.log] == ["deep_json", None]
+
+
+# -- credentials: sent where they belong, never shown --------------------------------
+
+
+def forms_of(secret):
+    """Ways a server may echo `secret`: as sent, JSON-escaped, URL-encoded (UTF-8 or latin-1), base64."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        base64.b64encode(secret.encode()).decode(),
+    }
+    if secret == secret.encode("latin-1", "ignore").decode("latin-1"):
+        forms.add(urllib.parse.quote(secret.encode("latin-1"), safe=""))
+    return forms
+
+
+def assert_never_shown(text, *secrets):
+    for secret in secrets:
+        for form in forms_of(secret):
+            assert form not in text, (form, text)
+        for i in range(len(secret) - 5):  # nor any part of it that would give most of it away
+            assert secret[i : i + 6] not in text, (secret[i : i + 6], text)
+
+
+def test_a_key_echoed_across_the_snippets_cut_is_redacted():
+    # The 400 body is cut to 300 bytes for the message; a key the server echoes across
+    # byte 300 must not survive the cut in part (it was redacted only after the cut).
+    secret = "sk-live-" + "0123456789abcdefghij" * 2
+    head = len('{"error": {"message": "') + len("bad request (authorization: Bearer ")
+    for inside in (1, 8, 20, len(secret) - 1):  # where the cut falls in the key
+        with ScriptedOpenAIServer(echo_teacher, faults=always("400"), echo_padding=300 - head - inside) as server:
+            with pytest.raises(RequestFailed, match="HTTP 400") as info:
+                backend_for(server, api_key=secret).complete("p", 1, 0.0, max_tokens=8)
+            assert server.log[0].authorization == f"Bearer {secret}"
+            assert_never_shown(str(info.value), secret)
+
+
+@pytest.mark.parametrize("api_key", ["sk-plain-0123456789", "sk-é/ü+ß=-0123456789", "sk-a/b+c==d%41-0123"])
+def test_a_key_is_never_shown_in_any_form_the_server_echoes(api_key):
+    with ScriptedOpenAIServer(echo_teacher, faults=always("400_echo")) as server:
+        backend = backend_for(server, api_key=api_key)
+        with pytest.raises(RequestFailed, match="HTTP 400") as info:
+            backend.complete("p", 1, 0.0, max_tokens=8)
+        assert server.log[0].authorization == f"Bearer {api_key}"
+    assert_never_shown(str(info.value), api_key)
+    assert "***" in str(info.value)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown():
+    with ScriptedOpenAIServer(echo_teacher, faults=lambda p, a: "400_echo" if p == "bad" else None) as server:
+        url = server.base_url.replace("http://", "http://alice:PASS%2Fword99@")
+        shown_url = f"http://***@127.0.0.1:{server.port}/v1/chat/completions"
+        backend = backend_for(server, base_url=url)
+        assert len(backend.complete("good", 1, 0.0, max_tokens=8)) == 1
+        with pytest.raises(RequestFailed, match="HTTP 400") as info:
+            backend.complete("bad", 1, 0.0, max_tokens=8)
+        basic = base64.b64encode(b"alice:PASS/word99").decode()
+        assert {r.authorization for r in server.log} == {f"Basic {basic}"}
+    shown = str(info.value) + repr(backend.config) + backend._url
+    assert_never_shown(shown, "PASS/word99", "PASS%2Fword99", basic)
+    assert shown_url in str(info.value)
+
+
+def test_a_key_in_the_urls_query_is_sent_and_never_shown():
+    secret = "q-secret-0123456789"
+    with ScriptedOpenAIServer(echo_teacher, faults=lambda p, a: "400_echo" if p == "bad" else None) as server:
+        backend = backend_for(server, base_url=f"{server.base_url}?api-version=2024-02-01&api_key={secret}")
+        backend.complete("good", 1, 0.0, max_tokens=8)
+        with pytest.raises(RequestFailed, match="HTTP 400") as info:
+            backend.complete("bad", 1, 0.0, max_tokens=8)
+        assert [r.path for r in server.log] == [f"/v1/chat/completions?api-version=2024-02-01&api_key={secret}"] * 2
+    assert_never_shown(str(info.value) + repr(backend.config), secret)
+    assert "?api-version=2024-02-01&api_key=***" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "api_key, problem",
+    [
+        ("sk-secret-0123\r\n", "a carriage return at its end"),
+        ("sk-secret-0123\n", "a line break at its end"),
+        ("sk-secret\r\n-0123", "a carriage return at character 10"),
+        ("sk-secret-0123\x00", "a control character (U+0000)"),
+        ("sk-secret-€-0123", "a character outside latin-1 (U+20AC)"),
+    ],
+)
+def test_a_key_that_cannot_go_in_a_header_is_refused_without_showing_it(api_key, problem):
+    # http.client would refuse it in the first request, quoting it in a traceback.
+    with pytest.raises(ValueError) as info:
+        HttpBackendConfig(base_url="http://127.0.0.1:1/v1", model="m", api_key=api_key, api_key_source="$MY_KEY")
+    message = str(info.value)
+    assert message.startswith(f"$MY_KEY holds {problem}") and "which cannot go in an HTTP header" in message
+    assert "secret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://alice:pass word@127.0.0.1:1/v1", "http://alice:pass\nword@127.0.0.1:1/v1", "http://alice:pässword@h/v1",
+     "http://alice:pass#word@127.0.0.1:1/v1", "http://alice:password@127.0.0.1:port/v1", "ftp://alice:password@h/v1"],
+)  # fmt: skip
+def test_a_base_url_no_request_could_go_to_is_refused_without_showing_its_password(base_url):
+    with pytest.raises(ValueError, match="base_url") as info:
+        HttpBackendConfig(base_url=base_url, model="m")
+    assert "pass" not in str(info.value).replace("password or key", "")
+    assert "word" not in str(info.value).replace("password or key", "")
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [{"api_key": "sk-0123456789"}, {"base_url": "http://alice:pw@10.1.2.3:8000/v1"},
+     {"base_url": "http://10.1.2.3:8000/v1?key=0123456789"}],
+)  # fmt: skip
+def test_a_key_over_plain_http_to_another_machine_is_refused_unless_allowed(credential):
+    config = {"base_url": "http://10.1.2.3:8000/v1", "model": "m", "api_key_source": "$OPENAI_API_KEY", **credential}
+    with pytest.raises(ValueError, match=r"would go in clear text over http:// to 10\.1\.2\.3: use https://, "
+                       r"pass --allow_key_over_http") as info:  # fmt: skip
+        HttpBackendConfig(**config)
+    assert "0123456789" not in str(info.value) and ":pw@" not in str(info.value)
+    HttpBackendConfig(**config, allow_key_over_http=True)
+    HttpBackendConfig(**{**config, "base_url": config["base_url"].replace("http://", "https://")})
+    for loopback in ("127.0.0.1:8000", "127.8.9.1", "localhost:8000", "LOCALHOST", "[::1]:8000"):
+        HttpBackendConfig(**{**config, "base_url": config["base_url"].replace("10.1.2.3:8000", loopback)})
+    HttpBackendConfig(base_url="http://10.1.2.3:8000/v1", model="m")  # no key: nothing to protect
+
+
+def test_a_key_and_url_credentials_together_are_refused():
+    with pytest.raises(ValueError, match="both would be the Authorization header; keep one"):
+        HttpBackendConfig(base_url="http://alice:pw@127.0.0.1:1/v1", model="m", api_key="sk-0123456789")

@@ -20,7 +20,10 @@ to exercise a client's retry logic:
     "malformed_json" a 200 reply whose body is not JSON
     "no_choices"     a 200 reply with JSON but no `choices`
     "400"            400 Bad Request whose message echoes the request's Authorization
-                     header (as some proxies do; a client must not log it verbatim)
+                     header (as some proxies do; a client must not log it verbatim),
+                     after `echo_padding` characters (to place it across a client's cut)
+    "400_echo"       400 Bad Request echoing the request line and the Authorization header
+                     in every form a server might: as received, JSON-escaped, URL-encoded
 
     with ScriptedOpenAIServer(lambda prompt, i: "... The answer is (1 + 2).") as server:
         server.base_url   # http://127.0.0.1:PORT/v1
@@ -51,6 +54,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from typing import Callable, Optional
 
 from dss_jax.cli import UserError
@@ -70,6 +74,7 @@ FAULTS = (
     "malformed_json",
     "no_choices",
     "400",
+    "400_echo",
     "trickle",
     "huge",
     "huge_unannounced",
@@ -121,6 +126,7 @@ class ScriptedOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         keep_log: bool = True,
+        echo_padding: int = 0,
     ):
         """`delay`: seconds every reply takes; `max_choices`: ignore larger `n` (like some servers);
         `port` 0 picks a free one; `keep_log=False` keeps only the counts (a server left running)."""
@@ -136,6 +142,7 @@ class ScriptedOpenAIServer:
         self.host = host
         self.requested_port = port
         self.keep_log = keep_log
+        self.echo_padding = echo_padding
         self.log: list[LoggedRequest] = []
         self.requests = 0
         self.fault_counts: collections.Counter = collections.Counter()
@@ -186,7 +193,7 @@ class ScriptedOpenAIServer:
     # -- answering ------------------------------------------------------------
 
     def _register(self, path: str, body: dict, authorization: Optional[str]) -> LoggedRequest:
-        prompt = _prompt_of(path, body)
+        prompt = _prompt_of(urllib.parse.urlsplit(path).path, body)
         key = _digest(prompt)
         with self._lock:
             attempt = self._attempts.get(key, 0)
@@ -309,7 +316,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send(400, b'{"error": {"message": "request body is not JSON"}}')
             return
-        if not self.path.endswith(("/v1/chat/completions", "/v1/completions")):
+        path = urllib.parse.urlsplit(self.path).path  # a query (?api-version=...) is logged, not routed on
+        if not path.endswith(("/v1/chat/completions", "/v1/completions")):
             self._send(404, b'{"error": {"message": "unknown endpoint"}}')
             return
         authorization = self.headers.get("Authorization")
@@ -326,21 +334,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif fault in ("500", "503"):
                 self._send(int(fault), b'{"error": {"message": "server error"}}')
             elif fault == "400":
-                message = f"bad request (authorization: {authorization})"
+                message = "." * owner.echo_padding + f"bad request (authorization: {authorization})"
                 self._send(400, json.dumps({"error": {"message": message}}).encode())
+            elif fault == "400_echo":
+                echoed = authorization or ""
+                lines = [
+                    "." * owner.echo_padding + f"bad request: {self.command} {self.path}",
+                    f"authorization: {echoed}",  # as received: latin-1, like the header itself
+                    f"json: {json.dumps(echoed)}",
+                    f"url: {urllib.parse.quote(echoed, safe='', encoding='latin-1')}",
+                    f"url-encoded request: {urllib.parse.quote(self.path, safe='')}",
+                ]
+                self._send(400, "\n".join(lines).encode("latin-1"))
             elif fault == "drop":
                 self.close_connection = True  # no reply at all
             elif fault == "slow":
                 time.sleep(owner.slow_seconds)
-                self._send(200, json.dumps(owner.reply_body(self.path, body, entry.prompt)).encode())
+                self._send(200, json.dumps(owner.reply_body(path, body, entry.prompt)).encode())
             elif fault == "malformed_json":
                 self._send(200, b'{"choices": [{"index": 0, "text": "unterminated')
             elif fault == "no_choices":
                 self._send(200, b'{"object": "text_completion", "usage": {}}')
             elif fault == "trickle":
-                self._trickle(json.dumps(owner.reply_body(self.path, body, entry.prompt)).encode())
+                self._trickle(json.dumps(owner.reply_body(path, body, entry.prompt)).encode())
             elif fault in ("huge", "huge_unannounced"):
-                payload = json.dumps(owner.reply_body(self.path, body, entry.prompt, "x" * owner.huge_bytes)).encode()
+                payload = json.dumps(owner.reply_body(path, body, entry.prompt, "x" * owner.huge_bytes)).encode()
                 if fault == "huge":
                     self._send(200, payload)
                 else:
@@ -355,9 +373,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif fault == "surrogate":
                 # A broken detokenizer's half of a surrogate pair; json.dumps escapes it as "\\ud800".
                 text = "\ud800" + owner.teacher(entry.prompt, 0)
-                self._send(200, json.dumps(owner.reply_body(self.path, body, entry.prompt, text)).encode())
+                self._send(200, json.dumps(owner.reply_body(path, body, entry.prompt, text)).encode())
             else:
-                payload = json.dumps(owner.reply_body(self.path, body, entry.prompt)).encode()
+                payload = json.dumps(owner.reply_body(path, body, entry.prompt)).encode()
                 self._send(200, payload, truncate=fault == "drop_mid_body")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. timed out)

@@ -16,12 +16,14 @@ Robustness, because a long annotation run meets every kind of failure:
   - other 4xx (e.g. a prompt over the context length) fail only that prompt;
   - a process-wide rate limit spaces attempts (retries included) evenly;
   - token usage from each reply's `usage` object is summed.
-The API key is sent as `Authorization: Bearer ...` and is never logged: it is kept out
-of the config's repr and redacted from any error text that echoes it.
+The API key is sent as `Authorization: Bearer ...`, a user and password in base_url as
+`Authorization: Basic ...`; a base_url query is kept. No credential is ever shown, and
+none goes over plain http to another machine unless `allow_key_over_http` (credentials.py).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.utils
 import http.client
@@ -31,7 +33,6 @@ import random
 import socket
 import threading
 import time
-import urllib.parse
 from typing import Any, Optional, Sequence
 
 from dss_jax.teacher.backend import (
@@ -41,6 +42,7 @@ from dss_jax.teacher.backend import (
     Usage,
     UsageCounter,
 )
+from dss_jax.teacher.credentials import Endpoint, Redactor, header_problem, parse_base_url
 
 APIS = ("chat", "completions")
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
@@ -49,7 +51,7 @@ _FATAL_STATUS = frozenset({401, 403, 404})
 
 @dataclasses.dataclass(frozen=True)
 class HttpBackendConfig:
-    base_url: str  # up to and including the API version, e.g. http://localhost:8000/v1
+    base_url: str  # up to and including the API version, e.g. http://localhost:8000/v1 (never shown whole)
     model: str
     api: str = "chat"  # "chat" (/chat/completions) or "completions" (/completions)
     api_key: Optional[str] = dataclasses.field(default=None, repr=False)
@@ -63,13 +65,14 @@ class HttpBackendConfig:
     samples_per_request: Optional[int] = None  # max `n` per request; None: all at once
     seed: Optional[int] = None  # passed to servers that support seeded sampling
     top_p: Optional[float] = None
+    api_key_source: str = "the API key"  # where the key came from, for messages (e.g. $OPENAI_API_KEY)
+    allow_key_over_http: bool = False  # send credentials over plain http to another machine
 
     def __post_init__(self):
         if self.api not in APIS:
             raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
-        parts = urllib.parse.urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must look like http://HOST:PORT/v1 or https://HOST/v1, got {self.base_url!r}")
+        endpoint = parse_base_url(self.base_url)
+        self._check_credentials(endpoint)
         for name in ("timeout", "initial_backoff", "max_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -81,6 +84,38 @@ class HttpBackendConfig:
             raise ValueError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
         if self.samples_per_request is not None and self.samples_per_request < 1:
             raise ValueError(f"samples_per_request must be >= 1, got {self.samples_per_request}")
+
+    def _check_credentials(self, endpoint: Endpoint) -> None:
+        """Before any request: a key that http.client would refuse (quoting it in its error),
+        two Authorization headers at once, or a credential in clear text to another machine."""
+        if self.api_key:
+            problem = header_problem(self.api_key)
+            if problem:
+                raise ValueError(
+                    f"{self.api_key_source} holds {problem}, which cannot go in an HTTP header: set it to the key alone"
+                )
+            if endpoint.basic_auth is not None:
+                raise ValueError(
+                    f"--base_url carries a user name and {self.api_key_source} is set: both would be the "
+                    "Authorization header; keep one (--api_key_env= sends no key)"
+                )
+        sent = [self.api_key_source] if self.api_key else []
+        if endpoint.basic_auth is not None:
+            sent.append("the user name and password in --base_url")
+        if endpoint.query_credentials:
+            sent.append("the key in --base_url's query")
+        if sent and not endpoint.https and not endpoint.loopback and not self.allow_key_over_http:
+            none = "send no key (--api_key_env=)" if self.api_key else "take them out of --base_url"
+            raise ValueError(
+                f"{' and '.join(sent)} would go in clear text over http:// to {endpoint.host}: use https://, "
+                f"pass --allow_key_over_http to send it anyway (on a network you trust), or {none}"
+            )
+
+    def __repr__(self) -> str:
+        # Written out because base_url may hold credentials; api_key is never shown.
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        shown["base_url"] = parse_base_url(self.base_url).display
+        return f"HttpBackendConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class RateLimiter:
@@ -191,13 +226,19 @@ class OpenAIHttpBackend:
 
     def __init__(self, config: HttpBackendConfig, rng: Optional[random.Random] = None):
         self.config = config
-        parts = urllib.parse.urlsplit(config.base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        prefix = parts.path.rstrip("/")
-        self._path = prefix + ("/chat/completions" if config.api == "chat" else "/completions")
-        self._url = f"{parts.scheme}://{parts.netloc}{self._path}"
+        endpoint = parse_base_url(config.base_url)
+        self._https = endpoint.https
+        self._host = endpoint.host
+        self._port = endpoint.port
+        self._path = endpoint.path + ("/chat/completions" if config.api == "chat" else "/completions")
+        self._target = self._path + (f"?{endpoint.query}" if endpoint.query else "")  # what is sent
+        self._url = endpoint.shown(self._path)  # the only form of the URL in messages
+        self._authorization = None
+        if config.api_key:
+            self._authorization = f"Bearer {config.api_key}"
+        elif endpoint.basic_auth is not None:
+            self._authorization = "Basic " + base64.b64encode(endpoint.basic_auth.encode("utf-8")).decode("ascii")
+        self._redactor = Redactor([*endpoint.secrets, config.api_key or ""])
         self._local = threading.local()
         self._limiter = RateLimiter(config.rate_limit)
         self._counter = UsageCounter()
@@ -257,8 +298,12 @@ class OpenAIHttpBackend:
         return body
 
     def _redact(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, "***") if key else text
+        return self._redactor.text(text)
+
+    def _snippet(self, raw: bytes, limit: int = 300) -> str:
+        """The start of an error body, redacted before it is cut: a cut through an echoed
+        key would leave its first part unrecognisable."""
+        return self._redact(self._redactor.bytes(raw)[:limit].decode("utf-8", "replace").strip())
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -299,8 +344,8 @@ class OpenAIHttpBackend:
 
     def _post(self, body: dict) -> tuple[int, http.client.HTTPMessage, bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         timeout = self.config.timeout
         start = time.monotonic()
         expired = threading.Event()
@@ -314,7 +359,7 @@ class OpenAIHttpBackend:
             timer = threading.Timer(max(0.0, timeout - (time.monotonic() - start)), _shut, (sock, expired))
             timer.daemon = True
             timer.start()
-            conn.request("POST", self._path, body=json.dumps(body).encode("utf-8"), headers=headers)
+            conn.request("POST", self._target, body=json.dumps(body).encode("utf-8"), headers=headers)
             response = conn.getresponse()
             raw = self._read_body(response)
             if expired.is_set():  # the shut socket ended the body early, as if complete
@@ -349,7 +394,7 @@ class OpenAIHttpBackend:
                 "raise the cap if replies this large are expected"
             ) from None
         except (OSError, http.client.HTTPException) as e:  # timeouts are OSErrors too
-            raise _RetryableError(f"connection error ({type(e).__name__}: {e})") from None
+            raise _RetryableError(self._redact(f"connection error ({type(e).__name__}: {e})")) from None
         if status == 200:
             try:
                 completions, usage = parse_response(self.config.api, raw)
@@ -357,7 +402,7 @@ class OpenAIHttpBackend:
                 raise _RetryableError(f"malformed reply: {e}") from None
             self._count_usage(usage)
             return completions
-        snippet = self._redact(raw[:300].decode("utf-8", "replace").strip())
+        snippet = self._snippet(raw)
         message = f"HTTP {status} from {self._url}: {snippet}"
         if status in _RETRYABLE_STATUS or status >= 500:
             raise _RetryableError(message, parse_retry_after(headers.get("Retry-After")))
