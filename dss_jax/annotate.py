@@ -6,9 +6,10 @@ r"""Annotates examples with a teacher LLM's chain-of-thought and writes a teache
       --num_samples=5 --temperature=0.7 --vote --keep=parsed --concurrency=32
 
 Any OpenAI-compatible server works (vLLM, TGI, llama.cpp, hosted APIs); the API key is
-read from the variable named by --api_key_env and never logged or written. A trained
-dss_jax student can be the teacher too (`--backend=student --checkpoint=MODEL_DIR`: its
-`explain:` rationale and `predict:` label, no prompt), and a registered task's split can
+read from the variable named by --api_key_env (or --api_key_file), never logged or
+written, and sent over plain http only to this machine (else --allow_key_over_http).
+A trained dss_jax student can be the teacher too (`--backend=student --checkpoint=MODEL_DIR`:
+its `explain:` rationale and `predict:` label, no prompt), and a registered task's split can
 be the input instead of a file (`--task=dss_synthetic --split=unlabeled`, with the
 task's gin file), which is how bootstrapped self-training annotates (docs/bootstrap.md):
 
@@ -35,6 +36,7 @@ from absl import flags, logging
 
 from dss_jax import cli, gin_utils
 from dss_jax.data.cache import CacheWriter
+from dss_jax.teacher.credentials import header_problem, parse_base_url
 from dss_jax.teacher.examples import InputError, read_examples
 from dss_jax.teacher.http_backend import APIS, HttpBackendConfig, OpenAIHttpBackend
 from dss_jax.teacher.pipeline import AnnotateConfig, run_annotation
@@ -88,7 +90,18 @@ flags.DEFINE_integer(
     "student_label_length", 64, "Student: tokens of a decoded label (the rationale gets --max_tokens)."
 )
 flags.DEFINE_float("student_batch_wait", 0.005, "Student: seconds to wait for more prompts to fill a batch.")
-flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (unset: no key sent).")
+flags.DEFINE_string(
+    "api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (unset or --api_key_env=: no key sent)."
+)
+flags.DEFINE_string(
+    "api_key_file", None, "Instead of --api_key_env: a file holding the API key (its final line end is dropped)."
+)
+flags.DEFINE_bool(
+    "allow_key_over_http",
+    False,
+    "Send the API key (or --base_url's credentials) over plain http:// to another machine, "
+    "readable on the way; only on a network you trust. http:// to this machine needs no flag.",
+)
 flags.DEFINE_enum("api", "chat", list(APIS), "chat: /chat/completions (instruct models); completions: /completions.")
 flags.DEFINE_string(
     "prompt",
@@ -233,10 +246,52 @@ def _student_target() -> str:
     return FLAGS.student_target or trained or "two_task"
 
 
+def _api_key() -> tuple[str | None, str]:
+    """The key and where it came from; refused in one line (never quoting it) if it cannot be sent."""
+    if FLAGS.api_key_file:
+        if FLAGS["api_key_env"].present:
+            _usage_error("give one of --api_key_env and --api_key_file")
+        source = f"--api_key_file={FLAGS.api_key_file}"
+        try:
+            with open(FLAGS.api_key_file, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            _usage_error(f"{source}: {e.strerror or e}")
+        try:
+            # What an editor leaves: a final line end (CRLF on Windows) and a UTF-8 BOM.
+            key = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
+        except UnicodeDecodeError:
+            _usage_error(f"{source} is not UTF-8 text: save the key as plain text")
+        if not key:
+            _usage_error(f"{source} is empty: put the API key in it")
+        problem = header_problem(key)
+        if problem:
+            _usage_error(
+                f"{source} holds {problem} of the key, which cannot go in an HTTP header: "
+                "the file should hold the key alone, on one line"
+            )
+        return key, source
+    if not FLAGS.api_key_env:
+        return None, "no key"
+    source = f"${FLAGS.api_key_env}"
+    key = os.environ.get(FLAGS.api_key_env) or None
+    if key is None:
+        logging.info("%s is not set; sending no API key", source)
+        return None, source
+    problem = header_problem(key)
+    if problem:
+        hint = ""
+        if "carriage return" in problem or "line break" in problem:
+            hint = " (read from a file? --api_key_file=FILE reads it and drops its final line end)"
+        _usage_error(
+            f"{source} (--api_key_env) holds {problem}, which cannot go in an HTTP header: "
+            f"set it to the key alone{hint}"
+        )
+    return key, source
+
+
 def _http_backend() -> OpenAIHttpBackend:
-    api_key = os.environ.get(FLAGS.api_key_env) or None
-    if api_key is None:
-        logging.info("$%s is not set; sending no API key", FLAGS.api_key_env)
+    api_key, source = _api_key()
     try:
         return OpenAIHttpBackend(
             HttpBackendConfig(
@@ -244,6 +299,8 @@ def _http_backend() -> OpenAIHttpBackend:
                 model=FLAGS.model,
                 api=FLAGS.api,
                 api_key=api_key,
+                api_key_source=source,
+                allow_key_over_http=FLAGS.allow_key_over_http,
                 timeout=FLAGS.timeout,
                 max_reply_bytes=FLAGS.max_reply_bytes,
                 max_retries=FLAGS.max_retries,
@@ -347,7 +404,7 @@ def main(argv):
             len(examples),
             source,
             FLAGS.model,
-            FLAGS.base_url,
+            parse_base_url(FLAGS.base_url).display,  # credentials masked
             FLAGS.api,
             template.id,
             config.num_samples,
