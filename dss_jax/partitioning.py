@@ -19,6 +19,7 @@ and `embed` falls back to unsharded there, while parameters (no batch axis) shar
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 from typing import Any, Mapping, Sequence
@@ -188,6 +189,7 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     process_count: int | None = None,
     process_index: int | None = None,
+    coordinator_bind_address: str | None = None,
 ) -> None:
     """JAX's own multi-host runtime, with t5x's flags.
 
@@ -195,15 +197,32 @@ def initialize_distributed(
     (and on CPU over loopback in tests) the coordinator and process ids are passed in.
     A Cloud TPU VM pod sets none of the environment variables below, so the launchers
     (launch/tpu_pod.sh) ask for JAX's own detection with DSS_JAX_DISTRIBUTED=auto.
+
+    Process 0's coordinator listens where `coordinator_bind_address` (or
+    $JAX_COORDINATOR_BIND_ADDRESS) says; by default on the coordinator address itself
+    when that is a loopback one (a local run: jax would listen on every interface,
+    open to the network), else on every interface, as other hosts must reach it.
     """
     if coordinator_address or multiprocess_gpu:
         if not coordinator_address or process_count is None or process_index is None:
             raise ValueError("multi-process runs need --coordinator_address, --process_count and --process_index")
+        bind = (
+            coordinator_bind_address
+            or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS")
+            or (coordinator_address if _is_loopback(coordinator_address) else None)
+        )
         logging.info(
-            "jax.distributed.initialize(%s, process %d of %d)", coordinator_address, process_index, process_count
+            "jax.distributed.initialize(%s, process %d of %d; coordinator listening on %s)",
+            coordinator_address,
+            process_index,
+            process_count,
+            bind or "every interface",
         )
         jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=process_count, process_id=process_index
+            coordinator_address=coordinator_address,
+            num_processes=process_count,
+            process_id=process_index,
+            **({"coordinator_bind_address": bind} if bind else {}),
         )
     elif (
         os.environ.get("DSS_JAX_DISTRIBUTED") == "auto"
@@ -211,3 +230,14 @@ def initialize_distributed(
         or os.environ.get("CLOUD_TPU_TASK_ID")
     ):
         jax.distributed.initialize()
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether HOST:PORT (or [V6]:PORT) names this machine only."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

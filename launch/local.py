@@ -5,7 +5,9 @@ r"""Runs a dss_jax binary as several local processes over loopback (JAX's distri
         -m dss_jax.train --gin_file=runs/train.gin ... --gin.MODEL_DIR="'/tmp/run'"
 
 Everything after `--` is passed to the Python interpreter of every process, followed by
-`--multiprocess_gpu --coordinator_address=127.0.0.1:PORT --process_count=N --process_index=I`.
+`--multiprocess_gpu --coordinator_address=127.0.0.1:PORT --process_count=N --process_index=I`,
+with JAX_COORDINATOR_BIND_ADDRESS=127.0.0.1:PORT: process 0's coordinator listens on
+loopback only (JAX's default is every interface), whichever way the command starts JAX.
 On CPU each process gets `devices_per_process` virtual devices; on a multi-GPU machine
 pass --gpus_per_process to give each process its own GPUs (CUDA_VISIBLE_DEVICES; taken from
 the launcher's own CUDA_VISIBLE_DEVICES list when that is set), e.g. 8 GPUs as 8 processes:
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
             ]
             flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
             env["XLA_FLAGS"] = " ".join(flags)
+        env["JAX_COORDINATOR_BIND_ADDRESS"] = address  # what `127.0.0.1` above means: this machine only
         cmd = [
             sys.executable,
             *command,

@@ -1,10 +1,12 @@
 """The launchers: argument checks, the commands they would run, and the TPU pod script
 driven end to end against a fake `gcloud` that plays two workers on this machine."""
 
+import ipaddress
 import os
 import pathlib
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -76,6 +78,7 @@ def test_local_cpu_dry_run_gives_each_process_its_index_and_virtual_devices():
         assert "JAX_PLATFORMS=cpu" in line and "--xla_force_host_platform_device_count=2" in line
         assert f"--process_index={i}" in line and "--process_count=3" in line
         assert "--coordinator_address=127.0.0.1:4321" in line and "--multiprocess_gpu" in line
+        assert "JAX_COORDINATOR_BIND_ADDRESS=127.0.0.1:4321" in line  # listen where the others connect
         assert "'--gin.MODEL_DIR='\"'\"'/tmp/a b'\"'\"''" in line  # shell-quoted, pasteable
 
 
@@ -111,6 +114,55 @@ def test_local_rejects_bad_arguments(args, message):
     r = local(*args, env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert r.returncode == 2
     assert message in r.stderr
+
+
+# Process 0 starts JAX's coordinator (through dss_jax's flags, or JAX's own call) and
+# prints the addresses it listens on, from /proc/net/tcp{,6}.
+COORDINATOR = """
+import ipaddress, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+if "dss" in sys.argv:
+    from dss_jax import partitioning
+    partitioning.initialize_distributed(True, args["coordinator_address"], int(args["process_count"]),
+                                        int(args["process_index"]))
+else:
+    import jax
+    jax.distributed.initialize(args["coordinator_address"], int(args["process_count"]), int(args["process_index"]))
+port = int(args["coordinator_address"].rpartition(":")[2])
+if args["process_index"] == "0":
+    for table in ("tcp", "tcp6"):
+        for row in open(f"/proc/net/{table}").read().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            host, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                raw = bytes.fromhex(host)
+                ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+                print("listening on", getattr(ip, "ipv4_mapped", None) or ip, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["dss", "jax"])
+def test_a_local_runs_coordinator_listens_on_loopback_only(tmp_path, how):
+    # It listened on every interface ([::]:PORT), open to the network, though local.py
+    # and its coordinator address say loopback.
+    args = ["--num_processes=2", f"--log_dir={tmp_path}", "--timeout=100", "--", "-c", COORDINATOR, how]
+    r = local(*args, env={"PYTHONPATH": str(REPO_ROOT)})  # this checkout's dss_jax, wherever pytest runs
+    assert r.returncode == 0, r.stdout + r.stderr
+    listening = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith("listening on")]
+    assert listening and all(ipaddress.ip_address(a).is_loopback for a in listening), r.stdout
+
+
+def test_initialize_distributed_binds_a_loopback_coordinator_address_to_loopback(tmp_path):
+    # Without the launcher's JAX_COORDINATOR_BIND_ADDRESS: dss_jax's own default.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COORDINATOR_BIND_ADDRESS"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--process_count=1", "--process_index=0"]
+    r = subprocess.run([sys.executable, "-c", COORDINATOR, "dss", *flags], capture_output=True, text=True,
+                       env={**env, "JAX_PLATFORMS": "cpu"}, cwd=REPO_ROOT, timeout=100)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["listening", "on", "127.0.0.1"]
 
 
 # -- launch/slurm_gpu.sbatch + slurm_task.sh ---------------------------------------------
