@@ -451,7 +451,7 @@ def test_every_loader_reports_a_disagreeing_config_json(saved, tmp_path, monkeyp
             return None
 
     with pytest.raises(cli.UserError, match=expect):
-        loop._initial_state(None, NoRunYet(), str(d))
+        loop._initial_state(None, NoRunYet(), str(d), str(tmp_path / "run"), trained_with={})
 
 
 def test_a_run_step_copied_without_its_config_json_is_refused_with_the_fix(saved, tmp_path):
