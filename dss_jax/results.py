@@ -1,11 +1,12 @@
 """What a sweep's runs show: results.csv, results.md and the figures (sweep.py runs them).
 
 Each finished run gives one row: the test metric of the checkpoint the grid selects
-(`sweep_config.selection`: 'last', the run's last checkpoint; 'validation', the one its
-validation evaluations select, training/selection.py), that checkpoint's step, examples
-and real tokens, and what the run trained on in all. With budgets
-(`sweep_config.token_budgets`, `example_budgets`), budgets.csv adds each run's test
-metric at the checkpoint validation selects within each budget: the reading at equal
+(`sweep_config.selection`: 'validation', the one its validation evaluations select,
+training/selection.py; 'last', the run's last checkpoint, as grids did before; a cfg
+without the key reads 'last'), that checkpoint's step, examples and real tokens, and
+what the run trained on in all. budgets.csv adds each run's test metric at the
+checkpoint validation selects within each budget (`sweep_config.token_budgets`,
+`example_budgets`: lists, or 'auto' for every power of two): the reading at equal
 compute (tokens) or equal examples seen. results.md has mean ± std over seeds and each
 method minus its baseline with the standard error of the difference, for every reading;
 figure.png plots the metric against the fraction of training data, figure_budgets.png
@@ -25,6 +26,7 @@ from typing import Optional, Sequence
 from dss_jax.training import selection
 
 SELECTIONS = ("last", "validation")
+AUTO = "auto"  # budgets: every power of two a run's evaluations span
 # A budget's axis -> the running total of a validation record it bounds.
 BUDGET_AXES = {"real_tokens": "real_tokens_seen", "examples": "examples_seen"}
 KEY_COLUMNS = ("run", "method", "init", "size", "fraction", "seed", "rationale_weight")
@@ -79,15 +81,24 @@ def choices(run_dir: str, cfg: dict) -> list[Choice]:
     out = [Choice("converged", None, selection.best_evaluation(evals, rule.mode), stopped)]
     trained = {"real_tokens": evals[-1].real_tokens_seen if evals else 0.0}
     trained["examples"] = evals[-1].examples_seen if evals else 0.0
-    for axis, budgets in (
-        ("real_tokens", cfg.get("token_budgets") or ()),
-        ("examples", cfg.get("example_budgets") or ()),
-    ):
-        for budget in budgets:
+    for axis, setting in (("real_tokens", "token_budgets"), ("examples", "example_budgets")):
+        for budget in budgets_of(cfg.get(setting) or (), [getattr(e, BUDGET_AXES[axis]) for e in evals]):
             key = "max_real_tokens" if axis == "real_tokens" else "max_examples"
             best = selection.best_evaluation(evals, rule.mode, **{key: budget})
             out.append(Choice(axis, float(budget), best, stopped or trained[axis] >= budget))
     return out
+
+
+def budgets_of(setting, seen: Sequence[float]) -> list[float]:
+    """A grid's budgets on one axis: the list it binds, or for AUTO the powers of two from
+    the first at or above the run's first evaluation to the first at or above its last
+    (`seen`: the axis's running totals there), so every run is scored within each."""
+    if setting != AUTO:
+        return [float(b) for b in setting]
+    finite = [x for x in seen if math.isfinite(x) and x > 0]
+    if not finite:
+        return []
+    return [float(2**k) for k in range(math.ceil(math.log2(min(finite))), math.ceil(math.log2(max(finite))) + 1)]
 
 
 def steps_to_evaluate(run_dir: str, cfg: dict) -> list[int]:

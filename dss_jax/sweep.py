@@ -52,7 +52,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from absl import flags, logging
 
@@ -114,9 +114,9 @@ def sweep_config(
     allow_other_code: bool = False,
     report_only: bool = False,
     differences: Optional[Sequence[Sequence[str]]] = None,
-    selection: str = "last",
-    token_budgets: Sequence[float] = (),
-    example_budgets: Sequence[float] = (),
+    selection: str = "validation",
+    token_budgets: Union[str, Sequence[float]] = "auto",
+    example_budgets: Union[str, Sequence[float]] = "auto",
 ):
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
@@ -135,12 +135,14 @@ def sweep_config(
     write the results of the runs that finished (and say how many have not), e.g. of a
     grid still running or of the metrics files kept in docs/results/. differences:
     (method, baseline) pairs read in results.md (default `results.default_differences`).
-    selection: which checkpoint of a run is scored on the test split, 'last' or
-    'validation' (the one its validation evaluations select; every run then keeps the
-    checkpoints that were the best when evaluated, and train_bindings set EVAL_PERIOD and
-    optionally train.early_stopping_patience). token_budgets / example_budgets (with
+    selection: which checkpoint of a run is scored on the test split: 'validation' (the
+    one its validation evaluations select; every run then keeps the checkpoints that were
+    the best when evaluated; train_bindings need EVAL_PERIOD > 0, runs/train.gin's is 1000,
+    and may set train.early_stopping_patience) or 'last' (the run's last checkpoint: only
+    sound when every method has converged by then). token_budgets / example_budgets (with
     'validation'): the reading at equal compute, each run's selected checkpoint within
-    each budget of real tokens / examples trained on (results.py).
+    each budget of real tokens / examples trained on, a list fixed before the grid runs or
+    'auto' (every power of two; results.py).
     """
     return dict(locals())
 
@@ -318,7 +320,14 @@ def check_methods(cfg: dict) -> None:
             f"got {cfg.get('selection')!r}"
         )
     for name in ("token_budgets", "example_budgets"):
-        budgets = list(cfg.get(name) or ())
+        budgets = cfg.get(name) or ()
+        if budgets == results.AUTO:
+            continue
+        if isinstance(budgets, str):
+            raise gin_utils.GinConfigError(
+                f"sweep_config.{name} must be a list of positive numbers or {results.AUTO!r}; got {budgets!r}"
+            )
+        budgets = list(budgets)
         if budgets and cfg.get("selection") != "validation":
             raise gin_utils.GinConfigError(
                 f"sweep_config.{name} reads checkpoints that validation selects within each budget: "

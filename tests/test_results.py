@@ -5,7 +5,9 @@ at, and the tables that read them."""
 import csv
 import json
 
-from dss_jax import results, sweep
+import pytest
+
+from dss_jax import gin_utils, results, sweep
 from dss_jax.training import selection
 
 
@@ -114,3 +116,17 @@ def test_the_tables_read_both_readings_with_differences_and_budgets_without_valu
     assert "at 250 real tokens trained on" in md and "at 1,000 real tokens" not in md  # no dss_gt value there
     results.plot_budgets(budgets, "accuracy", str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_auto_budgets_are_the_powers_of_two_a_run_spans_and_refuse_other_text(tmp_path):
+    assert results.budgets_of("auto", [3_000.0, 40_000.0]) == [2.0**k for k in range(12, 17)]
+    assert results.budgets_of([1000, 2000], [3_000.0]) == [1000.0, 2000.0]
+    assert results.budgets_of("auto", [float("nan")]) == []
+    cfg = _cfg(tmp_path, token_budgets="auto", example_budgets="auto")
+    run = sweep.plan(cfg)[0]
+    _run(tmp_path / "sweep", run, {2: 0.1, 4: 0.5, 6: 0.4}, patience=1, tested=[])
+    got = [(c.reading, c.budget, c.evaluation.step) for c in results.choices(sweep.run_path(run, cfg), cfg)]
+    assert ("real_tokens", 256.0, 2) in got and ("real_tokens", 512.0, 4) in got  # 200, 400, 600 tokens
+    assert ("examples", 64.0, 4) in got  # 32, 64, 96 examples
+    with pytest.raises(gin_utils.GinConfigError, match="token_budgets must be a list of positive numbers or 'auto'"):
+        sweep.check_methods({**cfg, "token_budgets": "all"})
