@@ -33,8 +33,10 @@ from typing import Callable, Sequence
 EXIT_USAGE = 2
 
 # An OSError with one of these on a path the user named (a MODEL_DIR that is a file, a
-# read-only output folder, a full disk) is the user's to fix, not a bug in dss_jax.
+# read-only output folder, a full disk, a file-size limit) is the user's to fix, not a bug
+# in dss_jax.
 _ENVIRONMENT_ERRNOS = {
+    errno.EFBIG,
     errno.ENOENT,
     errno.EACCES,
     errno.EPERM,
@@ -182,7 +184,8 @@ def guard(main: Callable, name: str) -> Callable:
             if _verbose():
                 traceback.print_exc()
             fail(name, e)
-        except OSError as e:
+        except OSError as raised:
+            e = _unproxied(raised)
             if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
                 raise
             if _verbose():
@@ -196,6 +199,15 @@ def guard(main: Callable, name: str) -> Callable:
             raise
 
     return guarded
+
+
+def _unproxied(e: OSError) -> OSError:
+    """The OSError itself: gin re-raises an error from inside a configurable as a proxy
+    that has lost errno and the file name (gin.utils.augment_exception_message_and_reraise);
+    the error it stands for is its context."""
+    while e.errno is None and isinstance(e.__context__, OSError):
+        e = e.__context__
+    return e
 
 
 def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:

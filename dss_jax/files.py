@@ -7,12 +7,15 @@ and reading a JSON object with an error that names the file.
     with files.atomic_output(path) as tmp:            # anything that writes to a path
         CacheWriter(tmp).write_all(records)
     files.read_json_object(path, MyError, "what it is for")   # a dict, or MyError naming the file
+    with files.naming_the_file(path):                 # a failed write names `path`
+        f.write(line)
 
 A reader sees the old file or the new one, never a part; a failed or interrupted write
-leaves the old file as it was and no temporary file behind. The temporary name is unique
-per writer (also across hosts sharing a file system, whose pids may clash), so
-concurrent writers of the same bytes (every process generating the same dataset) are
-safe: the last rename wins.
+leaves the old file as it was and no temporary file behind, and its error names `path`
+(a write on a full disk fails naming no file; a binary's one error line needs one).
+The temporary name is unique per writer (also across hosts sharing a file system, whose
+pids may clash), so concurrent writers of the same bytes (every process generating the
+same dataset) are safe: the last rename wins.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import os
 import pathlib
 import uuid
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -38,14 +41,29 @@ def atomic_output(path: PathLike, *, fsync: bool = False) -> Iterator[pathlib.Pa
     file written there replaces `path` (after an fsync with `fsync=True`)."""
     tmp = temporary_path(path)
     try:
-        yield tmp
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming_the_file(path, temporary=tmp):
+            yield tmp
+            if fsync:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def naming_the_file(path: PathLike, temporary: Optional[PathLike] = None) -> Iterator[None]:
+    """An OSError of the block that names no file (a write or flush on a full disk), or
+    names the `temporary` file written in its place, is raised again naming `path`, so
+    that a binary reports it in one line (cli.guard)."""
+    try:
+        yield
+    except OSError as e:
+        named = e.filename is not None and (temporary is None or os.fspath(e.filename) != os.fspath(temporary))
+        if named or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from e
 
 
 def atomic_write(path: PathLike, data: Union[str, bytes], *, fsync: bool = False) -> pathlib.Path:

@@ -1,8 +1,10 @@
 """The teacher cache: validated reading, crash-safe appends, clear errors; nothing a
 user wrote is dropped or overwritten."""
 
+import errno
 import json
 import logging
+import os
 
 import pytest
 
@@ -178,3 +180,26 @@ def test_a_surrogate_in_a_new_record_is_refused_and_nothing_is_written(tmp_path)
 def test_writer_on_a_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"is not a regular file \(a directory\?\)"):
         cache.CacheWriter(tmp_path)
+
+
+def test_a_failed_append_names_the_cache(tmp_path):
+    """A write on a full disk raises an error naming no file; the binary's one line needs it."""
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    writer = cache.CacheWriter(tmp_path / "cache.jsonl")
+    real = writer._file
+    writer._file = FullDisk(real)
+    with pytest.raises(OSError) as e:
+        writer.write(cache.CacheRecord(id="a", input="x"))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "cache.jsonl")
+    writer._file = real
+    writer.close()

@@ -165,3 +165,18 @@ def test_compiled_programs_go_to_the_project_cache_unless_jax_is_told_otherwise(
     finally:
         for k, v in before.items():
             jax.config.update(k, v)
+
+
+def test_an_os_error_from_inside_a_gin_configurable_is_one_line(capsys):
+    """gin re-raises it as a proxy without errno or file name (eval's and infer's work
+    runs in one); a full disk there is still the user's one line."""
+    import gin
+
+    @gin.configurable
+    def write_predictions():
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/predictions.jsonl")
+
+    with pytest.raises(SystemExit) as e:
+        cli.guard(write_predictions, "eval")()
+    assert e.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == "eval: error: /out/predictions.jsonl: No space left on device\n"

@@ -1,9 +1,13 @@
 """Atomic writes (dss_jax.files): the old file or the new one, never a part, and no
-temporary file left behind."""
+temporary file left behind; a failed write names its file."""
+
+import errno
+import os
+import pathlib
 
 import pytest
 
-from dss_jax import files
+from dss_jax import cli, files
 
 
 def test_atomic_write_replaces_text_and_bytes(tmp_path):
@@ -53,3 +57,17 @@ def test_read_json_object_names_the_file(tmp_path, text, message):
         files.read_json_object(tmp_path / "x.json", SettingsError, "the settings")
     (tmp_path / "x.json").write_text('{"a": 1}')
     assert files.read_json_object(tmp_path / "x.json", SettingsError) == {"a": 1}
+
+
+def test_a_write_that_fails_anyway_names_its_file_in_one_line(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "predictions.jsonl"
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write on a full disk: no file name
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(SystemExit) as e:
+        cli.guard(lambda: files.atomic_write(target, "rows"), "eval")()
+    assert e.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"eval: error: {target}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

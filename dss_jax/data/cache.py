@@ -32,6 +32,7 @@ import os
 import time
 from typing import Any, Iterable, Iterator, Optional
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.data import jsonl
 
@@ -322,11 +323,12 @@ class CacheWriter:
                 f"{where} {record.id!r}: {jsonl.find_lone_surrogate(obj)} holds an unpaired "
                 "UTF-16 surrogate, which cannot be written as UTF-8; nothing written"
             ) from None
-        self._file.seek(0, os.SEEK_END)
-        self._file.write(line)
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        with files.naming_the_file(self.path):  # a full disk: one line naming the cache
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(line)
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
         self.ids.add(record.id)
 
     def write_all(self, records: Iterable[CacheRecord | dict]) -> int:
@@ -338,13 +340,15 @@ class CacheWriter:
 
     def sync(self) -> None:
         """Forces written records to disk (for writers opened with fsync=False)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with files.naming_the_file(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
+            with files.naming_the_file(self.path):
+                self._file.close()
 
     def __enter__(self) -> "CacheWriter":
         return self
