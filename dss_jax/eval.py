@@ -11,9 +11,15 @@ dir, imported on the fly) or a training run's MODEL_DIR, evaluated at
 select), `"'all'"` or `[1000, 2000]`; each step's outputs then go to
 EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl (id, input, target, prediction,
 rationale when asked, teacher_label when known, correct), metrics.json, and TensorBoard
-scalars + metrics.jsonl and config.gin in EVAL_OUTPUT_DIR; a short table is printed. Beam search:
-`--gin.DecodeSettings.method="'beam'"`; the student's rationales:
+scalars + metrics.jsonl and config.gin in EVAL_OUTPUT_DIR; a short table is printed.
+Beam search: `--gin.DecodeSettings.method="'beam'"`; the student's rationales:
 `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
+
+EVAL_OUTPUT_DIR is checked before any decoding (dss_jax/output_paths.py): it may not be
+a run, a checkpoint or in their files (a new directory such as MODEL_DIR/eval is fine),
+and a step it already holds a result of (predictions.jsonl, metrics.json, a record in
+metrics.jsonl) is evaluated again only with `--gin.OVERWRITE=True`, which replaces that
+step's outputs and keeps one metrics record per step.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, configurables, files, gin_utils
+from dss_jax import cli, configurables, files, gin_utils, output_paths
 from dss_jax.data import options as dss_options
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -51,19 +57,23 @@ def evaluate_checkpoints(
     output_rationale: bool = False,
     max_examples: Optional[int] = None,
     dtype: Optional[str] = None,
+    overwrite: bool = False,
 ) -> dict[Optional[int], dict[str, float]]:
     """Evaluates each chosen checkpoint; returns {step: metrics} (see the module docstring).
 
     dtype: the compute dtype for decoding (None: the checkpoint's own).
+    overwrite: evaluate again a step whose result output_dir holds, replacing it.
     """
     from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.metrics_writer import MetricsWriter
-    from dss_jax.scoring import decode_and_score, load_examples, write_outputs
+    from dss_jax.scoring import METRICS_FILE, decode_and_score, load_examples, write_outputs
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
-    dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
+    subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
+    check_output_dir(output_dir, subdirs, checkpoint_path, overwrite)
+    dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     examples = None
     writer = MetricsWriter(output_dir)
     files.atomic_write(os.path.join(output_dir, CONFIG_FILE), gin.config_str())  # how these outputs were made
@@ -84,14 +94,52 @@ def evaluate_checkpoints(
                 progress=True,
                 output_rationale=output_rationale,
             )
-            target_dir = os.path.join(output_dir, f"step_{step}") if per_step_dirs else output_dir
+            target_dir = os.path.join(output_dir, subdirs[step])
+            old_result = os.path.join(target_dir, METRICS_FILE)
+            if overwrite and os.path.exists(old_result):  # from here on the step reads as unfinished
+                os.unlink(old_result)
             write_outputs(result, target_dir, step=step, info={"task": task_name, "split": split, "checkpoint": path})
-            writer.write(step or 0, result.metrics, prefix=f"{split}/")
+            writer.write(step or 0, result.metrics, prefix=f"{split}/", replace=overwrite)
             results[step] = result.metrics
             logging.info("step %s: %s -> %s", step, result.metrics, target_dir)
     finally:
         writer.close()
     return results
+
+
+def check_output_dir(
+    output_dir: str, subdirs: Mapping[Optional[int], str], checkpoint_path: str, overwrite: bool
+) -> None:
+    """The refusals of output_paths for EVAL_OUTPUT_DIR, before any checkpoint is read:
+    `subdirs` maps each step to evaluate to where its outputs go in it ("" or step_<N>);
+    a step already evaluated there is an earlier result unless `overwrite`."""
+    from dss_jax.metrics_writer import read_records
+    from dss_jax.scoring import METRICS_FILE, PREDICTIONS_FILE
+
+    results = [os.path.join(d, name) for d in subdirs.values() for name in (PREDICTIONS_FILE, METRICS_FILE)]
+    setting = "--gin.OVERWRITE=True"
+    output_paths.check_outputs(
+        [
+            output_paths.Output(
+                "EVAL_OUTPUT_DIR", output_dir, directory=True, files=[METRICS_JSONL, *results], results=results
+            )
+        ],
+        inputs={"CHECKPOINT_PATH": checkpoint_path},
+        overwrite=overwrite,
+        overwrite_setting=setting,
+    )
+    if overwrite:
+        return
+    log = os.path.join(output_dir, METRICS_JSONL)
+    recorded = {r["step"] for r in read_records(log)}
+    for step in subdirs:
+        if (step or 0) in recorded:
+            raise output_paths.already_holds(
+                f"EVAL_OUTPUT_DIR={output_dir}", f"the metrics of step {step or 0} in {log}", setting
+            )
+
+
+METRICS_JSONL = "metrics.jsonl"  # EVAL_OUTPUT_DIR/metrics.jsonl: a record per evaluated step (MetricsWriter)
 
 
 def main(argv):

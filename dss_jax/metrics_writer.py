@@ -8,6 +8,10 @@ the records of steps after S (a new file renamed over the old one, so a crash le
 or the other whole), and opens a new TensorBoard events file that starts with a purge
 at step S+1 (TensorBoard's file_version 2 / SessionLog.START semantics: the reader drops
 the earlier files' events at and after that step). Every step then has one value.
+An evaluation written again over an earlier one (eval with OVERWRITE) replaces the
+step's record: `write(..., replace=True)` rewrites `metrics.jsonl` without the old one
+and the writer's events file as a purge of every earlier value followed by each record
+of `metrics.jsonl`. A write that fails (a full disk) names its file.
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(log_dir, exist_ok=True)
-            path = os.path.join(log_dir, jsonl_name)
+            path = self.jsonl_path = os.path.join(log_dir, jsonl_name)
             if resume_step is not None and os.path.exists(path):
                 drop_records_after(path, resume_step)
-            self._jsonl = open(path, "a", encoding="utf-8")
+            with files.naming_the_file(path):
+                self._jsonl = open(path, "a", encoding="utf-8")
             if tensorboard:
                 # Each writer opens a new events file; after an earlier attempt's files, it
                 # starts with a purge of the steps this run recomputes.
@@ -59,14 +64,26 @@ class MetricsWriter:
                 purge_step = resume_step + 1 if resume_step is not None and earlier else None
                 self._tb = EventsFile(log_dir, purge_step=purge_step)
 
-    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
+    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "", *, replace: bool = False) -> None:
+        """Appends the record of `step`; `replace`: the step's earlier records are dropped
+        first, from metrics.jsonl and from what TensorBoard shows."""
         if not self.enabled:
             return
         clean = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
         record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
+        replaced = replace and drop_records_of(self.jsonl_path, int(step))
+        if replaced:  # the file was replaced: append to the new one
+            self._jsonl.close()
+            with files.naming_the_file(self.jsonl_path):
+                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        with files.naming_the_file(self.jsonl_path):
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tb is None:
+            return
+        if replaced:
+            self._tb = self._tb.rewritten(read_records(self.jsonl_path))
+        else:
             self._tb.write_scalars(int(step), clean)
 
     def close(self) -> None:
@@ -82,14 +99,15 @@ class EventsFile:
     framing and protos (no TensorFlow, no torch: tensorboardX imports torch when it is
     installed, 3 s of every run's start-up). Each write is flushed."""
 
-    def __init__(self, log_dir: str, purge_step: Optional[int] = None):
+    def __init__(self, log_dir: str, purge_step: Optional[int] = None, *, path: Optional[str] = None):
         from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event_pb2 = event_pb2
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_IDS)}"
-        self.path = os.path.join(log_dir, name)
-        self._records = RecordWriter(open(self.path, "wb"))
+        self.path = path or os.path.join(log_dir, name)
+        with files.naming_the_file(self.path):
+            self._records = RecordWriter(open(self.path, "wb"))
         self._add(event_pb2.Event(file_version="brain.Event:2"), step=purge_step)
         if purge_step is not None:
             # TensorBoard drops the earlier files' events at and after a START session log.
@@ -102,14 +120,29 @@ class EventsFile:
         event.wall_time = time.time()
         if step is not None:
             event.step = step
-        self._records.write(event.SerializeToString())
+        with files.naming_the_file(self.path):
+            self._records.write(event.SerializeToString())
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         from tensorboard.compat.proto import summary_pb2
 
         values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
         self._add(self._event_pb2.Event(summary=summary_pb2.Summary(value=values)), step=step)
-        self._records.flush()
+        with files.naming_the_file(self.path):
+            self._records.flush()
+
+    def rewritten(self, records: list[dict]) -> "EventsFile":
+        """This file replaced (atomically, under its name) by one that purges every earlier
+        value (a START at step 0) and holds `records` (metrics.jsonl's), open for more. The
+        file is this writer's own, newer than every earlier one in the directory."""
+        self.close()
+        log_dir = os.path.dirname(self.path)
+        with files.atomic_output(self.path) as tmp:
+            new = EventsFile(log_dir, purge_step=0, path=str(tmp))
+            new.path = self.path  # later writes are named by the final path
+            for r in records:
+                new.write_scalars(r["step"], {k: float(v) for k, v in r.items() if k != "step"})
+        return new
 
     def close(self) -> None:
         self._records.close()
@@ -131,6 +164,20 @@ def drop_records_after(path: str, step: int) -> int:
     files.atomic_write(path, "".join(kept), fsync=True)
     logging.info("%s: dropped %d record(s) after step %d, superseded by the resumed run", path, dropped, step)
     return dropped
+
+
+def drop_records_of(path: str, step: int) -> int:
+    """Rewrites a metrics.jsonl without the records of `step` (a new file renamed into
+    place); returns how many were dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _record_step(line) != step]
+    if len(kept) == len(lines):
+        return 0
+    files.atomic_write(path, "".join(kept), fsync=True)
+    return len(lines) - len(kept)
 
 
 def read_records(path: str) -> list[dict]:

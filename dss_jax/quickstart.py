@@ -14,7 +14,8 @@ r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthe
    logs, checkpoints and predictions are.
 
 The binaries run as subprocesses, exactly as a user would run them. Running it again
-resumes the training run (or skips it when finished) and re-evaluates.
+resumes the training run (or skips it when finished) and re-evaluates, replacing the
+earlier evaluation (eval's --gin.OVERWRITE=True).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def main(argv):
             f"--gin.CHECKPOINT_PATH='{model_dir}'",
             f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
             "--gin.SPLIT='test'",
+            "--gin.OVERWRITE=True",  # a second quickstart re-evaluates
             *common,
         ],
         os.path.join(out, "eval.log"),

@@ -12,7 +12,9 @@ scores each run's checkpoint that validation selects instead of its last, and wi
 token or example budgets adds the reading at equal compute (budgets.csv,
 figure_budgets.png). Resumable: a run whose evaluation
 finished is not run again, and a run that was interrupted continues from its last
-checkpoint. SWEEP_DIR/code.json records the commit of the code that started it;
+checkpoint (its evaluation is run with OVERWRITE = True: the sweep evaluates only the
+steps without a finished result, and replaces what an interrupted one left).
+SWEEP_DIR/code.json records the commit of the code that started it;
 continuing from another commit is refused, since one grid must come from one version of
 the code. `sweep_config.in_process` runs each train and eval in the sweep's own process
 instead of as subprocesses; `sweep_config.report_only` trains nothing and writes the
@@ -219,6 +221,9 @@ def run_commands(run: Run, cfg: dict) -> list[tuple[str, list[str], list[str]]]:
             f"EVAL_OUTPUT_DIR = {os.path.join(run_path(run, cfg), 'eval')!r}",
             f"SPLIT = {cfg['eval_split']!r}",
             "STEPS = 'latest'",
+            # Only steps without a finished result are evaluated: what an interrupted
+            # evaluation left of one is replaced.
+            "OVERWRITE = True",
             *[b for b in common if b.startswith("task_options.label_target")],
             *cfg["eval_bindings"],
         ],

@@ -100,3 +100,145 @@ def test_missing_macros_are_named_before_any_work():
             )
     finally:
         gin.clear_config()
+
+
+# ----- where eval may write: checked before any decoding (output_paths) -----------------------
+
+
+def evaluate(env, checkpoint, out, **kwargs):
+    from dss_jax.eval import evaluate_checkpoints
+
+    settings = dict(task_name=toy.TASK, feature_lengths=toy.LENGTHS, batch_size=4, max_examples=5)
+    return evaluate_checkpoints(checkpoint_path=str(checkpoint), output_dir=str(out), **{**settings, **kwargs})
+
+
+def no_decoding(monkeypatch):
+    """Makes loading a checkpoint fail the test: a refusal must come before it."""
+    from dss_jax import checkpoints
+
+    def load_checkpoint(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the output was checked")
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", load_checkpoint)
+
+
+def one_line(capsys, fn, after_decoding=False) -> str:
+    """The error line of `fn` run as the binary runs its main; before decoding it is all
+    that is printed, after it the progress bar comes first."""
+    from dss_jax import cli
+
+    capsys.readouterr()  # what earlier evaluations printed
+    with pytest.raises(SystemExit) as e:
+        cli.guard(fn, "eval")()
+    assert e.value.code == cli.EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert after_decoding or len(lines) == 1, lines
+    assert lines[-1].startswith("eval: error: ") and "Traceback" not in lines, lines
+    return lines[-1]
+
+
+def tensorboard_values(directory, tag):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tb = event_accumulator.EventAccumulator(str(directory), purge_orphaned_data=True)
+    tb.Reload()
+    return [(e.step, e.value) for e in tb.Scalars(tag)]
+
+
+def test_eval_again_into_the_same_dir_is_refused_and_overwrite_replaces_each_step_whole(
+    env, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "eval"
+    evaluate(env, env.trained.run_dir, out, steps="all")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with monkeypatch.context() as m:
+        no_decoding(m)
+        line = one_line(capsys, lambda: evaluate(env, env.trained.run_dir, out, steps=[60], max_examples=3))
+    assert line == (
+        f"eval: error: EVAL_OUTPUT_DIR={out} already holds a result ({out / 'step_60' / 'predictions.jsonl'}): "
+        "pass --gin.OVERWRITE=True to replace it, or give another path"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # With overwrite: the step's outputs are replaced whole (3 rows, not 5 nor 8), the other
+    # step is kept, and metrics.jsonl and TensorBoard hold one value per step.
+    metrics = evaluate(env, env.trained.run_dir, out, steps=[60], max_examples=3, overwrite=True)
+    rows, summary = read_outputs(out / "step_60")
+    assert len(rows) == 3 and summary["num_examples"] == 3 and summary["step"] == 60
+    assert read_outputs(out / "step_15")[1]["num_examples"] == 5
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [15, 60] and logged[1]["test/num_examples"] == 3
+    assert logged[1]["test/accuracy"] == pytest.approx(metrics[60]["accuracy"])
+    assert tensorboard_values(out, "test/num_examples") == [(15, 5.0), (60, 3.0)]
+    steps, values = zip(*tensorboard_values(out, "test/accuracy"))
+    assert steps == (15, 60) and values == pytest.approx([r["test/accuracy"] for r in logged])
+    # A step's metrics record alone is a result too.
+    (out / "step_60" / "predictions.jsonl").unlink()
+    (out / "step_60" / "metrics.json").unlink()
+    no_decoding(monkeypatch)
+    line = one_line(capsys, lambda: evaluate(env, env.trained.run_dir, out, steps=[60]))
+    assert f"already holds a result (the metrics of step 60 in {out / 'metrics.jsonl'})" in line
+
+
+def test_eval_of_one_checkpoint_again_is_refused_instead_of_replacing_its_predictions(
+    env, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "eval"
+    evaluate(env, env.params_dir, out)
+    rows, _ = read_outputs(out)
+    no_decoding(monkeypatch)
+    line = one_line(capsys, lambda: evaluate(env, env.params_dir, out, max_examples=2))
+    assert "already holds a result" in line and "--gin.OVERWRITE=True" in line
+    assert read_outputs(out)[0] == rows and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+OVER = "--gin.OVERWRITE=True"
+
+
+def test_eval_into_a_run_or_a_checkpoint_is_refused_before_decoding(env, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run = shutil.copytree(env.trained.run_dir, tmp_path / "run")
+    (run / "train").mkdir()
+    (run / "train" / "metrics.jsonl").write_text('{"step": 60, "loss": 0.5}\n')
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with monkeypatch.context() as m:
+        no_decoding(m)
+        for out, expect in [
+            (run / "train", f"lies in {run / 'train'}, part of the training run {run}"),
+            (run, f"is the training run {run}"),
+            (run / "checkpoint_60" / "eval", f"lies in the orbax checkpoint {run / 'checkpoint_60'}"),
+            (env.params_dir, f"is the checkpoint {env.params_dir}"),
+        ]:
+            line = one_line(capsys, lambda out=out: evaluate(env, run, out))
+            assert line == f"eval: error: EVAL_OUTPUT_DIR={out} {expect}: give a path outside it (not even with {OVER})"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    evaluate(env, run, run / "eval", max_examples=2)  # a new directory beside the run's own
+    assert read_outputs(run / "eval" / "step_60")[1]["num_examples"] == 2
+
+
+def test_an_output_eval_cannot_write_is_one_line_before_decoding_or_naming_the_file(env, tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "eval" / "predictions.jsonl").mkdir(parents=True)
+    with monkeypatch.context() as m:
+        no_decoding(m)
+        assert one_line(capsys, lambda: evaluate(env, env.params_dir, a_file)) == (
+            f"eval: error: EVAL_OUTPUT_DIR={a_file} is a file; give a directory"
+        )
+        assert one_line(capsys, lambda: evaluate(env, env.params_dir, tmp_path / "eval")).endswith(
+            f"{tmp_path / 'eval' / 'predictions.jsonl'} is a directory where a file goes"
+        )
+    # A disk that fills up during the evaluation: the write fails naming its file.
+    real_write_text = pathlib.Path.write_text
+
+    def full_disk(self, data, *args, **kwargs):
+        if self.name.startswith(".predictions.jsonl"):
+            raise OSError(28, "No space left on device")
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    out = tmp_path / "full"
+    line = one_line(capsys, lambda: evaluate(env, env.params_dir, out, max_examples=2), after_decoding=True)
+    assert line == f"eval: error: {out / 'predictions.jsonl'}: No space left on device"

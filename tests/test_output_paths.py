@@ -2,6 +2,7 @@
 output of the same command or holds an earlier result is refused before any work, and
 so is one that cannot be written."""
 
+import errno
 import json
 import os
 import pathlib
@@ -179,3 +180,26 @@ def test_outputs_that_cannot_be_written_are_found_before_any_work(tmp_path):
         signal.signal(signal.SIGXFSZ, previous)
     assert str(e.value) == f"INFER_OUTPUT={tmp_path / 'new' / 'out.jsonl'}: cannot write in {tmp_path} (File too large)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "d", "pipe"]  # no probe left behind
+
+
+class FullDisk:
+    """A file object whose writes fail as on a full disk (an OSError naming no file)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_the_metrics_writer_names_its_file_when_a_write_fails(tmp_path):
+    from dss_jax.metrics_writer import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path / "eval"), tensorboard=False)
+    writer._jsonl = FullDisk(writer._jsonl)
+    with pytest.raises(OSError) as e:
+        writer.write(5, {"accuracy": 0.5})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "eval" / "metrics.jsonl")

@@ -1,6 +1,7 @@
 """`make quickstart`: the pretrained student it starts from, and the measured results it
 quotes next to its own run."""
 
+import json
 import pathlib
 import re
 
@@ -8,7 +9,7 @@ import jax
 import pytest
 
 import gin
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_binary
 from dss_jax import checkpoints, configurables, gin_utils, quickstart, sweep
 
 
@@ -78,3 +79,13 @@ def _settings_of(config_gin: str) -> str:
     train binary binds from its INITIAL_CHECKPOINT_PATH at run time."""
     text = re.sub(r"MODEL_DIR = \\?\s*'[^']*'\n", "", config_gin)
     return re.sub(r"# Parameters for task_vocabulary:\n# =+\ntask_vocabulary\.spm_path = \\?\s*'[^']*'\n\n", "", text)
+
+
+def test_running_the_quickstart_again_evaluates_again_in_place(tmp_path):
+    """Its second run skips the finished training and replaces the evaluation (eval refuses
+    to write over an earlier result unless told to), one metrics record per step."""
+    out = tmp_path / "qs"
+    for _ in range(2):
+        run_binary("dss_jax.quickstart", f"--output_dir={out}", "--train_steps=2", timeout=600, check=True)
+    assert [json.loads(line)["step"] for line in (out / "eval" / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert json.loads((out / "eval" / "step_2" / "metrics.json").read_text())["num_examples"] == 300

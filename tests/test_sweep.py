@@ -567,3 +567,12 @@ def test_a_run_is_reused_only_with_the_settings_it_ran_with(tmp_path):
     moved = str(tmp_path / "moved")
     shutil.copytree(cfg["sweep_dir"], moved)
     sweep.check_runs(runs, {**cfg, "sweep_dir": moved})
+
+
+def test_a_runs_evaluation_may_replace_what_an_interrupted_one_left(tmp_path):
+    # The sweep evaluates only the steps without a finished result (results.evaluated_steps):
+    # a step directory an interrupted evaluation left is replaced, not refused.
+    cfg = _cfg(tmp_path)
+    evaluate = sweep.run_commands(sweep.plan(cfg)[0], cfg)[1]
+    assert evaluate[0] == sweep.EVAL and "OVERWRITE = True" in evaluate[2]
+    sweep.check_runs(sweep.plan(cfg), cfg)  # eval's gin files read it
