@@ -14,6 +14,10 @@ is cut, with a warning naming the line; never an error). A malformed line stops 
 run with FILE:LINE and what is wrong. CHECKPOINT_PATH: a checkpoint dir, or a training
 run's MODEL_DIR (its latest checkpoint). The vocabulary is the checkpoint's
 spiece.model, else the task's.
+
+INFER_OUTPUT is checked before the checkpoint is read (dss_jax/output_paths.py): it may
+not be INFER_INPUT, a file of a run or a checkpoint, or an existing non-empty file
+unless `--gin.OVERWRITE=True`, which replaces it whole.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from absl import flags
 
 import gin
-from dss_jax import checkpoints, cli, configurables, files, gin_utils
+from dss_jax import checkpoints, cli, configurables, files, gin_utils, output_paths
 from dss_jax.data import jsonl, parsers
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
@@ -110,12 +114,20 @@ def infer_file(
     decode: Optional[DecodeSettings] = None,
     output_rationale: bool = False,
     dtype: Optional[str] = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Writes the student's labels (and rationales) for every input; returns the rows.
 
     family: the task family when no task is named; only NLI families ("anli1", "esnli")
-    change the input tokenization ("</s>" -> EOS).
+    change the input tokenization ("</s>" -> EOS). overwrite: replace an existing
+    output_path.
     """
+    output_paths.check_outputs(
+        [output_paths.Output("INFER_OUTPUT", output_path)],
+        inputs={"INFER_INPUT": input_path, "CHECKPOINT_PATH": checkpoint_path},
+        overwrite=overwrite,
+        overwrite_setting="--gin.OVERWRITE=True",
+    )
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.prediction import answer, encode_input
 

@@ -1,6 +1,7 @@
 """`python -m dss_jax.infer`: the student on raw JSONL inputs; long inputs are cut with a
 warning per input, malformed lines are reported as FILE:LINE."""
 
+import functools
 import json
 import logging
 import os
@@ -152,3 +153,44 @@ def test_infer_binary_end_to_end(env, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2"] and rows[1]["truncated"] is True
     assert f"{source}:2 (id 'q2')" in proc.stderr and "2 predictions written" in proc.stdout
+    # Again: the earlier output is refused in one line, and replaced with OVERWRITE.
+    out.write_text('{"id": "earlier"}\n')
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=proc_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"infer: error: INFER_OUTPUT={out} already holds a result (18 bytes): pass --gin.OVERWRITE=True to "
+        "replace it, or give another path"
+    ]
+    assert out.read_text() == '{"id": "earlier"}\n'
+    cmd.append("--gin.OVERWRITE=True")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=proc_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+def test_infer_refuses_its_input_a_runs_file_and_an_earlier_output_before_loading(env, tmp_path, monkeypatch):
+    from dss_jax.output_paths import OutputPathError
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "input": "what about a red cup?"}])
+    config = env.trained.run_dir / "config.json"
+    kept = {source: source.read_bytes(), config: config.read_bytes()}
+    run = functools.partial(
+        infer.infer_file, checkpoint_path=str(env.trained.run_dir), input_path=str(source), feature_lengths=toy.LENGTHS
+    )
+    with monkeypatch.context() as m:
+        m.setattr(infer.checkpoints, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+        for output, overwrite, expect in [
+            (source, True, f"INFER_OUTPUT={source} is INFER_INPUT ({source}), which this command reads"),
+            (config, True, f"INFER_OUTPUT={config} would be a file of the training run {env.trained.run_dir}"),
+            (tmp_path, False, f"INFER_OUTPUT={tmp_path} is a directory; give a file path"),
+        ]:
+            with pytest.raises(OutputPathError) as e:
+                run(output_path=str(output), overwrite=overwrite)
+            assert str(e.value).startswith(expect), str(e.value)
+    assert {p: p.read_bytes() for p in kept} == kept
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "earlier"}\n')
+    with pytest.raises(OutputPathError, match=r"already holds a result \(18 bytes\): pass --gin.OVERWRITE=True"):
+        run(output_path=str(out))
+    assert out.read_text() == '{"id": "earlier"}\n'
+    rows = run(output_path=str(out), overwrite=True)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows and rows[0]["id"] == "q1"
