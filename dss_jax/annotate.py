@@ -18,7 +18,10 @@ task's gin file), which is how bootstrapped self-training annotates (docs/bootst
       --output=student_cache.jsonl
 
 Rerunning the same command resumes: finished examples are skipped, failed ones retried.
-See docs/annotate.md.
+See docs/annotate.md. Before any request, --output and --summary_json are checked
+(dss_jax/output_paths.py): neither may be the input, the prompt, the other one, or a file
+of a run or a checkpoint; an existing --summary_json is replaced only with --overwrite
+(the cache in --output is never replaced: a rerun continues it).
 
 Exit status: 0 when every input example is in the cache; 1 when some examples failed
 after all retries (rerun to retry them); 2 for a usage or input error; 3 when the
@@ -34,7 +37,7 @@ import sys
 
 from absl import flags, logging
 
-from dss_jax import cli, gin_utils
+from dss_jax import cli, files, gin_utils, output_paths
 from dss_jax.data.cache import CacheWriter
 from dss_jax.teacher.credentials import header_problem, parse_base_url
 from dss_jax.teacher.examples import InputError, read_examples
@@ -147,6 +150,11 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 flags.DEFINE_string("summary_json", None, "Also write the final summary as JSON to this file.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace an existing --summary_json file. The cache in --output is never replaced: a rerun continues it.",
+)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -322,6 +330,20 @@ def _concurrency(student: bool) -> int:
     return FLAGS.concurrency
 
 
+def _check_outputs() -> None:
+    """The refusals of output_paths for --output and --summary_json."""
+    prompt = FLAGS.prompt if FLAGS.prompt and os.path.exists(FLAGS.prompt) else None
+    outputs = [output_paths.Output("--output", FLAGS.output, appends=True)]
+    if FLAGS.summary_json:
+        outputs.append(output_paths.Output("--summary_json", FLAGS.summary_json))
+    output_paths.check_outputs(
+        outputs,
+        inputs={"--input": FLAGS.input, "--prompt": prompt, "--checkpoint": FLAGS.checkpoint},
+        overwrite=FLAGS.overwrite,
+        overwrite_setting="--overwrite",
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         _usage_error(f"unexpected arguments {argv[1:]}; every option is a --flag")
@@ -334,9 +356,6 @@ def main(argv):
         _usage_error("--split goes with --task")
     if not FLAGS.output:
         _usage_error("--output is required")
-    for name in ("output", "summary_json"):  # before any request, not when the results are in
-        if FLAGS[name].value and os.path.isdir(FLAGS[name].value):
-            _usage_error(f"--{name}={FLAGS[name].value} is a directory; give a file path")
     if student:
         if not FLAGS.checkpoint:
             _usage_error("--backend=student needs --checkpoint (a checkpoint dir or a training run's MODEL_DIR)")
@@ -356,6 +375,7 @@ def main(argv):
     except ValueError as e:
         _usage_error(f"--dataset_family: {e}")
 
+    _check_outputs()  # before any request or checkpoint read, not when the results are in
     try:
         if student:
             from dss_jax.teacher.student_backend import STUDENT_TEMPLATE as template
@@ -429,8 +449,7 @@ def main(argv):
             backend.close()
     print(summary.format(), file=sys.stderr)
     if FLAGS.summary_json:
-        with open(FLAGS.summary_json, "w", encoding="utf-8") as f:
-            json.dump(summary.to_json(), f, indent=2)
+        files.atomic_write(FLAGS.summary_json, json.dumps(summary.to_json(), indent=2))
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if summary.fatal_error:

@@ -4,6 +4,7 @@ request, and a reply that is not quite text is stored, not fatal."""
 
 import functools
 import json
+import pathlib
 import subprocess
 import sys
 import time
@@ -137,3 +138,45 @@ def test_a_reply_with_an_unpaired_surrogate_is_stored_replaced_and_counted(tmp_p
     assert [s.completion[0] for s in samples] == ["\ufffd", "\ufffd"]
     assert all(s.label == "(4 + 12)" for s in samples)  # parsed after the replacement
     assert summary.to_json()["replaced_code_points"] == 2
+
+
+def test_an_output_that_is_an_input_the_other_output_or_a_runs_file_is_refused_before_any_request(tmp_path):
+    inputs, cache = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    ts.write_inputs(inputs, 3)
+    prompt = pathlib.Path(ts.write_prompt(tmp_path / "prompt.txt"))
+    with ScriptedOpenAIServer(ts.teacher) as server:
+        assert annotate(server.base_url, inputs, cache, prompt).returncode == 0
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"d_model": 8}))
+        kept = {p: p.read_bytes() for p in (inputs, cache, prompt, run / "config.json")}
+        for output, extra, expected in [
+            (inputs, (), f"--output={inputs} is --input ({inputs}), which this command reads"),
+            (prompt, (), f"--output={prompt} is --prompt ({prompt}), which this command reads"),
+            (cache, (f"--summary_json={cache}", "--overwrite"), f"--summary_json={cache} is also --output"),
+            (run / "config.json", (), f"--output={run / 'config.json'} would be a file of the checkpoint {run}"),
+            (tmp_path / "c2.jsonl", (f"--summary_json={inputs}", "--overwrite"), f"--summary_json={inputs} is --input"),
+        ]:
+            log = len(server.log)
+            proc = annotate(server.base_url, inputs, output, prompt, *extra)
+            assert len(server.log) == log  # nothing was paid for
+            assert_one_line_error(proc, expected)
+    assert {p: p.read_bytes() for p in kept} == kept and not (tmp_path / "c2.jsonl").exists()
+
+
+def test_an_earlier_summary_is_replaced_only_with_overwrite(tmp_path):
+    inputs, cache, summary = tmp_path / "in.jsonl", tmp_path / "cache.jsonl", tmp_path / "summary.json"
+    ts.write_inputs(inputs, 3)
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    with ScriptedOpenAIServer(ts.teacher) as server:
+        assert annotate(server.base_url, inputs, cache, prompt, f"--summary_json={summary}").returncode == 0
+        first = summary.read_text()
+        assert json.loads(first)["written"] == 3
+        ts.write_inputs(inputs, 5)  # two more examples: a rerun would write them
+        proc = annotate(server.base_url, inputs, cache, prompt, f"--summary_json={summary}")
+        assert_one_line_error(proc, f"--summary_json={summary} already holds a result", "pass --overwrite")
+        assert summary.read_text() == first and len(read_cache(cache)) == 3 and len(server.log) == 3
+        proc = annotate(server.base_url, inputs, cache, prompt, f"--summary_json={summary}", "--overwrite")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads(summary.read_text())
+    assert second["written"] == 2 and second["skipped"] == 3 and len(read_cache(cache)) == 5
