@@ -10,12 +10,13 @@ trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on d
 Every tensor is checked against DIR/config.json (names, shapes, dtypes) and every file
 against its format before anything is written; CKPT_DIR is written beside itself and
 renamed into place. A non-empty CKPT_DIR is refused unless --overwrite (which replaces an
-earlier convert output whole), and one holding a training run or checkpoint always.
+earlier convert output whole), and one that is, holds or lies in a training run or a
+checkpoint (DIR included) always (dss_jax/output_paths.py).
 """
 
 from absl import app, flags, logging
 
-from dss_jax import cli
+from dss_jax import cli, output_paths
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face T5 checkpoint directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
@@ -31,6 +32,12 @@ def main(argv):
     from dss_jax.model import hf_convert
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
+    output_paths.check_outputs(
+        [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
+        inputs={"--hf_dir": _HF_DIR.value},
+        overwrite=_OVERWRITE.value,
+        overwrite_setting="--overwrite",
+    )
     checkpoints.check_output_dir(
         _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint"
     )

@@ -13,14 +13,16 @@ untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
 `tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`).
 
 HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
-(an earlier export) whole. A directory holding a training run or a checkpoint is refused
-even then, since config.json and spiece.model would replace the run's. HF_DIR is written
-beside itself and renamed into place, so a crash leaves no half-exported model.
+(an earlier export) whole. A directory that is, holds or lies in a training run or a
+checkpoint (MODEL_DIR/hf, a new directory beside the run's own, is fine), or holds
+--vocab, is refused even then (dss_jax/output_paths.py), since config.json and
+spiece.model would replace the run's. HF_DIR is written beside itself and renamed into
+place, so a crash leaves no half-exported model.
 """
 
 from absl import app, flags, logging
 
-from dss_jax import cli
+from dss_jax import cli, output_paths
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
@@ -46,6 +48,12 @@ def main(argv):
     from dss_jax.model import hf_convert
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
+    output_paths.check_outputs(
+        [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
+        inputs={"--checkpoint": _CHECKPOINT.value, "--vocab": _VOCAB.value},
+        overwrite=_OVERWRITE.value,
+        overwrite_setting="--overwrite",
+    )
     checkpoints.check_output_dir(
         _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=hf_convert.HF_DIR_FILES, what="a Hugging Face model"
     )

@@ -309,7 +309,9 @@ def test_export_binary_refuses_a_run_dir_even_with_overwrite(tmp_path, params):
         "dss_jax.export", f"--checkpoint={model_dir / 'checkpoint_5'}", f"--output={model_dir}", "--overwrite"
     )
     last = _assert_one_line_error(result, "export")
-    assert str(model_dir) in last and "checkpoint_5/" in last
+    assert last == f"export: error: --output={model_dir} is the training run {model_dir}: give a path outside it " + (
+        "(not even with --overwrite)"
+    )
     assert _snapshot(model_dir) == before
     assert sorted(os.listdir(tmp_path)) == ["run"]
     # ...and the run still loads, so it can still be exported and evaluated.
@@ -346,6 +348,40 @@ def test_export_output_directory_rules(tmp_path, params):
         hf_convert.export_hf_checkpoint(params, CONFIG, ckpt / "params", overwrite=True)
     assert _snapshot(ckpt) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_export_and_convert_refuse_a_checkpoint_step_or_an_input_as_output_even_with_overwrite(
+    tmp_path, params, hf_dir
+):
+    model_dir = _fake_run(tmp_path, params)
+    before = _snapshot(model_dir)
+    inside = model_dir / "checkpoint_5" / "hf"
+    last = _assert_one_line_error(
+        _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={inside}", "--overwrite"), "export"
+    )
+    assert f"--output={inside} lies in {model_dir / 'checkpoint_5'}, part of the training run {model_dir}" in last
+    assert _snapshot(model_dir) == before
+    # The vocabulary to ship, inside the directory that would be replaced whole.
+    out = hf_convert.export_hf_checkpoint(params, CONFIG, tmp_path / "hf", model_dir / "spiece.model")
+    exported = _snapshot(out)
+    last = _assert_one_line_error(
+        _run(
+            "dss_jax.export",
+            f"--checkpoint={model_dir}",
+            f"--output={out}",
+            f"--vocab={out / 'spiece.model'}",
+            "--overwrite",
+        ),
+        "export",
+    )
+    assert f"--output={out} holds --vocab ({out / 'spiece.model'}), which this command reads" in last
+    assert _snapshot(out) == exported
+    source = _copy(hf_dir, tmp_path / "source")
+    last = _assert_one_line_error(
+        _run("dss_jax.convert", f"--hf_dir={source}", f"--output={source}", "--overwrite"), "convert"
+    )
+    assert f"--output={source} is --hf_dir ({source}), which this command reads (not even with --overwrite)" in last
+    assert _snapshot(source) == _snapshot(hf_dir)
 
 
 def test_export_is_atomic_when_it_fails_half_way(tmp_path, params, monkeypatch):
