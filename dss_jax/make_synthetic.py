@@ -7,14 +7,16 @@ prints the files (train, validation, test, and unlabeled with --unlabeled_size, 
 per split the teacher report (`teacher_accuracy=` ..., as dss_jax.data.report computes it
 for any cache), and the accuracies of trivial baselines that a student must beat. Every
 setting of `SyntheticConfig` is a flag; files that exist for the same settings are kept
-(they would be byte-identical) unless --force.
+(they would be byte-identical) unless --force. The directory is checked before anything
+is generated (dss_jax/output_paths.py): it may not lie in a run or a checkpoint, and must
+be writable.
 """
 
 import dataclasses
 
 from absl import app, flags
 
-from dss_jax import cli
+from dss_jax import cli, output_paths
 from dss_jax.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -50,6 +52,11 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     cache_dir = synthetic.synthetic_cache_dir(FLAGS.cache_dir)
+    output_paths.check_outputs(
+        [output_paths.Output("--cache_dir", synthetic.dataset_dir(config, cache_dir), directory=True)],
+        overwrite=FLAGS.force,
+        overwrite_setting="--force",
+    )
     paths = synthetic.write_dataset(config, cache_dir) if FLAGS.force else synthetic.ensure_dataset(config, cache_dir)
     for line in synthetic.describe(paths):
         print(line)

@@ -99,7 +99,7 @@ def test_command_line(dss_palm_dir, tmp_path):
     assert len(records) == 200 and records[5].position == 5 and records[5].id == "svamp/test/5"
     # A second run refuses to overwrite silently.
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert again.returncode != 0 and "already exists" in again.stderr
+    assert again.returncode != 0 and "already holds a result" in again.stderr and "--overwrite" in again.stderr
 
 
 def _fake_layout(root, dataset="svamp", n=3, chunk_lengths=(3,)):
@@ -153,6 +153,35 @@ def test_missing_dir_file_and_bad_line_are_named(tmp_path):
         dss_paper.import_split(tmp_path, "svamp", "test")
     with pytest.raises(ValueError, match=r"unknown dataset 'gsm8k'; known datasets: svamp, cqa, esnli, anli1"):
         dss_paper.import_split(tmp_path, "gsm8k", "test")
+
+
+def test_the_output_is_checked_before_any_file_is_read(tmp_path):
+    """A released file as --output is refused even with --overwrite; an earlier cache
+    without it, before a file is read (here, a --dss_dir that does not exist)."""
+    _fake_layout(tmp_path, n=2, chunk_lengths=(2,))
+    released = [tmp_path / "svamp" / "svamp_train.json", tmp_path / "svamp" / "llm" / "train_CoT_0.json"]
+    kept = {p: p.read_bytes() for p in released}
+
+    def run(dss_dir, output, *extra):
+        cmd = [sys.executable, "-m", "dss_jax.import_dss", f"--dss_dir={dss_dir}", "--dataset=svamp"]
+        cmd += ["--split=train", f"--output={output}", *extra]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        return proc.stderr.strip()
+
+    for output in released:
+        line = run(tmp_path, output, "--overwrite")
+        assert (
+            line.startswith(f"import_dss: error: --output={output} is --dss_dir")
+            and "not even with --overwrite" in line
+        )
+    assert {p: p.read_bytes() for p in released} == kept
+    earlier = tmp_path / "cache.jsonl"
+    earlier.write_text('{"id": "a", "input": "x"}\n')
+    assert run(tmp_path / "nowhere", earlier) == (
+        f"import_dss: error: --output={earlier} already holds a result (26 bytes): pass --overwrite to replace it, "
+        "or give another path"
+    )
 
 
 def test_split_off_matches_hugging_face_train_test_split():

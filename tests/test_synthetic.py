@@ -264,3 +264,14 @@ def test_an_unlabeled_pool_changes_nothing_else(tmp_path):
     assert SyntheticConfig().fingerprint() == DEFAULT_FINGERPRINT
     with pytest.raises(ValueError, match="unlabeled_size must be at least 0"):
         SyntheticConfig(unlabeled_size=-1)
+
+
+def test_make_synthetic_writes_nowhere_in_a_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    (run / "task.json").write_text(json.dumps({"task": "dss_synthetic", "options": {}}))
+    cmd = [sys.executable, "-m", "dss_jax.make_synthetic", f"--cache_dir={run / 'train'}", "--train_size=10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"lies in {run / 'train'}, part of the training run {run}" in proc.stderr and "--force" in proc.stderr
+    assert list((run / "train").iterdir()) == []
