@@ -13,8 +13,10 @@ token or example budgets adds the reading at equal compute (budgets.csv,
 figure_budgets.png). Resumable: a run whose evaluation
 finished is not run again, and a run that was interrupted continues from its last
 checkpoint (its evaluation is run with OVERWRITE = True: the sweep evaluates only the
-steps without a finished result, and replaces what an interrupted one left).
-SWEEP_DIR/code.json records the commit of the code that started it;
+steps without a finished result, and replaces what an interrupted one left). Before
+anything is written, SWEEP_DIR is checked (dss_jax/output_paths.py): it may not lie in a
+run or a checkpoint, nor would its results.csv, results.md, ... replace one of the gin
+files it reads. SWEEP_DIR/code.json records the commit of the code that started it;
 continuing from another commit is refused, since one grid must come from one version of
 the code. `sweep_config.in_process` runs each train and eval in the sweep's own process
 instead of as subprocesses; `sweep_config.report_only` trains nothing and writes the
@@ -59,7 +61,7 @@ from typing import Optional, Sequence, Union
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, gin_utils, results
+from dss_jax import cli, gin_utils, output_paths, results
 
 FLAGS = flags.FLAGS
 
@@ -570,6 +572,7 @@ def main(argv):
             "sweep_config.timeout_per_run needs subprocesses: unset it or sweep_config.in_process"
         )
     runs = plan(cfg)
+    check_sweep_dir(cfg, FLAGS.gin_file, FLAGS.gin_search_paths)
     if cfg["report_only"]:
         outcomes = finished(runs, cfg)
         if len(outcomes) < len(runs):
@@ -579,6 +582,27 @@ def main(argv):
         check_code(cfg)
         outcomes = run_all(runs, cfg, FLAGS.gin_search_paths)
     report(runs, outcomes, cfg)
+
+
+# What the sweep itself writes in SWEEP_DIR (the runs go to runs/ and pretrain/).
+SWEEP_FILES = (CODE_FILE, "results.csv", "results.md", "figure.png", "budgets.csv", "figure_budgets.png")
+
+
+def check_sweep_dir(cfg: dict, gin_files: Sequence[str], search_paths: Sequence[str]) -> None:
+    """The refusals of output_paths for SWEEP_DIR (in a run or a checkpoint, such as a
+    checkpoint the grid starts from; its files replacing a gin file the sweep or its runs
+    read). An existing SWEEP_DIR is continued (see `check_code`)."""
+    dirs = [os.path.abspath(p) for p in [*search_paths, gin_utils.REPO_GIN_DIR]]
+    names = [*gin_files, cfg["task_gin"], *cfg.get("extra_gin_files", ()), *cfg.get("pretrain_gin_files", ())]
+    inputs = {}
+    for name in names:
+        try:
+            inputs[f"gin file {name}"] = gin_utils.resolve_gin_file(name, dirs)
+        except gin_utils.GinConfigError:
+            pass  # named by check_runs
+    output_paths.check_outputs(
+        [output_paths.Output("SWEEP_DIR", cfg["sweep_dir"], directory=True, files=SWEEP_FILES)], inputs=inputs
+    )
 
 
 def report(runs: list[Run], outcomes: dict[str, dict], cfg: dict) -> None:

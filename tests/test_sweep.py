@@ -12,7 +12,7 @@ import pytest
 
 import gin
 from conftest import REPO_ROOT
-from dss_jax import cli, gin_utils, results, sweep
+from dss_jax import cli, gin_utils, output_paths, results, sweep
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
 from dss_jax.data.cache import CacheRecord, TeacherSample
@@ -567,6 +567,34 @@ def test_a_run_is_reused_only_with_the_settings_it_ran_with(tmp_path):
     moved = str(tmp_path / "moved")
     shutil.copytree(cfg["sweep_dir"], moved)
     sweep.check_runs(runs, {**cfg, "sweep_dir": moved})
+
+
+def test_the_sweep_dir_is_checked_against_runs_checkpoints_and_gin_files(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "train").mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps({"d_model": 8}))
+    for sweep_dir, how in [(ckpt, "is the checkpoint"), (ckpt / "train", "lies in .*, part of the checkpoint")]:
+        cfg = _cfg(tmp_path, sweep_dir=str(sweep_dir), initial_checkpoints={"tiny": str(ckpt)})
+        with pytest.raises(output_paths.OutputPathError, match=f"SWEEP_DIR={sweep_dir} {how}"):
+            sweep.check_sweep_dir(cfg, ["sweeps/data_size.gin"], ["."])
+    # A gin file the sweep reads, where it would write its results.
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.md").write_text("include 'sweeps/data_size.gin'\n")
+    with pytest.raises(output_paths.OutputPathError, match=r"would write .*results.md, which is gin file results.md"):
+        sweep.check_sweep_dir(_cfg(tmp_path), ["results.md"], [str(tmp_path / "sweep")])
+    sweep.check_sweep_dir(_cfg(tmp_path), ["sweeps/data_size.gin"], ["."])
+    # The binary checks it before anything is written.
+    proc = subprocess.run(
+        [sys.executable, "-m", "dss_jax.sweep", "--gin_file=sweeps/data_size.gin", f"--gin.SWEEP_DIR='{ckpt}'"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"sweep: error: SWEEP_DIR={ckpt} is the checkpoint {ckpt}: give a path outside it"
+    ]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "train"]
 
 
 def test_a_runs_evaluation_may_replace_what_an_interrupted_one_left(tmp_path):
