@@ -24,6 +24,7 @@ step's outputs and keeps one metrics record per step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
@@ -41,6 +42,7 @@ gin_utils.define_gin_flags()
 
 CONFIG_FILE = "config.gin"  # EVAL_OUTPUT_DIR/config.gin: every gin setting of the evaluation
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+METRICS_JSONL = "metrics.jsonl"  # EVAL_OUTPUT_DIR/metrics.jsonl: a record per evaluated step (MetricsWriter)
 
 
 @gin.configurable
@@ -64,6 +66,8 @@ def evaluate_checkpoints(
     dtype: the compute dtype for decoding (None: the checkpoint's own).
     overwrite: evaluate again a step whose result output_dir holds, replacing it.
     """
+    import jax
+
     from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.metrics_writer import MetricsWriter
@@ -72,7 +76,7 @@ def evaluate_checkpoints(
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
-    check_output_dir(output_dir, subdirs, checkpoint_path, overwrite)
+    check_eval_outputs(output_dir, subdirs, checkpoint_path, overwrite)
     dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
     examples = None
     writer = MetricsWriter(output_dir)
@@ -95,9 +99,9 @@ def evaluate_checkpoints(
                 output_rationale=output_rationale,
             )
             target_dir = os.path.join(output_dir, subdirs[step])
-            old_result = os.path.join(target_dir, METRICS_FILE)
-            if overwrite and os.path.exists(old_result):  # from here on the step reads as unfinished
-                os.unlink(old_result)
+            if overwrite and jax.process_index() == 0:  # from here on the step reads as unfinished
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(target_dir, METRICS_FILE))
             write_outputs(result, target_dir, step=step, info={"task": task_name, "split": split, "checkpoint": path})
             writer.write(step or 0, result.metrics, prefix=f"{split}/", replace=overwrite)
             results[step] = result.metrics
@@ -107,7 +111,7 @@ def evaluate_checkpoints(
     return results
 
 
-def check_output_dir(
+def check_eval_outputs(
     output_dir: str, subdirs: Mapping[Optional[int], str], checkpoint_path: str, overwrite: bool
 ) -> None:
     """The refusals of output_paths for EVAL_OUTPUT_DIR, before any checkpoint is read:
@@ -137,9 +141,6 @@ def check_output_dir(
             raise output_paths.already_holds(
                 f"EVAL_OUTPUT_DIR={output_dir}", f"the metrics of step {step or 0} in {log}", setting
             )
-
-
-METRICS_JSONL = "metrics.jsonl"  # EVAL_OUTPUT_DIR/metrics.jsonl: a record per evaluated step (MetricsWriter)
 
 
 def main(argv):
