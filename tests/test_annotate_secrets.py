@@ -82,7 +82,8 @@ def test_a_key_files_final_line_end_and_bom_are_dropped(tmp_path):
         proc = annotate(tmp_path, server.base_url, f"--api_key_file={key_file}")
         assert {r.authorization for r in server.log} == {"Bearer sk-from-a-file-0123"}
     assert proc.returncode == 0, proc.stderr[-3000:]
-    both = annotate(tmp_path, "http://127.0.0.1:9/v1", f"--api_key_file={key_file}", "--api_key_env=MY_KEY")
+    (tmp_path / "again").mkdir()  # not over the first run's outputs, which need --overwrite
+    both = annotate(tmp_path / "again", "http://127.0.0.1:9/v1", f"--api_key_file={key_file}", "--api_key_env=MY_KEY")
     assert_one_line_error(both, "give one of --api_key_env and --api_key_file")
 
 
