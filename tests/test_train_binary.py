@@ -125,10 +125,14 @@ def test_run_writes_metrics_checkpoints_and_learns(uninterrupted):
     assert 0.3 < m[-1]["padding_efficiency"] <= 1.0
     for name in ("config.json", "config.gin", "spiece.model", "task.json"):
         assert (uninterrupted / name).exists()
-    # The model config is stored once, in config.json: each step keeps only where it was.
+    # The model config is stored once, in config.json: each step keeps where it was, what it
+    # trained on so far and the settings that change what is trained.
     for step_dir in uninterrupted.glob("checkpoint_*"):
         metadata = json.loads((step_dir / "metadata" / "metadata").read_text())
-        assert metadata == {"step": int(step_dir.name.split("_")[1]), "input_position": metadata["step"]}
+        assert sorted(metadata) == ["examples_seen", "input_position", "real_tokens_seen", "settings", "step"]
+        assert metadata["step"] == int(step_dir.name.split("_")[1]) == metadata["input_position"]
+        assert metadata["examples_seen"] > 0 and metadata["real_tokens_seen"] > 0
+        assert "d_model" not in json.dumps(metadata["settings"])
     assert any(p.startswith("events.out.tfevents") for p in os.listdir(uninterrupted / "train"))
 
 
