@@ -73,6 +73,10 @@ def read_inputs(path: str) -> list[RawInput]:
             )
         if not isinstance(obj.get("input"), str):
             raise InputFormatError(f"{where}: missing or non-string field 'input'")
+        if not obj["input"].strip():
+            raise InputFormatError(
+                f"{where}: field 'input' is empty: there is nothing to answer; fill it in or drop the line"
+            )
         example_id = obj.get("id", str(lineno))
         if isinstance(example_id, bool) or not isinstance(example_id, (str, int)):
             raise InputFormatError(f"{where}: field 'id' must be a string or an integer")

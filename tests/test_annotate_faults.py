@@ -54,7 +54,17 @@ GOOD = json.dumps(ts.example(0)).encode()
 
 @pytest.mark.parametrize(
     "case",
-    ["input_not_utf8", "input_surrogate", "input_too_deep", "output_is_directory", "cache_too_deep", "cache_meta_list"],
+    [
+        "input_not_utf8",
+        "input_surrogate",
+        "input_too_deep",
+        "input_empty",
+        "label_nan",
+        "label_too_large",
+        "output_is_directory",
+        "cache_too_deep",
+        "cache_meta_list",
+    ],
 )
 def test_bad_bytes_are_refused_with_file_and_line_before_any_request_or_write(tmp_path, case):
     inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
@@ -70,6 +80,13 @@ def test_bad_bytes_are_refused_with_file_and_line_before_any_request_or_write(tm
     elif case == "input_too_deep":
         inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "x", "meta": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n")
         expected = (where, "nested too deeply")
+    elif case == "input_empty":  # used to be sent, paid for and cached
+        inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "  "}\n')
+        expected = (where, "field 'input' is empty")
+    elif case in ("label_nan", "label_too_large"):  # used to be stored as the label "nan" / "inf"
+        number = b"NaN" if case == "label_nan" else b"1e999"
+        inputs.write_bytes(GOOD + b'\n{"id": "b", "input": "Item 1: 3", "label": ' + number + b"}\n")
+        expected = (where, f"{number.decode()} is not a finite number")
     elif case == "output_is_directory":
         output.mkdir()
         expected = (f"--output={output} is a directory",)

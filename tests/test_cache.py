@@ -151,6 +151,10 @@ def test_every_field_of_wrong_type_is_named_with_file_and_line(tmp_path, change,
         (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
         (b'{"id": "a", "input": "x \\udc80 y"}', r'\["input"\] \(code point U\+DC80 .*unpaired UTF-16 surrogate'),
         (b'{"id": "a", "input": "x", "meta": {"k": ["\\ud800"]}}', r'\["meta"\]\["k"\]\[0\].*unpaired'),
+        # Python's decoder takes these; stored and judged, they would read "nan" and "inf".
+        (b'{"id": "a", "input": "x", "meta": {"score": NaN}}', "NaN is not a finite number"),
+        (b'{"id": "a", "input": "x", "meta": {"score": -Infinity}}', "-Infinity is not a finite number"),
+        (b'{"id": "a", "input": "x", "meta": {"score": 1e999}}', "1e999 is not a finite number"),
     ],
 )
 def test_unreadable_lines_are_named_before_anything_is_written(tmp_path, line, message):

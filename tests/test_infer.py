@@ -70,6 +70,8 @@ def test_labels_are_those_of_the_eval_and_long_inputs_warn(env, tmp_path, caplog
         ('{"id": true, "input": "x"}', "field 'id' must be"),
         ('{"id": "s", "input": "x \\udc80 y"}', r'\["input"\] \(code point U\+DC80.*unpaired UTF-16 surrogate'),
         ("[" * 50_000 + "]" * 50_000, "JSON nested too deeply"),
+        ('{"id": "e", "input": " "}', "field 'input' is empty"),
+        ('{"id": "n", "input": "x", "score": NaN}', "NaN is not a finite number"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):

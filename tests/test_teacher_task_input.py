@@ -1,5 +1,6 @@
 """`annotate --task=NAME --split=SPLIT`: a registered task's split as the examples to annotate."""
 
+import dataclasses
 import pathlib
 
 import pytest
@@ -178,3 +179,29 @@ def test_binary_features_an_example_does_not_use_are_left_out(bytes_task):
     assert [e.input for e in examples] == ["2 + 2?", "3 + 1?", "5 - 1?"]
     assert ["blob" in e.fields for e in examples] == [False, False, True]
     assert examples[0].fields["question"] == "ok" and "question" not in examples[1].fields
+
+
+def test_an_empty_input_or_a_label_that_is_not_a_finite_number_is_named(tmp_path):
+    rows = {"question": ["2 + 2?", " ", "5 - 1?"], "answer": [4.0, 4.0, float("nan")]}
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del split, shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices(rows)
+
+    seqio.TaskRegistry.add(
+        "toy_empty_seqio",
+        source=seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+        output_features={"question": seqio.Feature(seqio.PassThroughVocabulary(size=10))},
+    )
+    try:
+        with pytest.raises(InputError, match=r"^toy_empty_seqio/train\[2\]: the label 'answer' is nan, not a finite"):
+            read_task_examples("toy_empty_seqio", "train", input_field="question", label_field="answer")
+        with pytest.raises(InputError, match=r"^toy_empty_seqio/train\[1\] \(id .*\): the input is empty"):
+            read_task_examples("toy_empty_seqio", "train", input_field="question")
+    finally:
+        seqio.TaskRegistry.remove("toy_empty_seqio")
+    # A cache task's record the same way.
+    train = write(tmp_path / "train.jsonl", [record(0, "train"), dataclasses.replace(record(1, "train"), input="")])
+    dss_tasks.register_cache_task("toy_empty_cache", train_cache=train, family="cqa")
+    with pytest.raises(InputError, match=r"the input is empty"):
+        read_task_examples("toy_empty_cache", "train")

@@ -12,7 +12,10 @@ same things the same way, before anything is sent, decoded or written:
   - a line that is not JSON, or is nested deeper than the JSON decoder can go;
   - a string holding an unpaired UTF-16 surrogate (a JSON escape like "\\ud800" with
     no partner): Python decodes it, but it cannot be written as UTF-8 (the cache
-    writer) or tokenized (sentencepiece), so it would fail far from its line.
+    writer) or tokenized (sentencepiece), so it would fail far from its line;
+  - a number that is not finite: `NaN`, `Infinity` (which Python's decoder takes, JSON
+    does not) or one too large for a float (1e999), which would be stored as "nan" or
+    "inf" and judged as a label.
 
 Blank lines are skipped. `torn_tail=True` (the cache) skips an unterminated last line
 that does not decode, with a warning: the leftover of a write cut short by a crash.
@@ -80,7 +83,11 @@ def decode_line(raw: bytes, where: str, error: Type[Exception]) -> Any:
             f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte column {e.start + 1}); save the file as UTF-8"
         ) from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite_float)
+    except _NotFinite as e:
+        raise error(
+            f"{where}: {e} is not a finite number (JSON has no NaN or Infinity); write a number, a string or null"
+        ) from None
     except json.JSONDecodeError as e:
         raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or delete this line") from None
     except RecursionError:
@@ -92,6 +99,21 @@ def decode_line(raw: bytes, where: str, error: Type[Exception]) -> Any:
                 f"{where}: {bad} holds an unpaired UTF-16 surrogate escape, which is not text "
                 "and cannot be written as UTF-8; fix the escape (or pair it) on this line"
             )
+    return value
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_a_number(name: str):
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotFinite(text)
     return value
 
 
@@ -135,4 +157,4 @@ def is_json(raw: bytes) -> bool:
         return False
     except RecursionError:
         return True
-    return True
+    return True  # NaN and 1e999 included: complete, and refused by decode_line

@@ -1,7 +1,7 @@
 """Reading the examples to annotate: a JSONL file, one object per line.
 
 Required: `id` (a string, unique in the file) and `input` (the text the student will
-see, and what `{{input}}` in a prompt becomes). Optional: `label` (the ground truth, a
+see, and what `{{input}}` in a prompt becomes; not empty). Optional: `label` (the ground truth, a
 string or a number; used for the `correct` filter and teacher accuracy), `dataset`,
 `split`, `position`, `meta` (copied into the cache record), and any other string or
 number fields, which prompt templates can use as `{{name}}`.
@@ -49,6 +49,8 @@ def _example_from_json(obj: Any, where: str) -> Example:
             raise InputError(f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}")
     if not obj["id"]:
         raise InputError(f"{where}: field 'id' is empty")
+    if not obj["input"].strip():
+        raise InputError(f"{where}: field 'input' is empty: there is nothing to annotate; fill it in or drop the line")
     label = obj.get("label")
     if isinstance(label, bool) or not (label is None or isinstance(label, (str, int, float))):
         raise InputError(f"{where}: field 'label' must be a string, a number or null")

@@ -17,6 +17,7 @@ and whatever `--gin_file` imports (e.g. gin/tasks/synthetic.gin imports tasks.sy
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from dss_jax.teacher.examples import Example, InputError
@@ -96,7 +97,10 @@ def _from_source(
                     f"name the right one with {flag}"
                 )
         example_id = str(fields["id"]) if isinstance(fields.get("id"), (str, int)) else f"{task.name}/{split}/{i}"
-        label = None if label_field is None else str(fields[label_field])
+        label = None if label_field is None else fields[label_field]
+        if isinstance(label, float) and not math.isfinite(label):
+            raise InputError(f"{where}: the label {label_field!r} is {label}, not a finite number")
+        label = None if label is None else str(label)
         examples.append(
             Example(
                 id=example_id,
@@ -143,6 +147,11 @@ def read_task_examples(
                 f"{example.where}: duplicate id {example.id!r} (first at {first[example.id]}); ids must be unique"
             )
         first[example.id] = example.where
+        if not example.input.strip():
+            raise InputError(
+                f"{example.where} (id {example.id!r}): the input is empty: there is nothing to annotate; "
+                "fix the task's data or leave the example out"
+            )
         if template is not None:
             missing = template.missing_fields(example.fields)
             if missing:
