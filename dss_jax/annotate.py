@@ -37,7 +37,7 @@ import sys
 
 from absl import flags, logging
 
-from dss_jax import cli, files, gin_utils, output_paths
+from dss_jax import cli, files, gin_utils, output_paths, settings
 from dss_jax.data.cache import CacheWriter
 from dss_jax.teacher.credentials import header_problem, parse_base_url
 from dss_jax.teacher.examples import InputError, read_examples
@@ -157,6 +157,37 @@ flags.DEFINE_bool(
 )
 
 EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+# Every numeric flag and the values it may take, checked before anything is read or sent:
+# absl parses `--temperature=nan` and `--max_tokens=0` as numbers like any other.
+NUMERIC_FLAGS: dict[str, settings.Rule] = {
+    "num_samples": settings.positive_int,
+    "temperature": settings.number(0),
+    "max_tokens": settings.positive_int,
+    "seed": settings.optional(settings.integer),
+    "samples_per_request": settings.nonnegative_int,  # 0: all at once
+    "concurrency": settings.positive_int,
+    "rate_limit": settings.number(0),  # 0: no limit
+    "timeout": settings.number(0, open_low=True),
+    "max_reply_bytes": settings.positive_int,
+    "max_retries": settings.nonnegative_int,
+    "initial_backoff": settings.number(0, open_low=True),
+    "max_backoff": settings.number(0, open_low=True),
+    "min_vote_share": settings.number(0, 1),
+    "student_batch_size": settings.positive_int,
+    "student_input_length": settings.positive_int,
+    "student_label_length": settings.positive_int,
+    "student_batch_wait": settings.number(0),
+}
+
+
+def check_numeric_flags() -> None:
+    """A usage error naming the first numeric flag whose value it cannot take."""
+    for name, rule in NUMERIC_FLAGS.items():
+        value = FLAGS[name].value
+        problem = rule(value)
+        if problem:
+            _usage_error(f"--{name} {problem}, got {value!r}")
 
 
 def _unescape(s: str) -> str:
@@ -347,6 +378,7 @@ def _check_outputs() -> None:
 def main(argv):
     if len(argv) > 1:
         _usage_error(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    check_numeric_flags()
     student = FLAGS.backend == "student"
     if bool(FLAGS.input) == bool(FLAGS.task):
         _usage_error("give exactly one of --input=FILE.jsonl and --task=NAME --split=SPLIT")

@@ -197,3 +197,59 @@ def test_an_earlier_summary_is_replaced_only_with_overwrite(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads(summary.read_text())
     assert second["written"] == 2 and second["skipped"] == 3 and len(read_cache(cache)) == 5
+
+
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        ("--temperature=nan", "--temperature must be a finite number, got nan"),
+        ("--temperature=-0.5", "--temperature must be >= 0, got -0.5"),
+        ("--max_tokens=0", "--max_tokens must be a positive integer, got 0"),
+        ("--timeout=nan", "--timeout must be a finite number, got nan"),
+        ("--timeout=inf", "--timeout must be a finite number, got inf"),
+        ("--timeout=0", "--timeout must be > 0, got 0.0"),
+        ("--max_backoff=nan", "--max_backoff must be a finite number"),
+        ("--rate_limit=-1", "--rate_limit must be >= 0"),
+        ("--min_vote_share=nan", "--min_vote_share must be a finite number"),
+        ("--num_samples=0", "--num_samples must be a positive integer"),
+        ("--concurrency=-2", "--concurrency must be a positive integer"),
+        ("--max_retries=-1", "--max_retries must be an integer >= 0"),
+        ("--student_batch_wait=nan", "--student_batch_wait must be a finite number"),
+    ],
+)
+def test_every_numeric_flag_is_checked_before_any_request_or_write(tmp_path, flag, said):
+    inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    inputs.write_bytes(GOOD + b"\n")
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    with ScriptedOpenAIServer(ts.teacher) as server:
+        proc = annotate(server.base_url, inputs, output, prompt, flag)
+        assert not server.log  # nothing was paid for
+    assert_one_line_error(proc, said)
+    assert not output.exists()
+
+
+def test_the_library_configs_refuse_numbers_that_are_not_finite():
+    nan = float("nan")
+    with pytest.raises(ValueError, match="timeout must be a finite number > 0, got nan"):
+        HttpBackendConfig(base_url="http://localhost:1/v1", model="m", timeout=nan)
+    with pytest.raises(ValueError, match="rate_limit must be > 0"):
+        HttpBackendConfig(base_url="http://localhost:1/v1", model="m", rate_limit=float("inf"))
+    template = parse_template("{{input}}")
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got nan"):
+        AnnotateConfig(template=template, teacher="t", temperature=nan)
+    with pytest.raises(ValueError, match="max_tokens must be >= 1, got 0"):
+        AnnotateConfig(template=template, teacher="t", max_tokens=0)
+
+
+def test_every_numeric_flag_of_annotate_has_a_rule():
+    """A numeric flag added later is checked too (listed in its own process: annotate's flags)."""
+    script = (
+        "import json; from absl import flags; import dss_jax.annotate as a; "
+        "numeric = [n for n, f in flags.FLAGS._flags().items() if f.name == n "
+        "and flags.FLAGS.find_module_defining_flag(n) == a.__name__ "
+        "and isinstance(f.parser, (flags.IntegerParser, flags.FloatParser))]; "
+        "print(json.dumps([sorted(numeric), sorted(a.NUMERIC_FLAGS)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    numeric, ruled = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(numeric) >= 15 and numeric == ruled

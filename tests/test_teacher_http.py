@@ -149,7 +149,7 @@ def test_parse_retry_after():
     [
         ({"api": "edits"}, "api must be one of"),
         ({"base_url": "localhost:8000/v1"}, "base_url must look like"),
-        ({"timeout": 0}, "timeout must be > 0"),
+        ({"timeout": 0}, "timeout must be a finite number > 0"),
         ({"rate_limit": -1.0}, "rate_limit must be > 0"),
         ({"max_retries": -1}, "max_retries must be >= 0"),
         ({"max_reply_bytes": 0}, "max_reply_bytes must be >= 1"),

@@ -29,6 +29,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import random
 import socket
 import threading
@@ -73,14 +74,14 @@ class HttpBackendConfig:
             raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
         endpoint = parse_base_url(self.base_url)
         self._check_credentials(endpoint)
-        for name in ("timeout", "initial_backoff", "max_backoff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("timeout", "initial_backoff", "max_backoff", "max_retry_after"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if self.max_reply_bytes < 1:
             raise ValueError(f"max_reply_bytes must be >= 1, got {self.max_reply_bytes}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.rate_limit is not None and self.rate_limit <= 0:
+        if self.rate_limit is not None and not (math.isfinite(self.rate_limit) and self.rate_limit > 0):
             raise ValueError(f"rate_limit must be > 0 requests/s, got {self.rate_limit}")
         if self.samples_per_request is not None and self.samples_per_request < 1:
             raise ValueError(f"samples_per_request must be >= 1, got {self.samples_per_request}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import re
 import sys
@@ -59,8 +60,10 @@ class AnnotateConfig:
             raise ValueError(f"min_vote_share must be in [0, 1], got {self.min_vote_share}")
         if self.min_vote_share and not self.vote:
             raise ValueError("min_vote_share needs vote (--vote): it filters on the majority vote's share")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
 
 @dataclasses.dataclass

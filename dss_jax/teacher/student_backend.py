@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import os
 import queue
 import threading
@@ -71,7 +72,7 @@ class StudentConfig:
         for name in ("batch_size", "input_length", "label_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"student {name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_wait < 0:
+        if not (math.isfinite(self.batch_wait) and self.batch_wait >= 0):
             raise ValueError(f"student batch_wait must be >= 0, got {self.batch_wait}")
 
 
