@@ -100,11 +100,30 @@ def test_hf5_style_config_is_read_as_untied():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(feed_forward="gated-tanh"), dict(remat_policy="some"), dict(dtype="float99"), dict(d_model=0)]
+    "bad, said",
+    [
+        (dict(feed_forward="gated-tanh"), "feed_forward"),
+        (dict(remat_policy="some"), "remat_policy"),
+        (dict(dtype="float99"), "not a dtype name"),
+        (dict(d_model=0), "d_model must be a positive integer"),
+        # Accepted before: an integer compute dtype trains nothing (the loss stays at
+        # ln(vocab)), and the others fail far from the setting or silently.
+        (dict(dtype="int8"), "T5Config.dtype='int8' is not a floating-point dtype"),
+        (dict(param_dtype="int32"), "T5Config.param_dtype='int32' is not a floating-point dtype"),
+        (dict(dtype="bool"), "not a floating-point dtype"),
+        (dict(num_decoder_layers=0), "num_decoder_layers must be a positive integer"),
+        (dict(d_ff=64.5), "d_ff must be a positive integer"),
+        (dict(dropout_rate=1.0), "dropout_rate must be a number in [0, 1)"),
+        (dict(dropout_rate=float("nan")), "dropout_rate must be a number in [0, 1)"),
+        (dict(layer_norm_epsilon=0.0), "layer_norm_epsilon must be a finite number > 0"),
+        (dict(eos_token_id=10**6), "eos_token_id must be a token id in [0, vocab_size="),
+        (dict(pad_token_id=-1), "pad_token_id must be a token id"),
+    ],
 )
-def test_config_rejects_bad_values(bad):
-    with pytest.raises(ValueError):
+def test_config_rejects_bad_values(bad, said):
+    with pytest.raises(ValueError) as e:
         _config(**bad)
+    assert said in str(e.value)
 
 
 # ----- shapes, axes -------------------------------------------------------------------------

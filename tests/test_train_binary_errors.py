@@ -42,6 +42,14 @@ def test_a_bad_setting_stops_the_binary_before_anything_is_written(tmp_path):
     assert not model_dir.exists() and not (tmp_path / "run.no_cache").exists()
 
 
+def test_a_model_setting_that_cannot_train_stops_the_binary_before_anything_is_written(tmp_path):
+    # An integer compute dtype used to train nothing (the loss fixed at ln(vocab)) and save checkpoints.
+    model_dir = tmp_path / "run"
+    r = run_train(model_dir, "--gin.BATCH_SIZE=8", "--gin.T5Config.dtype='int8'")
+    assert_one_line_error(r, "T5Config.dtype='int8' is not a floating-point dtype", "'bfloat16'")
+    assert not model_dir.exists()
+
+
 def test_a_second_trainer_is_refused_in_one_line(tmp_path):
     model_dir = tmp_path / "run"
     holder = checkpoints.RunLock(str(model_dir)).acquire()  # the first trainer

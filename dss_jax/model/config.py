@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
@@ -86,10 +88,16 @@ class T5Config:
         for field in ("dtype", "param_dtype"):
             value = getattr(self, field)
             try:
-                name = jnp.dtype(value).name
+                dtype = jnp.dtype(value)
             except TypeError as e:
                 raise ValueError(f"T5Config.{field}={value!r} is not a dtype name") from e
-            object.__setattr__(self, field, name)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                # An integer compute dtype rounds every activation and gradient to whole
+                # numbers: the loss stays at ln(vocab) and nothing trains.
+                raise ValueError(
+                    f"T5Config.{field}={value!r} is not a floating-point dtype; use 'float32' or 'bfloat16'"
+                )
+            object.__setattr__(self, field, dtype.name)
         if self.activation not in FEED_FORWARD_ACTIVATIONS:
             raise ValueError(
                 f"T5Config.feed_forward={self.feed_forward!r}: activation {self.activation!r} is not "
@@ -108,11 +116,26 @@ class T5Config:
             "d_kv",
             "d_ff",
             "num_heads",
+            "num_encoder_layers",
+            "num_decoder_layers",
             "relative_attention_num_buckets",
             "relative_attention_max_distance",
         ):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"T5Config.{field} must be a positive integer, got {value!r}")
+        for field in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"T5Config.{field} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}"
+                )
+        if not _finite(self.dropout_rate) or not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"T5Config.dropout_rate must be a number in [0, 1), got {self.dropout_rate!r}")
+        if not _finite(self.layer_norm_epsilon) or self.layer_norm_epsilon <= 0:
+            raise ValueError(
+                f"T5Config.layer_norm_epsilon must be a finite number > 0, got {self.layer_norm_epsilon!r}"
+            )
 
     # ----- derived properties -------------------------------------------------------------
     @property
@@ -261,6 +284,10 @@ class T5Config:
         if self.scales_decoder_output != self.tie_word_embeddings:
             hf["scale_decoder_outputs"] = self.scales_decoder_output
         return hf
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int_or(value: Any, default: int) -> int:
