@@ -249,15 +249,26 @@ def _family() -> str:
     )
 
 
-def _student_backend(family: str):
+def _student_backend(family: str, rows: int):
+    """The student backend; its decode batches no larger than the `rows` (examples x
+    samples) this run can decode: a batch is padded to its size whatever fills it."""
     from dss_jax.teacher.student_backend import StudentBackend, StudentConfig, StudentLoadError
 
+    batch_size = FLAGS.student_batch_size
+    if batch_size > rows:
+        logging.info(
+            "--student_batch_size=%d is more than the %d rows (examples x samples) to decode: batches of %d",
+            batch_size,
+            rows,
+            rows,
+        )
+        batch_size = rows
     try:
         config = StudentConfig(
             checkpoint=FLAGS.checkpoint,
             family=family,
             target=_student_target(),
-            batch_size=FLAGS.student_batch_size,
+            batch_size=batch_size,
             input_length=FLAGS.student_input_length,
             label_length=FLAGS.student_label_length,
             seed=FLAGS.seed or 0,
@@ -354,10 +365,10 @@ def _http_backend() -> OpenAIHttpBackend:
         _usage_error(str(e))
 
 
-def _concurrency(student: bool) -> int:
-    if student and not FLAGS["concurrency"].present:
+def _concurrency(student_batch_size: int | None) -> int:
+    if student_batch_size and not FLAGS["concurrency"].present:
         # Prompts in flight x samples each should fill a decode batch.
-        return max(FLAGS.concurrency, -(-FLAGS.student_batch_size // max(FLAGS.num_samples, 1)))
+        return max(FLAGS.concurrency, -(-student_batch_size // max(FLAGS.num_samples, 1)))
     return FLAGS.concurrency
 
 
@@ -420,7 +431,7 @@ def main(argv):
 
     if student:
         cli.use_compilation_cache()
-        backend = _student_backend(family)
+        backend = _student_backend(family, rows=max(1, len(examples) * FLAGS.num_samples))
         backend.check_inputs(examples)  # warns per example that will be cut
     else:
         backend = _http_backend()
@@ -432,7 +443,7 @@ def main(argv):
             temperature=FLAGS.temperature,
             max_tokens=FLAGS.max_tokens,
             stop=tuple(_unescape(s) for s in FLAGS.stop) if FLAGS.stop else None,
-            concurrency=_concurrency(student),
+            concurrency=_concurrency(backend.config.batch_size if student else None),
             keep=FLAGS.keep,
             vote=FLAGS.vote,
             min_vote_share=FLAGS.min_vote_share,

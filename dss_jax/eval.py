@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, configurables, files, gin_utils, output_paths
+from dss_jax import cli, configurables, files, gin_utils, output_paths, settings
 from dss_jax.data import options as dss_options
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -43,6 +43,20 @@ gin_utils.define_gin_flags()
 CONFIG_FILE = "config.gin"  # EVAL_OUTPUT_DIR/config.gin: every gin setting of the evaluation
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 METRICS_JSONL = "metrics.jsonl"  # EVAL_OUTPUT_DIR/metrics.jsonl: a record per evaluated step (MetricsWriter)
+
+# Every setting of an evaluation and the values it may take (dss_jax.settings rules),
+# checked on the parsed gin config before anything is read or written.
+SETTINGS: dict[str, settings.Rule] = {
+    "evaluate_checkpoints.checkpoint_path": settings.text,
+    "evaluate_checkpoints.output_dir": settings.text,
+    "evaluate_checkpoints.task_name": settings.text,
+    "evaluate_checkpoints.feature_lengths": settings.feature_lengths,
+    "evaluate_checkpoints.split": settings.text,
+    "evaluate_checkpoints.batch_size": settings.positive_int,
+    "evaluate_checkpoints.output_rationale": settings.boolean,
+    "evaluate_checkpoints.max_examples": settings.optional(settings.positive_int),  # None: all
+    "evaluate_checkpoints.dtype": settings.optional(settings.text),
+}
 
 
 @gin.configurable
@@ -155,8 +169,11 @@ def main(argv):
 def run_configured(gin_files, gin_bindings, gin_search_paths) -> dict:
     """The binary's work after its flags: parse gin, evaluate. The sweep calls this for
     each run when it runs them in one process."""
+    from dss_jax.prediction import DECODE_SETTINGS
+
     configurables.register_for_decoding()
     gin_utils.parse_gin(gin_files, gin_bindings, gin_search_paths, REQUIRED_MACROS)
+    settings.check_gin({**SETTINGS, **DECODE_SETTINGS})  # before anything is read or written
     cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     try:
         return evaluate_checkpoints()

@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 
 import gin
-from dss_jax import checkpoints, cli, configurables, files, gin_utils, output_paths
+from dss_jax import checkpoints, cli, configurables, files, gin_utils, output_paths, settings
 from dss_jax.data import jsonl, parsers
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
@@ -45,6 +45,18 @@ FLAGS = flags.FLAGS
 gin_utils.define_gin_flags()
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "INFER_INPUT", "INFER_OUTPUT", "TASK_FEATURE_LENGTHS")
+
+# Every setting of infer_file and the values it may take, checked before anything is read.
+SETTINGS: dict[str, settings.Rule] = {
+    "infer_file.checkpoint_path": settings.text,
+    "infer_file.input_path": settings.text,
+    "infer_file.output_path": settings.text,
+    "infer_file.task_name": settings.optional(settings.text),
+    "infer_file.family": settings.optional(settings.text),
+    "infer_file.batch_size": settings.positive_int,
+    "infer_file.output_rationale": settings.boolean,
+    "infer_file.dtype": settings.optional(settings.text),
+}
 
 
 class InputFormatError(cli.UserError, ValueError):
@@ -215,6 +227,9 @@ def main(argv):
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     configurables.register_for_decoding()
     gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, REQUIRED_MACROS)
+    from dss_jax.prediction import DECODE_SETTINGS
+
+    settings.check_gin({**SETTINGS, **DECODE_SETTINGS})  # before anything is read or written
     cli.use_compilation_cache()  # what an earlier run compiled is loaded, not compiled again
     try:
         rows = infer_file()

@@ -23,8 +23,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import gin
+from dss_jax import settings
 from dss_jax.data import sources
-from dss_jax.model.decoding import DecodeConfig, generate
+from dss_jax.model.decoding import METHODS, DecodeConfig, generate
 
 # --------------------------------------------------------------------------------------
 # Decoding settings
@@ -63,6 +64,19 @@ class DecodeSettings:
         )
 
 
+# The values each DecodeSettings field may take, checked by the binaries before any work.
+DECODE_SETTINGS: dict[str, settings.Rule] = {
+    "DecodeSettings.method": settings.one_of(METHODS),
+    "DecodeSettings.num_beams": settings.positive_int,
+    "DecodeSettings.length_penalty": settings.number(),
+    "DecodeSettings.early_stopping": settings.one_of((True, False, "never")),
+    "DecodeSettings.temperature": settings.number(0),  # 0: greedy
+    "DecodeSettings.top_k": settings.nonnegative_int,  # 0: off
+    "DecodeSettings.top_p": settings.number(0, 1, open_low=True),
+    "DecodeSettings.seed": settings.integer,
+}
+
+
 def as_decode_config(decode: Union[DecodeSettings, DecodeConfig, None], max_decode_length: int) -> DecodeConfig:
     """A DecodeConfig for targets of `max_decode_length` tokens (a given config's length is replaced)."""
     if decode is None:
@@ -94,12 +108,15 @@ def decode_batches(
     """Decodes every row of `encoder_tokens` [n, enc_len] in batches of `batch_size`.
 
     Returns the generated tokens [n, max_decode_length] (pad after EOS). The last batch is
-    padded to `batch_size` with copies of its last row, so one shape is compiled.
+    padded to `batch_size` (at most n) with copies of its last row, so one shape is compiled.
     `progress`: a description to show a progress bar under (examples/s, ETA) on process 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = encoder_tokens.shape[0]
+    # No larger than the rows there are: a BATCH_SIZE of 100000 for 4 inputs would pad them
+    # to 100000 rows (tens of GB of decoder state).
+    batch_size = max(1, min(batch_size, n))
     out = np.zeros((n, config.max_decode_length), np.int32)
     bar = progress_bar(n, progress) if progress else None
     for index, start in enumerate(range(0, n, batch_size)):

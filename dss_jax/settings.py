@@ -82,6 +82,32 @@ def optional(rule: Rule) -> Rule:
     return check
 
 
+def feature_lengths(v: Any) -> Optional[str]:
+    """TASK_FEATURE_LENGTHS of a DSS task: a length for each of its four features, no other."""
+    from dss_jax.data.paired import PAIRED_TEXT_FEATURES
+
+    example = "{" + ", ".join(f"'{k}': 128" for k in PAIRED_TEXT_FEATURES) + "}"
+    if not isinstance(v, Mapping) or not v:
+        return f"must be a dict of feature name -> length, e.g. {example}"
+    for k, n in v.items():
+        if not isinstance(k, str) or positive_int(n):
+            return f"must map feature names to positive integers ({k!r}: {n!r} does not)"
+    missing = [k for k in PAIRED_TEXT_FEATURES if k not in v]
+    unknown = sorted(k for k in v if k not in PAIRED_TEXT_FEATURES)
+    if missing or unknown:
+        # T5X's tasks have 'inputs' and 'targets'; a DSS task has two of each.
+        what = "; ".join(
+            part
+            for part in (
+                f"lacks {', '.join(map(repr, missing))}" if missing else "",
+                f"has {', '.join(map(repr, unknown))}, which no DSS feature is called" if unknown else "",
+            )
+            if part
+        )
+        return f"must give the DSS features' lengths ({what}), e.g. {example}"
+    return None
+
+
 def check(values: Mapping[str, Any], rules: Mapping[str, Rule], macros: Mapping[str, str] = {}) -> None:
     """Raises SettingError for the first of `values` (`Configurable.param` -> value) that
     breaks its rule, naming the setting (and the macro it is set through) and the flag."""
@@ -92,6 +118,12 @@ def check(values: Mapping[str, Any], rules: Mapping[str, Rule], macros: Mapping[
             macro = macros.get(name)
             where = f"{macro} ({name})" if macro else name
             raise SettingError(f"{where} {problem}, got {value!r}; set it with --gin.{macro or name}=...")
+
+
+def check_gin(rules: Mapping[str, Rule]) -> None:
+    """`check` over what the parsed gin config binds to the names in `rules`."""
+    values, macros = gin_values(rules)
+    check(values, rules, macros)
 
 
 def gin_values(names: Iterable[str]) -> tuple[dict[str, Any], dict[str, str]]:

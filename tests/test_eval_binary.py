@@ -242,3 +242,81 @@ def test_an_output_eval_cannot_write_is_one_line_before_decoding_or_naming_the_f
     out = tmp_path / "full"
     line = one_line(capsys, lambda: evaluate(env, env.params_dir, out, max_examples=2), after_decoding=True)
     assert line == f"eval: error: {out / 'predictions.jsonl'}: No space left on device"
+
+
+@pytest.fixture
+def parsed_eval():
+    """Parses the eval binary's gin files with extra bindings, as the binary does."""
+    import dss_jax.eval  # noqa: F401  (defines evaluate_checkpoints)
+    from dss_jax import configurables
+
+    configurables.register_for_decoding()
+
+    def parse(*bindings):
+        gin.clear_config()
+        gin_utils.parse_gin(
+            ["runs/eval.gin", "tasks/synthetic.gin"],
+            ["CHECKPOINT_PATH = '/tmp/unused'", "EVAL_OUTPUT_DIR = '/tmp/unused'", *bindings],
+        )
+
+    yield parse
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "binding, named",
+    [
+        # Used to evaluate every example, silently.
+        ("MAX_EXAMPLES = -1", "MAX_EXAMPLES (evaluate_checkpoints.max_examples) must be a positive integer (or None)"),
+        ("BATCH_SIZE = 0", "BATCH_SIZE (evaluate_checkpoints.batch_size) must be a positive integer, got 0"),
+        ("SPLIT = ''", "SPLIT (evaluate_checkpoints.split)"),
+        ("OUTPUT_RATIONALE = 1", "OUTPUT_RATIONALE (evaluate_checkpoints.output_rationale) must be True or False"),
+        ("DecodeSettings.num_beams = 0", "DecodeSettings.num_beams must be a positive integer"),
+        ("DecodeSettings.method = 'beams'", "DecodeSettings.method must be one of 'greedy', 'sample', 'beam'"),
+        ("DecodeSettings.top_p = 0", "DecodeSettings.top_p must be > 0"),
+        ("DecodeSettings.temperature = -1.0", "DecodeSettings.temperature must be >= 0"),
+        # T5X's keys: the evaluation used to write config.gin before it failed on them.
+        (
+            "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 32}",
+            "TASK_FEATURE_LENGTHS (evaluate_checkpoints.feature_lengths) must give the DSS features' lengths "
+            "(lacks 'label_inputs', 'label_targets', 'rationale_inputs', 'rationale_targets'; has 'inputs', "
+            "'targets', which no DSS feature is called)",
+        ),
+    ],
+)
+def test_every_eval_setting_is_checked_before_anything_is_read(parsed_eval, binding, named):
+    from dss_jax import eval as eval_binary
+    from dss_jax import settings
+    from dss_jax.prediction import DECODE_SETTINGS
+
+    parsed_eval(binding)
+    with pytest.raises(settings.SettingError) as e:
+        settings.check_gin({**eval_binary.SETTINGS, **DECODE_SETTINGS})
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_shipped_eval_defaults_pass_the_checks(parsed_eval):
+    from dss_jax import eval as eval_binary
+    from dss_jax import settings
+    from dss_jax.prediction import DECODE_SETTINGS
+
+    parsed_eval()
+    settings.check_gin({**eval_binary.SETTINGS, **DECODE_SETTINGS})
+
+
+def test_a_bad_eval_setting_stops_the_binary_before_anything_is_written(tmp_path):
+    out = tmp_path / "eval"
+    r = run_binary(
+        "dss_jax.eval",
+        "--gin_file=runs/eval.gin",
+        "--gin_file=tasks/synthetic.gin",
+        f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        "--gin.MAX_EXAMPLES=-1",
+        DSS_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("eval: error: MAX_EXAMPLES (evaluate_checkpoints.max_examples)"), last
+    assert "--gin.MAX_EXAMPLES=" in last and "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "cache").exists()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import _eval_toy as toy
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -196,3 +197,56 @@ def test_infer_refuses_its_input_a_runs_file_and_an_earlier_output_before_loadin
     assert out.read_text() == '{"id": "earlier"}\n'
     rows = run(output_path=str(out), overwrite=True)
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows and rows[0]["id"] == "q1"
+
+
+@pytest.mark.parametrize(
+    "binding, named",
+    [
+        ("BATCH_SIZE = 0", "BATCH_SIZE (infer_file.batch_size) must be a positive integer, got 0"),
+        ("DecodeSettings.top_k = -1", "DecodeSettings.top_k must be an integer >= 0"),
+    ],
+)
+def test_every_infer_setting_is_checked_before_anything_is_read(binding, named):
+    import gin
+    from dss_jax import configurables, gin_utils, settings
+
+    configurables.register_for_decoding()
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(
+            ["runs/infer.gin", "tasks/synthetic.gin"],
+            ["CHECKPOINT_PATH = '/x'", "INFER_INPUT = '/x'", "INFER_OUTPUT = '/x'", binding],
+        )
+        with pytest.raises(settings.SettingError) as e:
+            settings.check_gin({**infer.SETTINGS, **prediction.DECODE_SETTINGS})
+    finally:
+        gin.clear_config()
+    assert named in str(e.value)
+
+
+def test_decode_batches_are_no_larger_than_the_rows(monkeypatch):
+    """BATCH_SIZE=100000 for 3 inputs used to pad them to 100000 rows (46-98 GB of decoder state)."""
+    import jax.numpy as jnp
+
+    from dss_jax.model.decoding import DecodeConfig
+
+    shapes = []
+
+    def generate(model, params, rows, config, rng=None):
+        shapes.append(rows.shape)
+        return type("Out", (), {"tokens": jnp.full((rows.shape[0], config.max_decode_length), 5, jnp.int32)})()
+
+    monkeypatch.setattr(prediction, "generate", generate)
+    out = prediction.decode_batches(None, None, np.ones((3, 7), np.int32), DecodeConfig(max_decode_length=4), 100_000)
+    assert shapes == [(3, 7)] and out.shape == (3, 4)
+    prediction.decode_batches(None, None, np.ones((5, 7), np.int32), DecodeConfig(max_decode_length=4), 2)
+    assert shapes[1:] == [(2, 7)] * 3  # the last batch padded to 2 rows, as before
+
+
+def test_decoding_refuses_numbers_that_are_not_finite():
+    from dss_jax.model.decoding import DecodeConfig
+
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got nan"):
+        DecodeConfig(max_decode_length=4, method="sample", temperature=float("nan"))
+    with pytest.raises(ValueError, match="length_penalty must be a finite number, got inf"):
+        DecodeConfig(max_decode_length=4, method="beam", length_penalty=float("inf"))

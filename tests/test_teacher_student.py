@@ -262,3 +262,14 @@ def test_binary_usage_errors(student, tmp_path):
     prompt = run(annotate_cmd(student, out, "--prompt=cot"))
     assert prompt.returncode == 2 and "takes no --prompt" in prompt.stderr
     assert not out.exists()
+
+
+def test_a_batch_larger_than_the_run_is_sized_by_its_rows(student, tmp_path):
+    """--student_batch_size=100000 for 21 inputs used to pad every decode to 100000 rows
+    (and start as many worker threads)."""
+    out = tmp_path / "c.jsonl"
+    cmd = annotate_cmd(student, out, "--student_batch_size=100000")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--student_batch_size=100000 is more than the 21 rows (examples x samples) to decode" in proc.stderr
+    assert len(by_id(out)) == 21

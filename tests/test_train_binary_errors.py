@@ -94,6 +94,9 @@ def parsed():
         ("DssFeatureConverter.pack_encoder_length = -128", "DssFeatureConverter.pack_encoder_length"),
         ("TASK_FEATURE_LENGTHS = {'label_inputs': 'long'}", "TASK_FEATURE_LENGTHS"),
         ("PartitionConfig.rules = 'dpp'", "PartitionConfig.rules"),
+        ("make_train_eval_hook.max_examples = -1", "make_train_eval_hook.max_examples must be a positive integer"),
+        ("make_train_eval_hook.batch_size = 0", "make_train_eval_hook.batch_size must be a positive integer"),
+        ("DecodeSettings.num_beams = 0", "DecodeSettings.num_beams must be a positive integer"),
     ],
 )
 def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, named):

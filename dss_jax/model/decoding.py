@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -77,8 +78,10 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.early_stopping != "never":
             object.__setattr__(self, "early_stopping", bool(self.early_stopping))
-        if self.temperature < 0:
-            raise ValueError(f"DecodeConfig.temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"DecodeConfig.temperature must be a finite number >= 0, got {self.temperature}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"DecodeConfig.length_penalty must be a finite number, got {self.length_penalty}")
         if self.top_k < 0:
             raise ValueError(f"DecodeConfig.top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional
 
-from dss_jax import checkpoints, input_pipeline, optimizers, partitioning, settings
+from dss_jax import checkpoints, input_pipeline, optimizers, partitioning, prediction, settings
 from dss_jax.training import selection
 from dss_jax.training.step import DROPOUT_RNGS
 
@@ -69,6 +69,13 @@ SETTINGS: dict[str, settings.Rule] = {
     "DssFeatureConverter.pack_decoder_length": settings.optional(settings.positive_int),
     "DssFeatureConverter.max_open_rows": settings.positive_int,
     "train_batches.num_input_shards": settings.optional(settings.positive_int),
+    # The decoding evaluation of runs/train.gin's eval hook.
+    "make_train_eval_hook.task_name": settings.text,
+    "make_train_eval_hook.batch_size": settings.positive_int,
+    "make_train_eval_hook.split": settings.text,
+    "make_train_eval_hook.max_examples": settings.optional(settings.positive_int),  # None: all
+    "make_train_eval_hook.output_rationale": settings.boolean,
+    **prediction.DECODE_SETTINGS,
 }
 
 # The t5x macros the shipped gin files bind these settings to: what a user types.
