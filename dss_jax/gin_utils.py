@@ -100,6 +100,7 @@ def parse_gin(
         raise GinConfigError("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
     files = [resolve_gin_file(f, dirs) for f in gin_files]
     for path in files:
+        check_includes(path)
         with _one_line_errors(path=path):
             gin.parse_config_file(path)
     # One binding at a time (gin joins them into one string) so that an error names its binding.
@@ -119,6 +120,42 @@ def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
         f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))}); "
         "check the name, or add its folder with --gin_search_paths"
     )
+
+
+def check_includes(path: str) -> None:
+    """A GinConfigError naming FILE:LINE of an `include` that leads back to a file being
+    read (gin itself recurses until Python's stack runs out). Includes are found where gin
+    finds them; one that is not found is left for gin to report."""
+
+    def walk(path: str, reading: list[str]) -> None:
+        reading = reading + [os.path.realpath(path)]
+        with _one_line_errors(path=path), open(path) as f:
+            statements = list(config_parser.ConfigParser(f, _NamesOnly()))
+        for statement in statements:
+            if not isinstance(statement, config_parser.IncludeStatement):
+                continue
+            included = _find_include(statement.filename)
+            if included is None:
+                continue
+            if os.path.realpath(included) in reading:
+                cycle = reading[reading.index(os.path.realpath(included)) :] + [os.path.realpath(included)]
+                raise GinConfigError(
+                    f"{_display(path)}:{statement.location.line_num}: include {statement.filename!r} leads back to "
+                    f"a file it is read from ({' -> '.join(map(_display, cycle))}); remove the include that "
+                    "closes the cycle"
+                )
+            walk(included, reading)
+
+    walk(path, [])
+
+
+def _find_include(name: str) -> Optional[str]:
+    """Where gin will find an `include`: the first search path that has it, or None."""
+    prefixes = [""] if os.path.isabs(name) else gin.config._LOCATION_PREFIXES
+    for prefix in prefixes:
+        if os.path.isfile(os.path.join(prefix, name)):
+            return os.path.join(prefix, name)
+    return None
 
 
 # --- errors gin raises while parsing, as one line -------------------------------------

@@ -215,6 +215,24 @@ def test_file_syntax_error_names_file_and_line(tmp_path):
         gin_utils.parse_gin([str(top)], [], [])
 
 
+def test_an_include_cycle_names_the_include_that_closes_it(tmp_path):
+    # Gin recursed until Python's stack ran out: a RecursionError traceback.
+    (tmp_path / "self.gin").write_text("X = 1\ninclude 'self.gin'\n")
+    (tmp_path / "a.gin").write_text("include 'b.gin'\n")
+    (tmp_path / "b.gin").write_text("Y = 2\ninclude 'a.gin'\n")
+    (tmp_path / "twice.gin").write_text("include 'c.gin'\ninclude 'c.gin'\n")  # not a cycle
+    (tmp_path / "c.gin").write_text("Z = 3\n")
+    with pytest.raises(
+        gin_utils.GinConfigError, match=r"self.gin:2: include .self.gin. leads back .*self.gin -> .*self.gin\)"
+    ):
+        gin_utils.parse_gin(["self.gin"], [], [str(tmp_path)])
+    with pytest.raises(gin_utils.GinConfigError) as e:
+        gin_utils.parse_gin([str(tmp_path / "a.gin")], [], [str(tmp_path)])
+    assert str(e.value).startswith(f"{tmp_path / 'b.gin'}:2: include 'a.gin' leads back to a file it is read from (")
+    assert "a.gin -> " in str(e.value) and "b.gin -> " in str(e.value) and "\n" not in str(e.value)
+    gin_utils.parse_gin([str(tmp_path / "twice.gin")], [], [str(tmp_path)])
+
+
 def test_bindings_without_a_file_are_checked_too():
     # annotate takes bindings alone (require_files=False).
     with pytest.raises(gin_utils.GinConfigError, match="macro FOO is set on the command line"):
