@@ -15,7 +15,7 @@ from dss_jax.training import checks
 TASK_GIN = ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
 
 
-def run_train(model_dir, *bindings):
+def run_train(model_dir, *bindings, **env):
     return run_binary(
         "dss_jax.train",
         *TASK_GIN,
@@ -23,6 +23,7 @@ def run_train(model_dir, *bindings):
         "--gin.TRAIN_STEPS=2",
         *bindings,
         DSS_CACHE_DIR=str(model_dir) + ".no_cache",  # nothing may be generated before the checks
+        **env,
     )
 
 
@@ -47,6 +48,30 @@ def test_a_model_setting_that_cannot_train_stops_the_binary_before_anything_is_w
     model_dir = tmp_path / "run"
     r = run_train(model_dir, "--gin.BATCH_SIZE=8", "--gin.T5Config.dtype='int8'")
     assert_one_line_error(r, "T5Config.dtype='int8' is not a floating-point dtype", "'bfloat16'")
+    assert not model_dir.exists()
+
+
+def test_t5x_feature_lengths_stop_the_binary_before_anything_is_written(tmp_path):
+    # They used to fail in the input pipeline after config.gin, task.json and spiece.model were written.
+    model_dir = tmp_path / "run"
+    r = run_train(model_dir, "--gin.BATCH_SIZE=8", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 40}")
+    assert_one_line_error(r, "TASK_FEATURE_LENGTHS (train.task_feature_lengths)", "'label_inputs'", "'inputs'")
+    assert not model_dir.exists()
+
+
+def test_a_mesh_that_does_not_divide_the_devices_names_the_macro_users_set(tmp_path):
+    model_dir = tmp_path / "run"
+    r = run_train(
+        model_dir,
+        "--gin.BATCH_SIZE=8",
+        "--gin_file=partitioning/tp.gin",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    assert_one_line_error(
+        r,
+        "NUM_PARTITIONS (PartitionConfig.num_partitions) = 2 must divide the number of devices (1)",
+        "--gin.NUM_PARTITIONS=",
+    )
     assert not model_dir.exists()
 
 
@@ -97,6 +122,23 @@ def parsed():
         ("make_train_eval_hook.max_examples = -1", "make_train_eval_hook.max_examples must be a positive integer"),
         ("make_train_eval_hook.batch_size = 0", "make_train_eval_hook.batch_size must be a positive integer"),
         ("DecodeSettings.num_beams = 0", "DecodeSettings.num_beams must be a positive integer"),
+        # TaskOptions refused these from inside gin, a traceback.
+        (
+            "LABEL_SOURCE = 'teachr'",
+            "LABEL_SOURCE (task_options.label_source) must be one of 'gt', 'teacher', 'gt_else_teacher', "
+            "got 'teachr'; set it with --gin.LABEL_SOURCE=...",
+        ),
+        ("task_options.train_fraction = 0", "task_options.train_fraction must be > 0, got 0"),
+        ("task_options.teacher_sample = 'first'", "task_options.teacher_sample must be a sample index"),
+        (
+            "TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 128}",
+            "TASK_FEATURE_LENGTHS (train.task_feature_lengths) must give the DSS features' lengths (lacks "
+            "'label_inputs', 'label_targets', 'rationale_inputs', 'rationale_targets'; has 'inputs', 'targets'",
+        ),
+        (
+            "TASK_FEATURE_LENGTHS = {'label_inputs': 128, 'label_targets': 40, 'rationale_inputs': 128}",
+            "(lacks 'rationale_targets')",
+        ),
     ],
 )
 def test_every_gin_setting_is_checked_before_anything_is_built(parsed, binding, named):

@@ -351,6 +351,50 @@ def test_a_run_records_its_task_options_and_refuses_a_resume_with_others(tmp_pat
     assert json.loads((run / "task.json").read_text()) == recorded
 
 
+@pytest.mark.parametrize(
+    "binding, named",
+    [
+        (f"{TASK}/task_options.train_fraction = 0.0", "task_options.train_fraction must be in (0, 1], got 0.0"),
+        (f"{TASK}/task_options.label_source = 'teachers'", "task_options.label_source must be one of"),
+    ],
+)
+def test_a_task_option_it_cannot_take_is_named_before_anything_is_written(tmp_path, binding, named):
+    import gin
+
+    gin.parse_config(binding)  # scoped to the task: what the binary's own check does not read
+    try:
+        with pytest.raises(settings.SettingError) as e:
+            train(tmp_path / "run", 2)
+    finally:
+        gin.clear_config()
+    assert named in str(e.value) and f"--gin.{TASK}/task_options." in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_start_leaves_nothing_that_refuses_its_corrected_rerun(tmp_path):
+    import dataclasses
+
+    from dss_jax.data import options as dss_options
+
+    run = tmp_path / "run"
+
+    def unreadable(**_):
+        raise settings.SettingError("the input pipeline cannot read the task")
+
+    # The input pipeline is built before the run's files: it used to fail after task.json was written.
+    with pytest.raises(settings.SettingError, match="cannot read the task"):
+        train(run, 2, batches_fn=unreadable)
+    assert not run.exists() or os.listdir(run) == []
+    # A task.json from a start that never reached a checkpoint (an earlier version, a crash)
+    # does not refuse a rerun with other options: nothing was trained with it.
+    other = dataclasses.asdict(dss_options.TaskOptions(train_fraction=0.5))
+    run.mkdir(exist_ok=True)
+    checkpoints.write_run_task(str(run), TASK, other)
+    train(run, 2)
+    assert json.loads((run / "task.json").read_text())["options"]["train_fraction"] == 1.0
+    assert checkpoints.checkpoint_steps(str(run)) == [2]
+
+
 def test_a_resume_with_another_model_is_refused_in_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     train(run, 2)

@@ -11,17 +11,13 @@ import os
 from typing import Any, Mapping, Optional
 
 from dss_jax import checkpoints, input_pipeline, optimizers, partitioning, prediction, settings
+from dss_jax.data import options as dss_options
 from dss_jax.training import selection
 from dss_jax.training.step import DROPOUT_RNGS
 
 
-def _feature_lengths(v):
-    if not isinstance(v, Mapping) or not v:
-        return "must be a dict of feature name -> length, e.g. {'label_inputs': 128, ...}"
-    for k, n in v.items():
-        if not isinstance(k, str) or settings.positive_int(n):
-            return f"must map feature names to positive integers ({k!r}: {n!r} does not)"
-    return None
+def _teacher_sample(v):
+    return None if v == "all" or not settings.nonnegative_int(v) else "must be a sample index >= 0 or 'all'"
 
 
 def _partition_rules(v):
@@ -35,7 +31,7 @@ def _partition_rules(v):
 SETTINGS: dict[str, settings.Rule] = {
     "train.model_dir": settings.text,
     "train.task_name": settings.text,
-    "train.task_feature_lengths": _feature_lengths,
+    "train.task_feature_lengths": settings.feature_lengths,
     "train.train_steps": settings.positive_int,
     "train.batch_size": settings.positive_int,
     "train.initial_checkpoint_path": settings.optional(settings.text),
@@ -71,11 +67,20 @@ SETTINGS: dict[str, settings.Rule] = {
     "train_batches.num_input_shards": settings.optional(settings.positive_int),
     # The decoding evaluation of runs/train.gin's eval hook.
     "make_train_eval_hook.task_name": settings.text,
+    "make_train_eval_hook.feature_lengths": settings.feature_lengths,
     "make_train_eval_hook.batch_size": settings.positive_int,
     "make_train_eval_hook.split": settings.text,
     "make_train_eval_hook.max_examples": settings.optional(settings.positive_int),  # None: all
     "make_train_eval_hook.output_rationale": settings.boolean,
     **prediction.DECODE_SETTINGS,
+    # The DSS tasks' options (data/options.py), unscoped; check_task_options reads them all.
+    "task_options.label_source": settings.one_of(dss_options.LABEL_SOURCES),
+    "task_options.teacher_sample": _teacher_sample,
+    "task_options.train_fraction": settings.number(0, 1, open_low=True),
+    "task_options.seed": settings.integer,
+    "task_options.validation_fraction": settings.number(0, 1, open_low=True, open_high=True),
+    "task_options.validation_seed": settings.integer,
+    "task_options.label_target": settings.one_of(dss_options.LABEL_TARGETS),
 }
 
 # The t5x macros the shipped gin files bind these settings to: what a user types.
@@ -88,6 +93,8 @@ MACROS = {
     "train.initial_checkpoint_path": "INITIAL_CHECKPOINT_PATH",
     "train.eval_period": "EVAL_PERIOD",
     "LossConfig.rationale_weight": "RATIONALE_WEIGHT",
+    "PartitionConfig.num_partitions": "NUM_PARTITIONS",
+    "task_options.label_source": "LABEL_SOURCE",
 }
 
 
@@ -175,6 +182,36 @@ def check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optio
             "`python -m dss_jax.convert` or a training run"
         )
     return resolved
+
+
+def check_task_options(task_name: str) -> None:
+    """The task's options as gin binds them, scoped bindings (`TASK/task_options.NAME`)
+    included: one that TaskOptions refuses is named with its binding."""
+    try:
+        dss_options.current_options(task_name)
+    except (ValueError, TypeError) as e:
+        text = " ".join(str(e).split("\n")[0].split())
+        name = text.split(" ")[0]
+        raise settings.SettingError(
+            f"task_options.{text} (task {task_name!r}); set it with --gin.task_options.{name}=... "
+            f"(or --gin.{task_name}/task_options.{name}=... for this task only)"
+        ) from None
+
+
+def check_mesh(partition_config) -> None:
+    """The mesh must divide the devices: `num_partitions` devices per model replica."""
+    import jax
+
+    devices, partitions = jax.device_count(), partition_config.num_partitions
+    if devices % partitions:
+        _, macros = settings.gin_values(["PartitionConfig.num_partitions"])
+        macro = macros.get("PartitionConfig.num_partitions")
+        where = f"{macro} (PartitionConfig.num_partitions)" if macro else "PartitionConfig.num_partitions"
+        raise settings.SettingError(
+            f"{where} = {partitions} must divide the number of devices ({devices}): each model replica takes "
+            f"{partitions} devices; set --gin.{macro or 'PartitionConfig.num_partitions'}= to a divisor of "
+            f"{devices}, or run on a multiple of {partitions} devices"
+        )
 
 
 def check_task(task_name: str) -> None:

@@ -108,6 +108,8 @@ def train(
     checks.check_selection(eval_period, eval_hook, validation_metric, keep_best_checkpoints, early_stopping_patience)
     initial_checkpoint_path = checks.check_paths(model_dir, initial_checkpoint_path)
     checks.check_task(task_name)
+    checks.check_task_options(task_name)
+    checks.check_mesh(partition_config)
     if initial_checkpoint_path:
         _use_initial_vocabulary(task_name, initial_checkpoint_path)
     with _lock_run_dir(model_dir):  # released on every way out, an exception included
@@ -155,6 +157,18 @@ def train(
                 step,
                 train_steps,
             )
+        # The input pipeline is built before the run's files are written, so a task or
+        # lengths it cannot read stop a start that leaves nothing behind.
+        batches = batches_fn(
+            task_name=task_name,
+            feature_lengths=task_feature_lengths,
+            **batch_args,
+            seed=seed,
+            shard_index=jax.process_index(),
+            num_shards=jax.process_count(),
+            start_position=position,
+            rationale_weight=loss_config.rationale_weight,
+        )
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name, resumed=step > 0, at_step=step)
             if eval_period:
@@ -180,17 +194,6 @@ def train(
             train_steps,
             start,
             model_dir,
-        )
-
-        batches = batches_fn(
-            task_name=task_name,
-            feature_lengths=task_feature_lengths,
-            **batch_args,
-            seed=seed,
-            shard_index=jax.process_index(),
-            num_shards=jax.process_count(),
-            start_position=position,
-            rationale_weight=loss_config.rationale_weight,
         )
 
         terminated = {"flag": False}
@@ -570,7 +573,14 @@ def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = Fals
 
     options = dataclasses.asdict(dss_options.current_options(task_name))
     recorded = checkpoints.run_task(model_dir)
-    if recorded is not None and recorded[1] is not None and (recorded[1], recorded[2]) != (task_name, options):
+    # Only checkpoints were trained with the recorded options: a start that failed before
+    # its first one (and wrote task.json) does not bind its corrected rerun.
+    if (
+        resumed
+        and recorded is not None
+        and recorded[1] is not None
+        and (recorded[1], recorded[2]) != (task_name, options)
+    ):
         changed = sorted(k for k in set(options) | set(recorded[2]) if options.get(k) != recorded[2].get(k))
         raise settings.SettingError(
             f"MODEL_DIR {model_dir} was trained on {recorded[1]!r} with other task options ({recorded[0]}: "
