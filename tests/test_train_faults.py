@@ -371,6 +371,84 @@ def test_a_task_option_it_cannot_take_is_named_before_anything_is_written(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def _cache_task(tmp_path, name, records):
+    """A task over a train cache of `records` (the validation split carved out of it)."""
+    import seqio
+
+    from dss_jax.data import tasks as dss_tasks
+    from dss_jax.data.cache import CacheWriter
+
+    path = tmp_path / f"{name}.jsonl"
+    with CacheWriter(path, fsync=False) as w:
+        w.write_all(records)
+    dss_tasks.register_cache_task(
+        name, train_cache=path, vocabulary=seqio.PassThroughVocabulary(size=VOCAB), family="cqa"
+    )
+    return name
+
+
+def test_dss_without_any_rationale_is_refused_before_anything_is_written(tmp_path):
+    """Records with no usable teacher sample (annotate --keep=correct against a wrong
+    teacher) used to train the explain: task on empty targets, silently; with
+    LABEL_SOURCE='teacher' the empty task was a traceback from inside tf.data."""
+    import dataclasses
+
+    import _eval_toy as toy
+
+    import gin
+    from dss_jax import input_pipeline
+
+    records = [dataclasses.replace(toy._record(i, "train"), samples=()) for i in range(30)]
+    task = _cache_task(tmp_path, "no_rationales_toy", records)
+    real = dict(task_name=task, batches_fn=input_pipeline.train_batches)
+    with pytest.raises(settings.SettingError) as e:
+        train(tmp_path / "run", 2, **real)
+    assert re.match(
+        r"RATIONALE_WEIGHT \(LossConfig.rationale_weight\) is 1.0, but none of the 27 training examples of "
+        r"'no_rationales_toy' has a teacher rationale .*--gin.RATIONALE_WEIGHT=0",
+        str(e.value),
+    ), e.value
+    gin.parse_config(f"{task}/task_options.label_source = 'teacher'")
+    try:
+        with pytest.raises(settings.SettingError) as e:
+            train(tmp_path / "run", 2, **real, loss_config=losses.LossConfig(rationale_weight=0.0))
+    finally:
+        gin.clear_config()
+    assert str(e.value).startswith(
+        "MIXTURE_OR_TASK_NAME 'no_rationales_toy' has no training examples: none of its 27 train records has a "
+        "parsed teacher sample"
+    ) and "--gin.LABEL_SOURCE=" in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_training_examples_with_a_rationale_are_counted_at_the_start(tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    import _eval_toy as toy
+
+    from dss_jax.data import tasks as dss_tasks
+    from dss_jax.training import checks
+
+    caplog.set_level(logging.INFO)
+    some = _cache_task(tmp_path, "some_rationales_toy", [toy._record(i, "train") for i in range(30)])
+    checks.check_training_examples(some, 1.0)
+    # 27 train records after the validation carve-out; every 5th has no teacher sample.
+    (info,) = [r.getMessage() for r in caplog.records if "training examples from" in r.getMessage()]
+    with_rationale = sum(bool(r.samples) for r in dss_tasks.split_records(some, "train"))
+    assert 0 < with_rationale < 27
+    assert info == (
+        "some_rationales_toy/train: 27 training examples from 27 records (0 left out: no usable label or teacher "
+        f"sample), {with_rationale} of them with a teacher rationale (LABEL_SOURCE='gt')"
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"some_rationales_toy/train: {27 - with_rationale} of 27 training examples have no")
+    caplog.clear()
+    none = [dataclasses.replace(toy._record(i, "train"), samples=()) for i in range(30)]
+    checks.check_training_examples(_cache_task(tmp_path, "none_needed_toy", none), 0.0)  # λ = 0: fine
+    assert any("0 of them with a teacher rationale" in r.getMessage() for r in caplog.records)
+
+
 def test_a_failed_start_leaves_nothing_that_refuses_its_corrected_rerun(tmp_path):
     import dataclasses
 

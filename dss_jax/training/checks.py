@@ -198,6 +198,74 @@ def check_task_options(task_name: str) -> None:
         ) from None
 
 
+def check_training_examples(task_name: str, rationale_weight: float) -> None:
+    """The training examples a task registered from teacher caches gives with its options:
+    how many, and how many have a teacher rationale, logged; none at all, or none with a
+    rationale when λ (RATIONALE_WEIGHT) > 0, is an error naming what to change (Distilling
+    Step-by-Step on empty rationale targets would train the explain: task to say nothing)."""
+    import logging
+
+    from dss_jax.data import paired
+    from dss_jax.data import tasks as dss_tasks
+
+    if not dss_tasks.is_cache_task(task_name):
+        return
+    options = dss_options.current_options(task_name)
+    try:
+        records = dss_tasks.split_records(task_name, dss_tasks.TRAIN, options)
+    except FileNotFoundError as e:  # a cache file named by the task's registration
+        raise settings.SettingError(f"MIXTURE_OR_TASK_NAME {task_name!r}: {e}") from None
+    examples, dropped = paired.training_examples(records, options)
+    with_rationale = sum(1 for ex in examples if ex["rationale_targets"].strip())
+    if not examples:
+        raise settings.SettingError(
+            f"MIXTURE_OR_TASK_NAME {task_name!r} has no training examples: {_why_none(len(records), options)}"
+        )
+    logging.info(
+        "%s/train: %d training examples from %d records (%d left out: no usable label or teacher sample), "
+        "%d of them with a teacher rationale (LABEL_SOURCE=%r)",
+        task_name,
+        len(examples),
+        len(records),
+        dropped,
+        with_rationale,
+        options.label_source,
+    )
+    if rationale_weight > 0 and not with_rationale:
+        raise settings.SettingError(
+            f"RATIONALE_WEIGHT (LossConfig.rationale_weight) is {rationale_weight}, but none of the "
+            f"{len(examples)} training examples of {task_name!r} has a teacher rationale (no record has a parsed "
+            f"sample at task_options.teacher_sample={options.teacher_sample!r}; e.g. annotate --keep=correct "
+            "against a teacher that was never right): set --gin.RATIONALE_WEIGHT=0 to train without the "
+            "rationale task, or annotate the train records with a teacher whose samples parse"
+        )
+    if rationale_weight > 0 and with_rationale < len(examples):
+        logging.warning(
+            "%s/train: %d of %d training examples have no teacher rationale; their explain: target is empty "
+            "(as the reference trains them)",
+            task_name,
+            len(examples) - with_rationale,
+            len(examples),
+        )
+
+
+def _why_none(num_records: int, options) -> str:
+    if not num_records:
+        return "its train split has no records (check its train cache, and task_options.train_fraction)"
+    if options.label_source == "teacher":
+        return (
+            f"none of its {num_records} train records has a parsed teacher sample (task_options.teacher_sample="
+            f"{options.teacher_sample!r}): annotate them with a teacher whose samples parse, or train on the gold "
+            "labels with --gin.LABEL_SOURCE=\"'gt'\""
+        )
+    if options.label_source == "gt":
+        return (
+            f"none of its {num_records} train records has a gold label: train on the teacher's labels with "
+            "--gin.LABEL_SOURCE=\"'teacher'\" (or 'gt_else_teacher')"
+        )
+    return f"none of its {num_records} train records has a gold label or a parsed teacher sample"
+
+
 def check_mesh(partition_config) -> None:
     """The mesh must divide the devices: `num_partitions` devices per model replica."""
     import jax

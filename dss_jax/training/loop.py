@@ -112,6 +112,8 @@ def train(
     checks.check_mesh(partition_config)
     if initial_checkpoint_path:
         _use_initial_vocabulary(task_name, initial_checkpoint_path)
+    if batches_fn is input_pipeline.train_batches:  # the examples that pipeline reads
+        checks.check_training_examples(task_name, loss_config.rationale_weight)
     with _lock_run_dir(model_dir):  # released on every way out, an exception included
         if model is None:
             from dss_jax.configurables import build_model, model_config
