@@ -32,6 +32,7 @@ from absl import flags, logging
 
 import gin
 from dss_jax import cli, configurables, files, gin_utils, output_paths, settings
+from dss_jax.data import lengths as dss_lengths
 from dss_jax.data import options as dss_options
 
 if TYPE_CHECKING:  # imported at run time only, so that `--help` needs no TensorFlow
@@ -56,6 +57,7 @@ SETTINGS: dict[str, settings.Rule] = {
     "evaluate_checkpoints.output_rationale": settings.boolean,
     "evaluate_checkpoints.max_examples": settings.optional(settings.positive_int),  # None: all
     "evaluate_checkpoints.dtype": settings.optional(settings.text),
+    "evaluate_checkpoints.allow_shorter_lengths": settings.boolean,
 }
 
 
@@ -74,11 +76,14 @@ def evaluate_checkpoints(
     max_examples: Optional[int] = None,
     dtype: Optional[str] = None,
     overwrite: bool = False,
+    allow_shorter_lengths: bool = False,
 ) -> dict[Optional[int], dict[str, float]]:
     """Evaluates each chosen checkpoint; returns {step: metrics} (see the module docstring).
 
     dtype: the compute dtype for decoding (None: the checkpoint's own).
     overwrite: evaluate again a step whose result output_dir holds, replacing it.
+    allow_shorter_lengths: evaluate with TASK_FEATURE_LENGTHS shorter than the checkpoint's
+    run trained with (refused otherwise: inputs and gold labels would be scored cut).
     """
     import jax
 
@@ -92,6 +97,14 @@ def evaluate_checkpoints(
     subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
     check_eval_outputs(output_dir, subdirs, checkpoint_path, overwrite)
     dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
+    if not allow_shorter_lengths:
+        dss_lengths.check_not_shorter(
+            feature_lengths,
+            chosen[0][1],
+            f"CHECKPOINT_PATH={checkpoint_path}",
+            "evaluate_checkpoints.allow_shorter_lengths",
+            dss_lengths.used_features(output_rationale, dss_options.current_options(task_name).label_target),
+        )
     examples = None
     writer = MetricsWriter(output_dir)
     files.atomic_write(os.path.join(output_dir, CONFIG_FILE), gin.config_str())  # how these outputs were made

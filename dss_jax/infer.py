@@ -56,6 +56,7 @@ SETTINGS: dict[str, settings.Rule] = {
     "infer_file.batch_size": settings.positive_int,
     "infer_file.output_rationale": settings.boolean,
     "infer_file.dtype": settings.optional(settings.text),
+    "infer_file.allow_shorter_lengths": settings.boolean,
 }
 
 
@@ -131,12 +132,14 @@ def infer_file(
     output_rationale: bool = False,
     dtype: Optional[str] = None,
     overwrite: bool = False,
+    allow_shorter_lengths: bool = False,
 ) -> list[dict[str, Any]]:
     """Writes the student's labels (and rationales) for every input; returns the rows.
 
     family: the task family when no task is named; only NLI families ("anli1", "esnli")
     change the input tokenization ("</s>" -> EOS). overwrite: replace an existing
-    output_path.
+    output_path. allow_shorter_lengths: decode with TASK_FEATURE_LENGTHS shorter than the
+    checkpoint's run trained with (refused otherwise).
     """
     output_paths.check_outputs(
         [output_paths.Output("INFER_OUTPUT", output_path)],
@@ -164,6 +167,16 @@ def infer_file(
         label_target = dss_options.current_options(task_name).label_target
     else:
         label_target = (checkpoints.run_task(path) or (None, None, {}))[2].get("label_target", "label")
+    if not allow_shorter_lengths:
+        from dss_jax.data import lengths as dss_lengths
+
+        dss_lengths.check_not_shorter(
+            feature_lengths,
+            path,
+            setting,
+            "infer_file.allow_shorter_lengths",
+            dss_lengths.used_features(output_rationale, label_target),
+        )
     model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
     vocabulary = _vocabulary(vocab_path, task_name)
 

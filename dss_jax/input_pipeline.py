@@ -24,6 +24,7 @@ import seqio
 
 import gin
 from dss_jax.cli import UserError
+from dss_jax.data import lengths as dss_lengths
 from dss_jax.data import options as dss_options
 from dss_jax.data import packing
 from dss_jax.data import paired as dss_paired
@@ -154,11 +155,22 @@ def train_batches(
         if start_position:
             ds = ds.skip(start_position)
         iterators.append(ds.prefetch(2).as_numpy_iterator())
+    _report_truncation(task_name, split, feature_lengths, shard_index, rationale_weight)
     if start_position:
         logging.info("skipping %d batches already consumed", start_position)
     if len(iterators) == 1:
         return iterators[0]
     return _concat_rows(iterators)
+
+
+def _report_truncation(task_name, split, feature_lengths, shard_index: int, rationale_weight: float) -> None:
+    """How many training examples the lengths cut (what the run learns cut), counted over
+    the whole split by the first process; the rationale features only when they train."""
+    if shard_index != 0:
+        return
+    trained = dss_paired.PAIRED_TEXT_FEATURES if rationale_weight > 0 else ("label_inputs", "label_targets")
+    with _without_autograph():
+        dss_lengths.report_truncation(task_name, split, feature_lengths, trained)
 
 
 BATCH_UNITS = ("rows", "examples")
@@ -205,6 +217,7 @@ def _example_batches(
         converter = DssFeatureConverter(pack=True, rationale_weight=rationale_weight)
         encoder_length, decoder_length = converter.row_lengths(lengths)
         stream = converter.numpy_examples(ds, lengths)
+    _report_truncation(task_name, split, feature_lengths, shard_index, rationale_weight)
 
     def groups():
         while True:
@@ -288,6 +301,8 @@ def eval_batches(
             shard_index=shard_index,
             num_shards=num_shards,
         )
+        if shard_index == 0:  # the whole split, counted once per process and lengths
+            dss_lengths.report_truncation(task_name, split, feature_lengths)
         feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
         ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]

@@ -29,6 +29,7 @@ import numpy as np
 
 import gin
 from dss_jax import files
+from dss_jax.data import lengths as dss_lengths
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
 from dss_jax.data import parsers
@@ -79,13 +80,15 @@ def _pad_rows(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
 def load_examples(
     task_name: str, split: str, feature_lengths: Mapping[str, int], max_examples: Optional[int] = None
 ) -> EvalExamples:
-    """Reads and tokenizes a split of a DSS task (inputs trimmed to the feature lengths)."""
+    """Reads and tokenizes a split of a DSS task (inputs trimmed to the feature lengths; how
+    many examples are cut is logged, `lengths.report_truncation`)."""
     task = dss_tasks.get_task(task_name)
     if split not in task.splits:
         raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {', '.join(task.splits)}")
     missing = [k for k in dss_paired.PAIRED_TEXT_FEATURES if k not in feature_lengths]
     if missing:
         raise ValueError(f"TASK_FEATURE_LENGTHS lacks {missing}; it needs {list(dss_paired.PAIRED_TEXT_FEATURES)}")
+    dss_lengths.report_truncation(task_name, split, feature_lengths, max_examples=max_examples)  # scored cut
     feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
     dataset = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
     if max_examples is not None:

@@ -172,3 +172,101 @@ def test_evaluate_shows_a_progress_bar_of_examples_only_when_asked(env, examples
     err = capsys.readouterr().err
     for part in ("labels", "rationales"):
         assert f"{toy.TASK} {part}: 100%" in err and "11/11" in err and "ex/s" in err, err
+
+
+# -- TASK_FEATURE_LENGTHS that cut: counted where they cut, refused below the run's ----
+
+
+def test_every_place_that_cuts_counts_what_it_cuts(env, caplog):
+    """Shorter lengths used to cut inputs and targets silently: the train and validation
+    pipelines and eval's examples now log how many examples they cut, per feature."""
+    import logging
+
+    from dss_jax import input_pipeline
+    from dss_jax.data import lengths as dss_lengths
+
+    caplog.set_level(logging.INFO)
+    dss_lengths._REPORTED.clear()  # counted once per process and lengths
+    short = {**toy.LENGTHS, "label_inputs": 8, "rationale_targets": 4}
+    load_examples(toy.TASK, "test", short)
+    assert (
+        "toy_eval_yesno/test: 11 of 11 examples are longer than TASK_FEATURE_LENGTHS and are cut "
+        "(label_inputs > 8: 11, rationale_targets > 4: " in caplog.text
+    )
+    train = dss_lengths.truncation(toy.TASK, "train", short)
+    assert train.per_feature["label_inputs"] == train.examples > 0 and 0 < train.per_feature["rationale_targets"]
+    caplog.clear()
+    args = dict(batch_size=4, seed=0, shard_index=0, num_shards=1, start_position=0)
+    next(input_pipeline.train_batches(task_name=toy.TASK, feature_lengths=short, rationale_weight=1.0, **args))
+    assert train.message() in caplog.text and any(r.levelno == logging.WARNING for r in caplog.records)
+    caplog.clear()  # λ = 0 trains no rationale: only the label features count
+    label_only = {**toy.LENGTHS, "rationale_targets": 4}
+    next(input_pipeline.train_batches(task_name=toy.TASK, feature_lengths=label_only, rationale_weight=0.0, **args))
+    assert "toy_eval_yesno/train: no example is longer than TASK_FEATURE_LENGTHS" in caplog.text
+    caplog.clear()
+    dss_lengths._REPORTED.clear()  # the validation loss reads the split once per evaluation
+    list(
+        input_pipeline.eval_batches(
+            task_name=toy.TASK, feature_lengths=short, batch_size=4, split="test", shard_index=0, num_shards=1
+        )
+    )
+    list(
+        input_pipeline.eval_batches(
+            task_name=toy.TASK, feature_lengths=short, batch_size=4, split="test", shard_index=0, num_shards=1
+        )
+    )
+    assert caplog.text.count("toy_eval_yesno/test: 11 of 11 examples") == 1  # once, not per evaluation
+
+
+def test_lengths_shorter_than_the_run_trained_with_are_refused_unless_told(env, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from dss_jax import cli
+    from dss_jax.data import lengths as dss_lengths
+    from dss_jax.eval import evaluate_checkpoints
+
+    run = tmp_path / "run"
+    shutil.copytree(env.trained.run_dir, run)
+    # As the train binary writes it (older checkpoints' metadata does not record the lengths).
+    (run / "config.gin").write_text(
+        "TASK_FEATURE_LENGTHS = \\\n    {'label_inputs': 24,\n     'label_targets': 6,\n"
+        "     'rationale_inputs': 24,\n     'rationale_targets': 12}\nTRAIN_STEPS = 60\n"
+    )
+    short = {**toy.LENGTHS, "label_inputs": 8}
+    out = tmp_path / "eval"
+    args = dict(checkpoint_path=str(run), output_dir=str(out), task_name=toy.TASK, split="test", batch_size=4)
+    with pytest.raises(cli.UserError) as e:
+        evaluate_checkpoints(feature_lengths=short, **args)
+    message = str(e.value)
+    assert message.startswith(f"TASK_FEATURE_LENGTHS is shorter than CHECKPOINT_PATH={run} was trained with (")
+    assert "label_inputs 8 < 24" in message and "--gin.evaluate_checkpoints.allow_shorter_lengths=True" in message
+    assert "--gin.TASK_FEATURE_LENGTHS=\"{'label_inputs': 24, 'label_targets': 6, " in message
+    assert not out.exists()
+    # The rationale lengths do not matter to an evaluation that decodes no rationale.
+    evaluate_checkpoints(feature_lengths={**toy.LENGTHS, "rationale_targets": 4}, **args)
+    caplog.set_level(logging.INFO)
+    dss_lengths._REPORTED.clear()
+    told = evaluate_checkpoints(feature_lengths=short, allow_shorter_lengths=True, **args)
+    assert told[60]["num_examples"] == 11
+    assert (
+        "toy_eval_yesno/test: 11 of 11 examples are longer than TASK_FEATURE_LENGTHS and are cut (label_inputs > 8: 11)"
+        in caplog.text
+    )
+
+
+def test_the_lengths_a_run_trained_with_are_read_from_its_checkpoint(tmp_path):
+    from dss_jax.data import lengths as dss_lengths
+
+    step = tmp_path / "run" / "checkpoint_4"
+    (step / "metadata").mkdir(parents=True)
+    recorded = {"settings": {"task_feature_lengths": {"label_inputs": 64, "label_targets": 8}}}
+    (step / "metadata" / "metadata").write_text(json.dumps({"step": 4, **recorded}))
+    (tmp_path / "run" / "config.gin").write_text("TASK_FEATURE_LENGTHS = {'label_inputs': 1}\n")
+    assert dss_lengths.trained_feature_lengths(step) == (
+        str(step / "metadata" / "metadata"),
+        {"label_inputs": 64, "label_targets": 8},
+    )
+    (step / "metadata" / "metadata").write_text(json.dumps({"step": 4}))  # before settings were recorded
+    assert dss_lengths.trained_feature_lengths(step) == (str(tmp_path / "run" / "config.gin"), {"label_inputs": 1})
+    assert dss_lengths.trained_feature_lengths(tmp_path / "elsewhere") is None

@@ -250,3 +250,23 @@ def test_decoding_refuses_numbers_that_are_not_finite():
         DecodeConfig(max_decode_length=4, method="sample", temperature=float("nan"))
     with pytest.raises(ValueError, match="length_penalty must be a finite number, got inf"):
         DecodeConfig(max_decode_length=4, method="beam", length_penalty=float("inf"))
+
+
+def test_lengths_shorter_than_the_run_trained_with_are_refused_unless_told(env, tmp_path):
+    import shutil
+
+    from dss_jax import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(env.trained.run_dir, run)
+    (run / "config.gin").write_text(f"TASK_FEATURE_LENGTHS = {toy.LENGTHS!r}\n")  # as the train binary records it
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "input": "what about a red car?"}])
+    args = dict(checkpoint_path=str(run), input_path=str(inputs), task_name=toy.TASK, batch_size=2)
+    short = {**toy.LENGTHS, "label_targets": 2}
+    with pytest.raises(cli.UserError, match=r"label_targets 2 < 6\).*--gin.infer_file.allow_shorter_lengths=True"):
+        infer.infer_file(output_path=str(tmp_path / "out.jsonl"), feature_lengths=short, **args)
+    assert not (tmp_path / "out.jsonl").exists()
+    rows = infer.infer_file(
+        output_path=str(tmp_path / "out.jsonl"), feature_lengths=short, allow_shorter_lengths=True, **args
+    )
+    assert len(rows) == 1
