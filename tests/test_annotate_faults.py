@@ -253,3 +253,20 @@ def test_every_numeric_flag_of_annotate_has_a_rule():
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     numeric, ruled = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(numeric) >= 15 and numeric == ruled
+
+
+def test_https_to_a_plain_http_server_stops_at_once_instead_of_retrying(tmp_path):
+    """TLS to a server that does not speak it failed every attempt of every example
+    (420 retries for 60 examples), each one a connection error worth retrying."""
+    inputs, output = tmp_path / "in.jsonl", tmp_path / "cache.jsonl"
+    inputs.write_text("".join(json.dumps(ts.example(i)) + "\n" for i in range(6)))
+    prompt = ts.write_prompt(tmp_path / "prompt.txt")
+    with ScriptedOpenAIServer(ts.teacher) as server:
+        https = server.base_url.replace("http://", "https://")
+        start = time.monotonic()
+        proc = annotate(https, inputs, output, prompt, "--max_retries=6", "--concurrency=1")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "STOPPED by a fatal error: TLS with https://127.0.0.1:" in proc.stderr
+    assert "does not speak TLS" in proc.stderr and "use http://" in proc.stderr
+    assert time.monotonic() - start < 60
+    assert not output.exists() or output.read_text() == ""

@@ -12,7 +12,8 @@ Robustness, because a long annotation run meets every kind of failure:
     reply): a server that trickles bytes cannot hold a worker longer than that;
   - a reply larger than `max_reply_bytes` fails its prompt (RequestFailed) without
     being read further, so a runaway server cannot fill memory or the cache;
-  - 401/403/404 are fatal (`FatalBackendError`): no other prompt would fare better;
+  - 401/403/404 are fatal (`FatalBackendError`): no other prompt would fare better; so
+    is a TLS failure (https to a plain-HTTP server, an untrusted certificate);
   - other 4xx (e.g. a prompt over the context length) fail only that prompt;
   - a process-wide rate limit spaces attempts (retries included) evenly;
   - token usage from each reply's `usage` object is summed.
@@ -32,6 +33,7 @@ import logging
 import math
 import random
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -163,6 +165,25 @@ def _shut(sock: socket.socket, expired: threading.Event) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:  # already closed: the request ended as the timer fired
         pass
+
+
+_TRANSIENT_TLS_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_reason(e: ssl.SSLError) -> str:
+    return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+
+
+def _tls_fix(e: ssl.SSLError) -> str:
+    reason = str(getattr(e, "reason", "") or e).upper()
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (
+            "the server's certificate is not trusted: give its CA with SSL_CERT_FILE=PATH, or check the host in "
+            "--base_url"
+        )
+    if any(k in reason for k in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER")):
+        return "the server does not speak TLS (a plain-HTTP server?): use http:// in --base_url"
+    return "check that --base_url's port serves https, or use http:// for a plain-HTTP server"
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -393,6 +414,13 @@ class OpenAIHttpBackend:
             raise RequestFailed(
                 f"reply from {self._url} larger than --max_reply_bytes={self.config.max_reply_bytes} ({e}); "
                 "raise the cap if replies this large are expected"
+            ) from None
+        except ssl.SSLError as e:
+            if isinstance(e, _TRANSIENT_TLS_ERRORS):  # a connection cut mid-handshake: like any other
+                raise _RetryableError(self._redact(f"connection error ({type(e).__name__}: {e})")) from None
+            # The same on every attempt of every prompt: no retry can help.
+            raise FatalBackendError(
+                self._redact(f"TLS with {self._url} failed ({_tls_reason(e)}); {_tls_fix(e)}")
             ) from None
         except (OSError, http.client.HTTPException) as e:  # timeouts are OSErrors too
             raise _RetryableError(self._redact(f"connection error ({type(e).__name__}: {e})")) from None
