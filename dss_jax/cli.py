@@ -48,6 +48,7 @@ _ENVIRONMENT_ERRNOS = {
     errno.EDQUOT,
     errno.ENAMETOOLONG,
     errno.ENOTEMPTY,
+    errno.EFBIG,  # a file-size limit: a full disk by another name
 }
 
 
@@ -263,9 +264,17 @@ def _exit(code) -> None:
 
 
 def describe_os_error(e: OSError) -> str:
-    """'PATH: No space left on device' (both paths of a failed rename or copy)."""
+    """'PATH: No space left on device' (both paths of a failed rename or copy); a path in
+    the project's cache directory says which setting moves it."""
     where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
-    return f"{where}: {e.strerror or os.strerror(e.errno)}"
+    text = f"{where}: {e.strerror or os.strerror(e.errno)}"
+    cache = os.path.abspath(project_cache_dir())
+    if os.path.abspath(str(e.filename)).startswith(cache + os.sep) or os.path.abspath(str(e.filename)) == cache:
+        text += (
+            f" (in DSS_CACHE_DIR={project_cache_dir()}, where generated data, vocabularies and compiled programs go: "
+            "set DSS_CACHE_DIR to a folder you can write to, with room)"
+        )
+    return text
 
 
 def child_error(what: str, returncode: int, log_path: str) -> UserError:
@@ -306,6 +315,11 @@ def use_compilation_cache() -> str | None:
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # jax read it itself
         return os.environ["JAX_COMPILATION_CACHE_DIR"] or None
     path = os.path.join(project_cache_dir(), "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a read-only or full cache: jax would warn at every compile
+        logging.warning("compiled programs are not cached: %s", describe_os_error(e))
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     if jax.config.jax_compilation_cache_max_size == -1:  # jax's default: unbounded
         jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)

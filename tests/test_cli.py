@@ -180,3 +180,70 @@ def test_an_os_error_from_inside_a_gin_configurable_is_one_line(capsys):
         cli.guard(write_predictions, "eval")()
     assert e.value.code == cli.EXIT_USAGE
     assert capsys.readouterr().err == "eval: error: /out/predictions.jsonl: No space left on device\n"
+
+
+def test_a_read_only_or_full_cache_dir_is_one_line_naming_dss_cache_dir(tmp_path, monkeypatch, capsys):
+    """An OSError raised inside a gin configurable (the data generated on first use, a
+    vocabulary cached) lost its errno and file name to gin's proxy: a traceback."""
+    import gin
+
+    monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path / "cache"))
+
+    @gin.configurable
+    def fill_the_cache(error):
+        raise error
+
+    for error, said in (
+        (
+            OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "vocabularies" / "v.model")),
+            "No space",
+        ),
+        (
+            OSError(errno.EFBIG, "File too large", str(tmp_path / "cache" / "synthetic" / "train.jsonl")),
+            "File too large",
+        ),
+        (
+            NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "cache" / "synthetic")),
+            "Not a directory",
+        ),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.guard(lambda error=error: fill_the_cache(error), "train")()
+        assert e.value.code == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith(f"train: error: {error.filename}: {said}") and err.count("\n") == 1, err
+        assert f"(in DSS_CACHE_DIR={tmp_path / 'cache'}, " in err and "set DSS_CACHE_DIR to a folder" in err
+
+
+def test_a_cache_dir_that_cannot_hold_compiled_programs_is_a_warning(tmp_path, monkeypatch, caplog):
+    import jax
+
+    (tmp_path / "file").write_text("")
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path / "file" / "cache"))  # read-only: under a file
+    assert cli.use_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir == before
+    assert "compiled programs are not cached: " in caplog.text and "DSS_CACHE_DIR" in caplog.text
+
+
+def test_the_train_binary_on_a_cache_dir_it_cannot_write_is_one_line(tmp_path):
+    from conftest import run_binary
+
+    (tmp_path / "file").write_text("")
+    model_dir = tmp_path / "run"
+    r = run_binary(
+        "dss_jax.train",
+        "--gin_file=runs/train.gin",
+        "--gin_file=models/tiny.gin",
+        "--gin_file=tasks/synthetic.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TRAIN_STEPS=2",
+        "--gin.BATCH_SIZE=8",
+        DSS_CACHE_DIR=str(tmp_path / "file" / "cache"),
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train: error: {tmp_path / 'file' / 'cache'}") and "Not a directory" in last, last
+    assert "set DSS_CACHE_DIR to a folder you can write to" in last
+    assert not model_dir.exists()
