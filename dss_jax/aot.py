@@ -54,6 +54,7 @@ the virtual devices, or with libtpu or the CUDA plugin for an accelerator target
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -68,6 +69,26 @@ from typing import Any, Optional
 LARGE_ELEMENTS = 1 << 20
 MEMORY_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 GIB = float(1 << 30)
+
+
+# The choices of AotConfig's fields, written out here because importing where they are
+# defined (model/config.py, partitioning.py) imports jax before the device count is set;
+# tests/test_aot.py checks that they agree.
+SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+VARIANTS = ("t5.1.0", "t5.1.1", "flan")
+RULE_SETS = ("dp", "fsdp", "tp", "fsdp_tp")
+REMAT_POLICIES = ("none", "full", "minimal", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("adafactor", "adamw")
+_CHOICES = {
+    "size": SIZES,
+    "variant": VARIANTS,
+    "rules": RULE_SETS,
+    "remat_policy": REMAT_POLICIES,
+    "dtype": DTYPES,
+    "optimizer": OPTIMIZERS,
+}
+_POSITIVE = ("num_partitions", "num_devices", "batch_size", "encoder_length", "decoder_length", "num_microbatches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +116,15 @@ class AotConfig:
     target: str = "cpu"
 
     def __post_init__(self):
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                near = difflib.get_close_matches(str(getattr(self, name)), choices, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ValueError(f"--{name}={getattr(self, name)}: choose one of {', '.join(choices)}{hint}")
+        for name in _POSITIVE + ("num_layers", "vocab_size"):
+            value = getattr(self, name)
+            if (value is not None or name in _POSITIVE) and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"--{name}={value}: must be a positive integer")
         target_kind(self.target)  # ValueError naming the accepted forms
         if self.num_devices % self.num_partitions:
             raise ValueError(f"num_partitions={self.num_partitions} must divide num_devices={self.num_devices}")
@@ -608,7 +638,13 @@ def parse_args(argv=None) -> tuple[AotConfig, Optional[str]]:
     """The command line -> (config, json_out); a bad combination exits with status 2."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dss_jax import cli
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, `aot: error: ...`, exit 2 (argparse prints its usage first)
+            cli.fail("aot", f"{message} (--help lists the flags)")
+
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(AotConfig):
         kind = {"Optional[int]": int, "int": int}.get(str(f.type), str)
         parser.add_argument(f"--{f.name}", type=kind, default=f.default)
@@ -618,7 +654,7 @@ def parse_args(argv=None) -> tuple[AotConfig, Optional[str]]:
     try:
         return AotConfig(**args), json_out
     except ValueError as e:
-        parser.error(str(e))
+        cli.fail("aot", e)
 
 
 def main(argv=None) -> int:

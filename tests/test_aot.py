@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import REPO_ROOT
 from dss_jax import aot, losses, optimizers, partitioning
 from dss_jax.model.t5 import T5
 from dss_jax.training.step import Trainer
@@ -260,3 +261,32 @@ def test_a_cached_report_is_quoted_only_for_the_settings_it_was_compiled_with(tm
     aot.write_report(str(tmp_path / "rows" / "base-12.json"), report)
     assert aot.cached_depths(str(tmp_path / "rows"), "base-") == [1, 12]
     assert aot.cached_depths(str(tmp_path / "none"), "base-") == []
+
+
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        ("--size=bse", "aot: error: --size=bse: choose one of tiny, small, base, large, xl, xxl (did you mean base?)"),
+        ("--rules=fsdp-tp", "aot: error: --rules=fsdp-tp: choose one of dp, fsdp, tp, fsdp_tp (did you mean fsdp_tp?)"),
+        ("--optimizer=sgd", "aot: error: --optimizer=sgd: choose one of adafactor, adamw"),
+        ("--dtype=int8", "aot: error: --dtype=int8: choose one of float32, bfloat16, float16"),
+        ("--num_layers=0", "aot: error: --num_layers=0: must be a positive integer"),
+        ("--num_devices=x", "aot: error: argument --num_devices: invalid int value: 'x'"),
+    ],
+)
+def test_a_flag_it_cannot_take_is_one_line_before_jax_starts(flag, said):
+    """--size=bse was accepted and failed in T5Config.preset with a traceback; argparse's
+    own errors printed its usage first."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dss_jax.aot", flag], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith(said) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_the_choices_written_out_agree_with_where_they_are_defined():
+    from dss_jax import optimizers, partitioning
+    from dss_jax.model import config
+
+    assert aot.SIZES == config.SIZES and aot.VARIANTS == config.VARIANTS
+    assert aot.REMAT_POLICIES == config.REMAT_POLICIES and aot.RULE_SETS == tuple(partitioning.RULE_SETS)
+    assert optimizers.SETTINGS["name"]("sgd") and not any(optimizers.SETTINGS["name"](o) for o in aot.OPTIMIZERS)
