@@ -218,6 +218,53 @@ def test_a_failed_background_write_is_one_error_without_orbax_tracebacks(tmp_pat
     assert meta["step"] == 1
 
 
+def test_a_failed_background_write_is_reported_as_its_own_step(tmp_path):
+    """The asynchronous save of checkpoint_3 fails; orbax raises it from the next save, and
+    it used to be reported as a failure to write checkpoint_6."""
+    ckpt = checkpoints.RunCheckpointer(str(tmp_path), asynchronous=True)
+    ckpt.save(1, {"w": np.ones(4, np.float32)}, {"step": 1})
+    ckpt.wait()
+    big = {"w": np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)}  # 4 MB, incompressible
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, limits[1]))
+    try:
+        ckpt.save(3, big, {"step": 3})
+        with pytest.raises(checkpoints.CheckpointWriteError) as e:
+            ckpt.save(6, {"w": np.ones(4, np.float32)}, {"step": 6})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    ckpt.close()
+    assert str(e.value).startswith(f"could not write the checkpoint {tmp_path / 'checkpoint_3'} (File too large")
+    assert "checkpoint_6" not in str(e.value)
+
+
+def test_a_checkpoint_its_run_deleted_is_not_called_damaged(tmp_path, monkeypatch):
+    """A run keeps only its latest checkpoints: one chosen (eval STEPS='all') and then
+    deleted by the run still training used to be reported as incomplete or damaged."""
+    import shutil
+
+    run = tmp_path / "run"
+    train(run, 4)  # checkpoint_2, checkpoint_4
+    real = checkpoints.params.ocp.PyTreeCheckpointer.metadata
+
+    def pruned_while_read(self, directory, *args, **kwargs):
+        shutil.rmtree(run / "checkpoint_2")  # the run's save of a later step removes it
+        return real(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.params.ocp.PyTreeCheckpointer, "metadata", pruned_while_read)
+    with pytest.raises(checkpoints.CheckpointNotFoundError) as e:
+        checkpoints.load_params(run / "checkpoint_2")
+    assert str(e.value).startswith(f"{run / 'checkpoint_2'} was deleted while it was being read: its run keeps")
+    assert "damaged" not in str(e.value) and "[4]" in str(e.value)
+    monkeypatch.undo()
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"checkpoint_2 does not exist \(any more: "):
+        checkpoints.load_params(run / "checkpoint_2")
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"checkpoint_7 does not exist$"):
+        checkpoints.load_params(run / "checkpoint_7")  # no later step: a step it never had
+
+
 # -- item 10: one value per step after a resume ----------------------------------------
 
 

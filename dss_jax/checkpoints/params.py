@@ -35,9 +35,11 @@ from dss_jax.checkpoints.locate import (
     CONFIG_FILE,
     PARAMS_ITEM,
     PYTREE_MARKER,
+    RUN_STEP_DIR,
     VOCAB_FILE,
     CheckpointError,
     CheckpointNotFoundError,
+    checkpoint_steps,
     find_vocabulary,
     no_checkpoint_error,
     read_config,
@@ -94,6 +96,9 @@ def load_params(
     in messages as `config_source`) before the weights are read."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
+        gone = _deleted_by_its_run(path)
+        if gone is not None:
+            raise gone
         what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
         raise CheckpointNotFoundError(f"checkpoint directory {path} {what}")
     orbax_dir, params_path = _locate_params(path if item is None else path / item)
@@ -203,7 +208,34 @@ def _metadata_tree(orbax_dir: pathlib.Path) -> Mapping:
     return md
 
 
+def _deleted_by_its_run(path: pathlib.Path) -> Optional[CheckpointNotFoundError]:
+    """The error for a run's checkpoint_<step> dir, or an orbax item in one, that is gone or
+    going: its run deletes all but its latest checkpoints, also after this one was chosen.
+    None when `path` is in no run's checkpoint, or is whole (then it is damaged)."""
+    step = next((p for p in (path, *path.parents) if RUN_STEP_DIR.match(p.name)), None)
+    if step is None:
+        return None
+    steps = checkpoint_steps(str(step.parent))
+    number = int(step.name.rsplit("_", 1)[1])
+    if path == step:  # not there at all: a typo, or pruned before it was read
+        if path.exists() or not any(s > number for s in steps):
+            return None
+        return CheckpointNotFoundError(
+            f"{step} does not exist (any more: its run keeps only its latest checkpoints, "
+            f"train.keep_checkpoints); use a step it has ({steps})"
+        )
+    if (path / PYTREE_MARKER).exists():
+        return None
+    return CheckpointNotFoundError(
+        f"{step} was deleted while it was being read: its run keeps only its latest checkpoints "
+        f"(train.keep_checkpoints) and removed this one; use a step it has now ({steps or 'none'})"
+    )
+
+
 def _unreadable(orbax_dir: pathlib.Path, why: object) -> CheckpointError:
+    gone = _deleted_by_its_run(orbax_dir)
+    if gone is not None:  # not damaged: pruned by a run still training
+        return gone
     why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
     return CheckpointError(
         f"{orbax_dir}: cannot read the orbax checkpoint ({why}); it is incomplete "

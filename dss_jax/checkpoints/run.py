@@ -99,6 +99,10 @@ class RunCheckpointer:
         """Saves `state` as step `step`, unless that step is saved already: the train state
         only moves with the step, so the saved one is the same (a non-finite loss right
         after a checkpoint, a preemption right after one, a run resumed at its end)."""
+        if self._pending is not None:
+            # orbax finishes the previous background save first, and raises its failure from
+            # this call: reported as that step's, not this one's.
+            self.wait()
         if step in self._manager.all_steps():
             logging.info("step %d is already saved in %s", step, step_dir(self.directory, step))
             return
