@@ -1,6 +1,7 @@
 """A train run's settings, checked before anything is written: every value against its
 rule (`SETTINGS`, reported under the t5x macro a user typed, `MACROS`), MODEL_DIR and
-INITIAL_CHECKPOINT_PATH, and the task. The train binary runs `check_gin_settings` on the
+INITIAL_CHECKPOINT_PATH, the task, its options, the mesh, and the training examples (how
+many, how many with a rationale). The train binary runs `check_gin_settings` on the
 parsed gin config before any configurable is built; `train()` runs the rest on its
 arguments.
 """
