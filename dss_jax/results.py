@@ -263,7 +263,7 @@ def _table(groups: list[dict], metric: str, cfg: dict, selected: bool) -> list[s
 
 
 def _difference_lines(groups: list[dict], metric: str, cfg: dict, title: str = "") -> list[str]:
-    diffs = differences(groups, cfg.get("differences") or default_differences(cfg.get("dss_label_source", "gt")))
+    diffs = differences(groups, _pairs(cfg))
     if not diffs:
         return []
     lines = [
@@ -286,34 +286,73 @@ def _difference_lines(groups: list[dict], metric: str, cfg: dict, title: str = "
 
 
 def _budget_tables(budget_rows: list[dict], metric: str, cfg: dict) -> list[str]:
-    """Per budget axis: the mean ± std at each budget, and the differences at each."""
+    """Per budget axis: a table of mean ± std (runs) with a column per budget, and one of
+    each method − baseline difference at each budget."""
     lines = []
     for axis in BUDGET_AXES:
         mine = [r for r in budget_rows if r["budget_axis"] == axis]
         if not mine:
             continue
         what = "real tokens trained on" if axis == "real_tokens" else "examples seen"
+        budgets = sorted({r["budget"] for r in mine})
+        per_budget = {b: aggregate([r for r in mine if r["budget"] == b and r[metric] != ""], metric) for b in budgets}
         lines += [
             "",
             f"## At equal {what}",
             "",
-            f"Each run's checkpoint validation selects among those within the budget of {what}; a run that",
-            "neither reached the budget nor stopped early before it has no value there (runs: those with one).",
+            f"{metric} on the test split of the checkpoint validation selects among those within each budget of",
+            f"{what}, mean ± std over seeds (runs); a run that neither reached the budget nor stopped early",
+            "before it has no value there.",
             "",
-            f"| method | init | size | fraction | λ | budget ({what}) | runs | {metric} (mean ± std) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | init | size | fraction | λ | " + " | ".join(_short(b) for b in budgets) + " |",
+            "|---" * (5 + len(budgets)) + "|",
         ]
-        budgets = sorted({r["budget"] for r in mine})
-        per_budget = {b: aggregate([r for r in mine if r["budget"] == b and r[metric] != ""], metric) for b in budgets}
+        cells: dict[tuple, dict[float, dict]] = {}
         for b in budgets:
             for g in per_budget[b]:
+                cells.setdefault(_cell(g), {})[b] = g
+        for key, by_budget in sorted(cells.items()):
+            values = [
+                f"{by_budget[b]['mean']:.4f} ± {by_budget[b]['std']:.4f} ({by_budget[b]['n']})"
+                if b in by_budget
+                else "–"
+                for b in budgets
+            ]
+            lines.append("| " + " | ".join([*key, *values]) + " |")
+        diffs = [(b, d) for b in budgets for d in differences(per_budget[b], _pairs(cfg))]
+        if diffs:
+            lines += [
+                "",
+                f"Differences at each budget of {what}, method − baseline, with the standard error of the",
+                "difference; larger than the noise when |Δ| > 2 SE (n/a: fewer than two runs on a side).",
+                "",
+                "| method − baseline | init | size | fraction | λ | budget | Δ | SE | \\|Δ\\| > 2 SE |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for b, d in diffs:
+                se = "n/a" if math.isnan(d["se"]) else f"{d['se']:.4f}"
+                larger = "n/a" if math.isnan(d["se"]) else ("yes" if d["larger"] else "no")
                 lines.append(
-                    f"| {g['method']} | {g['init'] or '-'} | {g['size']} | {g['fraction']:g} "
-                    f"| {g['rationale_weight']:g} | {b:,.0f} | {g['n']} | {g['mean']:.4f} ± {g['std']:.4f} |"
+                    f"| {d['method']} − {d['baseline']} | {d['init'] or '-'} | {d['size']} | {d['fraction']:g} "
+                    f"| {d['rationale_weight']:g} | {_short(b)} | {d['diff']:+.4f} | {se} | {larger} |"
                 )
-        for b in budgets:
-            lines += _difference_lines(per_budget[b], metric, cfg, title=f" at {b:,.0f} {what}")
     return lines
+
+
+def _cell(g: dict) -> tuple[str, ...]:
+    return (g["method"], g["init"] or "-", g["size"], f"{g['fraction']:g}", f"{g['rationale_weight']:g}")
+
+
+def _short(budget: float) -> str:
+    """1,000,000 -> 1M, 12,800 -> 12.8k: a budget as a column head."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if budget >= size:
+            return f"{budget / size:g}{unit}"
+    return f"{budget:g}"
+
+
+def _pairs(cfg: dict) -> Sequence[Sequence[str]]:
+    return cfg.get("differences") or default_differences(cfg.get("dss_label_source", "gt"))
 
 
 def default_differences(dss_label_source: str = "gt") -> list[tuple[str, str]]:

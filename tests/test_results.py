@@ -113,7 +113,9 @@ def test_the_tables_read_both_readings_with_differences_and_budgets_without_valu
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "## At equal real tokens trained on" in md and "## At equal examples seen" in md
     assert "| dss_gt − finetune | - | tiny | 1 | 1 | -0.0040 | 0.0000 | yes |" in md
-    assert "at 250 real tokens trained on" in md and "at 1,000 real tokens" not in md  # no dss_gt value there
+    assert "| dss_gt − finetune | - | tiny | 1 | 1 | 250 | +0.0000 |" in md
+    assert "| dss_gt − finetune | - | tiny | 1 | 1 | 1k |" not in md  # no dss_gt value there
+    assert "| dss_gt | - | tiny | 1 | 1 | 0.9980 ± 0.0000 (2) | – | – |" in md  # 250, 1k, 5k tokens
     results.plot_budgets(budgets, "accuracy", str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
