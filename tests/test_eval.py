@@ -247,7 +247,7 @@ def test_lengths_shorter_than_the_run_trained_with_are_refused_unless_told(env, 
     evaluate_checkpoints(feature_lengths={**toy.LENGTHS, "rationale_targets": 4}, **args)
     caplog.set_level(logging.INFO)
     dss_lengths._REPORTED.clear()
-    told = evaluate_checkpoints(feature_lengths=short, allow_shorter_lengths=True, **args)
+    told = evaluate_checkpoints(feature_lengths=short, allow_shorter_lengths=True, overwrite=True, **args)
     assert told[60]["num_examples"] == 11
     assert (
         "toy_eval_yesno/test: 11 of 11 examples are longer than TASK_FEATURE_LENGTHS and are cut (label_inputs > 8: 11)"
