@@ -43,7 +43,9 @@ def main(argv):
     )
     try:
         params, config, vocab = hf_convert.import_hf_checkpoint(_HF_DIR.value)
-        out = checkpoints.save_params(_OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value)
+        out = checkpoints.save_params(
+            _OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value, source=_HF_DIR.value
+        )
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         raise cli.UserError(str(e)) from e
     n = sum(p.size for p in jax.tree.leaves(params))

@@ -93,29 +93,31 @@ def evaluate_checkpoints(
     from dss_jax.scoring import METRICS_FILE, decode_and_score, load_examples, write_outputs
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
+    setting = f"CHECKPOINT_PATH={checkpoint_path}"
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
     check_eval_outputs(output_dir, subdirs, checkpoint_path, overwrite)
-    dss_options.use_run_options(task_name, chosen[0][1], f"CHECKPOINT_PATH={checkpoint_path}")
+    dss_options.use_run_options(task_name, chosen[0][1], setting)
     if not allow_shorter_lengths:
         dss_lengths.check_not_shorter(
             feature_lengths,
             chosen[0][1],
-            f"CHECKPOINT_PATH={checkpoint_path}",
+            setting,
             "evaluate_checkpoints.allow_shorter_lengths",
             dss_lengths.used_features(output_rationale, dss_options.current_options(task_name).label_target),
         )
-    examples = None
+    vocab_path = checkpoints.find_vocabulary(chosen[0][1])
+    dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
+    first = checkpoints.load_checkpoint(chosen[0][1], dtype)  # read and verified before anything is written
+    examples = load_examples(task_name, split, feature_lengths, max_examples)
+    logging.info("%s/%s: %d examples", task_name, split, len(examples))
     writer = MetricsWriter(output_dir)
     files.atomic_write(os.path.join(output_dir, CONFIG_FILE), gin.config_str())  # how these outputs were made
     results: dict[Optional[int], dict[str, float]] = {}
     try:
         for step, path in chosen:
-            model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
-            if examples is None:
-                dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
-                examples = load_examples(task_name, split, feature_lengths, max_examples)
-                logging.info("%s/%s: %d examples", task_name, split, len(examples))
+            model, params, _ = first or checkpoints.load_checkpoint(path, dtype)
+            first = None
             result = decode_and_score(
                 model,
                 params,

@@ -634,3 +634,152 @@ def test_select_checkpoints_names_the_callers_settings(tmp_path, params):
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=r"nowhere does not exist \(--checkpoint\)$"):
         select(tmp_path / "nowhere")
     assert select(model_dir, "all") == [(5, str(model_dir / "checkpoint_5")), (10, str(model_dir / "checkpoint_10"))]
+
+
+# ----- issue 30 item 7: a damaged checkpoint -------------------------------------------------
+def _saved_run(root: pathlib.Path, by_step: dict) -> pathlib.Path:
+    """A MODEL_DIR as RunCheckpointer writes it: a state (step, params, optimizer state)
+    per step with the metadata, and the run's config.json and spiece.model."""
+    model_dir = root / "run"
+    ckpt = checkpoints.RunCheckpointer(str(model_dir), asynchronous=False)
+    for step, params in by_step.items():
+        state = {"step": np.int32(step), "params": params, "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+        ckpt.save(step, state, {"step": step, "input_position": step})
+    ckpt.close()
+    (model_dir / "config.json").write_text(CONFIG.to_json())
+    (model_dir / "spiece.model").write_bytes(b"the run's vocabulary")
+    return model_dir
+
+
+def _flip_a_bit_of_a_parameter(step: pathlib.Path) -> None:
+    """Flips a bit of the first value of one parameter of a run's step, as the issue's
+    flipped bits in ocdbt.process_0/d/ did: the step reads back without any error, with a
+    value that is still a finite number, so only its checksum can tell. The orbax item is
+    written again with that one bit changed, since where orbax puts a value varies."""
+    from dss_jax.checkpoints import params as ckpt_params
+
+    state = step / "state"
+    meta = ckpt_params._metadata_tree(state)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    tree = ocp.PyTreeCheckpointer().restore(state, args=ocp.args.PyTreeRestore(item=meta, restore_args=args))
+    params = tree
+    for key in ckpt_params.find_params_path(tree):
+        params = params[key]
+    params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"].view(np.uint32).flat[0] ^= 1 << 20
+    ocp.PyTreeCheckpointer().save(step / "state.rewritten", tree)
+    shutil.rmtree(state)
+    (step / "state.rewritten").rename(state)
+
+
+def test_a_damaged_checkpoint_is_refused_by_every_loader_naming_it(tmp_path, params):
+    from dss_jax.teacher import student_backend
+    from dss_jax.training import loop
+
+    model_dir = _saved_run(tmp_path, {5: params, 10: _random_params(seed=1)})
+    damaged = model_dir / "checkpoint_10"
+    _flip_a_bit_of_a_parameter(damaged)
+    expect = (
+        rf"^{damaged} is damaged: the checksum of the parameter params/encoder/layers_0/mlp/wo/kernel differs from "
+        rf"the one recorded when it was saved \({damaged}/metadata/metadata\): use another step of the run "
+        rf"{model_dir} \(it has steps \[5\]\), or copy this one again$"
+    )
+    ((_, latest),) = checkpoints.select_checkpoints(model_dir, "latest")  # eval, infer, export, annotate
+    for load in (checkpoints.load_params, checkpoints.load_checkpoint):
+        with pytest.raises(checkpoints.DamagedCheckpointError, match=expect) as e:
+            load(latest)
+        assert "\n" not in str(e.value)
+    with pytest.raises(cli.UserError, match=expect[1:]):  # the student as a teacher backend
+        student_backend.StudentBackend(student_backend.StudentConfig(checkpoint=str(model_dir), family="svamp"))
+
+    class NoRunYet:  # INITIAL_CHECKPOINT_PATH
+        def latest_step(self):
+            return None
+
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=expect):
+        loop._initial_state(None, NoRunYet(), str(damaged), str(tmp_path / "new_run"), {})
+    loaded, _, _ = checkpoints.load_params(model_dir / "checkpoint_5")  # the intact step verifies
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+def test_the_binaries_stop_on_a_damaged_checkpoint_before_writing(tmp_path, params):
+    import _eval_toy as toy
+
+    model_dir = _saved_run(tmp_path, {5: params})
+    damaged = model_dir / "checkpoint_5"
+    _flip_a_bit_of_a_parameter(damaged)
+    result = _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={tmp_path / 'hf'}")
+    last = _assert_one_line_error(result, "export")
+    assert last.startswith(f"export: error: {damaged} is damaged: the checksum of the parameter params/encoder/")
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    toy.write_task_module(toy.write_caches(tmp_path / "caches"), task_dir)
+    result = run_binary(
+        "dss_jax.eval",
+        "--gin_file=runs/eval.gin",
+        f"--gin_file={toy.write_task_gin(task_dir)}",
+        f"--gin.CHECKPOINT_PATH='{model_dir}'",
+        f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'",
+        timeout=300,
+        PYTHONPATH=os.pathsep.join([str(task_dir), str(pathlib.Path(__file__).parents[1])]),
+    )
+    last = _assert_one_line_error(result, "eval")
+    assert last.startswith(f"eval: error: {damaged} is damaged: the checksum of the parameter params/encoder/")
+    assert sorted(os.listdir(tmp_path)) == ["caches", "run", "task"]  # no hf/, no eval/
+
+
+def _with_nonfinite(params, value=np.nan):
+    bad = jax.tree.map(np.array, params)
+    bad["encoder"]["layers_1"]["mlp"]["wo"]["kernel"][3, :2] = value
+    return bad
+
+
+def test_nonfinite_parameters_are_refused_on_every_load_naming_the_first(tmp_path, params, hf_dir):
+    first = r"2 of the 2048 values of the parameter (params/)?encoder/layers_1/mlp/wo/kernel"
+    # Checkpoints from before checksums were recorded still load, but not with NaN in them.
+    legacy = _fake_run(tmp_path / "legacy", _with_nonfinite(params))
+    with pytest.raises(
+        checkpoints.DamagedCheckpointError,
+        match=rf"^{legacy}/checkpoint_5 holds NaN or infinity: {first}; it is damaged, or its run diverged: ",
+    ):
+        checkpoints.load_params(legacy / "checkpoint_5")
+    assert checkpoints.load_params(_fake_run(tmp_path / "legacy_ok", params) / "checkpoint_5")[1] == CONFIG
+    # A run that saved infinity: its checksums agree, so it was saved so.
+    run = _saved_run(tmp_path / "diverged", {5: _with_nonfinite(params, np.inf)})
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=rf"{first}; it was saved so \(its run diverged\)"):
+        checkpoints.load_params(run / "checkpoint_5")
+    # A Hugging Face directory, and save_params / convert, which write nothing.
+    hf = hf_convert.export_hf_checkpoint(_with_nonfinite(params), CONFIG, tmp_path / "hf")
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=rf"^{hf} holds NaN or infinity: {first}"):
+        checkpoints.load_checkpoint(str(hf))
+    result = _run("dss_jax.convert", f"--hf_dir={hf}", f"--output={tmp_path / 'converted'}")
+    last = _assert_one_line_error(result, "convert")
+    assert f"{hf} holds NaN or infinity: 2 of the 2048 values of the parameter encoder/layers_1/mlp/wo/kernel" in last
+    with pytest.raises(checkpoints.DamagedCheckpointError, match="nothing is written"):
+        checkpoints.save_params(tmp_path / "saved", _with_nonfinite(params), CONFIG)
+    assert not (tmp_path / "converted").exists() and not (tmp_path / "saved").exists()
+
+
+def test_the_checksum_is_the_same_however_the_arrays_are_sharded(tmp_path, params, cpu_devices):
+    """What each device holds is summed where it is: a state saved sharded over 8 devices
+    (as over several processes) verifies when read back whole on the host, and a changed
+    value anywhere changes it."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from dss_jax.checkpoints import integrity
+
+    mesh = Mesh(np.array(cpu_devices[:8]).reshape(4, 2), ("data", "model"))
+    sharded = jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec(*(("data", "model")[: x.ndim])))), params
+    )
+    assert len(sharded["token_embedder"]["embedding"].sharding.device_set) == 8
+    assert integrity.scan(sharded) == integrity.scan(params)
+    changed = jax.tree.map(np.array, params)
+    changed["decoder"]["decoder_norm"]["scale"][7] = np.nextafter(changed["decoder"]["decoder_norm"]["scale"][7], 9)
+    differ = [p for p, (c, _, _) in integrity.scan(changed).items() if integrity.scan(params)[p][0] != c]
+    assert differ == ["decoder/decoder_norm/scale"]
+    model_dir = _saved_run(tmp_path, {})
+    ckpt = checkpoints.RunCheckpointer(str(model_dir), asynchronous=False)
+    ckpt.save(5, {"step": np.int32(5), "params": sharded}, {"step": 5})
+    ckpt.close()
+    loaded, _, _ = checkpoints.load_params(model_dir / "checkpoint_5")
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)

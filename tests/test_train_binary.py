@@ -126,13 +126,14 @@ def test_run_writes_metrics_checkpoints_and_learns(uninterrupted):
     for name in ("config.json", "config.gin", "spiece.model", "task.json"):
         assert (uninterrupted / name).exists()
     # The model config is stored once, in config.json: each step keeps where it was, what it
-    # trained on so far and the settings that change what is trained.
+    # trained on so far, the settings that change what is trained, and the checksums of its state.
     for step_dir in uninterrupted.glob("checkpoint_*"):
         metadata = json.loads((step_dir / "metadata" / "metadata").read_text())
-        assert sorted(metadata) == ["examples_seen", "input_position", "real_tokens_seen", "settings", "step"]
+        assert set(metadata) == {"step", "input_position", "examples_seen", "real_tokens_seen", "settings", "checksums"}
         assert metadata["step"] == int(step_dir.name.split("_")[1]) == metadata["input_position"]
         assert metadata["examples_seen"] > 0 and metadata["real_tokens_seen"] > 0
         assert "d_model" not in json.dumps(metadata["settings"])
+        assert metadata["checksums"]["items"]["state"].keys() >= {"step", "params/encoder/encoder_norm/scale"}
     assert any(p.startswith("events.out.tfevents") for p in os.listdir(uninterrupted / "train"))
 
 

@@ -132,6 +132,33 @@ def test_nonfinite_loss_right_after_a_checkpoint_names_the_step(tmp_path, capsys
     assert not (tmp_path / "run" / checkpoints.LOCK_NAME).exists()  # released on the error path
 
 
+# -- issue 30 item 7: a damaged checkpoint is not resumed from ------------------------
+
+
+def test_a_resume_refuses_a_damaged_checkpoint_and_resumes_from_the_one_before_once_it_is_moved_aside(tmp_path, capsys):
+    from test_checkpoint_faults import _flip_a_bit_of_a_parameter
+
+    run = tmp_path / "run"
+    train(run, 4)  # checkpoints at steps 2 and 4
+    damaged = run / "checkpoint_4"
+    _flip_a_bit_of_a_parameter(damaged)
+    metrics = (run / "train" / "metrics.jsonl").read_text()
+    code, err = one_line_report(capsys, lambda: train(run, 6))
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert re.fullmatch(
+        rf"train: error: {damaged} is damaged: the checksum of the parameter params/t5/encoder/layers_0/mlp/wo/kernel "
+        rf"differs from the one recorded when it was saved \({damaged}/metadata/metadata\): resuming would train on "
+        rf"from damaged weights; move it aside \(mv {damaged} {damaged}\.damaged\) and rerun to resume from "
+        r"checkpoint_2, the step before it",
+        err.strip().splitlines()[-1],
+    ), err[-2000:]
+    assert checkpoints.checkpoint_steps(str(run)) == [2, 4] and (run / "train" / "metrics.jsonl").read_text() == metrics
+    damaged.rename(run / "checkpoint_4.damaged")  # as the message says
+    train(run, 6)
+    assert checkpoints.checkpoint_steps(str(run)) == [2, 4, 6] and metric_steps(run) == [1, 2, 3, 4, 5, 6]
+    assert (run / "checkpoint_4.damaged" / "state").is_dir()  # kept for a look
+
+
 # -- item 8: one trainer per run directory -------------------------------------------
 
 

@@ -5,6 +5,7 @@
     params.py   save_params / load_params (the T5 params, checked against config.json
                 before any weight is read); load_checkpoint (a model ready to run, ours
                 or a Hugging Face T5 directory imported on the fly)
+    integrity.py  the checksums saved with every checkpoint and checked on every load
     run.py      a training run's directory: RunCheckpointer (the whole train state and
                 the input position, orbax), RunLock, the run's config.json, spiece.model,
                 task.json and config.gin (write_run_files, run_task)
@@ -13,6 +14,7 @@
 Every binary that takes a checkpoint (eval, infer, annotate, export, INITIAL_CHECKPOINT_PATH
 in training) resolves it with `select_checkpoints` and reads it with `load_params`, so a
 MODEL_DIR, one of its steps, a converted T5 or a `save_params` dir work the same
+everywhere, and a damaged one (a checksum that differs, NaN or infinity) is refused
 everywhere. One config.json describes a checkpoint: in a `save_params` / convert dir, or
 once in a run's MODEL_DIR for all its steps (readers look up to three parents).
 
@@ -21,7 +23,9 @@ once in a run's MODEL_DIR for all its steps (readers look up to three parents).
     model, params, vocab_path = checkpoints.load_checkpoint(path)
 """
 
+from dss_jax.checkpoints.integrity import DamagedCheckpointError
 from dss_jax.checkpoints.locate import (
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     PARAMS_ITEM,
     RUN_TASK_FILE,
@@ -56,6 +60,7 @@ from dss_jax.checkpoints.run import (
 )
 
 __all__ = [
+    "CHECKSUMS_FILE",
     "CONFIG_FILE",
     "LOCK_NAME",
     "PARAMS_ITEM",
@@ -66,6 +71,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
+    "DamagedCheckpointError",
     "OutputDirError",
     "RunCheckpointer",
     "RunLock",

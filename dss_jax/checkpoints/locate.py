@@ -22,7 +22,11 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "spiece.model"
 RUN_TASK_FILE = "task.json"
 RUN_GIN_FILE = "config.gin"
+CHECKSUMS_FILE = "checksums.json"  # a save_params dir's: the checksums of its params/ (integrity.py)
 STEP_PREFIX = "checkpoint"  # a run's MODEL_DIR/checkpoint_<step>/
+STATE_ITEM = "state"  # a run step's orbax items: the train state, and JSON metadata that
+METADATA_ITEM = "metadata"  # holds the checksums of the state under CHECKSUMS_KEY
+CHECKSUMS_KEY = "checksums"
 PYTREE_MARKER = "_METADATA"  # written by orbax's PyTreeCheckpointHandler
 ORBAX_MARKERS = (PYTREE_MARKER, "_CHECKPOINT_METADATA")
 RUN_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_\d+$")
@@ -44,7 +48,7 @@ def checkpoint_steps(model_dir: str) -> list[int]:
         return []
     steps = []
     for name in os.listdir(model_dir):
-        if RUN_STEP_DIR.match(name) and os.path.isdir(os.path.join(model_dir, name, "state")):
+        if RUN_STEP_DIR.match(name) and os.path.isdir(os.path.join(model_dir, name, STATE_ITEM)):
             steps.append(int(name[len(STEP_PREFIX) + 1 :]))
     return sorted(steps)
 

@@ -5,6 +5,7 @@ and reading the params of any of our checkpoints (or a Hugging Face T5 directory
         ckpt_dir/params/        orbax PyTree checkpoint of the (unboxed) param tree
         ckpt_dir/config.json    T5Config.to_dict()
         ckpt_dir/spiece.model   the SentencePiece vocabulary, copied (when given)
+        ckpt_dir/checksums.json the checksum of every param (integrity.py)
     load_params(path, config=None, item=None) -> (params, T5Config, vocab_path_or_None)
     load_checkpoint(path, dtype=None) -> (T5 model, params, vocab_path_or_None)
 
@@ -14,8 +15,9 @@ the params are read from disk: orbax partial restore), and a step directory hold
 several orbax items (the one that contains params is found, or named with `item=`). The
 stored shapes are checked against config.json before any weight is read: a config.json
 of another size or depth is a `CheckpointError` naming the file and the first parameter
-that disagrees, not a flax ScopeParamShapeError later. A damaged or non-checkpoint
-directory is one too.
+that disagrees, not a flax ScopeParamShapeError later. The weights read are checked
+against the checksums saved with them and for NaN and infinity. A damaged or
+non-checkpoint directory is a `CheckpointError` too.
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dss_jax import files
+from dss_jax.checkpoints import integrity
 from dss_jax.checkpoints.locate import (
+    CHECKSUMS_FILE,
+    CHECKSUMS_KEY,
     CONFIG_FILE,
+    METADATA_ITEM,
     PARAMS_ITEM,
     PYTREE_MARKER,
     RUN_STEP_DIR,
+    STATE_ITEM,
     VOCAB_FILE,
     CheckpointError,
     CheckpointNotFoundError,
@@ -49,7 +57,7 @@ from dss_jax.model.config import T5Config
 
 _T5_TOP_KEYS = {"encoder", "decoder", "token_embedder"}
 # What save_params writes: `overwrite=True` replaces a directory of only these.
-SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE)
+SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE, CHECKSUMS_FILE)
 HF_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -64,7 +72,11 @@ def save_params(
     config: T5Config,
     vocab_path: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
+    source: Optional[str] = None,
 ) -> pathlib.Path:
+    """Writes the params checkpoint (see the module docstring); params with NaN or
+    infinity are refused before anything is written (`source`: what they were read from,
+    for that message)."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     params = nn.meta.unbox(params)
     if not _T5_TOP_KEYS <= set(params):
@@ -74,10 +86,18 @@ def save_params(
     check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
         raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
+    scanned = integrity.scan(dict(params))
+    integrity.check_finite(
+        scanned,
+        source or "the params given to save_params",
+        "every loader would refuse a checkpoint of them, so nothing is written",
+        "save a model that has not diverged",
+    )
     with staged_output_dir(
         ckpt_dir, overwrite=overwrite, replaceable=SAVE_PARAMS_FILES, what="a params checkpoint"
     ) as staging:
         ocp.PyTreeCheckpointer().save(staging / PARAMS_ITEM, dict(params))
+        (staging / CHECKSUMS_FILE).write_text(json.dumps(integrity.record({PARAMS_ITEM: scanned}), indent=1))
         (staging / CONFIG_FILE).write_text(config.to_json())
         if vocab_path is not None:
             shutil.copyfile(vocab_path, staging / VOCAB_FILE)
@@ -93,7 +113,9 @@ def load_params(
     """-> (params as numpy arrays, T5Config, path of spiece.model or None).
 
     The stored shapes are checked against the config (config.json, or `config`, described
-    in messages as `config_source`) before the weights are read."""
+    in messages as `config_source`) before the weights are read; the weights read are
+    checked against the checksums recorded when they were saved, and for NaN and infinity
+    (`integrity.verify`)."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
         gone = _deleted_by_its_run(path)
@@ -109,7 +131,36 @@ def load_params(
         tree = tree[k]
     check_params(_shapes_of(tree), config, config_source or "the given config", str(orbax_dir))
     params = _restore_subtree(orbax_dir, params_path)
+    recorded, recorded_in = _recorded_checksums(orbax_dir)
+    integrity.verify(
+        params, recorded, orbax_dir.name, str(path), recorded_in, _damaged_advice(path), prefix=params_path
+    )
     return params, config, find_vocabulary(path)
+
+
+def _recorded_checksums(orbax_dir: pathlib.Path) -> tuple[Optional[dict], str]:
+    """(the checksums recorded when an orbax item was saved, the file they are in): a run
+    step's metadata beside its state/, a `save_params` dir's checksums.json beside its
+    params/; (None, "") for a checkpoint written before they were."""
+    container = orbax_dir.parent
+    metadata = container / METADATA_ITEM / METADATA_ITEM  # where orbax's JsonSave writes it
+    if orbax_dir.name == STATE_ITEM and metadata.is_file():
+        data = files.read_json_object(metadata, CheckpointError, "the metadata of a training run's checkpoint")
+        return data.get(CHECKSUMS_KEY), str(metadata)
+    if (container / CHECKSUMS_FILE).is_file():
+        data = files.read_json_object(container / CHECKSUMS_FILE, CheckpointError, "the checksums of a checkpoint")
+        return data, str(container / CHECKSUMS_FILE)
+    return None, ""
+
+
+def _damaged_advice(path: pathlib.Path) -> str:
+    step = next((d for d in (path, path.parent) if RUN_STEP_DIR.match(d.name)), None)
+    if step is not None:
+        others = [s for s in checkpoint_steps(str(step.parent)) if s != int(step.name.rsplit("_", 1)[1])]
+        if others:
+            return f"use another step of the run {step.parent} (it has steps {others}), or copy this one again"
+        return f"copy it again from where it was saved (the run {step.parent} has no other step)"
+    return "copy it again from where it was saved, or save or convert it again"
 
 
 def check_params(
@@ -171,6 +222,7 @@ def load_checkpoint(path: str, dtype: Optional[str] = None):
         from dss_jax.model import hf_convert
 
         params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
+        integrity.verify(params, None, "", path, "", "use another copy of the model")  # NaN, infinity
     else:
         params, config, vocab_path = load_params(path)
     if dtype:
@@ -200,11 +252,11 @@ def _metadata_tree(orbax_dir: pathlib.Path) -> Mapping:
     try:
         md = ocp.PyTreeCheckpointer().metadata(orbax_dir)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _unreadable(orbax_dir, e) from None
+        raise unreadable_error(orbax_dir, e) from None
     md = getattr(md, "item_metadata", md)  # orbax >= 0.11 wraps the tree in StepMetadata
     md = getattr(md, "tree", md)
     if md is None:  # orbax logs and returns None when the item's metadata cannot be read
-        raise _unreadable(orbax_dir, "its metadata cannot be read")
+        raise unreadable_error(orbax_dir, "its metadata cannot be read")
     return md
 
 
@@ -232,8 +284,10 @@ def _deleted_by_its_run(path: pathlib.Path) -> Optional[CheckpointNotFoundError]
     )
 
 
-def _unreadable(orbax_dir: pathlib.Path, why: object) -> CheckpointError:
-    gone = _deleted_by_its_run(orbax_dir)
+def unreadable_error(orbax_dir: str | os.PathLike, why: object) -> CheckpointError:
+    """One line naming an orbax item (or checkpoint) that cannot be read, and why (or that
+    its run deleted it: not damaged)."""
+    gone = _deleted_by_its_run(pathlib.Path(orbax_dir))
     if gone is not None:  # not damaged: pruned by a run still training
         return gone
     why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
@@ -293,7 +347,7 @@ def _restore_subtree(orbax_dir: pathlib.Path, keys: tuple[str, ...]) -> dict:
             args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=bool(keys)),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _unreadable(orbax_dir, e) from None
+        raise unreadable_error(orbax_dir, e) from None
     for k in keys:
         restored = restored[k]
     return jax.tree.map(np.asarray, restored)

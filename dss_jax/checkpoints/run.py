@@ -4,8 +4,9 @@ the input was), the files that describe it, and the lock that keeps a second tra
     MODEL_DIR/
       checkpoint_<step>/state/     step, float32 params, optimiser state
       checkpoint_<step>/metadata/  {"step", "input_position"}: global batches consumed,
-                                   the examples and real tokens trained on, and the
-                                   settings they were trained with
+                                   the examples and real tokens trained on, the
+                                   settings they were trained with, and the checksums
+                                   of the state (integrity.py), checked on a resume
       config.json                  the model (T5Config.to_dict), one copy for every step
       spiece.model                 the task's vocabulary
       task.json                    the task and task options it trains with
@@ -37,10 +38,14 @@ from typing import Any, Mapping, Optional, Sequence, Set
 import orbax.checkpoint as ocp
 
 from dss_jax import files
+from dss_jax.checkpoints import integrity
 from dss_jax.checkpoints.locate import (
+    CHECKSUMS_KEY,
     CONFIG_FILE,
+    METADATA_ITEM,
     RUN_GIN_FILE,
     RUN_TASK_FILE,
+    STATE_ITEM,
     STEP_PREFIX,
     VOCAB_FILE,
     CheckpointError,
@@ -48,6 +53,7 @@ from dss_jax.checkpoints.locate import (
     find_upwards,
     step_dir,
 )
+from dss_jax.checkpoints.params import unreadable_error
 from dss_jax.cli import UserError
 from dss_jax.model.config import T5Config
 
@@ -98,7 +104,9 @@ class RunCheckpointer:
     def save(self, step: int, state: Any, metadata: dict) -> None:
         """Saves `state` as step `step`, unless that step is saved already: the train state
         only moves with the step, so the saved one is the same (a non-finite loss right
-        after a checkpoint, a preemption right after one, a run resumed at its end)."""
+        after a checkpoint, a preemption right after one, a run resumed at its end). The
+        metadata gets the checksum of every array of the state (integrity.py), computed
+        on the devices that hold them."""
         if self._pending is not None:
             # orbax finishes the previous background save first, and raises its failure from
             # this call: reported as that step's, not this one's.
@@ -106,26 +114,57 @@ class RunCheckpointer:
         if step in self._manager.all_steps():
             logging.info("step %d is already saved in %s", step, step_dir(self.directory, step))
             return
+        metadata = {**metadata, CHECKSUMS_KEY: integrity.record({STATE_ITEM: integrity.scan(state)})}
         with self._reporting_write_errors(step):
             self._manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
+                args=ocp.args.Composite(
+                    **{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(metadata)}
+                ),
                 force=True,
             )
         self._pending = step
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores the full state into the shardings of `abstract_state`."""
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()),
+        """Restores the full state into the shardings of `abstract_state`, checked against
+        the checksums saved with it and for NaN and infinity: a damaged step is refused
+        (DamagedCheckpointError) rather than resumed from or passed over (see `_damaged`)."""
+        where = step_dir(self.directory, step)
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), METADATA_ITEM: ocp.args.JsonRestore()}
+                ),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise unreadable_error(where, f"{type(e).__name__}: {e}") from None
+        state, metadata = out[STATE_ITEM], dict(out[METADATA_ITEM] or {})
+        recorded_in = os.path.join(where, METADATA_ITEM, METADATA_ITEM)
+        integrity.verify(state, metadata.get(CHECKSUMS_KEY), STATE_ITEM, where, recorded_in, self._damaged(step))
+        return state, metadata
+
+    def _damaged(self, step: int) -> str:
+        """What to do about a damaged step on a resume. The resume does not fall back to an
+        earlier step by itself: the run would then save this step again, which orbax
+        skips as saved, or overwrite it; a disk that damages checkpoints needs a person's
+        eyes; and moving the step aside keeps it for a look (nothing is deleted)."""
+        where = step_dir(self.directory, step)
+        earlier = [s for s in checkpoint_steps(self.directory) if s < step]
+        then = (
+            f"to resume from {STEP_PREFIX}_{earlier[-1]}, the step before it" if earlier else "to train from the start"
         )
-        return out["state"], dict(out["metadata"] or {})
+        return (
+            f"resuming would train on from damaged weights; move it aside (mv {where} {where}.damaged) and rerun {then}"
+        )
 
     def read_metadata(self, step: int) -> dict:
         """The metadata saved with a step ({"step", "input_position", ...}), without its state."""
-        out = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-        return dict(out["metadata"] or {})
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise unreadable_error(step_dir(self.directory, step), f"{type(e).__name__}: {e}") from None
+        return dict(out[METADATA_ITEM] or {})
 
     def wait(self) -> None:
         with self._reporting_write_errors(self._pending):
