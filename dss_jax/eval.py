@@ -107,7 +107,7 @@ def evaluate_checkpoints(
             dss_lengths.used_features(output_rationale, dss_options.current_options(task_name).label_target),
         )
     vocab_path = checkpoints.find_vocabulary(chosen[0][1])
-    dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "CHECKPOINT_PATH")
+    dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, setting, checkpoint=chosen[0][1])
     first = checkpoints.load_checkpoint(chosen[0][1], dtype)  # read and verified before anything is written
     examples = load_examples(task_name, split, feature_lengths, max_examples)
     logging.info("%s/%s: %d examples", task_name, split, len(examples))

@@ -13,7 +13,8 @@ and "truncated": true when the input was longer than TASK_FEATURE_LENGTHS allows
 is cut, with a warning naming the line; never an error). A malformed line stops the
 run with FILE:LINE and what is wrong. CHECKPOINT_PATH: a checkpoint dir, or a training
 run's MODEL_DIR (its latest checkpoint). The vocabulary is the checkpoint's
-spiece.model, else the task's.
+spiece.model (or `task_vocabulary.spm_path`, bound explicitly); one trained for the task
+anew would not fit the embeddings, so a checkpoint without spiece.model is refused.
 
 INFER_OUTPUT is checked before the checkpoint is read (dss_jax/output_paths.py): it may
 not be INFER_INPUT, a file of a run or a checkpoint, or an existing non-empty file
@@ -103,18 +104,24 @@ def read_inputs(path: str) -> list[RawInput]:
     return out
 
 
-def _vocabulary(vocab_path: Optional[str], task_name: Optional[str]):
-    if vocab_path is not None:
-        from dss_jax.data import vocab
+def _vocabulary(vocab_path: Optional[str], task_name: Optional[str], checkpoint: str, setting: str):
+    """The checkpoint's spiece.model, or `task_vocabulary.spm_path` bound explicitly, or a
+    vocabulary the task was registered with; never one trained for the task anew, whose
+    ids would not be the embeddings'."""
+    from dss_jax.data import tasks as dss_tasks
+    from dss_jax.data import vocab
+    from dss_jax.data.lazy_vocab import LazyVocabulary
 
-        return vocab.from_checkpoint(vocab_path)
-    if task_name:
-        from dss_jax.data import tasks as dss_tasks
-
-        return dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
-    raise ValueError(
-        "the checkpoint has no spiece.model beside it and no task names a vocabulary: "
-        "set MIXTURE_OR_TASK_NAME (the task the student was trained on)"
+    explicit = dss_tasks.explicit_vocabulary()
+    if explicit or vocab_path is not None:
+        return vocab.from_checkpoint(explicit or vocab_path)
+    registered = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary if task_name else None
+    if registered is not None and not isinstance(registered, LazyVocabulary):
+        return registered
+    raise cli.UserError(
+        f"{setting}: {checkpoints.where_described(checkpoint)} has no spiece.model, so the vocabulary the "
+        "checkpoint was trained with is unknown: copy its run's spiece.model there, or bind "
+        "--gin.task_vocabulary.spm_path=\"'PATH'\" to it"
     )
 
 
@@ -177,8 +184,8 @@ def infer_file(
             "infer_file.allow_shorter_lengths",
             dss_lengths.used_features(output_rationale, label_target),
         )
-    model, params, vocab_path = checkpoints.load_checkpoint(path, dtype)
-    vocabulary = _vocabulary(vocab_path, task_name)
+    vocabulary = _vocabulary(checkpoints.find_vocabulary(path), task_name, path, setting)
+    model, params, _ = checkpoints.load_checkpoint(path, dtype)
 
     too_long: dict[int, list[str]] = {}  # input index -> what was cut, for one warning per input
 

@@ -497,7 +497,7 @@ def test_a_run_step_copied_without_its_config_json_is_refused_with_the_fix(saved
     _copy(saved / "params", step / "state")
     (step / "metadata").mkdir()
     (step / "metadata" / "metadata").write_text(json.dumps({"step": 5, "input_position": 5}))
-    expect = rf"no config\.json in {step} or its 3 parent directories: put the config\.json"
+    expect = rf"no config\.json in {step.parent} \(the training run's MODEL_DIR above {step}\): put the config\.json"
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect):
         checkpoints.load_params(step)
     with pytest.raises(checkpoints.CheckpointNotFoundError, match=expect):
@@ -783,3 +783,106 @@ def test_the_checksum_is_the_same_however_the_arrays_are_sharded(tmp_path, param
     ckpt.close()
     loaded, _, _ = checkpoints.load_params(model_dir / "checkpoint_5")
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+# ----- issue 30 item 9: a checkpoint's run found in the wrong place ---------------------------
+def test_a_checkpoint_is_read_with_its_own_runs_files_only(tmp_path, params):
+    """config.json, spiece.model and task.json come from the checkpoint dir, or from the
+    MODEL_DIR right above a run's step: never from another run further up."""
+    import gin
+    from dss_jax.data import options as dss_options
+    from dss_jax.teacher import student_backend
+
+    run = _fake_run(tmp_path, params)  # run/{config.json, spiece.model, config.gin, checkpoint_5/}
+    checkpoints.write_run_task(run, "dss_svamp", {"label_target": "rationale_then_label"})
+    # A converted copy kept inside that run, without a spiece.model: no run's options or vocabulary.
+    copy = checkpoints.save_params(run / "exports" / "copy", params, CONFIG)
+    assert checkpoints.run_task(copy) is None and checkpoints.load_params(copy)[2] is None
+    gin.clear_config()
+    try:
+        assert dss_options.use_run_options("dss_svamp", str(copy), "CHECKPOINT_PATH") is None
+        assert dss_options.bound_option("dss_svamp", "label_target") is None
+    finally:
+        gin.clear_config()
+    with pytest.raises(student_backend.StudentLoadError, match=rf"has no spiece\.model \(looked in {copy}\)"):
+        student_backend.StudentBackend(student_backend.StudentConfig(checkpoint=str(copy), family="svamp"))
+    # A step taken out of its run into a folder inside it is not read with the run's config.json.
+    moved = run / "old" / "checkpoint_7"
+    shutil.copytree(run / "checkpoint_5", moved)
+    with pytest.raises(
+        checkpoints.CheckpointNotFoundError,
+        match=rf"^no config\.json in {run / 'old'} \(the training run's MODEL_DIR above {moved}\): ",
+    ):
+        checkpoints.load_params(moved)
+    assert checkpoints.run_task(moved) is None and checkpoints.find_vocabulary(moved) is None
+    (run / "sub_run").mkdir()  # a new MODEL_DIR inside the run is another run
+    assert checkpoints.run_task(run / "sub_run") is None
+    # The layouts dss_jax writes: a run's step (or its state/), a save_params dir (or its params/).
+    for step in (run / "checkpoint_5", run / "checkpoint_5" / "state"):
+        assert checkpoints.run_task(step)[0] == str(run / "task.json")
+        assert checkpoints.load_params(step)[2] == str(run / "spiece.model")
+    converted = checkpoints.save_params(tmp_path / "converted", params, CONFIG, vocab_path=run / "spiece.model")
+    assert checkpoints.load_params(converted / "params")[2] == str(converted / "spiece.model")
+    assert checkpoints.describing_dir(converted / "params") == converted
+
+
+def test_a_checkpoint_without_its_spiece_model_is_refused_unless_the_vocabulary_is_given(tmp_path, params, monkeypatch):
+    """Decoding with a vocabulary trained for the task, or a parent's, would give other
+    token ids than the embeddings learnt: eval and infer stop in one line instead."""
+    import _eval_toy as toy
+
+    import gin
+    from dss_jax import eval as eval_binary
+    from dss_jax import infer
+    from dss_jax.data import tasks as dss_tasks
+
+    monkeypatch.setenv("DSS_CACHE_DIR", str(tmp_path / "cache"))
+    caches = toy.write_caches(tmp_path / "caches")
+    spm = toy.train_vocab(caches, tmp_path)
+    task = "toy_vocabulary_from_gin"
+    dss_tasks.register_cache_task(task, train_cache=caches["train"], test_cache=caches["test"], family="cqa")
+    other_run = _fake_run(tmp_path / "other", params)  # a run whose spiece.model is not the copy's
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"id": "a", "input": "what about a red car?"}) + "\n")
+    gin.clear_config()
+    try:
+        for copy in (
+            checkpoints.save_params(other_run / "copy", params, CONFIG),
+            checkpoints.save_params(tmp_path / "alone", params, CONFIG),
+        ):
+            expect = (
+                rf"^CHECKPOINT_PATH={copy}: {copy} has no spiece\.model, so the vocabulary the checkpoint was "
+                r"trained with is unknown: copy its run's spiece\.model there, or bind "
+                r"--gin\.task_vocabulary\.spm_path=\"'PATH'\" to it"
+            )
+            with pytest.raises(cli.UserError, match=expect):
+                eval_binary.evaluate_checkpoints(
+                    checkpoint_path=str(copy),
+                    output_dir=str(tmp_path / "eval"),
+                    task_name=task,
+                    feature_lengths=toy.LENGTHS,
+                    max_examples=2,
+                )
+            for task_name in (task, None):
+                with pytest.raises(cli.UserError, match=expect):
+                    infer.infer_file(
+                        checkpoint_path=str(copy),
+                        input_path=str(inputs),
+                        output_path=str(tmp_path / "out.jsonl"),
+                        feature_lengths=toy.LENGTHS,
+                        task_name=task_name,
+                    )
+        assert not (tmp_path / "eval").exists() and not (tmp_path / "out.jsonl").exists()
+        gin.bind_parameter("task_vocabulary.spm_path", str(spm))  # the vocabulary, given explicitly
+        dss_tasks.get_task(task).output_features["label_targets"].vocabulary.reset()
+        metrics = eval_binary.evaluate_checkpoints(
+            checkpoint_path=str(copy),
+            output_dir=str(tmp_path / "eval"),
+            task_name=task,
+            feature_lengths=toy.LENGTHS,
+            max_examples=2,
+        )
+        assert metrics[None]["num_examples"] == 2
+    finally:
+        gin.clear_config()
+        dss_tasks.get_task(task).output_features["label_targets"].vocabulary.reset()

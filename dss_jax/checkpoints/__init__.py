@@ -16,7 +16,8 @@ in training) resolves it with `select_checkpoints` and reads it with `load_param
 MODEL_DIR, one of its steps, a converted T5 or a `save_params` dir work the same
 everywhere, and a damaged one (a checksum that differs, NaN or infinity) is refused
 everywhere. One config.json describes a checkpoint: in a `save_params` / convert dir, or
-once in a run's MODEL_DIR for all its steps (readers look up to three parents).
+once in a run's MODEL_DIR for all its steps; it, spiece.model and task.json are read
+from there only (`describing_dir`), never from a directory further up.
 
     from dss_jax import checkpoints
     ((step, path),) = checkpoints.select_checkpoints(model_dir, "latest")
@@ -34,11 +35,13 @@ from dss_jax.checkpoints.locate import (
     CheckpointError,
     CheckpointNotFoundError,
     checkpoint_steps,
+    describing_dir,
     find_config,
     find_vocabulary,
     read_config,
     select_checkpoints,
     step_dir,
+    where_described,
 )
 from dss_jax.checkpoints.outputs import OutputDirError, check_output_dir, staged_output_dir
 from dss_jax.checkpoints.params import (
@@ -78,6 +81,7 @@ __all__ = [
     "RunLockedError",
     "check_output_dir",
     "checkpoint_steps",
+    "describing_dir",
     "find_config",
     "find_vocabulary",
     "is_hf_checkpoint",
@@ -89,6 +93,7 @@ __all__ = [
     "select_checkpoints",
     "staged_output_dir",
     "step_dir",
+    "where_described",
     "write_run_files",
     "write_run_task",
 ]

@@ -3,7 +3,7 @@ config.json and spiece.model that travel with a checkpoint, and `select_checkpoi
 
 A checkpoint is described by one config.json: in a `save_params` / convert directory, or
 once in a training run's MODEL_DIR for all of its `checkpoint_<step>/` dirs. Readers look
-in the checkpoint dir and up to three parents (`find_config`, `read_config`).
+there and nowhere else (`describing_dir`), so a copy never borrows another run's files.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ CHECKSUMS_KEY = "checksums"
 PYTREE_MARKER = "_METADATA"  # written by orbax's PyTreeCheckpointHandler
 ORBAX_MARKERS = (PYTREE_MARKER, "_CHECKPOINT_METADATA")
 RUN_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_\d+$")
-_SEARCH_PARENTS = 3
 
 
 class CheckpointError(UserError, ValueError):
@@ -154,28 +153,45 @@ def no_checkpoint_error(path: pathlib.Path) -> CheckpointNotFoundError:
     )
 
 
+def describing_dir(path: str | os.PathLike) -> pathlib.Path:
+    """The one directory whose config.json, spiece.model, task.json and config.gin describe
+    the checkpoint at `path`: the checkpoint dir itself, or, for a training run's step (a
+    `checkpoint_<step>/` dir without a config.json of its own), the run's MODEL_DIR directly
+    above it. An orbax item given itself (a `save_params` dir's params/, a step's state/)
+    stands for the checkpoint dir that holds it. Never any other ancestor: a checkpoint
+    copied into another run's directory must not be read with that run's files."""
+    d = pathlib.Path(path).absolute()
+    if (d / PYTREE_MARKER).is_file() and not (d / CONFIG_FILE).is_file():
+        d = d.parent
+    if RUN_STEP_DIR.match(d.name) and not (d / CONFIG_FILE).is_file():
+        d = d.parent
+    return d
+
+
+def describing_file(path: str | os.PathLike, name: str) -> Optional[pathlib.Path]:
+    """`name` (config.json, spiece.model, ...) in the checkpoint's `describing_dir`, or None."""
+    found = describing_dir(path) / name
+    return found if found.is_file() else None
+
+
+def where_described(path: str | os.PathLike) -> str:
+    """The `describing_dir` of a checkpoint, said for messages."""
+    d, step = describing_dir(path), pathlib.Path(path).absolute()
+    if step != d and (step / PYTREE_MARKER).is_file():
+        step = step.parent  # an orbax item given itself
+    return str(d) if step == d else f"{d} (the training run's MODEL_DIR above {step})"
+
+
 def find_config(path: str | os.PathLike) -> Optional[str]:
-    """The config.json that describes a checkpoint (in it, or in the training run's
-    MODEL_DIR above a `checkpoint_<step>` dir: up to three parents), or None."""
-    found = find_upwards(pathlib.Path(path), CONFIG_FILE)
+    """The config.json that describes a checkpoint (see `describing_dir`), or None."""
+    found = describing_file(path, CONFIG_FILE)
     return None if found is None else str(found)
 
 
 def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
-    """The spiece.model that travels with a checkpoint (in it or up to three parents), or None."""
-    found = find_upwards(pathlib.Path(path), VOCAB_FILE)
+    """The spiece.model that travels with a checkpoint (see `describing_dir`), or None."""
+    found = describing_file(path, VOCAB_FILE)
     return None if found is None else str(found)
-
-
-def find_upwards(path: pathlib.Path, name: str) -> Optional[pathlib.Path]:
-    d = path
-    for _ in range(_SEARCH_PARENTS + 1):
-        if (d / name).is_file():
-            return d / name
-        if d.parent == d:
-            break
-        d = d.parent
-    return None
 
 
 def read_config(path: str | os.PathLike) -> tuple[T5Config, str]:
@@ -185,8 +201,8 @@ def read_config(path: str | os.PathLike) -> tuple[T5Config, str]:
     config_path = find_config(path)
     if config_path is None:
         raise CheckpointNotFoundError(
-            f"no {CONFIG_FILE} in {path} or its {_SEARCH_PARENTS} parent directories: put the config.json "
-            "the model was trained or converted with next to the checkpoint (or pass config= to load_params)"
+            f"no {CONFIG_FILE} in {where_described(path)}: put the config.json the model was trained or "
+            "converted with there (a run's steps share the one in its MODEL_DIR: copy a step with it)"
         )
     data = files.read_json_object(config_path, CheckpointError, "the T5Config of the checkpoint")
     return _config_from_dict(data, config_path), config_path

@@ -50,7 +50,7 @@ from dss_jax.checkpoints.locate import (
     VOCAB_FILE,
     CheckpointError,
     checkpoint_steps,
-    find_upwards,
+    describing_file,
     step_dir,
 )
 from dss_jax.checkpoints.params import unreadable_error
@@ -438,16 +438,19 @@ def write_run_task(model_dir: str | os.PathLike, task_name: str, options: Mappin
 
 def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict]]:
     """(the file, the task, the task options) a checkpoint's run was trained with, or None
-    for a checkpoint that is no run's (a converted T5). Runs from before task.json existed
-    are read from config.gin, for the one option that changes how a student answers."""
-    found = find_upwards(pathlib.Path(path), RUN_TASK_FILE)
+    for a checkpoint that is no run's (a converted T5). Read from the checkpoint's own run
+    (`locate.describing_dir`: its dir, or the MODEL_DIR of a step), never from a directory
+    above: a converted copy kept inside another run is no step of it. Runs from before
+    task.json existed are read from config.gin, for the one option that changes how a
+    student answers."""
+    found = describing_file(path, RUN_TASK_FILE)
     if found is not None:
         try:
             data = json.loads(found.read_text())
             return str(found), data["task"], dict(data["options"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{found}: not a task record written by the train binary ({e})") from None
-    gin_file = find_upwards(pathlib.Path(path), RUN_GIN_FILE)
+    gin_file = describing_file(path, RUN_GIN_FILE)
     if gin_file is None:
         return None
     targets = re.findall(r"(?m)^(?:[\w.]+/)?task_options\.label_target\s*=\s*['\"](\w+)['\"]", gin_file.read_text())

@@ -45,6 +45,7 @@ import seqio
 import tensorflow as tf
 
 import gin
+from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
 from dss_jax.data.cache import CacheRecord, load_records
 from dss_jax.data.lazy_vocab import LazyVocabulary
@@ -93,23 +94,37 @@ def task_vocabulary(
     return vocab.cached_vocabulary(texts, directory, vocab.VocabSettings(vocab_size=vocab_size))
 
 
-def use_checkpoint_vocabulary(task_name: str, vocab_path: Optional[str], setting: str) -> None:
+def use_checkpoint_vocabulary(
+    task_name: str, vocab_path: Optional[str], setting: str, checkpoint: Optional[str] = None
+) -> None:
     """Makes the task tokenize with a checkpoint's spiece.model unless gin chose a vocabulary.
 
     A student's or a converted T5's vocabulary travels with its checkpoint (`setting`
     names where it came from, e.g. INITIAL_CHECKPOINT_PATH): finetuning or decoding it with
     another vocabulary feeds the embeddings other token ids, so a different one is used
-    only when `task_vocabulary.spm_path` is bound explicitly. Tasks registered with their
-    own vocabulary are left alone.
+    only when `task_vocabulary.spm_path` is bound explicitly, and a `checkpoint` without a
+    spiece.model (`vocab_path` None) is refused rather than read with a vocabulary trained
+    for the task. Tasks registered with their own vocabulary are left alone.
     """
-    if vocab_path is None or explicit_vocabulary():
+    if explicit_vocabulary():
         return
     vocabulary = get_task(task_name).output_features["label_targets"].vocabulary
-    if isinstance(vocabulary, LazyVocabulary):
-        with gin.unlock_config():
-            gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
-        vocabulary.reset()
-        logging.info("%s uses the vocabulary of %s: %s", task_name, setting, vocab_path)
+    if not isinstance(vocabulary, LazyVocabulary):
+        return
+    if vocab_path is None:
+        if checkpoint is None:
+            return
+        from dss_jax.checkpoints import where_described
+
+        raise UserError(
+            f"{setting}: {where_described(checkpoint)} has no spiece.model, so the vocabulary the checkpoint was "
+            "trained with is unknown: copy its run's spiece.model there, or bind "
+            "--gin.task_vocabulary.spm_path=\"'PATH'\" to it"
+        )
+    with gin.unlock_config():
+        gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
+    vocabulary.reset()
+    logging.info("%s uses the vocabulary of %s: %s", task_name, setting, vocab_path)
 
 
 def explicit_vocabulary() -> Optional[str]:

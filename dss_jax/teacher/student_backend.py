@@ -325,7 +325,7 @@ def _load(config: StudentConfig):
     """(model, params on device, vocabulary, checkpoint dir) or StudentLoadError naming the path."""
     import jax
 
-    from dss_jax.checkpoints import load_checkpoint, select_checkpoints
+    from dss_jax.checkpoints import load_checkpoint, select_checkpoints, where_described
     from dss_jax.data import vocab
 
     if not os.path.isdir(os.path.expanduser(config.checkpoint)):
@@ -340,8 +340,8 @@ def _load(config: StudentConfig):
         raise StudentLoadError(f"cannot load the student checkpoint {config.checkpoint}: {e}") from None
     if vocab_path is None:
         raise StudentLoadError(
-            f"the student checkpoint {path} has no spiece.model (looked in it and its parent dirs); the student's "
-            "vocabulary is needed: copy the task's SentencePiece model there as spiece.model"
+            f"the student checkpoint {path} has no spiece.model (looked in {where_described(path)}); the "
+            "student's vocabulary is needed: copy its run's spiece.model there"
         )
     vocabulary = vocab.from_checkpoint(vocab_path)
     if vocabulary.vocab_size > model.config.vocab_size:
