@@ -123,7 +123,7 @@ def trained_feature_lengths(checkpoint_dir: str | os.PathLike) -> Optional[tuple
             recorded = None
         if isinstance(recorded, dict):
             return str(metadata), recorded
-    config = locate.find_upwards(path, locate.RUN_GIN_FILE)
+    config = locate.describing_file(path, locate.RUN_GIN_FILE)
     if config is None:
         return None
     m = _GIN_LENGTHS.search(config.read_text(errors="replace"))
