@@ -8,10 +8,11 @@ r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthe
    (λ = 1: labels and rationales, 16 examples per step), starting from the pretrained
    student in pretrained/synthetic_tiny_cpu (or from scratch: --from_scratch),
 3. evaluates it on the test split with `python -m dss_jax.eval`,
-4. prints a results table (student accuracy; Distilling Step-by-Step and standard
-   distillation as measured over 3 seeds with the same settings, docs/results/quickstart/;
-   the teacher's accuracy, trivial baselines, steps, time) and where the TensorBoard
-   logs, checkpoints and predictions are.
+4. prints a results table (the student's accuracy; Distilling Step-by-Step and standard
+   distillation as measured over 3 seeds with the same settings trained to convergence,
+   at this run's examples, at about its compute and converged,
+   docs/results/quickstart_converged/; the teacher's accuracy, trivial baselines, steps,
+   time) and where the TensorBoard logs, checkpoints and predictions are.
 
 The binaries run as subprocesses, exactly as a user would run them. Running it again
 resumes the training run (or skips it when finished) and re-evaluates, replacing the
@@ -21,6 +22,7 @@ earlier evaluation (eval's --gin.OVERWRITE=True).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,18 +42,17 @@ FLAGS = flags.FLAGS
 QUICKSTART_GIN = "quickstart.gin"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The student quickstart.gin starts from (span-corruption pretrained: pretrained/README.md)
-# and the results of the quickstart's settings over 3 seeds (gin/sweeps/quickstart.gin).
+# and the results of the quickstart's settings over 3 seeds trained to convergence
+# (gin/sweeps/quickstart_converged.gin).
 PRETRAINED_STUDENT = os.path.join("pretrained", "synthetic_tiny_cpu")
-MEASURED_RESULTS = os.path.join("docs", "results", "quickstart", "results.csv")
+MEASURED_DIR = os.path.join("docs", "results", "quickstart_converged")
 STARTS = {
     "pretrained": f"from the pretrained student {PRETRAINED_STUDENT}",
     "scratch": "from scratch",
     None: "from INITIAL_CHECKPOINT_PATH",
 }
-QUOTED_METHODS = (
-    ("dss_teacher", "Distilling Step-by-Step, 3 seeds (measured)"),
-    ("distill", "standard distillation, 3 seeds (measured)"),
-)
+QUOTED_METHODS = (("dss_teacher", "Distilling Step-by-Step"), ("distill", "standard distillation"))
+EXAMPLES_PER_STEP = 16  # the quickstart's BATCH_SIZE in examples
 
 
 def _run(cmd: list[str], log_path: str, what: str) -> float:
@@ -106,20 +107,29 @@ def main(argv):
             f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
             "--gin.SPLIT='test'",
             "--gin.OVERWRITE=True",  # a second quickstart re-evaluates
+            "--gin.STEPS='best'",
             *common,
         ],
         os.path.join(out, "eval.log"),
         "evaluating the student on the test split (greedy decoding)",
     )
-    step_dir = os.path.join(eval_dir, f"step_{steps}")
+    from dss_jax import checkpoints
+
+    ((best, _),) = checkpoints.select_checkpoints(model_dir, "best")
+    step_dir = os.path.join(eval_dir, f"step_{best}")
     with open(os.path.join(step_dir, "metrics.json")) as f:
         metrics = json.load(f)
 
     # The measured results hold for the quickstart's own settings only.
-    quoted = _measured(start) if start and not FLAGS.gin_bindings and steps == measured_steps else {}
+    matches = start == "pretrained" and not FLAGS.gin_bindings and steps == measured_steps
+    quoted = _measured(steps * EXAMPLES_PER_STEP, _tokens_trained(model_dir)) if matches else {}
     rows = [
-        ("student accuracy (test)", f"{100 * metrics['accuracy']:.1f}%"),
-        *[(name, quoted.get(method, "not measured for these settings")) for method, name in QUOTED_METHODS],
+        (f"student accuracy (test; step {best}, the best on validation)", f"{100 * metrics['accuracy']:.1f}%"),
+        *[
+            (f"{name}, {reading}", value)
+            for method, name in QUOTED_METHODS
+            for reading, value in quoted.get(method, [("3 seeds", "not measured for these settings")])
+        ],
         ("teacher accuracy (test, its cached labels)", _pct(metrics.get("teacher_accuracy"))),
         ("student agrees with the teacher", _pct(metrics.get("teacher_agreement"))),
         ("baseline: most common answer", _pct(baselines.get("majority_answer"))),
@@ -137,9 +147,10 @@ def main(argv):
         print(f"{k:<{width}}  {v:>8}")
     print("-" * (width + 12))
     if quoted:
-        print(f"measured:        mean ± std over 3 seeds {STARTS[start]}, {MEASURED_RESULTS}")
-        print("                 (gin/sweeps/quickstart.gin: this run's settings; standard distillation")
-        print("                 trains on the same teacher labels and 16 examples per step, λ = 0)")
+        print(f"measured:        test accuracy, mean ± std over 3 seeds {STARTS[start]}, {MEASURED_DIR}")
+        print("                 (gin/sweeps/quickstart_converged.gin: these settings trained until validation")
+        print("                 stopped improving; each reading scores the checkpoint validation selects within")
+        print("                 it. Standard distillation: the same teacher labels and 16 examples per step, λ = 0)")
     print(f"checkpoints:     {model_dir}/checkpoint_*")
     print(f"TensorBoard:     tensorboard --logdir {out}")
     print(f"predictions:     {step_dir}/predictions.jsonl")
@@ -159,22 +170,53 @@ def main(argv):
         )
 
 
-def _measured(start: str) -> dict[str, str]:
-    """{method: "mean ± std%"} of the committed quickstart grid's runs from `start`."""
+def _measured(examples: float, tokens: Optional[float]) -> dict[str, list[tuple[str, str]]]:
+    """{method: [(reading, "mean ± std%")]} of the committed converged grid: at this run's
+    examples, at the token budget nearest this run's real tokens, and converged."""
     import csv
 
     from dss_jax import results
 
-    path = os.path.join(REPO, MEASURED_RESULTS)
-    if not os.path.isfile(path):  # an installed package without the repository's docs/
+    directory = os.path.join(REPO, MEASURED_DIR)
+    if not os.path.isfile(os.path.join(directory, "budgets.csv")):  # an installed package without docs/
         return {}
-    with open(path) as f:
-        rows = [
-            {**r, "accuracy": float(r["accuracy"])}
-            for r in csv.DictReader(f)
-            if r["init"] == start and r["method"] in dict(QUOTED_METHODS)
-        ]
-    return {g["method"]: f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}%" for g in results.aggregate(rows, "accuracy")}
+    with open(os.path.join(directory, "results.csv")) as f:
+        converged = [r for r in csv.DictReader(f) if r["method"] in dict(QUOTED_METHODS)]
+    budgets = [r for r in results.read_budgets(os.path.join(directory, "budgets.csv")) if r["accuracy"] != ""]
+    token_budgets = sorted({r["budget"] for r in budgets if r["budget_axis"] == "real_tokens"})
+    nearest = min(token_budgets, key=lambda b: abs(math.log(b / tokens))) if tokens and token_budgets else None
+    out: dict[str, list[tuple[str, str]]] = {}
+    for method in dict(QUOTED_METHODS):
+        mine = [r for r in converged if r["method"] == method]
+        readings = []
+        at_tokens = f"at {nearest / 1e6:g}M real tokens (this run: {tokens / 1e6:.2f}M)" if nearest else ""
+        for reading, axis, budget in (
+            (f"at this run's {examples:,.0f} examples", "examples", examples),
+            (at_tokens, "real_tokens", nearest),
+        ):
+            rows = [r for r in budgets if r["method"] == method and r["budget_axis"] == axis and r["budget"] == budget]
+            if rows:
+                (g,) = results.aggregate([{**r, "accuracy": float(r["accuracy"])} for r in rows], "accuracy")
+                readings.append((reading, f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}% (n={g['n']})"))
+        if mine:
+            (g,) = results.aggregate(
+                [{**r, "fraction": float(r["fraction"]), "accuracy": float(r["accuracy"])} for r in mine], "accuracy"
+            )
+            steps = sum(int(r["selected_step"]) for r in mine) / len(mine)
+            readings.append(
+                ("trained to convergence", f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f}% (best step {steps:.0f})")
+            )
+        out[method] = readings
+    return out
+
+
+def _tokens_trained(model_dir: str) -> Optional[float]:
+    """The real tokens this run trained on (its last train record's running total)."""
+    from dss_jax.metrics_writer import read_records
+    from dss_jax.training import selection
+
+    records = read_records(os.path.join(model_dir, "train", "metrics.jsonl"))
+    return float(records[-1][selection.SEEN_TOKENS]) if records and selection.SEEN_TOKENS in records[-1] else None
 
 
 def _pct(x) -> str:
