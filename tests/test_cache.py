@@ -122,6 +122,8 @@ GOOD = {"id": "a", "input": "x", "label": None, "samples": [{"rationale": "r", "
         ({"position": -1}, "'position' must be an integer >= 0 or null, got -1"),
         ({"id": 7}, "required field 'id' must be a string, got an integer"),
         ({"id": ""}, "field 'id' is empty"),
+        ({"input": ""}, "field 'input' is empty: a record without a problem"),
+        ({"input": " \n\t"}, "field 'input' is empty"),
         ({"input": ["x"]}, "required field 'input' must be a string, got a list"),
         ({"label": True}, "field 'label' must be a string or null, got the boolean true"),
         ({"dataset": 3}, "field 'dataset' must be a string or null"),

@@ -1,6 +1,6 @@
 """`annotate --task=NAME --split=SPLIT`: a registered task's split as the examples to annotate."""
 
-import dataclasses
+import json
 import pathlib
 
 import pytest
@@ -200,8 +200,10 @@ def test_an_empty_input_or_a_label_that_is_not_a_finite_number_is_named(tmp_path
             read_task_examples("toy_empty_seqio", "train", input_field="question")
     finally:
         seqio.TaskRegistry.remove("toy_empty_seqio")
-    # A cache task's record the same way.
-    train = write(tmp_path / "train.jsonl", [record(0, "train"), dataclasses.replace(record(1, "train"), input="")])
+    # A cache task's record earlier still: the cache itself refuses it, with its line.
+    train = write(tmp_path / "train.jsonl", [record(0, "train")])
+    with open(train, "a") as f:
+        f.write(json.dumps({**record(1, "train").to_json(), "input": " "}) + "\n")
     dss_tasks.register_cache_task("toy_empty_cache", train_cache=train, family="cqa")
-    with pytest.raises(InputError, match=r"the input is empty"):
+    with pytest.raises(cli.UserError, match=r"train\.jsonl:2: field 'input' is empty"):
         read_task_examples("toy_empty_cache", "train")

@@ -138,6 +138,11 @@ def record_from_json(obj: Any, where: str = "<record>") -> CacheRecord:
             raise CacheFormatError(f"{where}: required field {key!r} must be a string, got {_kind(obj[key])}")
     if not obj["id"]:
         raise CacheFormatError(f"{where}: field 'id' is empty")
+    if not obj["input"].strip():
+        raise CacheFormatError(
+            f"{where}: field 'input' is empty: a record without a problem can be neither trained on nor asked; "
+            "give its text or remove the record"
+        )
     raw_samples = obj.get("samples", [])
     if not isinstance(raw_samples, list):
         raise CacheFormatError(f"{where}: field 'samples' must be a list, got {_kind(raw_samples)}")
