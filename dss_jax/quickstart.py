@@ -6,8 +6,10 @@ r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthe
    (the project's teacher cache format; nothing is downloaded),
 2. trains the small T5 student with `python -m dss_jax.train --gin_file=quickstart.gin`
    (λ = 1: labels and rationales, 16 examples per step), starting from the pretrained
-   student in pretrained/synthetic_tiny_cpu (or from scratch: --from_scratch),
-3. evaluates it on the test split with `python -m dss_jax.eval`,
+   student in pretrained/synthetic_tiny_cpu (or from scratch: --from_scratch), decoding
+   the validation split every 200 steps and keeping the best checkpoints,
+3. evaluates the checkpoint validation selects on the test split with
+   `python -m dss_jax.eval` (STEPS='best'),
 4. prints a results table (the student's accuracy; Distilling Step-by-Step and standard
    distillation as measured over 3 seeds with the same settings trained to convergence,
    at this run's examples, at about its compute and converged,
