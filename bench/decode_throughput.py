@@ -53,7 +53,7 @@ def make_models(size: str, directory: pathlib.Path):
     import torch
     import transformers
 
-    from dss_jax.model import hf_convert, t5
+    from dss_jax.model import hf_convert, interface
 
     torch.manual_seed(0)
     config = transformers.T5Config(
@@ -81,7 +81,7 @@ def make_models(size: str, directory: pathlib.Path):
         hf.lm_head.weight[config.eos_token_id] = 0.0
     hf.save_pretrained(directory)
     params, ours_config, _ = hf_convert.import_hf_checkpoint(directory)
-    return hf, t5.T5(ours_config), params
+    return hf, interface.build(ours_config), params
 
 
 def make_inputs(batch: int, length: int, seed: int = 0):

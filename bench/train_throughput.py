@@ -198,7 +198,7 @@ class JaxSide:
         import jax
 
         from dss_jax import losses, optimizers, partitioning
-        from dss_jax.model.t5 import T5
+        from dss_jax.model.encoder_decoder import EncoderDecoderModel
         from dss_jax.training.step import Trainer
 
         self.jax = jax
@@ -206,7 +206,7 @@ class JaxSide:
 
         def make_trainer(microbatches: int):
             return Trainer(
-                T5(setup.config),
+                EncoderDecoderModel(setup.config),
                 loss_config=losses.LossConfig(rationale_weight=_LAMBDA.value),
                 optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
                 total_steps=total_steps,

@@ -453,8 +453,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     import numpy as np
 
     from dss_jax import losses, optimizers, partitioning
-    from dss_jax.model import cpu_tuning
-    from dss_jax.model.t5 import T5
+    from dss_jax.model import cpu_tuning, interface
     from dss_jax.training.step import Trainer
 
     compiler = "XLA:CPU"
@@ -473,7 +472,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
     start = time.time()
     mesh = partitioning.make_mesh(config.num_partitions, devices)
     trainer = Trainer(
-        T5(config.model_config()),
+        interface.build(config.model_config()),
         loss_config=losses.LossConfig(),
         optimizer_config=optimizers.OptimizerConfig(name=config.optimizer),
         total_steps=1000,

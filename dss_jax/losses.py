@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import gin
-
-LABEL_TASK = 1
-RATIONALE_TASK = 2
+from dss_jax.features import LABEL_TASK, RATIONALE_TASK
 
 
 @gin.configurable

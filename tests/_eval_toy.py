@@ -98,11 +98,11 @@ def train_student(task, devices, run_dir: pathlib.Path, spm: pathlib.Path, steps
     from dss_jax.checkpoints import RunCheckpointer
     from dss_jax.data.feature_converter import convert_numpy
     from dss_jax.model.config import T5Config
-    from dss_jax.model.t5 import T5
+    from dss_jax.model.encoder_decoder import EncoderDecoderModel
     from dss_jax.training.step import Trainer
 
     config = T5Config.preset("tiny", "t5.1.1", vocab_size=MODEL_VOCAB, dropout_rate=0.0)
-    model = T5(config)
+    model = EncoderDecoderModel(config)
     trainer = Trainer(
         model,
         loss_config=losses.LossConfig(rationale_weight=0.5),

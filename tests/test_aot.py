@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from dss_jax import aot, losses, optimizers, partitioning
-from dss_jax.model.t5 import T5
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.training.step import Trainer
 
 # T5 v1.1 base shapes (d_model 768, 12 heads), one layer per stack, a 2048-token vocab:
@@ -60,7 +60,7 @@ def _trainer(rules, num_partitions, devices):
         **SMALL, rules=rules, num_partitions=num_partitions, num_devices=len(devices), batch_size=len(devices)
     )
     return Trainer(
-        T5(config.model_config()),
+        EncoderDecoderModel(config.model_config()),
         loss_config=losses.LossConfig(),
         optimizer_config=optimizers.OptimizerConfig(name="adamw"),
         total_steps=10,

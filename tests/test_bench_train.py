@@ -110,7 +110,7 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
 
     from dss_jax import losses, optimizers, partitioning
     from dss_jax.model import hf_convert
-    from dss_jax.model.t5 import T5
+    from dss_jax.model.encoder_decoder import EncoderDecoderModel
     from dss_jax.training.step import Trainer
 
     torch.set_num_threads(1)
@@ -126,7 +126,7 @@ def test_reference_two_pass_loss_equals_packed_loss_and_one_step_agrees():
     batch = reference_t5.collate(examples)
 
     trainer = Trainer(
-        T5(config),
+        EncoderDecoderModel(config),
         loss_config=losses.LossConfig(rationale_weight=1.0),
         optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
         total_steps=10,

@@ -91,7 +91,7 @@ def test_load_params_from_a_trainer_style_checkpoint(tmp_path):
         _assert_same(loaded, params)
         assert config == CONFIG and vocab is None
     _assert_same(checkpoints.load_params(step_dir, item="state")[0], params)
-    with pytest.raises(ValueError, match="hold no T5 params"):
+    with pytest.raises(ValueError, match="hold no model params"):
         checkpoints.load_params(step_dir, item="dataset")
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from _decoding_toy import EOS, PAD
 
-from dss_jax.model import decoding, hf_convert, t5
+from dss_jax.model import decoding, hf_convert
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 
 pytestmark = pytest.mark.torch
 
@@ -67,7 +68,7 @@ def models(request, tmp_path_factory):
     enc = np.zeros((len(lengths), 7), np.int32)
     for i, n in enumerate(lengths):
         enc[i, :n] = rng.randint(2, VOCAB, size=n)
-    return hf, t5.T5(config), params, enc
+    return hf, EncoderDecoderModel(config), params, enc
 
 
 def _hf_generate(hf, enc, **kw):

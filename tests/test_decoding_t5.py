@@ -13,6 +13,7 @@ from _decoding_toy import EOS, PAD, pad_to, reference_beam
 
 from dss_jax.model import decoding, t5
 from dss_jax.model.config import T5Config
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 
 MAX_LEN = 10
 
@@ -53,7 +54,7 @@ VARIANTS = {
 def setup(request):
     variant = request.param
     config = T5Config.preset("tiny", variant, vocab_size=32, dropout_rate=0.0)
-    model = t5.T5(config)
+    model = EncoderDecoderModel(config)
     params = _random_params(config, **VARIANTS[variant])
     rng = np.random.RandomState(0)
     lengths = [7, 3, 5, 1, 6]
@@ -71,7 +72,7 @@ class _FullDecoderOracle:
         self._enc = enc
         self._memo = {}
         self._logits = jax.jit(
-            lambda ids, dec: model.apply({"params": params}, ids, dec)  # [1, len, vocab]
+            lambda ids, dec: model.module.apply({"params": params}, ids, dec)  # [1, len, vocab]
         )
 
     def log_probs(self, row, prefix):
@@ -176,7 +177,7 @@ def test_cpu_beam_search_keeps_the_lm_head_product_apart_from_the_softmax():
     # Fused with log-softmax's max and subtraction, the lm head's product ran 2.5x slower
     # than alone (bench/decode_floor.py); decoding programs hand YNNPACK single dots only.
     config = T5Config.preset("tiny", "t5.1.1", vocab_size=4096, dropout_rate=0.0)
-    model = t5.T5(config)
+    model = EncoderDecoderModel(config)
     params = _random_params(config, seed=0, std=1.0, eos_scale=1.0)
     enc = np.full((8, 6), 5, np.int32)
     settings = decoding.DecodeConfig(max_decode_length=4, method="beam", num_beams=4)

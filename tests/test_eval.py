@@ -157,9 +157,9 @@ def test_train_eval_hook_uses_the_same_code(env, examples, tmp_path):
 
 
 def test_vocabulary_larger_than_the_model_is_refused(env, examples):
-    from dss_jax.model.t5 import T5
+    from dss_jax.model.encoder_decoder import EncoderDecoderModel
 
-    small = T5(env.trained.config.replace(vocab_size=32))
+    small = EncoderDecoderModel(env.trained.config.replace(vocab_size=32))
     with pytest.raises(ValueError, match="the model only 32 embeddings"):
         decode_and_score(small, env.trained.params_by_step[60], examples)
 

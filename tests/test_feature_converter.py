@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dss_jax.data import packing
-from dss_jax.data.feature_converter import PAIRED_FEATURES, convert_numpy
+from dss_jax.data.feature_converter import convert_numpy
+from dss_jax.features import PAIRED_FEATURES, UNPACKED_FEATURES
 
 LENGTHS = {"label_inputs": 24, "label_targets": 6, "rationale_inputs": 24, "rationale_targets": 20}
 
@@ -175,7 +176,7 @@ def test_rationale_weight_zero_leaves_rationales_out():
 def test_unpacked_one_segment_per_row():
     examples = random_examples(20, seed=2)
     rows = convert_numpy(examples, LENGTHS, pack=False)
-    assert set(rows) == set(packing.UNPACKED_FEATURES)
+    assert set(rows) == set(UNPACKED_FEATURES)
     assert rows["encoder_input_tokens"].shape == (40, 24) and rows["decoder_target_tokens"].shape == (40, 20)
     assert list(rows["decoder_task_ids"][:, 0]) == [1, 2] * 20
     for i, seg in enumerate(expected_segments(examples)):

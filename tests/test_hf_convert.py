@@ -13,6 +13,7 @@ import pytest
 
 from dss_jax.model import hf_convert
 from dss_jax.model.config import T5Config
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.model.t5 import T5
 
 pytestmark = pytest.mark.torch
@@ -339,7 +340,7 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
     enc = np.zeros((len(lengths), 7), np.int32)
     for i, n in enumerate(lengths):
         enc[i, :n] = rng.integers(2, GEN_VOCAB, n)
-    ours = np.asarray(decoding.generate(T5(config), params, enc, max_decode_length=MAX_NEW).tokens)
+    ours = np.asarray(decoding.generate(EncoderDecoderModel(config), params, enc, max_decode_length=MAX_NEW).tokens)
     stops = [EOS in row for row in ours.tolist()]
     assert any(stops) and not all(stops) and len({tuple(r) for r in ours.tolist()}) > 4  # a telling check
 

@@ -154,10 +154,10 @@ def test_training_with_a_batch_in_examples_reports_examples_rows_and_tokens_per_
     import json
 
     from dss_jax.model.config import T5Config
-    from dss_jax.model.t5 import T5
+    from dss_jax.model.encoder_decoder import EncoderDecoderModel
     from dss_jax.training import loop
 
-    model = T5(
+    model = EncoderDecoderModel(
         T5Config.preset(
             "tiny",
             "t5.1.1",

@@ -2,6 +2,7 @@
 silently wrong. A non-finite loss right after a checkpoint, a second trainer on the same
 MODEL_DIR, a checkpoint that cannot be written, a resumed run's metrics, bad settings."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -15,12 +16,11 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from test_trainer import VOCAB, packed_batch
 
 from dss_jax import checkpoints, cli, losses, metrics_writer, optimizers, settings
 from dss_jax.model.config import T5Config
-from dss_jax.model.t5 import T5
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.training import loop
 
 TASK = "train_faults_toy"
@@ -28,15 +28,13 @@ LENGTHS = {"label_inputs": 16, "label_targets": 12, "rationale_inputs": 16, "rat
 POISON = VOCAB - 1  # an encoder token in the (always padding) last column: the model's loss turns NaN
 
 
-class PoisonableT5(nn.Module):
+@dataclasses.dataclass(frozen=True)
+class PoisonableT5(EncoderDecoderModel):
     """T5 tiny whose logits are NaN for a batch carrying the POISON token."""
 
-    config: T5Config
-
-    @nn.compact
-    def __call__(self, encoder_input_tokens, decoder_input_tokens, **kwargs):
-        logits = T5(self.config, name="t5")(encoder_input_tokens, decoder_input_tokens, **kwargs)
-        return jnp.where(jnp.any(encoder_input_tokens[:, -1] == POISON), jnp.nan, logits)
+    def logits(self, params, batch, **kwargs):
+        logits = super().logits(params, batch, **kwargs)
+        return jnp.where(jnp.any(batch["encoder_input_tokens"][:, -1] == POISON), jnp.nan, logits)
 
 
 def model():
@@ -146,7 +144,7 @@ def test_a_resume_refuses_a_damaged_checkpoint_and_resumes_from_the_one_before_o
     code, err = one_line_report(capsys, lambda: train(run, 6))
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert re.fullmatch(
-        rf"train: error: {damaged} is damaged: the checksum of the parameter params/t5/encoder/layers_0/mlp/wo/kernel "
+        rf"train: error: {damaged} is damaged: the checksum of the parameter params/encoder/layers_0/mlp/wo/kernel "
         rf"differs from the one recorded when it was saved \({damaged}/metadata/metadata\): resuming would train on "
         rf"from damaged weights; move it aside \(mv {damaged} {damaged}\.damaged\) and rerun to resume from "
         r"checkpoint_2, the step before it",
@@ -465,7 +463,6 @@ def test_dss_without_any_rationale_is_refused_before_anything_is_written(tmp_pat
     """Records with no usable teacher sample (annotate --keep=correct against a wrong
     teacher) used to train the explain: task on empty targets, silently; with
     LABEL_SOURCE='teacher' the empty task was a traceback from inside tf.data."""
-    import dataclasses
 
     import _eval_toy as toy
 
@@ -496,7 +493,6 @@ def test_dss_without_any_rationale_is_refused_before_anything_is_written(tmp_pat
 
 
 def test_the_training_examples_with_a_rationale_are_counted_at_the_start(tmp_path, caplog):
-    import dataclasses
     import logging
 
     import _eval_toy as toy
@@ -524,7 +520,6 @@ def test_the_training_examples_with_a_rationale_are_counted_at_the_start(tmp_pat
 
 
 def test_a_failed_start_leaves_nothing_that_refuses_its_corrected_rerun(tmp_path):
-    import dataclasses
 
     from dss_jax.data import options as dss_options
 

@@ -8,7 +8,7 @@ import pytest
 
 from dss_jax import losses, optimizers, partitioning
 from dss_jax.model.config import T5Config
-from dss_jax.model.t5 import T5
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.training import step as trainer_lib
 from dss_jax.training.step import Trainer
 
@@ -60,7 +60,7 @@ def packed_batch(rng, batch=8, enc_len=16, dec_len=12, with_rationale=True):
 def make_trainer(devices, rules="dp", num_partitions=1, microbatches=1, lam=1.0, opt="adafactor", config=None):
     mesh = partitioning.make_mesh(num_partitions, devices)
     return Trainer(
-        T5(config or tiny_config()),
+        EncoderDecoderModel(config or tiny_config()),
         loss_config=losses.LossConfig(rationale_weight=lam),
         optimizer_config=optimizers.OptimizerConfig(name=opt, learning_rate=1e-2 if opt == "adamw" else None),
         total_steps=10,
@@ -221,7 +221,7 @@ def test_dropout_rng_is_deterministic_per_step(dropout_rng, batches, cpu_devices
     # covered by the binary's SIGKILL-and-restart test.
     def run():
         trainer = Trainer(
-            T5(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
+            EncoderDecoderModel(T5Config.preset("tiny", "t5.1.1", vocab_size=VOCAB, dropout_rate=0.3)),
             loss_config=losses.LossConfig(),
             optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=1e-2),
             total_steps=10,
@@ -255,7 +255,7 @@ def test_xla_threefry_masks_drop_at_the_rate_and_differ_by_key():
 def test_unknown_dropout_rng_is_rejected(cpu_devices):
     with pytest.raises(ValueError, match="dropout_rng must be one of"):
         Trainer(
-            T5(tiny_config()),
+            EncoderDecoderModel(tiny_config()),
             loss_config=losses.LossConfig(),
             optimizer_config=optimizers.OptimizerConfig(),
             total_steps=1,

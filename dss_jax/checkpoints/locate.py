@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 from dss_jax import files
 from dss_jax.cli import UserError
-from dss_jax.model.config import T5Config
+from dss_jax.model import interface
 
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
@@ -194,8 +194,8 @@ def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
     return None if found is None else str(found)
 
 
-def read_config(path: str | os.PathLike) -> tuple[T5Config, str]:
-    """(the T5Config, the config.json it was read from) that describes the checkpoint at
+def read_config(path: str | os.PathLike) -> tuple[object, str]:
+    """(the model config (its family's class), the config.json it was read from) that describes the checkpoint at
     `path` (see `find_config`); CheckpointNotFoundError when there is none."""
     path = pathlib.Path(path)
     config_path = find_config(path)
@@ -204,15 +204,15 @@ def read_config(path: str | os.PathLike) -> tuple[T5Config, str]:
             f"no {CONFIG_FILE} in {where_described(path)}: put the config.json the model was trained or "
             "converted with there (a run's steps share the one in its MODEL_DIR: copy a step with it)"
         )
-    data = files.read_json_object(config_path, CheckpointError, "the T5Config of the checkpoint")
+    data = files.read_json_object(config_path, CheckpointError, "the model config of the checkpoint")
     return _config_from_dict(data, config_path), config_path
 
 
-def _config_from_dict(data: dict, source: str) -> T5Config:
+def _config_from_dict(data: dict, source: str):
     try:
-        return T5Config.from_dict(data, source=source)
+        return interface.config_from_dict(data, source=source)
     except TypeError as e:  # a field of the wrong type; from_dict's ValueErrors name the file already
-        raise CheckpointError(f"{source}: not a valid T5Config: {e}") from None
+        raise CheckpointError(f"{source}: not a valid model config: {e}") from None
     except ValueError as e:
         message = str(e)
         raise CheckpointError(message if source in message else f"{source}: {message}") from None

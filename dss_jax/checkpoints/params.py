@@ -1,13 +1,13 @@
-"""Parameter checkpoints: writing the T5 params with their config.json and spiece.model,
+"""Parameter checkpoints: writing a student's params with their config.json and spiece.model,
 and reading the params of any of our checkpoints (or a Hugging Face T5 directory) back.
 
     save_params(ckpt_dir, params, config, vocab_path=None, overwrite=False) -> pathlib.Path
         ckpt_dir/params/        orbax PyTree checkpoint of the (unboxed) param tree
-        ckpt_dir/config.json    T5Config.to_dict()
+        ckpt_dir/config.json    config.to_dict() (with the model family)
         ckpt_dir/spiece.model   the SentencePiece vocabulary, copied (when given)
         ckpt_dir/checksums.json the checksum of every param (integrity.py)
-    load_params(path, config=None, item=None) -> (params, T5Config, vocab_path_or_None)
-    load_checkpoint(path, dtype=None) -> (T5 model, params, vocab_path_or_None)
+    load_params(path, config=None, item=None) -> (params, config, vocab_path_or_None)
+    load_checkpoint(path, dtype=None) -> (StudentModel, params, vocab_path_or_None)
 
 `load_params` accepts, besides a `save_params` directory, the orbax directory itself, a
 trainer checkpoint whose tree holds the params under a `params` key at any depth (only
@@ -53,9 +53,8 @@ from dss_jax.checkpoints.locate import (
     read_config,
 )
 from dss_jax.checkpoints.outputs import staged_output_dir
-from dss_jax.model.config import T5Config
+from dss_jax.model import interface
 
-_T5_TOP_KEYS = {"encoder", "decoder", "token_embedder"}
 # What save_params writes: `overwrite=True` replaces a directory of only these.
 SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE, CHECKSUMS_FILE)
 HF_WEIGHT_FILES = (
@@ -69,7 +68,7 @@ HF_WEIGHT_FILES = (
 def save_params(
     ckpt_dir: str | os.PathLike,
     params: Mapping[str, Any],
-    config: T5Config,
+    config: Any,
     vocab_path: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
     source: Optional[str] = None,
@@ -79,9 +78,10 @@ def save_params(
     for that message)."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     params = nn.meta.unbox(params)
-    if not _T5_TOP_KEYS <= set(params):
+    root_keys = interface.build(config).param_root_keys
+    if not root_keys <= set(params):
         raise ValueError(
-            f"save_params wants the T5 param tree (keys {sorted(_T5_TOP_KEYS)}), got keys {sorted(params)}"
+            f"save_params wants the {config.family} param tree (keys {sorted(root_keys)}), got keys {sorted(params)}"
         )
     check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
@@ -106,11 +106,11 @@ def save_params(
 
 def load_params(
     path: str | os.PathLike,
-    config: Optional[T5Config] = None,
+    config: Optional[Any] = None,
     item: Optional[str] = None,
     config_source: Optional[str] = None,
 ):
-    """-> (params as numpy arrays, T5Config, path of spiece.model or None).
+    """-> (params as numpy arrays, the model config, path of spiece.model or None).
 
     The stored shapes are checked against the config (config.json, or `config`, described
     in messages as `config_source`) before the weights are read; the weights read are
@@ -165,16 +165,15 @@ def _damaged_advice(path: pathlib.Path) -> str:
 
 def check_params(
     shapes: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]],
-    config: T5Config,
+    config: Any,
     config_source: str,
     params_source: str,
 ) -> None:
     """CheckpointError naming `config_source` and the first parameter of `params_source`
     whose presence, shape or dtype does not fit `config`. `shapes`: {path: (shape, dtype)}."""
-    from dss_jax.model import hf_convert
-
-    expected = hf_convert.param_shapes(config)
-    depth = f"num_encoder_layers={config.num_encoder_layers}, num_decoder_layers={config.num_decoder_layers}"
+    model = interface.build(config)
+    expected = model.param_shapes()
+    depth = model.depth_text()
     advice = "the config and the weights are from different models: use the config saved with them"
     missing = [p for p in expected if p not in shapes]
     if missing:
@@ -197,7 +196,7 @@ def check_params(
                 f"{list(shape)} ({', '.join(dict.fromkeys(dims))})"
             )
         elif got_dtype is not None and not jax.numpy.issubdtype(got_dtype, jax.numpy.floating):
-            bad.append(f"{'/'.join(p)} has dtype {got_dtype} in {params_source}; T5 params are floating point")
+            bad.append(f"{'/'.join(p)} has dtype {got_dtype} in {params_source}; params are floating point")
     if bad:
         more = f" ({len(bad) - 1} more parameters disagree too)" if len(bad) > 1 else ""
         raise CheckpointError(f"{bad[0]}{more}: {advice}")
@@ -213,25 +212,23 @@ def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], An
 
 
 def load_checkpoint(path: str, dtype: Optional[str] = None):
-    """(T5 model, params, vocab path or None) of one checkpoint dir (see
-    `select_checkpoints`): ours, or a Hugging Face T5 directory, imported on the fly.
-    eval, infer and annotate's student backend load their students here."""
-    from dss_jax.model.t5 import T5
-
+    """(student model, params, vocab path or None) of one checkpoint dir (see
+    `select_checkpoints`): ours, or a Hugging Face directory, imported on the fly.
+    eval, infer and annotate's student backend load their students here, so a student
+    they cannot run yet is refused here, before anything is decoded or written."""
     if is_hf_checkpoint(path):
-        from dss_jax.model import hf_convert
-
-        params, config, vocab_path = hf_convert.import_hf_checkpoint(path)
+        params, config, vocab_path = interface.import_hf_checkpoint(path)
         integrity.verify(params, None, "", path, "", "use another copy of the model")  # NaN, infinity
     else:
         params, config, vocab_path = load_params(path)
+    interface.check_pipeline_supports(interface.build(config), path)
     if dtype:
         config = config.replace(dtype=dtype)
-    return T5(config), params, vocab_path
+    return interface.build(config), params, vocab_path
 
 
 def is_hf_checkpoint(path: str) -> bool:
-    """A Hugging Face T5 directory (config.json with a model_type, HF weight files)."""
+    """A Hugging Face directory (config.json with a model_type, HF weight files)."""
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
         return False
@@ -298,10 +295,11 @@ def unreadable_error(orbax_dir: str | os.PathLike, why: object) -> CheckpointErr
 
 
 def find_params_path(tree: Any, max_depth: int = 4) -> Optional[tuple[str, ...]]:
-    """Key path of the T5 param tree inside a (metadata or value) tree, or None."""
+    """Key path of a student's param tree (any family's `param_root_keys`) inside a
+    (metadata or value) tree, or None."""
     if not isinstance(tree, Mapping) or max_depth < 0:
         return None
-    if _T5_TOP_KEYS <= set(tree):
+    if any(keys <= set(tree) for keys in interface.param_root_keys()):
         return ()
     keys = sorted(tree, key=lambda k: (k != PARAMS_ITEM, str(k)))  # prefer `params`
     for key in keys:
@@ -325,8 +323,8 @@ def _locate_params(path: pathlib.Path) -> tuple[pathlib.Path, tuple[str, ...]]:
             return d, keys
     if seen:
         raise CheckpointError(
-            f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no T5 params "
-            f"(a tree with keys {sorted(_T5_TOP_KEYS)})"
+            f"{path}: the orbax checkpoints {[str(s) for s in seen]} hold no model params "
+            f"(a tree with keys {' or '.join(str(sorted(k)) for k in interface.param_root_keys())})"
         )
     raise no_checkpoint_error(path)
 

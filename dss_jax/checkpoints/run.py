@@ -7,7 +7,7 @@ the input was), the files that describe it, and the lock that keeps a second tra
                                    the examples and real tokens trained on, the
                                    settings they were trained with, and the checksums
                                    of the state (integrity.py), checked on a resume
-      config.json                  the model (T5Config.to_dict), one copy for every step
+      config.json                  the model config (with its family), one copy for every step
       spiece.model                 the task's vocabulary
       task.json                    the task and task options it trains with
       config.gin                   every gin setting of the run (config.to_step_<S>.gin: the
@@ -55,7 +55,6 @@ from dss_jax.checkpoints.locate import (
 )
 from dss_jax.checkpoints.params import unreadable_error
 from dss_jax.cli import UserError
-from dss_jax.model.config import T5Config
 
 LOCK_NAME = "train.lock"
 
@@ -459,7 +458,7 @@ def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict
 
 def write_run_files(
     model_dir: str | os.PathLike,
-    config: Optional[T5Config],
+    config: Optional[Any],
     task_name: str,
     task_options: Mapping[str, Any],
     vocab_file: Optional[str],

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 import gin
 from dss_jax.data import packing
-from dss_jax.data.packing import PAIRED_FEATURES, convert_numpy  # noqa: F401  (re-exported: the numpy path)
+from dss_jax.data.packing import convert_numpy  # noqa: F401  (re-exported: the numpy path)
+from dss_jax.features import PACKED_FEATURES, PAIRED_FEATURES, UNPACKED_FEATURES
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 _BLOCK = 128  # examples / rows per crossing between tf.data and numpy
@@ -39,7 +40,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
     """Packs label and rationale segments into shared rows (or pads one per row)."""
 
     TASK_FEATURES = {name: _INT for name in PAIRED_FEATURES}
-    MODEL_FEATURES = {name: _INT for name in packing.UNPACKED_FEATURES}
+    MODEL_FEATURES = {name: _INT for name in UNPACKED_FEATURES}
     PACKING_FEATURE_DTYPES = {
         "encoder_segment_ids": tf.int32,
         "decoder_segment_ids": tf.int32,
@@ -114,7 +115,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
-        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
+        features = PACKED_FEATURES if self.pack else UNPACKED_FEATURES
 
         # Rows come back from numpy in blocks that are unbatched on the TensorFlow side.
         blocks_in = self._example_blocks(ds, task_feature_lengths)
@@ -154,7 +155,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
-        features = packing.PACKED_FEATURES if self.pack else packing.UNPACKED_FEATURES
+        features = PACKED_FEATURES if self.pack else UNPACKED_FEATURES
         return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
 
 

@@ -29,40 +29,28 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-LABEL_TASK_ID = 1
-RATIONALE_TASK_ID = 2
-
-ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
-DECODER_FEATURES = (
-    "decoder_target_tokens",
-    "decoder_input_tokens",
-    "decoder_loss_weights",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "decoder_task_ids",
-)
-PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
-PACKED_FEATURES = ENCODER_FEATURES + DECODER_FEATURES
-UNPACKED_FEATURES = (
-    "encoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_input_tokens",
-    "decoder_loss_weights",
-    "decoder_task_ids",
+from dss_jax.features import (
+    DECODER_FEATURES,
+    ENCODER_FEATURES,
+    LABEL_TASK,
+    PACKED_FEATURES,
+    PAIRED_FEATURES,
+    RATIONALE_TASK,
+    UNPACKED_FEATURES,
 )
 
 
 class Segment(NamedTuple):
     inputs: np.ndarray  # [input_len] int32
     targets: np.ndarray  # [target_len] int32
-    task_id: int  # LABEL_TASK_ID or RATIONALE_TASK_ID
+    task_id: int  # LABEL_TASK or RATIONALE_TASK
 
 
 def paired_segments(example: dict, include_rationale: bool = True) -> list[Segment]:
     """The label segment and (unless excluded) the rationale segment of a paired example."""
-    segments = [Segment(example["label_inputs"], example["label_targets"], LABEL_TASK_ID)]
+    segments = [Segment(example["label_inputs"], example["label_targets"], LABEL_TASK)]
     if include_rationale:
-        segments.append(Segment(example["rationale_inputs"], example["rationale_targets"], RATIONALE_TASK_ID))
+        segments.append(Segment(example["rationale_inputs"], example["rationale_targets"], RATIONALE_TASK))
     return segments
 
 
@@ -101,8 +89,8 @@ class PackingStats:
         self.encoder_total += row["encoder_input_tokens"].size
         self.decoder_total += weights.size
         task = row["decoder_task_ids"]
-        self.label_target_tokens += int(np.count_nonzero(task == LABEL_TASK_ID))
-        self.rationale_target_tokens += int(np.count_nonzero(task == RATIONALE_TASK_ID))
+        self.label_target_tokens += int(np.count_nonzero(task == LABEL_TASK))
+        self.rationale_target_tokens += int(np.count_nonzero(task == RATIONALE_TASK))
 
     def as_dict(self) -> dict[str, float]:
         out = dataclasses.asdict(self)

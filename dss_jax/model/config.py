@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import jax.numpy as jnp
 
@@ -54,6 +54,8 @@ _V10_SIZES = {
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Hyper-parameters of the encoder-decoder. Defaults are T5 v1.1 small."""
+
+    family: ClassVar[str] = "t5"  # config.json's "family" (dss_jax.model.interface)
 
     vocab_size: int = 32128
     d_model: int = 512
@@ -192,10 +194,15 @@ class T5Config:
 
     # ----- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"family": self.family, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "T5Config":
+        """A config.json's config; one without "family" was written before families, by T5."""
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise ValueError(f"{source}: family={family!r}, not a {cls.family!r} config")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

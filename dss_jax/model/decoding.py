@@ -1,4 +1,4 @@
-"""Batched, jit-compatible decoding: greedy, sampling, beam search, and `generate` for T5.
+"""Batched, jit-compatible decoding: greedy, sampling, beam search, and `generate` for any student.
 
 The algorithms are generic over one decoder step
 
@@ -14,8 +14,9 @@ num_beams=1)` and `generate(num_beams=k, length_penalty=..., early_stopping=...)
 `beam_search.py`). Sampling applies temperature, then top-k, then top-p, like HF's
 logits warpers, with an explicit PRNG key (its draws are not PyTorch's, of course).
 
-`generate` wires a `dss_jax.model.t5.T5` module in: it encodes once, creates the
-decoder's key/value cache with one `decode=True` apply, and decodes step by step.
+`generate` decodes with a student model (`dss_jax.model.interface.StudentModel`): the
+model's `start_decoding` gives the step function and its cache (T5 encodes once and
+creates the decoder's key/value cache), and the loop here decodes step by step.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from dss_jax.model import beam_search as beam_lib
-from dss_jax.model import cpu_tuning
+from dss_jax.model import cpu_tuning, interface
 
 PyTree = Any
 TokensToLogits = beam_lib.TokensToLogits
@@ -51,7 +52,7 @@ class DecodeConfig:
       top_k: keep only the k most likely tokens before sampling; 0 keeps all.
       top_p: keep the smallest set of tokens whose probability reaches top_p; 1 keeps all.
       return_all_beams: also return every beam's tokens and scores (method="beam").
-      eos_id, pad_id, decoder_start_id: token ids (T5: 1, 0, 0).
+      eos_id, pad_id, decoder_start_id: token ids (T5: 1, 0, 0); `generate` takes the model's own.
     """
 
     max_decode_length: int
@@ -300,7 +301,7 @@ def decode(
 
 
 # ----------------------------------------------------------------------------------------
-# T5 glue
+# Any student model (dss_jax.model.interface)
 
 
 def _unwrap_params(params: PyTree) -> PyTree:
@@ -312,60 +313,9 @@ def _unwrap_params(params: PyTree) -> PyTree:
     return params
 
 
-def _generate_impl(model, config: DecodeConfig, params, encoder_input_tokens, encoder_segment_ids, rng):
-    batch_size = encoder_input_tokens.shape[0]
-    length = config.max_decode_length
-    variables = {"params": params}
-    encoded = model.apply(
-        variables,
-        encoder_input_tokens,
-        encoder_segment_ids=encoder_segment_ids,
-        enable_dropout=False,
-        method="encode",
-    )  # [batch, enc_len, embed]
-    # Shapes only: cached keys/values for `length` positions, cache_index 0.
-    _, initial = model.apply(
-        variables,
-        encoded,
-        encoder_input_tokens,
-        jnp.zeros((batch_size, length), jnp.int32),
-        encoder_segment_ids=encoder_segment_ids,
-        enable_dropout=False,
-        decode=True,
-        max_decode_length=length,
-        mutable=["cache", "encoded_kv"],
-        method="decode",
-    )
-    # The cross-attention keys/values of the encoder output, made once: loop constants,
-    # not decoding state (beam search does not reorder them; an example's beams share them).
-    cache, encoded_kv = initial["cache"], initial["encoded_kv"]
-
-    if config.method == "beam":
-        # The decoder runs on batch * num_beams rows; the encoder mask is repeated like HF's.
-        # The cross-attention keys/values are not: each example's beams read its one copy
-        # (MultiHeadAttention groups the query rows). v1.1-small, 64 examples of 512 input
-        # tokens, 4 beams: 2.50 instead of 3.75 GiB of temporaries; speed on a CPU unchanged.
-        expand = lambda x: None if x is None else jnp.repeat(x, config.num_beams, axis=0)
-        encoded, encoder_input_tokens, encoder_segment_ids = map(
-            expand, (encoded, encoder_input_tokens, encoder_segment_ids)
-        )
-
-    def tokens_to_logits(tokens, cache):
-        logits, mutated = model.apply(
-            {"params": params, "cache": cache, "encoded_kv": encoded_kv},
-            encoded,
-            encoder_input_tokens,
-            tokens,
-            encoder_segment_ids=encoder_segment_ids,
-            enable_dropout=False,
-            decode=True,
-            max_decode_length=length,
-            mutable=["cache"],
-            method="decode",
-        )  # [rows, 1, vocab]
-        return logits[:, -1, :].astype(jnp.float32), mutated["cache"]
-
-    return decode(tokens_to_logits, cache, config, batch_size=batch_size, rng=rng)
+def _generate_impl(model, config: DecodeConfig, params, inputs, segment_ids, rng):
+    tokens_to_logits, cache = model.start_decoding(params, inputs, segment_ids, config)
+    return decode(tokens_to_logits, cache, config, batch_size=inputs.shape[0], rng=rng)
 
 
 _STATIC = ("model", "config")
@@ -396,7 +346,7 @@ def _jit_for(params: PyTree):
 def generate(
     model,
     params: PyTree,
-    encoder_input_tokens: jax.Array,
+    inputs: jax.Array,
     *,
     max_decode_length: Optional[int] = None,
     method: str = "greedy",
@@ -408,19 +358,19 @@ def generate(
     top_p: float = 1.0,
     return_all_beams: bool = False,
     rng: Optional[jax.Array] = None,
-    encoder_segment_ids: Optional[jax.Array] = None,
+    segment_ids: Optional[jax.Array] = None,
     config: Optional[DecodeConfig] = None,
 ) -> DecodeOutput:
-    """Decodes a batch with a `dss_jax.model.t5.T5` module (jit-compiled per settings and shape).
+    """Decodes a batch with a student model (jit-compiled per model, settings and shape).
 
     Args:
-      model: the T5 module (hashable flax Module; it is a static jit argument).
+      model: a `StudentModel` (hashable: it is a static jit argument).
       params: its parameters (the "params" tree, or a {"params": ...} variables dict).
-      encoder_input_tokens: [batch, enc_len] int32, padded with 0.
+      inputs: [batch, input_len] int32 prompts (T5: the encoder input), padded with 0.
       max_decode_length ... return_all_beams: the `DecodeConfig` fields; ignored when
         `config` is given.
       rng: PRNG key, needed for method="sample".
-      encoder_segment_ids: optional [batch, enc_len] segment ids of the encoder input
+      segment_ids: optional [batch, input_len] segment ids of the input
         (1 real, 0 padding). Not needed for ordinary padded rows: the model masks
         encoder tokens equal to 0 anyway. Each row decodes one target.
       config: a complete `DecodeConfig` instead of the keyword settings.
@@ -443,12 +393,14 @@ def generate(
             top_p=top_p,
             return_all_beams=return_all_beams,
         )
+    interface.check_student(model, "generate()")
+    config = dataclasses.replace(config, **model.decode_token_ids())
     if config.method == "sample" and rng is None and config.temperature != 0.0:
         raise ValueError("generate(method='sample') needs rng=jax.random.key(seed)")
-    encoder_input_tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
-    if encoder_input_tokens.ndim != 2:
-        raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {encoder_input_tokens.shape}")
-    if encoder_segment_ids is not None:
-        encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
+    inputs = jnp.asarray(inputs, jnp.int32)
+    if inputs.ndim != 2:
+        raise ValueError(f"inputs must be [batch, length], got shape {inputs.shape}")
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
     params = _unwrap_params(params)
-    return _jit_for(params)(model, config, params, encoder_input_tokens, encoder_segment_ids, rng)
+    return _jit_for(params)(model, config, params, inputs, segment_ids, rng)

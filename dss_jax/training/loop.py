@@ -33,6 +33,7 @@ from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitionin
 from dss_jax.cli import UserError
 from dss_jax.data import options as dss_options
 from dss_jax.metrics_writer import MetricsWriter, Progress
+from dss_jax.model import interface
 from dss_jax.training import checks, selection
 from dss_jax.training.step import Trainer
 
@@ -107,6 +108,11 @@ def train(
     )
     checks.check_selection(eval_period, eval_hook, validation_metric, keep_best_checkpoints, early_stopping_patience)
     initial_checkpoint_path = checks.check_paths(model_dir, initial_checkpoint_path)
+    if model is None:
+        from dss_jax.configurables import build_model, model_config
+
+        model = build_model(model_config(checkpoint_path=initial_checkpoint_path))
+    interface.check_pipeline_supports(model, initial_checkpoint_path or "model_config.family")
     checks.check_task(task_name)
     checks.check_task_options(task_name)
     checks.check_mesh(partition_config)
@@ -115,10 +121,6 @@ def train(
     if batches_fn is input_pipeline.train_batches:  # the examples that pipeline reads
         checks.check_training_examples(task_name, loss_config.rationale_weight)
     with _lock_run_dir(model_dir):  # released on every way out, an exception included
-        if model is None:
-            from dss_jax.configurables import build_model, model_config
-
-            model = build_model(model_config(checkpoint_path=initial_checkpoint_path))
         trainer = Trainer(
             model,
             loss_config=loss_config,
@@ -507,6 +509,11 @@ def _check_resumed_model(model_dir: str, config) -> None:
     if config is None or not os.path.isfile(path):
         return
     trained, _ = checkpoints.read_config(model_dir)
+    if trained.family != config.family:
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} holds checkpoints of a {trained.family!r} model ({path}); now a "
+            f"{config.family!r} model: resume with the run's model family, or train in a new MODEL_DIR"
+        )
     changed = [
         f.name
         for f in dataclasses.fields(config)

@@ -24,8 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dss_jax import losses, optimizers, partitioning
-
-PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
+from dss_jax.model import interface
 
 
 @flax.struct.dataclass
@@ -33,16 +32,6 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer updates applied so far
     params: Any
     opt_state: Any
-
-
-def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The keyword arguments of the model's `__call__` that a batch provides."""
-    kwargs = {k: batch[k] for k in PACKING_FEATURES if k in batch}
-    return dict(
-        encoder_input_tokens=batch["encoder_input_tokens"],
-        decoder_input_tokens=batch["decoder_input_tokens"],
-        **kwargs,
-    )
 
 
 # Random bit generators for dropout masks (`train.dropout_rng`). "threefry" is JAX's
@@ -89,7 +78,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: interface.StudentModel,
         *,
         loss_config: losses.LossConfig,
         optimizer_config: optimizers.OptimizerConfig,
@@ -100,6 +89,7 @@ class Trainer:
         mesh: jax.sharding.Mesh | None = None,
         dropout_rng: str = "threefry",
     ):
+        interface.check_student(model, "Trainer")
         self._dropout_key = dropout_key(seed + 1, dropout_rng)
         self.model = model
         self.loss_config = loss_config
@@ -112,7 +102,7 @@ class Trainer:
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
 
         with self.context():
-            boxed = jax.eval_shape(self._init_variables, self._init_key)
+            boxed = jax.eval_shape(self.model.init_variables, self._init_key)
             self.params_sharding = partitioning.params_shardings(boxed["params"], self.mesh, self.rules)
             self.abstract_params = partitioning.strip_boxes(boxed["params"])
             abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
@@ -134,15 +124,11 @@ class Trainer:
         """Mesh + logical rules, needed while tracing the model (activation constraints)."""
         return _Context(self.mesh, self.rules)
 
-    def _init_variables(self, key):
-        tokens = jnp.ones((1, 8), jnp.int32)
-        return self.model.init({"params": key, "dropout": key}, tokens, tokens, enable_dropout=False)
-
     def init_state(self) -> TrainState:
         """A freshly initialised, sharded state (each device creates only its shards)."""
 
         def init(key):
-            params = nn.meta.unbox(self._init_variables(key)["params"])
+            params = nn.meta.unbox(self.model.init_variables(key)["params"])
             return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
         with self.context():
@@ -177,9 +163,7 @@ class Trainer:
     # -- steps ----------------------------------------------------------------------
 
     def _loss_fn(self, params, batch, dropout_key, normalizers, enable_dropout):
-        logits = self.model.apply(
-            {"params": params}, **model_inputs(batch), enable_dropout=enable_dropout, rngs={"dropout": dropout_key}
-        )
+        logits = self.model.logits(params, batch, enable_dropout=enable_dropout, dropout_rng=dropout_key)
         return losses.dss_loss(logits, batch, self.loss_config, normalizers)
 
     def _train_step_impl(self, state: TrainState, batch: dict[str, jax.Array]):
@@ -221,7 +205,7 @@ class Trainer:
         metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
         metrics["nonfinite"] = jnp.logical_not(finite)
-        metrics.update(_token_counts(batch))
+        metrics.update(self.model.token_counts(batch))
         return new_state, metrics
 
     def jitted_train_step(self):
@@ -253,9 +237,9 @@ class Trainer:
             return step.lower(state, dict(batch)).compile()
 
     def _eval_step_impl(self, params, batch):
-        logits = self.model.apply({"params": params}, **model_inputs(batch), enable_dropout=False)
+        logits = self.model.logits(params, batch, enable_dropout=False)
         _, metrics = losses.dss_loss(logits, batch, self.loss_config)
-        metrics.update(_token_counts(batch))
+        metrics.update(self.model.token_counts(batch))
         return metrics
 
     def eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
@@ -279,25 +263,6 @@ def _split_microbatches(x: jax.Array, m: int) -> jax.Array:
     if x.shape[0] % m:
         raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={m}")
     return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
-
-
-def _token_counts(batch) -> dict[str, jax.Array]:
-    """What a step computed on: real and total tokens, rows holding any target, and
-    examples (label segments: every example has exactly one)."""
-    enc = batch["encoder_input_tokens"]
-    real = batch["decoder_loss_weights"] > 0
-    label = real & (batch["decoder_task_ids"] == losses.LABEL_TASK) if "decoder_task_ids" in batch else real
-    if "decoder_positions" in batch:  # packed: a label segment starts at position 0
-        examples = jnp.sum(label & (batch["decoder_positions"] == 0))
-    else:  # one segment per row
-        examples = jnp.sum(jnp.any(label, axis=-1))
-    return {
-        "tokens/encoder_real": jnp.sum(enc != 0),
-        "tokens/decoder_real": jnp.sum(real),
-        "tokens/total": jnp.asarray(enc.size + batch["decoder_target_tokens"].size),
-        "batch/rows": jnp.sum(jnp.any(real, axis=-1)),
-        "batch/examples": examples,
-    }
 
 
 class _Context:

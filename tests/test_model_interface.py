@@ -1,0 +1,80 @@
+"""The student-model seam: a config.json names its family (and one without a family is a
+T5's), gin chooses the family, and everything that trains or decodes takes a StudentModel."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import gin
+from dss_jax import checkpoints, configurables, gin_utils, losses, optimizers
+from dss_jax.model import decoding, interface
+from dss_jax.model.config import T5Config
+from dss_jax.model.encoder_decoder import EncoderDecoderModel
+from dss_jax.model.t5 import T5
+from dss_jax.training.step import Trainer
+
+CONFIG = T5Config.preset("tiny", vocab_size=64, dropout_rate=0.0)
+
+
+@pytest.fixture
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_a_config_json_names_its_family_and_reads_back():
+    data = json.loads(CONFIG.to_json())
+    assert data["family"] == "t5"
+    assert interface.config_from_dict(data) == CONFIG
+    assert isinstance(interface.build(CONFIG), EncoderDecoderModel)
+
+
+def test_a_config_json_written_before_families_loads_as_t5(tmp_path):
+    data = json.loads(CONFIG.to_json())
+    del data["family"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config, _ = checkpoints.read_config(tmp_path)
+    assert config == CONFIG and interface.build(config).family == "t5"
+
+
+def test_a_family_dss_jax_does_not_implement_is_refused_naming_file_and_family(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads(CONFIG.to_json()), "family": "mistral"}))
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        checkpoints.read_config(tmp_path)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1
+    assert str(tmp_path / "config.json") in message and "family='mistral'" in message and "t5" in message
+
+
+def test_gin_chooses_the_family(clean_gin):
+    gin_utils.parse_gin(["models/tiny.gin"], ["model_config.family = 't5'"])
+    assert configurables.build_model() == EncoderDecoderModel(T5Config.preset("tiny"))
+    gin.clear_config()
+    gin_utils.parse_gin(["models/tiny.gin"], ["model_config.family = 'gpt'"])
+    with pytest.raises(configurables.ModelConfigError, match=r"^model_config.family='gpt' is not .*choose one of t5"):
+        configurables.model_config()
+
+
+def test_trainer_and_generate_take_a_student_model_not_a_bare_network():
+    kwargs = dict(loss_config=losses.LossConfig(), optimizer_config=optimizers.OptimizerConfig(), total_steps=2)
+    with pytest.raises(TypeError, match="Trainer takes a StudentModel .*got T5"):
+        Trainer(T5(CONFIG), **kwargs)
+    with pytest.raises(TypeError, match=r"generate\(\) takes a StudentModel"):
+        decoding.generate(T5(CONFIG), {}, np.ones((1, 3), np.int32), max_decode_length=2)
+
+
+def test_a_families_param_shapes_and_root_keys_are_its_networks():
+    model = interface.build(CONFIG)
+    abstract = model.abstract_params()
+    traced = {
+        tuple(str(k.key) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
+    assert {p: shape for p, (shape, _) in model.param_shapes().items()} == traced
+    assert set(abstract) == model.param_root_keys
+    assert model.param_root_keys in interface.param_root_keys()
+    # A model is a static jit argument: equal configs, equal and same-hash models.
+    assert hash(model) == hash(interface.build(CONFIG.replace())) and model == interface.build(CONFIG.replace())
