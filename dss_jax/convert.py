@@ -1,9 +1,11 @@
-r"""Imports a Hugging Face T5 checkpoint directory as a dss_jax params checkpoint.
+r"""Imports a Hugging Face checkpoint directory as a dss_jax params checkpoint.
 
     python -m dss_jax.convert --hf_dir DIR --output CKPT_DIR [--overwrite]
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
-pytorch_model.bin when torch is installed), and usually spiece.model. CKPT_DIR receives an
+pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
+config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), or llama, qwen2,
+qwen3, gemma3_text (the decoder-only family; their tokenizers are not carried over yet). CKPT_DIR receives an
 orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the
 trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on disk.
 
@@ -18,7 +20,7 @@ from absl import app, flags, logging
 
 from dss_jax import cli, output_paths
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face T5 checkpoint directory.", required=True)
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")
 
@@ -29,7 +31,7 @@ def main(argv):
     import jax
 
     from dss_jax import checkpoints
-    from dss_jax.model import hf_convert
+    from dss_jax.model import interface
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
@@ -42,7 +44,7 @@ def main(argv):
         _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint"
     )
     try:
-        params, config, vocab = hf_convert.import_hf_checkpoint(_HF_DIR.value)
+        params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
         out = checkpoints.save_params(
             _OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value, source=_HF_DIR.value
         )

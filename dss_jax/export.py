@@ -1,4 +1,4 @@
-r"""Exports a dss_jax checkpoint as a Hugging Face T5 directory.
+r"""Exports a dss_jax checkpoint as a Hugging Face directory (T5, or a decoder-only student).
 
     python -m dss_jax.export --checkpoint=MODEL_DIR --output=HF_DIR [--step=N]
     python -m dss_jax.export --checkpoint=CKPT_DIR --output=HF_DIR [--item=NAME] [--vocab=PATH] [--overwrite]
@@ -10,7 +10,10 @@ latest checkpoint, or --step), one of its checkpoint_<step>/ dirs, or a params c
 model.safetensors and spiece.model, so that
 `transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student (an
 untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
-`tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`).
+`tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`). A decoder-only student
+(Llama, Qwen2, Qwen3, Gemma 3) gets config.json, generation_config.json and its weights,
+in shards with model.safetensors.index.json past 5 GiB, and no tokenizer yet; export prints
+the line that loads it.
 
 HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
 (an earlier export) whole. A directory that is, holds or lies in a training run or a
@@ -45,7 +48,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from dss_jax import checkpoints
-    from dss_jax.model import hf_convert
+    from dss_jax.model import hf_convert, interface
 
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
@@ -65,13 +68,14 @@ def main(argv):
     try:
         params, config, vocab = checkpoints.load_params(path, item=_ITEM.value)
         vocab = _VOCAB.value or vocab
-        out = hf_convert.export_hf_checkpoint(params, config, _OUTPUT.value, vocab, overwrite=_OVERWRITE.value)
+        model = interface.build(config)
+        out = model.export_hf(params, _OUTPUT.value, vocab, overwrite=_OVERWRITE.value)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:
         logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
     print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
-    print(f"load it with: {hf_convert.from_pretrained_call(config, out)}")
+    print(f"load it with: {model.from_pretrained_call(out)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ sets, not code paths:
 
     dp       batch -> data; parameters replicated
     fsdp     batch -> data; parameters and optimiser state sharded over data (embed)
-    tp       batch -> data; mlp, heads, vocab -> model (Megatron-style)
+    tp       batch -> data; mlp, heads, kv_heads, vocab -> model (Megatron-style)
     fsdp_tp  both
 
 A mesh axis is used at most once per array: flax tries the rules in order and skips a
@@ -37,10 +37,11 @@ Rules = tuple[tuple[str, Any], ...]
 _ALWAYS: Rules = (("batch", "data"), ("length", None), ("kv", None), ("relpos_buckets", None))
 
 RULE_SETS: dict[str, Rules] = {
-    "dp": _ALWAYS + (("embed", None), ("mlp", None), ("heads", None), ("vocab", None)),
-    "fsdp": _ALWAYS + (("embed", "data"), ("mlp", None), ("heads", None), ("vocab", None)),
-    "tp": _ALWAYS + (("embed", None), ("mlp", "model"), ("heads", "model"), ("vocab", "model")),
-    "fsdp_tp": _ALWAYS + (("embed", "data"), ("mlp", "model"), ("heads", "model"), ("vocab", "model")),
+    "dp": _ALWAYS + (("embed", None), ("mlp", None), ("heads", None), ("kv_heads", None), ("vocab", None)),
+    "fsdp": _ALWAYS + (("embed", "data"), ("mlp", None), ("heads", None), ("kv_heads", None), ("vocab", None)),
+    "tp": _ALWAYS + (("embed", None), ("mlp", "model"), ("heads", "model"), ("kv_heads", "model"), ("vocab", "model")),
+    "fsdp_tp": _ALWAYS
+    + (("embed", "data"), ("mlp", "model"), ("heads", "model"), ("kv_heads", "model"), ("vocab", "model")),
 }
 
 

@@ -49,13 +49,21 @@ def test_a_family_dss_jax_does_not_implement_is_refused_naming_file_and_family(t
     assert str(tmp_path / "config.json") in message and "family='mistral'" in message and "t5" in message
 
 
-def test_gin_chooses_the_family(clean_gin):
+def test_gin_chooses_the_family(clean_gin, tmp_path):
     gin_utils.parse_gin(["models/tiny.gin"], ["model_config.family = 't5'"])
     assert configurables.build_model() == EncoderDecoderModel(T5Config.preset("tiny"))
     gin.clear_config()
     gin_utils.parse_gin(["models/tiny.gin"], ["model_config.family = 'gpt'"])
-    with pytest.raises(configurables.ModelConfigError, match=r"^model_config.family='gpt' is not .*choose one of t5"):
+    with pytest.raises(
+        configurables.ModelConfigError, match=r"^model_config.family='gpt' is not .*choose one of decoder_only, t5"
+    ):
         configurables.model_config()
+    # A checkpoint decides its family; a gin binding that says otherwise is refused.
+    (tmp_path / "config.json").write_text(CONFIG.to_json())
+    gin.clear_config()
+    gin_utils.parse_gin(["models/decoder_only_tiny.gin"], [])
+    with pytest.raises(configurables.ModelConfigError, match=r"family='decoder_only', but \S+config.json holds a 't5'"):
+        configurables.model_config(checkpoint_path=str(tmp_path))
 
 
 def test_trainer_and_generate_take_a_student_model_not_a_bare_network():

@@ -154,7 +154,7 @@ def register(name: str, config_class: type, model_class: type) -> None:
 
 @functools.cache
 def _load_builtin_families() -> None:
-    from dss_jax.model import encoder_decoder  # noqa: F401  (registers "t5")
+    from dss_jax.model import decoder_only, encoder_decoder  # noqa: F401  (register "decoder_only", "t5")
 
 
 def families() -> dict[str, Family]:

@@ -1,0 +1,134 @@
+"""The decoder-only family (Llama 3.x, Qwen2.5, Qwen3, Gemma 3) behind the student
+interface (`dss_jax.model.interface`), as T5X's DecoderOnlyModel.
+
+    config.py    DecoderOnlyConfig: the architecture, field by field
+    network.py   the Flax network (logical axis names, remat)
+    hf.py        Hugging Face configs and weights, both ways
+
+A batch is one sequence per row in the decoder feature layout (dss_jax.features):
+`decoder_input_tokens` (the prompt and the target, shifted right), `decoder_target_tokens`,
+`decoder_loss_weights` (1 on target tokens only), optional `decoder_segment_ids` and
+`decoder_positions` for packed rows, and `decoder_task_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from dss_jax.model import interface
+from dss_jax.model.decoder_only import hf
+from dss_jax.model.decoder_only.config import DecoderOnlyConfig
+from dss_jax.model.decoder_only.network import DecoderOnly
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyModel(interface.StudentModel):
+    config: DecoderOnlyConfig
+
+    family = DecoderOnlyConfig.family
+    hf_model_types = hf.SUPPORTED
+    batch_layout = "decoder_only"
+    param_root_keys = frozenset({"token_embedder", "layers_0", "final_norm"})
+
+    @staticmethod
+    def import_hf(hf_dir: str):
+        # Their tokenizers ship as tokenizer.json (or a SentencePiece tokenizer.model whose
+        # special tokens differ from T5's): no vocabulary travels with the checkpoint yet.
+        params, config = hf.import_hf_checkpoint(hf_dir)
+        return params, config, None
+
+    def export_hf(self, params, out_dir, vocab_path, overwrite):
+        if vocab_path is not None:
+            raise interface.NotSupportedError(
+                f"{vocab_path}: a decoder-only export carries no tokenizer yet (their tokenizer.json is open work): "
+                "copy the original checkpoint's tokenizer files into the export"
+            )
+        return hf.export_hf_checkpoint(params, self.config, out_dir, overwrite=overwrite)
+
+    def from_pretrained_call(self, hf_dir) -> str:
+        return hf.from_pretrained_call(self.config, hf_dir)
+
+    @property
+    def module(self) -> DecoderOnly:
+        return DecoderOnly(self.config)
+
+    def init_variables(self, rng: jax.Array):
+        tokens = jnp.ones((1, 1), jnp.int32)
+        return self.module.init({"params": rng, "dropout": rng}, tokens)
+
+    def param_shapes(self):
+        return hf.param_shapes(self.config)
+
+    def depth_text(self) -> str:
+        return f"num_layers={self.config.num_layers}"
+
+    def logits(self, params, batch: Mapping[str, jax.Array], *, enable_dropout: bool, dropout_rng=None) -> jax.Array:
+        return self.module.apply(
+            {"params": params},
+            batch["decoder_input_tokens"],
+            segment_ids=batch.get("decoder_segment_ids"),
+            positions=batch.get("decoder_positions"),
+            enable_dropout=enable_dropout,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+        )
+
+    def input_token_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """The prompt tokens of a row are its real tokens that carry no loss."""
+        tokens = batch["decoder_input_tokens"]
+        real = batch["decoder_segment_ids"] > 0 if "decoder_segment_ids" in batch else tokens != 0
+        return {
+            "tokens/encoder_real": jnp.sum(real & (batch["decoder_loss_weights"] == 0)),
+            "tokens/total": jnp.asarray(tokens.size),
+        }
+
+    def decode_token_ids(self) -> dict[str, int]:
+        # The first step's token is each row's last prompt token (see start_decoding), so
+        # the start id is never fed to the model.
+        return dict(eos_id=self.config.eos_token_id, pad_id=self.config.pad_token_id, decoder_start_id=0)
+
+    def start_decoding(self, params, inputs: jax.Array, segment_ids: Optional[jax.Array], config):
+        """Prompts `inputs` [batch, len], right-padded; `segment_ids` (1 real, 0 padding)
+        say where each ends (without them, tokens equal to pad_token_id are padding).
+        The prompt fills the cache; the decoding loop's first step then feeds each row's
+        last prompt token at its own position, in place of the start token, so every row
+        continues its own prompt whatever the lengths."""
+        module = self.module
+        batch, length = inputs.shape
+        real = segment_ids > 0 if segment_ids is not None else inputs != self.config.pad_token_id
+        prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)  # [batch]
+        last = jnp.maximum(prompt_lengths - 1, 0)
+        _, state = module.apply(
+            {"params": params},
+            inputs,
+            decode=True,
+            cache_length=length + config.max_decode_length,
+            mutable=["cache"],
+        )
+        cache = {
+            "layers": state["cache"],
+            "position": last,  # [batch] where each row's next token goes
+            "prompt_end": last,
+            "first_token": jnp.take_along_axis(inputs, last[:, None], axis=1)[:, 0],
+        }
+
+        def tokens_to_logits(tokens, cache):
+            position = cache["position"]
+            token = jnp.where(position == cache["prompt_end"], cache["first_token"], tokens[:, 0])
+            logits, mutated = module.apply(
+                {"params": params, "cache": cache["layers"]},
+                token[:, None],
+                positions=position[:, None],
+                decode=True,
+                mutable=["cache"],
+            )  # [rows, 1, vocab]
+            new = {**cache, "layers": mutated["cache"], "position": position + 1}
+            return logits[:, -1, :].astype(jnp.float32), new
+
+        return tokens_to_logits, cache
+
+
+interface.register(DecoderOnlyConfig.family, DecoderOnlyConfig, DecoderOnlyModel)
