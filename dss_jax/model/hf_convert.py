@@ -12,6 +12,7 @@ API
         writes config.json, generation_config.json, model.safetensors, spiece.model
         (when given); `from_pretrained_call(config, out_dir)` is how to load it.
     param_shapes(config) -> {our param path: (shape, dims)}  # what `config` implies, no tracing
+    dims_shape, dims_text, shapes_by_mapping, set_path, get_path   # shared by every family's mapping
 
 Nothing is trusted: a weight file that is truncated or corrupt, an index naming a missing
 shard, a config.json that is not a T5 config, or a tensor whose name, shape or dtype does
@@ -293,25 +294,35 @@ def _our_dims(kind: str, hf_dims: tuple[str, ...]) -> tuple[str, ...]:
     raise AssertionError(kind)
 
 
-def _shape(config: T5Config, dims: tuple[str, ...]) -> tuple[int, ...]:
+def dims_shape(config: Any, dims: tuple[str, ...]) -> tuple[int, ...]:
+    """The shape that `dims` (config field names; `a*b` is a product) have under `config`."""
     return tuple(int(np.prod([getattr(config, f) for f in d.split("*")])) for d in dims)
+
+
+def shapes_by_mapping(
+    mapping, config: Any, hf_dims, our_dims
+) -> dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str, ...]]]:
+    """{our param path: (shape, the config fields behind each dimension)} of a family's
+    (HF name, our path, kind) mapping, given its `hf_dims(name, kind)` and `our_dims(kind, hf_dims)`."""
+    out = {}
+    for name, path, kind in mapping:
+        dims = our_dims(kind, hf_dims(name, kind))
+        out[path] = (dims_shape(config, dims), dims)
+    return out
 
 
 def param_shapes(config: T5Config) -> dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str, ...]]]:
     """{our param path: (shape, the config fields behind each dimension)} for `config`,
     without tracing the model (tests pin it to the flax model's own shapes)."""
-    out = {}
-    for name, path, kind in _mapping(config):
-        dims = _our_dims(kind, _hf_dims(name, kind))
-        out[path] = (_shape(config, dims), dims)
-    return out
+    return shapes_by_mapping(_mapping(config), config, _hf_dims, _our_dims)
 
 
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _dims_text(config: T5Config, dims: tuple[str, ...]) -> str:
-    return ", ".join(f"{d}={_shape(config, (d,))[0]}" for d in dict.fromkeys(dims))
+def dims_text(config: Any, dims: tuple[str, ...]) -> str:
+    """ "d_model=512, num_heads=8": the config fields behind `dims` and their values."""
+    return ", ".join(f"{d}={dims_shape(config, (d,))[0]}" for d in dict.fromkeys(dims))
 
 
 def check_hf_weights(
@@ -339,11 +350,11 @@ def check_hf_weights(
     bad = []
     for name, _, kind in mapping:
         w, dims = weights[name], _hf_dims(name, kind)
-        want = _shape(config, dims)
+        want = dims_shape(config, dims)
         if tuple(w.shape) != want:
             bad.append(
                 f"{name} has shape {list(w.shape)}, but {config_source} implies {list(want)} "
-                f"({_dims_text(config, dims)}): use the config.json saved with these weights"
+                f"({dims_text(config, dims)}): use the config.json saved with these weights"
             )
         elif np.dtype(w.dtype).name not in _FLOAT_NAMES:
             bad.append(
@@ -393,13 +404,13 @@ def _to_hf(p: np.ndarray, kind: str) -> np.ndarray:
     raise AssertionError(kind)
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
 
 
-def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+def get_path(tree: Mapping, path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
@@ -437,7 +448,7 @@ def hf_to_params(
     dtype = config.params_dtype
     for name, path, kind in _mapping(config):
         w = np.asarray(weights[name]).astype(np.float32)
-        _set(params, path, np.ascontiguousarray(_to_ours(w, kind, config).astype(dtype)))
+        set_path(params, path, np.ascontiguousarray(_to_ours(w, kind, config).astype(dtype)))
     return params
 
 
@@ -445,7 +456,7 @@ def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:
     out = {}
     for name, path, kind in _mapping(config):
         try:
-            p = np.asarray(_get(params, path), dtype=np.float32)
+            p = np.asarray(get_path(params, path), dtype=np.float32)
         except KeyError:
             raise ValueError(f"params lack {'/'.join(path)} (needed for {name})") from None
         out[name] = np.ascontiguousarray(_to_hf(p, kind))

@@ -234,16 +234,8 @@ def _our_dims(kind: str, hf_dims: tuple[str, ...]) -> tuple[str, ...]:
     raise AssertionError(kind)
 
 
-def _shape(config: DecoderOnlyConfig, dims: tuple[str, ...]) -> tuple[int, ...]:
-    return tuple(int(np.prod([getattr(config, f) for f in d.split("*")])) for d in dims)
-
-
 def param_shapes(config: DecoderOnlyConfig) -> dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str, ...]]]:
-    out = {}
-    for name, path, kind in mapping(config):
-        dims = _our_dims(kind, _hf_dims(name, kind))
-        out[path] = (_shape(config, dims), dims)
-    return out
+    return hf_convert.shapes_by_mapping(mapping(config), config, _hf_dims, _our_dims)
 
 
 def _to_ours(w: np.ndarray, kind: str, config: DecoderOnlyConfig) -> np.ndarray:
@@ -293,11 +285,11 @@ def check_hf_weights(weights: Mapping[str, np.ndarray], config: DecoderOnlyConfi
         )
     for name, _, kind in m:
         dims = _hf_dims(name, kind)
-        want, got = _shape(config, dims), tuple(weights[name].shape)
+        want, got = hf_convert.dims_shape(config, dims), tuple(weights[name].shape)
         if got != want:
-            fields = ", ".join(f"{d}={_shape(config, (d,))[0]}" for d in dims)
             raise HFCheckpointError(
-                f"{source}: {name} has shape {list(got)}, but config.json implies {list(want)} ({fields}): "
+                f"{source}: {name} has shape {list(got)}, but config.json implies {list(want)} "
+                f"({hf_convert.dims_text(config, dims)}): "
                 "use the config.json saved with these weights"
             )
 
@@ -315,13 +307,13 @@ def hf_to_params(weights: Mapping[str, np.ndarray], config: DecoderOnlyConfig, s
     params: dict = {}
     for name, path, kind in mapping(config):
         w = np.asarray(weights[name]).astype(np.float32)
-        hf_convert._set(params, path, np.ascontiguousarray(_to_ours(w, kind, config).astype(config.params_dtype)))
+        hf_convert.set_path(params, path, np.ascontiguousarray(_to_ours(w, kind, config).astype(config.params_dtype)))
     return params
 
 
 def params_to_hf(params: Mapping, config: DecoderOnlyConfig) -> dict[str, np.ndarray]:
     return {
-        name: np.ascontiguousarray(_to_hf(np.asarray(hf_convert._get(params, path), np.float32), kind))
+        name: np.ascontiguousarray(_to_hf(np.asarray(hf_convert.get_path(params, path), np.float32), kind))
         for name, path, kind in mapping(config)
     }
 
