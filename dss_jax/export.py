@@ -15,6 +15,12 @@ untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
 in shards with model.safetensors.index.json past 5 GiB, and no tokenizer yet; export prints
 the line that loads it.
 
+The export is what a user of it needs: generation_config.json sets `max_new_tokens` to the
+longest target the run trained (transformers would otherwise stop at 20 tokens and cut
+rationales), and README.md, its model card, says how to prompt it (`predict: ` for the
+label, `explain: ` for the rationale), the task, options and lengths it was trained with,
+its validation figures at this step and the line that loads it.
+
 HF_DIR must be new or empty; --overwrite replaces a directory of Hugging Face model files
 (an earlier export) whole. A directory that is, holds or lies in a training run or a
 checkpoint (MODEL_DIR/hf, a new directory beside the run's own, is fine), or holds
@@ -23,9 +29,13 @@ spiece.model would replace the run's. HF_DIR is written beside itself and rename
 place, so a crash leaves no half-exported model.
 """
 
+import json
+from typing import Optional
+
 from absl import app, flags, logging
 
 from dss_jax import cli, output_paths
+from dss_jax.data import lengths as dss_lengths
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
@@ -69,13 +79,76 @@ def main(argv):
         params, config, vocab = checkpoints.load_params(path, item=_ITEM.value)
         vocab = _VOCAB.value or vocab
         model = interface.build(config)
-        out = model.export_hf(params, _OUTPUT.value, vocab, overwrite=_OVERWRITE.value)
+        lengths = dss_lengths.trained_feature_lengths(path)
+        generation = {}
+        if lengths is not None:
+            targets = [v for k, v in lengths[1].items() if k.endswith("_targets")]
+            generation["max_new_tokens"] = max(targets)
+        else:
+            logging.warning(
+                "%s is no training run's: generation_config.json sets no length (transformers then stops at 20 "
+                "tokens; pass max_new_tokens to generate)",
+                path,
+            )
+        card = model_card(path, step, lengths, checkpoints.run_task(path), model.from_pretrained_call(_OUTPUT.value))
+        out = model.export_hf(
+            params, _OUTPUT.value, vocab, _OVERWRITE.value, generation=generation, extra_files={"README.md": card}
+        )
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:
         logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
     print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
     print(f"load it with: {model.from_pretrained_call(out)}")
+
+
+def model_card(path: str, step: Optional[int], lengths, task, load_line: str) -> str:
+    """README.md of an export: how to prompt the student and what it was trained and scored on."""
+    from dss_jax import checkpoints
+
+    lines = ["# A Distilling Step-by-Step student (dss_jax)", ""]
+    lines += [f"Exported by `python -m dss_jax.export` from `{path}`{'' if step is None else f' (step {step})'}.", ""]
+    if task is None and lengths is None:
+        lines += ["This checkpoint is no training run's (a converted model): it was not trained here.", ""]
+    else:
+        options = task[2] if task else {}
+        label = (
+            'the rationale, then "So the answer is:" and the label'
+            if options.get("label_target") == "rationale_then_label"
+            else "the label"
+        )
+        lines += [
+            "## How to prompt it",
+            "",
+            f"- `predict: <input>` gives {label}.",
+            "- `explain: <input>` gives a rationale (the teacher's reasoning it was trained to produce).",
+            "",
+            "## Training",
+            "",
+        ]
+        if task and task[1]:
+            lines.append(f"- Task: `{task[1]}`")
+        if options:
+            lines.append(f"- Task options: `{json.dumps(options, sort_keys=True)}`")
+        if lengths is not None:
+            lines.append(f"- TASK_FEATURE_LENGTHS: `{json.dumps(lengths[1], sort_keys=True)}` (from `{lengths[0]}`)")
+        lines.append("")
+        validation = checkpoints.describing_dir(path) / "validation" / "metrics.jsonl"
+        record = None
+        if step is not None and validation.is_file():
+            for line in validation.read_text().splitlines():
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and data.get("step") == step:
+                    record = data
+        if record is not None:
+            figures = {k: v for k, v in record.items() if k.startswith("decode/") and "per_second" not in k}
+            lines += ["## Validation at this step", "", f"From `{validation}`:", ""]
+            lines += [f"- {k}: {v:.4g}" for k, v in sorted(figures.items())] + [""]
+    lines += ["## Loading it", "", "```", load_line, "```", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -559,6 +559,50 @@ def test_export_binary_takes_a_run_model_dir(tmp_path, params, step_flag, step):
     assert config == CONFIG and pathlib.Path(vocab).read_bytes() == b"the run's vocabulary"
 
 
+def test_an_export_says_how_to_prompt_it_and_generates_the_run_s_lengths(tmp_path, params):
+    """What a user of the export meets: a length transformers does not cut rationales at,
+    a model card with the prompt format, task, lengths and validation figures, and files
+    other users can read."""
+    model_dir, _ = _two_step_run(tmp_path, params)
+    (model_dir / "config.gin").write_text(
+        "TASK_FEATURE_LENGTHS = {'label_inputs': 64, 'label_targets': 16, 'rationale_inputs': 64, "
+        "'rationale_targets': 96}\n"
+    )
+    (model_dir / "task.json").write_text(
+        json.dumps({"task": "dss_svamp", "options": {"label_source": "teacher", "label_target": "label"}})
+    )
+    (model_dir / "validation").mkdir()
+    (model_dir / "validation" / "metrics.jsonl").write_text(
+        json.dumps({"step": 5, "decode/accuracy": 0.5}) + "\n" + json.dumps({"step": 10, "decode/accuracy": 0.625})
+    )
+    out = tmp_path / "hf"
+    result = _run("dss_jax.export", f"--checkpoint={model_dir}", f"--output={out}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "generation_config.json").read_text())["max_new_tokens"] == 96
+    card = (out / "README.md").read_text()
+    for expected in (
+        "`predict: <input>` gives the label",
+        "`explain: <input>` gives a rationale",
+        "Task: `dss_svamp`",
+        '"rationale_targets": 96',
+        "decode/accuracy: 0.625",
+        f"from_pretrained({str(out)!r}, tie_word_embeddings=False)",
+    ):
+        assert expected in card, expected
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()} == {
+        f.name: oct(0o666 & ~umask) for f in out.iterdir()
+    }
+    # A converted model is no run's: no length is made up, and the card says so.
+    checkpoints.save_params(tmp_path / "converted", params, CONFIG)
+    result = _run("dss_jax.export", f"--checkpoint={tmp_path / 'converted'}", f"--output={tmp_path / 'hf2'}")
+    assert result.returncode == 0, result.stderr
+    assert "max_new_tokens" not in json.loads((tmp_path / "hf2" / "generation_config.json").read_text())
+    assert "no training run's (a converted model)" in (tmp_path / "hf2" / "README.md").read_text()
+    assert "sets no length" in result.stderr
+
+
 def test_a_run_without_a_finished_checkpoint_is_named_as_one(tmp_path):
     """The fix for a MODEL_DIR with no checkpoint yet is to train on, not to convert one."""
     model_dir = tmp_path / "run"

@@ -83,7 +83,9 @@ def staged_output_dir(
     """Yields an empty directory beside `target` to write `what` into; when the block ends
     without an error it becomes `target` (by rename, so readers never see half of it), and
     a replaced old `target` is deleted only after that. On an error the staging directory
-    is removed and `target` is untouched. Refusals: see `check_output_dir`."""
+    is removed and `target` is untouched. Its files get the modes the user's umask gives a
+    new file (safetensors writes 0600, which other users and containers cannot read).
+    Refusals: see `check_output_dir`."""
     target = pathlib.Path(target).absolute()
     replace = check_output_dir(target, overwrite=overwrite, replaceable=replaceable, what=what)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,7 @@ def staged_output_dir(
     staging.mkdir()
     try:
         yield staging
+        _normal_file_modes(staging)
         if replace:
             old = target.parent / f".{target.name}.replaced-{token}"
             os.rename(target, old)
@@ -102,3 +105,11 @@ def staged_output_dir(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _normal_file_modes(directory: pathlib.Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~umask)

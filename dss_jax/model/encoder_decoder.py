@@ -31,8 +31,10 @@ class EncoderDecoderModel(interface.StudentModel):
     def import_hf(hf_dir: str):
         return hf_convert.import_hf_checkpoint(hf_dir)
 
-    def export_hf(self, params, out_dir, vocab_path, overwrite):
-        return hf_convert.export_hf_checkpoint(params, self.config, out_dir, vocab_path, overwrite=overwrite)
+    def export_hf(self, params, out_dir, vocab_path, overwrite, generation=None, extra_files=None):
+        return hf_convert.export_hf_checkpoint(
+            params, self.config, out_dir, vocab_path, overwrite, generation=generation, extra_files=extra_files
+        )
 
     def from_pretrained_call(self, hf_dir) -> str:
         return hf_convert.from_pretrained_call(self.config, hf_dir)

@@ -480,6 +480,7 @@ HF_DIR_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
+    "README.md",  # the model card
 )
 
 
@@ -519,10 +520,13 @@ def export_hf_checkpoint(
     out_dir: str | os.PathLike,
     vocab_path: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
+    generation: Optional[Mapping[str, Any]] = None,
+    extra_files: Optional[Mapping[str, str]] = None,
 ) -> pathlib.Path:
     """Writes the HF directory `out_dir`: a new or empty one, or with `overwrite` one that
     holds only Hugging Face model files (`HF_DIR_FILES`), replaced as a whole. A directory
-    holding a run or a checkpoint is refused either way (see `checkpoints.staged_output_dir`)."""
+    holding a run or a checkpoint is refused either way (see `checkpoints.staged_output_dir`).
+    `generation` adds to generation_config.json; `extra_files` ({name: text}) go beside."""
     from safetensors.numpy import save_file
 
     from dss_jax import checkpoints
@@ -539,12 +543,14 @@ def export_hf_checkpoint(
     ) as staging:
         save_file(hf_weights, str(staging / _SAFETENSORS), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2, sort_keys=True))
-        generation = {
+        ids = {
             "decoder_start_token_id": config.decoder_start_token_id,
             "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id,
         }
-        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if vocab_path is not None:
             shutil.copyfile(vocab_path, staging / VOCAB_FILE)
     return pathlib.Path(out_dir)

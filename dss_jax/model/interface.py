@@ -57,8 +57,17 @@ class StudentModel(abc.ABC):
         """(params, config, vocabulary file or None) of a Hugging Face directory of this family."""
 
     @abc.abstractmethod
-    def export_hf(self, params: PyTree, out_dir: str, vocab_path: Optional[str], overwrite: bool) -> pathlib.Path:
-        """Writes a Hugging Face directory of the model (see `export.py`)."""
+    def export_hf(
+        self,
+        params: PyTree,
+        out_dir: str,
+        vocab_path: Optional[str],
+        overwrite: bool,
+        generation: Optional[Mapping[str, Any]] = None,
+        extra_files: Optional[Mapping[str, str]] = None,
+    ) -> pathlib.Path:
+        """Writes a Hugging Face directory of the model (see `export.py`); `generation`
+        adds to generation_config.json, `extra_files` ({name: text}) are written beside."""
 
     @abc.abstractmethod
     def from_pretrained_call(self, hf_dir: str) -> str:

@@ -41,13 +41,15 @@ class DecoderOnlyModel(interface.StudentModel):
         params, config = hf.import_hf_checkpoint(hf_dir)
         return params, config, None
 
-    def export_hf(self, params, out_dir, vocab_path, overwrite):
+    def export_hf(self, params, out_dir, vocab_path, overwrite, generation=None, extra_files=None):
         if vocab_path is not None:
             raise interface.NotSupportedError(
                 f"{vocab_path}: a decoder-only export carries no tokenizer yet (their tokenizer.json is open work): "
                 "copy the original checkpoint's tokenizer files into the export"
             )
-        return hf.export_hf_checkpoint(params, self.config, out_dir, overwrite=overwrite)
+        return hf.export_hf_checkpoint(
+            params, self.config, out_dir, overwrite=overwrite, generation=generation, extra_files=extra_files
+        )
 
     def from_pretrained_call(self, hf_dir) -> str:
         return hf.from_pretrained_call(self.config, hf_dir)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -411,10 +411,17 @@ def _shards(weights: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str,
 
 
 def export_hf_checkpoint(
-    params: Mapping, config: DecoderOnlyConfig, out_dir, overwrite: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES
+    params: Mapping,
+    config: DecoderOnlyConfig,
+    out_dir,
+    overwrite: bool = False,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    generation: Optional[Mapping[str, Any]] = None,
+    extra_files: Optional[Mapping[str, str]] = None,
 ) -> pathlib.Path:
-    """Writes config.json, generation_config.json and model.safetensors (or shards of at
-    most `max_shard_bytes` with model.safetensors.index.json), staged and renamed into place."""
+    """Writes config.json, generation_config.json (with `generation` added) and
+    model.safetensors (or shards of at most `max_shard_bytes` with
+    model.safetensors.index.json) and `extra_files`, staged and renamed into place."""
     from safetensors.numpy import save_file
 
     from dss_jax import checkpoints
@@ -436,9 +443,11 @@ def export_hf_checkpoint(
             index = {"metadata": {"total_size": sum(w.nbytes for w in weights.values())}, "weight_map": weight_map}
             (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-        generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
-        generation["pad_token_id"] = config.pad_token_id
-        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        ids = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+        ids["pad_token_id"] = config.pad_token_id
+        (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     return pathlib.Path(out_dir)
 
 
