@@ -64,3 +64,70 @@ def test_lazy_vocabulary_resolves_on_first_use(tmp_path):
     assert lazy.vocab_size == real.vocab_size and lazy.eos_id == 1
     assert lazy.encode_tf("Tom").numpy().tolist() == real.encode("Tom")
     assert lazy.sentencepiece_model_file == str(model) and lazy == real and len(calls) == 1
+
+
+def _tokenizer_dir(tmp_path, config=None):
+    """A small byte-level BPE tokenizer.json, as Llama 3 and Qwen ship theirs."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    config = config or {"eos_token": "<eos>", "bos_token": {"content": "<bos>", "special": True}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+TEXTS = ["predict: Tom has 12 apples and eats 3.", "explain: ünïcödé ✓ (12 - 3) = 9", ""]
+
+
+def test_a_tokenizer_json_vocabulary_gives_transformers_ids_and_text(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    v = vocab.TokenizerJsonVocabulary(_tokenizer_dir(tmp_path))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert (v.eos_id, v.bos_id, v.vocab_size) == (1, 2, len(fast))
+    for text in TEXTS:
+        ids = v.encode(text)
+        assert ids == fast.encode(text, add_special_tokens=False)
+        assert v.decode(ids) == fast.decode(ids, skip_special_tokens=True) == text
+    # seqio's decode stops at EOS; special tokens are not text.
+    ids = v.encode(TEXTS[0])
+    assert v.decode([v.bos_id] + ids + [v.eos_id] + v.encode("after")) == TEXTS[0]
+    assert v == vocab.TokenizerJsonVocabulary(tmp_path / "tokenizer.json")
+
+
+def test_a_tokenizer_json_vocabulary_gives_the_same_in_tf_data(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    v = vocab.TokenizerJsonVocabulary(_tokenizer_dir(tmp_path))
+    encoded = [t.numpy().tolist() for t in tf.data.Dataset.from_tensor_slices(TEXTS).map(v.encode_tf)]
+    assert encoded == [v.encode(t) for t in TEXTS]
+    a, b = v.encode(TEXTS[0]), v.encode(TEXTS[1])
+    n = max(len(a), len(b)) + 2
+    batch = np.zeros((2, n), np.int32)
+    batch[0, : len(a) + 1] = a + [v.eos_id]
+    batch[1, : len(b)] = b
+    batch[1, len(b) :] = v.eos_id
+    decoded = v.decode_tf(tf.constant(batch)).numpy().tolist()
+    assert [d.decode() for d in decoded] == [TEXTS[0], TEXTS[1]]
+
+
+def test_a_tokenizer_json_vocabulary_names_what_is_wrong(tmp_path):
+    _tokenizer_dir(tmp_path, config={"eos_token": "</s>"})
+    with pytest.raises(
+        ValueError, match=r"tokenizer_config.json: eos_token='</s>' is not a token of \S+tokenizer.json"
+    ):
+        vocab.TokenizerJsonVocabulary(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"tokenizer.json: not a readable tokenizer.json"):
+        vocab.TokenizerJsonVocabulary(tmp_path)
+    with pytest.raises(FileNotFoundError, match="expected a Hugging Face tokenizer.json"):
+        vocab.TokenizerJsonVocabulary(tmp_path / "missing")

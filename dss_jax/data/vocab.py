@@ -1,4 +1,5 @@
-"""Vocabularies: a checkpoint's SentencePiece model, or one trained here for a corpus.
+"""Vocabularies: a checkpoint's SentencePiece model, one trained here for a corpus, or a
+Hugging Face tokenizer.json (`TokenizerJsonVocabulary`, for decoder-only students).
 
 A student finetuned from a pretrained T5 uses the `spiece.model` saved beside its
 checkpoint (`from_checkpoint`). A student trained from scratch can use a SentencePiece
@@ -20,6 +21,7 @@ import os
 import pathlib
 from typing import Iterable, Optional
 
+import numpy as np
 import sentencepiece as spm
 import seqio
 
@@ -128,3 +130,108 @@ def cache_texts(cache_paths: Iterable[str | os.PathLike], sample_index: Optional
             for sample in samples:
                 texts += [t for t in (sample.rationale, sample.label) if t]
     return texts
+
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+class TokenizerJsonVocabulary(seqio.Vocabulary):
+    """A SeqIO vocabulary over a Hugging Face `tokenizer.json` (Llama 3, Qwen, Gemma 3 ship
+    one), through the `tokenizers` library: the ids and text transformers' fast tokenizer
+    gives, in Python and in tf.data.
+
+        vocab = TokenizerJsonVocabulary("/models/Qwen3-0.6B")   # a directory or the file
+
+    EOS and BOS are the `eos_token` / `bos_token` of the tokenizer_config.json beside it
+    (or given). `encode` adds no special tokens, as seqio's vocabularies do not; `decode`
+    stops at the first EOS (seqio) and drops special tokens. seqio reserves id 0 for
+    padding, which these vocabularies give to a real token: rows built from them must mark
+    padding by segment ids and loss weights, never by the token value.
+    """
+
+    def __init__(self, path: str | os.PathLike, eos_token: Optional[str] = None, bos_token: Optional[str] = None):
+        import tokenizers
+
+        path = pathlib.Path(path)
+        file = path / TOKENIZER_JSON if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found; expected a Hugging Face {TOKENIZER_JSON}")
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:  # the library raises its own exception type for a damaged file
+            raise ValueError(f"{file}: not a readable {TOKENIZER_JSON} ({str(e).splitlines()[0]})") from None
+        config_file = file.parent / TOKENIZER_CONFIG
+        config = files.read_json_object(config_file, ValueError) if config_file.is_file() else {}
+        self._file = file
+        self._digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        self._eos = self._token_id(eos_token or _token_text(config.get("eos_token")), "eos_token", config_file)
+        self._bos = self._token_id(bos_token or _token_text(config.get("bos_token")), "bos_token", config_file)
+        super().__init__(extra_ids=0)
+
+    def _token_id(self, token: Optional[str], field: str, config_file: pathlib.Path) -> Optional[int]:
+        if token is None:
+            return None
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{config_file}: {field}={token!r} is not a token of {self._file}")
+        return token_id
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return self._eos
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        return self._bos
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        unk = getattr(self._tokenizer.model, "unk_token", None)
+        return None if unk is None else self._tokenizer.token_to_id(unk)
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _encode(self, s: str) -> list[int]:
+        return self._tokenizer.encode(s, add_special_tokens=False).ids
+
+    def _decode(self, ids) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def _encode_tf(self, s):
+        import tensorflow as tf
+
+        def encode(text):
+            return np.asarray(self._encode(text.decode("utf-8")), np.int32)
+
+        ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
+        return tf.ensure_shape(ids, [None])
+
+    def _decode_tf(self, ids):
+        import tensorflow as tf
+
+        def decode(batch):
+            rows = batch.reshape(-1, batch.shape[-1]) if batch.ndim else batch.reshape(1, 1)
+            texts = [self._decode(row).encode("utf-8") for row in rows]
+            return np.asarray(texts, dtype=object).reshape(batch.shape[:-1])
+
+        return tf.numpy_function(decode, [ids], tf.string, stateful=False)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TokenizerJsonVocabulary) and (self._digest, self._eos, self._bos) == (
+            other._digest,
+            other._eos,
+            other._bos,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._digest, self._eos, self._bos))
+
+
+def _token_text(value) -> Optional[str]:
+    """tokenizer_config.json writes a special token as its text or as {"content": text}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
