@@ -5,7 +5,9 @@ r"""Imports a Hugging Face checkpoint directory as a dss_jax params checkpoint.
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
 pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
 config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), or llama, qwen2,
-qwen3, gemma3_text (the decoder-only family; their tokenizers are not carried over yet). CKPT_DIR receives an
+qwen3, gemma3_text (the decoder-only family). The Hugging Face tokenizer files in DIR
+(tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model) are kept
+beside the params, and export writes them back. CKPT_DIR receives an
 orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the
 trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on disk.
 
@@ -15,6 +17,8 @@ renamed into place. A non-empty CKPT_DIR is refused unless --overwrite (which re
 earlier convert output whole), and one that is, holds or lies in a training run or a
 checkpoint (DIR included) always (dss_jax/output_paths.py).
 """
+
+import os
 
 from absl import app, flags, logging
 
@@ -45,16 +49,25 @@ def main(argv):
     )
     try:
         params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
+        tokenizer = [os.path.join(_HF_DIR.value, f) for f in checkpoints.TOKENIZER_FILES]
+        tokenizer = [p for p in tokenizer if os.path.isfile(p)]
         out = checkpoints.save_params(
-            _OUTPUT.value, params, config, vocab, overwrite=_OVERWRITE.value, source=_HF_DIR.value
+            _OUTPUT.value,
+            params,
+            config,
+            vocab,
+            overwrite=_OVERWRITE.value,
+            source=_HF_DIR.value,
+            tokenizer_files=tokenizer,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         raise cli.UserError(str(e)) from e
     n = sum(p.size for p in jax.tree.leaves(params))
     logging.info("wrote %s: %.1fM params, %s", out, n / 1e6, config)
-    if vocab is None:
-        logging.warning("%s has no spiece.model: the checkpoint carries no vocabulary", _HF_DIR.value)
-    print(f"converted {_HF_DIR.value} -> {out} ({n} params, vocabulary: {vocab or 'none'})")
+    kept = vocab or ", ".join(os.path.basename(p) for p in tokenizer) or "none"
+    if vocab is None and not tokenizer:
+        logging.warning("%s has no spiece.model or tokenizer.json: the checkpoint carries no vocabulary", _HF_DIR.value)
+    print(f"converted {_HF_DIR.value} -> {out} ({n} params, vocabulary: {kept})")
 
 
 if __name__ == "__main__":

@@ -91,9 +91,10 @@ def main(argv):
                 path,
             )
         card = model_card(path, step, lengths, checkpoints.run_task(path), model.from_pretrained_call(_OUTPUT.value))
-        out = model.export_hf(
-            params, _OUTPUT.value, vocab, _OVERWRITE.value, generation=generation, extra_files={"README.md": card}
-        )
+        files = {"README.md": card.encode()}
+        kept = checkpoints.describing_dir(path)  # a converted checkpoint keeps its Hugging Face tokenizer
+        files.update({f: (kept / f).read_bytes() for f in checkpoints.TOKENIZER_FILES if (kept / f).is_file()})
+        out = model.export_hf(params, _OUTPUT.value, vocab, _OVERWRITE.value, generation=generation, extra_files=files)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:

@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_data_vocab import _tokenizer_dir
 
 import gin
 from conftest import REPO_ROOT
 from dss_jax import checkpoints, configurables, gin_utils, losses, optimizers, partitioning
+from dss_jax.data import vocab as vocab_lib
 from dss_jax.model import decoding, hf_convert, interface
 from dss_jax.model.decoder_only import DecoderOnlyModel, hf
 from dss_jax.model.decoder_only.config import DecoderOnlyConfig
@@ -311,11 +313,14 @@ def test_the_model_files_are_the_published_sizes(gin_file, total, non_embedding)
 def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
     hf_dir = tmp_path / "qwen3"
     _hf_model("qwen3").save_pretrained(hf_dir)
+    _tokenizer_dir(hf_dir)  # its tokenizer.json and tokenizer_config.json travel with it
     run = lambda binary, *args: subprocess.run(
         [sys.executable, "-m", f"dss_jax.{binary}", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     r = run("convert", f"--hf_dir={hf_dir}", f"--output={tmp_path / 'ckpt'}")
     assert r.returncode == 0, r.stderr
+    assert "vocabulary: tokenizer.json, tokenizer_config.json" in r.stdout
+    assert vocab_lib.TokenizerJsonVocabulary(tmp_path / "ckpt") == vocab_lib.TokenizerJsonVocabulary(hf_dir)
     params, config, vocab = checkpoints.load_params(tmp_path / "ckpt")
     want, want_config = hf.import_hf_checkpoint(hf_dir)
     assert config == want_config and vocab is None
@@ -324,6 +329,8 @@ def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
     r = run("export", f"--checkpoint={tmp_path / 'ckpt'}", f"--output={tmp_path / 'exported'}")
     assert r.returncode == 0, r.stderr
     assert "load it with: transformers.Qwen3ForCausalLM.from_pretrained(" in r.stdout
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "exported" / name).read_bytes() == (hf_dir / name).read_bytes()
     original, exported = (hf_convert.read_hf_weights(d) for d in (hf_dir, tmp_path / "exported"))
     assert sorted(exported) == sorted(original)
     for k in original:

@@ -46,6 +46,7 @@ from dss_jax.checkpoints.locate import (
 from dss_jax.checkpoints.outputs import OutputDirError, check_output_dir, staged_output_dir
 from dss_jax.checkpoints.params import (
     SAVE_PARAMS_FILES,
+    TOKENIZER_FILES,
     is_hf_checkpoint,
     load_checkpoint,
     load_params,
@@ -69,6 +70,7 @@ __all__ = [
     "PARAMS_ITEM",
     "RUN_TASK_FILE",
     "SAVE_PARAMS_FILES",
+    "TOKENIZER_FILES",
     "STEP_PREFIX",
     "VOCAB_FILE",
     "CheckpointError",

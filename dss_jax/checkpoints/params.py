@@ -1,8 +1,9 @@
 """Parameter checkpoints: writing a student's params with their config.json and spiece.model,
 and reading the params of any of our checkpoints (or a Hugging Face T5 directory) back.
 
-    save_params(ckpt_dir, params, config, vocab_path=None, overwrite=False) -> pathlib.Path
+    save_params(ckpt_dir, params, config, vocab_path=None, overwrite=False, tokenizer_files=()) -> pathlib.Path
         ckpt_dir/params/        orbax PyTree checkpoint of the (unboxed) param tree
+        ckpt_dir/tokenizer.json ... a Hugging Face tokenizer's TOKENIZER_FILES, copied (when given)
         ckpt_dir/config.json    config.to_dict() (with the model family)
         ckpt_dir/spiece.model   the SentencePiece vocabulary, copied (when given)
         ckpt_dir/checksums.json the checksum of every param (integrity.py)
@@ -26,7 +27,7 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -56,7 +57,9 @@ from dss_jax.checkpoints.outputs import staged_output_dir
 from dss_jax.model import interface
 
 # What save_params writes: `overwrite=True` replaces a directory of only these.
-SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE, CHECKSUMS_FILE)
+# A Hugging Face tokenizer a converted decoder-only checkpoint keeps beside its params.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE, CHECKSUMS_FILE) + TOKENIZER_FILES
 HF_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -72,6 +75,7 @@ def save_params(
     vocab_path: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
     source: Optional[str] = None,
+    tokenizer_files: Sequence[str | os.PathLike] = (),
 ) -> pathlib.Path:
     """Writes the params checkpoint (see the module docstring); params with NaN or
     infinity are refused before anything is written (`source`: what they were read from,
@@ -84,6 +88,9 @@ def save_params(
             f"save_params wants the {config.family} param tree (keys {sorted(root_keys)}), got keys {sorted(params)}"
         )
     check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
+    strange = [str(f) for f in tokenizer_files if pathlib.Path(f).name not in TOKENIZER_FILES]
+    if strange:
+        raise ValueError(f"save_params keeps a Hugging Face tokenizer's {TOKENIZER_FILES}, not {strange}")
     if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
         raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
     scanned = integrity.scan(dict(params))
@@ -101,6 +108,8 @@ def save_params(
         (staging / CONFIG_FILE).write_text(config.to_json())
         if vocab_path is not None:
             shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+        for file in tokenizer_files:  # copied as they are
+            shutil.copyfile(file, staging / pathlib.Path(file).name)
     return ckpt_dir
 
 

@@ -477,6 +477,7 @@ HF_DIR_FILES = (
     _TORCH_BIN_INDEX,
     VOCAB_FILE,
     "tokenizer.json",
+    "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
@@ -521,12 +522,12 @@ def export_hf_checkpoint(
     vocab_path: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
     generation: Optional[Mapping[str, Any]] = None,
-    extra_files: Optional[Mapping[str, str]] = None,
+    extra_files: Optional[Mapping[str, bytes]] = None,
 ) -> pathlib.Path:
     """Writes the HF directory `out_dir`: a new or empty one, or with `overwrite` one that
     holds only Hugging Face model files (`HF_DIR_FILES`), replaced as a whole. A directory
     holding a run or a checkpoint is refused either way (see `checkpoints.staged_output_dir`).
-    `generation` adds to generation_config.json; `extra_files` ({name: text}) go beside."""
+    `generation` adds to generation_config.json; `extra_files` ({name: bytes}) go beside."""
     from safetensors.numpy import save_file
 
     from dss_jax import checkpoints
@@ -549,8 +550,8 @@ def export_hf_checkpoint(
             "pad_token_id": config.pad_token_id,
         }
         (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
         if vocab_path is not None:
             shutil.copyfile(vocab_path, staging / VOCAB_FILE)
     return pathlib.Path(out_dir)

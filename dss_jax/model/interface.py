@@ -64,10 +64,10 @@ class StudentModel(abc.ABC):
         vocab_path: Optional[str],
         overwrite: bool,
         generation: Optional[Mapping[str, Any]] = None,
-        extra_files: Optional[Mapping[str, str]] = None,
+        extra_files: Optional[Mapping[str, bytes]] = None,
     ) -> pathlib.Path:
         """Writes a Hugging Face directory of the model (see `export.py`); `generation`
-        adds to generation_config.json, `extra_files` ({name: text}) are written beside."""
+        adds to generation_config.json, `extra_files` ({name: bytes}) are written beside."""
 
     @abc.abstractmethod
     def from_pretrained_call(self, hf_dir: str) -> str:

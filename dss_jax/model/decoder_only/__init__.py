@@ -37,7 +37,8 @@ class DecoderOnlyModel(interface.StudentModel):
     @staticmethod
     def import_hf(hf_dir: str):
         # Their tokenizers ship as tokenizer.json (or a SentencePiece tokenizer.model whose
-        # special tokens differ from T5's): no vocabulary travels with the checkpoint yet.
+        # special tokens differ from T5's), not spiece.model: convert keeps those files
+        # (checkpoints.TOKENIZER_FILES) beside the params.
         params, config = hf.import_hf_checkpoint(hf_dir)
         return params, config, None
 

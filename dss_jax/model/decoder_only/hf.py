@@ -417,7 +417,7 @@ def export_hf_checkpoint(
     overwrite: bool = False,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     generation: Optional[Mapping[str, Any]] = None,
-    extra_files: Optional[Mapping[str, str]] = None,
+    extra_files: Optional[Mapping[str, bytes]] = None,
 ) -> pathlib.Path:
     """Writes config.json, generation_config.json (with `generation` added) and
     model.safetensors (or shards of at most `max_shard_bytes` with
@@ -446,8 +446,8 @@ def export_hf_checkpoint(
         ids = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
         ids["pad_token_id"] = config.pad_token_id
         (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
     return pathlib.Path(out_dir)
 
 
