@@ -1,8 +1,8 @@
 """The student-model interface: the one seam between a model family and the rest.
 
 The trainer, decoding, checkpoints, eval, infer, annotate's student backend, aot and
-the sweep only call a `StudentModel`; a family (today "t5": `encoder_decoder.py`)
-implements it for its config class and registers both here:
+the sweep only call a `StudentModel`; a family ("t5": `encoder_decoder.py`;
+"decoder_only": `decoder_only/`) implements it for its config class and registers both here:
 
     model = build(config)                    # the family's StudentModel for a config
     config = config_from_dict(d, source)     # config.json -> config ("family"; none = t5)
