@@ -290,8 +290,8 @@ def test_its_config_validates_fields_by_name():
 @pytest.mark.parametrize(
     "gin_file,total,non_embedding",
     [
-        # The parameter counts of the published checkpoints (their model cards and
-        # safetensors metadata): the model files spell out exactly these architectures.
+        # total: the published checkpoints' parameter counts (their safetensors totals on
+        # the hub); non-embedding: total - vocab_size * d_model (Qwen3's card: 0.44B).
         ("gemma3_270m", 268_098_176, 100_326_016),
         ("gemma3_1b", 999_885_952, 697_896_064),
         ("qwen3_0_6b", 596_049_920, 440_467_456),

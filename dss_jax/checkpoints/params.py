@@ -230,10 +230,9 @@ def load_checkpoint(path: str, dtype: Optional[str] = None):
         integrity.verify(params, None, "", path, "", "use another copy of the model")  # NaN, infinity
     else:
         params, config, vocab_path = load_params(path)
-    interface.check_pipeline_supports(interface.build(config), path)
-    if dtype:
-        config = config.replace(dtype=dtype)
-    return interface.build(config), params, vocab_path
+    model = interface.build(config.replace(dtype=dtype) if dtype else config)
+    interface.check_pipeline_supports(model, path)
+    return model, params, vocab_path
 
 
 def is_hf_checkpoint(path: str) -> bool:

@@ -1,4 +1,5 @@
-"""T5 building blocks in Flax linen: RMS norm, embeddings, feed-forward, attention, relative bias.
+"""T5 building blocks in Flax linen: RMS norm, embeddings, feed-forward, attention, relative bias;
+and what every family's network shares: projections, constraints, the remat wrapper.
 
 Every parameter is created through `nn.with_logical_partitioning` with logical axis names
 (vocab, embed, mlp, heads, kv, relpos_buckets) and the main activations are constrained with
@@ -363,3 +364,19 @@ def attention_mask(
         length = key_valid.shape[-1]
         mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     return mask
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def remat_layer(layer: type, policy: str, static_argnums: tuple[int, ...]) -> type:
+    """`layer` itself, or wrapped in nn.remat with `policy` (a REMAT_POLICIES name);
+    parameter names are unchanged either way. Every family's layers go through it."""
+    if policy == "none":
+        return layer
+    return nn.remat(layer, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)

@@ -66,6 +66,7 @@ from dss_jax.model.layers import (
     attention_mask,
     constrain,
     mask_to_bias,
+    remat_layer,
 )
 
 
@@ -113,21 +114,6 @@ class DecoderLayer(nn.Module):
         return constrain(x, ("batch", "length", "embed"))
 
 
-_REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-}
-
-
-@functools.lru_cache(maxsize=None)
-def _layer_class(layer: type, policy: str, static_argnums: tuple[int, ...]) -> type:
-    """`layer` itself, or wrapped in nn.remat; parameter names are unchanged either way."""
-    if policy == "none":
-        return layer
-    return nn.remat(layer, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)
-
-
 def _default_positions(length: int) -> jax.Array:
     return jnp.arange(length, dtype=jnp.int32)[None, :]  # [1, length]
 
@@ -156,7 +142,7 @@ class Encoder(nn.Module):
 
         x = self.shared_embedding(tokens)  # [batch, enc_len, embed]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        layer_cls = _layer_class(EncoderLayer, cfg.remat_policy, (3,))
+        layer_cls = remat_layer(EncoderLayer, cfg.remat_policy, (3,))
         for i in range(cfg.num_encoder_layers):
             x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
         x = RMSNorm(cfg, name="encoder_norm")(x)
@@ -220,7 +206,7 @@ class Decoder(nn.Module):
         x = self.shared_embedding(decoder_input_tokens)  # [batch, dec_len, embed]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         # Rematerialisation is a training-time trade; decoding steps run the plain layer.
-        layer_cls = _layer_class(DecoderLayer, "none" if decode else cfg.remat_policy, (5, 6))
+        layer_cls = remat_layer(DecoderLayer, "none" if decode else cfg.remat_policy, (5, 6))
         for i in range(cfg.num_decoder_layers):
             x = layer_cls(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias, deterministic, decode)
         x = RMSNorm(cfg, name="decoder_norm")(x)

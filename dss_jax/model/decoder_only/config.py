@@ -21,11 +21,12 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import jax.numpy as jnp
 
+from dss_jax.model.config import REMAT_POLICIES
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
-REMAT_POLICIES = ("none", "full", "minimal", "dots")
 
 
 @dataclasses.dataclass(frozen=True)

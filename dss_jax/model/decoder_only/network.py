@@ -34,15 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dss_jax.model.decoder_only.config import DecoderOnlyConfig
-from dss_jax.model.layers import NEG_INF, constrain, project
+from dss_jax.model.layers import NEG_INF, constrain, project, remat_layer
 
 _ACTIVATIONS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
-
-_REMAT_POLICIES = {
-    "full": None,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-}
 
 
 def _init(stddev: float, names: tuple[str, ...]):
@@ -260,9 +254,8 @@ class DecoderOnly(nn.Module):
         if cfg.scale_embedding:
             x = x * jnp.asarray(cfg.d_model**0.5, cfg.compute_dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        layer_cls = Layer
-        if cfg.remat_policy != "none" and not decode:  # a training-time trade
-            layer_cls = nn.remat(Layer, policy=_REMAT_POLICIES[cfg.remat_policy], static_argnums=(4, 5, 6))
+        # Rematerialisation is a training-time trade; decoding runs the plain layer.
+        layer_cls = remat_layer(Layer, "none" if decode else cfg.remat_policy, (4, 5, 6))
         for i in range(cfg.num_layers):
             kind = cfg.layer_type(i)
             x = layer_cls(cfg, kind, name=f"layers_{i}")(x, positions, masks[kind], deterministic, decode, cache_length)
