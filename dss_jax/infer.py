@@ -119,8 +119,8 @@ def _vocabulary(vocab_path: Optional[str], task_name: Optional[str], checkpoint:
     if registered is not None and not isinstance(registered, LazyVocabulary):
         return registered
     raise cli.UserError(
-        f"{setting}: {checkpoints.where_described(checkpoint)} has no spiece.model, so the vocabulary the "
-        "checkpoint was trained with is unknown: copy its run's spiece.model there, or bind "
+        f"{setting}: {checkpoints.where_described(checkpoint)} has no spiece.model or tokenizer.json, so the "
+        "vocabulary the checkpoint was trained with is unknown: copy its run's vocabulary there, or bind "
         "--gin.task_vocabulary.spm_path=\"'PATH'\" to it"
     )
 

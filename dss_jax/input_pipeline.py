@@ -77,6 +77,7 @@ def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, sh
         "num_shards",
         "start_position",
         "rationale_weight",
+        "layout",
     ]
 )
 def train_batches(
@@ -95,9 +96,11 @@ def train_batches(
     batch_unit: str = "rows",
     row_multiple: int = 1,
     max_rows: Optional[int] = None,
+    layout: str = "encoder_decoder",
 ) -> Iterator[dict[str, np.ndarray]]:
     """An endless, deterministic stream of this process's packed training rows,
-    starting `start_position` batches into the stream.
+    starting `start_position` batches into the stream, in the student's batch `layout`
+    (`StudentModel.batch_layout`).
 
     batch_unit "rows" (T5X's): `batch_size` packed rows per step, however many examples
     they hold. "examples" (the paper's): `batch_size` examples per step, all their
@@ -127,6 +130,7 @@ def train_batches(
             rationale_weight,
             row_multiple,
             max_rows,
+            layout,
         )
     streams = num_input_shards or num_shards
     if streams % num_shards:
@@ -149,7 +153,7 @@ def train_batches(
                 shard_index=shard,
                 num_shards=streams,
             )
-            converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight)
+            converter = DssFeatureConverter(pack=pack, rationale_weight=rationale_weight, layout=layout)
             ds = converter(ds, dss_options.effective_feature_lengths(task_name, feature_lengths))
             ds = ds.batch(batch_size // per_process, drop_remainder=True)
         if start_position:
@@ -190,6 +194,7 @@ def _example_batches(
     rationale_weight,
     row_multiple,
     max_rows,
+    layout,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Steps of exactly `examples` examples each (this process's share), packed.
 
@@ -214,17 +219,15 @@ def _example_batches(
             shard_index=shard_index,
             num_shards=num_shards,
         )
-        converter = DssFeatureConverter(pack=True, rationale_weight=rationale_weight)
-        encoder_length, decoder_length = converter.row_lengths(lengths)
+        converter = DssFeatureConverter(pack=True, rationale_weight=rationale_weight, layout=layout)
+        fmt = converter.row_format(lengths)
         stream = converter.numpy_examples(ds, lengths)
     _report_truncation(task_name, split, feature_lengths, shard_index, rationale_weight)
 
     def groups():
         while True:
             group = [next(stream) for _ in range(examples)]
-            yield packing.pack_group(
-                group, encoder_length, decoder_length, converter.include_rationale, converter.bos_id
-            )
+            yield packing.pack_group(group, fmt, converter.include_rationale)
 
     steps = groups()
     first = [next(steps) for _ in range(ESTIMATE_STEPS)]
@@ -244,11 +247,10 @@ def _example_batches(
             )
         rows, source = max_rows, "train_batches.max_rows"
     logging.info(
-        "batch in examples: %d examples per step (this process) packed into %d rows of %d+%d tokens (%s)",
+        "batch in examples: %d examples per step (this process) packed into %d rows of %s tokens (%s)",
         examples,
         rows,
-        encoder_length,
-        decoder_length,
+        "+".join(map(str, fmt.lengths)),
         source,
     )
 
@@ -261,7 +263,7 @@ def _example_batches(
                     f"{-(-len(packed) // row_multiple) * row_multiple} (per process) and resume"
                 )
             if step >= start_position:
-                yield packing.pad_rows(packed, rows, encoder_length, decoder_length)
+                yield packing.pad_rows(packed, rows, fmt)
 
     if start_position:
         logging.info("skipping %d batches already consumed", start_position)
@@ -278,7 +280,9 @@ def _concat_rows(iterators):
         yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-@gin.configurable(denylist=["task_name", "feature_lengths", "batch_size", "split", "shard_index", "num_shards"])
+@gin.configurable(
+    denylist=["task_name", "feature_lengths", "batch_size", "split", "shard_index", "num_shards", "layout"]
+)
 def eval_batches(
     *,
     task_name: str,
@@ -287,9 +291,11 @@ def eval_batches(
     split: str,
     shard_index: int,
     num_shards: int,
+    layout: str = "encoder_decoder",
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a split, one example per row, the last batch padded with empty rows
-    (which carry no loss weight); every process yields the same number of batches."""
+    """One pass over a split, one example per row (in the student's batch `layout`), the
+    last batch padded with empty rows (which carry no loss weight); every process yields
+    the same number of batches."""
     with _without_autograph():
         ds = _dataset(
             task_name,
@@ -304,7 +310,7 @@ def eval_batches(
         if shard_index == 0:  # the whole split, counted once per process and lengths
             dss_lengths.report_truncation(task_name, split, feature_lengths)
         feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
-        ds = DssFeatureConverter(pack=False)(ds, feature_lengths)
+        ds = DssFeatureConverter(pack=False, layout=layout)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]
     count = len(batches)
     if num_shards > 1:
@@ -312,7 +318,7 @@ def eval_batches(
 
         count = int(np.max(multihost_utils.process_allgather(np.int32(len(batches)))))
     if count > len(batches):
-        lengths = DssFeatureConverter(pack=False).get_model_feature_lengths(feature_lengths)
+        lengths = DssFeatureConverter(pack=False, layout=layout).get_model_feature_lengths(feature_lengths)
         empty = {k: np.zeros((batch_size, n), np.int32) for k, n in lengths.items()}
         batches += [empty] * (count - len(batches))
     return iter(batches)

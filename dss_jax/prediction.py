@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 import gin
 from dss_jax import settings
 from dss_jax.data import sources
+from dss_jax.data.vocab import input_prefix
 from dss_jax.model.decoding import METHODS, DecodeConfig, generate
 
 # --------------------------------------------------------------------------------------
@@ -156,15 +157,9 @@ def progress_bar(total: int, description: str):
     )
 
 
-def tokens_to_texts(vocabulary, tokens: np.ndarray, eos_id: int = 1) -> list[str]:
-    """Texts of generated rows [n, length]: each row up to (without) its first EOS."""
-    texts = []
-    for row in np.asarray(tokens):
-        ids = row.tolist()
-        if eos_id in ids:
-            ids = ids[: ids.index(eos_id)]
-        texts.append(vocabulary.decode([i for i in ids if i != 0]))
-    return texts
+def tokens_to_texts(vocabulary, tokens: np.ndarray, model) -> list[str]:
+    """Texts of rows [n, length] that `model` generated: each row up to (without) its first EOS."""
+    return [vocabulary.decode(model.text_ids(row)) for row in np.asarray(tokens)]
 
 
 # --------------------------------------------------------------------------------------
@@ -175,12 +170,13 @@ def tokens_to_texts(vocabulary, tokens: np.ndarray, eos_id: int = 1) -> list[str
 def encode_input(vocabulary, text: str, length: int, separator: bool) -> tuple[np.ndarray, int]:
     """(token ids [length] padded with 0 and ending in EOS, untrimmed length with EOS).
 
-    Tokenized as the DSS tasks tokenize (`dss_jax.data.tasks`): with `separator`, each
-    literal "</s>" becomes EOS; too long inputs are cut to length-1 tokens plus EOS.
+    Tokenized as the DSS tasks tokenize (`dss_jax.data.tasks`): the vocabulary's input
+    prefix (a Hugging Face tokenizer's BOS) first; with `separator`, each literal "</s>"
+    becomes EOS; too long inputs are cut to length-1 tokens plus EOS.
     """
     eos = vocabulary.eos_id
     parts = text.split(sources.EOS_SEPARATOR) if separator else [text]
-    ids: list[int] = []
+    ids: list[int] = input_prefix(vocabulary)
     for i, part in enumerate(parts):
         ids += list(vocabulary.encode(part))
         if i < len(parts) - 1:
@@ -222,7 +218,7 @@ def answer(
         tokens = decode_batches(
             model, params, rows, as_decode_config(decode, length), batch_size, seed_of(decode), progress=description
         )
-        return tokens_to_texts(vocabulary, tokens)
+        return tokens_to_texts(vocabulary, tokens, model)
 
     labels = texts(label_rows, label_length, "labels")
     if single_task:

@@ -275,7 +275,9 @@ def test_the_trainer_trains_it_under_every_rule_set(rules, num_partitions, cpu_d
     assert np.all(np.diff(ref) < 0)
     assert int(metrics["batch/examples"]) == 8 and int(metrics["tokens/encoder_real"]) == 8 * (3 + 2)
     got, _, state = run(cpu_devices, rules, num_partitions, remat="full" if rules == "fsdp" else "none")
-    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    # The same first step; Adam's normalised updates then carry the sums' rounding on.
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
     specs = " ".join(str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params))
     assert ("model" in specs) == ("tp" in rules) and ("data" in specs) == ("fsdp" in rules)
 
@@ -310,7 +312,7 @@ def test_the_model_files_are_the_published_sizes(gin_file, total, non_embedding)
     assert (count, count - model.config.vocab_size * model.config.d_model) == (total, non_embedding)
 
 
-def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
+def test_convert_imports_it_with_its_tokenizer_and_export_gives_it_back(tmp_path):
     hf_dir = tmp_path / "qwen3"
     _hf_model("qwen3").save_pretrained(hf_dir)
     _tokenizer_dir(hf_dir)  # its tokenizer.json and tokenizer_config.json travel with it
@@ -323,7 +325,7 @@ def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
     assert vocab_lib.TokenizerJsonVocabulary(tmp_path / "ckpt") == vocab_lib.TokenizerJsonVocabulary(hf_dir)
     params, config, vocab = checkpoints.load_params(tmp_path / "ckpt")
     want, want_config = hf.import_hf_checkpoint(hf_dir)
-    assert config == want_config and vocab is None
+    assert config == want_config and vocab == str(tmp_path / "ckpt" / "tokenizer.json")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
     # ... and export gives back the same tensors, with the line that loads them.
     r = run("export", f"--checkpoint={tmp_path / 'ckpt'}", f"--output={tmp_path / 'exported'}")
@@ -335,9 +337,10 @@ def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
     assert sorted(exported) == sorted(original)
     for k in original:
         np.testing.assert_array_equal(exported[k], original[k], err_msg=k)
-    # eval, infer and annotate's student backend load students here: refused, in one line.
-    with pytest.raises(interface.NotSupportedError, match=r"'decoder_only' student \(qwen3\) cannot be trained"):
-        checkpoints.load_checkpoint(str(tmp_path / "ckpt"))
+    # eval, infer and annotate's student backend load it with its tokenizer, from either directory.
+    for directory in (tmp_path / "ckpt", hf_dir):
+        model, _, vocab = checkpoints.load_checkpoint(str(directory))
+        assert isinstance(model, DecoderOnlyModel) and vocab == str(directory / "tokenizer.json")
     # A family it does not implement: one line naming model_type, nothing written.
     config_json = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**config_json, "model_type": "mistral"}))
@@ -345,27 +348,3 @@ def test_convert_imports_it_and_the_pipeline_refuses_it_in_one_line(tmp_path):
     assert r.returncode != 0 and not (tmp_path / "mistral").exists()
     last = r.stderr.strip().splitlines()[-1]
     assert "model_type='mistral' is not supported: Mistral is not implemented" in last and "Traceback" not in r.stderr
-
-
-def test_training_it_is_refused_in_one_line_before_anything_is_written(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dss_jax.train",
-            "--gin_file=runs/train.gin",
-            "--gin_file=models/decoder_only_tiny.gin",
-            "--gin_file=tasks/synthetic.gin",
-            f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert last.startswith(
-        "train: error: model_config.family: a 'decoder_only' student (gemma3_text) cannot be trained"
-    )
-    assert not (tmp_path / "run").exists()

@@ -176,7 +176,7 @@ def test_single_task_student_output_is_split(student):
     ((_, path),) = select_checkpoints(str(student["ckpt"]))
     model, params, _ = load_checkpoint(path)
     tokens = decode_batches(model, params, row[None], DecodeConfig(max_decode_length=6 + 12), batch_size=4)
-    (decoded,) = tokens_to_texts(backend.vocabulary, tokens)
+    (decoded,) = tokens_to_texts(backend.vocabulary, tokens, model)
     assert completion.text == decoded
     rationale, label = split_single_task(decoded)
     assert (completion.rationale, completion.label) == (rationale, label or None)

@@ -20,6 +20,9 @@ from dss_jax.model import interface
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"  # a Hugging Face tokenizer's vocabulary (data/vocab.py)
+# The files of a Hugging Face tokenizer that travel with a checkpoint (convert keeps them).
+TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 RUN_TASK_FILE = "task.json"
 RUN_GIN_FILE = "config.gin"
 CHECKSUMS_FILE = "checksums.json"  # a save_params dir's: the checksums of its params/ (integrity.py)
@@ -189,8 +192,9 @@ def find_config(path: str | os.PathLike) -> Optional[str]:
 
 
 def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
-    """The spiece.model that travels with a checkpoint (see `describing_dir`), or None."""
-    found = describing_file(path, VOCAB_FILE)
+    """The vocabulary that travels with a checkpoint (see `describing_dir`): its
+    spiece.model, else a Hugging Face tokenizer.json (decoder-only students), or None."""
+    found = describing_file(path, VOCAB_FILE) or describing_file(path, TOKENIZER_JSON)
     return None if found is None else str(found)
 
 

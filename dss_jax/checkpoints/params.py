@@ -45,6 +45,7 @@ from dss_jax.checkpoints.locate import (
     PYTREE_MARKER,
     RUN_STEP_DIR,
     STATE_ITEM,
+    TOKENIZER_FILES,
     VOCAB_FILE,
     CheckpointError,
     CheckpointNotFoundError,
@@ -58,7 +59,6 @@ from dss_jax.model import interface
 
 # What save_params writes: `overwrite=True` replaces a directory of only these.
 # A Hugging Face tokenizer a converted decoder-only checkpoint keeps beside its params.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 SAVE_PARAMS_FILES = (PARAMS_ITEM, CONFIG_FILE, VOCAB_FILE, CHECKSUMS_FILE) + TOKENIZER_FILES
 HF_WEIGHT_FILES = (
     "model.safetensors",
@@ -222,16 +222,15 @@ def _shapes_of(tree: Mapping) -> dict[tuple[str, ...], tuple[tuple[int, ...], An
 
 def load_checkpoint(path: str, dtype: Optional[str] = None):
     """(student model, params, vocab path or None) of one checkpoint dir (see
-    `select_checkpoints`): ours, or a Hugging Face directory, imported on the fly.
-    eval, infer and annotate's student backend load their students here, so a student
-    they cannot run yet is refused here, before anything is decoded or written."""
+    `select_checkpoints`): ours, or a Hugging Face directory, imported on the fly. The
+    vocabulary is a spiece.model or a Hugging Face tokenizer.json (`find_vocabulary`)."""
     if is_hf_checkpoint(path):
         params, config, vocab_path = interface.import_hf_checkpoint(path)
+        vocab_path = vocab_path or find_vocabulary(path)  # a decoder-only model's tokenizer.json
         integrity.verify(params, None, "", path, "", "use another copy of the model")  # NaN, infinity
     else:
         params, config, vocab_path = load_params(path)
     model = interface.build(config.replace(dtype=dtype) if dtype else config)
-    interface.check_pipeline_supports(model, path)
     return model, params, vocab_path
 
 

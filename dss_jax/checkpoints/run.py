@@ -8,7 +8,7 @@ the input was), the files that describe it, and the lock that keeps a second tra
                                    settings they were trained with, and the checksums
                                    of the state (integrity.py), checked on a resume
       config.json                  the model config (with its family), one copy for every step
-      spiece.model                 the task's vocabulary
+      spiece.model                 the task's vocabulary (or a Hugging Face tokenizer's TOKENIZER_FILES)
       task.json                    the task and task options it trains with
       config.gin                   every gin setting of the run (config.to_step_<S>.gin: the
                                    earlier ones of a run resumed at step S with others)
@@ -47,6 +47,8 @@ from dss_jax.checkpoints.locate import (
     RUN_TASK_FILE,
     STATE_ITEM,
     STEP_PREFIX,
+    TOKENIZER_FILES,
+    TOKENIZER_JSON,
     VOCAB_FILE,
     CheckpointError,
     checkpoint_steps,
@@ -481,5 +483,11 @@ def write_run_files(
     if config is not None:
         files.atomic_write(model_dir / CONFIG_FILE, config.to_json())
     if vocab_file and os.path.exists(vocab_file):
-        with files.atomic_output(model_dir / VOCAB_FILE) as tmp:
-            shutil.copyfile(vocab_file, tmp)
+        if pathlib.Path(vocab_file).name == TOKENIZER_JSON:  # with its config (EOS, BOS) and the rest
+            sources = [pathlib.Path(vocab_file).parent / name for name in TOKENIZER_FILES]
+            copies = [(src, model_dir / src.name) for src in sources if src.is_file()]
+        else:
+            copies = [(vocab_file, model_dir / VOCAB_FILE)]
+        for src, dst in copies:
+            with files.atomic_output(dst) as tmp:
+                shutil.copyfile(src, tmp)

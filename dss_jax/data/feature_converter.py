@@ -5,12 +5,15 @@ Task features (tokenized, each ending in EOS):
     label_inputs        "predict: <input>"      label_targets       the label
     rationale_inputs    "explain: <input>"      rationale_targets   the rationale
 
-Model features: T5X's EncDecFeatureConverter names plus `decoder_task_ids` (1 label
-token, 2 rationale token, 0 padding); see `dss_jax.data.packing`. Row lengths are the
-longest of the two kinds: encoder max(label_inputs, rationale_inputs), decoder
+Model features, in the student's batch layout (`layout`, which the pipeline takes from
+the model; see `dss_jax.data.row_formats`): encoder-decoder rows have T5X's
+EncDecFeatureConverter names plus `decoder_task_ids` (1 label token, 2 rationale token, 0
+padding), of lengths encoder max(label_inputs, rationale_inputs) and decoder
 max(label_targets, rationale_targets), unless packed rows are given their own lengths
 (`pack_encoder_length`, `pack_decoder_length`: inputs are several times longer than
-targets, so rows shaped like one segment leave the decoder mostly padding). With
+targets, so rows shaped like one segment leave the decoder mostly padding). Decoder-only
+rows are one stream of the longest inputs + targets - 1; packed, of the two pack lengths
+added (minus 1): the same token budget from the same gin file. With
 `rationale_weight=0` the rationale segments are left out and only the label lengths count.
 
 Packing runs in numpy (`packing.FirstFitPacker`) on the tokenized stream, because the
@@ -27,15 +30,15 @@ import seqio
 import tensorflow as tf
 
 import gin
-from dss_jax.data import packing
+from dss_jax.data import packing, row_formats
 from dss_jax.data.packing import convert_numpy  # noqa: F401  (re-exported: the numpy path)
-from dss_jax.features import PACKED_FEATURES, PAIRED_FEATURES, UNPACKED_FEATURES
+from dss_jax.features import DECODER_ONLY_FEATURES, PAIRED_FEATURES, UNPACKED_FEATURES
 
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 _BLOCK = 128  # examples / rows per crossing between tf.data and numpy
 
 
-@gin.configurable
+@gin.configurable(denylist=["layout"])
 class DssFeatureConverter(seqio.FeatureConverter):
     """Packs label and rationale segments into shared rows (or pads one per row)."""
 
@@ -57,6 +60,7 @@ class DssFeatureConverter(seqio.FeatureConverter):
         pack_decoder_length: Optional[int] = None,
         apply_length_check: bool = True,
         bos_id: int = 0,
+        layout: str = "encoder_decoder",
     ):
         """
         Args:
@@ -68,7 +72,8 @@ class DssFeatureConverter(seqio.FeatureConverter):
             targets, so rows shaped like one segment waste decoder room); at least the
             longest segment. Ignored when not packing.
           apply_length_check: seqio's length assertions on the input and output.
-          bos_id: the decoder start token.
+          bos_id: the decoder start token (encoder-decoder rows).
+          layout: the student's batch layout (`StudentModel.batch_layout`).
         """
         super().__init__(pack=pack, apply_length_check=apply_length_check, bos_id=bos_id)
         if rationale_weight < 0:
@@ -77,17 +82,29 @@ class DssFeatureConverter(seqio.FeatureConverter):
         self.max_open_rows = max_open_rows
         self.pack_encoder_length = pack_encoder_length
         self.pack_decoder_length = pack_decoder_length
+        if layout not in row_formats.LAYOUTS:
+            raise ValueError(f"layout must be one of {row_formats.LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        if layout == "decoder_only":  # the same features packed or not (seqio checks them)
+            self.MODEL_FEATURES = {name: _INT for name in DECODER_ONLY_FEATURES}
+            self.PACKING_FEATURE_DTYPES = {}
         self.stats = packing.PackingStats()
 
     @property
     def include_rationale(self) -> bool:
         return self.rationale_weight > 0
 
-    def row_lengths(self, task_feature_lengths: Mapping[str, int]) -> tuple[int, int]:
-        """(encoder, decoder) length of the rows this converter produces."""
-        return packing.row_lengths(
-            task_feature_lengths, self.pack, self.include_rationale, self.pack_encoder_length, self.pack_decoder_length
+    def row_format(self, task_feature_lengths: Mapping[str, int]):
+        """The format (row_formats) of the rows this converter produces, with their lengths."""
+        lengths = row_formats.layout_lengths(
+            self.layout,
+            task_feature_lengths,
+            self.include_rationale,
+            self.pack,
+            self.pack_encoder_length,
+            self.pack_decoder_length,
         )
+        return row_formats.row_format(self.layout, lengths, self.bos_id)
 
     def numpy_examples(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> Iterator[dict]:
         """The task's examples as dicts of numpy token arrays, each part cut to its length:
@@ -114,8 +131,8 @@ class DssFeatureConverter(seqio.FeatureConverter):
         return blocks_in
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
-        features = PACKED_FEATURES if self.pack else UNPACKED_FEATURES
+        fmt = self.row_format(task_feature_lengths)
+        features = fmt.features(self.pack)
 
         # Rows come back from numpy in blocks that are unbatched on the TensorFlow side.
         blocks_in = self._example_blocks(ds, task_feature_lengths)
@@ -125,19 +142,9 @@ class DssFeatureConverter(seqio.FeatureConverter):
 
         def row_blocks():
             if self.pack:
-                rows = packing.pack_examples(
-                    examples(),
-                    encoder_length,
-                    decoder_length,
-                    self.include_rationale,
-                    self.max_open_rows,
-                    self.bos_id,
-                    self.stats,
-                )
+                rows = packing.pack_examples(examples(), fmt, self.include_rationale, self.max_open_rows, self.stats)
             else:
-                rows = packing.pad_examples(
-                    examples(), encoder_length, decoder_length, self.include_rationale, self.bos_id, self.stats
-                )
+                rows = packing.pad_examples(examples(), fmt, self.include_rationale, self.stats)
             block = []
             for row in rows:
                 block.append(row)
@@ -147,16 +154,12 @@ class DssFeatureConverter(seqio.FeatureConverter):
             if block:
                 yield {k: np.stack([r[k] for r in block]) for k in features}
 
-        signature = {
-            k: tf.TensorSpec([None, encoder_length if k.startswith("encoder") else decoder_length], tf.int32)
-            for k in features
-        }
+        signature = {k: tf.TensorSpec([None, fmt.feature_length(k)], tf.int32) for k in features}
         return tf.data.Dataset.from_generator(row_blocks, output_signature=signature).unbatch()
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-        encoder_length, decoder_length = self.row_lengths(task_feature_lengths)
-        features = PACKED_FEATURES if self.pack else UNPACKED_FEATURES
-        return {k: encoder_length if k.startswith("encoder") else decoder_length for k in features}
+        fmt = self.row_format(task_feature_lengths)
+        return {k: fmt.feature_length(k) for k in fmt.features(self.pack)}
 
 
 def _unblock(blocks: tf.data.Dataset) -> Iterator[dict]:

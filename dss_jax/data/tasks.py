@@ -248,7 +248,8 @@ _TOKENIZE_BATCH = 256  # texts per SentencePiece call: per-example calls cost mo
 def tokenize_paired(
     dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature], separator_features: Sequence[str] = ()
 ) -> tf.data.Dataset:
-    """Tokenizes the paired text features (keeping `*_pretokenized` copies), in batches."""
+    """Tokenizes the paired text features (keeping `*_pretokenized` copies), in batches.
+    Inputs start with the vocabulary's `input_prefix` (a Hugging Face tokenizer's BOS)."""
 
     def fn(batch):
         out = dict(batch)
@@ -259,6 +260,11 @@ def tokenize_paired(
                 out[name] = _encode_with_separator(vocabulary, batch[name])
             else:
                 out[name] = vocabulary.encode_tf(batch[name])
+            prefix = vocab.input_prefix(vocabulary) if name.endswith("_inputs") else []
+            if prefix:
+                rows = tf.shape(out[name].row_lengths())[0]
+                start = tf.tile(tf.constant([prefix], out[name].dtype), [rows, 1])
+                out[name] = tf.concat([tf.RaggedTensor.from_tensor(start), out[name]], axis=1)
         return out
 
     return dataset.batch(_TOKENIZE_BATCH).map(fn, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -31,16 +31,36 @@ from dss_jax.data.cache import load_records
 SPIECE_NAME = "spiece.model"
 
 
-def from_checkpoint(path: str | os.PathLike) -> seqio.SentencePieceVocabulary:
-    """The vocabulary of a checkpoint dir (its `spiece.model`) or of a .model file."""
+def from_checkpoint(path: str | os.PathLike) -> seqio.Vocabulary:
+    """The vocabulary of a checkpoint dir (its `spiece.model`, else its Hugging Face
+    `tokenizer.json`), of a .model file or of a tokenizer.json."""
     path = pathlib.Path(path)
+    if path.is_dir() and not (path / SPIECE_NAME).is_file() and (path / TOKENIZER_JSON).is_file():
+        path = path / TOKENIZER_JSON
+    if path.name == TOKENIZER_JSON:
+        return TokenizerJsonVocabulary(path)
     model = path / SPIECE_NAME if path.is_dir() else path
     if not model.is_file():
         raise FileNotFoundError(
             f"{model} not found; expected a SentencePiece model ({SPIECE_NAME} in the checkpoint dir, "
-            "saved there by dss_jax.checkpoints.save_params)"
+            f"saved there by dss_jax.checkpoints.save_params) or a Hugging Face {TOKENIZER_JSON}"
         )
     return seqio.SentencePieceVocabulary(str(model))
+
+
+def input_prefix(vocabulary: seqio.Vocabulary) -> list[int]:
+    """The ids an input (a prompt) starts with before its text: a Hugging Face tokenizer's
+    BOS (`TokenizerJsonVocabulary.prefix_ids`); none for SentencePiece vocabularies (T5)."""
+    vocabulary = vocabulary.resolve() if hasattr(vocabulary, "resolve") else vocabulary
+    return list(getattr(vocabulary, "prefix_ids", []))
+
+
+def vocabulary_file(vocabulary: seqio.Vocabulary) -> Optional[str]:
+    """The file behind a vocabulary (a SentencePiece model or a tokenizer.json), if any."""
+    vocabulary = vocabulary.resolve() if hasattr(vocabulary, "resolve") else vocabulary
+    if isinstance(vocabulary, TokenizerJsonVocabulary):
+        return str(vocabulary.file)
+    return getattr(vocabulary, "sentencepiece_model_file", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +198,11 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
         return token_id
 
     @property
+    def file(self) -> pathlib.Path:
+        """The tokenizer.json read (its tokenizer_config.json is beside it)."""
+        return self._file
+
+    @property
     def eos_id(self) -> Optional[int]:
         return self._eos
 
@@ -201,13 +226,28 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def _encode_tf(self, s):
+        """A string -> ids [None]; a vector of strings -> ragged ids [batch, None]."""
         import tensorflow as tf
 
-        def encode(text):
-            return np.asarray(self._encode(text.decode("utf-8")), np.int32)
+        def encode(texts):
+            rows = [self._encode(t.decode("utf-8")) for t in np.reshape(texts, -1)]
+            lengths = np.asarray([len(r) for r in rows], np.int64)
+            return np.asarray([i for r in rows for i in r], np.int32), lengths
 
-        ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
-        return tf.ensure_shape(ids, [None])
+        ids, lengths = tf.numpy_function(encode, [s], (tf.int32, tf.int64), stateful=False)
+        ids = tf.ensure_shape(ids, [None])
+        if s.shape.rank == 0:
+            return ids
+        return tf.RaggedTensor.from_row_lengths(ids, tf.ensure_shape(lengths, [None]))
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        """The ids the tokenizer puts before a text when it adds special tokens (Llama 3's
+        and Gemma's BOS; none for Qwen): what a prompt starts with, as in transformers."""
+        with_special = self._tokenizer.encode("x", add_special_tokens=True).ids
+        plain = self._tokenizer.encode("x", add_special_tokens=False).ids
+        starts = [i for i in range(len(with_special)) if with_special[i : i + len(plain)] == plain]
+        return with_special[: starts[0]] if starts else []
 
     def _decode_tf(self, ids):
         import tensorflow as tf

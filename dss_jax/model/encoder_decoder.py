@@ -75,6 +75,12 @@ class EncoderDecoderModel(interface.StudentModel):
         c = self.config
         return dict(eos_id=c.eos_token_id, pad_id=c.pad_token_id, decoder_start_id=c.decoder_start_token_id)
 
+    def text_ids(self, row) -> list[int]:
+        # Padding (id 0) is never text in T5's vocabularies.
+        ids = [int(i) for i in row]
+        eos = self.config.eos_token_id
+        return [i for i in (ids[: ids.index(eos)] if eos in ids else ids) if i != self.config.pad_token_id]
+
     def start_decoding(self, params, inputs: jax.Array, segment_ids: Optional[jax.Array], config):
         module = self.module
         batch_size, length = inputs.shape[0], config.max_decode_length

@@ -12,6 +12,7 @@ the sweep only call a `StudentModel`; a family ("t5": `encoder_decoder.py`;
     model.logits(params, batch, enable_dropout=..., dropout_rng=...)  # [batch, target_len, vocab]
     model.token_counts(batch)                # what a step computed on (train metrics)
     model.decode_token_ids()                 # eos, pad and start ids that decoding uses
+    model.text_ids(generated_row)            # the ids of a generated row that are its text
     model.start_decoding(params, inputs, segment_ids, config) -> (tokens_to_logits, cache)
 
 A model is a frozen dataclass over its (hashable) config, so it can be a static jit
@@ -43,8 +44,8 @@ class StudentModel(abc.ABC):
 
     family: ClassVar[str]
     hf_model_types: ClassVar[tuple[str, ...]]  # the Hugging Face config.json model_types it imports
-    # The rows its batches come in: "encoder_decoder" (separate input and target tokens) or
-    # "decoder_only" (one sequence, prompt then target); the input pipeline makes the first.
+    # The rows its batches come in (data/row_formats.py): "encoder_decoder" (separate input
+    # and target tokens) or "decoder_only" (one stream, prompt then target).
     batch_layout: ClassVar[str]
     # The top-level keys of the family's parameter tree: how a checkpoint's params are
     # found inside a larger tree (a training state) before its config is read.
@@ -136,6 +137,10 @@ class StudentModel(abc.ABC):
     @abc.abstractmethod
     def decode_token_ids(self) -> dict[str, int]:
         """{"eos_id", "pad_id", "decoder_start_id"} for `decoding.DecodeConfig`: the model's own."""
+
+    @abc.abstractmethod
+    def text_ids(self, row) -> list[int]:
+        """The ids of one generated row [length] that are its text: those before its first EOS."""
 
     @abc.abstractmethod
     def start_decoding(
@@ -242,22 +247,8 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike) -> tuple[PyTree, Any, Option
     return hf_family(hf_config, str(config_path)).model_class.import_hf(str(hf_dir))
 
 
-PIPELINE_LAYOUTS = ("encoder_decoder",)  # what the DSS input pipeline and prediction produce
-
-
 class NotSupportedError(UserError, ValueError):
-    """A student the DSS pipeline cannot train or run yet."""
-
-
-def check_pipeline_supports(model: StudentModel, where: str) -> None:
-    """NotSupportedError, naming `where` (the checkpoint or setting), for a student whose
-    batches the DSS input pipeline and prompts cannot make yet."""
-    if model.batch_layout not in PIPELINE_LAYOUTS:
-        raise NotSupportedError(
-            f"{where}: a {model.family!r} student ({model.config.architecture}) cannot be trained, evaluated or "
-            "decoded by the DSS pipeline yet: its packing and prompts are open work (issue 32); it converts, "
-            "and dss_jax.model.decoding.generate decodes it"
-        )
+    """A request a student family cannot carry out (e.g. an export transformers cannot express)."""
 
 
 def check_student(model: Any, who: str) -> None:

@@ -307,7 +307,7 @@ class StudentBackend:
         from dss_jax.prediction import tokens_to_texts
 
         eos = self.vocabulary.eos_id
-        texts = {task: tokens_to_texts(self.vocabulary, row[None], eos_id=eos)[0] for task, row in tokens.items()}
+        texts = {task: tokens_to_texts(self.vocabulary, row[None], self.model)[0] for task, row in tokens.items()}
         finish = "length" if any(eos not in row for row in tokens.values()) else "stop"
         if self.config.target == "single_task":
             rationale, label = split_single_task(texts["predict"])
@@ -340,8 +340,8 @@ def _load(config: StudentConfig):
         raise StudentLoadError(f"cannot load the student checkpoint {config.checkpoint}: {e}") from None
     if vocab_path is None:
         raise StudentLoadError(
-            f"the student checkpoint {path} has no spiece.model (looked in {where_described(path)}); the "
-            "student's vocabulary is needed: copy its run's spiece.model there"
+            f"the student checkpoint {path} has no spiece.model or tokenizer.json (looked in "
+            f"{where_described(path)}); the student's vocabulary is needed: copy its run's vocabulary there"
         )
     vocabulary = vocab.from_checkpoint(vocab_path)
     if vocabulary.vocab_size > model.config.vocab_size:

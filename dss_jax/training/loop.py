@@ -33,7 +33,6 @@ from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitionin
 from dss_jax.cli import UserError
 from dss_jax.data import options as dss_options
 from dss_jax.metrics_writer import MetricsWriter, Progress
-from dss_jax.model import interface
 from dss_jax.training import checks, selection
 from dss_jax.training.step import Trainer
 
@@ -112,7 +111,6 @@ def train(
         from dss_jax.configurables import build_model, model_config
 
         model = build_model(model_config(checkpoint_path=initial_checkpoint_path))
-    interface.check_pipeline_supports(model, initial_checkpoint_path or "model_config.family")
     checks.check_task(task_name)
     checks.check_task_options(task_name)
     checks.check_mesh(partition_config)
@@ -172,6 +170,7 @@ def train(
             num_shards=jax.process_count(),
             start_position=position,
             rationale_weight=loss_config.rationale_weight,
+            layout=model.batch_layout,
         )
         if jax.process_index() == 0:
             _write_run_files(model_dir, model, task_name, resumed=step > 0, at_step=step)
@@ -529,12 +528,11 @@ def _check_resumed_model(model_dir: str, config) -> None:
 
 
 def task_vocabulary_file(task_name: str) -> Optional[str]:
-    """The SentencePiece model file behind a task's vocabulary, when it has one."""
+    """The file behind a task's vocabulary (spiece.model or tokenizer.json), when it has one."""
     from dss_jax.data import tasks as dss_tasks
+    from dss_jax.data import vocab
 
-    vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
-    vocab = vocab.resolve() if hasattr(vocab, "resolve") else vocab
-    return getattr(vocab, "sentencepiece_model_file", None)
+    return vocab.vocabulary_file(dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary)
 
 
 def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> None:
@@ -546,9 +544,9 @@ def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> Non
     vocab_path = checkpoints.find_vocabulary(initial_checkpoint_path)
     if vocab_path is None and dss_tasks.explicit_vocabulary() is None:
         raise settings.SettingError(
-            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no spiece.model, so the vocabulary its embeddings "
-            "were trained with is unknown: bind --gin.task_vocabulary.spm_path=\"'PATH'\" to it (convert stores "
-            "a Hugging Face checkpoint's spiece.model beside its config.json)"
+            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} has no spiece.model or tokenizer.json, so the "
+            "vocabulary its embeddings were trained with is unknown: bind --gin.task_vocabulary.spm_path=\"'PATH'\" "
+            "to it (convert keeps a Hugging Face checkpoint's spiece.model or tokenizer.json beside its config.json)"
         )
     dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, "INITIAL_CHECKPOINT_PATH")
 
@@ -558,7 +556,16 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
 
     vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
     cfg = getattr(model, "config", None)
-    if cfg is None or cfg.vocab_size >= vocab.vocab_size:
+    if cfg is None:
+        return
+    eos = model.decode_token_ids()["eos_id"]
+    if vocab.eos_id is not None and vocab.eos_id != eos:
+        raise settings.SettingError(
+            f"the vocabulary of task {task_name!r} ends texts with id {vocab.eos_id}, but the model stops decoding "
+            f"at eos_token_id={eos}: set {type(cfg).__name__}.eos_token_id = {vocab.eos_id}, or use the "
+            "checkpoint's own vocabulary"
+        )
+    if cfg.vocab_size >= vocab.vocab_size:
         return
     if initial_checkpoint_path:
         raise settings.SettingError(
@@ -568,7 +575,7 @@ def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[s
         )
     raise settings.SettingError(
         f"the model's vocab_size ({cfg.vocab_size}) is smaller than the vocabulary of task "
-        f"{task_name!r} ({vocab.vocab_size} ids); set T5Config.vocab_size = {vocab.vocab_size}"
+        f"{task_name!r} ({vocab.vocab_size} ids); set {type(cfg).__name__}.vocab_size = {vocab.vocab_size}"
     )
 
 
@@ -598,8 +605,8 @@ def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = Fals
             "settings, or train in a new MODEL_DIR"
         )
     vocab_file = task_vocabulary_file(task_name)
-    trained_with = os.path.join(model_dir, checkpoints.VOCAB_FILE)
-    if resumed and vocab_file and os.path.isfile(trained_with) and not _same_pieces(vocab_file, trained_with):
+    trained_with = checkpoints.find_vocabulary(model_dir)
+    if resumed and vocab_file and trained_with and not _same_pieces(vocab_file, trained_with):
         raise settings.SettingError(
             f"MODEL_DIR {model_dir} was trained with the vocabulary {trained_with}, and task {task_name!r} now "
             f"tokenizes with another ({vocab_file}): resume with the run's settings (e.g. its "
@@ -617,12 +624,15 @@ def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = Fals
 
 
 def _same_pieces(a: str, b: str) -> bool:
-    """Whether two SentencePiece models map the same ids to the same pieces (the same file
-    written twice may differ in bytes)."""
+    """Whether two vocabulary files map the same ids to the same pieces (the same
+    SentencePiece model written twice may differ in bytes; tokenizer.json files compare
+    by bytes)."""
     import sentencepiece as spm
 
     if pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes():
         return True
+    if checkpoints.TOKENIZER_JSON in (pathlib.Path(a).name, pathlib.Path(b).name):
+        return False
     x, y = spm.SentencePieceProcessor(model_file=a), spm.SentencePieceProcessor(model_file=b)
     return x.get_piece_size() == y.get_piece_size() and all(
         x.id_to_piece(i) == y.id_to_piece(i) for i in range(x.get_piece_size())
@@ -671,6 +681,7 @@ def validation_loss(
         split=split,
         shard_index=jax.process_index(),
         num_shards=jax.process_count(),
+        layout=trainer.model.batch_layout,
     )
     for i, local in enumerate(batches):
         if limit is not None and i >= limit:

@@ -5,15 +5,16 @@ interface (`dss_jax.model.interface`), as T5X's DecoderOnlyModel.
     network.py   the Flax network (logical axis names, remat)
     hf.py        Hugging Face configs and weights, both ways
 
-A batch is one sequence per row in the decoder feature layout (dss_jax.features):
-`decoder_input_tokens` (the prompt and the target, shifted right), `decoder_target_tokens`,
-`decoder_loss_weights` (1 on target tokens only), optional `decoder_segment_ids` and
-`decoder_positions` for packed rows, and `decoder_task_ids`.
+A batch is one stream per row (data/row_formats.DecoderOnlyRows): the prompt, then the
+target, loss on the target only, segments apart by segment id, RoPE positions restarting
+in each; `decoder_causal_attention` marks the prompt for prefix-LM students
+(`prompt_attention="bidirectional"`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Mapping, Optional
 
 import jax
@@ -43,11 +44,19 @@ class DecoderOnlyModel(interface.StudentModel):
         return params, config, None
 
     def export_hf(self, params, out_dir, vocab_path, overwrite, generation=None, extra_files=None):
+        extra_files = dict(extra_files or {})
         if vocab_path is not None:
-            raise interface.NotSupportedError(
-                f"{vocab_path}: a decoder-only export carries no tokenizer yet (their tokenizer.json is open work): "
-                "copy the original checkpoint's tokenizer files into the export"
-            )
+            vocab_path = pathlib.Path(vocab_path)
+            if vocab_path.name != "tokenizer.json":
+                raise interface.NotSupportedError(
+                    f"{vocab_path}: a decoder-only export carries a Hugging Face tokenizer.json; a SentencePiece "
+                    "vocabulary cannot be written as one yet: export without it and add a tokenizer yourself"
+                )
+            from dss_jax.checkpoints import TOKENIZER_FILES
+
+            for name in TOKENIZER_FILES:  # the tokenizer.json with its config, as convert kept them
+                if name not in extra_files and (vocab_path.parent / name).is_file():
+                    extra_files[name] = (vocab_path.parent / name).read_bytes()
         return hf.export_hf_checkpoint(
             params, self.config, out_dir, overwrite=overwrite, generation=generation, extra_files=extra_files
         )
@@ -75,6 +84,7 @@ class DecoderOnlyModel(interface.StudentModel):
             batch["decoder_input_tokens"],
             segment_ids=batch.get("decoder_segment_ids"),
             positions=batch.get("decoder_positions"),
+            prompt_mask=batch.get("decoder_causal_attention"),
             enable_dropout=enable_dropout,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
@@ -93,20 +103,41 @@ class DecoderOnlyModel(interface.StudentModel):
         # the start id is never fed to the model.
         return dict(eos_id=self.config.eos_token_id, pad_id=self.config.pad_token_id, decoder_start_id=0)
 
+    def text_ids(self, row) -> list[int]:
+        # Decoding pads after EOS; before it every id is text (pad_token_id may be a real
+        # token of these vocabularies, e.g. Llama 3's id 0).
+        ids = [int(i) for i in row]
+        eos = self.config.eos_token_id
+        return ids[: ids.index(eos)] if eos in ids else ids
+
     def start_decoding(self, params, inputs: jax.Array, segment_ids: Optional[jax.Array], config):
         """Prompts `inputs` [batch, len], right-padded; `segment_ids` (1 real, 0 padding)
-        say where each ends (without them, tokens equal to pad_token_id are padding).
-        The prompt fills the cache; the decoding loop's first step then feeds each row's
-        last prompt token at its own position, in place of the start token, so every row
-        continues its own prompt whatever the lengths."""
+        say where each ends. Without them a row's prompt runs through its last EOS (DSS
+        prompts end in one), or in a row without EOS through its last token that is not
+        pad_token_id. The prompt fills the cache (prefix-LM students: attending over the
+        whole prompt); the decoding loop's first step then feeds each row's last prompt
+        token at its own position, in place of the start token, so every row continues its
+        own prompt whatever the lengths."""
         module = self.module
         batch, length = inputs.shape
-        real = segment_ids > 0 if segment_ids is not None else inputs != self.config.pad_token_id
+        index = jnp.arange(length)[None, :]
+        if segment_ids is not None:
+            real = segment_ids > 0
+        else:
+
+            def through_last(mask):  # [batch, len]: up to and with each row's last True
+                return index <= jnp.max(jnp.where(mask, index, -1), axis=1, keepdims=True)
+
+            eos = inputs == self.config.eos_token_id
+            real = jnp.where(
+                jnp.any(eos, axis=1, keepdims=True), through_last(eos), through_last(inputs != self.config.pad_token_id)
+            )
         prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)  # [batch]
         last = jnp.maximum(prompt_lengths - 1, 0)
         _, state = module.apply(
             {"params": params},
             inputs,
+            prompt_mask=real.astype(jnp.int32),
             decode=True,
             cache_length=length + config.max_decode_length,
             mutable=["cache"],

@@ -27,6 +27,7 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+PROMPT_ATTENTIONS = ("causal", "bidirectional")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,10 @@ class DecoderOnlyConfig:
     bos_token_id: Optional[int] = 1
     eos_token_id: int = 2
     pad_token_id: int = 0
+    # How a DSS prompt is read: "causal" (as the pretrained model and Hugging Face's
+    # generate read it) or "bidirectional" (prefix-LM: prompt tokens attend to the whole
+    # prompt, T5X's decoder_causal_attention; not expressible in a Hugging Face export).
+    prompt_attention: str = "causal"
     # Run-time fields (not the architecture's).
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -87,6 +92,7 @@ class DecoderOnlyConfig:
         one_of("activation", ACTIVATIONS)
         one_of("rope_type", ROPE_TYPES)
         one_of("remat_policy", REMAT_POLICIES)
+        one_of("prompt_attention", PROMPT_ATTENTIONS)
         for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -2,10 +2,13 @@
 
     model = DecoderOnly(config)             # config: decoder_only.config.DecoderOnlyConfig
     logits = model.apply({"params": params}, tokens, segment_ids=None, positions=None,
-                         enable_dropout=False, rngs={"dropout": key})   # float32 [b, len, vocab]
+                         prompt_mask=None, enable_dropout=False, rngs={"dropout": key})
+    # float32 [b, len, vocab]
 
 Packed rows: segment ids (1..n, 0 padding) keep attention within a segment, positions
-(restarting at 0 in each) feed RoPE, so each segment sees what it would see alone.
+(restarting at 0 in each) feed RoPE, so each segment sees what it would see alone. With
+`prompt_attention="bidirectional"`, `prompt_mask` (1 on prompt tokens) lets a segment's
+prompt tokens attend to all of its prompt (prefix-LM); otherwise attention is causal.
 Numerics follow the Hugging Face models in float32: RMSNorm statistics in float32 (Gemma's
 scale 1 + w), rotate-half RoPE from float32 inverse frequencies, scores scaled before the
 mask, softmax in float32.
@@ -203,20 +206,25 @@ class Layer(nn.Module):
 
 
 def attention_masks(
-    cfg: DecoderOnlyConfig, query_positions: jax.Array, key_positions: jax.Array, segment_ids=None
+    cfg: DecoderOnlyConfig, query_positions: jax.Array, key_positions: jax.Array, segment_ids=None, prompt_mask=None
 ) -> dict[str, jax.Array]:
     """bool [batch|1, 1, queries, keys] per layer type: causal (key position <= query
-    position), the same segment, and for sliding layers keys within the last
-    `sliding_window` positions (q - k < window). Positions are sequence indices, or within
-    a packed segment indices shifted by a constant: the distances are the same."""
+    position), or with `prompt_mask` [batch, len] (queries = keys) any two prompt tokens;
+    the same segment; for sliding layers keys within `sliding_window` positions
+    (|q - k| < window). Positions are sequence indices, or within a packed segment
+    indices shifted by a constant: the distances are the same."""
     q = query_positions[:, :, None]
     k = key_positions[:, None, :]
-    causal = (k <= q)[:, None]  # [b|1, 1, queries, keys]
+    allowed = k <= q  # [b|1, queries, keys]
+    if prompt_mask is not None:
+        prompt = prompt_mask > 0
+        allowed = allowed | (prompt[:, :, None] & prompt[:, None, :])
+    allowed = allowed[:, None]  # [b|1, 1, queries, keys]
     if segment_ids is not None:
-        causal = causal & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    masks = {"full_attention": causal}
+        allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    masks = {"full_attention": allowed}
     if cfg.sliding_window:
-        masks["sliding_attention"] = causal & ((q - k) < cfg.sliding_window)[:, None]
+        masks["sliding_attention"] = allowed & (jnp.abs(q - k) < cfg.sliding_window)[:, None]
     return masks
 
 
@@ -229,13 +237,15 @@ class DecoderOnly(nn.Module):
         tokens: jax.Array,  # [batch, len] int32
         segment_ids: Optional[jax.Array] = None,
         positions: Optional[jax.Array] = None,
+        prompt_mask: Optional[jax.Array] = None,
         enable_dropout: bool = False,
         decode: bool = False,
         cache_length: int = 0,
     ) -> jax.Array:
         """Logits float32 [batch, len, vocab]. decode=True: the first call (the prompt,
         positions 0..len-1) creates the key/value cache of `cache_length` positions; later
-        calls take one token per row with `positions` [batch, 1] (see `Attention`)."""
+        calls take one token per row with `positions` [batch, 1] (see `Attention`).
+        `prompt_mask` is read only when config.prompt_attention is "bidirectional"."""
         cfg = self.config
         deterministic = not enable_dropout
         length = tokens.shape[1]
@@ -248,7 +258,9 @@ class DecoderOnly(nn.Module):
         else:
             if positions is None:
                 positions = index
-            masks = attention_masks(cfg, index, index, segment_ids)
+            if cfg.prompt_attention != "bidirectional":
+                prompt_mask = None
+            masks = attention_masks(cfg, index, index, segment_ids, prompt_mask)
         embedder = Embedder(cfg, name="token_embedder")
         x = embedder(tokens)
         if cfg.scale_embedding:
@@ -277,8 +289,10 @@ class Embedder(nn.Module):
 
     def setup(self):
         cfg = self.config
+        # Tied to the output, d_model ** -0.5 starts the logits at unit scale (a loss near
+        # log(vocab) from scratch); Gemma's embedding scale brings the inputs to unit scale.
         self.embedding = self.param(
-            "embedding", _init(1.0, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), cfg.params_dtype
+            "embedding", _init(cfg.d_model**-0.5, ("vocab", "embed")), (cfg.vocab_size, cfg.d_model), cfg.params_dtype
         )
 
     def __call__(self, tokens):
