@@ -75,13 +75,15 @@ GIB = float(1 << 30)
 # defined (model/config.py, partitioning.py) imports jax before the device count is set;
 # tests/test_aot.py checks that they agree.
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+# Decoder-only students: their model files, gin/models/<name>.gin (the published sizes).
+DECODER_ONLY_MODELS = ("gemma3_270m", "gemma3_1b", "qwen3_0_6b", "llama3_2_1b")
 VARIANTS = ("t5.1.0", "t5.1.1", "flan")
 RULE_SETS = ("dp", "fsdp", "tp", "fsdp_tp")
 REMAT_POLICIES = ("none", "full", "minimal", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adafactor", "adamw")
 _CHOICES = {
-    "size": SIZES,
+    "size": SIZES + DECODER_ONLY_MODELS,
     "variant": VARIANTS,
     "rules": RULE_SETS,
     "remat_policy": REMAT_POLICIES,
@@ -95,9 +97,9 @@ _POSITIVE = ("num_partitions", "num_devices", "batch_size", "encoder_length", "d
 class AotConfig:
     """One compile: model shape, rule set, mesh and batch shape."""
 
-    size: str = "xl"  # a T5Config preset: tiny | small | base | large | xl | xxl
-    variant: str = "t5.1.1"
-    num_layers: Optional[int] = None  # encoder and decoder layers each; None: the preset's
+    size: str = "xl"  # a T5Config preset (tiny ... xxl), or a decoder-only model file (DECODER_ONLY_MODELS)
+    variant: str = "t5.1.1"  # T5 only
+    num_layers: Optional[int] = None  # per stack (T5: encoder and decoder each); None: the model's
     rules: str = "fsdp"  # a name in partitioning.RULE_SETS
     num_partitions: int = 1  # size of the `model` mesh axis
     num_devices: int = 64
@@ -135,10 +137,25 @@ class AotConfig:
                 f"{data} (= num_devices / num_partitions): every data shard needs whole rows"
             )
 
+    @property
+    def decoder_only(self) -> bool:
+        return self.size in DECODER_ONLY_MODELS
+
     def model_config(self):
         from dss_jax.model.config import T5Config
 
         overrides: dict[str, Any] = dict(dtype=self.dtype, remat_policy=self.remat_policy, dropout_rate=0.1)
+        if self.decoder_only:
+            from dss_jax import gin_utils
+            from dss_jax.model.decoder_only.config import DecoderOnlyConfig
+
+            path = os.path.join(gin_utils.REPO_GIN_DIR, "models", f"{self.size}.gin")
+            config = DecoderOnlyConfig(**gin_utils.bindings_in_file(path, "DecoderOnlyConfig"))
+            if self.num_layers is not None:  # the first layers, of their kinds
+                overrides.update(num_layers=self.num_layers, layer_types=config.layer_types[: self.num_layers])
+            if self.vocab_size is not None:
+                overrides["vocab_size"] = self.vocab_size
+            return config.replace(**overrides)
         if self.num_layers is not None:
             overrides.update(num_encoder_layers=self.num_layers, num_decoder_layers=self.num_layers)
         if self.vocab_size is not None:
@@ -273,14 +290,20 @@ def _relative_error(estimate: float, actual: float) -> float:
 
 
 def abstract_batch(config: AotConfig, sharding) -> dict:
-    """ShapeDtypeStructs of a packed DSS batch (CONTRACTS.md features), sharded over `data`."""
+    """ShapeDtypeStructs of a packed DSS batch (dss_jax.features), sharded over `data`. A
+    decoder-only row is one stream holding what an encoder-decoder row of
+    encoder_length + decoder_length holds (data/row_formats.layout_lengths)."""
     import jax
     import jax.numpy as jnp
+
+    from dss_jax.features import DECODER_ONLY_FEATURES
 
     def feature(length):
         return jax.ShapeDtypeStruct((config.batch_size, length), jnp.int32, sharding=sharding)
 
     enc, dec = config.encoder_length, config.decoder_length
+    if config.decoder_only:
+        return {k: feature(enc + dec - 1) for k in DECODER_ONLY_FEATURES}
     return {
         "encoder_input_tokens": feature(enc),
         "encoder_segment_ids": feature(enc),

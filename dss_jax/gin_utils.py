@@ -122,6 +122,19 @@ def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
     )
 
 
+def bindings_in_file(path: str, configurable: str) -> dict:
+    """{parameter: value} that a gin file binds on `configurable` (unscoped), read without
+    binding anything (a model file's architecture, for tools that build a config aside
+    from the run's gin state, e.g. dss_jax.aot)."""
+    with open(path) as f:
+        statements = config_parser.ConfigParser(f.read(), gin.config.ParserDelegate(skip_unknown=True))
+        return {
+            s.arg_name: s.value
+            for s in statements
+            if isinstance(s, config_parser.BindingStatement) and not s.scope and s.selector == configurable
+        }
+
+
 def check_includes(path: str) -> None:
     """A GinConfigError naming FILE:LINE of an `include` that leads back to a file being
     read (gin itself recurses until Python's stack runs out). Includes are found where gin

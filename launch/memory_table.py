@@ -10,10 +10,11 @@ Three tables:
 - the arithmetic: parameters, optimiser state (Adafactor factored vs AdamW) and gradients
   of each T5 v1.1 size, from the model's and the optimiser's abstract shapes;
 - the real compilers': the train step compiled by libtpu's TPU compiler for TPU v5e
-  slices of 64 and 256 chips, and by XLA's GPU compiler for 8 H100s (dss_jax.aot),
-  per-device memory from the compiled executable. A full-depth XL or XXL program takes
-  too long to compile on a small CPU host, so each row is compiled with 2 and 4 layers per
-  stack and its figures are extended along that line to the full 24
+  slices of 64 and 256 chips (T5) and 8 (a 1B decoder-only student), and by XLA's GPU
+  compiler for 8 H100s (dss_jax.aot), per-device memory from the compiled executable. A
+  full-depth program takes too long to compile on a small CPU host, so each row is
+  compiled with 2 and 4 layers per stack and its figures are extended along that line to
+  the model's full depth (T5 XL and XXL: 24; Llama 3.2 1B: 16)
   (dss_jax.aot.extend_to_depth); other compiles, where cached, check the line (its error
   at each is shown), and a full-depth compile, where cached, replaces it;
 - XLA:CPU's: the same step compiled at full depth for a virtual CPU mesh.
@@ -79,8 +80,19 @@ COMPILED: dict[str, AotConfig] = {
     },
     "xxl-fsdp-8": dataclasses.replace(ROWS["xxl-fsdp-256"], num_devices=8, batch_size=64, target="gpu:h100:1x8"),
 }
+# A ~1B decoder-only student (Llama 3.2 1B, gin/models/llama3_2_1b.gin) with FSDP on a v5e
+# slice of 8 chips and on 8 H100s: the same global batch of 64 packed rows, each one
+# stream of the tokens a 512 + 384 encoder-decoder row holds (895).
+DECODER_ONLY = AotConfig(
+    size="llama3_2_1b", rules="fsdp", num_devices=8, batch_size=64, encoder_length=ENC, decoder_length=DEC
+)
+COMPILED.update(
+    {
+        "llama3_2_1b-fsdp-v5e8": dataclasses.replace(DECODER_ONLY, target="tpu:v5e:2x4"),
+        "llama3_2_1b-fsdp-h100x8": dataclasses.replace(DECODER_ONLY, target="gpu:h100:1x8"),
+    }
+)
 LAYERS = (2, 4)
-FULL_DEPTH = 24  # T5 v1.1 xl and xxl, per stack
 # The HBM the TPU compiler lets one v5e program use: the figure its refusal names
 # ("exceeds available HBM (15.75G)", tests/test_aot.py); a chip has 16 GiB.
 TPU_AVAILABLE = {"v5e": 15.75 * GIB}
@@ -88,6 +100,12 @@ TPU_AVAILABLE = {"v5e": 15.75 * GIB}
 
 def compiled_config(name: str, layers: int) -> AotConfig:
     return dataclasses.replace(COMPILED[name], num_layers=layers)
+
+
+def full_depth(name: str) -> int:
+    """The layers per stack of COMPILED[name]'s model at its full size (T5 v1.1 XL and XXL: 24)."""
+    config = COMPILED[name].model_config()
+    return config.num_layers if hasattr(config, "num_layers") else config.num_encoder_layers
 
 
 def _path(name: str, layers: int | None) -> str:
@@ -143,15 +161,16 @@ def estimate(name: str, reports: dict[int, AotReport]) -> dict:
     if not set(LAYERS) <= set(reports):
         got = sorted(reports)
         raise ValueError(f"{name}: the line needs compiles at {LAYERS} layers per stack (--layers), got {got}")
+    depth = out["full_depth"] = full_depth(name)
     for key in MEMORY_FIELDS:
         points = {n: getattr(r, key) for n, r in reports.items()}
-        line = extend_to_depth(points, FULL_DEPTH, fitted=LAYERS)
-        out[key] = points[FULL_DEPTH] if FULL_DEPTH in reports else line["value"]
+        line = extend_to_depth(points, depth, fitted=LAYERS)
+        out[key] = points[depth] if depth in reports else line["value"]
         out[f"{key}_errors"] = line["errors"]
         out["fitted"] = line["fitted"]
     d1, d2 = out["fitted"]
     out["per_layer_bytes"] = (reports[d2].total_bytes - reports[d1].total_bytes) / (d2 - d1)
-    out["extended"] = FULL_DEPTH not in reports
+    out["extended"] = depth not in reports
     target = COMPILED[name].target
     if target_kind(target) == "gpu":
         fields = [int(out[k]) for k in MEMORY_FIELDS[:-1]]
@@ -199,8 +218,8 @@ def compiled_table(estimates: list[dict], cpu: dict[str, AotReport]) -> str:
     lines = [
         "| run | params | compiler: devices | mesh (data x model) | global batch (rows/data shard) | line through "
         "layers per stack (its error in total and temp at other compiles) | arguments | temp | code "
-        "| **total per device, 24 layers** | per layer | fits (memory available) | replicated large tensors "
-        "| XLA:CPU total, compiled at 24 |",
+        "| **total per device, full depth (layers per stack)** | per layer | fits (memory available) "
+        "| replicated large tensors | XLA:CPU total, compiled at full depth |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in estimates:
@@ -208,7 +227,7 @@ def compiled_table(estimates: list[dict], cpu: dict[str, AotReport]) -> str:
         data, model = e["mesh"]["data"], e["mesh"]["model"]
         compiler = "TPU" if target_kind(config.target) == "tpu" else "GPU"
         head = (
-            f"| `{e['name']}` {config.size} {config.rules} | {num_params(config.size) / 1e9:.2f}B "
+            f"| `{e['name']}` {config.size} {config.rules} | {num_params(config) / 1e9:.2f}B "
             f"| {compiler}: {config.target.split(':', 1)[1]} | {data} x {model} "
             f"| {config.batch_size} ({config.batch_size // data}) "
         )
@@ -222,7 +241,7 @@ def compiled_table(estimates: list[dict], cpu: dict[str, AotReport]) -> str:
         errors, temp = e["total_bytes_errors"], e["temp_bytes_errors"]
         check = ", ".join(f"{d}: {errors[d]:+.1%} (temp {temp[d]:+.1%})" for d in sorted(errors))
         check = f" ({check})" if check else ""
-        how = "extended" if e["extended"] else "compiled"
+        how = f"{'extended' if e['extended'] else 'compiled'}, {e['full_depth']}"
         lines.append(
             head + f"| {', '.join(map(str, e['fitted']))}{check} | {gib(e['argument_bytes'])} "
             f"| {gib(e['temp_bytes'])} | {gib(e['generated_code_bytes'])} | **{gib(e['total_bytes'])}** ({how}) "
@@ -247,10 +266,14 @@ def _abstract_params(size: str):
     return cfg, params
 
 
-def num_params(size: str) -> int:
+def num_params(config: AotConfig) -> int:
+    """The parameters of a row's model at full depth."""
     import jax
 
-    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(_abstract_params(size)[1]))
+    from dss_jax.model import interface
+
+    model = interface.build(dataclasses.replace(config, num_layers=None).model_config())
+    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(model.abstract_params()))
 
 
 def arithmetic_table() -> str:

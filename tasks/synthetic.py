@@ -10,7 +10,9 @@ settings, which gin binds as `synthetic_config.<setting>` (optionally scoped:
 (each generated, none carved out), and `unlabeled` (problems with neither label nor
 teacher sample, for self-training; readable when `synthetic_config.unlabeled_size` > 0).
 Options: `task_options`; vocabulary: `task_vocabulary` (by default trained on the train
-cache); feature lengths: gin/tasks/synthetic.gin.
+cache); feature lengths: gin/tasks/synthetic.gin. It also registers the domain's
+pretraining tasks over a generated corpus: `dss_synthetic_pretrain` (T5 span corruption)
+and `dss_synthetic_pretrain_causal` (causal LM, for decoder-only students).
 """
 
 import functools
@@ -64,4 +66,17 @@ pretrain.register_span_corruption_task(
     ),
     inputs_length=128,
     targets_length=32,
+)
+
+# Causal LM pretraining on the same corpus and vocabulary, for decoder-only students.
+CAUSAL_PRETRAIN_TASK_NAME = "dss_synthetic_pretrain_causal"
+
+pretrain.register_causal_lm_task(
+    CAUSAL_PRETRAIN_TASK_NAME,
+    text_files=_corpus,
+    vocabulary=LazyVocabulary(
+        lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])),
+        name=f"{CAUSAL_PRETRAIN_TASK_NAME} vocabulary",
+    ),
+    length=256,
 )

@@ -128,6 +128,28 @@ def test_xl_layers_on_64_devices_fit_with_the_state_sharded():
     assert math.isclose(r.alias_bytes, r.state_bytes_per_device)
 
 
+def test_a_decoder_only_student_compiles_with_one_stream_per_row_and_its_state_sharded():
+    """Llama 3.2 1B's shapes (gin/models/llama3_2_1b.gin) at 1 layer, FSDP on 8 devices:
+    rows of encoder_length + decoder_length - 1 tokens, the 128k-id embedding sharded."""
+    config = aot.AotConfig(
+        size="llama3_2_1b",
+        num_layers=1,
+        rules="fsdp",
+        num_devices=8,
+        batch_size=8,
+        encoder_length=64,
+        decoder_length=33,
+    )
+    cfg = config.model_config()
+    assert (cfg.num_layers, cfg.d_model, cfg.vocab_size, cfg.dtype) == (1, 2048, 128256, "bfloat16")
+    r = aot.compile_in_subprocess(config, timeout=900)
+    assert r.replicated_large == [] and math.isclose(r.alias_bytes, r.state_bytes_per_device)
+    assert r.largest_entry_parameter[0] == cfg.vocab_size * cfg.d_model // 8  # the embedding, 1/8 per device
+    assert r.num_params == cfg.vocab_size * cfg.d_model + 60_821_504 + cfg.d_model  # 1 layer and the final norm
+    batch = aot.abstract_batch(config, None)
+    assert {k: v.shape for k, v in batch.items()} == {k: (8, 96) for k in batch} and "decoder_causal_attention" in batch
+
+
 # The same small model compiled by the TPU compiler (libtpu, which make test installs
 # beside the venv) for a 2x2 v5e topology: compile-only devices, no TPU needed.
 TPU = dict(SMALL, rules="fsdp_tp", num_partitions=2, num_devices=4, batch_size=8, target="tpu:v5e:2x2")
@@ -288,5 +310,11 @@ def test_the_choices_written_out_agree_with_where_they_are_defined():
     from dss_jax.model import config
 
     assert aot.SIZES == config.SIZES and aot.VARIANTS == config.VARIANTS
+    decoder_only_files = sorted(
+        p.stem
+        for p in (REPO_ROOT / "gin" / "models").glob("*.gin")
+        if "model_config.family = 'decoder_only'" in p.read_text() and "tiny" not in p.stem
+    )
+    assert sorted(aot.DECODER_ONLY_MODELS) == decoder_only_files
     assert aot.REMAT_POLICIES == config.REMAT_POLICIES and aot.RULE_SETS == tuple(partitioning.RULE_SETS)
     assert optimizers.SETTINGS["name"]("sgd") and not any(optimizers.SETTINGS["name"](o) for o in aot.OPTIMIZERS)

@@ -52,8 +52,8 @@ def test_a_row_is_extended_along_the_line_of_its_two_deepest_compiles():
     assert not steep["fits"] and steep["total_bytes_errors"] == {}
     table = memory_table.compiled_table([e, steep], {})
     assert "| 2, 4 (1: -50.0% (temp -50.0%)) |" in table and "| 2, 4 |" in table
-    assert "| **6.50** (extended) | 0.25 | yes, v5e (15.75 GiB) |" in table
-    assert "| **17.50** (extended) | 0.70 | no, v5e (15.75 GiB) |" in table
+    assert "| **6.50** (extended, 24) | 0.25 | yes, v5e (15.75 GiB) |" in table
+    assert "| **17.50** (extended, 24) | 0.70 | no, v5e (15.75 GiB) |" in table
     # Deeper compiles check the line; they do not move it.
     reports[8] = _report(8, 2.0)
     assert memory_table.estimate(ROW, reports)["total_bytes_errors"][8] == pytest.approx(2.5 / 2.0 - 1)
@@ -81,7 +81,7 @@ def test_a_full_depth_compile_replaces_the_line_and_a_gpu_row_is_held_to_the_gpu
     assert not e["fits"] and "exceed XLA's GPU scheduler limit" in e["why"]
     row = memory_table.compiled_table([e], {}).splitlines()[-1]
     assert "| GPU: h100:1x8 |" in row and "| 2, 4 (24: +4.3% (temp +4.3%)) |" in row
-    assert "| **70.00** (compiled) |" in row and "| no, h100 (79.65 GiB) |" in row
+    assert "| **70.00** (compiled, 24) |" in row and "| no, h100 (79.65 GiB) |" in row
 
 
 def test_the_readme_tables_are_those_of_the_committed_compiles(capsys):

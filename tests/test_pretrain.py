@@ -123,6 +123,30 @@ def test_the_task_yields_fitting_corrupted_chunks_with_sentinels_from_the_extra_
     assert a == b
 
 
+def test_the_causal_lm_task_cuts_the_token_stream_into_chunks_a_decoder_only_row_predicts(task, tmp_path):
+    from dss_jax.data.packing import convert_numpy
+
+    _, vocabulary = task
+    lines = [f"Bo has {i} pens." for i in range(40)]
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    t = pretrain.register_causal_lm_task("causal_toy", [tmp_path / "text.txt"], vocabulary, length=16)
+    try:
+        lengths = {"label_inputs": 1, "label_targets": 15, "rationale_inputs": 8, "rationale_targets": 8}
+        ds = t.get_dataset(lengths, split="train", shuffle=False, use_cached=False)
+        chunks = [np.concatenate([ex["label_inputs"], ex["label_targets"]]) for ex in ds.as_numpy_iterator()]
+    finally:
+        seqio.TaskRegistry.remove("causal_toy")
+    stream = [i for line in lines for i in vocabulary.encode(line) + [vocabulary.eos_id]]
+    assert all(len(c) == 16 for c in chunks) and len(chunks) == len(stream) // 16
+    assert np.concatenate(chunks).tolist() == stream[: 16 * len(chunks)]  # nothing added, dropped or reordered
+    examples = [{"label_inputs": c[:1], "label_targets": c[1:], "rationale_inputs": [], "rationale_targets": []}
+                for c in chunks[:3]]  # fmt: skip
+    rows = convert_numpy(examples, lengths, rationale_weight=0.0, layout="decoder_only")
+    assert rows["decoder_input_tokens"].shape == (3, 15)  # one chunk per row, every token but the first predicted
+    np.testing.assert_array_equal(rows["decoder_target_tokens"], np.stack(chunks[:3])[:, 1:])
+    assert rows["decoder_loss_weights"].all()
+
+
 def test_too_few_sentinels_is_an_error_naming_extra_ids(tmp_path):
     lines = [f"word {i} and more words here" for i in range(200)]
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")

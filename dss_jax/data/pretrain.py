@@ -1,7 +1,9 @@
-"""T5 span-corruption pretraining as a SeqIO task, and an offline corpus for the built-in domain.
+"""Pretraining objectives as SeqIO tasks (T5 span corruption for encoder-decoder students,
+causal language modelling for decoder-only ones), and an offline corpus for the built-in domain.
 
     from dss_jax.data import pretrain
     pretrain.register_span_corruption_task("my_pretrain", text_files=["/data/domain.txt"])
+    pretrain.register_causal_lm_task("my_causal_pretrain", text_files=["/data/domain.txt"])
 
 then `python -m dss_jax.train --gin_file=runs/pretrain.gin ...` trains on it with the
 same binary, and a DSS run starts from its checkpoint with INITIAL_CHECKPOINT_PATH.
@@ -21,6 +23,11 @@ The task's features are the DSS pipeline's: the corrupted chunk is `label_inputs
 its sentinel target `label_targets`; the rationale features are empty, and
 runs/pretrain.gin trains with RATIONALE_WEIGHT = 0, so only the label segments are
 packed.
+
+The causal LM objective cuts the same concatenated stream into chunks of `length` tokens:
+the first token is `label_inputs`, the other length - 1 are `label_targets` (a decoder-only
+row predicts each token from the ones before it; no EOS is added, the documents are
+already separated by theirs).
 
 `write_synthetic_corpus` writes the built-in domain's corpus (see its docstring):
 generated text only, nothing downloaded.
@@ -220,6 +227,18 @@ def register_span_corruption_task(
     if vocabulary is None:
         vocabulary = LazyVocabulary(functools.partial(_gin_vocabulary, extra_ids), name=f"{name} vocabulary")
 
+    # The rationale features stay empty (no EOS): there is nothing to explain.
+    output_features = {
+        k: seqio.Feature(vocabulary, add_eos=k.startswith("label_"), required=False)
+        for k in dss_paired.PAIRED_TEXT_FEATURES
+    }
+    preprocessors = [_span_corruption_fn(corruption, vocabulary), seqio.preprocessors.append_eos_after_trim]
+    return _register_text_task(name, splits, output_features, preprocessors)
+
+
+def _register_text_task(name: str, splits: Mapping[str, TextFiles], output_features, preprocessors) -> seqio.Task:
+    """A task over text files (one document per line, feature "text"), replacing any of that name."""
+
     def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
         del shuffle_files, seed  # the chunks are shuffled by seqio
         files = splits[split]() if callable(splits[split]) else splits[split]
@@ -229,11 +248,6 @@ def register_span_corruption_task(
             raise FileNotFoundError(f"{name}/{split}: text file not found: {missing[0] if missing else '(none given)'}")
         return tf.data.TextLineDataset(files).map(lambda line: {"text": line})
 
-    # The rationale features stay empty (no EOS): there is nothing to explain.
-    output_features = {
-        k: seqio.Feature(vocabulary, add_eos=k.startswith("label_"), required=False)
-        for k in dss_paired.PAIRED_TEXT_FEATURES
-    }
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     dss_tasks.REGISTERED.add(name)
@@ -241,9 +255,39 @@ def register_span_corruption_task(
         name,
         source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
         output_features=output_features,
-        preprocessors=[_span_corruption_fn(corruption, vocabulary), seqio.preprocessors.append_eos_after_trim],
+        preprocessors=preprocessors,
         metric_fns=[],
     )
+
+
+def register_causal_lm_task(
+    name: str, text_files: Union[TextFiles, Mapping[str, TextFiles]], vocabulary: seqio.Vocabulary, *, length: int = 256
+) -> seqio.Task:
+    """Registers a causal language-modelling task over text files (one document per line):
+    chunks of `length` tokens, label_inputs the first token and label_targets the rest
+    (TASK_FEATURE_LENGTHS: label_inputs 1, label_targets length - 1)."""
+    if length < 2:
+        raise ValueError(f"a causal LM chunk needs at least 2 tokens, got length={length}")
+    splits = dict(text_files) if isinstance(text_files, Mapping) else {"train": text_files}
+
+    def preprocess(dataset: tf.data.Dataset, sequence_length=None, output_features=None) -> tf.data.Dataset:
+        del sequence_length, output_features
+        empty = tf.zeros([0], tf.int32)
+
+        def example(tokens):
+            return {
+                "label_inputs": tokens[:1],
+                "label_targets": tokens[1:],
+                "rationale_inputs": empty,
+                "rationale_targets": empty,
+            }
+
+        return _chunks(dataset, vocabulary, length).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    output_features = {
+        k: seqio.Feature(vocabulary, add_eos=False, required=False) for k in dss_paired.PAIRED_TEXT_FEATURES
+    }
+    return _register_text_task(name, splits, output_features, [preprocess])
 
 
 def _gin_vocabulary(extra_ids: int) -> seqio.Vocabulary:
