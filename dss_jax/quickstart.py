@@ -1,6 +1,7 @@
 r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthetic task.
 
     python -m dss_jax.quickstart [--output_dir=quickstart_out] [--from_scratch] [--train_steps=N]
+    python -m dss_jax.quickstart --family=decoder_only    # a decoder-only (Llama) student instead
 
 1. generates the synthetic arithmetic dataset and its cached "teacher" rationales
    (the project's teacher cache format; nothing is downloaded),
@@ -23,6 +24,7 @@ earlier evaluation (eval's --gin.OVERWRITE=True).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,15 +43,40 @@ from dss_jax import cli
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FLAGS = flags.FLAGS
-QUICKSTART_GIN = "quickstart.gin"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The student quickstart.gin starts from (span-corruption pretrained: pretrained/README.md)
-# and the results of the quickstart's settings over 3 seeds trained to convergence
-# (gin/sweeps/quickstart_converged.gin).
-PRETRAINED_STUDENT = os.path.join("pretrained", "synthetic_tiny_cpu")
-MEASURED_DIR = os.path.join("docs", "results", "quickstart_converged")
+
+
+@dataclasses.dataclass(frozen=True)
+class Quickstart:
+    """One student family's quickstart: its gin file, the pretrained student it starts
+    from (pretrained/README.md), and the results of its settings over 3 seeds trained to
+    convergence (its gin/sweeps/ file)."""
+
+    gin_file: str
+    pretrained: str
+    measured_dir: str
+    student: str  # how the progress line names it
+
+
+QUICKSTARTS = {
+    "t5": Quickstart(
+        "quickstart.gin",
+        os.path.join("pretrained", "synthetic_tiny_cpu"),
+        os.path.join("docs", "results", "quickstart_converged"),
+        "a small T5",
+    ),
+    "decoder_only": Quickstart(
+        "quickstart_decoder_only.gin",
+        os.path.join("pretrained", "synthetic_decoder_only_tiny_cpu"),
+        os.path.join("docs", "results", "quickstart_converged_decoder_only"),
+        "a small decoder-only (Llama) student",
+    ),
+}
+QUICKSTART_GIN = QUICKSTARTS["t5"].gin_file
+PRETRAINED_STUDENT = QUICKSTARTS["t5"].pretrained
+MEASURED_DIR = QUICKSTARTS["t5"].measured_dir
 STARTS = {
-    "pretrained": f"from the pretrained student {PRETRAINED_STUDENT}",
+    "pretrained": "from the pretrained student {pretrained}",
     "scratch": "from scratch",
     None: "from INITIAL_CHECKPOINT_PATH",
 }
@@ -76,27 +103,31 @@ def _run(cmd: list[str], log_path: str, what: str) -> float:
 
 def main(argv):
     del argv
+    if FLAGS.family not in QUICKSTARTS:
+        raise cli.UserError(f"--family={FLAGS.family!r}: choose one of {', '.join(QUICKSTARTS)}")
+    quick = QUICKSTARTS[FLAGS.family]
     out = os.path.abspath(FLAGS.output_dir)
     model_dir, eval_dir = os.path.join(out, "model"), os.path.join(out, "eval")
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
     bindings = [*FLAGS.gin_bindings, *(["INITIAL_CHECKPOINT_PATH=None"] if FLAGS.from_scratch else [])]
     common = [f"--gin_bindings={b}" for b in bindings]
-    steps, start, baselines = _read_config(bindings)
+    steps, start, baselines = _read_config(bindings, quick)
     measured_steps, steps = steps, FLAGS.train_steps or steps
+    starting = STARTS[start].format(pretrained=quick.pretrained)
     py = sys.executable
     train_s = _run(
         [
             py,
             "-m",
             "dss_jax.train",
-            f"--gin_file={QUICKSTART_GIN}",
+            f"--gin_file={quick.gin_file}",
             f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.TRAIN_STEPS={steps}",
             *common,
         ],
         os.path.join(out, "train.log"),
-        f"training a small T5 {STARTS[start]} for {steps} steps (Distilling Step-by-Step, λ = 1)",
+        f"training {quick.student} {starting} for {steps} steps (Distilling Step-by-Step, λ = 1)",
     )
     eval_s = _run(
         [
@@ -104,7 +135,7 @@ def main(argv):
             "-m",
             "dss_jax.eval",
             "--gin_file=runs/eval.gin",
-            f"--gin_file={QUICKSTART_GIN}",
+            f"--gin_file={quick.gin_file}",
             f"--gin.CHECKPOINT_PATH='{model_dir}'",
             f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
             "--gin.SPLIT='test'",
@@ -124,7 +155,7 @@ def main(argv):
 
     # The measured results hold for the quickstart's own settings only.
     matches = start == "pretrained" and not FLAGS.gin_bindings and steps == measured_steps
-    quoted = _measured(steps * EXAMPLES_PER_STEP, _tokens_trained(model_dir)) if matches else {}
+    quoted = _measured(steps * EXAMPLES_PER_STEP, _tokens_trained(model_dir), quick.measured_dir) if matches else {}
     rows = [
         (f"student accuracy (test; step {best}, the best on validation)", f"{100 * metrics['accuracy']:.1f}%"),
         *[
@@ -149,8 +180,9 @@ def main(argv):
         print(f"{k:<{width}}  {v:>8}")
     print("-" * (width + 12))
     if quoted:
-        print(f"measured:        test accuracy, mean ± std over 3 seeds {STARTS[start]}, {MEASURED_DIR}")
-        print("                 (gin/sweeps/quickstart_converged.gin: these settings trained until validation")
+        sweep = f"gin/sweeps/{os.path.basename(quick.measured_dir)}.gin"
+        print(f"measured:        test accuracy, mean ± std over 3 seeds {starting}, {quick.measured_dir}")
+        print(f"                 ({sweep}: these settings trained until validation")
         print("                 stopped improving; each reading scores the checkpoint validation selects within")
         print("                 it. Standard distillation: the same teacher labels and 16 examples per step, λ = 0)")
     print(f"checkpoints:     {model_dir}/checkpoint_*")
@@ -172,15 +204,18 @@ def main(argv):
         )
 
 
-def _measured(examples: float, tokens: Optional[float]) -> dict[str, list[tuple[str, str]]]:
+def _measured(
+    examples: float, tokens: Optional[float], measured_dir: str = MEASURED_DIR
+) -> dict[str, list[tuple[str, str]]]:
     """{method: [(reading, "mean ± std%")]} of the committed converged grid: at this run's
-    examples, at the token budget nearest this run's real tokens, and converged."""
+    examples, at the token budget nearest this run's real tokens, and converged. None
+    measured (an installed package without docs/, a grid not run yet): {}."""
     import csv
 
     from dss_jax import results
 
-    directory = os.path.join(REPO, MEASURED_DIR)
-    if not os.path.isfile(os.path.join(directory, "budgets.csv")):  # an installed package without docs/
+    directory = os.path.join(REPO, measured_dir)
+    if not os.path.isfile(os.path.join(directory, "budgets.csv")):
         return {}
     with open(os.path.join(directory, "results.csv")) as f:
         converged = [r for r in csv.DictReader(f) if r["method"] in dict(QUOTED_METHODS)]
@@ -225,29 +260,29 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _read_config(gin_bindings: list[str]) -> tuple[int, Optional[str], dict]:
+def _read_config(gin_bindings: list[str], quick: Quickstart = QUICKSTARTS["t5"]) -> tuple[int, Optional[str], dict]:
     """`_settings`, and the trivial baselines on the dataset the quickstart generates
     (generating it here, so the train binary finds it ready)."""
     from dss_jax.data import synthetic
     from dss_jax.data.cache import read_cache
 
-    steps, start = _settings(gin_bindings)
+    steps, start = _settings(gin_bindings, quick)
     with gin.config_scope("dss_synthetic"):
         paths = synthetic.ensure_dataset()
     return steps, start, synthetic.baselines(read_cache(paths["train"]), read_cache(paths["test"]))
 
 
-def _settings(gin_bindings: list[str]) -> tuple[int, Optional[str]]:
+def _settings(gin_bindings: list[str], quick: Quickstart = QUICKSTARTS["t5"]) -> tuple[int, Optional[str]]:
     """TRAIN_STEPS of the quickstart config, and where it starts: 'pretrained' (the
     committed student), 'scratch', or None (another checkpoint, not measured)."""
     from dss_jax import gin_utils
 
-    gin_utils.parse_gin([QUICKSTART_GIN], gin_bindings, ["."])
+    gin_utils.parse_gin([quick.gin_file], gin_bindings, ["."])
     steps = int(gin.query_parameter("TRAIN_STEPS/macro.value"))
     initial = gin.query_parameter("INITIAL_CHECKPOINT_PATH/macro.value")
     if initial is None:
         return steps, "scratch"
-    if os.path.normpath(initial) != PRETRAINED_STUDENT:
+    if os.path.normpath(initial) != quick.pretrained:
         return steps, None
     if not os.path.isdir(initial):
         raise cli.UserError(
@@ -263,6 +298,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("train_steps", None, "Override TRAIN_STEPS of gin/quickstart.gin.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings for both binaries.")
     flags.DEFINE_bool("from_scratch", False, "Train from random initialization instead of the pretrained student.")
+    flags.DEFINE_string("family", "t5", f"The student family: {', '.join(QUICKSTARTS)}.")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -20,26 +20,30 @@ def _in_the_repository(monkeypatch):
     gin.clear_config()
 
 
-def test_the_committed_pretrained_student_is_the_quickstart_model_and_small():
+@pytest.mark.parametrize("family,num_params", [("t5", 427_008), ("decoder_only", 435_008)])
+def test_the_committed_pretrained_student_is_the_quickstart_model_and_small(family, num_params):
     import sentencepiece as spm
 
-    student = REPO_ROOT / quickstart.PRETRAINED_STUDENT
+    quick = quickstart.QUICKSTARTS[family]
+    student = REPO_ROOT / quick.pretrained
     size = sum(f.stat().st_size for f in student.rglob("*") if f.is_file())
     assert size < 2 * 2**20  # committed only because it is small
     params, config, vocab = checkpoints.load_params(student)
-    gin_utils.parse_gin([quickstart.QUICKSTART_GIN], [], ["."])
-    assert config == configurables.model_config()  # models/tiny_cpu.gin, which quickstart.gin includes
-    assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == 427_008
+    gin_utils.parse_gin([quick.gin_file], [], ["."])
+    assert config == configurables.model_config()  # the model file its quickstart gin includes
+    assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == num_params
     # Its vocabulary (900 pieces and 100 sentinels above them) fits its embeddings.
     assert spm.SentencePieceProcessor(model_file=vocab).get_piece_size() == 900 and config.vocab_size >= 1000
 
 
-def test_the_quickstart_starts_from_the_pretrained_student_unless_told_otherwise():
-    assert quickstart._settings([]) == (800, "pretrained")
+@pytest.mark.parametrize("family", sorted(quickstart.QUICKSTARTS))
+def test_the_quickstart_starts_from_the_pretrained_student_unless_told_otherwise(family):
+    quick = quickstart.QUICKSTARTS[family]
+    assert quickstart._settings([], quick) == (800, "pretrained")
     gin.clear_config()
-    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH=None"]) == (800, "scratch")
+    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH=None"], quick) == (800, "scratch")
     gin.clear_config()
-    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH='/my/ckpt'"]) == (800, None)  # not measured
+    assert quickstart._settings(["INITIAL_CHECKPOINT_PATH='/my/ckpt'"], quick) == (800, None)  # not measured
 
 
 def test_the_quoted_results_are_the_committed_grids_and_the_readmes():
