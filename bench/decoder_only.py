@@ -148,7 +148,7 @@ def bench_train(size: str, hf, model, params) -> dict:
     import numpy as np
     import torch
 
-    from dss_jax import losses, optimizers
+    from dss_jax import losses, optimizers, partitioning
     from dss_jax.data import packing
     from dss_jax.data.row_formats import row_format
     from dss_jax.training.step import Trainer
@@ -163,6 +163,7 @@ def bench_train(size: str, hf, model, params) -> dict:
         loss_config=losses.LossConfig(rationale_weight=1.0),
         optimizer_config=optimizers.OptimizerConfig(name="adamw", learning_rate=5e-5, clip_grad_norm=1.0),
         total_steps=1000,
+        mesh=partitioning.make_mesh(1, jax.devices()[:1]),  # one device, as transformers uses
     )
     state = {"jax": trainer.state_from_params(params)}
     device_batches = [trainer.global_batch(b) for b in batches]

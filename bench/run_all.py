@@ -70,6 +70,19 @@ def benches(out_dir: str) -> list[Bench]:
             ("--sizes=tiny", "--repeats=1", "--batch_size=4", "--max_new_tokens=4", f"--out_dir={out_dir}"),
         ),
         Bench(
+            "decoder_only",
+            (f"--out={os.path.join(out_dir, 'decoder_only.json')}",),
+            (
+                "--sizes=tiny",
+                "--steps=1",
+                "--repeats=1",
+                "--examples_per_step=2",
+                "--decode_batch=2",
+                "--new_tokens=4",
+                f"--out={os.path.join(out_dir, 'decoder_only.json')}",
+            ),
+        ),
+        Bench(
             "gemm_ceiling",
             (f"--json_out={os.path.join(out_dir, 'gemm_ceiling.jsonl')}",),
             ("--tokens=128", "--repeats=1", "--dtypes=float32"),

@@ -186,6 +186,17 @@ def test_make_bench_quick_runs_the_train_benchmark(tmp_path):
     assert "dss_jax / reference real tokens/s" in out and "train_throughput       ok" in out
 
 
+@pytest.mark.torch
+def test_the_decoder_only_bench_trains_and_decodes_the_same_on_both_sides(tmp_path):
+    out = _run([sys.executable, "bench/run_all.py", "--quick", "--only=decoder_only", f"--out_dir={tmp_path}"])
+    result = json.loads((tmp_path / "decoder_only.json").read_text())["sizes"]["tiny"]
+    train, decode = result["train"], result["decode"]
+    # The same weights and examples: the same first loss, the same greedy tokens.
+    assert train["first_loss"]["jax"] == pytest.approx(train["first_loss"]["transformers"], rel=1e-5)
+    assert decode["rows_identical"] == decode["rows"] == 2
+    assert train["ratio"] > 0 and decode["ratio"] > 0 and "decoder_only           ok" in out
+
+
 def test_make_bench_rejects_unknown_benchmarks():
     proc = subprocess.run(
         [sys.executable, "bench/run_all.py", "--only=nope"], cwd=REPO_ROOT, capture_output=True, text=True
