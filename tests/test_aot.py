@@ -288,7 +288,11 @@ def test_a_cached_report_is_quoted_only_for_the_settings_it_was_compiled_with(tm
 @pytest.mark.parametrize(
     "flag, said",
     [
-        ("--size=bse", "aot: error: --size=bse: choose one of tiny, small, base, large, xl, xxl (did you mean base?)"),
+        (
+            "--size=bse",
+            "aot: error: --size=bse: choose one of tiny, small, base, large, xl, xxl, gemma3_270m, gemma3_1b, "
+            "qwen3_0_6b, llama3_2_1b (did you mean base?)",
+        ),
         ("--rules=fsdp-tp", "aot: error: --rules=fsdp-tp: choose one of dp, fsdp, tp, fsdp_tp (did you mean fsdp_tp?)"),
         ("--optimizer=sgd", "aot: error: --optimizer=sgd: choose one of adafactor, adamw"),
         ("--dtype=int8", "aot: error: --dtype=int8: choose one of float32, bfloat16, float16"),

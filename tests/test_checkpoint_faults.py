@@ -848,7 +848,9 @@ def test_a_checkpoint_is_read_with_its_own_runs_files_only(tmp_path, params):
         assert dss_options.bound_option("dss_svamp", "label_target") is None
     finally:
         gin.clear_config()
-    with pytest.raises(student_backend.StudentLoadError, match=rf"has no spiece\.model \(looked in {copy}\)"):
+    with pytest.raises(
+        student_backend.StudentLoadError, match=rf"has no spiece\.model or tokenizer\.json \(looked in {copy}\)"
+    ):
         student_backend.StudentBackend(student_backend.StudentConfig(checkpoint=str(copy), family="svamp"))
     # A step taken out of its run into a folder inside it is not read with the run's config.json.
     moved = run / "old" / "checkpoint_7"
@@ -895,8 +897,8 @@ def test_a_checkpoint_without_its_spiece_model_is_refused_unless_the_vocabulary_
             checkpoints.save_params(tmp_path / "alone", params, CONFIG),
         ):
             expect = (
-                rf"^CHECKPOINT_PATH={copy}: {copy} has no spiece\.model, so the vocabulary the checkpoint was "
-                r"trained with is unknown: copy its run's spiece\.model there, or bind "
+                rf"^CHECKPOINT_PATH={copy}: {copy} has no spiece\.model or tokenizer\.json, so the vocabulary the "
+                r"checkpoint was trained with is unknown: copy its run's vocabulary there, or bind "
                 r"--gin\.task_vocabulary\.spm_path=\"'PATH'\" to it"
             )
             with pytest.raises(cli.UserError, match=expect):

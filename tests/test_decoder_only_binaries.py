@@ -252,6 +252,29 @@ def test_it_trains_from_scratch_with_the_tasks_own_vocabulary(tmp_path):
     train = _metrics(model_dir / "train" / "metrics.jsonl")
     assert train[-1]["loss"] < train[0]["loss"] and train[0]["label/loss"] < 1.5 * np.log(1000)
     assert (model_dir / "spiece.model").is_file()
+    # transformers needs a tokenizer.json: a SentencePiece student is not exported half-made.
+    r = run("export", f"--checkpoint={model_dir}", f"--output={tmp_path / 'hf'}")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not (tmp_path / "hf").exists()
+    assert "a decoder-only export carries a Hugging Face tokenizer.json" in last
+
+
+def test_a_vocabulary_with_another_eos_is_refused_before_anything_is_written(tmp_path):
+    model_dir = tmp_path / "other_eos"
+    r = run(
+        "train",
+        *train_args(
+            model_dir,
+            "--gin_file=models/decoder_only_tiny.gin",
+            "--gin.DecoderOnlyConfig.vocab_size=1000",
+            "--gin.DecoderOnlyConfig.eos_token_id=2",
+            "--gin.EVAL_PERIOD=0",
+        ),
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "ends texts with id 1, but the model stops decoding at eos_token_id=2" in last
+    assert not model_dir.exists()
 
 
 def test_annotate_with_the_student_as_teacher(trained, tmp_path):

@@ -117,8 +117,8 @@ def use_checkpoint_vocabulary(
         from dss_jax.checkpoints import where_described
 
         raise UserError(
-            f"{setting}: {where_described(checkpoint)} has no spiece.model, so the vocabulary the checkpoint was "
-            "trained with is unknown: copy its run's spiece.model there, or bind "
+            f"{setting}: {where_described(checkpoint)} has no spiece.model or tokenizer.json, so the vocabulary the "
+            "checkpoint was trained with is unknown: copy its run's vocabulary there, or bind "
             "--gin.task_vocabulary.spm_path=\"'PATH'\" to it"
         )
     with gin.unlock_config():
