@@ -604,3 +604,47 @@ def test_a_runs_evaluation_may_replace_what_an_interrupted_one_left(tmp_path):
     evaluate = sweep.run_commands(sweep.plan(cfg)[0], cfg)[1]
     assert evaluate[0] == sweep.EVAL and "OVERWRITE = True" in evaluate[2]
     sweep.check_runs(sweep.plan(cfg), cfg)  # eval's gin files read it
+
+
+def test_a_decoder_only_grid_runs_through_the_sweep(tmp_path):
+    """The sweep with a decoder-only student (models/decoder_only_tiny.gin): DSS and its
+    baseline train, validation selects, the test split scores the selected checkpoints,
+    and the report's tables are written."""
+    (tmp_path / "recipe.gin").write_text(
+        RECIPE.replace("sweep_config.sizes = ['tiny']", "sweep_config.sizes = ['decoder_only_tiny']")
+        .replace("TRAIN_STEPS = 3", "TRAIN_STEPS = 4', 'EVAL_PERIOD = 2")
+        .replace("sweep_config.methods = ['dss']", "sweep_config.methods = ['dss_teacher', 'distill']")
+        + "sweep_config.fractions = [1.0]\nsweep_config.selection = 'validation'\nsweep_config.in_process = True\n"
+        + "sweep_config.token_budgets = [100000]\nsweep_config.example_budgets = [8]\n"
+    )
+    (tmp_path / "mini.gin").write_text(
+        MINI + "DecoderOnlyConfig.vocab_size = 1024\nmake_train_eval_hook.max_examples = 4\n"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DSS_CACHE_DIR=str(tmp_path / "cache"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    out = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.sweep",
+        f"--gin_file={tmp_path / 'recipe.gin'}",
+        f"--gin.SWEEP_DIR='{out}'",
+        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
+    ]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["method"] for row in rows] == ["dss_teacher", "distill"]
+    for row in rows:
+        run_dir = out / "runs" / row["run"]
+        assert json.loads((run_dir / "model/config.json").read_text())["family"] == "decoder_only"
+        scored = json.loads((run_dir / f"eval/step_{row['selected_step']}/metrics.json").read_text())
+        assert float(row["accuracy"]) == scored["accuracy"] and scored["num_examples"] == 12
+    assert (out / "results.md").exists() and (out / "budgets.csv").exists()
