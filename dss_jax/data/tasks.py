@@ -76,9 +76,10 @@ def task_vocabulary(
 ) -> seqio.Vocabulary:
     """The vocabulary of tasks registered without one.
 
-    `spm_path`: a SentencePiece model or a checkpoint dir holding spiece.model (a
-    finetuned student). Otherwise a model trained on the text of `corpus_caches` (the
-    task's train cache when resolved for a task; a callable is called only when needed),
+    `spm_path`: a SentencePiece model, a Hugging Face tokenizer.json (decoder-only
+    students), or a checkpoint dir holding either (a finetuned or converted student).
+    Otherwise a model trained on the text of `corpus_caches` (the task's train cache when
+    resolved for a task; a callable is called only when needed),
     cached in `cache_dir` (default: `vocabularies/` under the project's cache directory,
     `data_locations`, so nothing is written beside a user's data), for a student trained
     from scratch.
