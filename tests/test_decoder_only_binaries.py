@@ -304,3 +304,39 @@ def test_annotate_with_the_student_as_teacher(trained, tmp_path):
     records = load_records(out)
     assert sorted(rec.id for rec in records) == ["q0", "q1", "q2"]
     assert all(len(rec.samples) == 1 and rec.samples[0].teacher.startswith("student:") for rec in records)
+
+
+def test_the_single_task_ablation_trains_one_target_and_eval_splits_it(tmp_path):
+    """λ = 0 with the label target 'rationale_then_label': one `predict:` target holding
+    both parts (24 + 96 tokens); eval reads how the run was trained from its task.json and
+    splits them. Rows too short for that target are named in one line first."""
+    model_dir = tmp_path / "single_task"
+    single_task = [
+        "--gin_file=models/decoder_only_tiny.gin",
+        "--gin.DecoderOnlyConfig.vocab_size=1000",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.RATIONALE_WEIGHT=0.0",
+        "--gin.task_options.label_target='rationale_then_label'",
+    ]
+    r = run("train", *train_args(model_dir, *single_task, "--gin.DssFeatureConverter.pack_decoder_length=100"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not model_dir.exists()
+    assert "DssFeatureConverter.pack_decoder_length=100 < 120; raise it or shorten TASK_FEATURE_LENGTHS" in last
+    r = run("train", *train_args(model_dir, *single_task))
+    assert r.returncode == 0, r.stderr[-3000:]
+    train = _metrics(model_dir / "train" / "metrics.jsonl")
+    assert all(m["rationale/tokens"] == 0 and m["label/tokens"] > 0 for m in train)
+    out = tmp_path / "eval"
+    r = run(
+        "eval",
+        "--gin_file=runs/eval.gin",
+        "--gin_file=tasks/synthetic.gin",
+        f"--gin.CHECKPOINT_PATH='{model_dir}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+        "--gin.MAX_EXAMPLES=4",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (predictions,) = out.rglob("predictions.jsonl")
+    rows = _metrics(predictions)
+    assert len(rows) == 4 and all("rationale" in row and "prediction" in row for row in rows)

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from dss_jax.cli import UserError
 from dss_jax.features import (
     DECODER_FEATURES,
     DECODER_ONLY_FEATURES,
@@ -174,6 +175,10 @@ class DecoderOnlyRows:
         return int(np.count_nonzero(real & (weights == 0))), 0, int(weights.sum()), weights.size
 
 
+class RowLengthError(UserError, ValueError):
+    """Packed rows set shorter than the longest segment the task feature lengths allow."""
+
+
 def row_format(layout: str, lengths: Sequence[int], bos_id: int = 0):
     """The rows of a batch layout: `lengths` (encoder, decoder) or (length,)."""
     if layout == "encoder_decoder":
@@ -210,8 +215,14 @@ def layout_lengths(
         return longest if layout == "encoder_decoder" else (max(i + t - 1 for i, t in zip(inputs, targets)),)
     rows = (pack_encoder_length or longest[0], pack_decoder_length or longest[1])
     if rows[0] < longest[0] or rows[1] < longest[1]:
-        raise ValueError(
+        short = [
+            f"DssFeatureConverter.pack_{side}_length={row} < {need}"
+            for side, row, need in zip(("encoder", "decoder"), rows, longest)
+            if row < need
+        ]
+        raise RowLengthError(
             f"packed rows ({rows[0]} encoder, {rows[1]} decoder tokens) must hold the longest segment "
-            f"({longest[0]}, {longest[1]} from the task feature lengths {dict(task_feature_lengths)})"
+            f"({longest[0]}, {longest[1]} from the task feature lengths {dict(task_feature_lengths)}): "
+            f"{'; '.join(short)}; raise it or shorten TASK_FEATURE_LENGTHS"
         )
     return rows if layout == "encoder_decoder" else (rows[0] + rows[1] - 1,)
