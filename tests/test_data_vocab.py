@@ -66,19 +66,24 @@ def test_lazy_vocabulary_resolves_on_first_use(tmp_path):
     assert lazy.sentencepiece_model_file == str(model) and lazy == real and len(calls) == 1
 
 
-def _tokenizer_dir(tmp_path, config=None):
-    """A small byte-level BPE tokenizer.json, as Llama 3 and Qwen ship theirs."""
+def _tokenizer_dir(tmp_path, config=None, texts=CORPUS, vocab_size=400, bos=False):
+    """A small byte-level BPE tokenizer.json, as Llama 3 and Qwen ship theirs; with `bos`,
+    one that starts every text with BOS, as Llama 3's does."""
     import json
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.train_from_iterator(texts, trainer)
+    if bos:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     config = config or {"eos_token": "<eos>", "bos_token": {"content": "<bos>", "special": True}}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))

@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_data_vocab import _tokenizer_dir
 
 from conftest import REPO_ROOT
 
@@ -35,29 +36,6 @@ def run(binary, *args, timeout=600):
     )
 
 
-def _tokenizer(directory, texts):
-    """A byte-level BPE tokenizer.json that starts every text with BOS, as Llama 3's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {
-        "eos_token": "<eos>",
-        "bos_token": "<bos>",
-        "pad_token": "<pad>",
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    return tokenizer.get_vocab_size()
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A random tiny Llama saved by transformers, with a tokenizer trained on the task's text."""
@@ -67,7 +45,15 @@ def hf_dir(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("llama")
     gin.clear_config()
-    size = _tokenizer(directory, vocab.cache_texts([tasks.synthetic.cache_path("train")]))
+    texts = vocab.cache_texts([tasks.synthetic.cache_path("train")])
+    config = {
+        "eos_token": "<eos>",
+        "bos_token": "<bos>",
+        "pad_token": "<pad>",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    _tokenizer_dir(directory, config, texts, vocab_size=600, bos=True)
+    size = vocab.TokenizerJsonVocabulary(directory).vocab_size
     config = transformers.LlamaConfig(
         vocab_size=size,
         hidden_size=32,
@@ -128,6 +114,22 @@ def _metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def eval_predictions(model_dir, out, *extra) -> list[dict]:
+    """The eval binary on the run's latest checkpoint (test split): its predictions.jsonl rows."""
+    r = run(
+        "eval",
+        "--gin_file=runs/eval.gin",
+        "--gin_file=tasks/synthetic.gin",
+        f"--gin.CHECKPOINT_PATH='{model_dir}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+        *extra,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (predictions,) = out.rglob("predictions.jsonl")
+    return _metrics(predictions)
+
+
 def test_it_trains_from_a_converted_checkpoint_with_its_tokenizer(trained, hf_dir):
     _, model_dir = trained
     train = _metrics(model_dir / "train" / "metrics.jsonl")
@@ -170,21 +172,14 @@ def test_a_resumed_run_is_bit_exact(trained, tmp_path):
 def test_eval_decodes_labels_and_rationales(trained, tmp_path, method):
     _, model_dir = trained
     out = tmp_path / "eval"
-    r = run(
-        "eval",
-        "--gin_file=runs/eval.gin",
-        "--gin_file=tasks/synthetic.gin",
-        f"--gin.CHECKPOINT_PATH='{model_dir}'",
-        f"--gin.EVAL_OUTPUT_DIR='{out}'",
-        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+    rows = eval_predictions(
+        model_dir,
+        out,
         "--gin.MAX_EXAMPLES=6",
         "--gin.OUTPUT_RATIONALE=True",
         f"--gin.DecodeSettings.method='{method}'",
         "--gin.DecodeSettings.num_beams=2",
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (predictions,) = out.rglob("predictions.jsonl")
-    rows = _metrics(predictions)
     assert len(rows) == 6 and all("rationale" in row and "prediction" in row for row in rows)
 
 
@@ -327,16 +322,5 @@ def test_the_single_task_ablation_trains_one_target_and_eval_splits_it(tmp_path)
     train = _metrics(model_dir / "train" / "metrics.jsonl")
     assert all(m["rationale/tokens"] == 0 and m["label/tokens"] > 0 for m in train)
     out = tmp_path / "eval"
-    r = run(
-        "eval",
-        "--gin_file=runs/eval.gin",
-        "--gin_file=tasks/synthetic.gin",
-        f"--gin.CHECKPOINT_PATH='{model_dir}'",
-        f"--gin.EVAL_OUTPUT_DIR='{out}'",
-        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
-        "--gin.MAX_EXAMPLES=4",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (predictions,) = out.rglob("predictions.jsonl")
-    rows = _metrics(predictions)
+    rows = eval_predictions(model_dir, out, "--gin.MAX_EXAMPLES=4")
     assert len(rows) == 4 and all("rationale" in row and "prediction" in row for row in rows)

@@ -56,6 +56,29 @@ def test_plan_covers_the_grid_and_methods_bind_the_baselines():
     assert "RATIONALE_WEIGHT = 0.5" in dss
 
 
+def _sweep(tmp_path, out, *bindings, timeout=900) -> subprocess.CompletedProcess:
+    """`python -m dss_jax.sweep` on tmp_path's recipe.gin (RECIPE) and mini.gin (MINI), into
+    `out`, on one CPU device with its own data cache."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        DSS_CACHE_DIR=str(tmp_path / "cache"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "dss_jax.sweep",
+        f"--gin_file={tmp_path / 'recipe.gin'}",
+        f"--gin.SWEEP_DIR='{out}'",
+        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
+        *bindings,
+    ]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 RECIPE = """
 sweep_config.sweep_dir = %SWEEP_DIR
 sweep_config.task_gin = 'tasks/synthetic.gin'
@@ -85,26 +108,9 @@ def test_two_point_sweep_end_to_end(tmp_path):
     and scores."""
     (tmp_path / "recipe.gin").write_text(RECIPE)
     (tmp_path / "mini.gin").write_text(MINI)
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DSS_CACHE_DIR=str(tmp_path / "cache"),
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-    )
 
     def sweep_in(out, *bindings, timeout=900):
-        cmd = [
-            sys.executable,
-            "-m",
-            "dss_jax.sweep",
-            f"--gin_file={tmp_path / 'recipe.gin'}",
-            f"--gin.SWEEP_DIR='{out}'",
-            f"--gin.MINI='{tmp_path / 'mini.gin'}'",
-            *bindings,
-        ]
-        r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        r = _sweep(tmp_path, out, *bindings, timeout=timeout)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
     out = tmp_path / "sweep"
@@ -489,24 +495,8 @@ def test_a_sweep_selecting_on_validation_scores_the_selected_checkpoints_on_test
         + "sweep_config.token_budgets = [4000, 100000]\nsweep_config.example_budgets = [40]\n"
     )
     (tmp_path / "mini.gin").write_text(MINI + "make_train_eval_hook.max_examples = 8\n")
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DSS_CACHE_DIR=str(tmp_path / "cache"),
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-    )
     out = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dss_jax.sweep",
-        f"--gin_file={tmp_path / 'recipe.gin'}",
-        f"--gin.SWEEP_DIR='{out}'",
-        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
-    ]
-    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = _sweep(tmp_path, out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -533,7 +523,7 @@ def test_a_sweep_selecting_on_validation_scores_the_selected_checkpoints_on_test
     for name in ("results.md", "figure.png", "figure_budgets.png"):
         assert (out / name).exists()
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")}
-    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = _sweep(tmp_path, out, timeout=300)
     assert (
         r.returncode == 0 and {p: p.stat().st_mtime_ns for p in out.glob("runs/*/eval/step_*/metrics.json")} == before
     )
@@ -620,24 +610,8 @@ def test_a_decoder_only_grid_runs_through_the_sweep(tmp_path):
     (tmp_path / "mini.gin").write_text(
         MINI + "DecoderOnlyConfig.vocab_size = 1024\nmake_train_eval_hook.max_examples = 4\n"
     )
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DSS_CACHE_DIR=str(tmp_path / "cache"),
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-    )
     out = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dss_jax.sweep",
-        f"--gin_file={tmp_path / 'recipe.gin'}",
-        f"--gin.SWEEP_DIR='{out}'",
-        f"--gin.MINI='{tmp_path / 'mini.gin'}'",
-    ]
-    r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = _sweep(tmp_path, out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
