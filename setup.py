@@ -38,6 +38,8 @@ setup(
         "torch": ["torch>=2.4", "transformers>=4.46"],
         # Readers for the datasets from Hugging Face (dss_jax.data.hf_readers).
         "hf": ["datasets>=2.14"],
+        # Install these through `make install-gpu` / `make install-tpu` (launch/install.sh), which
+        # pin every package to the tested versions (constraints/gpu.txt, constraints/tpu.txt).
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

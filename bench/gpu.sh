@@ -2,8 +2,8 @@
 # The GPU training benchmark: dss_jax's packed train step for T5 v1.1 base and large in
 # bfloat16, with step time, real tokens/s and model FLOPs utilisation (MFU).
 #
-#   bench/gpu.sh             on a machine with a GPU and a JAX that sees it (jax[cuda12],
-#                            the `gpu` extra, installed beforehand: this script installs
+#   bench/gpu.sh             on a machine with a GPU and a JAX that sees it (jax[cuda12]:
+#                            `make install-gpu` beforehand: this script installs
 #                            nothing and reaches no network)
 #   bench/gpu.sh --dry-run   the same path on CPU with the tiny shape and 2 steps (checks
 #                            the script; its "MFU" is against a nominal 1 TFLOP/s)
@@ -79,7 +79,7 @@ else
   PEAK_TFLOPS=${PEAK_TFLOPS:-0}
   if ! "$PYTHON" -c 'import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)' 2>/dev/null; then
     echo "bench/gpu.sh: JAX sees no GPU (backend: $("$PYTHON" -c 'import jax; print(jax.default_backend())' 2>/dev/null || echo 'jax not importable'))." >&2
-    echo "Install jax[cuda12] (pip install -e '.[gpu]') beforehand, or run 'bench/gpu.sh --dry-run' to check the script on CPU." >&2
+    echo "Install jax[cuda12] (make install-gpu) beforehand, or run 'bench/gpu.sh --dry-run' to check the script on CPU." >&2
     exit 2
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true

@@ -35,11 +35,11 @@ its figures are the TPU's: its layouts, fusions and scheduler. It refuses a prog
 does not fit the device's HBM; the report then says "does not fit" with the compiler's
 numbers (`fits`, `compiler_message`) instead of failing. Every report names the compiler
 that produced it. libtpu is looked for on the path of the compiling process only
-(`make test` installs it into .venv/libtpu; $DSS_LIBTPU_DIR elsewhere), so that ordinary
-CPU runs never load it.
+(`make compilers`, which `make test` runs, installs it into .venv/libtpu; $DSS_LIBTPU_DIR
+elsewhere), so that ordinary CPU runs never load it.
 
 With `--target=gpu:<kind>:<hosts>x<gpus per host>` (e.g. `gpu:h100:32x8`: 256 H100s) XLA's
-GPU compiler (JAX's CUDA plugin, `make test` installs it into .venv/cuda_plugin;
+GPU compiler (JAX's CUDA plugin, `make compilers` installs it into .venv/cuda_plugin;
 $DSS_CUDA_PLUGIN_DIR elsewhere) compiles the step for compile-only GPUs described by a
 shipped target config (dss_jax/gpu_targets/: h100, h200). The GPU compiler does not
 refuse a program that is too large, so the report's `fits` is checked here: the
@@ -64,6 +64,8 @@ import sys
 import tempfile
 import time
 from typing import Any, Optional
+
+from dss_jax import cli
 
 # State tensors at least this large (elements) must never be whole on a device.
 LARGE_ELEMENTS = 1 << 20
@@ -445,10 +447,10 @@ def target_devices(config: AotConfig) -> tuple[list, str]:
                     "gpu", "cuda", topology=f"1x{hosts}x{per_host}", target_config=f.read()
                 )
         except Exception as e:  # no CUDA plugin
-            raise RuntimeError(
+            raise cli.UserError(
                 f"target={config.target!r}: no GPU compiler ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); install jax-cuda12-plugin and jax-cuda12-pjrt "
-                f"of this jax's version (make test puts them in {cuda_plugin_dir()})"
+                f"{str(e).splitlines()[0] if str(e) else ''}); `make compilers` installs JAX's CUDA plugin, "
+                f"pinned by constraints/gpu.txt, into {cuda_plugin_dir()} (or set DSS_CUDA_PLUGIN_DIR)"
             ) from None
         devices = list(topology.devices)
         return devices, f"XLA GPU compiler ({kind} x {len(devices)}, {devices[0].device_kind})"
@@ -457,13 +459,14 @@ def target_devices(config: AotConfig) -> tuple[list, str]:
         devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
     except Exception as e:  # no libtpu, a name it does not know, or libtpu held by another process
         held = "lockfile" in str(e)
-        raise RuntimeError(
+        raise cli.UserError(
             f"target={config.target!r}: no TPU compiler for topology {topology!r} ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); "
             + (
                 "another process holds libtpu: set ALLOW_MULTIPLE_LIBTPU_LOAD=1 (compile-only devices share no TPU)"
                 if held
-                else f"install libtpu (make test puts it in {libtpu_dir()})"
+                else f"`make compilers` installs libtpu, pinned by constraints/tpu.txt, into {libtpu_dir()} "
+                "(or set DSS_LIBTPU_DIR)"
             )
         ) from None
     return devices, f"TPU compiler ({topology}, {devices[0].device_kind})"
@@ -714,4 +717,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guard(main, "aot")())

@@ -158,6 +158,38 @@ def derived_shardings(tree: Any, params: Any, params_sharding: Any, mesh: Mesh) 
     return jax.tree_util.tree_map_with_path(pick, tree)
 
 
+def describe_layout(mesh: Mesh, rules: Any, abstract_params: Any, params_sharding: Any) -> str:
+    """One line for the train start: the platform and devices, the mesh, and how the
+    parameters are laid out over it (how many of them each device holds, and the share
+    of the parameters split over each mesh axis), as T5X logs its partitioning."""
+    device = mesh.devices.flat[0]
+    per_axes: dict[tuple, int] = {}
+    per_device = 0
+
+    def count(leaf, sharding):
+        nonlocal per_device
+        named = {a for entry in sharding.spec if entry for a in ((entry,) if isinstance(entry, str) else entry)}
+        axes = tuple(a for a in mesh.axis_names if a in named)
+        size = int(np.prod(leaf.shape))
+        per_axes[axes] = per_axes.get(axes, 0) + size
+        per_device += size // int(np.prod([mesh.shape[a] for a in axes]))
+
+    jax.tree_util.tree_map(count, abstract_params, params_sharding)
+    total = sum(per_axes.values())
+    shares = ", ".join(
+        f"{f'{100 * n / total:.1f}' if n >= total / 1000 else '<0.1'}% "
+        f"{'over ' + '+'.join(axes) if axes else 'replicated'}"
+        for axes, n in sorted(per_axes.items(), key=lambda item: -item[1])
+    )
+    mesh_text = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    rules_text = rules if isinstance(rules, str) else "custom"
+    return (
+        f"{device.platform} ({mesh.devices.size} x {device.device_kind}, {jax.process_count()} process"
+        f"{'es' if jax.process_count() > 1 else ''}): mesh {mesh_text}, rules {rules_text!r}; "
+        f"{total:,} parameters, {per_device:,} per device ({shares})"
+    )
+
+
 def _dict_keys(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "name", None)) for k in path if hasattr(k, "key") or hasattr(k, "name"))
 

@@ -5,7 +5,9 @@
 #
 # Commands (in the order a run needs them):
 #   copy     pack this repository (without .git/.venv) and unpack it on every worker in ~/dss_jax
-#   install  create ~/dss_jax/.venv on every worker and `pip install -e .[tpu]` into it
+#   install  create ~/dss_jax/.venv on every worker and install dss_jax for TPU into it,
+#            pinned (launch/install.sh tpu: jax[tpu] with libtpu, constraints/tpu.txt);
+#            --extras=hf,... adds setup.py extras
 #   train    start `python -m dss_jax.train TRAIN FLAGS` on every worker, detached; each worker
 #            logs to ~/dss_runs/RUN_NAME/worker_N.log and records its pid beside it
 #   status   show whether each worker's process is alive, and the last lines of its log
@@ -24,7 +26,8 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+  # The comment block at the top of this file, without its '# '.
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
   exit 2
 }
 
@@ -33,7 +36,7 @@ die() {
   exit 2
 }
 
-TPU="" ZONE="" PROJECT="" RUN_NAME="" DRY_RUN=0 YES=0 GRACE=120 EXTRA="tpu" CMD=""
+TPU="" ZONE="" PROJECT="" RUN_NAME="" DRY_RUN=0 YES=0 GRACE=120 EXTRAS="" CMD=""
 # Remote paths: `~` must expand on the worker, not here.
 # shellcheck disable=SC2088
 REMOTE_DIR='~/dss_jax'
@@ -48,7 +51,7 @@ while [[ $# -gt 0 ]]; do
     --project=*) PROJECT="${1#*=}" ;;
     --run_name=*) RUN_NAME="${1#*=}" ;;
     --grace=*) GRACE="${1#*=}" ;;
-    --extra=*) EXTRA="${1#*=}" ;;
+    --extras=*) EXTRAS="${1#*=}" ;;
     --dry_run) DRY_RUN=1 ;;
     --yes) YES=1 ;;
     -h | --help) usage ;;
@@ -68,6 +71,7 @@ fi
 [[ -n "$CMD" ]] || die "no command given: copy | install | train | status | logs | stop | delete | up"
 [[ -n "$TPU" ]] || die "--tpu=NAME is required (the TPU VM's name)"
 [[ -n "$ZONE" ]] || die "--zone=ZONE is required (e.g. us-central2-b)"
+[[ "$EXTRAS" =~ ^[a-z0-9_,-]*$ ]] || die "--extras takes setup.py extras separated by commas (e.g. hf), got '$EXTRAS'"
 [[ "$GRACE" =~ ^[0-9]+$ ]] || die "--grace must be a number of seconds, got '$GRACE'"
 [[ "$RUN_NAME" =~ ^[A-Za-z0-9._-]*$ ]] || die "--run_name may only contain letters, digits, '.', '_' and '-'"
 if [[ -z "$RUN_NAME" ]]; then
@@ -116,8 +120,9 @@ cmd_copy() {
 }
 
 cmd_install() {
-  # TPU VM images may lack python3-venv; it is installed on first use.
-  on_all_workers "cd $REMOTE_DIR && { test -x .venv/bin/python || python3 -m venv .venv || { sudo apt-get install -y -q python3-venv && python3 -m venv .venv; }; } && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[$EXTRA]'"
+  # One install path for every platform: launch/install.sh (it finds a Python 3.11+ and
+  # installs a missing venv module on first use).
+  on_all_workers "cd $REMOTE_DIR && bash launch/install.sh tpu ${EXTRAS//,/ }"
 }
 
 cmd_train() {

@@ -5,6 +5,7 @@ The full XL/XXL table is launch/memory_table.py (minutes per row); these tests c
 small layer counts so that they fit the suite's budget."""
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -194,6 +195,18 @@ def test_two_processes_can_compile_for_tpu_at_once():
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_tpu_target_without_libtpu_says_in_one_line_how_to_install_it(tmp_path):
+    env = {**os.environ, "DSS_LIBTPU_DIR": str(tmp_path / "no_libtpu")}
+    flags = ["--size=tiny", "--num_devices=4", "--batch_size=8", "--target=tpu:v5e:2x2"]
+    r = subprocess.run(
+        [sys.executable, "-m", "dss_jax.aot", *flags], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("aot: error: target='tpu:v5e:2x2': no TPU compiler"), r.stderr
+    assert "`make compilers` installs libtpu, pinned by constraints/tpu.txt" in lines[0]
 
 
 def test_a_target_is_cpu_a_tpu_topology_or_a_shipped_gpu_kind():

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT
 
 LAUNCH = REPO_ROOT / "launch"
-SCRIPTS = ["tpu_pod.sh", "slurm_gpu.sbatch", "slurm_task.sh"]
+SCRIPTS = ["tpu_pod.sh", "slurm_gpu.sbatch", "slurm_task.sh", "install.sh"]
 
 
 def run(cmd, env=None, **kw):
@@ -306,7 +306,7 @@ def test_tpu_pod_dry_run_prints_every_step_for_all_workers():
     for line in gcloud:
         assert line.startswith("gcloud compute tpus tpu-vm ")
         assert "--worker=all" in line and "--zone=us-central2-b" in line and "--project=p" in line
-    assert "pip\\ install" in gcloud[2] and ".\\[tpu\\]" in gcloud[2]
+    assert "bash\\ launch/install.sh\\ tpu" in gcloud[2]  # the pinned TPU install, as make install-tpu
     assert "dss_jax.train" in gcloud[3] and "DSS_JAX_DISTRIBUTED=auto" in gcloud[3]
 
 

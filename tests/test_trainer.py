@@ -112,6 +112,12 @@ def test_rule_sets_match_one_device(rules, num_partitions, batches, single_devic
         for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
     }
     flat = " ".join(str(s) for s in specs.values())
+    # The train start line tells how many parameters each device holds: what it really holds.
+    leaves = jax.tree_util.tree_leaves(state.params)
+    held = sum(x.addressable_shards[0].data.size for x in leaves)
+    line = partitioning.describe_layout(mesh, rules, trainer.abstract_params, trainer.params_sharding)
+    assert f"{sum(x.size for x in leaves):,} parameters, {held:,} per device" in line, line
+    assert f"cpu ({len(cpu_devices)} x cpu" in line and f"rules {rules!r}" in line, line
     if rules == "dp":
         assert "data" not in flat and "model" not in flat
     if "fsdp" in rules:

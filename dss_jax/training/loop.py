@@ -130,6 +130,12 @@ def train(
             dropout_rng=dropout_rng,
         )
         _check_vocab_size(model, task_name, initial_checkpoint_path)
+        logging.info(
+            "%s",
+            partitioning.describe_layout(
+                trainer.mesh, partition_config.rules, trainer.abstract_params, trainer.params_sharding
+            ),
+        )
         if batch_unit == "examples":  # BATCH_SIZE examples per step, packed into a fixed number of rows
             local_examples, row_multiple = _local_examples(batch_size, num_microbatches, trainer.mesh)
             batch_args = {"batch_size": local_examples, "batch_unit": "examples", "row_multiple": row_multiple}
