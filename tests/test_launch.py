@@ -196,10 +196,28 @@ def test_sbatch_runs_one_task_script_per_process_with_the_first_node_as_coordina
     )
     assert r.returncode == 0, r.stderr
     assert "coordinator gpu-node-007:24242" in r.stdout  # 20000 + job id % 20000
-    srun = r.stdout.strip().splitlines()[-1]
+    preflight, srun = r.stdout.strip().splitlines()[-2:]
+    assert preflight.startswith("srun --ntasks-per-node=1 --ntasks=5001 bash -c")  # one check per node
     assert srun.startswith("srun --kill-on-bad-exit=1 --output=")
     assert "process_%t.log" in srun and "launch/slurm_task.sh" in srun
     assert "--gin.MODEL_DIR=\\'/shared/x\\'" in srun
+
+
+def test_sbatch_names_a_node_that_does_not_share_the_repository_before_any_process_starts(fake_slurm, tmp_path):
+    # A stand-in srun that runs its command here, as on one node: this node lacks the interpreter.
+    bin_dir = tmp_path / "bin"
+    write_exe(
+        bin_dir / "srun",
+        '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\necho "srun: $1 $2" >> "$SRUN_LOG"\nexec "$@"\n',
+    )
+    env = {**fake_slurm, "DRY_RUN": "0", "SRUN_LOG": str(tmp_path / "srun.log"), "DSS_JAX_PYTHON": "/no/venv/python"}
+    r = run(["bash", str(LAUNCH / "slurm_gpu.sbatch"), "--gin_file=runs/train.gin"], env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"slurm_gpu.sbatch: node {socket.gethostname()} has no /no/venv/python: this launcher needs the repository, "
+        "its .venv, the logs, the data and MODEL_DIR on a file system every node shares"
+    )
+    assert (tmp_path / "srun.log").read_text().splitlines() == ["srun: bash -c"]  # the trainers never started
 
 
 def test_sbatch_outside_slurm_says_so(fake_slurm):
@@ -302,12 +320,13 @@ def test_tpu_pod_dry_run_prints_every_step_for_all_workers():
     assert lines[0].startswith("tar ")
     assert lines[3].startswith("rm -r /")  # the local tarball, once unpacked on the workers
     gcloud = lines[1:3] + lines[4:]
-    assert len(gcloud) == 4  # scp, unpack, install, train
+    assert len(gcloud) == 5  # scp, unpack, install, check the staged data, train
     for line in gcloud:
         assert line.startswith("gcloud compute tpus tpu-vm ")
         assert "--worker=all" in line and "--zone=us-central2-b" in line and "--project=p" in line
     assert "bash\\ launch/install.sh\\ tpu" in gcloud[2]  # the pinned TPU install, as make install-tpu
-    assert "dss_jax.train" in gcloud[3] and "DSS_JAX_DISTRIBUTED=auto" in gcloud[3]
+    assert "sha256sum" in gcloud[3]
+    assert "dss_jax.train" in gcloud[4] and "DSS_JAX_DISTRIBUTED=auto" in gcloud[4]
 
 
 FAKE_GCLOUD = r'''#!/usr/bin/env python3
@@ -329,14 +348,15 @@ if verb == "ssh":
         env = {**os.environ, "HOME": home, "DSS_WORKER_ID": str(w)}
         code |= subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode
 elif verb == "scp":
-    src, dst = [a for a in rest if not a.startswith("--")]
+    *sources, dst = [a for a in rest if not a.startswith("--")]
     for home in homes:
         os.makedirs(home, exist_ok=True)
-        if ":" in dst:  # upload
-            shutil.copy(src, dst.split(":", 1)[1].replace("~", home))
-        else:  # download
-            for path in glob.glob(src.split(":", 1)[1].replace("~", home)):
-                shutil.copy(path, dst)
+        for src in sources:
+            if ":" in dst:  # upload
+                shutil.copy(src, dst.split(":", 1)[1].replace("~", home))
+            else:  # download
+                for path in glob.glob(src.split(":", 1)[1].replace("~", home)):
+                    shutil.copy(path, dst)
 sys.exit(code)
 '''
 
@@ -417,3 +437,73 @@ def test_tpu_pod_copies_starts_reports_collects_and_stops_on_every_worker(fake_p
     r = tpu(*common, "--yes", "delete", env=env)
     assert r.returncode == 0, r.stderr
     assert (root / "calls.log").read_text().splitlines()[-1].startswith("compute tpus tpu-vm delete pod1")
+
+
+def test_tpu_pod_stages_data_on_every_worker_and_will_not_train_on_data_that_differs(fake_pod, tmp_path):
+    root, env = fake_pod
+    # A data directory beside this repository (as ../shared/data/dss_palm is) and one elsewhere.
+    beside = pathlib.Path(REPO_ROOT).parent / "shared" / "data" / "dss_palm"
+    elsewhere = tmp_path / "my cache" / "teacher"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "train.jsonl").write_text('{"input": "1+1", "label": "2"}\n')
+    (elsewhere / "sub").mkdir()
+    (elsewhere / "sub" / "rationales.jsonl").write_text('{"rationale": "one and one"}\n')
+    common = ["--tpu=pod1", "--zone=z", "--run_name=r2"]
+    data = [f"--data={elsewhere}", f"--data={elsewhere}:caches/teacher"]
+    if beside.is_dir():
+        data.append(f"--data={beside}")
+
+    r = tpu(*common, *data, "copy", env=env)
+    assert r.returncode == 0, r.stderr
+    for w in (0, 1):
+        home = root / f"worker{w}"
+        for staged in (home / "dss_data" / "teacher", home / "caches" / "teacher"):
+            assert (staged / "sub" / "rationales.jsonl").read_text() == '{"rationale": "one and one"}\n'
+        if beside.is_dir():  # where the tasks' default (../shared/data/dss_palm) finds it
+            assert sorted(p.name for p in (home / "shared" / "data" / "dss_palm").iterdir()) == sorted(
+                p.name for p in beside.iterdir()
+            )
+        venv = home / "dss_jax" / ".venv" / "bin"
+        venv.mkdir(parents=True)
+        write_exe(venv / "python", STUB_TRAINER)
+
+    r = tpu(*common, "check", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "worker 1: ~/caches/teacher as staged" in r.stdout
+
+    # One worker's copy changes: check names it, and train starts nowhere.
+    (root / "worker1" / "caches" / "teacher" / "sub" / "rationales.jsonl").write_text("{}\n")
+    r = tpu(*common, "check", env=env)
+    assert r.returncode != 0
+    assert "worker 1: ~/caches/teacher differs from what copy staged: run copy --data again" in r.stdout
+    assert "worker 0: ~/caches/teacher as staged" in r.stdout
+    r = tpu(*common, "train", "--", "--gin_file=runs/train.gin", env=env)
+    assert r.returncode != 0
+    assert not list(root.glob("worker*/dss_runs/r2/*.pid"))
+    shutil.rmtree(root / "worker0" / "dss_data" / "teacher")
+    r = tpu(*common, "check", env=env)
+    assert "worker 0: ~/dss_data/teacher is missing: run copy --data again" in r.stdout
+
+    # Staged again, every worker has it as it is here, and the run starts.
+    r = tpu(*common, *data, "copy", env=env)
+    assert r.returncode == 0, r.stderr
+    r = tpu(*common, "train", "--", "--gin_file=runs/train.gin", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "worker 0: pid" in r.stdout and "worker 1: pid" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/no/such/dir", "--data=/no/such/dir: /no/such/dir is not a directory here"),
+        ("{repo}/gin", "--data={repo}/gin: {repo}/gin is in this repository, which copy ships already"),
+        ("{tmp}:../up", "--data={tmp}:../up: the worker directory '../up' may only hold letters"),
+        ("{tmp}:dss_jax/x", "--data={tmp}:dss_jax/x: '~/dss_jax/x' is the worker's home or its copy of this"),
+    ],
+)
+def test_tpu_pod_refuses_data_it_cannot_stage_before_copying_anything(fake_pod, tmp_path, spec, message):
+    root, env = fake_pod
+    spec, message = (x.format(repo=REPO_ROOT, tmp=tmp_path) for x in (spec, message))
+    r = tpu("--tpu=pod1", "--zone=z", f"--data={spec}", "copy", env=env)
+    assert r.returncode == 2 and r.stderr.startswith(f"tpu_pod.sh: {message}"), r.stderr
+    assert not (root / "calls.log").exists()
