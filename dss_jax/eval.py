@@ -12,6 +12,9 @@ select), `"'all'"` or `[1000, 2000]`; each step's outputs then go to
 EVAL_OUTPUT_DIR/step_<step>/. Outputs: predictions.jsonl (id, input, target, prediction,
 rationale when asked, teacher_label when known, correct), metrics.json, and TensorBoard
 scalars + metrics.jsonl and config.gin in EVAL_OUTPUT_DIR; a short table is printed.
+MIXTURE_OR_TASK_NAME may be a SeqIO mixture of DSS tasks: each task is scored into TASK/
+under the step's directory, and metrics.json holds each task's metrics (`TASK/accuracy`)
+and their unweighted mean (`accuracy`).
 Beam search: `--gin.DecodeSettings.method="'beam'"`; the student's rationales:
 `--gin.OUTPUT_RATIONALE=True`. SPLIT (default 'test') picks the split.
 
@@ -86,31 +89,37 @@ def evaluate_checkpoints(
     run trained with (refused otherwise: inputs and gold labels would be scored cut).
     """
     import jax
+    import seqio
 
     from dss_jax import checkpoints
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.metrics_writer import MetricsWriter
-    from dss_jax.scoring import METRICS_FILE, decode_and_score, load_examples, write_outputs
+    from dss_jax.scoring import METRICS_FILE, decode_and_score, mixture_metrics, tasks_examples, write_tasks_outputs
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
     setting = f"CHECKPOINT_PATH={checkpoint_path}"
     per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
     subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
     check_eval_outputs(output_dir, subdirs, checkpoint_path, overwrite)
-    dss_options.use_run_options(task_name, chosen[0][1], setting)
+    if task_name not in seqio.TaskRegistry.names() and task_name not in seqio.MixtureRegistry.names():
+        dss_tasks.get_task(task_name)  # the error lists the registered tasks
+    for name in dss_tasks.task_names(task_name):  # each task of a mixture
+        dss_options.use_run_options(name, chosen[0][1], setting)
     if not allow_shorter_lengths:
         dss_lengths.check_not_shorter(
             feature_lengths,
             chosen[0][1],
             setting,
             "evaluate_checkpoints.allow_shorter_lengths",
-            dss_lengths.used_features(output_rationale, dss_options.current_options(task_name).label_target),
+            dss_lengths.used_features(output_rationale, dss_options.label_target(task_name)),
         )
     vocab_path = checkpoints.find_vocabulary(chosen[0][1])
     dss_tasks.use_checkpoint_vocabulary(task_name, vocab_path, setting, checkpoint=chosen[0][1])
+    dss_tasks.vocabulary_of(task_name)  # a mixture's tasks share one
     first = checkpoints.load_checkpoint(chosen[0][1], dtype)  # read and verified before anything is written
-    examples = load_examples(task_name, split, feature_lengths, max_examples)
-    logging.info("%s/%s: %d examples", task_name, split, len(examples))
+    examples = tasks_examples(task_name, split, feature_lengths, max_examples)
+    for name, task_examples in examples.items():
+        logging.info("%s/%s: %d examples", name, split, len(task_examples))
     writer = MetricsWriter(output_dir)
     files.atomic_write(os.path.join(output_dir, CONFIG_FILE), gin.config_str())  # how these outputs were made
     results: dict[Optional[int], dict[str, float]] = {}
@@ -118,23 +127,27 @@ def evaluate_checkpoints(
         for step, path in chosen:
             model, params, _ = first or checkpoints.load_checkpoint(path, dtype)
             first = None
-            result = decode_and_score(
-                model,
-                params,
-                examples,
-                batch_size=batch_size,
-                decode=decode,
-                progress=True,
-                output_rationale=output_rationale,
-            )
+            by_task = {
+                name: decode_and_score(
+                    model,
+                    params,
+                    task_examples,
+                    batch_size=batch_size,
+                    decode=decode,
+                    progress=True,
+                    output_rationale=output_rationale,
+                )
+                for name, task_examples in examples.items()
+            }
+            metrics = mixture_metrics(task_name, by_task)
             target_dir = os.path.join(output_dir, subdirs[step])
             if overwrite and jax.process_index() == 0:  # from here on the step reads as unfinished
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(target_dir, METRICS_FILE))
-            write_outputs(result, target_dir, step=step, info={"task": task_name, "split": split, "checkpoint": path})
-            writer.write(step or 0, result.metrics, prefix=f"{split}/", replace=overwrite)
-            results[step] = result.metrics
-            logging.info("step %s: %s -> %s", step, result.metrics, target_dir)
+            write_tasks_outputs(task_name, by_task, target_dir, step=step, info={"split": split, "checkpoint": path})
+            writer.write(step or 0, metrics, prefix=f"{split}/", replace=overwrite)
+            results[step] = metrics
+            logging.info("step %s: %s -> %s", step, metrics, target_dir)
     finally:
         writer.close()
     return results

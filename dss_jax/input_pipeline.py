@@ -15,12 +15,14 @@ paper's datasets).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 import gin
 from dss_jax.cli import UserError
@@ -46,6 +48,34 @@ def _without_autograph():
 
 
 def _dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, shard_index, num_shards):
+    """A task's split, or a SeqIO mixture's: an endless stream (num_epochs None) draws each
+    example whole (its label and rationale features together) from one of the mixture's
+    tasks at SeqIO's rates, with the mixture's sample_fn; one pass (num_epochs 1) is each
+    task's split in turn."""
+    args = dict(shuffle=shuffle, seed=seed, num_epochs=num_epochs, shard_index=shard_index, num_shards=num_shards)
+    rates = dss_tasks.mixture_rates(task_name)
+    if rates is None:
+        return _task_dataset(task_name, feature_lengths, split, **args)
+    names = dss_tasks.tasks_with_split(task_name, split)
+    datasets = [_task_dataset(name, feature_lengths, split, **args) for name in names]
+    # Tasks registered from caches and by hand may carry different extra features: the
+    # ones all of them have (the paired texts, tokenized and pretokenized, id, ...) stay.
+    common = set.intersection(*(set(ds.element_spec) for ds in datasets))
+    datasets = [ds.map(lambda ex: {k: ex[k] for k in common}) for ds in datasets]
+    if num_epochs is not None:
+        out = datasets[0]
+        for ds in datasets[1:]:
+            out = out.concatenate(ds)
+        return out
+    mixture = seqio.MixtureRegistry.get(task_name)
+    # SeqIO's own default when the mixture was registered without a sample_fn.
+    sample_fn = getattr(mixture, "_sample_fn", None) or functools.partial(
+        tf.data.Dataset.sample_from_datasets, stop_on_empty_dataset=True
+    )
+    return sample_fn(datasets, [rates[name] for name in names], seed)
+
+
+def _task_dataset(task_name, feature_lengths, split, *, shuffle, seed, num_epochs, shard_index, num_shards):
     task = dss_tasks.get_task(task_name)
     feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
     if split not in task.splits:
@@ -174,7 +204,8 @@ def _report_truncation(task_name, split, feature_lengths, shard_index: int, rati
         return
     trained = dss_paired.PAIRED_TEXT_FEATURES if rationale_weight > 0 else ("label_inputs", "label_targets")
     with _without_autograph():
-        dss_lengths.report_truncation(task_name, split, feature_lengths, trained)
+        for name in dss_tasks.tasks_with_split(task_name, split):  # each task of a mixture
+            dss_lengths.report_truncation(name, split, feature_lengths, trained)
 
 
 BATCH_UNITS = ("rows", "examples")
@@ -308,7 +339,8 @@ def eval_batches(
             num_shards=num_shards,
         )
         if shard_index == 0:  # the whole split, counted once per process and lengths
-            dss_lengths.report_truncation(task_name, split, feature_lengths)
+            for name in dss_tasks.tasks_with_split(task_name, split):  # each task of a mixture
+                dss_lengths.report_truncation(name, split, feature_lengths)
         feature_lengths = dss_options.effective_feature_lengths(task_name, feature_lengths)
         ds = DssFeatureConverter(pack=False, layout=layout)(ds, feature_lengths)
     batches = [_pad_rows(b, batch_size) for b in ds.batch(batch_size).as_numpy_iterator()]

@@ -232,6 +232,54 @@ def write_outputs(
     files.atomic_write(os.path.join(output_dir, METRICS_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def tasks_examples(
+    task_name: str, split: str, feature_lengths: Mapping[str, int], max_examples: Optional[int] = None
+) -> dict[str, EvalExamples]:
+    """{task: its examples} of MIXTURE_OR_TASK_NAME's split: the task's, or each task's of a
+    SeqIO mixture (those that have the split)."""
+    return {
+        name: load_examples(name, split, feature_lengths, max_examples)
+        for name in dss_tasks.tasks_with_split(task_name, split)
+    }
+
+
+def mixture_metrics(task_name: str, results: Mapping[str, EvalResult]) -> dict[str, float]:
+    """The metrics of an evaluation of MIXTURE_OR_TASK_NAME: a task's own; for a mixture,
+    each task's under `TASK/` and, unprefixed, their unweighted mean over the tasks
+    (`num_examples`: the sum), which validation selects on and tables show."""
+    if list(results) == [task_name]:
+        return dict(results[task_name].metrics)
+    out: dict[str, float] = {}
+    for name, result in results.items():
+        out.update({f"{name}/{k}": v for k, v in result.metrics.items()})
+    shared = set.intersection(*(set(r.metrics) for r in results.values()))
+    for k in sorted(shared):
+        values = [r.metrics[k] for r in results.values()]
+        out[k] = float(sum(values)) if k == "num_examples" else float(sum(values) / len(values))
+    return out
+
+
+def write_tasks_outputs(
+    task_name: str,
+    results: Mapping[str, EvalResult],
+    output_dir: str,
+    *,
+    step: Optional[int] = None,
+    info: Optional[Mapping[str, Any]] = None,
+) -> None:
+    """`write_outputs` for MIXTURE_OR_TASK_NAME: a task's into `output_dir`; a mixture's
+    tasks each into `output_dir/TASK/`, then `output_dir/metrics.json` with
+    `mixture_metrics` (last, so it still marks the evaluation finished)."""
+    if list(results) == [task_name]:
+        write_outputs(results[task_name], output_dir, step=step, info={**dict(info or {}), "task": task_name})
+        return
+    for name, result in results.items():
+        write_outputs(result, os.path.join(output_dir, name), step=step, info={**dict(info or {}), "task": name})
+    if jax.process_index() == 0:
+        summary = {**dict(info or {}), "task": task_name, "step": step, **mixture_metrics(task_name, results)}
+        files.atomic_write(os.path.join(output_dir, METRICS_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
 TABLE_COLUMNS = ("accuracy", "teacher_agreement", "num_examples", "examples_per_second")
 
 
@@ -286,34 +334,37 @@ class TrainEvalHook:
         self.max_examples, self.output_rationale = max_examples, output_rationale
         self.output_dir = output_dir
         self._initial_checkpoint_path = initial_checkpoint_path
-        self._examples: Optional[EvalExamples] = None
+        self._examples: Optional[dict[str, EvalExamples]] = None
 
     def __call__(self, *, params, step: int) -> dict[str, float]:
         if self.model is None:
             from dss_jax.configurables import build_model, model_config
 
             self.model = build_model(model_config(checkpoint_path=self._initial_checkpoint_path))
-        if self._examples is None:
-            self._examples = load_examples(self.task_name, self.split, self.feature_lengths, self.max_examples)
-        result = decode_and_score(
-            self.model,
-            params,
-            self._examples,
-            batch_size=self.batch_size,
-            decode=self.decode_config,
-            output_rationale=self.output_rationale,
-        )
+        if self._examples is None:  # a task's, or each task's of a mixture
+            self._examples = tasks_examples(self.task_name, self.split, self.feature_lengths, self.max_examples)
+        results = {
+            name: decode_and_score(
+                self.model,
+                params,
+                examples,
+                batch_size=self.batch_size,
+                decode=self.decode_config,
+                output_rationale=self.output_rationale,
+            )
+            for name, examples in self._examples.items()
+        }
         if self.output_dir:
-            write_outputs(
-                result,
+            write_tasks_outputs(
+                self.task_name,
+                results,
                 os.path.join(self.output_dir, f"step_{step}"),
                 step=step,
-                info={"task": self.task_name, "split": self.split},
+                info={"split": self.split},
             )
-        logging.info(
-            "decode eval at step %d on %s/%s: %s", step, self.task_name, self.split, json.dumps(result.metrics)
-        )
-        return {self.PREFIX + k: v for k, v in result.metrics.items()}
+        metrics = mixture_metrics(self.task_name, results)
+        logging.info("decode eval at step %d on %s/%s: %s", step, self.task_name, self.split, json.dumps(metrics))
+        return {self.PREFIX + k: v for k, v in metrics.items()}
 
 
 @gin.configurable

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import sys
 from typing import Mapping, Optional, Union
 
 import gin
@@ -87,11 +88,28 @@ def current_options(task_name: str) -> TaskOptions:
         return task_options()
 
 
+def label_target(task_name: str) -> str:
+    """What `predict:` answers with for a task (its options), or for every task of a SeqIO
+    mixture, which must agree: one student answers the one prompt one way."""
+    names = [task_name]
+    if "seqio" in sys.modules:  # a mixture can only be registered through seqio
+        from dss_jax.data import tasks as dss_tasks
+
+        names = dss_tasks.task_names(task_name)
+    targets = {name: current_options(name).label_target for name in names}
+    if len(set(targets.values())) > 1:
+        raise UserError(
+            f"mixture {task_name!r}: its tasks train different label targets ({targets}); bind "
+            "task_options.label_target once for all of them"
+        )
+    return targets[names[0]]
+
+
 def effective_feature_lengths(task_name: str, feature_lengths: Mapping[str, int]) -> dict[str, int]:
     """TASK_FEATURE_LENGTHS, with room for rationale + label in one target when the task
-    trains the single-task ablation."""
+    (or mixture) trains the single-task ablation."""
     lengths = dict(feature_lengths)
-    if current_options(task_name).label_target == "rationale_then_label":
+    if label_target(task_name) == "rationale_then_label":
         lengths["label_targets"] = lengths["label_targets"] + lengths["rationale_targets"]
     return lengths
 

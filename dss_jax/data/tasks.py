@@ -16,6 +16,11 @@ Registering your own dataset from cache files takes one call:
                         family="cqa")          # family picks the label scoring
     # seqio.get_mixture_or_task("my_task").get_dataset(...)
 
+A SeqIO mixture of such tasks (`seqio.MixtureRegistry.add("my_mix", [("a", 3), ("b", 1)])`)
+trains and evaluates as MIXTURE_OR_TASK_NAME: training draws whole examples (label and
+rationale together) from its tasks at SeqIO's rates, and evaluation scores each task and
+their mean (`mixture_rates`, `task_names`; docs in gin/README.md).
+
 Without `validation_cache`, the validation split is carved out of train (10% by default,
 the reference's rule). `train_cache` may list several caches (e.g. labeled data plus a
 student's annotations of unlabeled inputs, see docs/bootstrap.md), concatenated; with
@@ -109,8 +114,12 @@ def use_checkpoint_vocabulary(
     """
     if explicit_vocabulary():
         return
-    vocabulary = get_task(task_name).output_features["label_targets"].vocabulary
-    if not isinstance(vocabulary, LazyVocabulary):
+    lazy = [
+        vocabulary
+        for name in task_names(task_name)  # each task of a mixture
+        if isinstance(vocabulary := get_task(name).output_features["label_targets"].vocabulary, LazyVocabulary)
+    ]
+    if not lazy:
         return
     if vocab_path is None:
         if checkpoint is None:
@@ -124,7 +133,8 @@ def use_checkpoint_vocabulary(
         )
     with gin.unlock_config():
         gin.bind_parameter("task_vocabulary.spm_path", vocab_path)
-    vocabulary.reset()
+    for vocabulary in lazy:
+        vocabulary.reset()
     logging.info("%s uses the vocabulary of %s: %s", task_name, setting, vocab_path)
 
 
@@ -453,9 +463,61 @@ def task_family(name: str) -> str:
     return _FAMILIES[name]
 
 
+def mixture_rates(name: str) -> Optional[dict[str, float]]:
+    """{task: rate} of a registered SeqIO mixture, as SeqIO computes them (`Mixture.get_rate`:
+    callable rates applied, sub-mixtures flattened into their tasks); None for a task or an
+    unregistered name."""
+    if name in seqio.TaskRegistry.names() or name not in seqio.MixtureRegistry.names():
+        return None
+    mixture = seqio.MixtureRegistry.get(name)
+    return {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
+
+
+def task_names(name: str) -> list[str]:
+    """The tasks MIXTURE_OR_TASK_NAME reads: a mixture's tasks (sorted, as SeqIO lists them),
+    or the task itself."""
+    rates = mixture_rates(name)
+    return [name] if rates is None else list(rates)
+
+
+def tasks_with_split(task_name: str, split: str) -> list[str]:
+    """The tasks of a mixture that have `split` (SeqIO skips the others, as here, with a
+    line); none is an error naming the mixture's tasks."""
+    if mixture_rates(task_name) is None:
+        return [task_name]
+    names = task_names(task_name)
+    having = [name for name in names if split in get_task(name).splits]
+    if not having:
+        raise ValueError(f"no task of mixture {task_name!r} ({', '.join(names)}) has a split {split!r}")
+    for name in sorted(set(names) - set(having)):
+        logging.warning("mixture %s: task %s has no %r split; it is left out of it", task_name, name, split)
+    return having
+
+
+def vocabulary_of(name: str) -> seqio.Vocabulary:
+    """The vocabulary a task, or every task of a mixture, tokenizes with; a mixture whose
+    tasks tokenize differently is refused naming two of them (one student reads them all)."""
+    names = task_names(name)
+    vocabularies = [get_task(n).output_features["label_targets"].vocabulary for n in names]
+    first = vocabularies[0]
+    for other_name, other in zip(names[1:], vocabularies[1:]):
+        same = other == first or (
+            vocab.vocabulary_file(other) is not None and vocab.vocabulary_file(other) == vocab.vocabulary_file(first)
+        )
+        if not same:
+            raise UserError(
+                f"mixture {name!r}: its tasks {names[0]!r} ({vocab.vocabulary_file(first) or first}) and "
+                f"{other_name!r} ({vocab.vocabulary_file(other) or other}) tokenize with different vocabularies; "
+                "register them with one vocabulary, or bind --gin.task_vocabulary.spm_path for all"
+            )
+    return first
+
+
 def get_task(name: str) -> seqio.Task:
     """A registered task; an unknown name lists the registered DSS tasks."""
     if name not in seqio.TaskRegistry.names():
+        if name in seqio.MixtureRegistry.names():
+            raise ValueError(f"{name!r} is a SeqIO mixture; this takes one task: one of {', '.join(task_names(name))}")
         known = sorted(REGISTERED)
         raise ValueError(
             f"unknown task {name!r}; registered DSS tasks: {', '.join(known) or 'none'} "

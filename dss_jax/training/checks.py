@@ -186,8 +186,17 @@ def check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optio
 
 
 def check_task_options(task_name: str) -> None:
-    """The task's options as gin binds them, scoped bindings (`TASK/task_options.NAME`)
-    included: one that TaskOptions refuses is named with its binding."""
+    """The task's options as gin binds them (each task's, for a mixture: they must agree on
+    the label target), scoped bindings (`TASK/task_options.NAME`) included: one that
+    TaskOptions refuses is named with its binding."""
+    from dss_jax.data import tasks as dss_tasks
+
+    for name in dss_tasks.task_names(task_name):
+        _check_options_of(name)
+    dss_options.label_target(task_name)
+
+
+def _check_options_of(task_name: str) -> None:
     try:
         dss_options.current_options(task_name)
     except (ValueError, TypeError) as e:
@@ -204,6 +213,13 @@ def check_training_examples(task_name: str, rationale_weight: float) -> None:
     how many, and how many have a teacher rationale, logged; none at all, or none with a
     rationale when λ (RATIONALE_WEIGHT) > 0, is an error naming what to change (Distilling
     Step-by-Step on empty rationale targets would train the explain: task to say nothing)."""
+    from dss_jax.data import tasks as dss_tasks
+
+    for name in dss_tasks.task_names(task_name):  # each task of a mixture
+        _check_training_examples_of(name, rationale_weight)
+
+
+def _check_training_examples_of(task_name: str, rationale_weight: float) -> None:
     import logging
 
     from dss_jax.data import paired
@@ -284,13 +300,26 @@ def check_mesh(partition_config) -> None:
 
 
 def check_task(task_name: str) -> None:
+    """MIXTURE_OR_TASK_NAME names a registered task, or a SeqIO mixture of DSS tasks (each
+    example of which carries its label and its rationale); one that mixes in another kind
+    of task is refused naming it."""
     import seqio
 
-    if task_name not in seqio.TaskRegistry.names():
-        from dss_jax.data import tasks as dss_tasks
+    from dss_jax.data import tasks as dss_tasks
 
-        known = ", ".join(sorted(dss_tasks.REGISTERED)) or "none"
-        raise settings.SettingError(
-            f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task (DSS tasks: {known}); "
-            "include the task's gin file, e.g. --gin_file=tasks/svamp.gin"
-        )
+    if task_name in seqio.TaskRegistry.names():
+        return
+    if task_name in seqio.MixtureRegistry.names():
+        for name in dss_tasks.task_names(task_name):
+            if name not in dss_tasks.REGISTERED:
+                raise settings.SettingError(
+                    f"MIXTURE_OR_TASK_NAME {task_name!r}: its task {name!r} is not a DSS task (registered through "
+                    "dss_jax.data.tasks, e.g. register_cache_task), so its examples have no label and rationale to "
+                    "train: leave it out of the mixture"
+                )
+        return
+    known = ", ".join(sorted(dss_tasks.REGISTERED)) or "none"
+    raise settings.SettingError(
+        f"MIXTURE_OR_TASK_NAME {task_name!r} is not a registered task or mixture (DSS tasks: {known}); "
+        "include the task's gin file, e.g. --gin_file=tasks/svamp.gin"
+    )

@@ -538,7 +538,7 @@ def task_vocabulary_file(task_name: str) -> Optional[str]:
     from dss_jax.data import tasks as dss_tasks
     from dss_jax.data import vocab
 
-    return vocab.vocabulary_file(dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary)
+    return vocab.vocabulary_file(dss_tasks.vocabulary_of(task_name))
 
 
 def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> None:
@@ -560,7 +560,7 @@ def _use_initial_vocabulary(task_name: str, initial_checkpoint_path: str) -> Non
 def _check_vocab_size(model, task_name: str, initial_checkpoint_path: Optional[str] = None) -> None:
     from dss_jax.data import tasks as dss_tasks
 
-    vocab = dss_tasks.get_task(task_name).output_features["label_targets"].vocabulary
+    vocab = dss_tasks.vocabulary_of(task_name)  # one for all the tasks of a mixture
     cfg = getattr(model, "config", None)
     if cfg is None:
         return
