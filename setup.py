@@ -22,6 +22,8 @@ setup(
         "tensorflow>=2.18,<2.22",
         "tensorflow-text>=2.18,<2.22",
         "sentencepiece>=0.2",
+        # Hugging Face tokenizer.json vocabularies (decoder-only students) and their export.
+        "tokenizers>=0.20",
         "safetensors>=0.4",
         "gin-config>=0.5",
         "absl-py>=2.0",

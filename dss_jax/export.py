@@ -12,8 +12,10 @@ model.safetensors and spiece.model, so that
 untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
 `tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`). A decoder-only student
 (Llama, Qwen2, Qwen3, Gemma 3) gets config.json, generation_config.json and its weights,
-in shards with model.safetensors.index.json past 5 GiB, and no tokenizer yet; export prints
-the line that loads it.
+in shards with model.safetensors.index.json past 5 GiB, and its tokenizer as
+tokenizer.json + tokenizer_config.json: the one its checkpoint came with, or, for a
+student trained with a SentencePiece vocabulary, one written from it that gives the same
+ids (`vocab.sentencepiece_as_tokenizer_json`); export prints the line that loads it.
 
 The export is what a user of it needs: generation_config.json sets `max_new_tokens` to the
 longest target the run trained (transformers would otherwise stop at 20 tokens and cut
@@ -50,7 +52,7 @@ _ITEM = flags.DEFINE_string(
     None,
     "Orbax item (subdirectory) holding the params, when the checkpoint has several and the search should not guess.",
 )
-_VOCAB = flags.DEFINE_string("vocab", None, "spiece.model to ship; default: the checkpoint's own.")
+_VOCAB = flags.DEFINE_string("vocab", None, "spiece.model or tokenizer.json to ship; default: the checkpoint's own.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --output.")
 
 

@@ -136,3 +136,42 @@ def test_a_tokenizer_json_vocabulary_names_what_is_wrong(tmp_path):
         vocab.TokenizerJsonVocabulary(tmp_path)
     with pytest.raises(FileNotFoundError, match="expected a Hugging Face tokenizer.json"):
         vocab.TokenizerJsonVocabulary(tmp_path / "missing")
+
+
+def test_a_sentencepiece_vocabulary_is_written_as_a_tokenizer_json_giving_its_ids(tmp_path):
+    # The quickstart's decoder-only student's vocabulary, over texts of the built-in dataset
+    # and texts SentencePiece's byte fallback and whitespace rules decide.
+    import sentencepiece as spm
+    import transformers
+
+    from conftest import REPO_ROOT
+    from dss_jax.data.synthetic.dataset import SyntheticConfig, generate_records
+
+    model = REPO_ROOT / "pretrained" / "synthetic_decoder_only_tiny_cpu" / "spiece.model"
+    for name, data in vocab.sentencepiece_as_tokenizer_json(model).items():
+        (tmp_path / name).write_bytes(data)
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = spm.SentencePieceProcessor(model_file=str(model))
+    texts = ["", " ", "  two  spaces  ", "\ttab\nnewline", "ünïcödé ✓ (12 - 3) = 9 * 4", "emoji 😀 and 中文"]
+    texts += ["ﬁ ligature ①", "a\u00a0b", "  lead", "trail  ", "*bold* ~tilde~ `code` {braces}"]
+    for records in generate_records(SyntheticConfig()).values():
+        for record in records[:150]:
+            texts += [record.input] + [s.rationale for s in record.samples if isinstance(s.rationale, str)]
+    for text in texts:
+        ids = ours.encode(text)
+        assert fast.encode(text, add_special_tokens=False) == ids, text
+        assert fast.decode(ids, skip_special_tokens=True) == ours.decode(ids), text
+    assert sum(1 for text in texts if any(i in range(3, 259) for i in ours.encode(text))) >= 3  # bytes were used
+    assert (fast.eos_token_id, fast.pad_token_id, fast.unk_token_id) == (1, 0, 2) and fast.bos_token is None
+    # The one difference: transformers reads a literal "</s>" as its EOS token.
+    assert fast.encode("x</s>y", add_special_tokens=False) != ours.encode("x</s>y")
+
+
+def test_a_sentencepiece_model_the_tokenizer_json_cannot_express_is_refused(tmp_path):
+    model = vocab.train_vocabulary(
+        CORPUS, tmp_path / "bpe.model", vocab.VocabSettings(vocab_size=320, model_type="bpe")
+    )
+    with pytest.raises(
+        ValueError, match=r"bpe.model: cannot be written as a tokenizer.json: it is not a unigram model"
+    ):
+        vocab.sentencepiece_as_tokenizer_json(model)

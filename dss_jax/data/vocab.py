@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import pathlib
@@ -154,6 +155,76 @@ def cache_texts(cache_paths: Iterable[str | os.PathLike], sample_index: Optional
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def sentencepiece_as_tokenizer_json(spm_file: str | os.PathLike) -> dict[str, bytes]:
+    """{tokenizer.json, tokenizer_config.json} of a Hugging Face fast tokenizer that gives the
+    ids a SentencePiece unigram model gives, byte fallback included (transformers' own
+    converter drops byte fallback for unigram models, so characters outside the pieces
+    become <unk>); for exporting a decoder-only student trained with a SentencePiece
+    vocabulary. Built from the model's pieces and its normalizer spec:
+
+        normalizer     its precompiled character map (e.g. nmt_nfkc), then SentencePiece's
+                       whitespace rule: no leading, trailing or repeated spaces
+        pre-tokenizer  spaces become "▁", one before the text (add_dummy_prefix), words
+                       split at them (pieces never span a word: split_by_whitespace)
+        model          Unigram over the pieces and scores, unknown id and byte fallback
+        decoder        "▁" back to spaces, <0xNN> pieces back to bytes, the prefix dropped
+
+    Control pieces (<pad>, </s>) are special tokens. Other kinds of model (BPE, word, char)
+    and options this does not express are refused in one line."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    spm_file = pathlib.Path(spm_file)
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(spm_file.read_bytes())
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    refusals = [
+        (trainer.model_type != model_pb2.TrainerSpec.UNIGRAM, "it is not a unigram model"),
+        (not trainer.split_by_whitespace, "its pieces may span words (split_by_whitespace=false)"),
+        (trainer.treat_whitespace_as_suffix, "it puts whitespace after words (treat_whitespace_as_suffix)"),
+        (not normalizer.escape_whitespaces, "it keeps whitespace unescaped"),
+        (bool(normalizer.normalization_rule_tsv), "it has a custom normalization rule"),
+        (
+            any(p.type == model_pb2.ModelProto.SentencePiece.USER_DEFINED for p in proto.pieces),
+            "it has user-defined pieces",
+        ),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise ValueError(f"{spm_file}: cannot be written as a tokenizer.json: {why}")
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback))
+    steps = [normalizers.Precompiled(normalizer.precompiled_charsmap)] if normalizer.precompiled_charsmap else []
+    if normalizer.remove_extra_whitespaces:
+        steps += [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    if steps:
+        tokenizer.normalizer = normalizers.Sequence(steps)
+    scheme = "always" if normalizer.add_dummy_prefix else "never"
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
+    to_text = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if normalizer.add_dummy_prefix:
+        to_text.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(to_text)
+    control = model_pb2.ModelProto.SentencePiece.CONTROL
+    tokenizer.add_special_tokens([p.piece for p in proto.pieces if p.type == control])
+
+    def piece(index: int) -> Optional[str]:
+        return proto.pieces[index].piece if 0 <= index < len(proto.pieces) else None
+
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": piece(trainer.eos_id),
+        "unk_token": piece(trainer.unk_id),
+        "pad_token": piece(trainer.pad_id),
+        "bos_token": piece(trainer.bos_id),
+        "model_max_length": int(1e30),
+    }
+    return {
+        TOKENIZER_JSON: tokenizer.to_str(pretty=True).encode(),
+        TOKENIZER_CONFIG: (json.dumps({k: v for k, v in config.items() if v is not None}, indent=2) + "\n").encode(),
+    }
 
 
 class TokenizerJsonVocabulary(seqio.Vocabulary):

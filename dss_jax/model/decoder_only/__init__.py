@@ -48,15 +48,23 @@ class DecoderOnlyModel(interface.StudentModel):
         if vocab_path is not None:
             vocab_path = pathlib.Path(vocab_path)
             if vocab_path.name != "tokenizer.json":
-                raise interface.NotSupportedError(
-                    f"{vocab_path}: a decoder-only export carries a Hugging Face tokenizer.json; a SentencePiece "
-                    "vocabulary cannot be written as one yet: export without it and add a tokenizer yourself"
-                )
-            from dss_jax.checkpoints import TOKENIZER_FILES
+                # A SentencePiece vocabulary (the task's, or the quickstart's): written as the
+                # tokenizer.json transformers reads, giving the same ids.
+                from dss_jax.data import vocab
 
-            for name in TOKENIZER_FILES:  # the tokenizer.json with its config, as convert kept them
-                if name not in extra_files and (vocab_path.parent / name).is_file():
-                    extra_files[name] = (vocab_path.parent / name).read_bytes()
+                try:
+                    extra_files.update(vocab.sentencepiece_as_tokenizer_json(vocab_path))
+                except ValueError as e:
+                    raise interface.NotSupportedError(
+                        f"{e} (a decoder-only export carries a tokenizer.json: pass --vocab=PATH to one that "
+                        "tokenizes as the student was trained)"
+                    ) from None
+            else:
+                from dss_jax.checkpoints import TOKENIZER_FILES
+
+                for name in TOKENIZER_FILES:  # the tokenizer.json with its config, as convert kept them
+                    if name not in extra_files and (vocab_path.parent / name).is_file():
+                        extra_files[name] = (vocab_path.parent / name).read_bytes()
         return hf.export_hf_checkpoint(
             params, self.config, out_dir, overwrite=overwrite, generation=generation, extra_files=extra_files
         )
