@@ -1,5 +1,8 @@
 """docs/bootstrap.md's three commands, through the real binaries at tiny sizes: round 1
-trains, the round-1 student annotates the unlabeled pool, round 2 trains on the union."""
+trains, the round-1 student annotates the unlabeled pool, round 2 trains on the union; with
+a T5 student and with a decoder-only one."""
+
+import pytest
 
 from conftest import run_binary
 from dss_jax.data.cache import read_cache
@@ -17,13 +20,18 @@ def run(args, env):
     return run_binary(*args, check=True, **env)
 
 
-def test_two_rounds_through_the_binaries(tmp_path):
+@pytest.mark.parametrize("model", [[], ["--gin_file=models/decoder_only_tiny_cpu.gin"]], ids=["t5", "decoder_only"])
+def test_two_rounds_through_the_binaries(tmp_path, model):
     env = dict(DSS_CACHE_DIR=tmp_path / "cache", XLA_FLAGS=None)  # one device is plenty
     round1, round2, student = tmp_path / "round1", tmp_path / "round2", tmp_path / "student.jsonl"
 
     run(
-        ["dss_jax.train", "--gin_file=recipes/bootstrap_round1.gin", f"--gin.MODEL_DIR='{round1}'", *SIZES, *SHORT], env
+        ["dss_jax.train", "--gin_file=recipes/bootstrap_round1.gin", *model, f"--gin.MODEL_DIR='{round1}'"]
+        + [*SIZES, *SHORT],
+        env,
     )
+    family = "decoder_only" if model else "t5"
+    assert f'"family": "{family}"' in (round1 / "config.json").read_text()
     assert (round1 / "checkpoint_2").is_dir() and (round1 / "spiece.model").is_file()
 
     annotate = run(
@@ -54,6 +62,7 @@ def test_two_rounds_through_the_binaries(tmp_path):
         [
             "dss_jax.train",
             "--gin_file=recipes/bootstrap_round2.gin",
+            *model,
             f"--gin.MODEL_DIR='{round2}'",
             f"--gin.ROUND1_MODEL_DIR='{round1}'",
             f"--gin.STUDENT_CACHE='{student}'",
@@ -63,6 +72,7 @@ def test_two_rounds_through_the_binaries(tmp_path):
         env,
     )
     assert (round2 / "checkpoint_2").is_dir()
+    assert f'"family": "{family}"' in (round2 / "config.json").read_text()
     assert (round2 / "spiece.model").read_bytes() == (round1 / "spiece.model").read_bytes()
     config = (round2 / "config.gin").read_text()
     assert "dss_synthetic_bootstrap" in config and "gt_else_teacher" in config and str(student) in config
