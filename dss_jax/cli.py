@@ -211,6 +211,24 @@ def _unproxied(e: OSError) -> OSError:
     return e
 
 
+# Object-store URLs, which no binary reads or writes yet: os.path would take one for a
+# local directory named "gs:" and write a run there. http(s) (a teacher's endpoint) is not one.
+_CLOUD_PATH = re.compile(r"(?<![A-Za-z0-9+.\-])(gs|gcs|s3|az|abfs|hdfs)://[^\s'\"]*")
+
+
+def refuse_cloud_paths(texts: Sequence[str], where: str = "") -> None:
+    """A UserError naming the first object-store path (gs://, s3://, ...) in `texts` (command
+    line arguments, gin bindings), before anything is read or written."""
+    for text in texts:
+        found = _CLOUD_PATH.search(text)
+        if found:
+            raise UserError(
+                f"{where}{text.strip()}: {found.group(1)}:// paths are not read or written yet (the path would be "
+                f"taken for a local directory named '{found.group(1)}:'); mount the bucket (e.g. with gcsfuse) and "
+                "give its local path"
+            )
+
+
 def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:
     """absl.app.run for a binary: the gin shorthand rewritten, user errors as one line."""
     from absl import app
@@ -225,6 +243,10 @@ def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:
         except flags.Error as e:  # an unknown flag, a bad value: absl would say FATAL and exit 1
             fail(name, f"{e} (--helpshort lists the flags)")
 
+    try:
+        refuse_cloud_paths((sys.argv if argv is None else argv)[1:])
+    except UserError as e:
+        fail(name, e)
     try:
         try:
             app.run(

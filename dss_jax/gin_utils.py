@@ -107,7 +107,30 @@ def parse_gin(
     for binding in gin_bindings:
         with _one_line_errors(binding=binding):
             gin.parse_config(binding)
+    # A gin file's own gs:// path (a T5X file's, say) is refused like one on the command line.
+    for binding, value in _bound_strings():
+        cli.refuse_cloud_paths([value], f"gin binding {binding} = ")
     check_macros(files, gin_bindings, required_macros)
+
+
+def _bound_strings() -> Iterator[tuple[str, str]]:
+    """(binding, string) for every string value gin binds, in lists and dicts too."""
+
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+
+    for (scope, selector), params in gin.config._CONFIG.items():
+        for param, value in params.items():
+            name = scope if selector == MACRO else f"{scope + '/' if scope else ''}{selector}.{param}"
+            for text in strings(value):
+                yield name, text
 
 
 def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:

@@ -247,3 +247,39 @@ def test_the_train_binary_on_a_cache_dir_it_cannot_write_is_one_line(tmp_path):
     assert last.startswith(f"train: error: {tmp_path / 'file' / 'cache'}") and "Not a directory" in last, last
     assert "set DSS_CACHE_DIR to a folder you can write to" in last
     assert not model_dir.exists()
+
+
+CLOUD = "gs:// paths are not read or written yet (the path would be taken for a local directory named 'gs:')"
+
+
+@pytest.mark.parametrize(
+    "module, args, where",
+    [
+        (
+            "dss_jax.train",
+            ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
+            + ["--gin.MODEL_DIR='gs://my-bucket/run'"],
+            "--gin.MODEL_DIR='gs://my-bucket/run'",
+        ),
+        ("dss_jax.export", ["--checkpoint=/nowhere", "--output=gs://my-bucket/hf"], "--output=gs://my-bucket/hf"),
+    ],
+)
+def test_a_cloud_path_on_the_command_line_is_refused_before_anything_is_written(tmp_path, module, args, where):
+    # Taken for a local path, gs://b/run used to make ./gs:/b/run/ and train there.
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    r = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"{module.split('.')[1]}: error: {where}: {CLOUD}; mount the bucket "
+                                             "(e.g. with gcsfuse) and give its local path"]  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cloud_path_bound_in_a_gin_file_is_refused_naming_the_binding(tmp_path):
+    from dss_jax import gin_utils
+
+    config = tmp_path / "t5x_finetune.gin"
+    config.write_text("include 'runs/train.gin'\nINITIAL_CHECKPOINT_PATH = 'gs://t5-data/t5_1_1_small/checkpoint_1'\n")
+    with pytest.raises(cli.UserError, match="^gin binding INITIAL_CHECKPOINT_PATH = gs://t5-data/t5_1_1_small/"):
+        gin_utils.parse_gin([str(config)], ["MODEL_DIR = '/tmp/x'"])
+    # A teacher's http(s) endpoint is no cloud path.
+    cli.refuse_cloud_paths(["--base_url=https://api.example.com/v1", "--gin.X='http://127.0.0.1:8080'"])
