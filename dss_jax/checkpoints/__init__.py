@@ -10,6 +10,8 @@
                 the input position, orbax), RunLock, the run's config.json, spiece.model,
                 task.json and config.gin (write_run_files, run_task)
     outputs.py  writing a directory without losing anything (staged_output_dir)
+    t5x.py      reading the msgpack checkpoints T5X writes (inline and out-of-line arrays),
+                without t5x; not yet mapped onto a student
 
 Every binary that takes a checkpoint (eval, infer, annotate, export, INITIAL_CHECKPOINT_PATH
 in training) resolves it with `select_checkpoints` and reads it with `load_params`, so a
