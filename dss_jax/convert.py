@@ -1,6 +1,13 @@
-r"""Imports a Hugging Face checkpoint directory as a dss_jax params checkpoint.
+r"""Imports a Hugging Face checkpoint directory, or a T5X checkpoint, as a dss_jax params
+checkpoint.
 
     python -m dss_jax.convert --hf_dir DIR --output CKPT_DIR [--overwrite]
+    python -m dss_jax.convert --t5x_checkpoint T5X_DIR/checkpoint_N --vocab spiece.model --output CKPT_DIR
+
+A T5X checkpoint (msgpack format, version 3, arrays inline or out of line) is read without
+t5x (`checkpoints.t5x`): its T5's config comes from its arrays' shapes, its optimizer state
+is left out, and --vocab gives the spiece.model it was trained with (T5X keeps none beside
+its checkpoints).
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
 pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
@@ -24,7 +31,9 @@ from absl import app, flags, logging
 
 from dss_jax import cli, output_paths
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.", required=True)
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.")
+_T5X = flags.DEFINE_string("t5x_checkpoint", None, "A T5X checkpoint_<step>/ directory (or its checkpoint file).")
+_VOCAB = flags.DEFINE_string("vocab", None, "With --t5x_checkpoint: the spiece.model the checkpoint was trained with.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")
 
@@ -37,10 +46,15 @@ def main(argv):
     from dss_jax import checkpoints
     from dss_jax.model import interface
 
+    if (_HF_DIR.value is None) == (_T5X.value is None):
+        raise app.UsageError("give one of --hf_dir (a Hugging Face directory) and --t5x_checkpoint")
+    if _VOCAB.value is not None and _T5X.value is None:
+        raise app.UsageError("--vocab goes with --t5x_checkpoint (a Hugging Face directory brings its own)")
+    source = _HF_DIR.value or _T5X.value
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
         [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
-        inputs={"--hf_dir": _HF_DIR.value},
+        inputs={"--hf_dir" if _HF_DIR.value else "--t5x_checkpoint": source, "--vocab": _VOCAB.value},
         overwrite=_OVERWRITE.value,
         overwrite_setting="--overwrite",
     )
@@ -48,16 +62,22 @@ def main(argv):
         _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=checkpoints.SAVE_PARAMS_FILES, what="a params checkpoint"
     )
     try:
-        params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
-        tokenizer = [os.path.join(_HF_DIR.value, f) for f in checkpoints.TOKENIZER_FILES]
-        tokenizer = [p for p in tokenizer if os.path.isfile(p)]
+        if _T5X.value:
+            from dss_jax.checkpoints import t5x
+
+            params, config = t5x.import_checkpoint(_T5X.value)
+            vocab, tokenizer = _VOCAB.value, []
+        else:
+            params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
+            tokenizer = [os.path.join(_HF_DIR.value, f) for f in checkpoints.TOKENIZER_FILES]
+            tokenizer = [p for p in tokenizer if os.path.isfile(p)]
         out = checkpoints.save_params(
             _OUTPUT.value,
             params,
             config,
             vocab,
             overwrite=_OVERWRITE.value,
-            source=_HF_DIR.value,
+            source=source,
             tokenizer_files=tokenizer,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
@@ -66,8 +86,12 @@ def main(argv):
     logging.info("wrote %s: %.1fM params, %s", out, n / 1e6, config)
     kept = vocab or ", ".join(os.path.basename(p) for p in tokenizer) or "none"
     if vocab is None and not tokenizer:
-        logging.warning("%s has no spiece.model or tokenizer.json: the checkpoint carries no vocabulary", _HF_DIR.value)
-    print(f"converted {_HF_DIR.value} -> {out} ({n} params, vocabulary: {kept})")
+        logging.warning(
+            "%s: no spiece.model or tokenizer.json (%s): the checkpoint carries no vocabulary",
+            source,
+            "pass --vocab" if _T5X.value else "none in the directory",
+        )
+    print(f"converted {source} -> {out} ({n} params, vocabulary: {kept})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Checkpoints written by T5X itself (../shared/data/t5x_testdata), read without t5x."""
 
+import pathlib
 import shutil
 
 import numpy as np
@@ -59,3 +60,41 @@ def test_files_that_are_no_version_3_t5x_checkpoint_are_refused_naming_them(tmp_
         t5x.read_params(truncated)
     with pytest.raises(t5x.T5xCheckpointError, match=r"give a T5X checkpoint_<step>/ directory or its checkpoint"):
         t5x.read_params(tmp_path / "checkpoint_7")
+
+
+def test_convert_imports_a_t5x_checkpoint_as_a_student_that_loads_and_decodes(tmp_path):
+    from conftest import run_binary
+    from dss_jax import checkpoints
+    from dss_jax.model.decoding import DecodeConfig, generate
+
+    source = T5X_DATA / "test_t5_tiny.checkpoint_0"
+    staged = tmp_path / "checkpoint_0"  # as T5X lays a step out: checkpoint_<step>/checkpoint
+    staged.mkdir()
+    shutil.copy(source, staged / "checkpoint")
+    spm = REPO_ROOT / "pretrained" / "synthetic_tiny_cpu" / "spiece.model"
+    out = tmp_path / "imported"
+    r = run_binary(
+        "dss_jax.convert", f"--t5x_checkpoint={staged}", f"--vocab={spm}", f"--output={out}", "--verbosity=0"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the optimizer state is not imported" in r.stderr
+    model, params, vocab_path = checkpoints.load_checkpoint(str(out))
+    config = model.config
+    assert (config.d_model, config.num_heads, config.d_kv, config.d_ff, config.vocab_size) == (8, 4, 3, 16, 32128)
+    assert config.feed_forward == "gated-gelu" and not config.tie_word_embeddings
+    assert pathlib.Path(vocab_path).read_bytes() == spm.read_bytes()
+    # Every number as T5X stored it, in our layout.
+    theirs = t5x.read_params(source)
+    query = np.asarray(params["encoder"]["layers_0"]["attention"]["query"]["kernel"])
+    assert np.array_equal(query.reshape(8, 12), theirs["encoder/layers_0/attention/query/kernel"])
+    out_kernel = np.asarray(params["decoder"]["layers_1"]["self_attention"]["out"]["kernel"])
+    assert np.array_equal(out_kernel.reshape(12, 8), theirs["decoder/layers_1/self_attention/out/kernel"])
+    relpos = np.asarray(params["encoder"]["relpos_bias"]["rel_embedding"])
+    assert np.array_equal(relpos.T, theirs["encoder/relpos_bias/rel_embedding"])
+    tokens = generate(model, params, np.array([[5, 6, 7, 1]], np.int32), config=DecodeConfig(max_decode_length=4))
+    assert np.asarray(tokens.tokens).shape == (1, 4)
+    # Both sources at once, or --vocab without a T5X checkpoint, are one line.
+    r = run_binary(
+        "dss_jax.convert", f"--t5x_checkpoint={staged}", f"--hf_dir={tmp_path}", f"--output={tmp_path / 'x'}"
+    )
+    assert r.returncode != 0 and "give one of --hf_dir" in r.stderr.strip().splitlines()[-1]

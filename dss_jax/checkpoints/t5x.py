@@ -1,9 +1,10 @@
-"""Reads the checkpoints T5X writes in its msgpack format, without t5x (issue 34, item 1:
-the reader; mapping the parameters onto a dss_jax student is not built yet).
+"""Reads the checkpoints T5X writes in its msgpack format, without t5x, and imports them as
+a dss_jax T5 student (`python -m dss_jax.convert --t5x_checkpoint=...`).
 
     from dss_jax.checkpoints import t5x
     params = t5x.read_params("/ckpts/t5_1_1_small/checkpoint_1000000")
     params["encoder/layers_0/attention/query/kernel"]   # numpy, as T5X stored it
+    params, config = t5x.import_checkpoint("/ckpts/t5_1_1_small/checkpoint_1000000")
 
 A T5X checkpoint of format version 3 is one msgpack file, `checkpoint_<step>/checkpoint`:
 `{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`.
@@ -14,12 +15,22 @@ the whole tree with every array read; `read_params` the model's parameters
 (`optimizer.target`), flat, by their t5x names joined with "/". Every out-of-line array
 is read from inside the checkpoint directory only; a missing or damaged one is an error
 naming it.
+
+dss_jax's T5 names its parameters as t5x's `examples/t5/network.py` does, so the import
+is the same tree. A T5X checkpoint does not record its model's config: `config_from_shapes`
+reads it from the arrays (sizes, layer counts, gated or not, tied or a separate
+`logits_dense`); what arrays cannot show is T5's default and logged (a gated MLP's
+activation: GELU, as T5 v1.1, mT5 and Flan-T5; relative_attention_max_distance: 128).
+The optimizer state is not imported, with a line saying so. Reading T5X gin files and
+orbax-era layouts is not built.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import re
 from typing import Any
 
 import numpy as np
@@ -109,3 +120,79 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     walk(target, "")
     return flat
+
+
+def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpoint"):
+    """The T5Config a T5X T5's arrays show (see the module docstring)."""
+    from dss_jax.model.config import T5Config
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in params:
+            raise T5xCheckpointError(f"{source} has no {name}: not a T5X T5 (examples/t5/network.py) checkpoint")
+        return tuple(params[name].shape)
+
+    vocab_size, d_model = shape("token_embedder/embedding")
+    num_heads, buckets = shape("encoder/relpos_bias/rel_embedding")
+    inner = shape("encoder/layers_0/attention/query/kernel")[1]
+    gated = "encoder/layers_0/mlp/wi_0/kernel" in params
+    d_ff = shape(f"encoder/layers_0/mlp/{'wi_0' if gated else 'wi'}/kernel")[1]
+
+    def layers(stack: str) -> int:
+        found = {int(m.group(1)) for k in params if (m := re.match(rf"{stack}/layers_(\d+)/", k))}
+        return max(found) + 1 if found else 0
+
+    if inner % num_heads:
+        raise T5xCheckpointError(f"{source}: attention width {inner} does not divide over {num_heads} heads")
+    if gated:
+        logging.info("%s: a gated MLP; its activation is taken to be GELU (T5 v1.1, mT5, Flan-T5)", source)
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=inner // num_heads,
+        d_ff=d_ff,
+        num_heads=num_heads,
+        num_encoder_layers=layers("encoder"),
+        num_decoder_layers=layers("decoder"),
+        relative_attention_num_buckets=buckets,
+        feed_forward="gated-gelu" if gated else "relu",
+        tie_word_embeddings="decoder/logits_dense/kernel" not in params,
+    )
+
+
+def _to_ours(name: str, array: np.ndarray, config) -> np.ndarray:
+    """A T5X array in dss_jax's layout: attention kernels keep heads and head width apart
+    (T5X stores them joined, heads outermost), relative-position tables are [buckets, heads]
+    (T5X: [heads, buckets]); every other array is the same."""
+    heads, d_kv = config.num_heads, config.d_kv
+    leaf = name.split("/")
+    if leaf[-1] == "rel_embedding":
+        return array.T
+    if len(leaf) >= 2 and leaf[-1] == "kernel" and leaf[-2] in ("query", "key", "value"):
+        return array.reshape(array.shape[0], heads, d_kv)
+    if len(leaf) >= 3 and leaf[-1] == "kernel" and leaf[-2] == "out" and "attention" in leaf[-3]:
+        return array.reshape(heads, d_kv, array.shape[-1])
+    return array
+
+
+def import_checkpoint(path: str | os.PathLike):
+    """(params as dss_jax's T5 takes them, their T5Config) of a T5X checkpoint; every array
+    is checked against the config before anything is returned."""
+    from dss_jax.checkpoints import params as params_lib
+
+    source = str(checkpoint_file(path))
+    tree = read_checkpoint(path)
+    flat = read_params(path)
+    if tree["optimizer"].get("state"):
+        logging.info("%s: the optimizer state is not imported (training starts a new one)", source)
+    config = config_from_shapes(flat, source)
+    ours = {name: _to_ours(name, array, config) for name, array in flat.items()}
+    shapes = {tuple(k.split("/")): (a.shape, a.dtype) for k, a in ours.items()}
+    params_lib.check_params(shapes, config, f"the config its arrays show ({config})", source)
+    nested: dict = {}
+    for name, array in ours.items():
+        node = nested
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+    return nested, config
