@@ -98,3 +98,73 @@ def test_convert_imports_a_t5x_checkpoint_as_a_student_that_loads_and_decodes(tm
         "dss_jax.convert", f"--t5x_checkpoint={staged}", f"--hf_dir={tmp_path}", f"--output={tmp_path / 'x'}"
     )
     assert r.returncode != 0 and "give one of --hf_dir" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_t5x_checkpoint_trains_evaluates_and_exports_to_what_transformers_generates(tmp_path):
+    """Issue 34's end to end: T5X's tiny checkpoint -> import -> DSS training steps -> eval ->
+    export; transformers' generate gives the labels dss_jax.infer gives. The checkpoint is
+    random, so this pins exactness, not accuracy."""
+    import json
+
+    import torch
+    import transformers
+
+    from conftest import run_binary
+
+    env = dict(DSS_CACHE_DIR=tmp_path / "cache", XLA_FLAGS=None)
+    sizes = ["--gin.synthetic_config.train_size=60", "--gin.synthetic_config.validation_size=8"]
+    sizes += ["--gin.synthetic_config.test_size=8"]
+    staged = tmp_path / "t5x_run" / "checkpoint_0"  # a T5X run's step directory
+    staged.mkdir(parents=True)
+    shutil.copy(T5X_DATA / "test_t5_tiny.checkpoint_0", staged / "checkpoint")
+    spm = REPO_ROOT / "pretrained" / "synthetic_tiny_cpu" / "spiece.model"
+    imported, run, hf = tmp_path / "imported", tmp_path / "run", tmp_path / "hf"
+    lengths = "{'label_inputs': 64, 'label_targets': 8, 'rationale_inputs': 64, 'rationale_targets': 32}"
+    common = ["--gin_file=tasks/synthetic.gin", f"--gin.TASK_FEATURE_LENGTHS={lengths}", *sizes]
+
+    def ok(module, *args):
+        r = run_binary(module, *args, **env)
+        assert r.returncode == 0, f"{module}: {r.stderr[-3000:]}"
+        return r
+
+    ok("dss_jax.convert", f"--t5x_checkpoint={staged}", f"--vocab={spm}", f"--output={imported}")
+    ok(
+        "dss_jax.train",
+        "--gin_file=runs/train.gin",
+        *common,
+        f"--gin.MODEL_DIR='{run}'",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{imported}'",
+        "--gin.TRAIN_STEPS=2",
+        "--gin.BATCH_SIZE=4",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.train.checkpoint_period=2",
+    )
+    ok("dss_jax.eval", "--gin_file=runs/eval.gin", *common, f"--gin.CHECKPOINT_PATH='{run}'",
+       f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'")  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "step_2" / "metrics.json").read_text())["num_examples"] == 8
+    inputs = ["Ann has 3 pens and buys 2 more.", "A box holds 12 eggs; 5 break."]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": str(i), "input": t}) + "\n" for i, t in enumerate(inputs)))
+    ok("dss_jax.infer", "--gin_file=runs/infer.gin", *common, f"--gin.CHECKPOINT_PATH='{run}'",
+       f"--gin.INFER_INPUT='{source}'", f"--gin.INFER_OUTPUT='{tmp_path / 'out.jsonl'}'")  # fmt: skip
+    ours = [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    ok("dss_jax.export", f"--checkpoint={run}", f"--output={hf}")
+
+    from dss_jax import checkpoints
+    from dss_jax.data import vocab
+    from dss_jax.model.decoding import DecodeConfig, generate
+    from dss_jax.prediction import encode_input
+
+    ((_, path),) = checkpoints.select_checkpoints(str(run), "latest")
+    student, params, vocab_path = checkpoints.load_checkpoint(path)
+    vocabulary = vocab.from_checkpoint(vocab_path)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(hf, tie_word_embeddings=False).eval()
+    for text, label in zip(inputs, ours):
+        row, full = encode_input(vocabulary, "predict: " + text, 64, separator=False)
+        tokens = np.asarray(generate(student, params, row[None], config=DecodeConfig(max_decode_length=8)).tokens)[0]
+        assert vocabulary.decode(tokens.tolist()).strip() == label.strip()  # what infer wrote
+        with torch.no_grad():
+            theirs = model.generate(input_ids=torch.tensor([row[:full].tolist()]), max_new_tokens=8, do_sample=False)
+        theirs = theirs[0, 1:].tolist()  # after the decoder's start token
+        stop = theirs.index(1) + 1 if 1 in theirs else len(theirs)
+        assert tokens[:stop].tolist() == theirs[:stop] and stop >= 2
