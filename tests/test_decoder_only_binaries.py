@@ -184,11 +184,7 @@ def test_eval_decodes_labels_and_rationales(trained, tmp_path, method):
 
 
 def test_infer_samples_and_export_generates_the_same_tokens_in_transformers(trained, tmp_path):
-    from dss_jax import checkpoints
-    from dss_jax.data import vocab
     from dss_jax.data.paired import LABEL_PREFIX
-    from dss_jax.model.decoding import DecodeConfig, generate
-    from dss_jax.prediction import encode_input
 
     _, model_dir = trained
     source = tmp_path / "in.jsonl"
@@ -215,14 +211,24 @@ def test_infer_samples_and_export_generates_the_same_tokens_in_transformers(trai
     r = run("export", f"--checkpoint={model_dir}", f"--output={exported}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (exported / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    # The prompt as a transformers user writes it: the tokenizer adds BOS, the prompt ends in EOS.
+    _export_generates_our_tokens(model_dir, exported, LABEL_PREFIX + "Ann has 3 pens and buys 2.")
+
+
+def _export_generates_our_tokens(model_dir, exported, text):
+    """transformers' tokenizer from the export makes the prompt our encoding makes (plus the
+    EOS that ends every prompt), and its greedy `generate` gives our greedy tokens."""
+    from dss_jax import checkpoints
+    from dss_jax.data import vocab
+    from dss_jax.model.decoding import DecodeConfig, generate
+    from dss_jax.prediction import encode_input
+
     ((_, path),) = checkpoints.select_checkpoints(str(model_dir), "latest")
     model, params, vocab_path = checkpoints.load_checkpoint(path)
-    tokenizer = vocab.TokenizerJsonVocabulary(vocab_path)
-    row, full = encode_input(tokenizer, LABEL_PREFIX + "Ann has 3 pens and buys 2.", 96, separator=False)
+    row, full = encode_input(vocab.from_checkpoint(vocab_path), text, 96, separator=False)
     ours = np.asarray(generate(model, params, row[None], config=DecodeConfig(max_decode_length=12)).tokens)[0]
-    # The prompt as a transformers user writes it: the tokenizer adds BOS, the prompt ends in EOS.
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
-    prompt = hf_tokenizer(LABEL_PREFIX + "Ann has 3 pens and buys 2.")["input_ids"] + [hf_tokenizer.eos_token_id]
+    prompt = hf_tokenizer(text)["input_ids"] + [hf_tokenizer.eos_token_id]
     assert prompt == row[:full].tolist()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
     with torch.no_grad():
@@ -247,31 +253,13 @@ def test_it_trains_from_scratch_with_the_tasks_own_vocabulary(tmp_path):
     train = _metrics(model_dir / "train" / "metrics.jsonl")
     assert train[-1]["loss"] < train[0]["loss"] and train[0]["label/loss"] < 1.5 * np.log(1000)
     assert (model_dir / "spiece.model").is_file()
-    # Exported with a tokenizer.json written from the spiece.model: transformers' tokenizer
-    # makes the prompt our encoding makes, and generate gives our greedy tokens.
-    from dss_jax import checkpoints
-    from dss_jax.data import vocab
     from dss_jax.data.paired import LABEL_PREFIX
-    from dss_jax.model.decoding import DecodeConfig, generate
-    from dss_jax.prediction import encode_input
 
+    # Exported with a tokenizer.json written from the spiece.model.
     exported = tmp_path / "hf"
     r = run("export", f"--checkpoint={model_dir}", f"--output={exported}")
     assert r.returncode == 0, r.stderr[-3000:]
-    ((_, path),) = checkpoints.select_checkpoints(str(model_dir), "latest")
-    model, params, vocab_path = checkpoints.load_checkpoint(path)
-    text = LABEL_PREFIX + "Ann has 3 pens and buys 2 more * ü."
-    row, full = encode_input(vocab.from_checkpoint(vocab_path), text, 96, separator=False)
-    ours = np.asarray(generate(model, params, row[None], config=DecodeConfig(max_decode_length=12)).tokens)[0]
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
-    prompt = hf_tokenizer(text)["input_ids"] + [hf_tokenizer.eos_token_id]
-    assert prompt == row[:full].tolist()
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
-    with torch.no_grad():
-        generated = hf_model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :]
-    theirs = generated.tolist()
-    stop = theirs.index(1) + 1 if 1 in theirs else len(theirs)
-    assert ours[:stop].tolist() == theirs[:stop]
+    _export_generates_our_tokens(model_dir, exported, LABEL_PREFIX + "Ann has 3 pens and buys 2 more * ü.")
 
 
 def test_a_vocabulary_with_another_eos_is_refused_before_anything_is_written(tmp_path):
