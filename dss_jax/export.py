@@ -29,6 +29,10 @@ checkpoint (MODEL_DIR/hf, a new directory beside the run's own, is fine), or hol
 --vocab, is refused even then (dss_jax/output_paths.py), since config.json and
 spiece.model would replace the run's. HF_DIR is written beside itself and renamed into
 place, so a crash leaves no half-exported model.
+
+--checkpoint, --vocab and --output may be on an object store (gs://bucket/...): the export
+is written in a local temporary directory and uploaded. transformers loads only local
+directories, so the load line printed (and in the model card) copies it down first.
 """
 
 import json
@@ -36,7 +40,7 @@ from typing import Optional
 
 from absl import app, flags, logging
 
-from dss_jax import cli, output_paths
+from dss_jax import cli, files, output_paths
 from dss_jax.data import lengths as dss_lengths
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -92,17 +96,27 @@ def main(argv):
                 "tokens; pass max_new_tokens to generate)",
                 path,
             )
-        card = model_card(path, step, lengths, checkpoints.run_task(path), model.from_pretrained_call(_OUTPUT.value))
-        files = {"README.md": card.encode()}
+        card = model_card(path, step, lengths, checkpoints.run_task(path), how_to_load(model, _OUTPUT.value))
+        extra = {"README.md": card.encode()}
         kept = checkpoints.describing_dir(path)  # a converted checkpoint keeps its Hugging Face tokenizer
-        files.update({f: (kept / f).read_bytes() for f in checkpoints.TOKENIZER_FILES if (kept / f).is_file()})
-        out = model.export_hf(params, _OUTPUT.value, vocab, _OVERWRITE.value, generation=generation, extra_files=files)
+        extra.update({f: (kept / f).read_bytes() for f in checkpoints.TOKENIZER_FILES if (kept / f).is_file()})
+        out = model.export_hf(params, _OUTPUT.value, vocab, _OVERWRITE.value, generation=generation, extra_files=extra)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     if vocab is None:
         logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
     print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
-    print(f"load it with: {model.from_pretrained_call(out)}")
+    print(f"load it with: {how_to_load(model, str(out))}")
+
+
+def how_to_load(model, output: str) -> str:
+    """How to load the export in `output` into transformers, which reads local directories
+    only: an export on an object store is copied down first."""
+    if not files.is_remote(output):
+        return model.from_pretrained_call(output)
+    name = files.path(output).name
+    copy = f"# transformers loads local directories: gcloud storage cp -r {files.absolute(output)} ."
+    return f"{copy}\n{model.from_pretrained_call(name)}"
 
 
 def model_card(path: str, step: Optional[int], lengths, task, load_line: str) -> str:

@@ -18,6 +18,8 @@ first mistake with one line (`GinConfigError`) that names the file:line or bindi
   allowed, since one file can serve binaries that read different macros (a task file
   read by train and annotate); it is logged, as a warning when its name is close to one
   that is read.
+
+A gin file, an `include` and a search path may be a gs:// URL (read through dss_jax.files).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import difflib
 import importlib.util  # noqa: F401  (gin's resource reader uses it without importing it)
 import inspect
+import io
 import logging
 import os
 import re
@@ -35,7 +38,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from absl import flags
 
 import gin
-from dss_jax import cli
+from dss_jax import cli, files
 from gin import config_parser
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -56,6 +59,33 @@ class _QuietSearch(logging.Filter):
 
 
 logging.getLogger().addFilter(_QuietSearch())  # gin logs through the root logger
+
+
+def _is_file(path: str) -> bool:
+    """Whether a gin file is there, local or on an object store."""
+    if files.is_remote(path):
+        return files.path(path).is_file()
+    return os.path.isfile(path)
+
+
+def _open_text(path: str):
+    """A gin file opened for reading, local or on an object store (read whole, named by
+    its URL, for gin's messages)."""
+    if not files.is_remote(path):
+        return open(path)
+    text = io.StringIO(files.path(path).read_text())
+    text.name = files.absolute(path)
+    return text
+
+
+def _real(path: str) -> str:
+    """Where a gin file really is (symlinks resolved; a URL as it is)."""
+    return files.absolute(path) if files.is_remote(path) else os.path.realpath(path)
+
+
+# gin reads a file, or an `include`, through the first reader whose check passes: local
+# files with `open`, gs:// URLs with ours.
+gin.config.register_file_reader(_open_text, lambda path: files.is_remote(path) and _is_file(path))
 
 
 def define_gin_flags() -> None:
@@ -92,14 +122,14 @@ def parse_gin(
 
     required_macros: macros the binary's code needs even if no file reads them.
     """
-    dirs = [os.path.abspath(p) for p in list(search_paths) + [REPO_GIN_DIR]]
+    dirs = [files.absolute(p) for p in list(search_paths) + [REPO_GIN_DIR]]
     for path in dirs:
         if path not in gin.config._LOCATION_PREFIXES:  # a sweep parses once per run
             gin.add_config_file_search_path(path)
     if require_files and not gin_files:
         raise GinConfigError("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
-    files = [resolve_gin_file(f, dirs) for f in gin_files]
-    for path in files:
+    paths = [resolve_gin_file(f, dirs) for f in gin_files]
+    for path in paths:
         check_includes(path)
         with _one_line_errors(path=path):
             gin.parse_config_file(path)
@@ -107,10 +137,10 @@ def parse_gin(
     for binding in gin_bindings:
         with _one_line_errors(binding=binding):
             gin.parse_config(binding)
-    # A gin file's own gs:// path (a T5X file's, say) is refused like one on the command line.
+    # A path no binary can read or write here (gcs://, gs:// without gcsfs) is refused as on the command line.
     for binding, value in _bound_strings():
         cli.refuse_cloud_paths([value], f"gin binding {binding} = ")
-    check_macros(files, gin_bindings, required_macros)
+    check_macros(paths, gin_bindings, required_macros)
 
 
 def _bound_strings() -> Iterator[tuple[str, str]]:
@@ -135,10 +165,11 @@ def _bound_strings() -> Iterator[tuple[str, str]]:
 
 def resolve_gin_file(name: str, dirs: Sequence[str]) -> str:
     """The first of NAME, DIR/NAME for DIR in the search path that exists."""
-    candidates = [name] if os.path.isabs(name) else [name] + [os.path.join(d, name) for d in dirs]
+    absolute = os.path.isabs(name) or files.is_remote(name)
+    candidates = [name] if absolute else [name] + [os.path.join(d, name) for d in dirs]
     for path in candidates:
-        if os.path.isfile(path):
-            return os.path.abspath(path)
+        if _is_file(path):
+            return files.absolute(path)
     raise GinConfigError(
         f"--gin_file={name}: not found (looked in: {', '.join(['.'] + list(dirs))}); "
         "check the name, or add its folder with --gin_search_paths"
@@ -149,7 +180,7 @@ def bindings_in_file(path: str, configurable: str) -> dict:
     """{parameter: value} that a gin file binds on `configurable` (unscoped), read without
     binding anything (a model file's architecture, for tools that build a config aside
     from the run's gin state, e.g. dss_jax.aot)."""
-    with open(path) as f:
+    with _open_text(path) as f:
         statements = config_parser.ConfigParser(f.read(), gin.config.ParserDelegate(skip_unknown=True))
         return {
             s.arg_name: s.value
@@ -164,8 +195,8 @@ def check_includes(path: str) -> None:
     finds them; one that is not found is left for gin to report."""
 
     def walk(path: str, reading: list[str]) -> None:
-        reading = reading + [os.path.realpath(path)]
-        with _one_line_errors(path=path), open(path) as f:
+        reading = reading + [_real(path)]
+        with _one_line_errors(path=path), _open_text(path) as f:
             statements = list(config_parser.ConfigParser(f, _NamesOnly()))
         for statement in statements:
             if not isinstance(statement, config_parser.IncludeStatement):
@@ -173,8 +204,8 @@ def check_includes(path: str) -> None:
             included = _find_include(statement.filename)
             if included is None:
                 continue
-            if os.path.realpath(included) in reading:
-                cycle = reading[reading.index(os.path.realpath(included)) :] + [os.path.realpath(included)]
+            if _real(included) in reading:
+                cycle = reading[reading.index(_real(included)) :] + [_real(included)]
                 raise GinConfigError(
                     f"{_display(path)}:{statement.location.line_num}: include {statement.filename!r} leads back to "
                     f"a file it is read from ({' -> '.join(map(_display, cycle))}); remove the include that "
@@ -187,9 +218,9 @@ def check_includes(path: str) -> None:
 
 def _find_include(name: str) -> Optional[str]:
     """Where gin will find an `include`: the first search path that has it, or None."""
-    prefixes = [""] if os.path.isabs(name) else gin.config._LOCATION_PREFIXES
+    prefixes = [""] if os.path.isabs(name) or files.is_remote(name) else gin.config._LOCATION_PREFIXES
     for prefix in prefixes:
-        if os.path.isfile(os.path.join(prefix, name)):
+        if _is_file(os.path.join(prefix, name)):
             return os.path.join(prefix, name)
     return None
 
@@ -310,7 +341,10 @@ def _one_line(text: str) -> str:
 
 
 def _display(path: str) -> str:
-    """PATH as a user would type it: gin/... inside the repository, else relative to here."""
+    """PATH as a user would type it: gin/... inside the repository, else relative to here
+    (a URL as it is)."""
+    if files.is_remote(path):
+        return path
     path = os.path.abspath(path)
     repo = os.path.dirname(REPO_GIN_DIR)
     for root in (os.getcwd(), repo):
@@ -401,7 +435,7 @@ def macro_sites(files: Sequence[str], bindings: Sequence[str]) -> dict[str, tupl
     """
     sites: dict[str, tuple[str, bool]] = {}
     for path in files:
-        with open(path) as f:
+        with _open_text(path) as f:
             _file_macro_sites(f, sites)
     for binding in bindings:
         for statement in config_parser.ConfigParser(binding, _NamesOnly()):
@@ -415,7 +449,7 @@ def _file_macro_sites(f, sites: dict[str, tuple[str, bool]]) -> None:
         if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
             sites[_macro_name(statement)] = (f"{_display(f.name)}:{statement.location.line_num}", False)
         elif isinstance(statement, config_parser.IncludeStatement):
-            with open(_included_path(statement.filename)) as included:
+            with _open_text(_included_path(statement.filename)) as included:
                 _file_macro_sites(included, sites)
 
 
@@ -425,9 +459,9 @@ def _macro_name(statement: config_parser.BindingStatement) -> str:
 
 def _included_path(name: str) -> str:
     """Where gin found an `include` (it already parsed it): the first search path that has it."""
-    prefixes = [""] if os.path.isabs(name) else gin.config._LOCATION_PREFIXES
+    prefixes = [""] if os.path.isabs(name) or files.is_remote(name) else gin.config._LOCATION_PREFIXES
     for prefix in prefixes:
-        if os.path.isfile(os.path.join(prefix, name)):
+        if _is_file(os.path.join(prefix, name)):
             return os.path.join(prefix, name)
     raise GinConfigError(f"include {name!r}: not found")  # gin read it a moment ago; only a race gets here
 

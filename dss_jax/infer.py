@@ -18,7 +18,8 @@ anew would not fit the embeddings, so a checkpoint without spiece.model is refus
 
 INFER_OUTPUT is checked before the checkpoint is read (dss_jax/output_paths.py): it may
 not be INFER_INPUT, a file of a run or a checkpoint, or an existing non-empty file
-unless `--gin.OVERWRITE=True`, which replaces it whole.
+unless `--gin.OVERWRITE=True`, which replaces it whole. CHECKPOINT_PATH, INFER_INPUT and
+INFER_OUTPUT may be object-store URLs (gs://bucket/x, dss_jax/files.py).
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def infer_file(
             row["truncated"] = True
         rows.append(row)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+        if not files.is_remote(output_path):  # an object store has no directories to make
+            os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
         files.atomic_write(output_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     logging.info("wrote %d predictions to %s (%d inputs truncated)", len(rows), output_path, len(too_long))
     return rows

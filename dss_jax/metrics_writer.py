@@ -12,10 +12,15 @@ An evaluation written again over an earlier one (eval with OVERWRITE) replaces t
 step's record: `write(..., replace=True)` rewrites `metrics.jsonl` without the old one
 and the writer's events file as a purge of every earlier value followed by each record
 of `metrics.jsonl`. A write that fails (a full disk) names its file.
+
+LOG_DIR may be on an object store (gs://): objects cannot be appended to, so metrics.jsonl
+and the events file are kept whole in memory and uploaded whole at each flush (each
+record), and a rewrite uploads the new file in one piece.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -51,16 +56,16 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         self._tb = None
         if self.enabled:
-            os.makedirs(log_dir, exist_ok=True)
+            files.makedirs(log_dir)
             path = self.jsonl_path = os.path.join(log_dir, jsonl_name)
-            if resume_step is not None and os.path.exists(path):
+            if resume_step is not None and files.path(path).exists():
                 drop_records_after(path, resume_step)
             with files.naming_the_file(path):
-                self._jsonl = open(path, "a", encoding="utf-8")
+                self._jsonl = files.open_growing(path)
             if tensorboard:
                 # Each writer opens a new events file; after an earlier attempt's files, it
                 # starts with a purge of the steps this run recomputes.
-                earlier = any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
+                earlier = any(n.startswith("events.out.tfevents") for n in _names_in(log_dir))
                 purge_step = resume_step + 1 if resume_step is not None and earlier else None
                 self._tb = EventsFile(log_dir, purge_step=purge_step)
 
@@ -75,7 +80,7 @@ class MetricsWriter:
         if replaced:  # the file was replaced: append to the new one
             self._jsonl.close()
             with files.naming_the_file(self.jsonl_path):
-                self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+                self._jsonl = files.open_growing(self.jsonl_path)
         with files.naming_the_file(self.jsonl_path):
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
@@ -97,9 +102,13 @@ class MetricsWriter:
 class EventsFile:
     """One TensorBoard events file of scalars, written with tensorboard's own record
     framing and protos (no TensorFlow, no torch: tensorboardX imports torch when it is
-    installed, 3 s of every run's start-up). Each write is flushed."""
+    installed, 3 s of every run's start-up). Each write is flushed (`flush=False`: not
+    the first ones, until `write_scalars` flushes). On an object store the file is kept in
+    memory and uploaded whole at each flush (`_GrowingEventsObject`)."""
 
-    def __init__(self, log_dir: str, purge_step: Optional[int] = None, *, path: Optional[str] = None):
+    def __init__(
+        self, log_dir: str, purge_step: Optional[int] = None, *, path: Optional[str] = None, flush: bool = True
+    ):
         from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -107,14 +116,17 @@ class EventsFile:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_IDS)}"
         self.path = path or os.path.join(log_dir, name)
         with files.naming_the_file(self.path):
-            self._records = RecordWriter(open(self.path, "wb"))
+            writer = _GrowingEventsObject(self.path) if files.is_remote(self.path) else open(self.path, "wb")
+            self._records = RecordWriter(writer)
         self._add(event_pb2.Event(file_version="brain.Event:2"), step=purge_step)
         if purge_step is not None:
             # TensorBoard drops the earlier files' events at and after a START session log.
             self._add(
                 event_pb2.Event(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)), step=purge_step
             )
-        self._records.flush()
+        if flush:
+            with files.naming_the_file(self.path):
+                self._records.flush()
 
     def _add(self, event, step: Optional[int] = None) -> None:
         event.wall_time = time.time()
@@ -123,13 +135,14 @@ class EventsFile:
         with files.naming_the_file(self.path):
             self._records.write(event.SerializeToString())
 
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    def write_scalars(self, step: int, scalars: Mapping[str, float], *, flush: bool = True) -> None:
         from tensorboard.compat.proto import summary_pb2
 
         values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
         self._add(self._event_pb2.Event(summary=summary_pb2.Summary(value=values)), step=step)
-        with files.naming_the_file(self.path):
-            self._records.flush()
+        if flush:
+            with files.naming_the_file(self.path):
+                self._records.flush()
 
     def rewritten(self, records: list[dict]) -> "EventsFile":
         """This file replaced (atomically, under its name) by one that purges every earlier
@@ -137,6 +150,14 @@ class EventsFile:
         file is this writer's own, newer than every earlier one in the directory."""
         self.close()
         log_dir = os.path.dirname(self.path)
+        if files.is_remote(self.path):
+            # Built in memory and uploaded whole at its one flush: an object is replaced whole.
+            new = EventsFile(log_dir, purge_step=0, path=self.path, flush=False)
+            for r in records:
+                new.write_scalars(r["step"], {k: float(v) for k, v in r.items() if k != "step"}, flush=False)
+            with files.naming_the_file(self.path):
+                new._records.flush()
+            return new
         with files.atomic_output(self.path) as tmp:
             new = EventsFile(log_dir, purge_step=0, path=str(tmp))
             new.path = self.path  # later writes are named by the final path
@@ -145,7 +166,51 @@ class EventsFile:
         return new
 
     def close(self) -> None:
-        self._records.close()
+        with files.naming_the_file(self.path):
+            self._records.close()
+
+
+class _GrowingEventsObject(io.RawIOBase):
+    """An events file on an object store, which cannot be appended to: its bytes live in
+    memory and every flush uploads them whole (as files.open_growing does for a text log).
+    The file is this writer's own (a new name per writer), so nothing else is kept."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self._target = files.path(target)
+        self._data = io.BytesIO()
+        self._dirty = True  # an empty file exists once flushed, as a local one once opened
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._dirty = True
+        return self._data.write(b)
+
+    def flush(self) -> None:
+        if self._dirty and not self.closed:
+            self._target.write_bytes(self._data.getvalue())
+            self._dirty = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+        super().close()
+
+
+def _names_in(directory: str) -> list[str]:
+    """The names of the entries of a directory (local or gs://); [] when there is none."""
+    d = files.path(directory)
+    return [e.name for e in d.iterdir()] if d.is_dir() else []
+
+
+def _read_lines(path: str) -> list[str]:
+    """A text file's lines as `open(path, encoding="utf-8", errors="replace")` reads them,
+    local or gs:// (read whole: metrics files are small)."""
+    with files.path(path).open("rb") as f:
+        data = f.read()
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace").readlines()
 
 
 _FILE_IDS = itertools.count()
@@ -155,8 +220,7 @@ def drop_records_after(path: str, step: int) -> int:
     """Rewrites a metrics.jsonl without the records of steps after `step` (and without a
     torn last line); returns how many lines were dropped. Write-new-then-rename: a crash
     at any point leaves either the old file or the new one, never a mix."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
+    lines = _read_lines(path)
     kept = [line for line in lines if _record_step(line) is not None and _record_step(line) <= step]
     dropped = len(lines) - len(kept)
     if not dropped:
@@ -169,10 +233,9 @@ def drop_records_after(path: str, step: int) -> int:
 def drop_records_of(path: str, step: int) -> int:
     """Rewrites a metrics.jsonl without the records of `step` (a new file renamed into
     place); returns how many were dropped."""
-    if not os.path.exists(path):
+    if not files.path(path).exists():
         return 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
+    lines = _read_lines(path)
     kept = [line for line in lines if _record_step(line) != step]
     if len(kept) == len(lines):
         return 0
@@ -183,10 +246,9 @@ def drop_records_of(path: str, step: int) -> int:
 def read_records(path: str) -> list[dict]:
     """The whole records of a metrics.jsonl, in file order ([] when there is none); a
     torn or malformed line (a writer killed mid-line) is left out."""
-    if not os.path.exists(path):
+    if not files.path(path).exists():
         return []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return [json.loads(line) for line in f if _record_step(line) is not None]
+    return [json.loads(line) for line in _read_lines(path) if _record_step(line) is not None]
 
 
 def _record_step(line: str) -> Optional[int]:

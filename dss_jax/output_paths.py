@@ -22,6 +22,11 @@ find out) is refused the same way, before the work that would have been lost.
 
 `checkpoints.check_output_dir` adds the rules of a directory replaced whole (export,
 convert); `files.naming_the_file` names the file of a write that fails anyway.
+
+Paths may be object-store URLs (gs://bucket/x, dss_jax/files.py), with the same rules: a
+prefix with objects under it is a directory, a URL names one object (an object store has
+no links, so two URLs are the same file only when they are equal), and the probe writes
+and removes a small object.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import re
 import uuid
 from typing import Mapping, Optional, Sequence, Union
 
+from dss_jax import files
 from dss_jax.cli import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -128,7 +134,7 @@ def inside_run_or_checkpoint(path: pathlib.Path, *, directory: bool, whole: bool
     are not part of it. `whole`: a directory output replaced whole may be a checkpoint
     (an earlier export), never a run: `checkpoints.check_output_dir` says which
     checkpoint may be replaced."""
-    for ancestor in (path, *path.parents):
+    for ancestor in _ancestors(path):
         kind = run_or_checkpoint(ancestor)
         if kind is None:
             continue
@@ -154,7 +160,12 @@ def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
     or None: it holds train.lock, a checkpoint_<step>/ dir or a run's task.json; orbax's
     files; or a model's config.json (a dss_jax or Hugging Face checkpoint)."""
     try:
-        names = set(os.listdir(d))
+        if files.is_remote(d):
+            # A prefix is a directory when objects lie under it; listing an object would
+            # list the object itself.
+            names = {p.name for p in d.iterdir()} if d.is_dir() else set()
+        else:
+            names = set(os.listdir(d))
     except OSError:  # not a directory, or not readable: nothing to protect that we can see
         return None
     if LOCK_FILE in names or any(RUN_STEP_DIR.match(n) and (d / n).is_dir() for n in names):
@@ -171,13 +182,24 @@ def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
 def probe_writable(setting: str, given: PathLike, directory: pathlib.Path) -> None:
     """OutputPathError unless a file can be written in `directory` (or, when it does not
     exist yet, in its nearest existing parent, where it would be created): a small file
-    is written there and removed."""
+    is written there and removed. On an object store the object is written in `directory`
+    itself, which needs no parent to exist, after no parent is found to be an object."""
     target = directory
-    while not target.exists():
+    remote = files.is_remote(directory)
+    while not target.exists() and not (remote and _is_bucket(target)):
         target = target.parent
-    if not target.is_dir():
+    if target.exists() and not target.is_dir():
         raise OutputPathError(f"{setting}={given}: {target} is a file, not a directory")
+    if remote:
+        target = directory
     probe = target / f".dss_write_probe-{uuid.uuid4().hex}"
+    if remote:  # no O_EXCL or partial writes on an object store: an object appears whole
+        try:
+            probe.write_bytes(b"\0" * PROBE_BYTES)
+            probe.unlink()
+        except Exception as e:  # the client's errors (no bucket, 401, 403) are not all OSErrors
+            raise OutputPathError(f"{setting}={given}: cannot write in {target} ({_reason(e)})") from None
+        return
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -193,16 +215,46 @@ def probe_writable(setting: str, given: PathLike, directory: pathlib.Path) -> No
         ) from None
 
 
+def _reason(e: Exception) -> str:
+    """Why a write failed, in one line (an object store's client puts its reply on more)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if isinstance(e, FileNotFoundError):
+        return "no such bucket"  # a missing prefix needs no creating: the bucket is what is missing
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _real(path: PathLike) -> pathlib.Path:
-    """The absolute path with every symlink of its existing part resolved."""
+    """The absolute path with every symlink of its existing part resolved (a URL as it is:
+    an object store has no links)."""
+    if files.is_remote(path):
+        return files.path(files.absolute(path))
     return pathlib.Path(os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path)))))
 
 
 def _same_file(a: PathLike, b: PathLike) -> bool:
+    if files.is_remote(a) or files.is_remote(b):  # no links, no inodes: the same URL or not
+        return files.is_remote(a) and files.is_remote(b) and files.absolute(a) == files.absolute(b)
     try:
         return os.path.samefile(a, b)
     except OSError:  # one does not exist
         return False
+
+
+def _is_bucket(path) -> bool:
+    """Whether the URL `path` is a bucket's root (gs://bucket), above which nothing is."""
+    return "/" not in files.absolute(path).split("://", 1)[1]
+
+
+def _ancestors(path: pathlib.Path) -> list:
+    """`path` and its parents; for a URL, those in its bucket (epath goes on to gs:// and /)."""
+    if not files.is_remote(path):
+        return [path, *path.parents]
+    out = [path]
+    while not _is_bucket(out[-1]):
+        out.append(out[-1].parent)
+    return out
 
 
 def _json_keys(path: pathlib.Path) -> set:
@@ -225,7 +277,7 @@ def _check_kind(out: Output, path: pathlib.Path) -> None:
         for name in out.files:
             if (path / name).is_dir():
                 raise OutputPathError(f"{out.named()}: {path / name} is a directory where a file goes")
-            for parent in (path / name).relative_to(path).parents:
+            for parent in pathlib.PurePosixPath(name).parents[:-1]:  # those below `path`
                 if (path / parent).exists() and not (path / parent).is_dir():
                     raise OutputPathError(f"{out.named()}: {path / parent} is a file where a directory goes")
         return
@@ -267,7 +319,12 @@ def _held_result(out: Output, path: pathlib.Path) -> Optional[str]:
 
 def _non_empty(path: pathlib.Path) -> Optional[str]:
     try:
-        size = path.stat().st_size if path.is_file() else 0
+        size = _size(path) if path.is_file() else 0
     except OSError:
         return None
     return f"{size} bytes" if size else None
+
+
+def _size(path: pathlib.Path) -> int:
+    stat = path.stat()
+    return stat.length if files.is_remote(path) else stat.st_size  # epath's StatResult

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import math
 import os
 from typing import Optional, Sequence
 
+from dss_jax import files
 from dss_jax.training import selection
 
 SELECTIONS = ("last", "validation")
@@ -41,19 +43,18 @@ SELECTED_COLUMNS = ("selected_step", "selected_examples", "selected_real_tokens"
 
 def evaluated_steps(run_dir: str) -> list[int]:
     """Steps with a finished test evaluation (run_dir/eval/step_<N>/metrics.json)."""
-    eval_dir = os.path.join(run_dir, "eval")
-    if not os.path.isdir(eval_dir):
+    eval_dir = files.path(os.path.join(run_dir, "eval"))
+    if not eval_dir.is_dir():
         return []
     return sorted(
-        int(d[5:])
-        for d in os.listdir(eval_dir)
-        if d.startswith("step_") and d[5:].isdigit() and os.path.exists(os.path.join(eval_dir, d, "metrics.json"))
+        int(d.name[5:])
+        for d in eval_dir.iterdir()
+        if d.name.startswith("step_") and d.name[5:].isdigit() and (d / "metrics.json").exists()
     )
 
 
 def eval_metrics(run_dir: str, step: int) -> dict:
-    with open(os.path.join(run_dir, "eval", f"step_{step}", "metrics.json")) as f:
-        return json.load(f)
+    return json.loads(files.path(os.path.join(run_dir, "eval", f"step_{step}", "metrics.json")).read_text())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ def run_result(run_dir: str, cfg: dict) -> Optional[dict]:
     done = evaluated_steps(run_dir)
     if cfg.get("selection", "last") == "last":
         return eval_metrics(run_dir, done[-1]) if done else None
-    if not os.path.isfile(os.path.join(run_dir, "model", "validation", "metrics.jsonl")):
+    if not files.path(os.path.join(run_dir, "model", "validation", "metrics.jsonl")).is_file():
         return None
     needed = steps_to_evaluate(run_dir, cfg)
     if not needed or any(s not in done for s in needed):
@@ -207,15 +208,13 @@ def collect(runs: list, results: dict[str, dict], metric: str, out_dir: str, cfg
             [*KEY_COLUMNS, "budget_axis", "budget", "selected_step", "reached", metric],
         )
         lines += _budget_tables(budget_rows, metric, cfg)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.atomic_write(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     return rows
 
 
 def read_budgets(path: str) -> list[dict]:
     """The rows of a budgets.csv, with numbers as numbers ("" where a run has no value)."""
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(files.path(path).read_bytes().decode("utf-8"), newline="")))
     for r in rows:
         r.update(
             fraction=float(r["fraction"]), rationale_weight=float(r["rationale_weight"]), budget=float(r["budget"])
@@ -224,10 +223,11 @@ def read_budgets(path: str) -> list[dict]:
 
 
 def _write_csv(path: str, rows: list[dict], fields: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    files.atomic_write(path, text.getvalue())
 
 
 def _table(groups: list[dict], metric: str, cfg: dict, selected: bool) -> list[str]:
@@ -456,7 +456,7 @@ def plot(rows: list[dict], metric: str, path: str, title: str = "") -> None:
         ax.legend()
     axes[0][0].set_ylabel(f"test {metric} (%), mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -501,8 +501,16 @@ def plot_budgets(budget_rows: list[dict], metric: str, path: str, title: str = "
             ax.legend(fontsize=8)
         axes[i][0].set_ylabel(f"test {metric} (%), mean ± std")
     fig.tight_layout()
-    fig.savefig(path)
+    _savefig(fig, path)
     plt.close(fig)
+
+
+def _savefig(fig, path: str) -> None:
+    if files.is_remote(path):  # written locally (its name gives the format), uploaded whole
+        with files.atomic_output(path) as tmp:
+            fig.savefig(tmp)
+    else:
+        fig.savefig(path)
 
 
 def _pyplot():

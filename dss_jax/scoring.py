@@ -224,7 +224,8 @@ def write_outputs(
     """Writes predictions.jsonl and metrics.json (metrics plus `info`) into `output_dir`."""
     if jax.process_index() != 0:
         return
-    os.makedirs(output_dir, exist_ok=True)
+    if not files.is_remote(output_dir):  # an object store has no directories to make
+        os.makedirs(output_dir, exist_ok=True)
     predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.records)
     files.atomic_write(os.path.join(output_dir, PREDICTIONS_FILE), predictions)
     summary = {**dict(info or {}), "step": step, **result.metrics}

@@ -48,6 +48,7 @@ next to the metric.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -55,13 +56,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from absl import flags, logging
 
 import gin
-from dss_jax import cli, gin_utils, output_paths, results
+from dss_jax import cli, files, gin_utils, output_paths, results
 
 FLAGS = flags.FLAGS
 
@@ -273,7 +275,7 @@ def check_runs(runs: list[Run], cfg: dict, search_paths: Sequence[str] = (".",))
             gin_utils.parse_gin(gin_files, bindings, search_paths, binary.REQUIRED_MACROS)
         except gin_utils.GinConfigError as e:
             raise gin_utils.GinConfigError(f"{name}, {module.split('.')[-1]}: {e}") from e
-        if os.path.isfile(recorded):
+        if files.path(recorded).is_file():
             _check_same_settings(name, recorded, gin.config_str(), cfg)
     gin.clear_config()
 
@@ -297,8 +299,7 @@ def settings_of(config_gin: str, sweep_dir: Optional[str] = None) -> str:
 def _check_same_settings(name: str, recorded: str, now: str, cfg: dict) -> None:
     import difflib
 
-    with open(recorded) as f:
-        before = settings_of(f.read())
+    before = settings_of(files.path(recorded).read_text(encoding="utf-8"))
     after = settings_of(now, cfg["sweep_dir"])
     if before == after:
         return
@@ -362,7 +363,41 @@ def check_methods(cfg: dict) -> None:
             )
 
 
+@contextlib.contextmanager
+def _local_log(log_path: str) -> Iterator[str]:
+    """A local file for a run's log (a child's stdout needs one): `log_path` itself, or for
+    an object-store URL a local copy of it (holding what it held, as a log is appended to)
+    uploaded whole when the block ends, however it ends."""
+    if not files.is_remote(log_path):
+        yield log_path
+        return
+    with tempfile.TemporaryDirectory(prefix="dss_sweep_log_") as tmp:
+        local = os.path.join(tmp, files.path(log_path).name)
+        if files.path(log_path).is_file():
+            files.copy(log_path, local)
+        try:
+            yield local
+        finally:
+            if os.path.exists(local):
+                files.upload(local, log_path)
+
+
+def _naming(error: cli.UserError, local: str, log_path: str) -> cli.UserError:
+    """`error` naming the log where it is kept (`log_path`), not its local copy."""
+    return error if local == log_path else cli.UserError(str(error).replace(local, log_path))
+
+
 def _run_binary(
+    module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str, timeout
+) -> None:
+    with _local_log(log_path) as local:
+        try:
+            _run_binary_logged(module, gin_files, bindings, search_paths, local, timeout)
+        except cli.UserError as e:
+            raise _naming(e, local, log_path) from None
+
+
+def _run_binary_logged(
     module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str, timeout
 ) -> None:
     cmd = [
@@ -388,6 +423,16 @@ def _run_binary(
 
 
 def _run_in_process(
+    module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str
+) -> None:
+    with _local_log(log_path) as local:
+        try:
+            _run_in_process_logged(module, gin_files, bindings, search_paths, local)
+        except cli.UserError as e:
+            raise _naming(e, local, log_path) from None
+
+
+def _run_in_process_logged(
     module: str, gin_files: list[str], bindings: list[str], search_paths: Sequence[str], log_path: str
 ) -> None:
     """What `python -m MODULE` does with these gin files and bindings, in this process:
@@ -446,7 +491,7 @@ def run_command(
     """Runs one binary of a run (a resumed train binary finishes an interrupted run), its
     log in run_dir/<binary>.log."""
     module, gin_files, bindings = command
-    os.makedirs(run_dir, exist_ok=True)
+    files.makedirs(run_dir)
     log = os.path.join(run_dir, f"{module.split('.')[-1]}.log")
     if cfg.get("in_process"):
         _run_in_process(module, gin_files, bindings, search_paths, log)
@@ -513,14 +558,12 @@ def check_code(cfg: dict) -> None:
     corpus holds the project's docs). The first call records the commit in
     SWEEP_DIR/code.json; a later one from another commit is refused unless
     `allow_other_code`. A checkout with modified files cannot be told apart: a warning."""
-    from dss_jax import files
-
     path = os.path.join(cfg["sweep_dir"], CODE_FILE)
     now = code_version()
     if now["modified"]:
         logging.warning("this checkout of dss_jax has uncommitted changes: %s cannot tell them apart", path)
-    if not os.path.exists(path):
-        os.makedirs(cfg["sweep_dir"], exist_ok=True)
+    if not files.path(path).exists():
+        files.makedirs(cfg["sweep_dir"])
         files.atomic_write(path, json.dumps(now, indent=1) + "\n")
         return
     recorded = files.read_json_object(path, cli.UserError, "the code that made this sweep's runs")
@@ -539,7 +582,7 @@ def check_code(cfg: dict) -> None:
 
 def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str, dict]:
     """The pretraining runs the grid starts from, then every run: {run name: its metrics}."""
-    os.makedirs(cfg["sweep_dir"], exist_ok=True)
+    files.makedirs(cfg["sweep_dir"])
     # Only what a run still to do starts from: a finished grid is not pretrained again.
     done = finished(runs, cfg)
     for size, command in pretrain_commands([run for run in runs if run.name not in done], cfg):
@@ -611,11 +654,11 @@ def report(runs: list[Run], outcomes: dict[str, dict], cfg: dict) -> None:
     rows = results.collect(runs, outcomes, metric, out, cfg)
     results.plot(rows, metric, os.path.join(out, "figure.png"), title=title)
     written = ["results.csv", "results.md", "figure.png"]
-    if os.path.exists(os.path.join(out, "budgets.csv")) and rows:
+    if files.path(os.path.join(out, "budgets.csv")).exists() and rows:
         budget_rows = results.read_budgets(os.path.join(out, "budgets.csv"))
         results.plot_budgets(budget_rows, metric, os.path.join(out, "figure_budgets.png"), title=title)
         written += ["budgets.csv", "figure_budgets.png"]
-    print(open(os.path.join(out, "results.md")).read())
+    print(files.path(os.path.join(out, "results.md")).read_text(encoding="utf-8"))
     print(f"results: {out}/{', '.join(written)}")
 
 

@@ -16,7 +16,6 @@ and `dss_synthetic_pretrain_causal` (causal LM, for decoder-only students).
 """
 
 import functools
-import pathlib
 
 import gin
 from dss_jax.data import pretrain, synthetic
@@ -62,7 +61,7 @@ pretrain.register_span_corruption_task(
     PRETRAIN_TASK_NAME,
     text_files=_corpus,
     vocabulary=LazyVocabulary(
-        lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])), name=f"{PRETRAIN_TASK_NAME} vocabulary"
+        lambda: pretrain.corpus_vocabulary(_corpus()[0]), name=f"{PRETRAIN_TASK_NAME} vocabulary"
     ),
     inputs_length=128,
     targets_length=32,
@@ -75,7 +74,7 @@ pretrain.register_causal_lm_task(
     CAUSAL_PRETRAIN_TASK_NAME,
     text_files=_corpus,
     vocabulary=LazyVocabulary(
-        lambda: pretrain.corpus_vocabulary(pathlib.Path(_corpus()[0])),
+        lambda: pretrain.corpus_vocabulary(_corpus()[0]),
         name=f"{CAUSAL_PRETRAIN_TASK_NAME} vocabulary",
     ),
     length=256,

@@ -249,37 +249,52 @@ def test_the_train_binary_on_a_cache_dir_it_cannot_write_is_one_line(tmp_path):
     assert not model_dir.exists()
 
 
-CLOUD = "gs:// paths are not read or written yet (the path would be taken for a local directory named 'gs:')"
-
-
 @pytest.mark.parametrize(
-    "module, args, where",
+    "module, args, where, why",
     [
         (
             "dss_jax.train",
             ["--gin_file=runs/train.gin", "--gin_file=models/tiny.gin", "--gin_file=tasks/synthetic.gin"]
-            + ["--gin.MODEL_DIR='gs://my-bucket/run'"],
-            "--gin.MODEL_DIR='gs://my-bucket/run'",
+            + ["--gin.MODEL_DIR='gcs://my-bucket/run'"],
+            "--gin.MODEL_DIR='gcs://my-bucket/run'",
+            "gcs:// paths are not served (write gs:// for Cloud Storage); use gs://, s3://, az:// or a local path",
         ),
-        ("dss_jax.export", ["--checkpoint=/nowhere", "--output=gs://my-bucket/hf"], "--output=gs://my-bucket/hf"),
+        (
+            "dss_jax.export",
+            ["--checkpoint=/nowhere", "--output=hdfs://namenode/hf"],
+            "--output=hdfs://namenode/hf",
+            "hdfs:// paths are not served; use gs://, s3://, az:// or a local path",
+        ),
     ],
 )
-def test_a_cloud_path_on_the_command_line_is_refused_before_anything_is_written(tmp_path, module, args, where):
-    # Taken for a local path, gs://b/run used to make ./gs:/b/run/ and train there.
+def test_an_unserved_object_store_path_is_refused_before_anything_is_written(tmp_path, module, args, where, why):
+    # Taken for a local path, gcs://b/run would make ./gcs:/b/run/ and train there. (gs:// is
+    # served: tests/test_gcs_*.py.)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     r = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"{module.split('.')[1]}: error: {where}: {CLOUD}; mount the bucket "
-                                             "(e.g. with gcsfuse) and give its local path"]  # fmt: skip
+    assert r.stderr.strip().splitlines() == [f"{module.split('.')[1]}: error: {where}: {why}"]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_cloud_path_bound_in_a_gin_file_is_refused_naming_the_binding(tmp_path):
+def test_an_unserved_object_store_path_bound_in_a_gin_file_is_refused_naming_the_binding(tmp_path):
     from dss_jax import gin_utils
 
     config = tmp_path / "t5x_finetune.gin"
-    config.write_text("include 'runs/train.gin'\nINITIAL_CHECKPOINT_PATH = 'gs://t5-data/t5_1_1_small/checkpoint_1'\n")
-    with pytest.raises(cli.UserError, match="^gin binding INITIAL_CHECKPOINT_PATH = gs://t5-data/t5_1_1_small/"):
+    config.write_text("include 'runs/train.gin'\nINITIAL_CHECKPOINT_PATH = 'gcs://t5-data/t5_1_1_small/checkpoint_1'\n")
+    with pytest.raises(cli.UserError, match="^gin binding INITIAL_CHECKPOINT_PATH = gcs://t5-data/t5_1_1_small/"):
         gin_utils.parse_gin([str(config)], ["MODEL_DIR = '/tmp/x'"])
-    # A teacher's http(s) endpoint is no cloud path.
+    # gs:// is served, and a teacher's http(s) endpoint is no object store.
     cli.refuse_cloud_paths(["--base_url=https://api.example.com/v1", "--gin.X='http://127.0.0.1:8080'"])
+    cli.refuse_cloud_paths(["--gin.MODEL_DIR='gs://my-bucket/run'", "INITIAL_CHECKPOINT_PATH = 'gs://t5-data/c'"])
+
+
+def test_an_object_store_whose_client_is_not_installed_is_refused_naming_the_package(monkeypatch):
+    from dss_jax import files
+
+    monkeypatch.setitem(files.OBJECT_STORES, "s3", "dss_no_such_client")  # as on a machine without s3fs
+    with pytest.raises(cli.UserError) as e:
+        cli.refuse_cloud_paths(["--output=s3://my-bucket/hf"])
+    assert str(e.value) == (
+        "--output=s3://my-bucket/hf: s3:// paths need the dss_no_such_client package: pip install dss_no_such_client"
+    )

@@ -44,15 +44,24 @@ class CheckpointNotFoundError(UserError, FileNotFoundError):
     """The checkpoint directory, its orbax item or its config.json is missing."""
 
 
-def checkpoint_steps(model_dir: str) -> list[int]:
-    """Steps with a finished checkpoint in a run directory."""
-    if not os.path.isdir(model_dir):
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps with a finished checkpoint in a run directory (local or gs://)."""
+    d = files.path(model_dir)
+    if not d.is_dir():
         return []
     steps = []
-    for name in os.listdir(model_dir):
-        if RUN_STEP_DIR.match(name) and os.path.isdir(os.path.join(model_dir, name, STATE_ITEM)):
-            steps.append(int(name[len(STEP_PREFIX) + 1 :]))
+    for entry in d.iterdir():
+        if RUN_STEP_DIR.match(entry.name) and (entry / STATE_ITEM).is_dir():
+            steps.append(int(entry.name[len(STEP_PREFIX) + 1 :]))
     return sorted(steps)
+
+
+def absolute_path(path: str | os.PathLike) -> pathlib.Path:
+    """`path` as an absolute path object: a pathlib.Path, or an etils.epath.Path for an
+    object-store URL (which pathlib would turn into a local "gs:/..." path)."""
+    if files.is_remote(path):
+        return files.path(files.absolute(path))
+    return pathlib.Path(path).absolute()
 
 
 def step_dir(model_dir: str, step: int) -> str:
@@ -75,9 +84,9 @@ def select_checkpoints(
     is read from a `checkpoint_<step>` name, else None. Errors name `path_setting` and
     `steps_setting`, the caller's names for the two (a gin macro, a flag).
     """
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
-        what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+    path = files.absolute(path)
+    if not files.path(path).is_dir():
+        what = "is a file, not a directory" if files.path(path).exists() else "does not exist"
         raise CheckpointNotFoundError(f"checkpoint path {path} {what} ({path_setting})")
     available = checkpoint_steps(path)
     if not available:
@@ -86,7 +95,7 @@ def select_checkpoints(
                 f"{steps_setting}={steps!r} needs a model dir with checkpoint_<step>/ dirs "
                 f"(a training run's MODEL_DIR); {path} has none"
             )
-        name = os.path.basename(path)
+        name = files.path(path).name
         return [(int(name.split("_")[1]) if RUN_STEP_DIR.match(name) else None, path)]
     if steps == "latest":
         chosen = [available[-1]]
@@ -163,7 +172,7 @@ def describing_dir(path: str | os.PathLike) -> pathlib.Path:
     above it. An orbax item given itself (a `save_params` dir's params/, a step's state/)
     stands for the checkpoint dir that holds it. Never any other ancestor: a checkpoint
     copied into another run's directory must not be read with that run's files."""
-    d = pathlib.Path(path).absolute()
+    d = absolute_path(path)
     if (d / PYTREE_MARKER).is_file() and not (d / CONFIG_FILE).is_file():
         d = d.parent
     if RUN_STEP_DIR.match(d.name) and not (d / CONFIG_FILE).is_file():
@@ -179,7 +188,7 @@ def describing_file(path: str | os.PathLike, name: str) -> Optional[pathlib.Path
 
 def where_described(path: str | os.PathLike) -> str:
     """The `describing_dir` of a checkpoint, said for messages."""
-    d, step = describing_dir(path), pathlib.Path(path).absolute()
+    d, step = describing_dir(path), absolute_path(path)
     if step != d and (step / PYTREE_MARKER).is_file():
         step = step.parent  # an orbax item given itself
     return str(d) if step == d else f"{d} (the training run's MODEL_DIR above {step})"
@@ -201,7 +210,7 @@ def find_vocabulary(path: str | os.PathLike) -> Optional[str]:
 def read_config(path: str | os.PathLike) -> tuple[object, str]:
     """(the model config (its family's class), the config.json it was read from) that describes the checkpoint at
     `path` (see `find_config`); CheckpointNotFoundError when there is none."""
-    path = pathlib.Path(path)
+    path = files.path(path)
     config_path = find_config(path)
     if config_path is None:
         raise CheckpointNotFoundError(

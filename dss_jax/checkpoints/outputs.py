@@ -8,6 +8,11 @@ the output appears whole (written beside the target, renamed into place when com
 
 `save_params` and `hf_convert.export_hf_checkpoint` write through `staged_output_dir`;
 both are meant to be called from one process (the convert and export binaries).
+
+A target may be an object-store URL (gs://bucket/model): it is written in a local
+directory and uploaded when complete. An object store cannot rename a directory, so its
+objects appear one by one; an output replaced there has its new objects uploaded over
+the old ones first, and those of the old output that the new one lacks removed after.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import os
 import pathlib
 import secrets
 import shutil
+import tempfile
 from typing import Iterator, Optional, Sequence
 
+from dss_jax import files
 from dss_jax.checkpoints.locate import ORBAX_MARKERS, RUN_STEP_DIR
 from dss_jax.cli import UserError
 
@@ -47,7 +54,7 @@ def check_output_dir(target: str | os.PathLike, *, overwrite: bool, replaceable:
     """OutputDirError unless `target` may receive `what`: it is new or empty, or (with
     `overwrite`) holds only entries matching `replaceable`. A run or a checkpoint (other
     than a `replaceable` one) is never written over. -> whether `target` has entries."""
-    target = pathlib.Path(target)
+    target = files.path(files.absolute(target)) if files.is_remote(target) else pathlib.Path(target)
     if not target.exists():
         return False
     if not target.is_dir():
@@ -85,7 +92,11 @@ def staged_output_dir(
     a replaced old `target` is deleted only after that. On an error the staging directory
     is removed and `target` is untouched. Its files get the modes the user's umask gives a
     new file (safetensors writes 0600, which other users and containers cannot read).
-    Refusals: see `check_output_dir`."""
+    Refusals: see `check_output_dir`. An object-store target: see the module docstring."""
+    if files.is_remote(target):
+        with _staged_remote_dir(target, overwrite=overwrite, replaceable=replaceable, what=what) as staging:
+            yield staging
+        return
     target = pathlib.Path(target).absolute()
     replace = check_output_dir(target, overwrite=overwrite, replaceable=replaceable, what=what)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +116,38 @@ def staged_output_dir(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+@contextlib.contextmanager
+def _staged_remote_dir(target, *, overwrite: bool, replaceable: Sequence[str], what: str) -> Iterator[pathlib.Path]:
+    """`staged_output_dir` for an object-store URL: a local directory, uploaded into
+    `target` when the block ends without an error (the objects of a replaced output that
+    the new one lacks are removed after). Object stores keep no file modes."""
+    target = files.path(files.absolute(target))
+    replace = check_output_dir(target, overwrite=overwrite, replaceable=replaceable, what=what)
+    old = _object_names(target) if replace else set()
+    with tempfile.TemporaryDirectory(prefix="dss_stage_") as tmp:
+        staging = pathlib.Path(tmp) / target.name
+        staging.mkdir()
+        yield staging
+        files.upload_tree(staging, target)
+        new = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
+    for name in sorted(old - new):
+        (target / name).unlink(missing_ok=True)
+
+
+def _object_names(d) -> set[str]:
+    """The paths of every object below the URL `d`, relative to it."""
+    names, todo = set(), [""]
+    while todo:  # by listings: epath's walk drops the scheme of the paths it yields
+        rel = todo.pop()
+        for entry in (d / rel if rel else d).iterdir():
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():
+                todo.append(name)
+            else:
+                names.add(name)
+    return names
 
 
 def _normal_file_modes(directory: pathlib.Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -49,6 +48,7 @@ from dss_jax.checkpoints.locate import (
     VOCAB_FILE,
     CheckpointError,
     CheckpointNotFoundError,
+    absolute_path,
     checkpoint_steps,
     find_vocabulary,
     no_checkpoint_error,
@@ -80,7 +80,7 @@ def save_params(
     """Writes the params checkpoint (see the module docstring); params with NaN or
     infinity are refused before anything is written (`source`: what they were read from,
     for that message)."""
-    ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+    ckpt_dir = absolute_path(ckpt_dir)  # a gs:// URL stays one (staged locally, uploaded whole)
     params = nn.meta.unbox(params)
     root_keys = interface.build(config).param_root_keys
     if not root_keys <= set(params):
@@ -88,10 +88,10 @@ def save_params(
             f"save_params wants the {config.family} param tree (keys {sorted(root_keys)}), got keys {sorted(params)}"
         )
     check_params(_shapes_of(params), config, "the config given to save_params", "the params to save")
-    strange = [str(f) for f in tokenizer_files if pathlib.Path(f).name not in TOKENIZER_FILES]
+    strange = [str(f) for f in tokenizer_files if files.path(f).name not in TOKENIZER_FILES]
     if strange:
         raise ValueError(f"save_params keeps a Hugging Face tokenizer's {TOKENIZER_FILES}, not {strange}")
-    if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
+    if vocab_path is not None and not files.path(vocab_path).is_file():
         raise CheckpointNotFoundError(f"vocabulary {vocab_path} does not exist")
     scanned = integrity.scan(dict(params))
     integrity.check_finite(
@@ -107,9 +107,9 @@ def save_params(
         (staging / CHECKSUMS_FILE).write_text(json.dumps(integrity.record({PARAMS_ITEM: scanned}), indent=1))
         (staging / CONFIG_FILE).write_text(config.to_json())
         if vocab_path is not None:
-            shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+            files.copy(vocab_path, staging / VOCAB_FILE)
         for file in tokenizer_files:  # copied as they are
-            shutil.copyfile(file, staging / pathlib.Path(file).name)
+            files.copy(file, staging / files.path(file).name)
     return ckpt_dir
 
 
@@ -125,7 +125,7 @@ def load_params(
     in messages as `config_source`) before the weights are read; the weights read are
     checked against the checksums recorded when they were saved, and for NaN and infinity
     (`integrity.verify`)."""
-    path = pathlib.Path(path).absolute()
+    path = absolute_path(path)
     if not path.is_dir():
         gone = _deleted_by_its_run(path)
         if gone is not None:
@@ -236,15 +236,16 @@ def load_checkpoint(path: str, dtype: Optional[str] = None):
 
 def is_hf_checkpoint(path: str) -> bool:
     """A Hugging Face directory (config.json with a model_type, HF weight files)."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
+    d = files.path(path)
+    config = d / "config.json"
+    if not config.is_file():
         return False
     try:
-        with open(config) as f:
+        with config.open() as f:
             is_hf = "model_type" in json.load(f)
     except (OSError, json.JSONDecodeError):
         return False
-    return is_hf and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+    return is_hf and any((d / name).is_file() for name in HF_WEIGHT_FILES)
 
 
 # ----- reading orbax items ------------------------------------------------------------------
@@ -291,7 +292,7 @@ def _deleted_by_its_run(path: pathlib.Path) -> Optional[CheckpointNotFoundError]
 def unreadable_error(orbax_dir: str | os.PathLike, why: object) -> CheckpointError:
     """One line naming an orbax item (or checkpoint) that cannot be read, and why (or that
     its run deleted it: not damaged)."""
-    gone = _deleted_by_its_run(pathlib.Path(orbax_dir))
+    gone = _deleted_by_its_run(absolute_path(orbax_dir))
     if gone is not None:  # not damaged: pruned by a run still training
         return gone
     why = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__

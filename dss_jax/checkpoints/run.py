@@ -20,6 +20,10 @@ and orbax coordinates them. A save that cannot be written (a full disk, a lost m
 ends as one `CheckpointWriteError` naming the checkpoint, the cause and the intact
 checkpoints to resume from; orbax's own tracebacks of the failed background writes are
 dropped (`--verbosity=1` keeps them). A step that is already saved is not saved again.
+
+MODEL_DIR may be an object-store URL (gs://bucket/run): orbax writes the checkpoints there
+itself, the files above are uploaded whole, and the lock is an object written only where
+none is (`RunLock`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,7 @@ import datetime
 import json
 import logging
 import os
-import pathlib
 import re
-import shutil
 import socket
 import time
 from typing import Any, Mapping, Optional, Sequence, Set
@@ -82,7 +84,7 @@ class RunCheckpointer:
         """keep: how many of the latest checkpoints to keep (None: all); keep_steps: a set
         of steps whose checkpoints are kept besides them, read at every save (the caller
         may add to it, e.g. the steps validation selected)."""
-        self.directory = os.path.abspath(model_dir)
+        self.directory = files.absolute(model_dir)  # orbax reads and writes a gs:// URL itself
         self.save_period = save_period
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if keep_steps is not None else keep,
@@ -155,8 +157,10 @@ class RunCheckpointer:
         then = (
             f"to resume from {STEP_PREFIX}_{earlier[-1]}, the step before it" if earlier else "to train from the start"
         )
+        move = "gcloud storage mv" if files.is_remote(where) else "mv"
         return (
-            f"resuming would train on from damaged weights; move it aside (mv {where} {where}.damaged) and rerun {then}"
+            f"resuming would train on from damaged weights; move it aside ({move} {where} {where}.damaged) and rerun "
+            f"{then}"
         )
 
     def read_metadata(self, step: int) -> dict:
@@ -293,10 +297,12 @@ class RunLock:
     (a SIGKILL, an out-of-memory kill) is taken over with a warning; one from another host
     cannot be checked from here, so the message says which file to delete if that
     process is gone. Multi-host runs take it on process 0 only (see training/loop.py).
+    On an object store (gs://) the lock is an object written only where none is
+    (`_acquire_remote`).
     """
 
     def __init__(self, model_dir: str):
-        self.directory = os.path.abspath(model_dir)
+        self.directory = files.absolute(model_dir)
         self.path = os.path.join(self.directory, LOCK_NAME)
         self.held = False
         self._created_directory = False
@@ -304,6 +310,8 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self.held:
             return self
+        if files.is_remote(self.directory):
+            return self._acquire_remote()
         if not os.path.isdir(self.directory):
             os.makedirs(self.directory)
             self._created_directory = True
@@ -325,9 +333,53 @@ class RunLock:
             self.held = True
             return self
         self.release()
-        raise RunLockedError(
-            f"{self.path}: another trainer keeps taking this run directory; "
-            "make sure only one trainer uses this MODEL_DIR"
+        raise _keeps_taking(self.path)
+
+    def _acquire_remote(self) -> "RunLock":
+        """The lock on an object store, which has no O_EXCL (and no /proc of another host):
+        the lock object is written only if absent, with GCS's precondition ifGenerationMatch=0
+        (of two trainers creating it at once, GCS lets one succeed and refuses the other),
+        after a look that it is absent (a store or emulator may ignore the precondition), and
+        read back: it must hold this process's record. Race window: where the precondition is
+        ignored, two trainers that both find no lock and each read back its own record before
+        the other's write lands both train; a takeover of a dead process's lock (deleted, then
+        created) raced by a second trainer on the same host may likewise let both in. On GCS
+        the creation is exclusive; the takeover needs the holder dead on this host."""
+        me = _holder_record()
+        fs, key = _object_store(self.path)
+        for _ in range(3):  # a takeover or a creation raced by another trainer: look again
+            fs.invalidate_cache(key)
+            if fs.exists(key):
+                holder = _read_holder_object(fs, key)
+                if holder is None:  # unreadable (objects appear whole): look once more
+                    time.sleep(0.5)
+                    holder = _read_holder_object(fs, key)
+                if holder is not None and not _is_dead_here(holder):
+                    raise RunLockedError(_locked_message(self.path, holder)) from None
+                self._take_over_stale_object(fs, key, holder)
+                continue
+            try:
+                _create_object(fs, key, json.dumps(me).encode())
+            except FileExistsError:  # another trainer's precondition won: look at its record
+                continue
+            if _read_holder_object(fs, key) == me:
+                self.held = True
+                return self
+            # Another trainer's write replaced ours (a store without the precondition): the
+            # next look names it.
+        raise _keeps_taking(self.path)
+
+    def _take_over_stale_object(self, fs, key: str, holder: Optional[dict]) -> None:
+        """Deletes a dead process's lock object (an object store cannot rename one atomically;
+        the creation that follows is exclusive on GCS)."""
+        try:
+            fs.rm(key)
+        except FileNotFoundError:
+            return
+        logging.warning(
+            "took over %s from a process that is gone (%s)",
+            self.path,
+            _describe(holder) if holder else "unreadable lock file",
         )
 
     def _take_over_stale(self, holder: Optional[dict]) -> bool:
@@ -354,8 +406,17 @@ class RunLock:
         if not self.held:
             return
         self.held = False
+        if files.is_remote(self.path):  # no directory to remove: an object store has none
+            fs, key = _object_store(self.path)
+            fs.invalidate_cache(key)
+            if _is_mine(_read_holder_object(fs, key)):
+                try:
+                    fs.rm(key)
+                except FileNotFoundError:
+                    pass
+            return
         holder = _read_holder(self.path)
-        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        if _is_mine(holder):
             try:
                 os.remove(self.path)
             except FileNotFoundError:
@@ -401,6 +462,41 @@ def _read_holder(path: str) -> Optional[dict]:
     return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
 
 
+def _is_mine(holder: Optional[dict]) -> bool:
+    return holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _keeps_taking(path: str) -> RunLockedError:
+    return RunLockedError(
+        f"{path}: another trainer keeps taking this run directory; make sure only one trainer uses this MODEL_DIR"
+    )
+
+
+def _object_store(url: str):
+    """(the fsspec file system of an object-store URL, the object's path in it): the lock's
+    own client, whose listings cache is dropped before each look (another process writes it)."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _create_object(fs, key: str, data: bytes) -> None:
+    """Writes the object only if none is there: FileExistsError where the store refuses
+    (GCS: ifGenerationMatch=0). A client without the create mode writes it plainly."""
+    try:
+        fs.pipe_file(key, data, mode="create")
+    except TypeError:  # no create mode in this store's client: the look and the read-back remain
+        fs.pipe_file(key, data)
+
+
+def _read_holder_object(fs, key: str) -> Optional[dict]:
+    try:
+        holder = json.loads(fs.cat_file(key))
+    except (OSError, ValueError):
+        return None  # gone, or not a lock record
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
 def _is_dead_here(holder: dict) -> bool:
     """True when the holder ran on this host and is gone (or its pid now names another process)."""
     if holder.get("host") != socket.gethostname():
@@ -434,7 +530,7 @@ def write_run_task(model_dir: str | os.PathLike, task_name: str, options: Mappin
     """MODEL_DIR/task.json: the task and task options a run trains with, so eval, infer and
     annotate's student backend decode and score its checkpoints the way it was trained."""
     text = json.dumps({"task": task_name, "options": dict(options)}, indent=2, sort_keys=True) + "\n"
-    files.atomic_write(pathlib.Path(model_dir) / RUN_TASK_FILE, text)
+    files.atomic_write(files.path(model_dir) / RUN_TASK_FILE, text)
 
 
 def run_task(path: str | os.PathLike) -> Optional[tuple[str, Optional[str], dict]]:
@@ -471,8 +567,8 @@ def write_run_files(
     docstring), each replaced whole, so eval, infer and export rebuild the run from it. A
     run resumed at step `resumed_at` with another config.gin keeps the one it was trained
     with up to that step as config.to_step_<step>.gin."""
-    model_dir = pathlib.Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = files.path(model_dir)
+    files.makedirs(model_dir)
     write_run_task(model_dir, task_name, task_options)
     gin_path = model_dir / RUN_GIN_FILE
     if resumed_at and gin_path.is_file() and gin_path.read_text() != gin_config:
@@ -482,12 +578,12 @@ def write_run_files(
     files.atomic_write(gin_path, gin_config)
     if config is not None:
         files.atomic_write(model_dir / CONFIG_FILE, config.to_json())
-    if vocab_file and os.path.exists(vocab_file):
-        if pathlib.Path(vocab_file).name == TOKENIZER_JSON:  # with its config (EOS, BOS) and the rest
-            sources = [pathlib.Path(vocab_file).parent / name for name in TOKENIZER_FILES]
+    if vocab_file and files.path(vocab_file).exists():  # the task's vocabulary, local or gs://
+        if files.path(vocab_file).name == TOKENIZER_JSON:  # with its config (EOS, BOS) and the rest
+            sources = [files.path(vocab_file).parent / name for name in TOKENIZER_FILES]
             copies = [(src, model_dir / src.name) for src in sources if src.is_file()]
         else:
             copies = [(vocab_file, model_dir / VOCAB_FILE)]
         for src, dst in copies:
             with files.atomic_output(dst) as tmp:
-                shutil.copyfile(src, tmp)
+                files.copy(src, tmp)

@@ -14,7 +14,9 @@ the file (`state.param_states.kernel/`, gzip-compressed chunks). `read_checkpoin
 the whole tree with every array read; `read_params` the model's parameters
 (`optimizer.target`), flat, by their t5x names joined with "/". Every out-of-line array
 is read from inside the checkpoint directory only; a missing or damaged one is an error
-naming it.
+naming it. The checkpoint may be local or on an object store (gs://, as T5X's own
+released checkpoints are): its out-of-line arrays are then read by TensorStore's driver
+for that store.
 
 dss_jax's T5 names its parameters as t5x's `examples/t5/network.py` does, so the import
 is the same tree. A T5X checkpoint does not record its model's config: `config_from_shapes`
@@ -30,10 +32,13 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import posixpath
 import re
 from typing import Any
 
 import numpy as np
+
+from dss_jax import files
 
 FORMAT_VERSION = 3
 CHECKPOINT_FILE = "checkpoint"
@@ -44,8 +49,8 @@ class T5xCheckpointError(ValueError):
 
 
 def checkpoint_file(path: str | os.PathLike) -> pathlib.Path:
-    """The msgpack file of a T5X checkpoint: `path` itself, or `path/checkpoint`."""
-    path = pathlib.Path(path).expanduser()
+    """The msgpack file of a T5X checkpoint: `path` itself, or `path/checkpoint` (local or gs://)."""
+    path = files.path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
@@ -59,22 +64,48 @@ def _is_tensorstore_spec(value: Any) -> bool:
     return isinstance(value, dict) and "driver" in value and isinstance(value.get("kvstore"), dict)
 
 
+# TensorStore's key-value drivers for the object stores it reads.
+_TENSORSTORE_DRIVERS = {"gs": "gcs", "s3": "s3"}
+
+
 def _read_out_of_line(spec: dict, directory: pathlib.Path, name: str) -> np.ndarray:
     import tensorstore as ts
 
     relative = str(spec["kvstore"].get("path", ""))
-    target = (directory / relative).resolve()
-    if directory.resolve() not in target.parents and target != directory.resolve():
-        raise T5xCheckpointError(f"{name}: its array {relative!r} lies outside the checkpoint directory {directory}")
+    if files.is_remote(directory):
+        # No symlinks on an object store: normalising the name is what resolve() does locally.
+        inside = posixpath.normpath(relative)
+        if inside.startswith("/") or inside == ".." or inside.startswith("../"):
+            raise T5xCheckpointError(
+                f"{name}: its array {relative!r} lies outside the checkpoint directory {directory}"
+            )
+        target = directory if inside == "." else directory / inside
+    else:
+        target = (directory / relative).resolve()
+        if directory.resolve() not in target.parents and target != directory.resolve():
+            raise T5xCheckpointError(
+                f"{name}: its array {relative!r} lies outside the checkpoint directory {directory}"
+            )
     if not target.is_dir():
         raise T5xCheckpointError(f"{name}: its array directory {target} is missing (copy the whole checkpoint dir)")
-    local = {**spec, "kvstore": {"driver": "file", "path": str(target) + "/"}}
+    local = {**spec, "kvstore": _kvstore(target)}
     # T5X writes the zarr metadata into the spec, not always beside the chunks (.zarray).
     assume = not (target / ".zarray").is_file()
     try:
         return np.asarray(ts.open(local, open=True, read=True, assume_metadata=assume).result().read().result())
     except Exception as e:  # tensorstore raises its own error types for a damaged array
         raise T5xCheckpointError(f"{name}: {target} cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def _kvstore(directory) -> dict:
+    """The TensorStore kvstore spec of `directory`, local or on an object store."""
+    if not files.is_remote(directory):
+        return {"driver": "file", "path": str(directory) + "/"}
+    scheme = files.scheme(directory)
+    if scheme not in _TENSORSTORE_DRIVERS:
+        raise T5xCheckpointError(f"{directory}: TensorStore reads no {scheme}:// arrays (only local, gs:// and s3://)")
+    bucket, _, key = str(directory).split("://", 1)[1].partition("/")
+    return {"driver": _TENSORSTORE_DRIVERS[scheme], "bucket": bucket, "path": key.rstrip("/") + "/"}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -106,7 +137,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The model's parameters (`optimizer.target`), flat: {"encoder/layers_0/...": array}."""
-    target = read_checkpoint(path)["optimizer"].get("target")
+    return _flat_params(read_checkpoint(path), path)
+
+
+def _flat_params(tree: dict, path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """`read_params` of the tree `read_checkpoint(path)` returned."""
+    target = tree["optimizer"].get("target")
     if not isinstance(target, dict) or not target:
         raise T5xCheckpointError(f"{checkpoint_file(path)}: the checkpoint holds no parameters (optimizer.target)")
     flat: dict[str, np.ndarray] = {}
@@ -181,7 +217,7 @@ def import_checkpoint(path: str | os.PathLike):
 
     source = str(checkpoint_file(path))
     tree = read_checkpoint(path)
-    flat = read_params(path)
+    flat = _flat_params(tree, path)  # not read_params: one read of a checkpoint that may be large and remote
     if tree["optimizer"].get("state"):
         logging.info("%s: the optimizer state is not imported (training starts a new one)", source)
     config = config_from_shapes(flat, source)

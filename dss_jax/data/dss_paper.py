@@ -40,15 +40,15 @@ class MalformedFileError(UserError, ValueError):
 
 
 def split_path(dss_dir: str | os.PathLike, dataset: str, split: str) -> pathlib.Path:
-    return pathlib.Path(dss_dir) / dataset / f"{dataset}_{split}.json"
+    return files.path(dss_dir) / dataset / f"{dataset}_{split}.json"
 
 
 def completions_path(dss_dir: str | os.PathLike, dataset: str, split: str, k: int) -> pathlib.Path:
-    return pathlib.Path(dss_dir) / dataset / "llm" / f"{split}_CoT_{k}.json"
+    return files.path(dss_dir) / dataset / "llm" / f"{split}_CoT_{k}.json"
 
 
 def _check_dir(dss_dir: str | os.PathLike, dataset: str) -> None:
-    root = pathlib.Path(dss_dir)
+    root = files.path(dss_dir)  # a local folder or a gs:// prefix
     if not root.is_dir():
         raise MissingFileError(
             f"--dss_dir {root} is not a directory; expected the paper's datasets folder "
@@ -73,7 +73,7 @@ def read_rows(dss_dir: str | os.PathLike, dataset: str, split: str) -> list[dict
             f"(present: {', '.join(present) or 'none'})"
         )
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -102,7 +102,7 @@ def read_completions(dss_dir: str | os.PathLike, dataset: str, split: str, n_row
                 f"({split}_CoT_0.json .. {split}_CoT_{n_chunks - 1}.json)"
             )
         try:
-            with open(path, encoding="utf-8") as f:
+            with path.open(encoding="utf-8") as f:
                 chunk_completions = json.load(f)
         except json.JSONDecodeError as e:
             raise MalformedFileError(f"{path}: not valid JSON ({e})") from None
@@ -161,7 +161,7 @@ def import_split(dss_dir: str | os.PathLike, dataset: str, split: str) -> list[C
 
 def write_cache(records: list[CacheRecord], output: str | os.PathLike, overwrite: bool = False) -> None:
     """Writes a complete cache file atomically (a temporary file, then a rename)."""
-    output = pathlib.Path(output)
+    output = files.path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; delete it or pass overwrite=True (--overwrite)")
     with files.atomic_output(output) as tmp, CacheWriter(tmp, fsync=False) as writer:

@@ -18,10 +18,10 @@ set HF_DATASETS_OFFLINE=1 to forbid network access). Needs the `hf` extra.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import Any, Optional
 
+from dss_jax import files
 from dss_jax.data import dss_paper, sources
 from dss_jax.data.cache import CacheRecord
 
@@ -52,13 +52,13 @@ def _import_datasets():
 
 
 def _is_saved_to_disk(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json"))
+    return (files.path(path) / "dataset_dict.json").is_file() or (files.path(path) / "state.json").is_file()
 
 
 def _load_split(dataset: str, hf_split: str, path: Optional[str]):
     datasets = _import_datasets()
     source = HF_SOURCES[dataset]
-    if path is not None and not os.path.exists(path):
+    if path is not None and not files.path(path).exists():
         raise FileNotFoundError(
             f"{path} not found; expected a directory saved with save_to_disk or a local "
             f"copy of the Hugging Face dataset {source.name}"

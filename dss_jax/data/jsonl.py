@@ -29,6 +29,8 @@ import os
 import re
 from typing import Any, Iterator, NamedTuple, Optional, Type
 
+from dss_jax import files
+
 # An escaped surrogate in the raw text; only then can a decoded string hold a lone one
 # (strict UTF-8 decoding refuses encoded surrogates), so the walk below is rarely needed.
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -41,10 +43,11 @@ class Line(NamedTuple):
 
 
 def check_path(path: str, error: Type[Exception], what: str = "file") -> None:
-    """Raises `error` unless `path` is an existing regular file."""
-    if not os.path.exists(path):
+    """Raises `error` unless `path` (local or an object-store URL) is an existing regular file."""
+    p = files.path(path)
+    if not p.exists():
         raise error(f"{what} not found: {path}")
-    if not os.path.isfile(path):
+    if not p.is_file():
         raise error(f"{what} {path} is not a regular file (a directory?); give the path of a JSONL file")
 
 
@@ -118,20 +121,28 @@ def _finite_float(text: str) -> float:
 
 
 def read_lines(
-    path: str | os.PathLike, error: Type[Exception], *, what: str = "file", torn_tail: bool = False
+    path: str | os.PathLike,
+    error: Type[Exception],
+    *,
+    what: str = "file",
+    torn_tail: bool = False,
+    shown_as: Optional[str] = None,
 ) -> Iterator[Line]:
-    """The decoded non-blank lines of `path`, in order; see the module docstring."""
+    """The decoded non-blank lines of `path` (local or an object-store URL), in order; see
+    the module docstring. `shown_as` names the file in messages instead of `path` (a local
+    working copy of a remote file is named by its URL)."""
     path = os.fspath(path)
     check_path(path, error, what)
-    with open(path, "rb") as f:
+    name = shown_as or path
+    with files.path(path).open("rb") as f:
         previous: Optional[tuple[int, bytes]] = None
         # One line of lookahead, so the last line is known to be the last.
         for number, raw in enumerate(f, start=1):
             if previous is not None:
-                yield from _decoded(path, *previous, error, last=False, torn_tail=torn_tail)
+                yield from _decoded(name, *previous, error, last=False, torn_tail=torn_tail)
             previous = (number, raw)
         if previous is not None:
-            yield from _decoded(path, *previous, error, last=True, torn_tail=torn_tail)
+            yield from _decoded(name, *previous, error, last=True, torn_tail=torn_tail)
 
 
 def _decoded(

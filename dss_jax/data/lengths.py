@@ -18,10 +18,10 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
 import re
 from typing import Mapping, Optional, Sequence
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.data.paired import PAIRED_TEXT_FEATURES
 
@@ -114,7 +114,7 @@ def trained_feature_lengths(checkpoint_dir: str | os.PathLike) -> Optional[tuple
     checkpoint that is no run's (a converted T5)."""
     from dss_jax.checkpoints import locate
 
-    path = pathlib.Path(checkpoint_dir)
+    path = files.path(checkpoint_dir)  # a local dir or a gs:// prefix
     metadata = path / "metadata" / "metadata"  # orbax's JsonSave item of RunCheckpointer
     if metadata.is_file():
         try:
@@ -126,7 +126,7 @@ def trained_feature_lengths(checkpoint_dir: str | os.PathLike) -> Optional[tuple
     config = locate.describing_file(path, locate.RUN_GIN_FILE)
     if config is None:
         return None
-    m = _GIN_LENGTHS.search(config.read_text(errors="replace"))
+    m = _GIN_LENGTHS.search(config.read_bytes().decode("utf-8", errors="replace"))
     if m is None:
         return None
     try:

@@ -24,7 +24,7 @@ import sys
 from typing import Mapping, Optional, Union
 
 import gin
-from dss_jax import cli
+from dss_jax import cli, files
 from dss_jax.cli import UserError
 
 # Where the built-in tasks find the paper's files and keep their imported caches.
@@ -121,11 +121,12 @@ def data_locations(
     """(the paper's files, where imported caches and trained vocabularies go).
 
     Defaults: $DSS_PALM_DIR or ../shared/data/dss_palm next to the repository, and
-    $DSS_CACHE_DIR or ~/.cache/dss_jax.
+    $DSS_CACHE_DIR or ~/.cache/dss_jax. Either may be an object-store URL (gs://...): the
+    path objects are then etils.epath paths (files.path).
     """
     data = data_dir or os.environ.get("DSS_PALM_DIR") or DEFAULT_DATA_DIR
     cache = cache_dir or cli.project_cache_dir()
-    return pathlib.Path(data), pathlib.Path(cache)
+    return files.path(os.fspath(data)), files.path(os.fspath(cache))
 
 
 # Options that change how a trained student answers (label_target) or which examples a

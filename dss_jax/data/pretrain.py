@@ -241,12 +241,12 @@ def _register_text_task(name: str, splits: Mapping[str, TextFiles], output_featu
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
         del shuffle_files, seed  # the chunks are shuffled by seqio
-        files = splits[split]() if callable(splits[split]) else splits[split]
-        files = [str(f) for f in files]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if not files or missing:
+        paths = splits[split]() if callable(splits[split]) else splits[split]
+        paths = [os.fspath(f) for f in paths]
+        missing = [f for f in paths if not (files.path(f).is_file() if files.is_remote(f) else os.path.isfile(f))]
+        if not paths or missing:
             raise FileNotFoundError(f"{name}/{split}: text file not found: {missing[0] if missing else '(none given)'}")
-        return tf.data.TextLineDataset(files).map(lambda line: {"text": line})
+        return text_lines(paths).map(lambda line: {"text": line})
 
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -258,6 +258,32 @@ def _register_text_task(name: str, splits: Mapping[str, TextFiles], output_featu
         preprocessors=preprocessors,
         metric_fns=[],
     )
+
+
+def text_lines(paths: Sequence[str]) -> tf.data.Dataset:
+    """The lines of the files in order, without their line ends, as TextLineDataset gives
+    them. TensorFlow's file readers use their own GCS client (which ignores what files.py
+    is told, e.g. an emulator), so an object-store file is read in Python, streamed."""
+    if not any(files.is_remote(p) for p in paths):
+        return tf.data.TextLineDataset(list(paths))
+    parts = [_object_lines(p) if files.is_remote(p) else tf.data.TextLineDataset([p]) for p in paths]
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset
+
+
+def _object_lines(url: str) -> tf.data.Dataset:
+    def lines():
+        with files.path(url).open("rb") as f:
+            for line in f:
+                if line.endswith(b"\n"):
+                    line = line[:-1]
+                    if line.endswith(b"\r"):  # TextLineDataset drops a CRLF whole
+                        line = line[:-1]
+                yield line
+
+    return tf.data.Dataset.from_generator(lines, output_signature=tf.TensorSpec((), tf.string))
 
 
 def register_causal_lm_task(
@@ -294,7 +320,7 @@ def _gin_vocabulary(extra_ids: int) -> seqio.Vocabulary:
     path = dss_tasks.explicit_vocabulary()
     if path is None:
         raise ValueError("a span-corruption task needs a vocabulary: bind task_vocabulary.spm_path, or pass one")
-    return seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
+    return dss_vocab.sentencepiece_vocabulary(path, extra_ids=extra_ids)
 
 
 # --------------------------------------------------------------------------------------
@@ -375,7 +401,7 @@ def write_synthetic_corpus(
     settings = dict(synthetic_corpus_config(), version=CORPUS_VERSION)
     config = exclude_config or synthetic.synthetic_config()
     settings["exclude"] = config.fingerprint()
-    directory = pathlib.Path(cache_dir or dss_options.data_locations()[1]) / "pretrain"
+    directory = files.path(os.fspath(cache_dir or dss_options.data_locations()[1])) / "pretrain"
     name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = directory / f"synthetic_corpus.{name}.txt"
     meta_path = path.with_suffix(".json")
@@ -385,20 +411,21 @@ def write_synthetic_corpus(
         docs = corpus_documents(settings["problems"], settings["seed"], exclude)
         text = "".join(d + "\n" for d in docs)
         description = {"documents": len(docs), "words": len(text.split()), "bytes": len(text.encode()), **settings}
-        directory.mkdir(parents=True, exist_ok=True)
+        files.makedirs(directory)
         files.atomic_write(path, text)
         files.atomic_write(meta_path, json.dumps(description, indent=1) + "\n")
         logging.info("pretraining corpus: %d documents, %d words -> %s", len(docs), description["words"], path)
     return path, json.loads(meta_path.read_text())
 
 
-def corpus_vocabulary(corpus: pathlib.Path) -> seqio.Vocabulary:
+def corpus_vocabulary(corpus: Union[str, os.PathLike]) -> seqio.Vocabulary:
     """A SentencePiece vocabulary trained on the corpus (cached next to it), with the
     sentinels of `pretrain_vocabulary` as extra ids."""
     vocab_size, extra_ids = pretrain_vocabulary()
-    with open(corpus, encoding="utf-8") as f:
+    corpus = files.path(os.fspath(corpus))
+    with corpus.open(encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
     spm = dss_vocab.cached_vocabulary(
         lines, corpus.parent, dss_vocab.VocabSettings(vocab_size=vocab_size), name="pretrain"
     )
-    return seqio.SentencePieceVocabulary(spm.sentencepiece_model_file, extra_ids=extra_ids)
+    return dss_vocab.sentencepiece_vocabulary(dss_vocab.vocabulary_file(spm), extra_ids=extra_ids)

@@ -50,6 +50,7 @@ import seqio
 import tensorflow as tf
 
 import gin
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.data import dss_paper, parsers, sources, vocab
 from dss_jax.data.cache import CacheRecord, load_records
@@ -346,7 +347,8 @@ CachePath = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]
 def _fixed(path: CachePath, what: str) -> PathProvider:
     def provide() -> pathlib.Path:
         # A callable is asked each time a split is read (e.g. it generates the file on demand).
-        resolved = pathlib.Path(path() if callable(path) else path)
+        # A gs:// URL is read where it is (files.path: an etils.epath path).
+        resolved = files.path(os.fspath(path() if callable(path) else path))
         if not resolved.is_file():
             raise FileNotFoundError(f"{what} not found: {resolved} (a teacher cache JSONL, see dss_jax/data/cache.py)")
         return resolved
@@ -408,13 +410,19 @@ def paper_cache_path(dataset: str, split: str) -> pathlib.Path:
     data_dir, cache_dir = data_locations()
     path = cache_dir / f"{dataset}_{split}.{dss_paper.TEACHER}.jsonl"
     source = dss_paper.split_path(data_dir, dataset, split)
-    if path.is_file() and source.is_file() and path.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+    if path.is_file() and source.is_file() and _mtime_ns(path) >= _mtime_ns(source):
         return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    files.makedirs(cache_dir)
     records = dss_paper.import_split(data_dir, dataset, split)
     dss_paper.write_cache(records, path, overwrite=True)
     logging.info("imported %d %s/%s records into %s", len(records), dataset, split, path)
     return path
+
+
+def _mtime_ns(path) -> int:
+    """When a file was last written, local or an object (whose stat counts whole seconds)."""
+    stat = path.stat()
+    return stat.st_mtime_ns if hasattr(stat, "st_mtime_ns") else int(stat.mtime * 1e9)
 
 
 PAPER_TASK_PREFIX = "dss_"

@@ -9,6 +9,10 @@ name that hashes the corpus and the settings, so the same data gives the same fi
 it is trained once.
 
 Ids follow T5: pad 0, eos 1, unk 2, no bos; unknown characters fall back to bytes.
+
+Every path may be local or on an object store (gs://...). seqio reads a SentencePiece
+model through tf.io.gfile, a GCS client of its own, so a gs:// model is copied into a
+local cache first (`sentencepiece_vocabulary`); `vocabulary_file` still gives the URL.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import os
 import pathlib
+import tempfile
 from typing import Iterable, Optional
 
 import numpy as np
@@ -34,8 +39,8 @@ SPIECE_NAME = "spiece.model"
 
 def from_checkpoint(path: str | os.PathLike) -> seqio.Vocabulary:
     """The vocabulary of a checkpoint dir (its `spiece.model`, else its Hugging Face
-    `tokenizer.json`), of a .model file or of a tokenizer.json."""
-    path = pathlib.Path(path)
+    `tokenizer.json`), of a .model file or of a tokenizer.json; local or gs://."""
+    path = files.path(path)
     if path.is_dir() and not (path / SPIECE_NAME).is_file() and (path / TOKENIZER_JSON).is_file():
         path = path / TOKENIZER_JSON
     if path.name == TOKENIZER_JSON:
@@ -46,7 +51,43 @@ def from_checkpoint(path: str | os.PathLike) -> seqio.Vocabulary:
             f"{model} not found; expected a SentencePiece model ({SPIECE_NAME} in the checkpoint dir, "
             f"saved there by dss_jax.checkpoints.save_params) or a Hugging Face {TOKENIZER_JSON}"
         )
-    return seqio.SentencePieceVocabulary(str(model))
+    return sentencepiece_vocabulary(model)
+
+
+def sentencepiece_vocabulary(path: str | os.PathLike, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
+    """seqio's SentencePieceVocabulary of the model file `path`, local or on an object
+    store. seqio reads its file through tf.io.gfile, whose GCS client is not ours (it
+    ignores the emulator and gcsfs's settings), so a remote model is copied to a local
+    cache file, named by its content, and seqio reads that; `vocabulary_file` gives `path`."""
+    if not files.is_remote(path):
+        return seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
+    url = str(files.path(path))
+    return _StagedSentencePieceVocabulary(_local_copy(url), url, extra_ids=extra_ids)
+
+
+def _local_copy(url: str) -> str:
+    """A local copy of the object-store file `url`, under the temp dir's dss_vocab/."""
+    data = files.path(url).read_bytes()
+    local = pathlib.Path(tempfile.gettempdir()) / "dss_vocab" / f"{hashlib.sha256(data).hexdigest()[:32]}.model"
+    if not (local.is_file() and local.stat().st_size == len(data)):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        files.atomic_write(local, data)  # processes copying the same model write the same bytes
+    return str(local)
+
+
+class _StagedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePiece model on an object store, which seqio reads from a local copy;
+    `source` is its URL (what `vocabulary_file` gives and a run records)."""
+
+    def __init__(self, local: str, source: str, extra_ids: int = 0):
+        super().__init__(local, extra_ids=extra_ids)
+        self.source = source
+
+    def _model_context(self):
+        # Unpickled where the local copy is missing (another host, a cleaned temp dir).
+        if not self._model and not os.path.isfile(self._sentencepiece_model_file):
+            self._sentencepiece_model_file = _local_copy(self.source)
+        return super()._model_context()
 
 
 def input_prefix(vocabulary: seqio.Vocabulary) -> list[int]:
@@ -57,11 +98,12 @@ def input_prefix(vocabulary: seqio.Vocabulary) -> list[int]:
 
 
 def vocabulary_file(vocabulary: seqio.Vocabulary) -> Optional[str]:
-    """The file behind a vocabulary (a SentencePiece model or a tokenizer.json), if any."""
+    """The file behind a vocabulary (a SentencePiece model or a tokenizer.json), if any: for
+    one on an object store its URL, not the local copy seqio reads."""
     vocabulary = vocabulary.resolve() if hasattr(vocabulary, "resolve") else vocabulary
     if isinstance(vocabulary, TokenizerJsonVocabulary):
         return str(vocabulary.file)
-    return getattr(vocabulary, "sentencepiece_model_file", None)
+    return getattr(vocabulary, "source", None) or getattr(vocabulary, "sentencepiece_model_file", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +145,13 @@ def _lines(texts: Iterable[str]) -> list[str]:
 def train_vocabulary(
     texts: Iterable[str], output: str | os.PathLike, settings: VocabSettings = VocabSettings()
 ) -> pathlib.Path:
-    """Trains a SentencePiece model on `texts` and writes it to `output` (a .model file)."""
+    """Trains a SentencePiece model on `texts` and writes it to `output` (a .model file,
+    local or gs://)."""
     lines = _lines(texts)
     if not lines:
         raise ValueError("cannot train a vocabulary on an empty corpus")
-    output = pathlib.Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = files.path(output)
+    files.makedirs(output.parent)
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buffer, **settings.trainer_args())
     files.atomic_write(output, buffer.getvalue())  # concurrent trainers write the same bytes
@@ -129,13 +172,13 @@ def cached_vocabulary(
     settings: VocabSettings = VocabSettings(),
     name: str = "dss",
 ) -> seqio.SentencePieceVocabulary:
-    """A vocabulary trained on `texts`, trained once and cached in `cache_dir`."""
+    """A vocabulary trained on `texts`, trained once and cached in `cache_dir` (local or gs://)."""
     lines = _lines(texts)
-    path = pathlib.Path(cache_dir) / f"{name}.{settings.vocab_size}.{corpus_fingerprint(lines, settings)}.model"
+    path = files.path(cache_dir) / f"{name}.{settings.vocab_size}.{corpus_fingerprint(lines, settings)}.model"
     if not path.is_file():
         logging.info("training a %d-piece vocabulary on %d lines -> %s", settings.vocab_size, len(lines), path)
         train_vocabulary(lines, path, settings)
-    return seqio.SentencePieceVocabulary(str(path))
+    return sentencepiece_vocabulary(path)
 
 
 def cache_texts(cache_paths: Iterable[str | os.PathLike], sample_index: Optional[int] = None) -> list[str]:
@@ -176,7 +219,7 @@ def sentencepiece_as_tokenizer_json(spm_file: str | os.PathLike) -> dict[str, by
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    spm_file = pathlib.Path(spm_file)
+    spm_file = files.path(spm_file)
     proto = model_pb2.ModelProto()
     proto.ParseFromString(spm_file.read_bytes())
     trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
@@ -244,12 +287,15 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
     def __init__(self, path: str | os.PathLike, eos_token: Optional[str] = None, bos_token: Optional[str] = None):
         import tokenizers
 
-        path = pathlib.Path(path)
+        path = files.path(path)
         file = path / TOKENIZER_JSON if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"{file} not found; expected a Hugging Face {TOKENIZER_JSON}")
         try:
-            self._tokenizer = tokenizers.Tokenizer.from_file(str(file))
+            if files.is_remote(file):  # the library reads only local files
+                self._tokenizer = tokenizers.Tokenizer.from_buffer(file.read_bytes())
+            else:
+                self._tokenizer = tokenizers.Tokenizer.from_file(str(file))
         except Exception as e:  # the library raises its own exception type for a damaged file
             raise ValueError(f"{file}: not a readable {TOKENIZER_JSON} ({str(e).splitlines()[0]})") from None
         config_file = file.parent / TOKENIZER_CONFIG

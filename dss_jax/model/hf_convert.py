@@ -14,6 +14,10 @@ API
     param_shapes(config) -> {our param path: (shape, dims)}  # what `config` implies, no tracing
     dims_shape, dims_text, shapes_by_mapping, set_path, get_path   # shared by every family's mapping
 
+Directories and files may be local or on an object store (gs://...): a remote weight file
+is downloaded to a local temporary file first (memory maps and torch.load need one), and
+messages name the URL.
+
 Nothing is trusted: a weight file that is truncated or corrupt, an index naming a missing
 shard, a config.json that is not a T5 config, or a tensor whose name, shape or dtype does
 not fit config.json raises `HFCheckpointError` (a `cli.UserError`) naming the file and the
@@ -37,12 +41,13 @@ at the stack level here (`relpos_bias`); both are shared by every layer of the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import re
-import shutil
-from typing import Any, Mapping, Optional
+import tempfile
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -97,18 +102,41 @@ def _corrupt(path: pathlib.Path, what: str) -> HFCheckpointError:
     )
 
 
+@contextlib.contextmanager
+def _local_file(path) -> Iterator[pathlib.Path]:
+    """`path` itself when local; an object-store file downloaded to a local temporary file
+    (memory maps and torch.load need one), deleted when the block ends. A memory map made
+    in the block outlives the deletion (the data stays until the arrays are freed)."""
+    if not files.is_remote(path):
+        yield pathlib.Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="dss_hf_") as tmp:
+        local = pathlib.Path(tmp) / files.path(path).name
+        try:
+            files.copy(path, local)
+        except OSError as e:
+            raise HFCheckpointError(f"{path}: cannot read it: {e.strerror or e}") from None
+        yield local
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a .safetensors file into numpy (memory-mapped; bfloat16 via ml_dtypes).
+    """Reads a .safetensors file (local or gs://) into numpy (memory-mapped; bfloat16 via
+    ml_dtypes; an object-store file is downloaded first).
 
     The format: u64 little-endian header size, a JSON header mapping each name to dtype,
     shape and [begin, end) byte offsets into the data block that follows. Every size and
     offset is checked against the file's length before anything is read, so a damaged file
     is an `HFCheckpointError` naming it, not a reshape error or a 10**15-byte read.
     """
-    path = pathlib.Path(path)
+    with _local_file(path) as local:
+        return _read_safetensors(local, files.path(path))
+
+
+def _read_safetensors(local: pathlib.Path, path) -> dict[str, np.ndarray]:
+    """`read_safetensors` of the local file `local`; messages name `path`, what the user gave."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        size = local.stat().st_size
+        with open(local, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise _corrupt(path, f"{size} bytes, fewer than the 8-byte header size")
@@ -126,7 +154,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise _corrupt(path, f"the header is a JSON {type(header).__name__}, not an object")
     data_size = size - 8 - header_size
     # np.memmap cannot map zero bytes; a file of only empty tensors has no data block.
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size else np.zeros(0, np.uint8)
+    data = np.memmap(local, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size else np.zeros(0, np.uint8)
     return {name: _tensor(path, name, info, data) for name, info in header.items() if name != "__metadata__"}
 
 
@@ -152,7 +180,7 @@ def _tensor(path: pathlib.Path, name: str, info: Any, data: np.ndarray) -> np.nd
     return data[begin:end].view(dtype).reshape(shape)
 
 
-def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_torch_bin(path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
@@ -161,7 +189,10 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
             "convert it to model.safetensors"
         ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with _local_file(path) as local:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+    except HFCheckpointError:
+        raise
     except Exception as e:  # torch reports a damaged pickle in many types
         raise HFCheckpointError(
             f"{path}: torch cannot load it ({type(e).__name__}: "
@@ -207,7 +238,7 @@ def _read_sharded(index_path: pathlib.Path, reader) -> dict[str, np.ndarray]:
 
 
 def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = files.path(hf_dir)
     for index_name, reader in ((_SAFETENSORS_INDEX, read_safetensors), (_TORCH_BIN_INDEX, _read_torch_bin)):
         index_path = hf_dir / index_name
         if index_path.is_file():
@@ -498,8 +529,8 @@ def _read_config(config_path: pathlib.Path) -> T5Config:
 
 
 def import_hf_checkpoint(hf_dir: str | os.PathLike):
-    """-> (params, T5Config, path of spiece.model or None)."""
-    hf_dir = pathlib.Path(hf_dir)
+    """-> (params, T5Config, path of spiece.model or None); `hf_dir` local or gs://."""
+    hf_dir = files.path(hf_dir)
     if not hf_dir.is_dir():
         raise MissingHFFileError(f"HF checkpoint directory {hf_dir} does not exist")
     config_path = hf_dir / "config.json"
@@ -537,7 +568,7 @@ def export_hf_checkpoint(
         # For `from_pretrained(out_dir, tie_word_embeddings=False)` (see the module docstring),
         # which would otherwise initialise these two at random.
         hf_weights.update({name: hf_weights["shared.weight"] for name in _EMBEDDING_COPIES})
-    if vocab_path is not None and not pathlib.Path(vocab_path).is_file():
+    if vocab_path is not None and not files.path(vocab_path).is_file():
         raise MissingHFFileError(f"vocabulary {vocab_path} does not exist")
     with checkpoints.staged_output_dir(
         out_dir, overwrite=overwrite, replaceable=HF_DIR_FILES, what="a Hugging Face model"
@@ -553,8 +584,13 @@ def export_hf_checkpoint(
         for name, data in (extra_files or {}).items():
             (staging / name).write_bytes(data)
         if vocab_path is not None:
-            shutil.copyfile(vocab_path, staging / VOCAB_FILE)
-    return pathlib.Path(out_dir)
+            files.copy(vocab_path, staging / VOCAB_FILE)
+    return output_path(out_dir)
+
+
+def output_path(out_dir: str | os.PathLike):
+    """What an export returns for `out_dir`: a pathlib.Path, or the URL's path object."""
+    return files.path(out_dir) if files.is_remote(out_dir) else pathlib.Path(out_dir)
 
 
 def from_pretrained_call(config: T5Config, hf_dir: str | os.PathLike) -> str:

@@ -238,7 +238,7 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike) -> tuple[PyTree, Any, Option
     by its config.json's model_type; nothing is read beyond config.json for another type."""
     from dss_jax import files
 
-    config_path = pathlib.Path(hf_dir) / "config.json"
+    config_path = files.path(hf_dir) / "config.json"  # local or gs://
     if not config_path.is_file():
         raise UnsupportedModelError(
             f"{config_path} is missing: a Hugging Face checkpoint directory holds config.json and the weights"

@@ -29,6 +29,7 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.data import jsonl
 
@@ -122,14 +123,14 @@ def parse_template(text: str, source: str = "<string>", default_id: str = "custo
 
 def load_template(path: str | os.PathLike) -> PromptTemplate:
     path = os.fspath(path)
-    if not os.path.exists(path):
+    p = files.path(path)  # a local file or an object-store URL
+    if not p.exists():
         raise PromptError(
             f"prompt file not found: {path} (give a file, or a built-in name: {', '.join(builtin_names())})"
         )
-    if not os.path.isfile(path):
+    if not p.is_file():
         raise PromptError(f"prompt {path} is not a regular file (a directory?); give a template file")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = p.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -137,13 +138,13 @@ def load_template(path: str | os.PathLike) -> PromptTemplate:
         raise PromptError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the prompt as UTF-8"
         ) from None
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(p.name)[0]
     return parse_template(text, source=path, default_id=stem)
 
 
 def builtin_names() -> list[str]:
-    files = importlib.resources.files("dss_jax.teacher").joinpath("prompts")
-    return sorted(p.name[: -len(".txt")] for p in files.iterdir() if p.name.endswith(".txt"))
+    folder = importlib.resources.files("dss_jax.teacher").joinpath("prompts")
+    return sorted(p.name[: -len(".txt")] for p in folder.iterdir() if p.name.endswith(".txt"))
 
 
 def load_builtin(name: str) -> PromptTemplate:
@@ -169,7 +170,7 @@ def resolve_template(spec: Optional[str], family: str) -> PromptTemplate:
     """`--prompt` semantics: None -> the family's few-shot prompt; an existing file; a built-in name."""
     if not spec:
         return default_template(family)
-    if os.path.exists(spec) or os.sep in spec or spec.endswith(".txt"):
+    if files.is_remote(spec) or os.path.exists(spec) or os.sep in spec or spec.endswith(".txt"):
         return load_template(spec)
     if spec in KINDS:
         return default_template(family, spec)

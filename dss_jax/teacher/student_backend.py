@@ -32,7 +32,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -40,6 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from dss_jax import files
 from dss_jax.cli import UserError
 from dss_jax.teacher.backend import Completion, RequestFailed, Usage, UsageCounter
 from dss_jax.teacher.prompts import parse_template
@@ -328,7 +328,7 @@ def _load(config: StudentConfig):
     from dss_jax.checkpoints import load_checkpoint, select_checkpoints, where_described
     from dss_jax.data import vocab
 
-    if not os.path.isdir(os.path.expanduser(config.checkpoint)):
+    if not files.path(config.checkpoint).is_dir():  # a local dir or a gs:// prefix
         raise StudentLoadError(
             f"student checkpoint {config.checkpoint} does not exist: give a checkpoint dir or a "
             "training run's MODEL_DIR"

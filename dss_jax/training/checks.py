@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional
 
-from dss_jax import checkpoints, input_pipeline, optimizers, partitioning, prediction, settings
+from dss_jax import checkpoints, files, input_pipeline, optimizers, partitioning, prediction, settings
 from dss_jax.data import options as dss_options
 from dss_jax.training import selection
 from dss_jax.training.step import DROPOUT_RNGS
@@ -149,22 +149,19 @@ def check_selection(eval_period: int, eval_hook, metric: str, keep_best: bool, p
 def check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optional[str]:
     """MODEL_DIR must be (or become) a writable directory; INITIAL_CHECKPOINT_PATH must be a
     checkpoint directory, or a training run's MODEL_DIR (its latest checkpoint). Checked
-    before the first write; returns the checkpoint dir to start from."""
-    path = os.path.abspath(model_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
-    existing = path
-    while not os.path.exists(existing):  # the nearest folder that exists is where it gets created
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise settings.SettingError(
-            f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
-            "choose a directory you can write to, or fix its permissions"
-        )
+    before the first write; returns the checkpoint dir to start from. Either may be a
+    gs:// URL: an object store has no permissions to look at before writing (a bucket
+    that refuses writes fails the first write, naming the object)."""
+    if files.is_remote(model_dir):
+        target = files.path(model_dir)
+        if target.is_file():  # an object of that name; a prefix with objects under it is a directory
+            raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
+    else:
+        _check_local_model_dir(model_dir)
     if not initial_checkpoint_path:
         return None
     # A converted checkpoint, a run's checkpoint_<step> dir, or a run's MODEL_DIR (its latest).
-    if not os.path.isdir(initial_checkpoint_path):
+    if not files.path(initial_checkpoint_path).is_dir():
         raise settings.SettingError(
             f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist or is not a "
             "directory; give a checkpoint written by `python -m dss_jax.convert` or a "
@@ -183,6 +180,20 @@ def check_paths(model_dir: str, initial_checkpoint_path: Optional[str]) -> Optio
             "`python -m dss_jax.convert` or a training run"
         )
     return resolved
+
+
+def _check_local_model_dir(model_dir: str) -> None:
+    path = os.path.abspath(model_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise settings.SettingError(f"MODEL_DIR {model_dir} is a file, not a directory; choose a directory path")
+    existing = path
+    while not os.path.exists(existing):  # the nearest folder that exists is where it gets created
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise settings.SettingError(
+            f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing); "
+            "choose a directory you can write to, or fix its permissions"
+        )
 
 
 def check_task_options(task_name: str) -> None:

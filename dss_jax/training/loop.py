@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import signal
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 
 import gin
-from dss_jax import checkpoints, input_pipeline, losses, optimizers, partitioning, settings
+from dss_jax import checkpoints, files, input_pipeline, losses, optimizers, partitioning, settings
 from dss_jax.cli import UserError
 from dss_jax.data import options as dss_options
 from dss_jax.metrics_writer import MetricsWriter, Progress
@@ -418,7 +417,7 @@ def result_settings(
         "batch_unit": batch_unit,
         "seed": seed,
         "dropout_rng": dropout_rng,
-        "initial_checkpoint_path": os.path.abspath(initial_checkpoint_path) if initial_checkpoint_path else None,
+        "initial_checkpoint_path": files.absolute(initial_checkpoint_path) if initial_checkpoint_path else None,
         "loss": dataclasses.asdict(loss_config),
         "optimizer": dataclasses.asdict(optimizer_config),
     }
@@ -511,7 +510,7 @@ def _check_resumed_model(model_dir: str, config) -> None:
     from dss_jax.configurables import RUNTIME_FIELDS
 
     path = os.path.join(model_dir, checkpoints.CONFIG_FILE)
-    if config is None or not os.path.isfile(path):
+    if config is None or not files.path(path).is_file():
         return
     trained, _ = checkpoints.read_config(model_dir)
     if trained.family != config.family:
@@ -632,14 +631,15 @@ def _write_run_files(model_dir: str, model, task_name: str, resumed: bool = Fals
 def _same_pieces(a: str, b: str) -> bool:
     """Whether two vocabulary files map the same ids to the same pieces (the same
     SentencePiece model written twice may differ in bytes; tokenizer.json files compare
-    by bytes)."""
+    by bytes). Either may be on an object store: read as bytes."""
     import sentencepiece as spm
 
-    if pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes():
+    a_bytes, b_bytes = files.path(a).read_bytes(), files.path(b).read_bytes()
+    if a_bytes == b_bytes:
         return True
-    if checkpoints.TOKENIZER_JSON in (pathlib.Path(a).name, pathlib.Path(b).name):
+    if checkpoints.TOKENIZER_JSON in (files.path(a).name, files.path(b).name):
         return False
-    x, y = spm.SentencePieceProcessor(model_file=a), spm.SentencePieceProcessor(model_file=b)
+    x, y = spm.SentencePieceProcessor(model_proto=a_bytes), spm.SentencePieceProcessor(model_proto=b_bytes)
     return x.get_piece_size() == y.get_piece_size() and all(
         x.id_to_piece(i) == y.id_to_piece(i) for i in range(x.get_piece_size())
     )

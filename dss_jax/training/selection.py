@@ -66,7 +66,7 @@ def evaluations_of(records: Iterable[dict], metric: str) -> list[Evaluation]:
 
 def read_rule(model_dir: str) -> Optional[SelectionRule]:
     path = os.path.join(model_dir, VALIDATION_DIR, SELECTION_FILE)
-    if not os.path.isfile(path):
+    if not files.path(path).is_file():
         return None
     data = files.read_json_object(path, settings.SettingError, "the run's checkpoint selection rule")
     return SelectionRule(**{f.name: data[f.name] for f in dataclasses.fields(SelectionRule) if f.name in data})
@@ -74,7 +74,7 @@ def read_rule(model_dir: str) -> Optional[SelectionRule]:
 
 def write_rule(model_dir: str, rule: SelectionRule) -> None:
     path = os.path.join(model_dir, VALIDATION_DIR, SELECTION_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.makedirs(os.path.dirname(path))
     files.atomic_write(path, json.dumps(dataclasses.asdict(rule), indent=1) + "\n")
 
 

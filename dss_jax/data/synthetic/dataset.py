@@ -158,7 +158,7 @@ synthetic_config = gin.external_configurable(SyntheticConfig, name="synthetic_co
 def synthetic_cache_dir(directory: Optional[str] = None) -> pathlib.Path:
     """Where generated datasets go: `directory`, else `data_locations()`'s cache dir."""
     if directory:
-        return pathlib.Path(directory).expanduser()
+        return files.path(directory)  # ~ expanded; a gs:// URL stays one
     from dss_jax.data.options import data_locations
 
     return data_locations()[1]
@@ -279,7 +279,7 @@ def _unlabeled_record(i: int, problem: Problem) -> CacheRecord:
 
 
 def dataset_dir(config: SyntheticConfig, cache_dir: os.PathLike | str) -> pathlib.Path:
-    return pathlib.Path(cache_dir) / DATASET / f"seed{config.seed}-{config.fingerprint()}"
+    return files.path(os.fspath(cache_dir)) / DATASET / f"seed{config.seed}-{config.fingerprint()}"
 
 
 def split_paths(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
@@ -291,7 +291,7 @@ def write_dataset(config: SyntheticConfig, cache_dir: os.PathLike | str) -> dict
     """Generates the dataset and writes its cache files (each atomically), replacing any."""
     paths = split_paths(config, cache_dir)
     directory = dataset_dir(config, cache_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    files.makedirs(directory)
     files.atomic_write(directory / "settings.json", json.dumps(config.settings(), indent=1, sort_keys=True) + "\n")
     for split, records in generate_records(config).items():
         # Concurrent writers produce the same bytes.

@@ -14,12 +14,12 @@ in each; `decoder_causal_attention` marks the prompt for prefix-LM students
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
+from dss_jax import files
 from dss_jax.model import interface
 from dss_jax.model.decoder_only import hf
 from dss_jax.model.decoder_only.config import DecoderOnlyConfig
@@ -46,7 +46,7 @@ class DecoderOnlyModel(interface.StudentModel):
     def export_hf(self, params, out_dir, vocab_path, overwrite, generation=None, extra_files=None):
         extra_files = dict(extra_files or {})
         if vocab_path is not None:
-            vocab_path = pathlib.Path(vocab_path)
+            vocab_path = files.path(vocab_path)  # local or gs://
             if vocab_path.name != "tokenizer.json":
                 # A SentencePiece vocabulary (the task's, or the quickstart's): written as the
                 # tokenizer.json transformers reads, giving the same ids.

@@ -319,8 +319,8 @@ def params_to_hf(params: Mapping, config: DecoderOnlyConfig) -> dict[str, np.nda
 
 
 def import_hf_checkpoint(hf_dir: str | os.PathLike) -> tuple[dict, DecoderOnlyConfig]:
-    """(params, config) of an HF Llama / Qwen2 / Qwen3 / Gemma 3 text directory."""
-    hf_dir = pathlib.Path(hf_dir)
+    """(params, config) of an HF Llama / Qwen2 / Qwen3 / Gemma 3 text directory (local or gs://)."""
+    hf_dir = files.path(hf_dir)
     config_path = hf_dir / "config.json"
     hf_config = files.read_json_object(config_path, HFCheckpointError, "a Hugging Face config.json")
     config = config_from_hf(hf_config, str(config_path))
@@ -448,7 +448,7 @@ def export_hf_checkpoint(
         (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
         for name, data in (extra_files or {}).items():
             (staging / name).write_bytes(data)
-    return pathlib.Path(out_dir)
+    return hf_convert.output_path(out_dir)
 
 
 def from_pretrained_call(config: DecoderOnlyConfig, hf_dir) -> str:
