@@ -150,39 +150,52 @@ def makedirs(p: PathLike) -> None:
         os.makedirs(os.path.expanduser(os.fspath(p)), exist_ok=True)
 
 
-class _GrowingObject(io.TextIOBase):
-    """A text log on an object store that grows: objects cannot be appended to, so the
-    text lives in memory (starting from what the object held) and every flush uploads
-    it whole. A reader sees the log as of the last flush."""
+class _GrowingObject:
+    """A log on an object store that grows: objects cannot be appended to, so its bytes
+    live in memory (starting from what the object held, with `keep`) and every flush
+    uploads them whole. A reader sees the log as of the last flush."""
 
-    def __init__(self, target, keep: bool):
+    def __init__(self, target, keep: bool, binary: bool):
         self._target = target
-        self._text = io.StringIO()
+        self._binary = binary
+        self._data = io.BytesIO()
         if keep and target.exists():
-            self._text.write(target.read_text(encoding="utf-8"))
-        self._dirty = not keep
+            self._data.write(target.read_bytes())
+        self._dirty = not keep  # emptied: an empty object once flushed, as a local file once opened
+        self.closed = False
 
-    def write(self, s: str) -> int:
+    def write(self, data: Union[str, bytes]) -> int:
+        if self._binary != isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() of {type(data).__name__} to a {'binary' if self._binary else 'text'} log")
         self._dirty = True
-        return self._text.write(s)
+        self._data.write(data if self._binary else data.encode("utf-8"))
+        return len(data)
 
     def flush(self) -> None:
-        if self._dirty:
-            self._target.write_text(self._text.getvalue(), encoding="utf-8")
+        if self._dirty and not self.closed:
+            self._target.write_bytes(self._data.getvalue())
             self._dirty = False
 
     def close(self) -> None:
         if not self.closed:
             self.flush()
-        super().close()
+            self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def open_growing(p: PathLike, keep: bool = True) -> IO[str]:
-    """A text file a run extends (a metrics log): opened for appending (`keep=False`:
-    emptied first). On an object store the whole log is uploaded at each flush() and close."""
+def open_growing(p: PathLike, keep: bool = True, binary: bool = False) -> IO:
+    """A file a run extends (a metrics log, an events file): opened for appending
+    (`keep=False`: emptied first), as text (UTF-8) or `binary`. On an object store the
+    whole file is uploaded at each flush() and at close()."""
     if is_remote(p):
-        return _GrowingObject(path(p), keep)
-    return open(p, "a" if keep else "w", encoding="utf-8")
+        return _GrowingObject(path(p), keep, binary)
+    mode = ("a" if keep else "w") + ("b" if binary else "")
+    return open(p, mode) if binary else open(p, mode, encoding="utf-8")
 
 
 @contextlib.contextmanager

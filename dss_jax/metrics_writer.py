@@ -104,7 +104,7 @@ class EventsFile:
     framing and protos (no TensorFlow, no torch: tensorboardX imports torch when it is
     installed, 3 s of every run's start-up). Each write is flushed (`flush=False`: not
     the first ones, until `write_scalars` flushes). On an object store the file is kept in
-    memory and uploaded whole at each flush (`_GrowingEventsObject`)."""
+    memory and uploaded whole at each flush (`files.open_growing`)."""
 
     def __init__(
         self, log_dir: str, purge_step: Optional[int] = None, *, path: Optional[str] = None, flush: bool = True
@@ -116,8 +116,7 @@ class EventsFile:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_IDS)}"
         self.path = path or os.path.join(log_dir, name)
         with files.naming_the_file(self.path):
-            writer = _GrowingEventsObject(self.path) if files.is_remote(self.path) else open(self.path, "wb")
-            self._records = RecordWriter(writer)
+            self._records = RecordWriter(files.open_growing(self.path, keep=False, binary=True))
         self._add(event_pb2.Event(file_version="brain.Event:2"), step=purge_step)
         if purge_step is not None:
             # TensorBoard drops the earlier files' events at and after a START session log.
@@ -168,35 +167,6 @@ class EventsFile:
     def close(self) -> None:
         with files.naming_the_file(self.path):
             self._records.close()
-
-
-class _GrowingEventsObject(io.RawIOBase):
-    """An events file on an object store, which cannot be appended to: its bytes live in
-    memory and every flush uploads them whole (as files.open_growing does for a text log).
-    The file is this writer's own (a new name per writer), so nothing else is kept."""
-
-    def __init__(self, target: str):
-        super().__init__()
-        self._target = files.path(target)
-        self._data = io.BytesIO()
-        self._dirty = True  # an empty file exists once flushed, as a local one once opened
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self._dirty = True
-        return self._data.write(b)
-
-    def flush(self) -> None:
-        if self._dirty and not self.closed:
-            self._target.write_bytes(self._data.getvalue())
-            self._dirty = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.flush()
-        super().close()
 
 
 def _names_in(directory: str) -> list[str]:

@@ -28,6 +28,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The built-in synthetic task made small, for tests that run the train binary (or a sweep).
+SMALL_SYNTHETIC_GIN = """
+synthetic_config.train_size = 200
+synthetic_config.validation_size = 20
+synthetic_config.test_size = 20
+T5Config.vocab_size = 1024
+TASK_FEATURE_LENGTHS = {'label_inputs': 96, 'label_targets': 24, 'rationale_inputs': 96, 'rationale_targets': 64}
+DssFeatureConverter.pack_encoder_length = 192
+DssFeatureConverter.pack_decoder_length = 96
+"""
 SHARED_DATA = pathlib.Path(os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm"))
 
 

@@ -16,7 +16,7 @@ import pytest
 import seqio
 import teacher_script as ts
 
-from conftest import REPO_ROOT, write_parity_task_files
+from conftest import REPO_ROOT, SMALL_SYNTHETIC_GIN, write_parity_task_files
 from dss_jax import files
 from dss_jax.data import options as dss_options
 from dss_jax.data import pretrain, vocab
@@ -237,15 +237,7 @@ sweep_config.train_bindings = ['TRAIN_STEPS = 3', 'BATCH_SIZE = 4', 'train.log_p
 sweep_config.eval_bindings = ['MAX_EXAMPLES = 12', 'BATCH_SIZE = 4']
 """
 
-MINI = """
-synthetic_config.train_size = 200
-synthetic_config.validation_size = 20
-synthetic_config.test_size = 20
-T5Config.vocab_size = 1024
-TASK_FEATURE_LENGTHS = {'label_inputs': 96, 'label_targets': 24, 'rationale_inputs': 96, 'rationale_targets': 64}
-DssFeatureConverter.pack_encoder_length = 192
-DssFeatureConverter.pack_decoder_length = 96
-"""
+MINI = SMALL_SYNTHETIC_GIN
 
 
 def test_a_two_point_sweep_writes_both_runs_and_its_results_to_gs(tmp_path, gcs):

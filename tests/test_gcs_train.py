@@ -9,20 +9,12 @@ import socket
 
 import pytest
 
-from conftest import REPO_ROOT, run_binary
+from conftest import REPO_ROOT, SMALL_SYNTHETIC_GIN, run_binary
 from dss_jax import checkpoints, files
 from dss_jax.metrics_writer import read_records
 
 # A gin file the first run reads from gs:// (gin_utils' reader), with the task made small.
-MINI = """
-synthetic_config.train_size = 200
-synthetic_config.validation_size = 20
-synthetic_config.test_size = 20
-T5Config.vocab_size = 1024
-TASK_FEATURE_LENGTHS = {'label_inputs': 96, 'label_targets': 24, 'rationale_inputs': 96, 'rationale_targets': 64}
-DssFeatureConverter.pack_encoder_length = 192
-DssFeatureConverter.pack_decoder_length = 96
-"""
+MINI = SMALL_SYNTHETIC_GIN
 
 
 def train(model_dir, steps, mini, cache, *bindings):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import gin
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SMALL_SYNTHETIC_GIN
 from dss_jax import cli, gin_utils, output_paths, results, sweep
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
@@ -91,15 +91,7 @@ sweep_config.train_bindings = ['TRAIN_STEPS = 3', 'BATCH_SIZE = 4', 'train.log_p
 sweep_config.eval_bindings = ['MAX_EXAMPLES = 12', 'BATCH_SIZE = 4']
 """
 
-MINI = """
-synthetic_config.train_size = 200
-synthetic_config.validation_size = 20
-synthetic_config.test_size = 20
-T5Config.vocab_size = 1024
-TASK_FEATURE_LENGTHS = {'label_inputs': 96, 'label_targets': 24, 'rationale_inputs': 96, 'rationale_targets': 64}
-DssFeatureConverter.pack_encoder_length = 192
-DssFeatureConverter.pack_decoder_length = 96
-"""
+MINI = SMALL_SYNTHETIC_GIN
 
 
 def test_two_point_sweep_end_to_end(tmp_path):
