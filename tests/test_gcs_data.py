@@ -1,9 +1,7 @@
 """Data, annotation and sweeps on gs:// (the GCS emulator of conftest's `gcs` fixture): a
 teacher cache or a pretraining corpus read where it is, annotate's cache written there
-and resumed after a kill without losing a record, a sweep whose SWEEP_DIR is a bucket."""
+and resumed after a kill without losing a record. (A sweep on gs://: tests/test_sweep.py.)"""
 
-import csv
-import io
 import json
 import os
 import signal
@@ -16,7 +14,7 @@ import pytest
 import seqio
 import teacher_script as ts
 
-from conftest import REPO_ROOT, SMALL_SYNTHETIC_GIN, write_parity_task_files
+from conftest import REPO_ROOT, write_parity_task_files
 from dss_jax import files
 from dss_jax.data import options as dss_options
 from dss_jax.data import pretrain, vocab
@@ -221,56 +219,3 @@ def test_a_pretraining_corpus_on_gs_is_read_as_the_local_file(tmp_path, gcs):
             missing.get_dataset(lengths, split="train", shuffle=False, use_cached=False)
     finally:
         seqio.TaskRegistry.remove("gcs_corpus_missing")
-
-
-RECIPE = """
-sweep_config.sweep_dir = %SWEEP_DIR
-sweep_config.task_gin = 'tasks/synthetic.gin'
-sweep_config.methods = ['dss']
-sweep_config.sizes = ['tiny']
-sweep_config.fractions = [0.5, 1.0]
-sweep_config.seeds = [0]
-sweep_config.extra_gin_files = [%MINI]
-sweep_config.selection = 'last'
-sweep_config.in_process = True
-sweep_config.train_bindings = ['TRAIN_STEPS = 3', 'BATCH_SIZE = 4', 'train.log_period = 1']
-sweep_config.eval_bindings = ['MAX_EXAMPLES = 12', 'BATCH_SIZE = 4']
-"""
-
-MINI = SMALL_SYNTHETIC_GIN
-
-
-def test_a_two_point_sweep_writes_both_runs_and_its_results_to_gs(tmp_path, gcs):
-    (tmp_path / "recipe.gin").write_text(RECIPE)
-    (tmp_path / "mini.gin").write_text(MINI)
-    out = f"{gcs}/sweep"
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        DSS_CACHE_DIR=str(tmp_path / "cache"),
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-    )
-    cmd = [sys.executable, "-m", "dss_jax.sweep", f"--gin_file={tmp_path / 'recipe.gin'}",
-           f"--gin.SWEEP_DIR='{out}'", f"--gin.MINI='{tmp_path / 'mini.gin'}'"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    rows = list(csv.DictReader(io.StringIO(files.path(f"{out}/results.csv").read_text())))
-    assert [float(r["fraction"]) for r in rows] == [0.5, 1.0]
-    for row in rows:
-        run_dir = files.path(f"{out}/runs/{row['run']}")
-        metrics = json.loads((run_dir / "eval" / "step_3" / "metrics.json").read_text())
-        assert float(row["accuracy"]) == metrics["accuracy"]
-        assert (run_dir / "model" / "checkpoint_3").is_dir()
-        assert "(in process) dss_jax.train" in (run_dir / "train.log").read_text()
-    assert files.path(f"{out}/figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| dss | - | tiny | 0.5 |" in files.path(f"{out}/results.md").read_text()
-    assert files.path(f"{out}/code.json").is_file()
-    assert not (REPO_ROOT / "gs:").exists()  # nothing written to a local folder named after the scheme
-    # Resumable there too: a second call trains and evaluates nothing again (in process,
-    # a run that is done appends nothing to its logs).
-    logs = {row["run"]: files.path(f"{out}/runs/{row['run']}/train.log").read_text() for row in rows}
-    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert {run: files.path(f"{out}/runs/{run}/train.log").read_text() for run in logs} == logs

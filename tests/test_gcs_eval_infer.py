@@ -7,18 +7,11 @@ import pathlib
 
 import _eval_toy as toy
 import pytest
+from test_output_paths import refusal
 
 from conftest import REPO_ROOT, run_binary
 from dss_jax import files, output_paths
 from dss_jax.output_paths import Output, OutputPathError, check_outputs
-
-
-def refusal(outputs, **kwargs) -> str:
-    with pytest.raises(OutputPathError) as e:
-        check_outputs(outputs, **kwargs)
-    message = str(e.value)
-    assert "\n" not in message
-    return message
 
 
 def objects(prefix: str) -> dict[str, bytes]:
@@ -55,26 +48,6 @@ def gs_run(gcs, tmp_path):
 
 
 # ----- output_paths on gs:// (no subprocess) ---------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "where, directory, expect",
-    [
-        ("run/config.json", False, "would be a file of the training run {root}/run"),
-        ("run/answers.jsonl", False, "would be a file of the training run {root}/run"),
-        ("run/train/answers.jsonl", False, "lies in {root}/run/train, part of the training run"),
-        ("run", True, "is the training run {root}/run"),
-        ("run/checkpoint_5/eval", True, "lies in {root}/run/checkpoint_5, part of the training run"),
-        ("run/config.json", True, "is a file of the training run {root}/run"),
-        ("hf/out.jsonl", False, "would be a file of the checkpoint {root}/hf"),
-        ("ckpt/params/x", True, "lies in the orbax checkpoint {root}/ckpt/params"),
-    ],
-)
-def test_gs_outputs_in_a_run_or_a_checkpoint_are_refused(gs_run, where, directory, expect):
-    out = f"{gs_run}/{where}"
-    message = refusal([Output("OUT", out, directory=directory)], overwrite=True, overwrite_setting="--overwrite")
-    assert message.startswith(f"OUT={out} {expect.format(root=gs_run)}"), message
-    assert message.endswith("give a path outside it (not even with --overwrite)")
 
 
 def test_gs_outputs_beside_a_run_are_fine_and_the_probe_leaves_nothing(gs_run):

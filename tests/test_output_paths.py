@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from dss_jax import output_paths
+from dss_jax import files, output_paths
 from dss_jax.output_paths import Output, OutputPathError, check_outputs
 
 
@@ -88,16 +88,21 @@ def test_an_output_that_is_an_input_is_refused_also_through_links_and_with_overw
         ("ckpt/params/x", True, "lies in the orbax checkpoint {root}/ckpt/params"),
     ],
 )
-def test_outputs_in_a_run_or_a_checkpoint_are_refused(tmp_path, where, directory, expect):
-    make_run(tmp_path / "run")
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    (tmp_path / "ckpt" / "params").mkdir(parents=True)
-    (tmp_path / "ckpt" / "params" / "_METADATA").write_text("{}")
-    message = refusal(
-        [Output("OUT", tmp_path / where, directory=directory)], overwrite=True, overwrite_setting="--overwrite"
-    )
-    assert message.startswith(f"OUT={tmp_path / where} {expect.format(root=tmp_path)}"), message
+@pytest.mark.parametrize("store", ["local", "gs"])
+def test_outputs_in_a_run_or_a_checkpoint_are_refused(tmp_path, request, store, where, directory, expect):
+    tree = tmp_path / "tree"
+    make_run(tree / "run")
+    (tree / "hf").mkdir()
+    (tree / "hf" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    (tree / "ckpt" / "params").mkdir(parents=True)
+    (tree / "ckpt" / "params" / "_METADATA").write_text("{}")
+    root = tree
+    if store == "gs":  # the same tree as objects (a GCS emulator, tests/conftest.py)
+        root = request.getfixturevalue("gcs")
+        files.upload_tree(tree, root)
+    out = f"{root}/{where}"
+    message = refusal([Output("OUT", out, directory=directory)], overwrite=True, overwrite_setting="--overwrite")
+    assert message.startswith(f"OUT={out} {expect.format(root=root)}"), message
     assert message.endswith("give a path outside it (not even with --overwrite)")
 
 

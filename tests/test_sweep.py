@@ -1,7 +1,9 @@
 """The sweep: a two-point miniature end to end through the real binaries, the single-task
-ablation's targets, and the table/figure built from the runs' own metrics."""
+ablation's targets, and the table/figure built from the runs' own metrics; the same with
+SWEEP_DIR on gs://."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -12,7 +14,7 @@ import pytest
 
 import gin
 from conftest import REPO_ROOT, SMALL_SYNTHETIC_GIN
-from dss_jax import cli, gin_utils, output_paths, results, sweep
+from dss_jax import cli, files, gin_utils, output_paths, results, sweep
 from dss_jax.data import options as dss_options
 from dss_jax.data import paired as dss_paired
 from dss_jax.data.cache import CacheRecord, TeacherSample
@@ -614,3 +616,30 @@ def test_a_decoder_only_grid_runs_through_the_sweep(tmp_path):
         scored = json.loads((run_dir / f"eval/step_{row['selected_step']}/metrics.json").read_text())
         assert float(row["accuracy"]) == scored["accuracy"] and scored["num_examples"] == 12
     assert (out / "results.md").exists() and (out / "budgets.csv").exists()
+
+
+def test_a_two_point_sweep_writes_both_runs_and_its_results_to_gs(tmp_path, gcs):
+    # SWEEP_DIR on gs:// (a GCS emulator, tests/conftest.py); runs in process, the last step.
+    (tmp_path / "recipe.gin").write_text(RECIPE + "sweep_config.selection = 'last'\nsweep_config.in_process = True\n")
+    (tmp_path / "mini.gin").write_text(MINI)
+    out = f"{gcs}/sweep"
+    done = _sweep(tmp_path, out)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(files.path(f"{out}/results.csv").read_text())))
+    assert [float(r["fraction"]) for r in rows] == [0.5, 1.0]
+    for row in rows:
+        run_dir = files.path(f"{out}/runs/{row['run']}")
+        metrics = json.loads((run_dir / "eval" / "step_3" / "metrics.json").read_text())
+        assert float(row["accuracy"]) == metrics["accuracy"]
+        assert (run_dir / "model" / "checkpoint_3").is_dir()
+        assert "(in process) dss_jax.train" in (run_dir / "train.log").read_text()
+    assert files.path(f"{out}/figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| dss | - | tiny | 0.5 |" in files.path(f"{out}/results.md").read_text()
+    assert files.path(f"{out}/code.json").is_file()
+    assert not (REPO_ROOT / "gs:").exists()  # nothing written to a local folder named after the scheme
+    # Resumable there too: a second call trains and evaluates nothing again (in process,
+    # a run that is done appends nothing to its logs).
+    logs = {row["run"]: files.path(f"{out}/runs/{row['run']}/train.log").read_text() for row in rows}
+    again = _sweep(tmp_path, out, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {run: files.path(f"{out}/runs/{run}/train.log").read_text() for run in logs} == logs
