@@ -143,6 +143,15 @@ def rmtree(p: PathLike, missing_ok: bool = False) -> None:
         shutil.rmtree(p)
 
 
+def size_and_mtime_ns(p: PathLike) -> tuple[int, int]:
+    """(bytes, when last written in ns) of a file, local or an object (whose times count
+    whole seconds: a rewrite within the same second shows only if its size differs)."""
+    stat = path(p).stat()
+    if is_remote(p):  # epath's StatResult
+        return stat.length, int(stat.mtime * 1e9)
+    return stat.st_size, stat.st_mtime_ns
+
+
 def makedirs(p: PathLike) -> None:
     """Creates the directory `p` and its parents (a no-op on an object store, which has no
     directories: a prefix exists once an object is written under it)."""

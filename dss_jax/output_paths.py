@@ -319,12 +319,7 @@ def _held_result(out: Output, path: pathlib.Path) -> Optional[str]:
 
 def _non_empty(path: pathlib.Path) -> Optional[str]:
     try:
-        size = _size(path) if path.is_file() else 0
+        size = files.size_and_mtime_ns(path)[0] if path.is_file() else 0
     except OSError:
         return None
     return f"{size} bytes" if size else None
-
-
-def _size(path: pathlib.Path) -> int:
-    stat = path.stat()
-    return stat.length if files.is_remote(path) else stat.st_size  # epath's StatResult

@@ -219,13 +219,8 @@ def load_records(path: str | os.PathLike) -> tuple[CacheRecord, ...]:
     p = files.path(path)
     if not p.is_file():
         raise FileNotFoundError(f"teacher cache not found: {path}")
-    if files.is_remote(path):
-        # An object's mtime has whole seconds; an object is replaced whole, so a rewrite in
-        # the same second changes its size unless it writes the same number of bytes.
-        stat = p.stat()
-        return _load_records(path, int(stat.mtime * 1e9), stat.length)
-    stat = os.stat(path)
-    return _load_records(path, stat.st_mtime_ns, stat.st_size)
+    size, mtime_ns = files.size_and_mtime_ns(path)
+    return _load_records(path, mtime_ns, size)
 
 
 @functools.lru_cache(maxsize=32)

@@ -410,19 +410,13 @@ def paper_cache_path(dataset: str, split: str) -> pathlib.Path:
     data_dir, cache_dir = data_locations()
     path = cache_dir / f"{dataset}_{split}.{dss_paper.TEACHER}.jsonl"
     source = dss_paper.split_path(data_dir, dataset, split)
-    if path.is_file() and source.is_file() and _mtime_ns(path) >= _mtime_ns(source):
+    if path.is_file() and source.is_file() and files.size_and_mtime_ns(path)[1] >= files.size_and_mtime_ns(source)[1]:
         return path
     files.makedirs(cache_dir)
     records = dss_paper.import_split(data_dir, dataset, split)
     dss_paper.write_cache(records, path, overwrite=True)
     logging.info("imported %d %s/%s records into %s", len(records), dataset, split, path)
     return path
-
-
-def _mtime_ns(path) -> int:
-    """When a file was last written, local or an object (whose stat counts whole seconds)."""
-    stat = path.stat()
-    return stat.st_mtime_ns if hasattr(stat, "st_mtime_ns") else int(stat.mtime * 1e9)
 
 
 PAPER_TASK_PREFIX = "dss_"

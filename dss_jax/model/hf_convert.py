@@ -585,12 +585,7 @@ def export_hf_checkpoint(
             (staging / name).write_bytes(data)
         if vocab_path is not None:
             files.copy(vocab_path, staging / VOCAB_FILE)
-    return output_path(out_dir)
-
-
-def output_path(out_dir: str | os.PathLike):
-    """What an export returns for `out_dir`: a pathlib.Path, or the URL's path object."""
-    return files.path(out_dir) if files.is_remote(out_dir) else pathlib.Path(out_dir)
+    return files.path(out_dir)
 
 
 def from_pretrained_call(config: T5Config, hf_dir: str | os.PathLike) -> str:

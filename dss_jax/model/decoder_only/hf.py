@@ -448,7 +448,7 @@ def export_hf_checkpoint(
         (staging / "generation_config.json").write_text(json.dumps({**ids, **(generation or {})}, indent=2))
         for name, data in (extra_files or {}).items():
             (staging / name).write_bytes(data)
-    return hf_convert.output_path(out_dir)
+    return files.path(out_dir)
 
 
 def from_pretrained_call(config: DecoderOnlyConfig, hf_dir) -> str:
