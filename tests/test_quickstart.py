@@ -46,12 +46,13 @@ def test_the_quickstart_starts_from_the_pretrained_student_unless_told_otherwise
     assert quickstart._settings(["INITIAL_CHECKPOINT_PATH='/my/ckpt'"], quick) == (800, None)  # not measured
 
 
-def test_the_quoted_results_are_the_committed_grids_and_the_readmes():
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_the_quoted_results_are_the_committed_grids_and_the_readmes(family):
     """The quickstart quotes, for each method, its 3-seed results at this run's examples,
-    at the token budget nearest this run's compute and at convergence, from the committed
-    converged grid; the README quotes the same figures."""
+    at the token budget nearest this run's compute and at convergence, from its family's
+    committed converged grid; the README quotes the same figures."""
     readme = (REPO_ROOT / "README.md").read_text()
-    quoted = quickstart._measured(800 * 16, 1.9e6)
+    quoted = quickstart._measured(800 * 16, 1.9e6, quickstart.QUICKSTARTS[family].measured_dir)
     assert set(quoted) == {"dss_teacher", "distill"}
     for method, readings in quoted.items():
         assert [r.split(" (")[0] for r, _ in readings] == [
@@ -64,18 +65,20 @@ def test_the_quoted_results_are_the_committed_grids_and_the_readmes():
             assert value.split("%")[0] in readme, (method, value)  # the README quotes the same
 
 
-def test_the_quoted_results_were_measured_with_todays_quickstart_settings():
+@pytest.mark.parametrize("family,num_runs", [("t5", 12), ("decoder_only", 6)])
+def test_the_quoted_results_were_measured_with_todays_quickstart_settings(family, num_runs):
     """Each committed run's config.gin is what its sweep command gives today: a change to
-    quickstart.gin, or to anything it includes, that changes a setting fails here until
-    gin/sweeps/quickstart_converged.gin is run again and its results committed."""
+    the family's quickstart gin file, or to anything it includes, that changes a setting
+    fails here until its gin/sweeps/ file is run again and its results committed."""
     import importlib
 
-    results = REPO_ROOT / quickstart.MEASURED_DIR
-    gin_utils.parse_gin(["sweeps/quickstart_converged.gin"], [f"SWEEP_DIR = {str(results)!r}"], ["."])
+    results = REPO_ROOT / quickstart.QUICKSTARTS[family].measured_dir
+    sweep_file = f"sweeps/{results.name}.gin"
+    gin_utils.parse_gin([sweep_file], [f"SWEEP_DIR = {str(results)!r}"], ["."])
     cfg = sweep.sweep_config()
     gin.clear_config()
     runs = sweep.plan(cfg)
-    assert len(runs) == 12
+    assert len(runs) == num_runs
     importlib.import_module(sweep.TRAIN)  # registers its configurables
     for run in runs:
         _, gin_files, bindings = sweep.run_commands(run, cfg)[0]
@@ -85,7 +88,7 @@ def test_the_quoted_results_were_measured_with_todays_quickstart_settings():
         measured = (pathlib.Path(sweep.run_path(run, cfg)) / "model" / "config.gin").read_text()
         assert sweep.settings_of(now, cfg["sweep_dir"]) == sweep.settings_of(measured), (
             f"{run.name} was measured with other settings than the quickstart's today: run "
-            "gin/sweeps/quickstart_converged.gin again (and commit its results) before quoting them"
+            f"gin/{sweep_file} again (and commit its results) before quoting them"
         )
 
 
