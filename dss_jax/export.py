@@ -1,7 +1,9 @@
-r"""Exports a dss_jax checkpoint as a Hugging Face directory (T5, or a decoder-only student).
+r"""Exports a dss_jax checkpoint as a Hugging Face directory (T5, or a decoder-only student),
+or a T5 student as a T5X checkpoint.
 
     python -m dss_jax.export --checkpoint=MODEL_DIR --output=HF_DIR [--step=N]
     python -m dss_jax.export --checkpoint=CKPT_DIR --output=HF_DIR [--item=NAME] [--vocab=PATH] [--overwrite]
+    python -m dss_jax.export --checkpoint=MODEL_DIR --format=t5x --output=T5X_DIR [--step=N] [--overwrite]
 
 --checkpoint takes what eval, infer and annotate take: a training run's MODEL_DIR (its
 latest checkpoint, or --step), one of its checkpoint_<step>/ dirs, or a params checkpoint
@@ -29,6 +31,14 @@ checkpoint (MODEL_DIR/hf, a new directory beside the run's own, is fine), or hol
 --vocab, is refused even then (dss_jax/output_paths.py), since config.json and
 spiece.model would replace the run's. HF_DIR is written beside itself and renamed into
 place, so a crash leaves no half-exported model.
+
+--format=t5x writes T5X_DIR/checkpoint_<step>/checkpoint, the msgpack file T5X's
+Checkpointer writes (format version 3, arrays inline, a new Adafactor state; step 0 for a
+checkpoint without one), which T5X restores as INITIAL_CHECKPOINT_PATH and
+`dss_jax.convert --t5x_checkpoint` imports back exactly (`checkpoints.t5x`). A T5X
+checkpoint records no model config and no vocabulary: export prints the
+`network.T5Config` bindings of the student's shape. T5X_DIR follows HF_DIR's rules; a
+T5X run's MODEL_DIR is never written into.
 
 --checkpoint, --vocab and --output may be on an object store (gs://bucket/...): the export
 is written in a local temporary directory and uploaded. transformers loads only local
@@ -58,6 +68,9 @@ _ITEM = flags.DEFINE_string(
 )
 _VOCAB = flags.DEFINE_string("vocab", None, "spiece.model or tokenizer.json to ship; default: the checkpoint's own.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --output.")
+_FORMAT = flags.DEFINE_enum(
+    "format", "hf", ["hf", "t5x"], "hf: a Hugging Face directory; t5x: a T5X msgpack checkpoint_<step>/ directory."
+)
 
 
 def main(argv):
@@ -66,6 +79,8 @@ def main(argv):
     from dss_jax import checkpoints
     from dss_jax.model import hf_convert, interface
 
+    if _FORMAT.value == "t5x":
+        return export_t5x()
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
         [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
@@ -107,6 +122,40 @@ def main(argv):
         logging.warning("no spiece.model found for %s: %s has no tokenizer", path, out)
     print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (vocabulary: {vocab or 'none'})")
     print(f"load it with: {how_to_load(model, str(out))}")
+
+
+def export_t5x() -> None:
+    """--format=t5x: --output becomes a T5X model directory holding checkpoint_<step>/checkpoint
+    (`checkpoints.t5x.export_checkpoint`), replaced whole with --overwrite as an HF export is."""
+    from dss_jax import checkpoints
+    from dss_jax.checkpoints import outputs, t5x
+
+    if _VOCAB.value:
+        raise app.UsageError("--vocab goes with --format=hf: T5X keeps no vocabulary beside its checkpoints")
+    output_paths.check_outputs(
+        [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
+        inputs={"--checkpoint": _CHECKPOINT.value},
+        overwrite=_OVERWRITE.value,
+        overwrite_setting="--overwrite",
+    )
+    steps = "latest" if _STEP.value is None else _STEP.value
+    ((step, path),) = checkpoints.select_checkpoints(
+        _CHECKPOINT.value, steps, path_setting="--checkpoint", steps_setting="--step"
+    )
+    what = "a T5X checkpoint"
+    try:
+        params, config, _ = checkpoints.load_params(path, item=_ITEM.value)
+        t5x.check_exportable(config)
+        with outputs.staged_output_dir(
+            _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=["checkpoint_*"], what=what
+        ) as staging:
+            written = t5x.export_checkpoint(params, config, step or 0, staging)
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.UserError(str(e)) from e
+    out = files.path(files.absolute(_OUTPUT.value)) / written.name
+    print(f"exported {path}{'' if step is None else f' (step {step})'} -> {out} (T5X msgpack, format version 3)")
+    print(f"in T5X: INITIAL_CHECKPOINT_PATH = '{out}', with a model gin file that binds (its shape):")
+    print("".join(f"    {line}\n" for line in t5x.t5x_network_bindings(config)), end="")
 
 
 def how_to_load(model, output: str) -> str:

@@ -52,6 +52,7 @@ RUN_TASK_FILE = "task.json"
 ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA")
 RUN_STEP_DIR = re.compile(r"^checkpoint_\d+$")
 RUN_METRICS_DIRS = ("train", "validation")  # a run's own metrics and TensorBoard logs
+T5X_CHECKPOINT_FILE = "checkpoint"  # a T5X checkpoint_<step>/'s msgpack file (checkpoints/t5x.py)
 
 PROBE_BYTES = 4096
 
@@ -168,6 +169,8 @@ def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
             names = set(os.listdir(d))
     except OSError:  # not a directory, or not readable: nothing to protect that we can see
         return None
+    if names and all(RUN_STEP_DIR.match(n) and _names(d / n) == {T5X_CHECKPOINT_FILE} for n in names):
+        return "T5X checkpoint export"  # export --format=t5x's: replaced whole with --overwrite
     if LOCK_FILE in names or any(RUN_STEP_DIR.match(n) and (d / n).is_dir() for n in names):
         return "training run"
     if RUN_TASK_FILE in names and {"task", "options"} <= _json_keys(d / RUN_TASK_FILE):
@@ -177,6 +180,11 @@ def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
     if CONFIG_FILE in names and _json_keys(d / CONFIG_FILE) & {"d_model", "model_type"}:
         return "checkpoint"
     return None
+
+
+def _names(d: pathlib.Path) -> set[str]:
+    """The names in the directory `d` (empty when it is none)."""
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
 
 
 def probe_writable(setting: str, given: PathLike, directory: pathlib.Path) -> None:

@@ -37,15 +37,29 @@ def refusal(outputs, **kwargs) -> str:
 
 def test_the_marker_names_are_those_the_run_and_checkpoints_use():
     from dss_jax import checkpoints
-    from dss_jax.checkpoints import locate
+    from dss_jax.checkpoints import locate, t5x
     from dss_jax.training import selection
 
+    assert output_paths.T5X_CHECKPOINT_FILE == t5x.CHECKPOINT_FILE
     assert output_paths.LOCK_FILE == checkpoints.LOCK_NAME
     assert output_paths.CONFIG_FILE == checkpoints.CONFIG_FILE
     assert output_paths.RUN_TASK_FILE == checkpoints.RUN_TASK_FILE
     assert output_paths.ORBAX_MARKERS == locate.ORBAX_MARKERS
     assert output_paths.RUN_STEP_DIR.pattern == locate.RUN_STEP_DIR.pattern
     assert selection.VALIDATION_DIR in output_paths.RUN_METRICS_DIRS
+
+
+def test_a_t5x_export_may_be_replaced_whole_but_nothing_is_written_into_it(tmp_path):
+    """export --format=t5x's output (checkpoint_<step>/checkpoint only) is no training run:
+    a directory output replaced whole may be it; any output inside it is still refused."""
+    export = tmp_path / "t5x"
+    (export / "checkpoint_3").mkdir(parents=True)
+    (export / "checkpoint_3" / "checkpoint").write_bytes(b"msgpack")
+    check_outputs([Output("--output", export, directory=True, whole=True)], overwrite=True)
+    message = refusal([Output("EVAL_OUTPUT_DIR", export / "checkpoint_3" / "eval", directory=True)])
+    assert "part of the T5X checkpoint export" in message
+    (export / "config.gin").write_text("")  # a T5X run's MODEL_DIR: a run
+    assert "is the training run" in refusal([Output("--output", export, directory=True, whole=True)], overwrite=True)
 
 
 def test_an_output_that_is_an_input_is_refused_also_through_links_and_with_overwrite(tmp_path):

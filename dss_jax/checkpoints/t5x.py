@@ -25,6 +25,12 @@ reads it from the arrays (sizes, layer counts, gated or not, tied or a separate
 activation: GELU, as T5 v1.1, mT5 and Flan-T5; relative_attention_max_distance: 128).
 The optimizer state is not imported, with a line saying so. Reading T5X gin files and
 orbax-era layouts is not built.
+
+Back to T5X: `export_checkpoint(params, config, step, model_dir)` (`python -m
+dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/checkpoint` as T5X's
+Checkpointer.save does, with flax's serialization, keys sorted, arrays inline in their
+dtype and a new Adafactor state as t5x/adafactor.py initialises it: T5X's own
+test_t5_tiny.checkpoint_0, imported and exported, is the same file byte for byte.
 """
 
 from __future__ import annotations
@@ -232,3 +238,116 @@ def import_checkpoint(path: str | os.PathLike):
             node = node.setdefault(part, {})
         node[leaf] = array
     return nested, config
+
+
+# What T5X's examples/t5/network.py fixes that a dss_jax T5Config may set otherwise.
+_T5X_FIXED = {"relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6}
+# Adafactor's defaults in t5x/adafactor.py: a second moment is factored over the two
+# largest dimensions when the smaller of them has at least this many entries.
+_ADAFACTOR_MIN_DIM_SIZE_TO_FACTOR = 128
+
+
+def check_exportable(config) -> None:
+    """T5xCheckpointError unless T5X's T5 (examples/t5/network.py) computes what `config`
+    does: a T5 whose relative-position distance, layer-norm epsilon and output scaling are
+    the ones T5X fixes (T5X scales the decoder output exactly when the lm head is tied)."""
+    family = getattr(config, "family", None)
+    if family != "t5":
+        raise T5xCheckpointError(
+            f"a {family} student has no T5X checkpoint layout here: only T5 students (examples/t5/network.py) export"
+        )
+    for field, fixed in _T5X_FIXED.items():
+        if getattr(config, field) != fixed:
+            raise T5xCheckpointError(
+                f"T5Config.{field}={getattr(config, field)!r}: T5X's T5 fixes it at {fixed}, so T5X would compute "
+                "another model from these weights"
+            )
+    if config.scales_decoder_output != config.tie_word_embeddings:
+        raise T5xCheckpointError(
+            f"T5Config.scale_decoder_outputs={config.scale_decoder_outputs!r} with tie_word_embeddings="
+            f"{config.tie_word_embeddings}: T5X's T5 scales the decoder output exactly when the lm head is tied"
+        )
+
+
+def _to_t5x(name: str, array: np.ndarray) -> np.ndarray:
+    """The inverse of `_to_ours`: attention kernels with heads and head width joined, and
+    relative-position tables [heads, buckets]."""
+    leaf = name.split("/")
+    if leaf[-1] == "rel_embedding":
+        return array.T
+    if len(leaf) >= 2 and leaf[-1] == "kernel" and leaf[-2] in ("query", "key", "value"):
+        return array.reshape(array.shape[0], -1)
+    if len(leaf) >= 3 and leaf[-1] == "kernel" and leaf[-2] == "out" and "attention" in leaf[-3]:
+        return array.reshape(-1, array.shape[-1])
+    return array
+
+
+def adafactor_initial_state(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """A parameter's state as t5x's Adafactor (its defaults: factored, no momentum)
+    initialises it: `v_row`/`v_col` zeros when the second moment is factored, else `v`
+    zeros of the parameter's shape; the unused entries, and `m`, are zeros of shape (1,)."""
+    state = {k: np.zeros((1,), np.float32) for k in ("m", "v", "v_col", "v_row")}
+    if len(shape) >= 2:
+        order = np.argsort(shape)
+        smaller, larger = int(order[-2]), int(order[-1])
+        if shape[smaller] >= _ADAFACTOR_MIN_DIM_SIZE_TO_FACTOR:
+            state["v_row"] = np.zeros(np.delete(shape, larger), np.float32)
+            state["v_col"] = np.zeros(np.delete(shape, smaller), np.float32)
+            return state
+    state["v"] = np.zeros(shape, np.float32)
+    return state
+
+
+def checkpoint_tree(params: dict, config, step: int) -> dict:
+    """What T5X's Checkpointer.save writes for a model of these params at `step`, before
+    serialization: `{'version': 3, 'optimizer': {'state': {'param_states', 'step'},
+    'target': params}}`, keys sorted as T5X's state dicts are, params in T5X's layout and
+    dtype (bf16 stays bf16), and a new Adafactor state (dss_jax's optimizer state is not
+    T5X's: it is not carried over)."""
+    check_exportable(config)
+
+    def convert(tree: dict, fn, name: str = "") -> dict:
+        out = {}
+        for key in sorted(tree):
+            value, child = tree[key], f"{name}/{key}" if name else str(key)
+            out[str(key)] = convert(value, fn, child) if isinstance(value, dict) else fn(child, value)
+        return out
+
+    target = convert(params, lambda name, a: _to_t5x(name, np.asarray(a)))
+    param_states = convert(target, lambda name, a: adafactor_initial_state(a.shape))
+    return {
+        "version": FORMAT_VERSION,
+        "optimizer": {"state": {"param_states": param_states, "step": np.asarray(step, np.int32)}, "target": target},
+    }
+
+
+def export_checkpoint(params: dict, config, step: int, model_dir: str | os.PathLike) -> pathlib.Path:
+    """Writes `model_dir/checkpoint_<step>/checkpoint` as T5X's Checkpointer.save does (one
+    msgpack file, arrays inline; `import_checkpoint` reads it back exactly) and returns its
+    directory. The file is written whole or not at all; the caller checks the output first."""
+    from flax import serialization
+
+    data = serialization.to_bytes(checkpoint_tree(params, config, step))  # T5X's own serialization
+    directory = files.path(model_dir) / f"checkpoint_{step}"
+    files.makedirs(directory)
+    files.atomic_write(directory / CHECKPOINT_FILE, data)
+    return directory
+
+
+def t5x_network_bindings(config) -> list[str]:
+    """The `network.T5Config` bindings of T5X's examples/t5 gin files that give `config`'s
+    shape, one per line (a T5X checkpoint does not record them)."""
+    # T5X's "gelu" is flax's tanh approximation: dss_jax's "gated-gelu", not its plain "gelu".
+    activations = {"relu": "('relu',)", "gated-gelu": "('gelu', 'linear')", "gated-silu": "('silu', 'linear')"}
+    bindings = {
+        "vocab_size": config.vocab_size,
+        "emb_dim": config.d_model,
+        "num_heads": config.num_heads,
+        "num_encoder_layers": config.num_encoder_layers,
+        "num_decoder_layers": config.num_decoder_layers,
+        "head_dim": config.d_kv,
+        "mlp_dim": config.d_ff,
+        "mlp_activations": activations.get(config.feed_forward, f"<T5X has no {config.feed_forward!r}>"),
+        "logits_via_embedding": config.tie_word_embeddings,
+    }
+    return [f"network.T5Config.{k} = {v}" for k, v in bindings.items()]
