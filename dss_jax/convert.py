@@ -4,10 +4,12 @@ checkpoint.
     python -m dss_jax.convert --hf_dir DIR --output CKPT_DIR [--overwrite]
     python -m dss_jax.convert --t5x_checkpoint T5X_DIR/checkpoint_N --vocab spiece.model --output CKPT_DIR
 
-A T5X checkpoint (msgpack format, version 3, arrays inline or out of line) is read without
-t5x (`checkpoints.t5x`): its T5's config comes from its arrays' shapes, its optimizer state
-is left out, and --vocab gives the spiece.model it was trained with (T5X keeps none beside
-its checkpoints).
+A T5X checkpoint is read without t5x (`checkpoints.t5x`), in any layout T5X has written:
+msgpack (`checkpoint_N/checkpoint`, version 3, arrays inline or out of line), orbax
+(`checkpoint_N/state/`, OCDBT or not) or the early orbax one, scanned layers
+(examples/scalable_t5) included. Its T5's config comes from its arrays' shapes, its
+optimizer state is left out, and --vocab gives the spiece.model it was trained with (T5X
+keeps none beside its checkpoints).
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
 pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
@@ -33,7 +35,7 @@ from absl import app, flags, logging
 from dss_jax import cli, files, output_paths
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.")
-_T5X = flags.DEFINE_string("t5x_checkpoint", None, "A T5X checkpoint_<step>/ directory (or its checkpoint file).")
+_T5X = flags.DEFINE_string("t5x_checkpoint", None, "A T5X checkpoint_<step>/ directory (msgpack or orbax).")
 _VOCAB = flags.DEFINE_string("vocab", None, "With --t5x_checkpoint: the spiece.model the checkpoint was trained with.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")

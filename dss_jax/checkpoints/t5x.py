@@ -1,30 +1,38 @@
-"""Reads the checkpoints T5X writes in its msgpack format, without t5x, and imports them as
-a dss_jax T5 student (`python -m dss_jax.convert --t5x_checkpoint=...`).
+"""Reads the checkpoints T5X writes, without t5x, and imports them as a dss_jax T5 student
+(`python -m dss_jax.convert --t5x_checkpoint=...`).
 
     from dss_jax.checkpoints import t5x
     params = t5x.read_params("/ckpts/t5_1_1_small/checkpoint_1000000")
     params["encoder/layers_0/attention/query/kernel"]   # numpy, as T5X stored it
     params, config = t5x.import_checkpoint("/ckpts/t5_1_1_small/checkpoint_1000000")
 
-A T5X checkpoint of format version 3 is one msgpack file, `checkpoint_<step>/checkpoint`:
-`{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`.
-Each array is either inline (flax's msgpack encoding of a numpy array, bfloat16 included)
-or out of line: a TensorStore spec in place of the array, naming a zarr directory beside
-the file (`state.param_states.kernel/`, gzip-compressed chunks). `read_checkpoint` returns
-the whole tree with every array read; `read_params` the model's parameters
-(`optimizer.target`), flat, by their t5x names joined with "/". Every out-of-line array
-is read from inside the checkpoint directory only; a missing or damaged one is an error
-naming it. The checkpoint may be local or on an object store (gs://, as T5X's own
-released checkpoints are): its out-of-line arrays are then read by TensorStore's driver
-for that store.
+What the step directory holds tells its layout:
+- msgpack, format version 3: one file, `checkpoint_<step>/checkpoint`, of `{'version': 3,
+  'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`. Each array is
+  inline (flax's msgpack encoding, bfloat16 included) or a TensorStore spec naming a zarr
+  directory beside the file (`state.param_states.kernel/`).
+- orbax (T5X since 2023): `checkpoint_<step>/state/`, orbax's PyTreeCheckpointHandler item
+  of `{'target': params, 'state': ...}`, listed by its `_METADATA`; each array a zarr array
+  named by its keys joined with "." (`target.encoder.layers_0...`), in the item's OCDBT
+  database (T5X's default since 2024) or a directory of that name.
+- early orbax (T5X's testdata/tiny_orbax/1/): a msgpack `checkpoint` of the train state
+  saved whole (`_optimizer.target`), each array a `PLACEHOLDER://<name>` string for the
+  zarr directory `<name>/` beside it, described by the `.zarray` TensorStore writes there.
+`read_checkpoint` returns the whole tree as stored, every array read; `read_params` the
+model's parameters (`target`), flat, by their t5x names joined with "/", reading nothing
+else. Each array is read once, from inside the checkpoint directory only; a missing or
+damaged one is an error naming it. The checkpoint may be local or on an object store
+(gs://, as T5X's own released checkpoints are), read by TensorStore's driver for it.
 
 dss_jax's T5 names its parameters as t5x's `examples/t5/network.py` does, so the import
-is the same tree. A T5X checkpoint does not record its model's config: `config_from_shapes`
+is the same tree; a scanned checkpoint (`examples/scalable_t5/network.py`, scan_layers:
+`encoder/encoder/...`, layers on one axis) is unstacked into those names first
+(`unscan_layers`). A T5X checkpoint does not record its model's config: `config_from_shapes`
 reads it from the arrays (sizes, layer counts, gated or not, tied or a separate
 `logits_dense`); what arrays cannot show is T5's default and logged (a gated MLP's
 activation: GELU, as T5 v1.1, mT5 and Flan-T5; relative_attention_max_distance: 128).
-The optimizer state is not imported, with a line saying so. Reading T5X gin files and
-orbax-era layouts is not built.
+The optimizer state is neither read nor imported, with a line saying so. Reading T5X gin
+files is not built.
 
 Back to T5X: `export_checkpoint(params, config, step, model_dir)` (`python -m
 dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/checkpoint` as T5X's
@@ -35,12 +43,15 @@ test_t5_tiny.checkpoint_0, imported and exported, is the same file byte for byte
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import os
 import pathlib
 import posixpath
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -114,43 +125,175 @@ def _kvstore(directory) -> dict:
     return {"driver": _TENSORSTORE_DRIVERS[scheme], "bucket": bucket, "path": key.rstrip("/") + "/"}
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The whole checkpoint tree (version, optimizer target and state), every array read."""
+# Orbax, as T5X has saved with it since 2023 (t5x/checkpoints.py,
+# OrbaxCheckpointManagerInterface): a step directory checkpoint_<step>/ holds the train
+# state as the item `state/` of orbax's PyTreeCheckpointHandler (OCDBT since 2024), which
+# its `_METADATA` describes. The first orbax T5X wrote that handler's older layout: a
+# msgpack `checkpoint` file holding the tree, each array stored apart replaced by
+# "PLACEHOLDER://<name>", the zarr directory <name>/ beside it.
+ORBAX_STATE_ITEM = "state"
+ORBAX_METADATA_FILE = "_METADATA"
+_ORBAX_PLACEHOLDER = "PLACEHOLDER://"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unread:
+    """An array stored apart from the checkpoint's tree, read when wanted: an import reads
+    each parameter once and the optimizer state never."""
+
+    name: str
+    read: Callable[[], np.ndarray]
+
+
+def _open(path: str | os.PathLike) -> tuple[str, dict]:
+    """(the file or directory an error names, the checkpoint's tree as T5X wrote it, every
+    array stored apart an `_Unread`), from what `path` holds: a msgpack `checkpoint` file,
+    an orbax `state/` item (or the item itself), or the early orbax layout."""
+    path = files.path(path)
+    if path.is_dir() and (path / ORBAX_STATE_ITEM).is_dir():
+        path = path / ORBAX_STATE_ITEM
+    if path.is_dir() and (path / ORBAX_METADATA_FILE).is_file():
+        return str(path), _orbax_tree(path)
+    if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
+        steps = [p.name for p in path.iterdir() if re.fullmatch(r"checkpoint_\d+", p.name)]
+        latest = max(steps, key=lambda step: int(step.split("_")[1]), default=None)
+        what = f"give one of its steps, e.g. {path / latest}" if latest else "give a T5X checkpoint_<step>/ directory"
+        raise T5xCheckpointError(
+            f"{path}: no T5X checkpoint here (no msgpack {CHECKPOINT_FILE} file, no orbax {ORBAX_STATE_ITEM}/ "
+            f"or {ORBAX_METADATA_FILE}): {what}"
+        )
+    file = checkpoint_file(path)
+    return str(file), _msgpack_tree(file)
+
+
+def _msgpack_tree(file: pathlib.Path) -> dict:
+    """The tree in a msgpack `checkpoint` file: T5X's format 3 or the early orbax layout."""
     from flax import serialization
 
-    file = checkpoint_file(path)
     try:
         tree = serialization.msgpack_restore(file.read_bytes())
     except Exception as e:  # msgpack's and flax's errors for a truncated or foreign file
         raise T5xCheckpointError(f"{file}: not a T5X msgpack checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(tree, dict) or "optimizer" not in tree:
+    early_orbax = isinstance(tree, dict) and "version" not in tree and {"target", "_optimizer"} & tree.keys()
+    if not early_orbax and (not isinstance(tree, dict) or "optimizer" not in tree):
         raise T5xCheckpointError(f"{file}: not a T5X msgpack checkpoint (no 'optimizer' entry)")
-    version = tree.get("version")
-    if version != FORMAT_VERSION:
+    if not early_orbax and tree.get("version") != FORMAT_VERSION:
         raise T5xCheckpointError(
-            f"{file}: T5X checkpoint format version {version!r}; dss_jax reads version {FORMAT_VERSION}"
+            f"{file}: T5X checkpoint format version {tree.get('version')!r}; dss_jax reads version {FORMAT_VERSION}"
         )
 
-    def read(value: Any, name: str) -> Any:
+    def unread(value: Any, name: str) -> Any:
         if _is_tensorstore_spec(value):
-            return _read_out_of_line(value, file.parent, name)
+            return _Unread(name, functools.partial(_read_out_of_line, value, file.parent, name))
+        if isinstance(value, str) and value.startswith(_ORBAX_PLACEHOLDER):
+            stored = value[len(_ORBAX_PLACEHOLDER) :]
+            return _Unread(name, functools.partial(_read_placeholder, stored, file.parent, name))
         if isinstance(value, dict):
-            return {k: read(v, f"{name}/{k}" if name else k) for k, v in value.items()}
+            return {k: unread(v, f"{name}/{k}" if name else k) for k, v in value.items()}
         return value
 
-    return read(tree, "")
+    return unread(tree, "")
+
+
+def _read_placeholder(stored: str, directory: pathlib.Path, name: str) -> np.ndarray:
+    """An array the early orbax layout stored apart: the zarr directory `stored` beside its
+    msgpack file, described by the `.zarray` TensorStore writes there."""
+    if "/" in stored or stored in ("", ".", ".."):
+        raise T5xCheckpointError(f"{name}: its array {stored!r} lies outside the checkpoint directory {directory}")
+    if (directory / stored).is_dir() and not (directory / stored / ".zarray").is_file():
+        raise T5xCheckpointError(
+            f"{name}: {directory / stored}/.zarray is missing, so its dtype and shape are unknown "
+            "(copy the whole checkpoint dir, dot files included)"
+        )
+    return _read_out_of_line({"driver": "zarr", "kvstore": {"driver": "file", "path": stored}}, directory, name)
+
+
+def _orbax_tree(item: pathlib.Path) -> dict:
+    """The tree orbax's PyTreeCheckpointHandler saved in `item`, as its `_METADATA` lists
+    it. Each array is a zarr array named by its keys joined with ".", in the item's OCDBT
+    database when it has one, else in a directory of that name."""
+    import tensorstore as ts
+
+    listed = item / ORBAX_METADATA_FILE
+    try:
+        metadata = json.loads(listed.read_text())
+        entries = metadata.get("tree_metadata", metadata)
+        leaves = {
+            tuple(str(k["key"]) for k in e["key_metadata"]): e["value_metadata"]["value_type"] for e in entries.values()
+        }
+    except Exception as e:  # json's errors, or entries without orbax's keys
+        raise T5xCheckpointError(
+            f"{listed}: not an orbax checkpoint's tree metadata ({type(e).__name__}: {e})"
+        ) from None
+    ocdbt = metadata.get("use_ocdbt", (item / "manifest.ocdbt").is_file())
+    driver = "zarr3" if metadata.get("use_zarr3") else "zarr"
+    context = ts.Context()  # shared, so the OCDBT manifest is read once for all arrays
+    tree: dict = {}
+    for keys, value_type in leaves.items():
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        if value_type in ("None", "Dict", "List"):  # an empty node, kept in the tree only
+            node[keys[-1]] = {"None": None, "Dict": {}, "List": []}[value_type]
+            continue
+        stored, name = ".".join(keys), "/".join(keys)
+        if ocdbt:
+            kvstore = {"driver": "ocdbt", "base": _kvstore(item), "path": stored + "/"}
+        else:
+            kvstore = _kvstore(item / stored)
+        spec = {"driver": driver, "kvstore": kvstore}
+        node[keys[-1]] = _Unread(name, functools.partial(_read_orbax_array, spec, context, item, name))
+    return tree
+
+
+def _read_orbax_array(spec: dict, context, item: pathlib.Path, name: str) -> np.ndarray:
+    import tensorstore as ts
+
+    try:
+        return np.asarray(ts.open(spec, open=True, read=True, context=context).result().read().result())
+    except Exception as e:  # tensorstore raises its own error types for a missing or damaged array
+        why = re.sub(r" \[tensorstore_spec=.*\]$", "", str(e).splitlines()[0])  # the spec we gave it: noise
+        raise T5xCheckpointError(f"{name}: {item} cannot be read ({why})") from None
+
+
+def _read_all(value: Any) -> Any:
+    """`value` with every `_Unread` array in it read."""
+    if isinstance(value, _Unread):
+        return value.read()
+    if isinstance(value, dict):
+        return {k: _read_all(v) for k, v in value.items()}
+    return value
+
+
+def _train_state(tree: dict) -> dict:
+    """The {'target': params, 'state': optimizer state} of a checkpoint's tree: T5X's msgpack
+    `optimizer`, the early orbax `_optimizer` (a FlaxOptimTrainState saved whole), or
+    orbax's `state/` item itself (TrainState.state_dict())."""
+    for key in ("optimizer", "_optimizer"):
+        if isinstance(tree.get(key), dict):
+            return tree[key]
+    return tree
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The whole checkpoint tree as T5X wrote it, every array read: `{'version', 'optimizer':
+    {'target', 'state'}}` (msgpack), `{'target', 'state'}` (orbax's `state/`), or
+    `{'_optimizer': {'target', 'state'}, ...}` (early orbax)."""
+    return _read_all(_open(path)[1])
 
 
 def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The model's parameters (`optimizer.target`), flat: {"encoder/layers_0/...": array}."""
-    return _flat_params(read_checkpoint(path), path)
+    """The model's parameters (the tree's `target`), flat: {"encoder/layers_0/...": array};
+    the optimizer state is not read."""
+    source, tree = _open(path)
+    return _flat_params(tree, source)
 
 
-def _flat_params(tree: dict, path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """`read_params` of the tree `read_checkpoint(path)` returned."""
-    target = tree["optimizer"].get("target")
+def _flat_params(tree: dict, source: str) -> dict[str, np.ndarray]:
+    """The parameters of a tree `_open` returned, flat, each array read once."""
+    target = _train_state(tree).get("target")
     if not isinstance(target, dict) or not target:
-        raise T5xCheckpointError(f"{checkpoint_file(path)}: the checkpoint holds no parameters (optimizer.target)")
+        raise T5xCheckpointError(f"{source}: the checkpoint holds no parameters (its 'target' is empty or missing)")
     flat: dict[str, np.ndarray] = {}
 
     def walk(value: Any, name: str) -> None:
@@ -158,15 +301,83 @@ def _flat_params(tree: dict, path: str | os.PathLike) -> dict[str, np.ndarray]:
             for k, v in value.items():
                 walk(v, f"{name}/{k}" if name else str(k))
         else:
-            flat[name] = np.asarray(value)
+            flat[name] = np.asarray(_read_all(value))
 
     walk(target, "")
     return flat
 
 
+# T5X's scalable_t5/network.py with scan_layers=True keeps each stack's layers as one module,
+# `encoder/encoder/...` and `decoder/decoder/...`, each array with a layers axis at
+# T5Config.param_scan_axis (1 unless set). Scanned or not, its attention kernels keep heads
+# and head width apart ([embed, heads, kv]; out: [heads, kv, embed]) and each layer has its
+# own relative-position table, where examples/t5/network.py joins them and shares one table.
+_SCALABLE_ATTENTION_KERNEL = re.compile(r"(encoder|decoder)/layers_\d+/\w*attention/(query|key|value|out)/kernel")
+
+
+def unscan_layers(params: dict[str, np.ndarray], source: str = "the checkpoint") -> dict[str, np.ndarray]:
+    """`params` (flat, by T5X names) in examples/t5/network.py's names and layouts: a scanned
+    stack's layers unstacked into `layers_<i>`, attention kernels joined, one relative-position
+    table per stack (an error names the first layer whose table differs: dss_jax's T5, as
+    examples/t5's, shares one). Arrays are views, not copies; other checkpoints pass as they are."""
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        scanned = [k for k in params if k.startswith(f"{stack}/{stack}/")]
+        if scanned:
+            axis, count = _scan_axis(params, stack, source)
+            for name in scanned:
+                array = out.pop(name)
+                if array.ndim <= axis or array.shape[axis] != count:
+                    raise T5xCheckpointError(
+                        f"{source}: {name} is {list(array.shape)}, not {count} layers on axis {axis} as "
+                        f"{stack}/{stack}'s other arrays"
+                    )
+                for i in range(count):
+                    out[f"{stack}/layers_{i}/{name[len(stack) * 2 + 2 :]}"] = array[(slice(None),) * axis + (i,)]
+        per_layer = f"{stack}/layers_{{}}/relpos_bias/rel_embedding"
+        tables = [per_layer.format(i) for i in range(len(out)) if per_layer.format(i) in out]
+        for name in tables:
+            if not np.array_equal(out[name], out[tables[0]]):
+                raise T5xCheckpointError(
+                    f"{source}: {name} differs from {tables[0]}: a relative-position table per layer, which "
+                    "dss_jax's T5 (as T5X's examples/t5) shares across a stack, so it computes another model"
+                )
+        if tables:
+            out[f"{stack}/relpos_bias/rel_embedding"] = out[tables[0]]
+            for name in tables:
+                del out[name]
+    for name, array in out.items():
+        if array.ndim == 3 and _SCALABLE_ATTENTION_KERNEL.fullmatch(name):
+            joined = (-1, array.shape[-1]) if name.endswith("/out/kernel") else (array.shape[0], -1)
+            out[name] = array.reshape(joined)
+    return out
+
+
+def _scan_axis(params: dict[str, np.ndarray], stack: str, source: str) -> tuple[int, int]:
+    """(the axis a scanned stack's layers lie on, their count), from its pre-MLP layer norm:
+    [embed, layers] at scalable_t5's default param_scan_axis=1, [layers, embed] at 0."""
+    norm, final = f"{stack}/{stack}/pre_mlp_layer_norm/scale", f"{stack}/{stack}_norm/scale"
+    if norm not in params or final not in params or params[norm].ndim != 2:
+        raise T5xCheckpointError(
+            f"{source} has {stack}/{stack}/ but no 2-D {norm} and {final}: not a scanned T5X T5 "
+            "(examples/scalable_t5/network.py)"
+        )
+    (embed,), shape = params[final].shape, params[norm].shape
+    if shape[0] == embed:
+        if shape[1] == embed:
+            logging.info("%s: %s is %s; its layers are taken to lie on axis 1 (T5X's default)", source, norm, shape)
+        return 1, shape[1]
+    if shape[1] == embed:
+        return 0, shape[0]
+    raise T5xCheckpointError(f"{source}: {norm} is {list(shape)}, which has no axis of {final}'s width {embed}")
+
+
 def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpoint"):
-    """The T5Config a T5X T5's arrays show (see the module docstring)."""
+    """The T5Config a T5X T5's arrays show (see the module docstring); a scanned checkpoint's
+    layer counts are the length of its layers axis (`unscan_layers`)."""
     from dss_jax.model.config import T5Config
+
+    params = unscan_layers(params, source)
 
     def shape(name: str) -> tuple[int, ...]:
         if name not in params:
@@ -221,10 +432,9 @@ def import_checkpoint(path: str | os.PathLike):
     is checked against the config before anything is returned."""
     from dss_jax.checkpoints import params as params_lib
 
-    source = str(checkpoint_file(path))
-    tree = read_checkpoint(path)
-    flat = _flat_params(tree, path)  # not read_params: one read of a checkpoint that may be large and remote
-    if tree["optimizer"].get("state"):
+    source, tree = _open(path)
+    flat = unscan_layers(_flat_params(tree, source), source)  # each array read once: it may be large and remote
+    if _train_state(tree).get("state"):
         logging.info("%s: the optimizer state is not imported (training starts a new one)", source)
     config = config_from_shapes(flat, source)
     ours = {name: _to_ours(name, array, config) for name, array in flat.items()}
