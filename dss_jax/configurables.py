@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import gin
+from dss_jax import settings
 from dss_jax.cli import UserError
 from dss_jax.model import interface
 
@@ -82,13 +83,9 @@ def model_config(checkpoint_path: Optional[str] = None, family: Optional[str] = 
 
 def bound_runtime_fields(family: str = interface.DEFAULT_FAMILY) -> dict:
     """{field: value} of the RUNTIME_FIELDS that gin binds on the family's config class."""
-    bound = {}
-    for field in RUNTIME_FIELDS:
-        try:
-            bound[field] = gin.query_parameter(f"{_config_name(family)}.{field}")
-        except ValueError:  # not bound
-            pass
-    return bound
+    # Through macros: a T5X model file binds dropout_rate = %DROPOUT_RATE.
+    values, _ = settings.gin_values(f"{_config_name(family)}.{field}" for field in RUNTIME_FIELDS)
+    return {name.rsplit(".", 1)[1]: value for name, value in values.items()}
 
 
 @gin.configurable

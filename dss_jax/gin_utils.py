@@ -20,6 +20,8 @@ first mistake with one line (`GinConfigError`) that names the file:line or bindi
   that is read.
 
 A gin file, an `include` and a search path may be a gs:// URL (read through dss_jax.files).
+A T5X user's gin file (t5x/examples/t5/t5_1_1/base.gin, configs/runs/finetune.gin, ...) is
+translated as it is read (dss_jax.t5x_gin), and so is a --gin binding on T5X's names.
 """
 
 from __future__ import annotations
@@ -128,19 +130,32 @@ def parse_gin(
             gin.add_config_file_search_path(path)
     if require_files and not gin_files:
         raise GinConfigError("no --gin_file given; e.g. --gin_file=runs/train.gin --gin_file=models/tiny.gin")
+    from dss_jax import t5x_gin  # it reads files with this module's helpers
+
     paths = [resolve_gin_file(f, dirs) for f in gin_files]
+    t5x = None  # what T5X's files said, once one is read (dss_jax.t5x_gin)
     for path in paths:
+        t5x_gin.add_search_path(path)
         check_includes(path)
+        if t5x_gin.is_t5x_file(path):
+            t5x = t5x or t5x_gin.Session()
+            t5x_gin.parse_file(path, t5x)
+            continue
         with _one_line_errors(path=path):
             gin.parse_config_file(path)
     # One binding at a time (gin joins them into one string) so that an error names its binding.
     for binding in gin_bindings:
+        if t5x_gin.is_t5x_binding(binding, t5x):
+            t5x_gin.parse_binding(binding, t5x)
+            continue
         with _one_line_errors(binding=binding):
             gin.parse_config(binding)
     # A path no binary can read or write here (gcs://, gs:// without gcsfs) is refused as on the command line.
     for binding, value in _bound_strings():
         cli.refuse_cloud_paths([value], f"gin binding {binding} = ")
-    check_macros(paths, gin_bindings, required_macros)
+    check_macros(paths, gin_bindings, required_macros, read_elsewhere=t5x.macros_read if t5x else ())
+    if t5x is not None:
+        t5x_gin.finish(t5x)
 
 
 def _bound_strings() -> Iterator[tuple[str, str]]:
@@ -357,13 +372,25 @@ def _display(path: str) -> str:
 
 
 def unbound_macros() -> list[str]:
-    """Macros referenced in the parsed config (`%NAME`) that have no value."""
+    """Macros referenced in the parsed config (`%NAME`) that have no value, or only
+    `%gin.REQUIRED` (T5X's run files mark what the user must set so)."""
     config = gin.config._CONFIG  # gin keeps bindings here; there is no public walk over references
     missing = []
     for name in _macro_references(config):
-        if (name, MACRO) not in config and name not in missing:
+        if (not macro_is_set(name)) and name not in missing:
             missing.append(name)
     return missing
+
+
+def macro_is_set(name: str) -> bool:
+    """Whether a macro has a value other than `%gin.REQUIRED`."""
+    params = gin.config._CONFIG.get((name, MACRO))
+    if params is None:
+        return False
+    value = params.get("value")
+    return not (
+        isinstance(value, gin.config.ConfigurableReference) and value.scoped_selector == "gin.REQUIRED/gin.constant"
+    )
 
 
 def macros_read(required: Sequence[str] = ()) -> set[str]:
@@ -392,12 +419,15 @@ def _macro_references(params) -> list[str]:
     return [ref.config_key[0] for ref in gin.config.iterate_references(params) if ref.config_key[1] == MACRO]
 
 
-def check_macros(files: Sequence[str], bindings: Sequence[str], required: Sequence[str] = ()) -> None:
+def check_macros(
+    files: Sequence[str], bindings: Sequence[str], required: Sequence[str] = (), read_elsewhere: Iterable[str] = ()
+) -> None:
     """Fails on a macro that is read but unset, or set on the command line but unread;
-    logs macros that a file sets and nothing reads."""
-    read = macros_read(required)
+    logs macros that a file sets and nothing reads. `read_elsewhere`: macros read by
+    what is not gin's (a T5X file's bindings that dss_jax has built in or ignores)."""
+    read = macros_read(required) | set(read_elsewhere)
     sites = macro_sites(files, bindings)
-    missing = unbound_macros() + [m for m in required if (m, MACRO) not in gin.config._CONFIG]
+    missing = unbound_macros() + [m for m in required if not macro_is_set(m)]
     missing = list(dict.fromkeys(missing))
     if missing:
         hint = " ".join(f"--gin.{m}=..." for m in missing)
@@ -407,6 +437,8 @@ def check_macros(files: Sequence[str], bindings: Sequence[str], required: Sequen
             if name not in read and did_you_mean(name, missing, cutoff=0.8)
         ]
         also = f" ({'; '.join(unread_near)}: misspelt?)" if unread_near else ""
+        required_at = [sites[m][0] for m in missing if m in sites and (m, MACRO) in gin.config._CONFIG]
+        also += f" (%gin.REQUIRED at {', '.join(required_at)})" if required_at else ""
         raise GinConfigError(f"gin macro(s) {', '.join(missing)} not set; pass e.g. {hint}{also}")
     unread_cli = [(name, site) for name, (site, on_cli) in sites.items() if on_cli and name not in read]
     if unread_cli:

@@ -40,6 +40,8 @@ DssFeatureConverter.pack_encoder_length = 192
 DssFeatureConverter.pack_decoder_length = 96
 """
 SHARED_DATA = pathlib.Path(os.environ.get("DSS_PALM_DIR", REPO_ROOT.parent / "shared" / "data" / "dss_palm"))
+# Files written by T5X itself (checkpoints, gin files), read without t5x; see its README.md.
+T5X_DATA = REPO_ROOT.parent / "shared" / "data" / "t5x_testdata"
 
 
 def run_binary(module: str, *args, timeout: float = 600, check: bool = False, **env):

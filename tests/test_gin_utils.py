@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import gin
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, T5X_DATA
 from dss_jax import cli, gin_utils
 
 TRAIN_FILES = ["runs/train.gin", "models/tiny.gin", "tasks/synthetic.gin"]
@@ -244,6 +244,7 @@ def test_bindings_without_a_file_are_checked_too():
 # --- nothing shipped trips the checks -----------------------------------------------
 
 DOCS = ["README.md", "gin/README.md", "docs/*.md", "launch/README.md", "gin/**/*.gin"]
+T5X_CHECKOUT = "/path/to/t5x"  # where docs/t5x.md's commands find T5X's gin files
 COMMAND = re.compile(
     r"(?:-m dss_jax\.(train|eval|infer|sweep|annotate)\b|slurm_gpu\.sbatch()|tpu_pod\.sh \S+ (train) --)"
     r"([^`\n]*)"
@@ -264,6 +265,8 @@ def documented_commands():
                     binary = m.group(1) or m.group(3) or "train"
                     args = gin_utils.rewrite_gin_args(shlex.split(m.group(4), comments=True))
                     files = [a.split("=", 1)[1] for a in args if a.startswith("--gin_file=")]
+                    if f"--gin_search_paths={T5X_CHECKOUT}" in args:  # docs/t5x.md: T5X's files, here its test data
+                        files = [str(T5X_DATA / "gin" / f) if f.startswith("t5x/") else f for f in files]
                     bindings = [a.split("=", 1)[1] for a in args if a.startswith("--gin_bindings=")]
                     if files or bindings:
                         yield f"{os.path.relpath(path, REPO_ROOT)}:{lineno}", binary, files, bindings
