@@ -7,14 +7,16 @@ checkpoint.
 A T5X checkpoint is read without t5x (`checkpoints.t5x`), in any layout T5X has written:
 msgpack (`checkpoint_N/checkpoint`, version 3, arrays inline or out of line), orbax
 (`checkpoint_N/state/`, OCDBT or not) or the early orbax one, scanned layers
-(examples/scalable_t5) included. Its T5's config comes from its arrays' shapes, its
-optimizer state is left out, and --vocab gives the spiece.model it was trained with (T5X
-keeps none beside its checkpoints).
+(examples/scalable_t5, whose per-layer relative-position tables make a student with
+T5Config.relative_attention_per_layer) included. Its T5's config comes from its arrays'
+shapes, its optimizer state is left out, and --vocab gives the spiece.model it was
+trained with (T5X keeps none beside its checkpoints).
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
 pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
-config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), or llama, qwen2,
-qwen3, gemma3_text (the decoder-only family). The Hugging Face tokenizer files in DIR
+config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), umt5 (a T5 with a
+relative-position table per layer), or llama, qwen2, qwen3, gemma3_text (the decoder-only
+family). The Hugging Face tokenizer files in DIR
 (tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model) are kept
 beside the params, and export writes them back. CKPT_DIR receives an
 orbax checkpoint of the params (CKPT_DIR/params), our config.json and the vocabulary; the

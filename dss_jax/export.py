@@ -12,7 +12,9 @@ latest checkpoint, or --step), one of its checkpoint_<step>/ dirs, or a params c
 model.safetensors and spiece.model, so that
 `transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)` loads the student (an
 untied one, T5 v1.1 / Flan-T5, loads without transformers 5's tie warning with
-`tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`). A decoder-only student
+`tie_word_embeddings=False`: see `hf_convert.export_hf_checkpoint`; a student with a
+relative-position table per layer, imported from T5X's scalable_t5, is a
+UMT5ForConditionalGeneration). A decoder-only student
 (Llama, Qwen2, Qwen3, Gemma 3) gets config.json, generation_config.json and its weights,
 in shards with model.safetensors.index.json past 5 GiB, and its tokenizer as
 tokenizer.json + tokenizer_config.json: the one its checkpoint came with, or, for a

@@ -88,6 +88,7 @@ def _fake_run(root: pathlib.Path, params, config=CONFIG) -> pathlib.Path:
         CONFIG,
         T5Config.preset("tiny", "t5.1.0", vocab_size=50, num_encoder_layers=3, num_decoder_layers=1),
         T5Config.preset("tiny", "t5.1.1", d_kv=6, d_ff=40, relative_attention_num_buckets=8),
+        T5Config.preset("tiny", "t5.1.0", num_decoder_layers=3, relative_attention_per_layer=True),
     ],
 )
 def test_param_shapes_are_the_models_own(config):

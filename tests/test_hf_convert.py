@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dss_jax.model import hf_convert
+from dss_jax.model import hf_convert, interface
 from dss_jax.model.config import T5Config
 from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.model.t5 import T5
@@ -42,13 +42,24 @@ HF_VARIANTS = {
     "gated-tied-hf5": dict(
         config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), untie=False, hub_config=False
     ),
+    # UMT5: a relative attention bias in every block (a student with relative_attention_per_layer).
+    "umt5": dict(
+        config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=8),
+        untie=True,
+        hub_config=False,
+        model="UMT5",
+    ),
 }
+
+
+def _hf_class(variant, suffix="ForConditionalGeneration"):
+    return getattr(transformers, HF_VARIANTS[variant].get("model", "T5") + suffix)
 
 
 def make_hf_checkpoint(path, variant, seed=0):
     """Saves a random tiny T5 of `variant` to `path`; returns the model as HF loads it."""
     spec = HF_VARIANTS[variant]
-    config = transformers.T5Config(
+    config = _hf_class(variant, "Config")(
         vocab_size=VOCAB,
         d_model=D_MODEL,
         d_kv=8,
@@ -61,7 +72,7 @@ def make_hf_checkpoint(path, variant, seed=0):
         **spec["config"],
     )
     torch.manual_seed(seed)
-    model = transformers.T5ForConditionalGeneration(config)
+    model = _hf_class(variant)(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name:  # norms start at one; a mis-wired norm would not show
@@ -74,7 +85,7 @@ def make_hf_checkpoint(path, variant, seed=0):
         hf.pop("scale_decoder_outputs", None)
         hf["tie_word_embeddings"] = False
         (path / "config.json").write_text(json.dumps(hf))
-    return transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+    return _hf_class(variant).from_pretrained(path).eval()
 
 
 @pytest.fixture(scope="module", params=list(HF_VARIANTS))
@@ -129,6 +140,9 @@ def test_parity_with_transformers(hf_checkpoint):
     assert vocab is None
     assert config.tie_word_embeddings == (not HF_VARIANTS[variant]["untie"])
     assert config.scales_decoder_output == (variant == "t5.1.0")
+    assert config.relative_attention_per_layer == (variant == "umt5")
+    if variant == "umt5":  # as `convert --hf_dir` reads it: by config.json's model_type
+        jax.tree.map(np.testing.assert_array_equal, interface.import_hf_checkpoint(path)[0], params)
     enc, dec, labels = _batch()
     out = _hf_forward(hf_model, enc, dec, labels)
     logits, encoded = _ours(config, params, enc, dec)
@@ -146,7 +160,7 @@ def test_round_trip_import_export_gives_identical_logits(hf_checkpoint, tmp_path
     (tmp_path / "spiece.model").write_bytes(b"not really a sentencepiece model")
     out_dir = hf_convert.export_hf_checkpoint(params, config, tmp_path / "export", vocab_path=tmp_path / "spiece.model")
     assert (out_dir / "spiece.model").read_bytes() == b"not really a sentencepiece model"
-    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out_dir).eval()
+    reloaded = _hf_class(variant).from_pretrained(out_dir).eval()
     enc, dec, _ = _batch(1)
     np.testing.assert_array_equal(
         _hf_forward(reloaded, enc, dec).logits.numpy(), _hf_forward(hf_model, enc, dec).logits.numpy()
@@ -290,12 +304,12 @@ def _greedy_rows(sequences):
     return np.array(rows)
 
 
-@pytest.mark.parametrize("variant", ["t5.1.1", "t5.1.0"])
-def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp_path):
+@pytest.mark.parametrize("variant,per_layer", [("t5.1.1", False), ("t5.1.0", False), ("t5.1.1", True)])
+def test_exported_models_load_without_a_warning_and_decode_the_same(variant, per_layer, tmp_path):
     """transformers 5 ties T5's lm head whatever config.json says and warns when an
     untied one differs; the documented load (`from_pretrained_call`) is silent, keeps
     the head untied, and generates dss_jax's greedy tokens. A plain load still decodes
-    the same (it only warns)."""
+    the same (it only warns). A student with a table per layer exports as UMT5."""
     import logging
     import warnings
 
@@ -308,13 +322,15 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
         relative_attention_num_buckets=8,
         relative_attention_max_distance=16,
         dropout_rate=0.0,
+        relative_attention_per_layer=per_layer,
     )
     params = _generating_params(config)
     out = hf_convert.export_hf_checkpoint(params, config, tmp_path / "hf")
     untied = not config.tie_word_embeddings
     kwargs = {"tie_word_embeddings": False} if untied else {}
+    hf_class = transformers.UMT5ForConditionalGeneration if per_layer else transformers.T5ForConditionalGeneration
     assert hf_convert.from_pretrained_call(config, out) == (
-        f"transformers.T5ForConditionalGeneration.from_pretrained({str(out)!r}"
+        f"transformers.{hf_class.__name__}.from_pretrained({str(out)!r}"
         f"{', tie_word_embeddings=False' if untied else ''})"
     )
 
@@ -328,7 +344,7 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = transformers.T5ForConditionalGeneration.from_pretrained(out, **kwargs).eval()
+            model = hf_class.from_pretrained(out, **kwargs).eval()
     finally:
         hf_logger.removeHandler(handler)
         transformers.logging.set_verbosity(verbosity)
@@ -354,4 +370,4 @@ def test_exported_models_load_without_a_warning_and_decode_the_same(variant, tmp
             )
 
     np.testing.assert_array_equal(hf_greedy(model), ours)
-    np.testing.assert_array_equal(hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(out).eval()), ours)
+    np.testing.assert_array_equal(hf_greedy(hf_class.from_pretrained(out).eval()), ours)

@@ -469,3 +469,57 @@ def test_plain_contractions_compile_the_accelerator_weight_gradient():
     with cpu_tuning.plain_contractions():
         assert "optimization_barrier" not in grad_hlo()
     assert "optimization_barrier" in grad_hlo()
+
+
+# ----- a relative-position table per layer (T5X scalable_t5, transformers' UMT5) ------------
+def _tables_per_layer(config: T5Config, params: dict) -> dict:
+    """`params` of a shared-table model with each stack's table copied into every layer."""
+    out = {**params}
+    for stack, count in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
+        tree = {k: v for k, v in params[stack].items() if k != "relpos_bias"}
+        for i in range(count):
+            tree[f"layers_{i}"] = {**tree[f"layers_{i}"], "relpos_bias": params[stack]["relpos_bias"]}
+        out[stack] = tree
+    return out
+
+
+def test_layers_that_own_equal_tables_compute_exactly_the_shared_tables_model():
+    shared = _config()
+    per_layer = shared.replace(relative_attention_per_layer=True)
+    specs = logical_param_specs(per_layer)
+    for stack in ("encoder", "decoder"):
+        assert "relpos_bias" not in specs[stack]
+        for i in range(2):
+            assert specs[stack][f"layers_{i}"]["relpos_bias"]["rel_embedding"] == jax.sharding.PartitionSpec(
+                "relpos_buckets", "heads"
+            )
+    params = _params(shared)
+    own = _tables_per_layer(shared, params)
+    rng = np.random.default_rng(11)
+    # Packed rows, longer than the bucket max distance: segment ids and positions reach every layer.
+    enc, dec = _tokens(rng, 2, 16, pad_from=[16, 11]), _tokens(rng, 2, 15)
+    segments = lambda t, cut: np.where(np.arange(t.shape[1]) < cut, 1, 2).astype(np.int32)[None].repeat(2, 0)
+    positions = lambda s: np.where(s == 1, np.arange(s.shape[1]), np.arange(s.shape[1]) - (s == 1).sum(1)[:, None])
+    enc_seg, dec_seg = segments(enc, 9), segments(dec, 6)
+    packed = (enc, dec, enc_seg, dec_seg, positions(enc_seg).astype(np.int32), positions(dec_seg).astype(np.int32))
+    np.testing.assert_array_equal(_apply(per_layer, own, *packed), _apply(shared, params, *packed))
+    # Through the rematerialised layers of training too.
+    np.testing.assert_array_equal(
+        _apply(per_layer.replace(remat_policy="full"), own, *packed), _apply(shared, params, *packed)
+    )
+
+
+def test_a_model_with_a_table_per_layer_decodes_step_by_step_as_its_full_forward():
+    config = _config(relative_attention_per_layer=True)
+    params = _params(config)  # every layer's table drawn apart
+    rng = np.random.default_rng(12)
+    enc = _tokens(rng, 3, 10, pad_from=[10, 6, 3])
+    dec = _tokens(rng, 3, 15)  # longer than the bucket max distance
+    dec[:, 0] = 0
+    full = _apply(config, params, enc, dec)
+    _, _, stepped = _step_by_step(config, params, enc, dec)
+    np.testing.assert_allclose(stepped, full, atol=1e-5)
+    # Each layer reads its own table: layer 1 given layer 0's computes other logits.
+    layer_1 = lambda tree: {**tree, "layers_1": {**tree["layers_1"], "relpos_bias": tree["layers_0"]["relpos_bias"]}}
+    other = {**params, "encoder": layer_1(params["encoder"]), "decoder": layer_1(params["decoder"])}
+    assert np.abs(np.asarray(_apply(config, other, enc, dec)) - np.asarray(full)).max() > 1e-3

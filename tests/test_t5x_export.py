@@ -88,14 +88,21 @@ def test_a_student_round_trips_exactly_with_t5x_adafactor_state_shapes(tmp_path,
         (dict(relative_attention_max_distance=64), "relative_attention_max_distance=64"),
         (dict(layer_norm_epsilon=1e-5), "layer_norm_epsilon"),
         (dict(scale_decoder_outputs=True), "scales the decoder output exactly when the lm head is tied"),
+        # scalable_t5's layout, a table per layer, is read (test_t5x_layouts.py) but not written.
+        (
+            dict(relative_attention_per_layer=True),
+            "relative_attention_per_layer=True: T5X's examples/t5 network "
+            "shares one relative-position table per stack, and writing scalable_t5's layout .* is not built",
+        ),
     ],
 )
 def test_a_student_t5x_would_compute_otherwise_is_refused_before_anything_is_written(tmp_path, change, message):
     config = T5Config(
         vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, **change
     )
-    with pytest.raises(t5x.T5xCheckpointError, match=message):
+    with pytest.raises(t5x.T5xCheckpointError, match=message) as refused:
         t5x.export_checkpoint(_random_params(config), config, 0, tmp_path / "t5x")
+    assert "\n" not in str(refused.value)
     assert not (tmp_path / "t5x").exists()
 
 

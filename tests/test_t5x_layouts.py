@@ -3,7 +3,9 @@
 T5X's own early-orbax file (../shared/data/t5x_testdata/tiny_orbax/1) is read as it is; the
 current layout (checkpoint_<step>/state/, OCDBT) and scanned layers are written here by
 following T5X's own code (`save_as_t5x_orbax`, `scan_like_scalable_t5`), with the arrays of
-T5X's test_t5_tiny.checkpoint_0, so each import is compared with that msgpack file's.
+T5X's test_t5_tiny.checkpoint_0, so each import is compared with that msgpack file's. With a
+relative-position table of its own in each layer (`own_tables`), as scalable_t5 trains them,
+a checkpoint imports as a student that transformers' UMT5 computes.
 """
 
 import dataclasses
@@ -98,6 +100,31 @@ def scan_like_scalable_t5(flat: dict, param_scan_axis: int = 1) -> dict:
     return scanned
 
 
+def own_tables(scanned: dict, param_scan_axis: int = 1, stacks=("encoder", "decoder")) -> dict:
+    """`scanned` (scan_like_scalable_t5's arrays) with a relative-position table of its own in
+    each layer of `stacks`, as scalable_t5 trains them: layer i's is the stack's times 1 + i/2."""
+    out = dict(scanned)
+    for stack in stacks:
+        name = f"{stack}/{stack}/relpos_bias/rel_embedding"
+        tables = scanned[name]  # [heads, layers, buckets] at param_scan_axis 1
+        shape = [-1 if axis == param_scan_axis else 1 for axis in range(tables.ndim)]
+        out[name] = (tables * (1 + np.arange(tables.shape[param_scan_axis]) / 2).reshape(shape)).astype(tables.dtype)
+    return out
+
+
+def unscanned_like_scalable_t5(scanned: dict, param_scan_axis: int = 1) -> dict:
+    """`scanned`'s model as scalable_t5 holds it with scan_layers=False: each layer a module
+    `layers_<i>` of its own, attention kernels still with heads apart, a table each."""
+    out = {}
+    for name, array in scanned.items():
+        if not (m := re.match(r"(encoder|decoder)/\1/(.+)", name)):
+            out[name] = array
+            continue
+        for i in range(array.shape[param_scan_axis]):
+            out[f"{m[1]}/layers_{i}/{m[2]}"] = np.take(array, i, axis=param_scan_axis)
+    return out
+
+
 def _nested(flat: dict) -> dict:
     tree: dict = {}
     for name, array in flat.items():
@@ -137,9 +164,11 @@ def written(tmp_path_factory):
     base = tmp_path_factory.mktemp("t5x_orbax")
     train_state = t5x.read_checkpoint(TINY_T5)["optimizer"]  # {'target', 'state'}: TrainState.state_dict()
     scanned = {"target": _nested(scan_like_scalable_t5(t5x.read_params(TINY_T5))), "state": {"step": np.int32(3)}}
+    per_layer = {"target": _nested(own_tables(scan_like_scalable_t5(t5x.read_params(TINY_T5))))}
     return dict(
         ocdbt=save_as_t5x_orbax(train_state, base / "run", 0),
         scanned=save_as_t5x_orbax(scanned, base / "scanned_run", 3),
+        per_layer=save_as_t5x_orbax({**per_layer, "state": {"step": np.int32(5)}}, base / "per_layer_run", 5),
         want=t5x.import_checkpoint(TINY_T5),
     )
 
@@ -231,20 +260,8 @@ def test_a_scanned_checkpoint_imports_exactly_as_the_unscanned_one(written, tmp_
     _assert_same_import(t5x.import_checkpoint(first_axis), written["want"])
 
 
-def test_scanned_layers_dss_jax_cannot_compute_are_one_line_naming_the_array():
+def test_scanned_arrays_that_do_not_stack_are_one_line_naming_the_array():
     scanned = scan_like_scalable_t5(t5x.read_params(TINY_T5))
-    # scalable_t5 trains a relative-position table per layer; dss_jax's T5 shares one.
-    own_tables = dict(scanned)
-    tables = own_tables["decoder/decoder/relpos_bias/rel_embedding"] = scanned[
-        "decoder/decoder/relpos_bias/rel_embedding"
-    ].copy()  # [heads, layers, buckets]
-    tables[:, 1] *= 2
-    _one_line_error(
-        r"the checkpoint: decoder/layers_1/relpos_bias/rel_embedding differs from decoder/layers_0/relpos_bias/"
-        r"rel_embedding: a relative-position table per layer, which dss_jax's T5 .* shares across a stack",
-        t5x.unscan_layers,
-        own_tables,
-    )
     short = dict(scanned)
     short["encoder/encoder/mlp/wo/kernel"] = scanned["encoder/encoder/mlp/wo/kernel"][:, :1]
     _one_line_error(
@@ -254,17 +271,74 @@ def test_scanned_layers_dss_jax_cannot_compute_are_one_line_naming_the_array():
     )
 
 
+@pytest.mark.torch
+def test_a_scalable_t5_checkpoint_with_a_table_per_layer_imports_as_the_umt5_it_is(written, tmp_path):
+    """scalable_t5's layers each train their own relative-position table: scanned (OCDBT) or
+    not (msgpack), the import keeps them per layer, and transformers' UMT5, which has a table
+    in every layer, computes the student's logits from its Hugging Face export."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from dss_jax.model import hf_convert
+    from dss_jax.model.t5 import T5
+
+    scanned = t5x.read_params(written["per_layer"])
+    params, config = t5x.import_checkpoint(written["per_layer"])
+    shared_params, shared_config = written["want"]
+    assert config == shared_config.replace(relative_attention_per_layer=True)
+    swapped = dict(params)  # each stack's table where examples/t5 has it: the shared-table import
+    for stack in ("encoder", "decoder"):
+        assert "relpos_bias" not in params[stack]
+        for i in range(2):
+            table = params[stack][f"layers_{i}"]["relpos_bias"]["rel_embedding"]  # [buckets, heads]
+            np.testing.assert_array_equal(table, scanned[f"{stack}/{stack}/relpos_bias/rel_embedding"][:, i].T)
+        layers = {k: {n: v for n, v in t.items() if n != "relpos_bias"} for k, t in params[stack].items()}
+        swapped[stack] = {**layers, "relpos_bias": shared_params[stack]["relpos_bias"]}
+    _assert_same_import((swapped, shared_config), written["want"])  # every other array as T5X stored it
+    # Unscanned (scan_layers=False: layers_<i>/relpos_bias), in T5X's msgpack format: the same.
+    unscanned = _save_as_t5x_msgpack(unscanned_like_scalable_t5(scanned), tmp_path / "checkpoint_0")
+    _assert_same_import(t5x.import_checkpoint(unscanned), (params, config))
+    # Tables that differ in one stack only: both stacks keep theirs (one config switch).
+    decoder_only = t5x.unscan_layers(own_tables(scan_like_scalable_t5(t5x.read_params(TINY_T5)), stacks=["decoder"]))
+    assert {k for k in decoder_only if "relpos_bias" in k} == {
+        f"{stack}/layers_{i}/relpos_bias/rel_embedding" for stack in ("encoder", "decoder") for i in range(2)
+    }
+
+    out = hf_convert.export_hf_checkpoint(params, config, tmp_path / "hf")
+    model = transformers.UMT5ForConditionalGeneration.from_pretrained(out, tie_word_embeddings=False).eval()
+    rng = np.random.default_rng(0)
+    enc, dec = rng.integers(2, 32128, (2, 40)), rng.integers(2, 32128, (2, 30))  # past the exact buckets
+    enc[1, 25:], dec[:, 0] = 0, 0
+    with torch.no_grad():
+        theirs = model(
+            input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc != 0), decoder_input_ids=torch.tensor(dec)
+        ).logits.numpy()
+
+    # Ours, and (not to be vacuous) every layer on the first layer's table, as a shared-table
+    # import would have it: other logits. One compilation (eager flax is slow on a CPU).
+    @jax.jit
+    def logits(enc, dec):
+        per_layer = T5(config).apply({"params": params}, enc, dec)
+        return per_layer, T5(shared_config).apply({"params": shared_params}, enc, dec)
+
+    ours, first = map(np.asarray, logits(enc.astype(np.int32), dec.astype(np.int32)))
+    assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())
+    assert np.abs(first - ours).max() > 1e-3 * np.abs(ours).max()
+
+
 def test_convert_imports_an_orbax_t5x_checkpoint_as_a_student_that_loads_and_decodes(written, tmp_path):
     from dss_jax import checkpoints
     from dss_jax.model.decoding import DecodeConfig, generate
 
     spm = REPO_ROOT / "pretrained" / "synthetic_tiny_cpu" / "spiece.model"
     out = tmp_path / "imported"
-    r = run_binary("dss_jax.convert", f"--t5x_checkpoint={written['scanned']}", f"--vocab={spm}", f"--output={out}")
+    # scalable_t5 scanned, a table per layer, OCDBT: what its runs leave.
+    source = written["per_layer"]
+    r = run_binary("dss_jax.convert", f"--t5x_checkpoint={source}", f"--vocab={spm}", f"--output={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "the optimizer state is not imported" in r.stderr
     model, params, _ = checkpoints.load_checkpoint(str(out))
-    _assert_same_import((params, model.config), written["want"])
+    assert model.config.relative_attention_per_layer
+    _assert_same_import((params, model.config), t5x.import_checkpoint(source))
     tokens = generate(model, params, np.array([[5, 6, 7, 1]], np.int32), config=DecodeConfig(max_decode_length=4))
     assert np.asarray(tokens.tokens).shape == (1, 4)
 

@@ -27,10 +27,14 @@ damaged one is an error naming it. The checkpoint may be local or on an object s
 dss_jax's T5 names its parameters as t5x's `examples/t5/network.py` does, so the import
 is the same tree; a scanned checkpoint (`examples/scalable_t5/network.py`, scan_layers:
 `encoder/encoder/...`, layers on one axis) is unstacked into those names first
-(`unscan_layers`). A T5X checkpoint does not record its model's config: `config_from_shapes`
-reads it from the arrays (sizes, layer counts, gated or not, tied or a separate
-`logits_dense`); what arrays cannot show is T5's default and logged (a gated MLP's
-activation: GELU, as T5 v1.1, mT5 and Flan-T5; relative_attention_max_distance: 128).
+(`unscan_layers`). scalable_t5 gives every layer its own relative-position table
+(`layers_<i>/relpos_bias`): tables that differ are kept so, as a student with
+`T5Config.relative_attention_per_layer` (which exports to Hugging Face as UMT5); equal
+ones become the stack's one table. A T5X checkpoint does not record its model's config:
+`config_from_shapes` reads it from the arrays (sizes, layer counts, gated or not, tied or a
+separate `logits_dense`, a table per layer or per stack); what arrays cannot show is T5's
+default and logged (a gated MLP's activation: GELU, as T5 v1.1, mT5 and Flan-T5;
+relative_attention_max_distance: 128).
 The optimizer state is neither read nor imported, with a line saying so. Reading T5X gin
 files is not built.
 
@@ -38,7 +42,8 @@ Back to T5X: `export_checkpoint(params, config, step, model_dir)` (`python -m
 dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/checkpoint` as T5X's
 Checkpointer.save does, with flax's serialization, keys sorted, arrays inline in their
 dtype and a new Adafactor state as t5x/adafactor.py initialises it: T5X's own
-test_t5_tiny.checkpoint_0, imported and exported, is the same file byte for byte.
+test_t5_tiny.checkpoint_0, imported and exported, is the same file byte for byte. A student
+with a table per layer is refused (`check_exportable`): scalable_t5's layout is not written.
 """
 
 from __future__ import annotations
@@ -317,9 +322,11 @@ _SCALABLE_ATTENTION_KERNEL = re.compile(r"(encoder|decoder)/layers_\d+/\w*attent
 
 def unscan_layers(params: dict[str, np.ndarray], source: str = "the checkpoint") -> dict[str, np.ndarray]:
     """`params` (flat, by T5X names) in examples/t5/network.py's names and layouts: a scanned
-    stack's layers unstacked into `layers_<i>`, attention kernels joined, one relative-position
-    table per stack (an error names the first layer whose table differs: dss_jax's T5, as
-    examples/t5's, shares one). Arrays are views, not copies; other checkpoints pass as they are."""
+    stack's layers unstacked into `layers_<i>`, attention kernels joined, and scalable_t5's
+    per-layer relative-position tables (`layers_<i>/relpos_bias/rel_embedding`) one table per
+    stack when every table of each stack is the same, else kept per layer (in both stacks:
+    `T5Config.relative_attention_per_layer` is one switch). Arrays are views, not copies;
+    other checkpoints pass as they are."""
     out = dict(params)
     for stack in ("encoder", "decoder"):
         scanned = [k for k in params if k.startswith(f"{stack}/{stack}/")]
@@ -334,23 +341,28 @@ def unscan_layers(params: dict[str, np.ndarray], source: str = "the checkpoint")
                     )
                 for i in range(count):
                     out[f"{stack}/layers_{i}/{name[len(stack) * 2 + 2 :]}"] = array[(slice(None),) * axis + (i,)]
-        per_layer = f"{stack}/layers_{{}}/relpos_bias/rel_embedding"
-        tables = [per_layer.format(i) for i in range(len(out)) if per_layer.format(i) in out]
-        for name in tables:
-            if not np.array_equal(out[name], out[tables[0]]):
-                raise T5xCheckpointError(
-                    f"{source}: {name} differs from {tables[0]}: a relative-position table per layer, which "
-                    "dss_jax's T5 (as T5X's examples/t5) shares across a stack, so it computes another model"
-                )
-        if tables:
-            out[f"{stack}/relpos_bias/rel_embedding"] = out[tables[0]]
-            for name in tables:
-                del out[name]
+    layer_tables = {stack: _layer_tables(out, stack) for stack in ("encoder", "decoder")}
+    if not any(_differ(out, tables) for tables in layer_tables.values()):
+        for stack, tables in layer_tables.items():
+            if tables:
+                out[f"{stack}/relpos_bias/rel_embedding"] = out[tables[0]]
+                for name in tables:
+                    del out[name]
     for name, array in out.items():
         if array.ndim == 3 and _SCALABLE_ATTENTION_KERNEL.fullmatch(name):
             joined = (-1, array.shape[-1]) if name.endswith("/out/kernel") else (array.shape[0], -1)
             out[name] = array.reshape(joined)
     return out
+
+
+def _layer_tables(params: dict[str, np.ndarray], stack: str) -> list[str]:
+    """The names of `stack`'s per-layer relative-position tables in `params`, by layer."""
+    table = re.compile(rf"{stack}/layers_(\d+)/relpos_bias/rel_embedding")
+    return sorted((k for k in params if table.fullmatch(k)), key=lambda k: int(table.fullmatch(k)[1]))
+
+
+def _differ(params: dict[str, np.ndarray], tables: list[str]) -> bool:
+    return any(not np.array_equal(params[name], params[tables[0]]) for name in tables[1:])
 
 
 def _scan_axis(params: dict[str, np.ndarray], stack: str, source: str) -> tuple[int, int]:
@@ -374,7 +386,8 @@ def _scan_axis(params: dict[str, np.ndarray], stack: str, source: str) -> tuple[
 
 def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpoint"):
     """The T5Config a T5X T5's arrays show (see the module docstring); a scanned checkpoint's
-    layer counts are the length of its layers axis (`unscan_layers`)."""
+    layer counts are the length of its layers axis, and relative-position tables that differ
+    across its layers make a `relative_attention_per_layer` config (`unscan_layers`)."""
     from dss_jax.model.config import T5Config
 
     params = unscan_layers(params, source)
@@ -385,7 +398,8 @@ def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpo
         return tuple(params[name].shape)
 
     vocab_size, d_model = shape("token_embedder/embedding")
-    num_heads, buckets = shape("encoder/relpos_bias/rel_embedding")
+    per_layer = "encoder/relpos_bias/rel_embedding" not in params and bool(_layer_tables(params, "encoder"))
+    num_heads, buckets = shape(f"encoder/{'layers_0/' if per_layer else ''}relpos_bias/rel_embedding")
     inner = shape("encoder/layers_0/attention/query/kernel")[1]
     gated = "encoder/layers_0/mlp/wi_0/kernel" in params
     d_ff = shape(f"encoder/layers_0/mlp/{'wi_0' if gated else 'wi'}/kernel")[1]
@@ -407,6 +421,7 @@ def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpo
         num_encoder_layers=layers("encoder"),
         num_decoder_layers=layers("decoder"),
         relative_attention_num_buckets=buckets,
+        relative_attention_per_layer=per_layer,
         feed_forward="gated-gelu" if gated else "relu",
         tie_word_embeddings="decoder/logits_dense/kernel" not in params,
     )
@@ -459,12 +474,19 @@ _ADAFACTOR_MIN_DIM_SIZE_TO_FACTOR = 128
 
 def check_exportable(config) -> None:
     """T5xCheckpointError unless T5X's T5 (examples/t5/network.py) computes what `config`
-    does: a T5 whose relative-position distance, layer-norm epsilon and output scaling are
-    the ones T5X fixes (T5X scales the decoder output exactly when the lm head is tied)."""
+    does: a T5 with one relative-position table per stack, whose relative-position distance,
+    layer-norm epsilon and output scaling are the ones T5X fixes (T5X scales the decoder
+    output exactly when the lm head is tied)."""
     family = getattr(config, "family", None)
     if family != "t5":
         raise T5xCheckpointError(
             f"a {family} student has no T5X checkpoint layout here: only T5 students (examples/t5/network.py) export"
+        )
+    if config.relative_attention_per_layer:
+        raise T5xCheckpointError(
+            "T5Config.relative_attention_per_layer=True: T5X's examples/t5 network shares one relative-position "
+            "table per stack, and writing scalable_t5's layout (a table per layer) is not built; export it to "
+            "Hugging Face (UMT5) instead"
         )
     for field, fixed in _T5X_FIXED.items():
         if getattr(config, field) != fixed:

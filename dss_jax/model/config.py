@@ -66,6 +66,10 @@ class T5Config:
     num_decoder_layers: int = 8
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    # True: every encoder and decoder layer owns its relative-position table
+    # (`layers_<i>/relpos_bias`) for its self-attention, as T5X's examples/scalable_t5 and
+    # transformers' UMT5 do; False: one table per stack shared by its layers (T5, mT5, Flan-T5).
+    relative_attention_per_layer: bool = False
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
     # As transformers' `feed_forward_proj`: "relu" | "gated-gelu" | "gelu" | "gated-silu" ...
@@ -132,6 +136,9 @@ class T5Config:
                 raise ValueError(
                     f"T5Config.{field} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}"
                 )
+        if not isinstance(self.relative_attention_per_layer, bool):
+            value = self.relative_attention_per_layer
+            raise ValueError(f"T5Config.relative_attention_per_layer must be true or false, got {value!r}")
         if not _finite(self.dropout_rate) or not 0 <= self.dropout_rate < 1:
             raise ValueError(f"T5Config.dropout_rate must be a number in [0, 1), got {self.dropout_rate!r}")
         if not _finite(self.layer_norm_epsilon) or self.layer_norm_epsilon <= 0:
@@ -156,6 +163,11 @@ class T5Config:
         if self.scale_decoder_outputs is None:
             return self.tie_word_embeddings
         return self.scale_decoder_outputs
+
+    @property
+    def hf_architecture(self) -> str:
+        """transformers' model of this config: "UMT5" (a relative-position table per layer) or "T5"."""
+        return "UMT5" if self.relative_attention_per_layer else "T5"
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -220,13 +232,14 @@ class T5Config:
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> "T5Config":
-        """Reads a transformers T5 config.json dict (transformers 4.x and 5.x both).
+        """Reads a transformers T5 (or UMT5: a relative-position table per layer) config.json
+        dict (transformers 4.x and 5.x both).
 
         transformers 5 writes `tie_word_embeddings: true` for every T5 and keeps the real
         switch in `scale_decoder_outputs`; whether the lm head is untied then shows only in
         the weights (lm_head.weight present), which the checkpoint importer checks.
         """
-        if hf.get("model_type", "t5") not in ("t5", "mt5"):
+        if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
             raise ValueError(f"not a T5 config: model_type={hf.get('model_type')!r}")
         try:
             num_layers = hf["num_layers"]
@@ -248,6 +261,7 @@ class T5Config:
             num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
             relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
             relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+            relative_attention_per_layer=hf.get("model_type") == "umt5",
             dropout_rate=float(hf.get("dropout_rate", 0.1)),
             layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
             feed_forward=hf.get("feed_forward_proj", "relu"),
@@ -261,10 +275,11 @@ class T5Config:
         return cls(**fields)
 
     def to_hf_config(self) -> dict:
-        """A config.json dict for transformers.T5ForConditionalGeneration (4.x and 5.x)."""
+        """A config.json dict for transformers.T5ForConditionalGeneration (4.x and 5.x), or
+        UMT5ForConditionalGeneration for a relative-position table per layer."""
         hf = {
-            "architectures": ["T5ForConditionalGeneration"],
-            "model_type": "t5",
+            "architectures": [f"{self.hf_architecture}ForConditionalGeneration"],
+            "model_type": self.hf_architecture.lower(),
             "is_encoder_decoder": True,
             "vocab_size": self.vocab_size,
             "d_model": self.d_model,

@@ -1,4 +1,4 @@
-"""Hugging Face T5 checkpoints <-> our parameter tree (numpy; torch only for *.bin files).
+"""Hugging Face T5 and UMT5 checkpoints <-> our parameter tree (numpy; torch only for *.bin files).
 
 API
 ---
@@ -37,6 +37,11 @@ HF stores linear weights as [out, in]; we store kernels as [in, ...out] with hea
 out: q/k/v [embed, heads, kv], o [heads, kv, embed], wi [embed, mlp], wo [mlp, embed],
 lm_head [embed, vocab]. The relative attention bias lives in block 0 of each HF stack and
 at the stack level here (`relpos_bias`); both are shared by every layer of the stack.
+
+UMT5 (model_type "umt5") is T5 with a relative attention bias in every block's self-attention
+(`relative_attention_per_layer`, each `layers_<i>/relpos_bias` here), computed as T5's:
+unscaled logits, bidirectional buckets in the encoder, causal ones in the decoder, none in
+cross-attention, and the same output rescale; T5X's scalable_t5 computes the same.
 """
 
 from __future__ import annotations
@@ -272,16 +277,14 @@ def _mapping(config: T5Config) -> list[tuple[str, tuple[str, ...], str]]:
     for stack, num_layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
         self_name = "attention" if stack == "encoder" else "self_attention"
         self_norm = "pre_attention_layer_norm" if stack == "encoder" else "pre_self_attention_layer_norm"
-        m.append(
-            (
-                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                (stack, "relpos_bias", "rel_embedding"),
-                "copy",
-            )
-        )
+        relpos = "SelfAttention.relative_attention_bias.weight"
+        if not config.relative_attention_per_layer:  # T5: block 0's table, shared by the stack
+            m.append((f"{stack}.block.0.layer.0.{relpos}", (stack, "relpos_bias", "rel_embedding"), "copy"))
         for i in range(num_layers):
             block = f"{stack}.block.{i}.layer"
             path = (stack, f"layers_{i}")
+            if config.relative_attention_per_layer:  # UMT5: every block's own
+                m.append((f"{block}.0.{relpos}", path + ("relpos_bias", "rel_embedding"), "copy"))
             attention(f"{block}.0.SelfAttention", path + (self_name,))
             m.append((f"{block}.0.layer_norm.weight", path + (self_norm, "scale"), "copy"))
             if stack == "decoder":
@@ -376,7 +379,7 @@ def check_hf_weights(
         raise HFCheckpointError(
             f"{source}: unexpected weights {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''} "
             f"that {config_source} ({depth}) has no place for: config.json belongs to another model, "
-            "or this is not a T5ForConditionalGeneration checkpoint"
+            f"or this is not a {config.hf_architecture}ForConditionalGeneration checkpoint"
         )
     bad = []
     for name, _, kind in mapping:
@@ -521,7 +524,7 @@ class MissingHFFileError(UserError, FileNotFoundError):
 
 
 def _read_config(config_path: pathlib.Path) -> T5Config:
-    hf_config = _read_json(config_path, "a Hugging Face T5 config.json is a JSON object")
+    hf_config = _read_json(config_path, "a Hugging Face T5 or UMT5 config.json is a JSON object")
     try:
         return T5Config.from_hf_config(hf_config)
     except (ValueError, TypeError) as e:
@@ -592,4 +595,5 @@ def from_pretrained_call(config: T5Config, hf_dir: str | os.PathLike) -> str:
     """The line that loads an export of `config` into transformers (4.x and 5.x) without a
     warning: an untied model needs `tie_word_embeddings=False` under transformers 5."""
     untie = "" if config.tie_word_embeddings else ", tie_word_embeddings=False"
-    return f"transformers.T5ForConditionalGeneration.from_pretrained({str(hf_dir)!r}{untie})"
+    model = f"{config.hf_architecture}ForConditionalGeneration"
+    return f"transformers.{model}.from_pretrained({str(hf_dir)!r}{untie})"

@@ -312,7 +312,8 @@ def relative_position_bucket(
 
 
 class RelativePositionBias(nn.Module):
-    """Per-head scalar bias of each (query, key) position pair; one table per stack."""
+    """Per-head scalar bias of each (query, key) position pair: one table per stack, or per
+    layer (T5Config.relative_attention_per_layer)."""
 
     config: T5Config
     bidirectional: bool

@@ -34,7 +34,8 @@ made once, read by every step (optional: without it each step projects the encod
 
 Parameter tree (`variables["params"]`):
     token_embedder/embedding [vocab, embed]
-    encoder/relpos_bias/rel_embedding [buckets, heads]   (shared by all encoder layers)
+    encoder/relpos_bias/rel_embedding [buckets, heads]   (shared by all encoder layers; with
+        relative_attention_per_layer each layer owns one: encoder/layers_{i}/relpos_bias/...)
     encoder/layers_{i}/{pre_attention_layer_norm, attention/{query,key,value,out},
                         pre_mlp_layer_norm, mlp/{wi | wi_0, wi_1, wo}}
     encoder/encoder_norm/scale
@@ -70,13 +71,25 @@ from dss_jax.model.layers import (
 )
 
 
+def _own_relpos_bias(cfg: T5Config, bidirectional: bool, bias: jax.Array, positions) -> jax.Array:
+    """`bias` plus the calling layer's own relative-position bias of `positions` (query
+    positions, key positions) when each layer owns a table, else `bias` itself (it already
+    holds the stack's shared table's)."""
+    if not cfg.relative_attention_per_layer:
+        return bias
+    return RelativePositionBias(cfg, bidirectional=bidirectional, name="relpos_bias")(*positions) + bias
+
+
 class EncoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
-        # x [batch, length, embed]
+    def __call__(
+        self, x: jax.Array, bias: jax.Array, deterministic: bool, positions: Optional[tuple] = None
+    ) -> jax.Array:
+        # x [batch, length, embed]; positions: (query, key) positions for a table of its own
         cfg = self.config
+        bias = _own_relpos_bias(cfg, True, bias, positions)
         h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="attention")(h, h, bias, deterministic)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -98,8 +111,10 @@ class DecoderLayer(nn.Module):
         cross_bias: jax.Array,
         deterministic: bool,
         decode: bool,
+        positions: Optional[tuple] = None,  # (query, key) positions for a table of its own
     ) -> jax.Array:
         cfg = self.config
+        self_bias = _own_relpos_bias(cfg, False, self_bias, positions)
         h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_bias, deterministic, decode)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -134,17 +149,19 @@ class Encoder(nn.Module):
         deterministic = not enable_dropout
         if positions is None:
             positions = _default_positions(tokens.shape[1])
-        bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
-            positions, positions
-        )  # [batch|1, heads, enc_len, enc_len]
         mask = attention_mask(None, tokens > 0, segment_ids, segment_ids)
-        bias = bias + mask_to_bias(mask)  # [batch, heads, enc_len, enc_len]
+        bias = mask_to_bias(mask)  # [batch, 1, enc_len, enc_len]
+        # Each layer adds its own table's bias (relative_attention_per_layer), or all share one.
+        layer_positions = (positions, positions) if cfg.relative_attention_per_layer else None
+        if layer_positions is None:
+            relpos = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")
+            bias = relpos(positions, positions) + bias  # [batch, heads, enc_len, enc_len]
 
         x = self.shared_embedding(tokens)  # [batch, enc_len, embed]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         layer_cls = remat_layer(EncoderLayer, cfg.remat_policy, (3,))
         for i in range(cfg.num_encoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
+            x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic, layer_positions)
         x = RMSNorm(cfg, name="encoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return constrain(x, ("batch", "length", "embed"))
@@ -169,7 +186,9 @@ class Decoder(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         deterministic = not enable_dropout
-        relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+        per_layer = cfg.relative_attention_per_layer
+        # With a table per layer each layer adds its own bias of these positions; else all share one.
+        relpos = None if per_layer else RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
         dec_len = decoder_input_tokens.shape[1]
 
         stepping = False
@@ -183,19 +202,21 @@ class Decoder(nn.Module):
                 raise ValueError(f"max_decode_length={max_decode_length} but the cache holds {max_len} steps")
             index = cache_index.value
             key_positions = _default_positions(max_len)  # [1, max_len]
-            self_bias = relpos(index[None, None], key_positions)  # [1, heads, 1, max_len]
-            self_bias = self_bias + mask_to_bias((key_positions <= index)[:, None, None, :])
+            self_positions = (index[None, None], key_positions)
+            self_bias = mask_to_bias((key_positions <= index)[:, None, None, :])  # [1, 1, 1, max_len]
             cache_index.value = index + 1
             # A finished cache cannot take another step: the update would be silently clipped.
         else:
             positions = decoder_positions
             if positions is None:
                 positions = _default_positions(dec_len)
-            self_bias = relpos(positions, positions)  # [batch|1, heads, dec_len, dec_len]
+            self_positions = (positions, positions)
             mask = attention_mask(
                 None, jnp.ones(decoder_input_tokens.shape, bool), decoder_segment_ids, decoder_segment_ids, causal=True
             )
-            self_bias = self_bias + mask_to_bias(mask)
+            self_bias = mask_to_bias(mask)
+        if relpos is not None:
+            self_bias = relpos(*self_positions) + self_bias  # [batch|1, heads, dec_len|1, dec_len|max_len]
 
         # Cross-attention: only real encoder tokens of the same segment; no position bias.
         cross_mask = attention_mask(
@@ -208,7 +229,9 @@ class Decoder(nn.Module):
         # Rematerialisation is a training-time trade; decoding steps run the plain layer.
         layer_cls = remat_layer(DecoderLayer, "none" if decode else cfg.remat_policy, (5, 6))
         for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias, deterministic, decode)
+            x = layer_cls(cfg, name=f"layers_{i}")(
+                x, encoded, self_bias, cross_bias, deterministic, decode, self_positions if per_layer else None
+            )
         x = RMSNorm(cfg, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
