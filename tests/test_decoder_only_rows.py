@@ -179,18 +179,22 @@ def test_decoding_continues_the_prompt_as_training_read_it(prompt_attention):
         rows[i, : len(p)] = p
     steps = 5
     out = np.asarray(generate(model, params, rows, config=DecodeConfig(max_decode_length=steps)).tokens)
+    # Teacher forcing on one padded length (one compile): a token sees none after it.
+    width = rows.shape[1] + steps
+    logits_of = jax.jit(lambda p, b: model.logits(p, b, enable_dropout=False))
     for i, prompt in enumerate(prompts):
         sequence = list(prompt)
         for _ in range(steps):
             n = len(sequence)
+            real = np.arange(width) < n
             batch = {
-                "decoder_input_tokens": np.array([sequence], np.int32),
-                "decoder_segment_ids": np.ones((1, n), np.int32),
-                "decoder_positions": np.arange(n)[None],
-                "decoder_causal_attention": (np.arange(n) < len(prompt))[None].astype(np.int32),
+                "decoder_input_tokens": np.array([sequence + [0] * (width - n)], np.int32),
+                "decoder_segment_ids": real[None].astype(np.int32),
+                "decoder_positions": np.where(real, np.arange(width), 0)[None],
+                "decoder_causal_attention": (np.arange(width) < len(prompt))[None].astype(np.int32),
             }
-            logits = model.logits(params, batch, enable_dropout=False)
-            sequence.append(int(jnp.argmax(logits[0, -1])))
+            logits = logits_of(params, batch)
+            sequence.append(int(jnp.argmax(logits[0, n - 1])))
         generated = sequence[len(prompt) :]
         stop = generated.index(EOS) + 1 if EOS in generated else steps
         np.testing.assert_array_equal(out[i, :stop], generated[:stop], err_msg=f"row {i}")
