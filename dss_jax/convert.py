@@ -3,13 +3,18 @@ checkpoint.
 
     python -m dss_jax.convert --hf_dir DIR --output CKPT_DIR [--overwrite]
     python -m dss_jax.convert --t5x_checkpoint T5X_DIR/checkpoint_N --vocab spiece.model --output CKPT_DIR
+    python -m dss_jax.convert --t5x_checkpoint T5X_DIR/checkpoint_N --gin_file=t5x/examples/t5/t5_1_1/base.gin \
+        --gin.DROPOUT_RATE=0.1 --output CKPT_DIR
 
 A T5X checkpoint is read without t5x (`checkpoints.t5x`), in any layout T5X has written:
 msgpack (`checkpoint_N/checkpoint`, version 3, arrays inline or out of line), orbax
 (`checkpoint_N/state/`, OCDBT or not) or the early orbax one, scanned layers
 (examples/scalable_t5, whose per-layer relative-position tables make a student with
-T5Config.relative_attention_per_layer) included. Its T5's config comes from its arrays'
-shapes, its optimizer state is left out, and --vocab gives the spiece.model it was
+T5Config.relative_attention_per_layer) included. A T5X checkpoint records no config: its
+T5's config comes from the user's model gin file (T5X's, translated by dss_jax.t5x_gin, or
+ours: --gin_file, --gin.*, --gin_search_paths), every array checked against it, or without
+one from its arrays' shapes (a gated MLP taken to be GELU). Its optimizer state is left
+out, and --vocab, or else the vocabulary the gin file names, gives the spiece.model it was
 trained with (T5X keeps none beside its checkpoints).
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
@@ -34,13 +39,14 @@ import os
 
 from absl import app, flags, logging
 
-from dss_jax import cli, files, output_paths
+from dss_jax import cli, files, gin_utils, output_paths
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.")
 _T5X = flags.DEFINE_string("t5x_checkpoint", None, "A T5X checkpoint_<step>/ directory (msgpack or orbax).")
 _VOCAB = flags.DEFINE_string("vocab", None, "With --t5x_checkpoint: the spiece.model the checkpoint was trained with.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the checkpoint to.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint in --output.")
+gin_utils.define_gin_flags()  # with --t5x_checkpoint: the model gin file (T5X's or ours) its config comes from
 
 
 def main(argv):
@@ -55,6 +61,13 @@ def main(argv):
         raise app.UsageError("give one of --hf_dir (a Hugging Face directory) and --t5x_checkpoint")
     if _VOCAB.value is not None and _T5X.value is None:
         raise app.UsageError("--vocab goes with --t5x_checkpoint (a Hugging Face directory brings its own)")
+    gin_given = bool(flags.FLAGS.gin_file or flags.FLAGS.gin_bindings)
+    if gin_given and _T5X.value is None:
+        raise app.UsageError(
+            "--gin_file and --gin.* go with --t5x_checkpoint (a Hugging Face directory brings its config)"
+        )
+    # The model's config from the user's gin file, read before anything is written or read.
+    config, gin_vocab = _gin_model() if gin_given else (None, None)
     source = _HF_DIR.value or _T5X.value
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
@@ -70,8 +83,8 @@ def main(argv):
         if _T5X.value:
             from dss_jax.checkpoints import t5x
 
-            params, config = t5x.import_checkpoint(_T5X.value)
-            vocab, tokenizer = _VOCAB.value, []
+            params, config = t5x.import_checkpoint(_T5X.value, config, f"the gin files {flags.FLAGS.gin_file}")
+            vocab, tokenizer = _VOCAB.value or gin_vocab, []
         else:
             params, config, vocab = interface.import_hf_checkpoint(_HF_DIR.value)
             tokenizer = [os.path.join(_HF_DIR.value, f) for f in checkpoints.TOKENIZER_FILES]
@@ -97,6 +110,19 @@ def main(argv):
             "pass --vocab" if _T5X.value else "none in the directory",
         )
     print(f"converted {source} -> {out} ({n} params, vocabulary: {kept})")
+
+
+def _gin_model():
+    """(the T5Config the --gin_file/--gin.* settings bind, the vocabulary file they name or
+    None): a T5X model file (t5x/examples/t5/t5_1_1/base.gin, translated by dss_jax.t5x_gin)
+    or one of ours."""
+    from dss_jax import configurables, settings
+
+    gin_utils.parse_gin(
+        flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths, require_files=False
+    )
+    spm = settings.gin_values(["task_vocabulary.spm_path"])[0].get("task_vocabulary.spm_path")
+    return configurables.model_config(family="t5"), spm
 
 
 if __name__ == "__main__":

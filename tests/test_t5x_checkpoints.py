@@ -168,3 +168,44 @@ def test_a_t5x_checkpoint_trains_evaluates_and_exports_to_what_transformers_gene
         theirs = theirs[0, 1:].tolist()  # after the decoder's start token
         stop = theirs.index(1) + 1 if 1 in theirs else len(theirs)
         assert tokens[:stop].tolist() == theirs[:stop] and stop >= 2
+
+
+def test_the_config_comes_from_the_users_t5x_model_file_and_is_checked_against_every_array(tmp_path):
+    """A T5X checkpoint records no config: convert takes it from the user's model gin file
+    (what arrays cannot show too: the activation, dropout, dtype, the vocabulary it names),
+    and a gin file of another shape is one line naming the first array, before any write."""
+    from conftest import run_binary
+    from dss_jax import checkpoints
+    from dss_jax.checkpoints import locate
+    from dss_jax.model.config import T5Config
+
+    tiny = T5X_DATA / "gin" / "t5x" / "examples" / "t5" / "t5_1_1" / "tiny.gin"
+    spm = REPO_ROOT / "pretrained" / "synthetic_tiny_cpu" / "spiece.model"
+    source = T5X_DATA / "test_t5_tiny.checkpoint_0"
+    out = tmp_path / "imported"
+    r = run_binary(
+        "dss_jax.convert",
+        f"--t5x_checkpoint={source}",
+        f"--gin_file={tiny}",
+        "--gin.DROPOUT_RATE=0.05",
+        f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{spm}'",
+        f"--output={out}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "taken to be GELU" not in r.stderr  # the gin file says so
+    config, _ = locate.read_config(str(out))
+    assert (config.d_model, config.num_heads, config.d_kv, config.feed_forward) == (8, 4, 3, "gated-gelu")
+    assert (config.dtype, config.dropout_rate) == ("bfloat16", 0.05)  # base.gin's dtype, the run's dropout
+    _, _, vocab_path = checkpoints.load_params(str(out))
+    assert pathlib.Path(vocab_path).read_bytes() == spm.read_bytes()  # the vocabulary the gin file names
+
+    # Another activation than arrays show is the gin file's to say; another shape is refused.
+    silu = T5Config(vocab_size=32128, d_model=8, d_kv=3, d_ff=16, num_heads=4, num_encoder_layers=2,
+                    num_decoder_layers=2, feed_forward="gated-silu")  # fmt: skip
+    assert t5x.import_checkpoint(source, silu)[1].feed_forward == "gated-silu"
+    base = tiny.parent / "base.gin"
+    r = run_binary("dss_jax.convert", f"--t5x_checkpoint={source}", f"--gin_file={base}",
+                   "--gin.DROPOUT_RATE=0.0", f"--output={tmp_path / 'no'}")  # fmt: skip
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "base.gin" in last and "describes another model than the checkpoint" in last, last
+    assert not (tmp_path / "no").exists()

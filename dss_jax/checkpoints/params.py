@@ -177,13 +177,14 @@ def check_params(
     config: Any,
     config_source: str,
     params_source: str,
+    advice: str = "the config and the weights are from different models: use the config saved with them",
 ) -> None:
     """CheckpointError naming `config_source` and the first parameter of `params_source`
-    whose presence, shape or dtype does not fit `config`. `shapes`: {path: (shape, dtype)}."""
+    whose presence, shape or dtype does not fit `config`, then `advice`. `shapes`: {path:
+    (shape, dtype)}."""
     model = interface.build(config)
     expected = model.param_shapes()
     depth = model.depth_text()
-    advice = "the config and the weights are from different models: use the config saved with them"
     missing = [p for p in expected if p not in shapes]
     if missing:
         raise CheckpointError(

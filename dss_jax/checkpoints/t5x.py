@@ -31,12 +31,13 @@ is the same tree; a scanned checkpoint (`examples/scalable_t5/network.py`, scan_
 (`layers_<i>/relpos_bias`): tables that differ are kept so, as a student with
 `T5Config.relative_attention_per_layer` (which exports to Hugging Face as UMT5); equal
 ones become the stack's one table. A T5X checkpoint does not record its model's config:
-`config_from_shapes` reads it from the arrays (sizes, layer counts, gated or not, tied or a
-separate `logits_dense`, a table per layer or per stack); what arrays cannot show is T5's
+`import_checkpoint` takes it from the caller (convert: the user's model gin file, T5X's
+translated by dss_jax.t5x_gin) and checks every array against it, or reads it from the
+arrays (`config_from_shapes`: sizes, layer counts, gated or not, tied or a separate
+`logits_dense`, a table per layer or per stack); what arrays cannot show is then T5's
 default and logged (a gated MLP's activation: GELU, as T5 v1.1, mT5 and Flan-T5;
-relative_attention_max_distance: 128).
-The optimizer state is neither read nor imported, with a line saying so. Reading T5X gin
-files is not built.
+relative_attention_max_distance: 128). The optimizer state is neither read nor imported,
+with a line saying so.
 
 Back to T5X: `export_checkpoint(params, config, step, model_dir)` (`python -m
 dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/checkpoint` as T5X's
@@ -410,8 +411,6 @@ def config_from_shapes(params: dict[str, np.ndarray], source: str = "the checkpo
 
     if inner % num_heads:
         raise T5xCheckpointError(f"{source}: attention width {inner} does not divide over {num_heads} heads")
-    if gated:
-        logging.info("%s: a gated MLP; its activation is taken to be GELU (T5 v1.1, mT5, Flan-T5)", source)
     return T5Config(
         vocab_size=vocab_size,
         d_model=d_model,
@@ -442,27 +441,31 @@ def _to_ours(name: str, array: np.ndarray, config) -> np.ndarray:
     return array
 
 
-def import_checkpoint(path: str | os.PathLike):
-    """(params as dss_jax's T5 takes them, their T5Config) of a T5X checkpoint; every array
-    is checked against the config before anything is returned."""
+def import_checkpoint(path: str | os.PathLike, config=None, config_source: str = "the given config"):
+    """(params as dss_jax's T5 takes them, their T5Config) of a T5X checkpoint. `config`: the
+    model's config as the user's gin file gives it (`config_source` names it), since a T5X
+    checkpoint records none; None: the config its arrays show (`config_from_shapes`, a gated
+    MLP's activation taken to be GELU). Every array is checked against the config before
+    anything is returned, naming the first that disagrees."""
+    from flax import traverse_util
+
     from dss_jax.checkpoints import params as params_lib
 
     source, tree = _open(path)
     flat = unscan_layers(_flat_params(tree, source), source)  # each array read once: it may be large and remote
     if _train_state(tree).get("state"):
         logging.info("%s: the optimizer state is not imported (training starts a new one)", source)
-    config = config_from_shapes(flat, source)
-    ours = {name: _to_ours(name, array, config) for name, array in flat.items()}
+    shown = config_from_shapes(flat, source)
+    if config is None:
+        config, config_source = shown, f"the config its arrays show ({shown})"
+        if shown.is_gated:
+            logging.info("%s: a gated MLP; its activation is taken to be GELU (T5 v1.1, mT5, Flan-T5)", source)
+    # Our layout by the heads the arrays show; the shapes are then checked against `config`.
+    ours = {name: _to_ours(name, array, shown) for name, array in flat.items()}
     shapes = {tuple(k.split("/")): (a.shape, a.dtype) for k, a in ours.items()}
-    params_lib.check_params(shapes, config, f"the config its arrays show ({config})", source)
-    nested: dict = {}
-    for name, array in ours.items():
-        node = nested
-        *parents, leaf = name.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = array
-    return nested, config
+    advice = "the gin file describes another model than the checkpoint: give the model file it was trained with"
+    params_lib.check_params(shapes, config, config_source, source, **({} if config is shown else {"advice": advice}))
+    return traverse_util.unflatten_dict(ours, sep="/"), config
 
 
 # What T5X's examples/t5/network.py fixes that a dss_jax T5Config may set otherwise.
