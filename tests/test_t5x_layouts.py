@@ -17,7 +17,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from flax import serialization
+from flax import serialization, traverse_util
 
 from conftest import REPO_ROOT, run_binary
 from dss_jax import files
@@ -126,14 +126,7 @@ def unscanned_like_scalable_t5(scanned: dict, param_scan_axis: int = 1) -> dict:
 
 
 def _nested(flat: dict) -> dict:
-    tree: dict = {}
-    for name, array in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = array
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _save_as_t5x_msgpack(params: dict, step_dir):
