@@ -19,7 +19,7 @@ trained with (T5X keeps none beside its checkpoints).
 
 DIR holds config.json and model.safetensors (or sharded safetensors with their index, or
 pytorch_model.bin when torch is installed), and for T5 usually spiece.model. Its
-config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), umt5 (a T5 with a
+config.json's model_type picks the family: t5 (v1.0, v1.1, Flan-T5), mt5, umt5 (a T5 with a
 relative-position table per layer), or llama, qwen2, qwen3, gemma3_text (the decoder-only
 family). The Hugging Face tokenizer files in DIR
 (tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model) are kept

@@ -42,6 +42,13 @@ HF_VARIANTS = {
     "gated-tied-hf5": dict(
         config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), untie=False, hub_config=False
     ),
+    # mT5 as published: T5 v1.1's network (MT5ForConditionalGeneration), its own model_type.
+    "mt5": dict(
+        config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+        untie=True,
+        hub_config=False,
+        model="MT5",
+    ),
     # UMT5: a relative attention bias in every block (a student with relative_attention_per_layer).
     "umt5": dict(
         config=dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=8),
@@ -141,7 +148,7 @@ def test_parity_with_transformers(hf_checkpoint):
     assert config.tie_word_embeddings == (not HF_VARIANTS[variant]["untie"])
     assert config.scales_decoder_output == (variant == "t5.1.0")
     assert config.relative_attention_per_layer == (variant == "umt5")
-    if variant == "umt5":  # as `convert --hf_dir` reads it: by config.json's model_type
+    if variant in ("umt5", "mt5"):  # as `convert --hf_dir` reads it: by config.json's model_type
         jax.tree.map(np.testing.assert_array_equal, interface.import_hf_checkpoint(path)[0], params)
     enc, dec, labels = _batch()
     out = _hf_forward(hf_model, enc, dec, labels)

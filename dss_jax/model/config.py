@@ -254,6 +254,8 @@ class T5Config:
             raise ValueError(f"HF T5 config lacks the key {e.args[0]!r}") from None
         tie = bool(hf.get("tie_word_embeddings", True))
         scale = hf.get("scale_decoder_outputs")
+        if scale is None and hf.get("model_type") == "mt5":
+            scale = False  # transformers' MT5 never rescales the decoder output (T5 v1.1's network)
         if scale is not None:  # transformers >= 5: `tie_word_embeddings` is always true
             tie = bool(scale)
         fields.update(

@@ -23,7 +23,7 @@ class EncoderDecoderModel(interface.StudentModel):
     config: T5Config
 
     family = T5Config.family
-    hf_model_types = ("t5", "umt5")  # umt5: a relative-position table per layer
+    hf_model_types = ("t5", "mt5", "umt5")  # mt5: T5 v1.1's network; umt5: a relative-position table per layer
     batch_layout = "encoder_decoder"
     param_root_keys = frozenset({"encoder", "decoder", "token_embedder"})
 

@@ -213,7 +213,6 @@ UNSUPPORTED_MODEL_TYPES = {
     "t5gemma": "T5Gemma (the encoder-decoder Gemma) is not implemented",
     "gemma2": "Gemma 2 is not implemented (Gemma 3 is)",
     "gemma": "Gemma 1 is not implemented (Gemma 3 is)",
-    "mt5": "mT5 is not implemented (T5 v1.0, v1.1, Flan-T5 and UMT5 are)",
 }
 
 
