@@ -13,8 +13,8 @@ r"""`make quickstart`: Distilling Step-by-Step end to end on the built-in synthe
    `python -m dss_jax.eval` (STEPS='best'),
 4. prints a results table (the student's accuracy; Distilling Step-by-Step and standard
    distillation as measured over 3 seeds with the same settings trained to convergence,
-   at this run's examples, at about its compute and converged,
-   docs/results/quickstart_converged/; the teacher's accuracy, trivial baselines, steps,
+   at this run's examples, at about its compute and converged: the family's
+   docs/results/quickstart_converged*/; the teacher's accuracy, trivial baselines, steps,
    time) and where the TensorBoard logs, checkpoints and predictions are.
 
 The binaries run as subprocesses, exactly as a user would run them. Running it again
