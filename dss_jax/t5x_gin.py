@@ -157,6 +157,12 @@ def _structure(*expected: str, what: str) -> Callable[[Binding, Session], None]:
     return handle
 
 
+def _scalable_config(b: Binding, session: Session) -> None:
+    """scalable_t5's Transformer: dss_jax's T5 with a relative-position table in every layer."""
+    _structure(f"@{SCALABLE}.T5Config()", what="the model is configured by T5Config")(b, session)
+    session.bind("T5Config.relative_attention_per_layer = True", b)
+
+
 def _honoured_if(accept: Callable[[Any], bool], what: str, error: bool) -> Callable[[Binding, Session], None]:
     """A value dss_jax has built in: nothing to bind when it is that value (a macro's is
     checked once every file and binding is read); otherwise refused (`error`) or logged."""
@@ -309,6 +315,7 @@ def _restore(b: Binding, session: Session) -> None:
 
 
 NET = "t5x.examples.t5.network"
+SCALABLE = "t5x.examples.scalable_t5.network"  # its every layer owns a relative-position table
 MODELS = "t5x.models.EncoderDecoderModel"
 ADAFACTOR = "t5x.adafactor.Adafactor"
 DATASET = "t5x.utils.DatasetConfig"
@@ -341,7 +348,10 @@ TABLE: dict[tuple[str, str, str], Callable[[Binding, Session], None]] = {
         _is(True), "dss_jax computes attention logits in float32 whatever the dtype", error=False
     ),
     ("", f"{NET}.Transformer", "config"): _structure(f"@{NET}.T5Config()", what="the model is configured by T5Config"),
-    ("", MODELS, "module"): _structure(f"@{NET}.Transformer()", what="the student is dss_jax's T5"),
+    ("", f"{SCALABLE}.Transformer", "config"): _scalable_config,
+    ("", MODELS, "module"): _structure(
+        f"@{NET}.Transformer()", f"@{SCALABLE}.Transformer()", what="the student is dss_jax's T5"
+    ),
     ("", MODELS, "input_vocabulary"): _structure("%VOCABULARY", what="inputs and targets share the task's vocabulary"),
     ("", MODELS, "output_vocabulary"): _structure("%VOCABULARY", what="inputs and targets share the task's vocabulary"),
     ("", MODELS, "optimizer_def"): _structure("%OPTIMIZER", what="the optimizer is OptimizerConfig"),
@@ -454,6 +464,16 @@ TABLE: dict[tuple[str, str, str], Callable[[Binding, Session], None]] = {
     ("", "seqio.Evaluator", "*"): _ignored("SeqIO's evaluation loggers and caches"),
     ("", "seqio.JSONLogger", "*"): _ignored("dss_jax's evaluations write predictions.jsonl"),
 }
+
+# scalable_t5's T5Config: examples/t5's fields, plus how its layers are laid out and rematerialised.
+TABLE.update(
+    {("", f"{SCALABLE}.T5Config", param): handle for (_, c, param), handle in TABLE.items() if c == f"{NET}.T5Config"}
+)
+TABLE[("", f"{SCALABLE}.T5Config", "remat_policy")] = _to("T5Config.remat_policy")
+TABLE[("", f"{SCALABLE}.T5Config", "scan_layers")] = _ignored(
+    "dss_jax runs the layers one after another (the same model; checkpoints of either import)"
+)
+TABLE[("", f"{SCALABLE}.T5Config", "param_scan_axis")] = _ignored("where scanned checkpoints keep their layers axis")
 
 # Configurables whose unknown parameters change what is trained: refused, not logged.
 _TRAINED = (

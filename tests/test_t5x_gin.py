@@ -243,3 +243,49 @@ def test_the_train_binary_trains_the_student_a_t5x_model_file_configures(tmp_pat
     assert shape == {**{k: v for k, v in TINY.items() if k in shape}, "feed_forward": "gated-gelu"}
     assert (config["dtype"], config["vocab_size"]) == ("float32", 1024)
     assert (model_dir / "checkpoint_2").is_dir()
+
+
+SCALABLE_TINY = """\
+# A scalable_t5 model file as T5X's examples/scalable_t5/t5_1_1/*.gin are written
+# (t5x/examples/scalable_t5/network.py): every layer owns its relative-position table.
+from __gin__ import dynamic_registration
+include 't5x/examples/t5/t5_1_1/base.gin'  # the vocabulary, loss and optimizer
+
+from t5x import models
+from t5x.examples.scalable_t5 import network
+
+MODEL = @models.EncoderDecoderModel()
+models.EncoderDecoderModel.module = @network.Transformer()
+network.Transformer.config = @network.T5Config()
+network.T5Config:
+  vocab_size = 32128
+  dtype = 'float32'
+  emb_dim = 8
+  num_heads = 4
+  num_encoder_layers = 2
+  num_decoder_layers = 2
+  head_dim = 3
+  mlp_dim = 16
+  mlp_activations = ('gelu', 'linear')
+  dropout_rate = %DROPOUT_RATE
+  logits_via_embedding = False
+  scan_layers = True
+  param_scan_axis = 1
+  remat_policy = 'minimal'
+"""
+
+
+def test_a_scalable_t5_model_file_configures_a_student_with_a_table_per_layer(tmp_path, caplog):
+    model_file = tmp_path / "scalable_tiny.gin"
+    model_file.write_text(SCALABLE_TINY)
+    with caplog.at_level(logging.INFO):
+        parse(model_file, bindings=["DROPOUT_RATE = 0.0"])
+    expected = T5Config.preset("tiny", **TINY).replace(
+        dropout_rate=0.0, relative_attention_per_layer=True, remat_policy="minimal"
+    )
+    assert configurables.model_config() == expected
+    assert "scan_layers = True: no effect in dss_jax" in caplog.text  # one line, not dropped silently
+    gin.clear_config()
+    model_file.write_text(SCALABLE_TINY.replace("  scan_layers = True", "  scan_layers = True\n  unknown_knob = 3"))
+    with pytest.raises(gin_utils.GinConfigError, match=r"scalable_tiny.gin:\d+: .*unknown_knob"):
+        parse(model_file, bindings=["DROPOUT_RATE = 0.0"])
