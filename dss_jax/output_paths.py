@@ -157,9 +157,10 @@ def inside_run_or_checkpoint(path: pathlib.Path, *, directory: bool, whole: bool
 
 
 def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
-    """The kind ("training run", "checkpoint", "orbax checkpoint") of the directory `d`,
-    or None: it holds train.lock, a checkpoint_<step>/ dir or a run's task.json; orbax's
-    files; or a model's config.json (a dss_jax or Hugging Face checkpoint)."""
+    """The kind ("training run", "checkpoint", "orbax checkpoint", "T5X checkpoint export")
+    of the directory `d`, or None: it holds train.lock, a checkpoint_<step>/ dir or a run's
+    task.json; orbax's files; a model's config.json (a dss_jax or Hugging Face checkpoint);
+    or nothing but checkpoint_<step>/checkpoint files (export --format=t5x's output)."""
     try:
         if files.is_remote(d):
             # A prefix is a directory when objects lie under it; listing an object would
