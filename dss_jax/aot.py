@@ -4,6 +4,10 @@ memory of a pod-sized run, measured on one CPU machine without allocating anythi
     python -m dss_jax.aot --size=xxl --rules=fsdp_tp --num_partitions=4 --num_devices=256 \
         --batch_size=64 --encoder_length=512 --decoder_length=384 --remat_policy=full
 
+The model is a published size (`--size`: T5 presets and gin/models' decoder-only files) or
+any model gin file, ours or T5X's (`--gin_file=t5x/examples/t5/mt5/xl.gin
+--gin_search_paths=T5X_ROOT`), read as the train binary reads it.
+
 The Trainer (dss_jax.training.step) is built over a (`data`, `model`) mesh of `num_devices`
 virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
 jax is imported), with abstract parameters and optimiser state (ShapeDtypeStructs that
@@ -101,6 +105,13 @@ class AotConfig:
 
     size: str = "xl"  # a T5Config preset (tiny ... xxl), or a decoder-only model file (DECODER_ONLY_MODELS)
     variant: str = "t5.1.1"  # T5 only
+    # A model gin file instead of size and variant: one of ours (models/<name>.gin, or the
+    # user's own) or T5X's (t5x/examples/t5/t5_1_1/xl.gin), read as the binaries read it;
+    # its `include`s are looked for in gin_search_paths (comma-separated) and gin/.
+    # gin_bindings apply after it (`--gin.NAME=VALUE`, e.g. T5X's --gin.DROPOUT_RATE=0.1).
+    gin_file: str = ""
+    gin_search_paths: str = ""
+    gin_bindings: tuple = ()
     num_layers: Optional[int] = None  # per stack (T5: encoder and decoder each); None: the model's
     rules: str = "fsdp"  # a name in partitioning.RULE_SETS
     num_partitions: int = 1  # size of the `model` mesh axis
@@ -120,6 +131,7 @@ class AotConfig:
     target: str = "cpu"
 
     def __post_init__(self):
+        object.__setattr__(self, "gin_bindings", tuple(self.gin_bindings))  # from JSON: a list
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 near = difflib.get_close_matches(str(getattr(self, name)), choices, n=1)
@@ -130,6 +142,15 @@ class AotConfig:
             if (value is not None or name in _POSITIVE) and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"--{name}={value}: must be a positive integer")
         target_kind(self.target)  # ValueError naming the accepted forms
+        if self.gin_bindings and not self.gin_file:
+            raise ValueError("--gin.NAME bindings apply to a --gin_file: give the --gin_file")
+        if self.gin_file:  # before a compile starts: the file must be there
+            from dss_jax import gin_utils
+
+            try:
+                gin_utils.resolve_gin_file(self.gin_file, self.search_dirs())
+            except gin_utils.GinConfigError as e:
+                raise ValueError(str(e)) from None
         if self.num_devices % self.num_partitions:
             raise ValueError(f"num_partitions={self.num_partitions} must divide num_devices={self.num_devices}")
         data = self.num_devices // self.num_partitions
@@ -140,19 +161,36 @@ class AotConfig:
             )
 
     @property
-    def decoder_only(self) -> bool:
-        return self.size in DECODER_ONLY_MODELS
+    def model_name(self) -> str:
+        """What the reports call the model: the size, or the gin file's name."""
+        return os.path.basename(self.gin_file) if self.gin_file else self.size
+
+    def search_dirs(self) -> list[str]:
+        from dss_jax import gin_utils
+
+        return [p for p in self.gin_search_paths.split(",") if p] + [gin_utils.REPO_GIN_DIR]
 
     def model_config(self):
+        """The student's config (T5Config or DecoderOnlyConfig) with this compile's dtype,
+        remat policy, depth and vocabulary. A gin_file is parsed into gin's global state,
+        as the train binary parses it, and its dropout rate is kept (presets train with 0.1)."""
+        from dss_jax import gin_utils
         from dss_jax.model.config import T5Config
+        from dss_jax.model.decoder_only.config import DecoderOnlyConfig
 
         overrides: dict[str, Any] = dict(dtype=self.dtype, remat_policy=self.remat_policy, dropout_rate=0.1)
-        if self.decoder_only:
-            from dss_jax import gin_utils
-            from dss_jax.model.decoder_only.config import DecoderOnlyConfig
+        if self.gin_file:
+            from dss_jax import configurables
 
+            gin_utils.parse_gin([self.gin_file], self.gin_bindings, self.search_dirs()[:-1], require_files=False)
+            config = configurables.model_config()
+            del overrides["dropout_rate"]
+        elif self.size in DECODER_ONLY_MODELS:
             path = os.path.join(gin_utils.REPO_GIN_DIR, "models", f"{self.size}.gin")
             config = DecoderOnlyConfig(**gin_utils.bindings_in_file(path, "DecoderOnlyConfig"))
+        else:
+            config = T5Config.preset(self.size, self.variant)
+        if isinstance(config, DecoderOnlyConfig):
             if self.num_layers is not None:  # the first layers, of their kinds
                 overrides.update(num_layers=self.num_layers, layer_types=config.layer_types[: self.num_layers])
             if self.vocab_size is not None:
@@ -162,15 +200,17 @@ class AotConfig:
             overrides.update(num_encoder_layers=self.num_layers, num_decoder_layers=self.num_layers)
         if self.vocab_size is not None:
             overrides["vocab_size"] = self.vocab_size
-        return T5Config.preset(self.size, self.variant, **overrides)
+        return config.replace(**overrides)
 
     def flags(self) -> list[str]:
         """The command line of `python -m dss_jax.aot` for this config."""
         out = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None:
-                out.append(f"--{f.name}={value}")
+            if value is None or value in ("", ()) or (self.gin_file and f.name in ("size", "variant")):
+                continue  # unset, or what the gin file sets
+            values = value if f.name == "gin_bindings" else [value]
+            out.extend(f"--{f.name}={v}" for v in values)
         return out
 
 
@@ -217,10 +257,10 @@ class AotReport:
     def summary(self) -> str:
         c = self.config
         if not self.fits:
-            where = f"{c.size} {c.rules} mesh {self.mesh_shape} on {self.compiler}"
+            where = f"{c.model_name} {c.rules} mesh {self.mesh_shape} on {self.compiler}"
             return f"{where}: does not fit: {self.compiler_message}"
         return (
-            f"{c.size} ({self.num_params / 1e9:.2f}B params, {c.num_layers or 'all'} layers) {c.rules} "
+            f"{c.model_name} ({self.num_params / 1e9:.2f}B params, {c.num_layers or 'all'} layers) {c.rules} "
             f"mesh {self.mesh_shape} batch {c.batch_size}x{c.encoder_length}/{c.decoder_length} "
             f"remat={c.remat_policy} {c.optimizer}: state {self.state_bytes_per_device / GIB:.2f} GiB, "
             f"args {self.argument_bytes / GIB:.2f}, temp {self.temp_bytes / GIB:.2f}, "
@@ -232,8 +272,9 @@ class AotReport:
 
 def cached_report(path: str, config: AotConfig) -> Optional[AotReport]:
     """The report cached as JSON at `path`, or None when there is none or it was compiled
-    with other settings than `config` (a stale result is compiled again, never quoted)."""
-    if not os.path.exists(path):
+    with other settings than `config` (a stale result is compiled again, never quoted). A
+    model from a gin file is never taken from a cache: the file may have changed since."""
+    if config.gin_file or not os.path.exists(path):
         return None
     with open(path) as f:
         report = AotReport.from_json(f.read())
@@ -291,10 +332,11 @@ def _relative_error(estimate: float, actual: float) -> float:
     return estimate / actual - 1 if actual else math.inf
 
 
-def abstract_batch(config: AotConfig, sharding) -> dict:
-    """ShapeDtypeStructs of a packed DSS batch (dss_jax.features), sharded over `data`. A
-    decoder-only row is one stream holding what an encoder-decoder row of
-    encoder_length + decoder_length holds (data/row_formats.layout_lengths)."""
+def abstract_batch(config: AotConfig, sharding, model_config=None) -> dict:
+    """ShapeDtypeStructs of a packed DSS batch (dss_jax.features) for `model_config` (default:
+    config.model_config()), sharded over `data`. A decoder-only row is one stream holding
+    what an encoder-decoder row of encoder_length + decoder_length holds
+    (data/row_formats.layout_lengths)."""
     import jax
     import jax.numpy as jnp
 
@@ -304,7 +346,7 @@ def abstract_batch(config: AotConfig, sharding) -> dict:
         return jax.ShapeDtypeStruct((config.batch_size, length), jnp.int32, sharding=sharding)
 
     enc, dec = config.encoder_length, config.decoder_length
-    if config.decoder_only:
+    if (model_config or config.model_config()).family == "decoder_only":
         return {k: feature(enc + dec - 1) for k in DECODER_ONLY_FEATURES}
     return {
         "encoder_input_tokens": feature(enc),
@@ -497,8 +539,9 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
         )
     start = time.time()
     mesh = partitioning.make_mesh(config.num_partitions, devices)
+    model_config = config.model_config()
     trainer = Trainer(
-        interface.build(config.model_config()),
+        interface.build(model_config),
         loss_config=losses.LossConfig(),
         optimizer_config=optimizers.OptimizerConfig(name=config.optimizer),
         total_steps=1000,
@@ -506,7 +549,7 @@ def compile_in_process(config: AotConfig, devices=None) -> AotReport:
         num_microbatches=config.num_microbatches,
         mesh=mesh,
     )
-    batch = abstract_batch(config, trainer.batch_sharding)
+    batch = abstract_batch(config, trainer.batch_sharding, model_config)
     # The accelerator's program: without the CPU-only weight-gradient transposes.
     with trainer.context(), cpu_tuning.plain_contractions():
         lowered = trainer.jitted_train_step().lower(trainer.abstract_state, batch)
@@ -663,19 +706,33 @@ def parse_args(argv=None) -> tuple[AotConfig, Optional[str]]:
     """The command line -> (config, json_out); a bad combination exits with status 2."""
     import argparse
 
-    from dss_jax import cli
+    from dss_jax import cli, gin_utils
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line, `aot: error: ...`, exit 2 (argparse prints its usage first)
             cli.fail("aot", f"{message} (--help lists the flags)")
 
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_flags = ("size", "variant")  # what a --gin_file replaces: None when not given
     for f in dataclasses.fields(AotConfig):
         kind = {"Optional[int]": int, "int": int}.get(str(f.type), str)
-        parser.add_argument(f"--{f.name}", type=kind, default=f.default)
+        if f.name == "gin_bindings":  # repeatable; t5x's --gin.NAME=VALUE is rewritten to it
+            parser.add_argument("--gin_bindings", action="append", default=[])
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=None if f.name in model_flags else f.default)
     parser.add_argument("--json_out", default=None, help="write the report as JSON here")
+    try:
+        argv = gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        cli.fail("aot", e)
     args = vars(parser.parse_args(argv))
     json_out = args.pop("json_out")
+    given = [f"--{name}" for name in model_flags if args[name] is not None]
+    if args["gin_file"] and given:
+        cli.fail("aot", f"--gin_file={args['gin_file']} sets the model: drop {' and '.join(given)}")
+    if args["gin_search_paths"] and not args["gin_file"]:
+        cli.fail("aot", "--gin_search_paths is where a --gin_file's includes are looked for: give the --gin_file")
+    args = {k: v for k, v in args.items() if v is not None}
     try:
         return AotConfig(**args), json_out
     except ValueError as e:

@@ -10,10 +10,13 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from conftest import REPO_ROOT
+import gin
+from conftest import REPO_ROOT, T5X_DATA
 from dss_jax import aot, losses, optimizers, partitioning
+from dss_jax.model import interface
 from dss_jax.model.encoder_decoder import EncoderDecoderModel
 from dss_jax.training.step import Trainer
 
@@ -149,6 +152,47 @@ def test_a_decoder_only_student_compiles_with_one_stream_per_row_and_its_state_s
     assert r.num_params == cfg.vocab_size * cfg.d_model + 60_821_504 + cfg.d_model  # 1 layer and the final norm
     batch = aot.abstract_batch(config, None)
     assert {k: v.shape for k, v in batch.items()} == {k: (8, 96) for k in batch} and "decoder_causal_attention" in batch
+
+
+@pytest.mark.parametrize(
+    "gin_file, search_path, bindings, expected",
+    [
+        # T5X's own model file: it includes t5_1_1/base.gin from the T5X root, and its
+        # %DROPOUT_RATE is T5X's required macro
+        (
+            "t5x/examples/t5/t5_1_1/tiny.gin",
+            T5X_DATA / "gin",
+            ("DROPOUT_RATE = 0.05",),
+            dict(d_model=8, num_encoder_layers=2, vocab_size=32128, dropout_rate=0.05),
+        ),
+        ("models/decoder_only_tiny_cpu.gin", None, (), dict(d_model=64, num_layers=6, vocab_size=1024, dropout_rate=0)),
+    ],
+)
+def test_any_model_gin_file_is_compiled_as_the_train_binary_reads_it(gin_file, search_path, bindings, expected):
+    """Only the published sizes could be compiled: a user's own model file, or T5X's,
+    could not be checked against a pod's memory before its launch."""
+    config = aot.AotConfig(
+        gin_file=gin_file,
+        gin_search_paths=str(search_path or ""),
+        gin_bindings=bindings,
+        rules="fsdp",
+        num_devices=4,
+        batch_size=4,
+        encoder_length=32,
+        decoder_length=16,
+        dtype="float32",
+    )
+    try:
+        model = config.model_config()
+    finally:
+        gin.clear_config()
+    assert {k: getattr(model, k) for k in expected} == expected and model.dtype == "float32"
+    r = aot.compile_in_subprocess(config, timeout=600)
+    params = interface.build(model).abstract_params()
+    assert r.num_params == sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
+    assert r.mesh_shape == {"data": 4, "model": 1} and r.total_bytes > 0
+    assert r.summary().startswith(os.path.basename(gin_file))
+    assert aot.cached_report("unused.json", config) is None  # the file may change: never cached
 
 
 # The same small model compiled by the TPU compiler (libtpu, which make test installs
@@ -311,13 +355,21 @@ def test_a_cached_report_is_quoted_only_for_the_settings_it_was_compiled_with(tm
         ("--dtype=int8", "aot: error: --dtype=int8: choose one of float32, bfloat16, float16"),
         ("--num_layers=0", "aot: error: --num_layers=0: must be a positive integer"),
         ("--num_devices=x", "aot: error: argument --num_devices: invalid int value: 'x'"),
+        ("--gin_file=models/tiny.gin --size=xl", "aot: error: --gin_file=models/tiny.gin sets the model: drop --size"),
+        ("--gin_file=models/tiny_typo.gin", "aot: error: --gin_file=models/tiny_typo.gin: not found (looked in: ."),
+        ("--gin_search_paths=gin", "aot: error: --gin_search_paths is where a --gin_file's includes are looked for"),
+        ("--gin.DROPOUT_RATE=0.1", "aot: error: --gin.NAME bindings apply to a --gin_file: give the --gin_file"),
     ],
 )
 def test_a_flag_it_cannot_take_is_one_line_before_jax_starts(flag, said):
     """--size=bse was accepted and failed in T5Config.preset with a traceback; argparse's
     own errors printed its usage first."""
     proc = subprocess.run(
-        [sys.executable, "-m", "dss_jax.aot", flag], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dss_jax.aot", *flag.split()],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.startswith(said) and proc.stderr.count("\n") == 1, proc.stderr
 
