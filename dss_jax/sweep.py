@@ -21,7 +21,9 @@ continuing from another commit is refused, since one grid must come from one ver
 the code. `sweep_config.in_process` runs each train and eval in the sweep's own process
 instead of as subprocesses; `sweep_config.report_only` trains nothing and writes the
 results of the runs that have finished (a grid still running, or the metrics files
-docs/results/ keeps).
+docs/results/ keeps). `sweep_config.num_workers` and `sweep_config.worker` split a grid
+between processes on one SWEEP_DIR (e.g. one per GPU: CUDA_VISIBLE_DEVICES=i with
+--gin.sweep_config.worker=i).
 
 Methods (the paper's baselines and its ablation):
 
@@ -123,6 +125,8 @@ def sweep_config(
     selection: str = "validation",
     token_budgets: Union[str, Sequence[float]] = "auto",
     example_budgets: Union[str, Sequence[float]] = "auto",
+    num_workers: int = 1,
+    worker: int = 0,
 ):
     """Everything a sweep needs; bound in a recipe under gin/sweeps/.
 
@@ -148,9 +152,23 @@ def sweep_config(
     sound when every method has converged by then). token_budgets / example_budgets (with
     'validation'): the reading at equal compute, each run's selected checkpoint within
     each budget of real tokens / examples trained on, a list fixed before the grid runs or
-    'auto' (every power of two; results.py).
+    'auto' (every power of two; results.py). num_workers / worker: this process runs
+    every num_workers-th run of the plan, starting at its `worker`-th (0-based), beside
+    the other workers on one SWEEP_DIR (one per GPU, or two on a 2-core CPU); worker 0
+    pretrains and the others wait for it; each writes the results of every run finished
+    by then, so the last to finish writes the whole grid's.
     """
     return dict(locals())
+
+
+def check_workers(cfg: dict) -> None:
+    n, w = cfg["num_workers"], cfg["worker"]
+    if not (isinstance(n, int) and n >= 1):
+        raise gin_utils.GinConfigError(f"sweep_config.num_workers = {n!r}: must be a positive integer")
+    if not (isinstance(w, int) and 0 <= w < n):
+        raise gin_utils.GinConfigError(
+            f"sweep_config.worker = {w!r}: must be one of 0 ... {n - 1} (sweep_config.num_workers = {n})"
+        )
 
 
 def plan(cfg: dict) -> list[Run]:
@@ -580,18 +598,34 @@ def check_code(cfg: dict) -> None:
     )
 
 
+PRETRAINED_FILE = "pretrained.json"  # pretrain/<size>/pretrained.json: its run has finished
+WAIT_SECONDS = 30.0  # how often a worker looks for worker 0's pretraining
+
+
 def run_all(runs: list[Run], cfg: dict, search_paths: Sequence[str]) -> dict[str, dict]:
-    """The pretraining runs the grid starts from, then every run: {run name: its metrics}."""
+    """The pretraining runs the grid starts from, then every run of this worker (every
+    num_workers-th of the plan, from its `worker`-th): {run name: its metrics}."""
     files.makedirs(cfg["sweep_dir"])
+    worker, num_workers = cfg.get("worker", 0), cfg.get("num_workers", 1)
+    numbered = list(enumerate(runs, start=1))[worker::num_workers]
     # Only what a run still to do starts from: a finished grid is not pretrained again.
-    done = finished(runs, cfg)
-    for size, command in pretrain_commands([run for run in runs if run.name not in done], cfg):
+    done = finished([run for _, run in numbered], cfg)
+    for size, command in pretrain_commands([run for _, run in numbered if run.name not in done], cfg):
+        marker = files.path(os.path.join(pretrain_dir(size, cfg), PRETRAINED_FILE))
+        if worker > 0:  # worker 0 pretrains: two trainings in one MODEL_DIR would clash
+            if not marker.is_file():
+                print(f"pretraining {size}: waiting for worker 0 to finish it ({marker})", flush=True)
+            while not marker.is_file():
+                time.sleep(WAIT_SECONDS)
+            continue
         t0 = time.time()
         print(f"pretraining {size} ...", flush=True)
         run_command(command, pretrain_dir(size, cfg), cfg, search_paths)
+        files.makedirs(pretrain_dir(size, cfg))
+        files.atomic_write(str(marker), json.dumps({"size": size}) + "\n")
         print(f"pretraining {size}: done ({time.time() - t0:.0f}s)", flush=True)
     outcomes = {}
-    for i, run in enumerate(runs, start=1):
+    for i, run in numbered:
         t0 = time.time()
         logging.info("[%d/%d] %s", i, len(runs), run.name)
         print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
@@ -614,16 +648,16 @@ def main(argv):
         raise gin_utils.GinConfigError(
             "sweep_config.timeout_per_run needs subprocesses: unset it or sweep_config.in_process"
         )
+    check_workers(cfg)
     runs = plan(cfg)
     check_sweep_dir(cfg, FLAGS.gin_file, FLAGS.gin_search_paths)
-    if cfg["report_only"]:
-        outcomes = finished(runs, cfg)
-        if len(outcomes) < len(runs):
-            print(f"{len(runs) - len(outcomes)} of {len(runs)} runs have not finished: not in the results", flush=True)
-    else:
+    if not cfg["report_only"]:
         check_runs(runs, cfg, FLAGS.gin_search_paths)  # before anything is written
         check_code(cfg)
-        outcomes = run_all(runs, cfg, FLAGS.gin_search_paths)
+        run_all(runs, cfg, FLAGS.gin_search_paths)
+    outcomes = finished(runs, cfg)  # every worker's runs that have finished
+    if len(outcomes) < len(runs):
+        print(f"{len(runs) - len(outcomes)} of {len(runs)} runs have not finished: not in the results", flush=True)
     report(runs, outcomes, cfg)
 
 

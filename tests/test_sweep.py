@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -391,6 +393,53 @@ def test_a_sweep_dir_of_only_the_runs_metrics_files_is_complete(tmp_path, monkey
     with open(tmp_path / "sweep" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["accuracy"], r["steps"], r["real_tokens"]) for r in table][-1] == ("0.75", "800", "8000")
+
+
+def test_workers_share_a_grid_and_wait_for_worker_0s_pretraining(tmp_path, monkeypatch):
+    """One sweep process trained one run at a time: two on a 2-core CPU, or one per GPU,
+    could only be had by splitting the grid by hand, and two processes pretraining into
+    one MODEL_DIR would clash."""
+    cfg = _cfg(
+        tmp_path,
+        methods=["finetune", "distill", "dss_gt"],
+        fractions=[0.5, 1.0],
+        initializations={"pretrained": "pretrain"},
+        pretrain_gin_files=["runs/pretrain.gin", "tasks/synthetic_pretrain.gin"],
+        pretrain_bindings=[],
+        num_workers=2,
+    )
+    runs = sweep.plan(cfg)
+    monkeypatch.setattr(sweep, "WAIT_SECONDS", 0.01)
+    calls, pretrained = [], threading.Event()
+
+    def fake(command, run_dir, cfg, search_paths):
+        module, gin_files, bindings = command
+        calls.append((cfg["worker"], module, os.path.basename(run_dir), pretrained.is_set()))
+        os.makedirs(run_dir, exist_ok=True)
+        if run_dir.startswith(sweep.pretrain_dir("tiny", cfg)):
+            time.sleep(0.2)  # worker 1 is waiting meanwhile
+            pretrained.set()
+        elif module == sweep.EVAL:
+            out = next(b for b in bindings if b.startswith("EVAL_OUTPUT_DIR")).split(" = ")[1].strip("'")
+            os.makedirs(os.path.join(out, "step_7"))
+            open(os.path.join(out, "step_7", "metrics.json"), "w").write('{"accuracy": 0.5}')
+
+    monkeypatch.setattr(sweep, "run_command", fake)
+    second = threading.Thread(target=sweep.run_all, args=(runs, {**cfg, "worker": 1}, ["."]), daemon=True)
+    second.start()  # first: it must wait for worker 0's pretraining
+    mine = sweep.run_all(runs, {**cfg, "worker": 0}, ["."])
+    second.join(timeout=60)
+    assert not second.is_alive()
+    assert [c for c in calls if c[2] == "tiny"] == [(0, sweep.TRAIN, "tiny", False)]  # pretrained once, by worker 0
+    assert all(after for worker, _, _, after in calls if worker == 1)
+    trained = {
+        w: [n for worker, module, n, _ in calls if (worker, module) == (w, sweep.TRAIN) and n != "tiny"] for w in (0, 1)
+    }
+    assert trained[0] == [r.name for r in runs[0::2]] == list(mine)
+    assert trained[1] == [r.name for r in runs[1::2]]
+    assert set(sweep.finished(runs, cfg)) == {r.name for r in runs}  # what each worker reports at its end
+    with pytest.raises(gin_utils.GinConfigError, match=r"sweep_config.worker = 2: must be one of 0 ... 1"):
+        sweep.check_workers({**cfg, "worker": 2})
 
 
 def _finished_run(sweep_dir, name, accuracy):
