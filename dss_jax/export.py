@@ -34,9 +34,11 @@ checkpoint (MODEL_DIR/hf, a new directory beside the run's own, is fine), or hol
 spiece.model would replace the run's. HF_DIR is written beside itself and renamed into
 place, so a crash leaves no half-exported model.
 
---format=t5x writes T5X_DIR/checkpoint_<step>/checkpoint, the msgpack file T5X's
-Checkpointer writes (format version 3, arrays inline, a new Adafactor state; step 0 for a
-checkpoint without one), which T5X restores as INITIAL_CHECKPOINT_PATH and
+--format=t5x writes T5X_DIR/checkpoint_<step>/ as T5X's Checkpointer writes it (format
+version 3: the msgpack file `checkpoint` and beside it a TensorStore zarr array for each
+parameter, written one at a time; `--t5x_inline_arrays`: every array inside the msgpack
+file; a new Adafactor state; step 0 for a checkpoint without one), which T5X restores as
+INITIAL_CHECKPOINT_PATH and
 `dss_jax.convert --t5x_checkpoint` imports back exactly (`checkpoints.t5x`). A T5X
 checkpoint records no model config and no vocabulary: export prints the
 `network.T5Config` bindings of the student's shape. T5X_DIR follows HF_DIR's rules; a
@@ -73,6 +75,11 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in
 _FORMAT = flags.DEFINE_enum(
     "format", "hf", ["hf", "t5x"], "hf: a Hugging Face directory; t5x: a T5X msgpack checkpoint_<step>/ directory."
 )
+_T5X_INLINE_ARRAYS = flags.DEFINE_bool(
+    "t5x_inline_arrays",
+    False,
+    "With --format=t5x: every array inside the msgpack file (one file, built in memory), not as zarr arrays beside it.",
+)
 
 
 def main(argv):
@@ -83,6 +90,8 @@ def main(argv):
 
     if _FORMAT.value == "t5x":
         return export_t5x()
+    if _T5X_INLINE_ARRAYS.value:
+        raise app.UsageError("--t5x_inline_arrays goes with --format=t5x")
     # The output is checked first, so a refusal costs no read of a large checkpoint.
     output_paths.check_outputs(
         [output_paths.Output("--output", _OUTPUT.value, directory=True, whole=True)],
@@ -151,7 +160,7 @@ def export_t5x() -> None:
         with outputs.staged_output_dir(
             _OUTPUT.value, overwrite=_OVERWRITE.value, replaceable=["checkpoint_*"], what=what
         ) as staging:
-            written = t5x.export_checkpoint(params, config, step or 0, staging)
+            written = t5x.export_checkpoint(params, config, step or 0, staging, _T5X_INLINE_ARRAYS.value)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from e
     out = files.path(files.absolute(_OUTPUT.value)) / written.name

@@ -156,11 +156,21 @@ def inside_run_or_checkpoint(path: pathlib.Path, *, directory: bool, whole: bool
     return None
 
 
+def _is_t5x_export_step(d: pathlib.Path) -> bool:
+    """A checkpoint_<step>/ dir that export --format=t5x writes: its msgpack file and the
+    zarr arrays named by T5X's keys beside it."""
+    names = _names(d)
+    return T5X_CHECKPOINT_FILE in names and all(
+        n == T5X_CHECKPOINT_FILE or n.startswith(("target.", "state.")) for n in names
+    )
+
+
 def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
     """The kind ("training run", "checkpoint", "orbax checkpoint", "T5X checkpoint export")
     of the directory `d`, or None: it holds train.lock, a checkpoint_<step>/ dir or a run's
     task.json; orbax's files; a model's config.json (a dss_jax or Hugging Face checkpoint);
-    or nothing but checkpoint_<step>/checkpoint files (export --format=t5x's output)."""
+    or nothing but checkpoint_<step>/ dirs of a `checkpoint` file and its zarr arrays
+    (`target.*`, `state.*`: export --format=t5x's output)."""
     try:
         if files.is_remote(d):
             # A prefix is a directory when objects lie under it; listing an object would
@@ -170,7 +180,7 @@ def run_or_checkpoint(d: pathlib.Path) -> Optional[str]:
             names = set(os.listdir(d))
     except OSError:  # not a directory, or not readable: nothing to protect that we can see
         return None
-    if names and all(RUN_STEP_DIR.match(n) and _names(d / n) == {T5X_CHECKPOINT_FILE} for n in names):
+    if names and all(RUN_STEP_DIR.match(n) and _is_t5x_export_step(d / n) for n in names):
         return "T5X checkpoint export"  # export --format=t5x's: replaced whole with --overwrite
     if LOCK_FILE in names or any(RUN_STEP_DIR.match(n) and (d / n).is_dir() for n in names):
         return "training run"

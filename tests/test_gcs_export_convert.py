@@ -200,9 +200,14 @@ def test_a_t5x_checkpoint_on_gs_reads_and_converts_as_a_local_one(tmp_path, gcs)
     _assert_same(params, want)
     assert config == want_config and files.path(vocab_path).read_bytes() == spm.read_bytes()
     # And back to T5X on gs://: T5X's own file again, byte for byte.
-    run_binary("dss_jax.export", f"--checkpoint={gcs}/out", "--format=t5x", f"--output={gcs}/back", check=True)
+    export = ["dss_jax.export", f"--checkpoint={gcs}/out", "--format=t5x"]
+    run_binary(*export, "--t5x_inline_arrays", f"--output={gcs}/back", check=True)
     written = files.path(f"{gcs}/back/checkpoint_0/checkpoint").read_bytes()
     assert written == (T5X_DATA / "test_t5_tiny.checkpoint_0").read_bytes()
+    # As T5X's Checkpointer writes it, zarr arrays beside the file: read back from gs:// exactly.
+    run_binary(*export, f"--output={gcs}/back_zarr", check=True)
+    assert files.path(f"{gcs}/back_zarr/checkpoint_0/target.encoder.layers_0.mlp.wi_0.kernel/.zarray").is_file()
+    _assert_same(t5x.import_checkpoint(f"{gcs}/back_zarr/checkpoint_0")[0], want)
 
 
 def test_import_dss_reads_the_papers_files_on_gs_and_writes_the_cache_there(tmp_path, gcs):

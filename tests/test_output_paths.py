@@ -56,6 +56,11 @@ def test_a_t5x_export_may_be_replaced_whole_but_nothing_is_written_into_it(tmp_p
     (export / "checkpoint_3").mkdir(parents=True)
     (export / "checkpoint_3" / "checkpoint").write_bytes(b"msgpack")
     check_outputs([Output("--output", export, directory=True, whole=True)], overwrite=True)
+    (export / "checkpoint_3" / "target.encoder.layers_0.mlp.wo.kernel").mkdir()  # its zarr arrays beside
+    check_outputs([Output("--output", export, directory=True, whole=True)], overwrite=True)
+    (export / "checkpoint_3" / "train_ds-0-of-1").write_bytes(b"")  # a T5X run's checkpoint: a run
+    assert "is the training run" in refusal([Output("--output", export, directory=True, whole=True)], overwrite=True)
+    (export / "checkpoint_3" / "train_ds-0-of-1").unlink()
     message = refusal([Output("EVAL_OUTPUT_DIR", export / "checkpoint_3" / "eval", directory=True)])
     assert "part of the T5X checkpoint export" in message
     (export / "config.gin").write_text("")  # a T5X run's MODEL_DIR: a run

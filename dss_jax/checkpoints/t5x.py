@@ -40,10 +40,11 @@ relative_attention_max_distance: 128). The optimizer state is neither read nor i
 with a line saying so.
 
 Back to T5X: `export_checkpoint(params, config, step, model_dir)` (`python -m
-dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/checkpoint` as T5X's
-Checkpointer.save does, with flax's serialization, keys sorted, arrays inline in their
-dtype and a new Adafactor state as t5x/adafactor.py initialises it: T5X's own
-test_t5_tiny.checkpoint_0, imported and exported, is the same file byte for byte. A student
+dss_jax.export --format=t5x`) writes `model_dir/checkpoint_<step>/` as T5X's
+Checkpointer.save does: the msgpack file `checkpoint` (flax's serialization, keys sorted,
+a new Adafactor state as t5x/adafactor.py initialises it) and each array T5X partitions
+as a zarr array beside it, or every array inline in its dtype (`inline_arrays`): T5X's own
+test_t5_tiny.checkpoint_0, imported and exported so, is the same file byte for byte. A student
 with a table per layer is refused (`check_exportable`): scalable_t5's layout is not written.
 """
 
@@ -53,6 +54,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import pathlib
 import posixpath
@@ -533,13 +535,16 @@ def adafactor_initial_state(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     return state
 
 
-def checkpoint_tree(params: dict, config, step: int) -> dict:
+def checkpoint_tree(params: dict, config, step: int, store: Callable[[str, np.ndarray], Any] | None = None) -> dict:
     """What T5X's Checkpointer.save writes for a model of these params at `step`, before
     serialization: `{'version': 3, 'optimizer': {'state': {'param_states', 'step'},
     'target': params}}`, keys sorted as T5X's state dicts are, params in T5X's layout and
     dtype (bf16 stays bf16), and a new Adafactor state (dss_jax's optimizer state is not
-    T5X's: it is not carried over)."""
+    T5X's: it is not carried over). `store(name, array)`, when given, gives what stands
+    for each array T5X partitions (every parameter, and an unfactored second moment `v`),
+    by its T5X name (`target/encoder/...`): e.g. the spec of where it was written."""
     check_exportable(config)
+    store = store or (lambda name, array: array)
 
     def convert(tree: dict, fn, name: str = "") -> dict:
         out = {}
@@ -548,23 +553,80 @@ def checkpoint_tree(params: dict, config, step: int) -> dict:
             out[str(key)] = convert(value, fn, child) if isinstance(value, dict) else fn(child, value)
         return out
 
-    target = convert(params, lambda name, a: _to_t5x(name, np.asarray(a)))
-    param_states = convert(target, lambda name, a: adafactor_initial_state(a.shape))
+    shapes = {}
+
+    def parameter(name: str, array) -> Any:
+        t5x_array = _to_t5x(name, np.asarray(array))
+        shapes[name] = t5x_array.shape
+        return store(f"target/{name}", t5x_array)
+
+    def state(name: str, _) -> dict:
+        initial = adafactor_initial_state(shapes[name])
+        if initial["v"].shape != (1,):  # T5X partitions v as its parameter; the rest are whole
+            initial["v"] = store(f"state/param_states/{name}/v", initial["v"])
+        return initial
+
+    target = convert(params, parameter)
+    param_states = convert(params, state)
     return {
         "version": FORMAT_VERSION,
         "optimizer": {"state": {"param_states": param_states, "step": np.asarray(step, np.int32)}, "target": target},
     }
 
 
-def export_checkpoint(params: dict, config, step: int, model_dir: str | os.PathLike) -> pathlib.Path:
-    """Writes `model_dir/checkpoint_<step>/checkpoint` as T5X's Checkpointer.save does (one
-    msgpack file, arrays inline; `import_checkpoint` reads it back exactly) and returns its
-    directory. The file is written whole or not at all; the caller checks the output first."""
+# T5X's Checkpointer writes each array it partitions with TensorStore: a gzip-compressed
+# zarr array beside the msgpack file, named by its keys joined with "."
+# (`target.encoder.layers_0.mlp.wi_0.kernel/`), in chunks of at most 64 MiB that divide
+# its shape; the msgpack file holds the array's spec, its path relative to the file.
+ZARR_CHUNK_BYTES = 64 << 20
+
+
+def zarr_chunks(shape: tuple[int, ...], itemsize: int, limit: int = ZARR_CHUNK_BYTES) -> list[int]:
+    """The chunk shape of an out-of-line array: each dimension a divisor of the array's,
+    the largest dimension cut to its next smaller divisor (the first of equals) until a
+    chunk holds at most `limit` bytes."""
+    divisors = [[d for d in range(1, n + 1) if n % d == 0] or [1] for n in shape]
+    while math.prod(ds[-1] for ds in divisors) * itemsize > limit:
+        largest = max(range(len(divisors)), key=lambda i: divisors[i][-1])
+        divisors[largest].pop()
+    return [ds[-1] for ds in divisors]
+
+
+def _write_out_of_line(directory: pathlib.Path, name: str, array: np.ndarray) -> dict:
+    """Writes `array` as T5X does (see ZARR_CHUNK_BYTES) into `directory` and returns the
+    spec that stands for it in the msgpack file."""
+    import tensorstore as ts
+
+    relative = name.replace("/", ".")
+    metadata = {
+        "compressor": {"id": "gzip"},
+        "shape": list(array.shape),
+        "chunks": zarr_chunks(array.shape, array.dtype.itemsize),
+    }
+    spec = {"driver": "zarr", "dtype": array.dtype.name, "kvstore": {"driver": "file", "path": relative}}
+    spec["metadata"] = metadata
+    written = ts.open({**spec, "kvstore": _kvstore(directory / relative)}, create=True).result()
+    written.write(array).result()
+    return ts.Spec(spec).to_json()
+
+
+def export_checkpoint(
+    params: dict, config, step: int, model_dir: str | os.PathLike, inline_arrays: bool = False
+) -> pathlib.Path:
+    """Writes `model_dir/checkpoint_<step>/` as T5X's Checkpointer.save does, the msgpack
+    file `checkpoint` last, and returns it: each array T5X partitions as a zarr array beside
+    the file (an array at a time: memory for one), or with `inline_arrays` every array in
+    the file, as T5X's test_t5_tiny.checkpoint_0 holds them. `import_checkpoint` reads
+    either back exactly. The caller checks the output first."""
     from flax import serialization
 
-    data = serialization.to_bytes(checkpoint_tree(params, config, step))  # T5X's own serialization
+    check_exportable(config)  # before anything is written
     directory = files.path(model_dir) / f"checkpoint_{step}"
     files.makedirs(directory)
+    store = None if inline_arrays else functools.partial(_write_out_of_line, directory)
+    # T5X's serialization: flax's msgpack of the state dict (which our tree of str keys
+    # already is; to_bytes would turn the specs' lists into {'0': ...} dicts).
+    data = serialization.msgpack_serialize(checkpoint_tree(params, config, step, store), in_place=True)
     files.atomic_write(directory / CHECKPOINT_FILE, data)
     return directory
 
