@@ -682,3 +682,24 @@ def test_a_resume_with_nothing_left_to_train_says_so(tmp_path, caplog):
     train(run, 2)
     assert "nothing left to train" in caplog.text and "step 4 and TRAIN_STEPS = 2" in caplog.text
     assert metric_steps(run) == [1, 2, 3, 4]
+
+
+def test_a_timed_out_checkpoint_write_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    """A save stopped for 47 minutes (SIGSTOP) timed out in orbax when resumed; the error
+    said to free space. A TimeoutError is an OSError to Python, not a full disk."""
+    ckpt = checkpoints.RunCheckpointer(str(tmp_path), asynchronous=False)
+    ckpt.save(1, {"w": np.ones(4, np.float32)}, {"step": 1})
+
+    def times_out(self, step, *args, **kwargs):
+        raise TimeoutError("ChainedFuture completed 3/4 futures but timed out after 2813.94 seconds.")
+
+    monkeypatch.setattr(checkpoints.run.ocp.CheckpointManager, "save", times_out)
+    with pytest.raises(checkpoints.CheckpointWriteError) as e:
+        ckpt.save(2, {"w": np.ones(4, np.float32)}, {"step": 2})
+    message = str(e.value)
+    assert "timed out" in message and "free space" not in message, message
+    assert message.endswith("rerun the same command to resume from step 1") and "\n" not in message
+    no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert checkpoints.run.write_error_advice(no_space).startswith("free space")
+    read_only = RuntimeError("Failed writing: /ckpt/x: Read-only file system [os_error_code=30]")
+    assert checkpoints.run.write_error_advice(read_only).startswith("make the directory writable")

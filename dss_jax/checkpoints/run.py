@@ -29,6 +29,7 @@ none is (`RunLock`).
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
@@ -223,13 +224,14 @@ class _WriteErrors:
             logging.debug("an earlier save failed too", exc_info=True)
         where = step_dir(self.ckpt.directory, self.step) if self.step is not None else self.ckpt.directory
         intact = checkpoint_steps(self.ckpt.directory)
+        advice = write_error_advice(error)
         if intact:
             after = (
                 f"the earlier checkpoints ({', '.join(f'{STEP_PREFIX}_{s}' for s in intact)}) are intact: "
-                f"free space and rerun the same command to resume from step {intact[-1]}"
+                f"{advice} to resume from step {intact[-1]}"
             )
         else:
-            after = "there is no earlier checkpoint: free space and rerun the same command to start again"
+            after = f"there is no earlier checkpoint: {advice} to start again"
         raise CheckpointWriteError(
             f"could not write the checkpoint {where} ({write_error_cause(error)}); {after}"
         ) from error
@@ -265,6 +267,25 @@ def write_error_cause(error: BaseException) -> str:
             return f"{m.group(1)} [Errno {m.group(2)}]"
     text = " ".join(str(error).split())
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_error_advice(error: BaseException) -> str:
+    """What to do about a failed write before rerunning, by its cause: a timed-out write
+    (a TimeoutError, which Python counts among OSErrors) is no full disk."""
+    text = " ".join(str(e) for e in _causes(error))
+    errnos = {e.errno for e in _causes(error) if isinstance(e, OSError)}
+    errnos |= {int(n) for n in re.findall(r"os_error_code='?(\d+)", text)}
+    if errnos & set(_NO_SPACE) or re.search(r"No space left|Disk quota|File too large", text):
+        return "free space and rerun the same command"
+    if errnos & set(_NOT_WRITABLE) or re.search(r"Permission denied|Read-only file system", text):
+        return "make the directory writable and rerun the same command"
+    if any(isinstance(e, TimeoutError) for e in _causes(error)) or "timed out" in text:
+        return "the write timed out (was the process paused, or is the storage slow?): rerun the same command"
+    return "remove the cause and rerun the same command"
 
 
 class _DropOrbaxTracebacks(logging.Filter):
