@@ -87,6 +87,7 @@ def benches(out_dir: str) -> list[Bench]:
             (f"--json_out={os.path.join(out_dir, 'gemm_ceiling.jsonl')}",),
             ("--tokens=128", "--repeats=1", "--dtypes=float32"),
         ),
+        Bench("cpu_allocator", ("--steps=300", "--rounds=2"), ("--steps=100", "--rounds=1")),
         Bench(
             "annotate_concurrency",
             (f"--out_dir={out_dir}",),
